@@ -1,0 +1,1 @@
+"""Asgard MLOps: the shared package behind the DAGs (ML and data logic, hooks, operators)."""

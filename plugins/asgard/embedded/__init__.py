@@ -1,0 +1,1 @@
+"""Embedded default: run the platform on one machine (services manager, main job)."""

@@ -1,0 +1,1 @@
+"""Operators for infrastructure steps that hold state (build, push, deploy)."""

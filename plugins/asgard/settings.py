@@ -1,0 +1,99 @@
+"""One place for the platform's configuration.
+
+Everything that differs between the embedded default (one machine, no cloud) and production
+(Postgres, Celery, S3, ECR, EKS, Trino) is read here from the environment, so switching is
+configuration, never code. Connections to external systems are Airflow connections
+(``AIRFLOW_CONN_*``); this module only holds what is not a connection: paths, ports, profile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+PROFILES = ("embedded", "production")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Paths, ports and profile of one Asgard installation."""
+
+    home: Path
+    profile: str
+    airflow_port: int
+    mlflow_port: int
+    bind_host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"ASGARD_PROFILE must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the settings from ``ASGARD_*`` environment variables, with embedded defaults."""
+        return cls(
+            home=Path(os.environ.get("ASGARD_HOME") or REPO_ROOT / ".asgard").resolve(),
+            profile=os.environ.get("ASGARD_PROFILE", "embedded"),
+            airflow_port=_env_int("ASGARD_AIRFLOW_PORT", 8080),
+            mlflow_port=_env_int("ASGARD_MLFLOW_PORT", 5050),
+        )
+
+    # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.
+    @cached_property
+    def state_dir(self) -> Path:
+        return self.home / "run"
+
+    @cached_property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @cached_property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @cached_property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @cached_property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.bind_host}:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def dags_folder(self) -> Path:
+        return REPO_ROOT / "dags"
+
+    @property
+    def plugins_folder(self) -> Path:
+        return REPO_ROOT / "plugins"
+
+    @property
+    def include_folder(self) -> Path:
+        return REPO_ROOT / "include"
+
+
+def get_settings() -> Settings:
+    """The settings of this process (read from the environment on each call: cheap, never stale)."""
+    return Settings.from_env()
