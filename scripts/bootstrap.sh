@@ -10,7 +10,8 @@ say() { printf '==> %s\n' "$*"; }
 die() { printf 'asgard setup: %s\n' "$*" >&2; exit 1; }
 
 # System packages the project uses (Debian names).
-APT_PACKAGES=(git)
+# docker-compose (v1) validates docker-compose.yaml without an engine in the tests.
+APT_PACKAGES=(git docker-compose)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -17,6 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PROFILES = ("embedded", "production")
 
+# The environment variables this module reads (docker-compose.yaml and the docs use no others).
+ENV_VARS = ("ASGARD_HOME", "ASGARD_PROFILE", "ASGARD_AIRFLOW_PORT", "ASGARD_MLFLOW_PORT")
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)

@@ -69,8 +69,10 @@ def venv_bin() -> Path:
 class ServiceManager:
     """Starts and stops the embedded services of one :class:`Settings`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, base_env: dict[str, str] | None = None) -> None:
         self.settings = settings
+        # What the services inherit besides their own settings (the caller's environment by default).
+        self.base_env = dict(os.environ if base_env is None else base_env)
 
     # ----------------------------------------------------------------- definitions
     def services(self) -> list[Service]:
@@ -152,7 +154,7 @@ class ServiceManager:
             ),
             "ASGARD_HOME": str(s.home),
             "ASGARD_PROFILE": s.profile,
-            "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": f"{venv_bin()}{os.pathsep}{self.base_env.get('PATH', '')}",
         }
 
     @property
@@ -276,7 +278,7 @@ class ServiceManager:
             service.prepare()
         for folder in (self.settings.state_dir, self.settings.logs_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **service.env}
+        env = {**self.base_env, **service.env}
         log_path = self.log_file(service.name)
         with log_path.open("ab") as log_handle:
             process = subprocess.Popen(
@@ -344,6 +346,11 @@ def _stop_tree(process: psutil.Process, first_signal: int, grace: float = 30.0) 
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, first_signal)
+    # Descendants that left the group (task runners start sessions of their own) get it directly.
+    for member in family[1:]:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            if os.getpgid(member.pid) != process.pid:
+                member.send_signal(first_signal)
     _, alive = psutil.wait_procs(family, timeout=grace)
     for escalation in (signal.SIGTERM, signal.SIGKILL):
         if not alive:

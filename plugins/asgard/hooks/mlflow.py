@@ -79,7 +79,7 @@ class MlflowHook(BaseHook):
         found = self.client.search_runs(
             experiment_ids=[experiment_id],
             filter_string=(
-                f"tags.`{AIRFLOW_DAG_ID_TAG}` = '{_quote(dag_id)}' AND tags.`{AIRFLOW_RUN_ID_TAG}` = '{_quote(run_id)}'"
+                f"tags.`{AIRFLOW_DAG_ID_TAG}` = {_literal(dag_id)} AND tags.`{AIRFLOW_RUN_ID_TAG}` = {_literal(run_id)}"
             ),
             max_results=1,
         )
@@ -99,6 +99,9 @@ class MlflowHook(BaseHook):
         return True, f"MLflow at {self.tracking_uri} answered"
 
 
-def _quote(value: str) -> str:
-    """Escape a value for an MLflow filter string literal."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")
+def _literal(value: str) -> str:
+    """``value`` as an MLflow filter string literal (its grammar has quotes but no escapes)."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise ValueError(f"cannot search MLflow for a value with both quote characters: {value!r}")

@@ -1,0 +1,58 @@
+"""The README's main command, as a user runs it: ./asgard run, then status, then stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(REPO / "asgard"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(ASGARD_HOME=str(tmp_path), ASGARD_AIRFLOW_PORT=str(free_port()), ASGARD_MLFLOW_PORT=str(free_port()))
+    try:
+        run = asgard("run", env=env, timeout=900)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        out = run.stdout
+        # Progress and per-stage timings while it runs, then where to look.
+        assert "==> start embedded services" in out and "==> check the platform" in out
+        assert re.search(r"total\s+\d+\.\d+s", out)
+        assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin / " in out
+        assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
+
+        status = asgard("status", env=env, timeout=60)
+        assert status.returncode == 0
+        pids = [int(p) for p in re.findall(r"pid (\d+)", status.stdout)]
+        assert len(pids) == 2 and status.stdout.count("healthy") == 2
+        family = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
+
+        # Running it again is safe: the services are reused, the pipeline runs again.
+        again = asgard("run", env=env, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "already running" in again.stdout
+    finally:
+        stop = asgard("stop", env=env, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert "stopped" in asgard("status", env=env, timeout=60).stdout

@@ -1,0 +1,54 @@
+"""Drive the real Airflow REST API like a user's script: conf payloads, 400s, outcomes in MLflow."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from asgard.embedded.airflow_api import AirflowApiError
+from asgard.platform_checks import CHECK_EXPERIMENT
+
+pytestmark = pytest.mark.integration
+
+
+def test_trigger_with_conf_runs_to_success_and_does_the_work(embedded_stack):
+    api = embedded_stack.api
+    outcome = api.run_and_wait("check_platform", {"checks": ["mlflow", "storage"]}, timeout=300)
+    assert outcome.state == "success", outcome
+    assert outcome.task_states == {
+        "list_checks": "success",
+        "run_check[mlflow]": "success",
+        "run_check[storage]": "success",
+    }
+    # The conf reached the task and the task did real work: the MLflow run of this DAG run exists.
+    client = MlflowClient(tracking_uri=embedded_stack.settings.mlflow_url)
+    experiment = client.get_experiment_by_name(CHECK_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`airflow.run_id` = '{outcome.run_id}'")
+    assert len(runs) == 1
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["probe.txt"]
+
+
+def test_conf_selects_the_checks(embedded_stack):
+    outcome = embedded_stack.api.run_and_wait("check_platform", {"checks": ["storage"]}, timeout=300)
+    assert outcome.state == "success"
+    assert set(outcome.task_states) == {"list_checks", "run_check[storage]"}
+
+
+@pytest.mark.parametrize(
+    ("conf", "named"),
+    [
+        ({"checks": ["nope"]}, "nope"),
+        ({"checks": "mlflow"}, "checks"),
+        ({"checks": []}, "checks"),
+    ],
+    ids=["unknown-check", "wrong-type", "empty"],
+)
+def test_bad_conf_is_a_400_naming_the_field_and_creates_no_run(embedded_stack, conf, named):
+    api = embedded_stack.api
+    api.wait_for_dag("check_platform")
+    before = set(api.list_run_ids("check_platform"))
+    with pytest.raises(AirflowApiError) as error:
+        api.trigger("check_platform", conf)
+    assert error.value.status == 400
+    assert named in error.value.body
+    assert set(api.list_run_ids("check_platform")) == before

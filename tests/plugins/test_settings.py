@@ -1,0 +1,39 @@
+"""Settings come from the environment, with embedded defaults and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from asgard.settings import REPO_ROOT, Settings
+
+
+def test_defaults(monkeypatch):
+    for name in ("ASGARD_HOME", "ASGARD_PROFILE", "ASGARD_AIRFLOW_PORT", "ASGARD_MLFLOW_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()
+    assert settings.home == REPO_ROOT / ".asgard"
+    assert settings.profile == "embedded"
+    assert settings.airflow_url == "http://127.0.0.1:8080"
+    assert settings.mlflow_url == "http://127.0.0.1:5050"
+    assert settings.dags_folder == REPO_ROOT / "dags"
+
+
+def test_overrides(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASGARD_HOME", str(tmp_path))
+    monkeypatch.setenv("ASGARD_AIRFLOW_PORT", "18080")
+    monkeypatch.setenv("ASGARD_PROFILE", "production")
+    settings = Settings.from_env()
+    assert settings.home == tmp_path and settings.airflow_port == 18080 and settings.profile == "production"
+    assert settings.logs_dir == tmp_path / "logs"
+
+
+def test_bad_port_is_named(monkeypatch):
+    monkeypatch.setenv("ASGARD_MLFLOW_PORT", "fifty")
+    with pytest.raises(ValueError, match="ASGARD_MLFLOW_PORT must be an integer, got 'fifty'"):
+        Settings.from_env()
+
+
+def test_bad_profile_is_named(monkeypatch):
+    monkeypatch.setenv("ASGARD_PROFILE", "cloudy")
+    with pytest.raises(ValueError, match="ASGARD_PROFILE must be one of embedded, production"):
+        Settings.from_env()
