@@ -32,11 +32,21 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(ASGARD_HOME=str(tmp_path), ASGARD_AIRFLOW_PORT=str(free_port()), ASGARD_MLFLOW_PORT=str(free_port()))
     try:
-        run = asgard("run", env=env, timeout=900)
+        run = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         out = run.stdout
         # Progress and per-stage timings while it runs, then where to look.
-        assert "==> start embedded services" in out and "==> check the platform" in out
+        for stage in (
+            "start embedded services",
+            "check the platform",
+            "generate the sample gold layer",
+            "apply the feature repo",
+            "register features",
+            "materialize features",
+        ):
+            assert f"==> {stage}" in out, stage
+        assert "gold layer: 300 customers x 5 days" in out
+        assert "materialize=success" in out or "materialize[customer_features]=success" in out
         assert re.search(r"total\s+\d+\.\d+s", out)
         assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin / " in out
         assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
@@ -48,9 +58,10 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         family = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
 
         # Running it again is safe: the services are reused, the pipeline runs again.
-        again = asgard("run", env=env, timeout=600)
+        again = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=600)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "already running" in again.stdout
+        assert "gold layer already generated" in again.stdout
     finally:
         stop = asgard("stop", env=env, timeout=120)
     assert stop.returncode == 0, stop.stderr

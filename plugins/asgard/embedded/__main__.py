@@ -13,7 +13,9 @@ from asgard.settings import Settings
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="asgard", description="Asgard MLOps on the embedded default.")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="start the services and run the pipeline through the Airflow REST API")
+    run = commands.add_parser("run", help="start the services and run the pipeline through the Airflow REST API")
+    run.add_argument("--customers", type=int, default=2000, help="size of the sample gold layer")
+    run.add_argument("--days", type=int, default=14, help="days of daily snapshots in the sample gold layer")
     start = commands.add_parser("start", help="start the embedded services (all, or the named ones)")
     start.add_argument("services", nargs="*")
     stop = commands.add_parser("stop", help="stop the embedded services and everything they started")
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     manager = ServiceManager(settings)
     try:
         if args.command == "run":
-            MainJob(settings).run()
+            MainJob(settings, customers=args.customers, days=args.days).run()
         elif args.command == "start":
             manager.start(args.services or None)
         elif args.command == "stop":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class AirflowApi:
         self.dags = af.DAGApi(self._client)
         self.runs = af.DagRunApi(self._client)
         self.task_instances = af.TaskInstanceApi(self._client)
+        self.assets = af.AssetApi(self._client)
 
     def _token(self, username: str, password: str) -> str:
         # The token endpoint belongs to the auth manager, outside the generated /api/v2 client.
@@ -143,12 +145,28 @@ class AirflowApi:
         run_id = self.trigger(dag_id, conf)
         return self.wait_for_run(dag_id, run_id, timeout=timeout, on_progress=on_progress)
 
+    def asset_events(self, uri: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events of the Asset with ``uri`` (who emitted them, when, with what extra)."""
+        response = self.assets.get_asset_events(limit=limit, order_by=["-timestamp"], name_pattern=uri)
+        return [event.to_dict() for event in response.asset_events if event.uri == uri]
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, try_number: int = 1) -> str:
-        """The text of one task try's log (for failure messages)."""
-        response = self.task_instances.get_log(
+        """The text of one task try's log, exceptions included (for failure messages)."""
+        # Raw JSON: the generated model drops the structured fields (error_detail) of each record.
+        response = self.task_instances.get_log_without_preload_content(
             dag_id, run_id, task_id, try_number, map_index=map_index, full_content=True
         )
-        content = getattr(response, "content", response)
+        content = json.loads(response.read())["content"]
         if isinstance(content, list):
-            return "\n".join(str(getattr(line, "event", line)) for line in content)
+            return "\n".join(_render_log_line(line) for line in content)
         return str(content)
+
+
+def _render_log_line(line: Any) -> str:
+    """One structured log record as text, with the exception it carries (type and message)."""
+    if not isinstance(line, dict):
+        return str(line)
+    text = str(line.get("event", ""))
+    for detail in line.get("error_detail") or []:
+        text += f"\n{detail.get('exc_type')}: {detail.get('exc_value')}"
+    return text

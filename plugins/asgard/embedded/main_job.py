@@ -10,9 +10,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from asgard import features, gold
 from asgard.embedded.airflow_api import AirflowApi, RunOutcome
 from asgard.embedded.services import ServiceManager
 from asgard.settings import Settings
+
+# The seed's POST /feast/features payload, registering a second view over the gold layer.
+SUPPORT_FEATURES_REQUEST = {
+    "name": "customer_support",
+    "entities": ["customer_id"],
+    "features": [
+        {"name": "support_tickets_count", "dtype": "int64"},
+        {"name": "days_since_last_purchase", "dtype": "int64"},
+    ],
+    "source": {"table_name": "customer_features", "timestamp_field": "event_timestamp"},
+    "ttl_days": 365,
+    "tags": {"team": "customer-success"},
+}
 
 
 class MainJobError(RuntimeError):
@@ -22,6 +36,8 @@ class MainJobError(RuntimeError):
 @dataclass
 class MainJob:
     settings: Settings
+    customers: int = 2000
+    days: int = 14
     timings: list[tuple[str, float]] = field(default_factory=list)
     results: dict[str, str] = field(default_factory=dict)
 
@@ -48,6 +64,31 @@ class MainJob:
             self._require_success(outcome)
             self.results["check_platform run"] = outcome.run_id
 
+        with self.stage("generate the sample gold layer"):
+            from sample_data.gold_layer import GoldSpec, write_gold_layer
+
+            spec = GoldSpec(customers=self.customers, days=self.days)
+            write_gold_layer(spec, gold.GoldLocation.for_settings(self.settings), log=_say)
+            self.results["gold layer"] = (
+                f"{self.customers} customers x {self.days} days, {spec.start_time:%Y-%m-%d} → {spec.end_time:%Y-%m-%d}"
+            )
+
+        with self.stage("apply the feature repo (feast apply)"):
+            for line in features.apply_repo(self.settings).splitlines():
+                if line.strip():
+                    _say(line.strip())
+
+        with self.stage("register features (register_features)"):
+            outcome = api.run_and_wait("register_features", SUPPORT_FEATURES_REQUEST, on_progress=_progress)
+            self._require_success(outcome)
+            self.results["register_features run"] = outcome.run_id
+
+        with self.stage("materialize features (materialize_features)"):
+            window = {"start": spec.start_time.isoformat(), "end": spec.end_time.isoformat()}
+            outcome = api.run_and_wait("materialize_features", window, on_progress=_progress)
+            self._require_success(outcome)
+            self.results["materialize_features run"] = outcome.run_id
+
         self.print_summary(manager)
 
     @staticmethod
@@ -66,6 +107,10 @@ class MainJob:
         print(f"    Airflow UI:  {self.settings.airflow_url}  (login {user} / {password})")
         print(f"    MLflow UI:   {self.settings.mlflow_url}")
         print("    Stop everything with: ./asgard stop", flush=True)
+
+
+def _say(line: str) -> None:
+    print(f"    {line}", flush=True)
 
 
 def _progress(states: dict[str, str]) -> None:

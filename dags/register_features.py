@@ -1,0 +1,82 @@
+"""
+### Register features
+
+Registers a feature view over a gold-layer table in the Feast registry (the seed's
+`POST /feast/features`). The request is checked against the gold layer first: the table, the
+timestamp, entity and feature columns must exist with compatible types, or the run fails naming
+every problem and the registry is left unchanged. Registering the same definition again is a
+no-op; a changed definition updates the view.
+
+```json
+{"name": "customer_features", "entities": ["customer_id"],
+ "features": [{"name": "total_purchases", "dtype": "int64"}],
+ "source": {"table_name": "customer_features", "timestamp_field": "event_timestamp"},
+ "ttl_days": 365}
+```
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+
+from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.features import DTYPES
+
+NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
+
+
+@dag(
+    schedule=None,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=[PLATFORM_TAG, "features"],
+    doc_md=__doc__,
+    params={
+        "name": Param(type="string", pattern=NAME["pattern"], maxLength=128, description="Feature view name."),
+        "entities": Param(type="array", items=NAME, minItems=1, uniqueItems=True, description="Join keys."),
+        "features": Param(
+            type="array",
+            minItems=1,
+            items={
+                "type": "object",
+                "properties": {"name": NAME, "dtype": {"type": "string", "enum": list(DTYPES)}},
+                "required": ["name", "dtype"],
+                "additionalProperties": False,
+            },
+        ),
+        "source": Param(
+            type="object",
+            properties={
+                "table_name": NAME,
+                "timestamp_field": NAME,
+                "created_timestamp_column": NAME,
+            },
+            required=["table_name", "timestamp_field"],
+            additionalProperties=False,
+        ),
+        "ttl_days": Param(365, type="integer", minimum=1, maximum=3650),
+        "description": Param("", type="string"),
+        "tags": Param({}, type="object", additionalProperties={"type": "string"}),
+    },
+)
+def register_features():
+    @task
+    def validate_request(params=None) -> dict:
+        from asgard.errors import fail_without_retry
+        from asgard.features import validate_request
+
+        with fail_without_retry():
+            return validate_request(dict(params))
+
+    @task
+    def apply_feature_view(request: dict) -> dict:
+        from asgard.errors import fail_without_retry
+        from asgard.features import open_store, register_feature_view
+
+        with fail_without_retry():
+            return register_feature_view(request, open_store())
+
+    apply_feature_view(validate_request())
+
+
+register_features()

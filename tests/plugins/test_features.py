@@ -1,0 +1,220 @@
+"""Feature store against real Feast, a real Iceberg gold layer and real online stores (SQLite, Redis)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import redis
+
+from asgard import features, gold
+from asgard.settings import Settings
+from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
+
+SPEC = GoldSpec(customers=150, days=6, end="2026-11-01T00:00:00+00:00", seed=7)
+DATA_START = SPEC.start_time
+DATA_END = SPEC.end_time
+FEATURES = [
+    "total_purchases",
+    "avg_purchase_value",
+    "days_since_last_purchase",
+    "customer_lifetime_value",
+    "account_age_days",
+    "support_tickets_count",
+    "segment",
+]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """An ASGARD_HOME with a small generated gold layer and the feature repo applied."""
+    path = tmp_path_factory.mktemp("features-home")
+    previous = os.environ.get("ASGARD_HOME")
+    os.environ["ASGARD_HOME"] = str(path)
+    try:
+        write_gold_layer(SPEC, log=lambda _: None)
+        report = features.apply_repo()
+        assert "customer_features" in report
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("ASGARD_HOME")
+        else:
+            os.environ["ASGARD_HOME"] = previous
+
+
+def sqlite_store(home, name: str | None = None):
+    """A store on a fresh SQLite online database (the shared registry, its own online state)."""
+    path = home / f"online-{name or uuid.uuid4().hex}.db"
+    return features.open_store(online_store={"type": "sqlite", "path": str(path)})
+
+
+@pytest.fixture
+def redis_store(home):
+    client = redis.Redis(host="127.0.0.1", port=6379, db=11)
+    client.flushdb()
+    yield features.open_store(online_store={"type": "redis", "connection_string": "127.0.0.1:6379,db=11"})
+    client.flushdb()
+
+
+def expected_online(end: datetime) -> pd.DataFrame:
+    """The newest gold row per customer before ``end``: what the online store must hold."""
+    rows = gold.load_table(FEATURE_TABLE).scan().to_pandas()
+    rows = rows[rows["event_timestamp"] < pd.Timestamp(end)]
+    latest = rows.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last")
+    return latest.set_index("customer_id").sort_index()[FEATURES]
+
+
+def online(store) -> pd.DataFrame:
+    rows = [{"customer_id": i} for i in range(1, SPEC.customers + 1)]
+    refs = [f"customer_features:{name}" for name in FEATURES]
+    frame = store.get_online_features(features=refs, entity_rows=rows).to_df()
+    return frame.set_index("customer_id").sort_index()[FEATURES]
+
+
+def window(start, end) -> features.Window:
+    return features.Window("customer_features", start, end)
+
+
+def assert_same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(actual, expected, check_dtype=False, check_names=False)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_online_values_are_the_latest_gold_rows_as_of_window_end(home, backend, request):
+    store = sqlite_store(home) if backend == "sqlite" else request.getfixturevalue("redis_store")
+    end = DATA_END - timedelta(days=2, hours=5)  # mid-day: rows after it must not be visible
+    result = features.materialize_window(store, window(DATA_START, end))
+    assert result.rows_read == len(gold.load_table(FEATURE_TABLE).scan().to_pandas().query("event_timestamp < @end"))
+    assert result.chunks == 4
+    assert_same(online(store), expected_online(end))
+
+
+def test_backfill_of_two_windows_equals_one_run_over_both(home):
+    middle = DATA_START + timedelta(days=3, hours=7)
+    split, whole = sqlite_store(home), sqlite_store(home)
+    features.materialize_window(split, window(DATA_START, middle))
+    features.materialize_window(split, window(middle, DATA_END))
+    features.materialize_window(whole, window(DATA_START, DATA_END))
+    assert_same(online(split), online(whole))
+    assert_same(online(whole), expected_online(DATA_END))
+
+
+def test_rerunning_a_window_gives_the_same_state(home):
+    store = sqlite_store(home)
+    features.materialize_window(store, window(DATA_START, DATA_END))
+    first = online(store)
+    features.materialize_window(store, window(DATA_START, DATA_END))
+    assert_same(online(store), first)
+
+
+def test_backfilling_an_old_window_never_leaves_older_values_on_top(home):
+    store = sqlite_store(home)
+    features.materialize_window(store, window(DATA_START, DATA_END))
+    result = features.materialize_window(store, window(DATA_START, DATA_START + timedelta(days=1)))
+    assert (
+        result.read_until
+        == features.open_store()
+        .get_feature_view("customer_features")
+        .most_recent_end_time.replace(tzinfo=UTC)
+        .isoformat()
+    )
+    assert_same(online(store), expected_online(DATA_END))
+
+
+def test_watermark_only_moves_forward_and_the_next_run_continues_from_it(home):
+    store = sqlite_store(home)
+    features.materialize_window(store, window(DATA_START, DATA_END))
+    features.materialize_window(store, window(DATA_START, DATA_START + timedelta(hours=6)))
+    view = store.get_feature_view("customer_features")
+    assert features.to_utc(view.most_recent_end_time) >= DATA_END
+    (planned,) = features.plan_windows(store, None, None, DATA_END + timedelta(hours=1))
+    assert planned.start >= DATA_END and planned.end == DATA_END + timedelta(hours=1)
+
+
+def test_unknown_feature_view_is_named(home):
+    with pytest.raises(features.FeatureRequestError, match=r"unknown feature view\(s\) nope; registered: "):
+        features.plan_windows(sqlite_store(home), ["nope"], DATA_START, DATA_END)
+
+
+# ----------------------------------------------------------------- register_features
+def seed_request(**changes):
+    request = {
+        "name": "customer_support",
+        "entities": ["customer_id"],
+        "features": [
+            {"name": "support_tickets_count", "dtype": "int64"},
+            {"name": "days_since_last_purchase", "dtype": "int64"},
+        ],
+        "source": {"table_name": FEATURE_TABLE, "timestamp_field": "event_timestamp"},
+        "ttl_days": 90,
+    }
+    request.update(changes)
+    return request
+
+
+def test_register_is_created_then_unchanged_then_updated(home):
+    store = features.open_store()
+    assert features.register_feature_view(seed_request(), store)["action"] == "created"
+    view = store.get_feature_view("customer_support")
+    assert [f.name for f in view.features] == ["support_tickets_count", "days_since_last_purchase"]
+    assert view.entities == ["customer"]  # reuses the entity that owns the join key
+    assert features.register_feature_view(seed_request(), store)["action"] == "unchanged"
+    assert features.register_feature_view(seed_request(ttl_days=30), store)["action"] == "updated"
+    assert store.get_feature_view("customer_support").ttl == timedelta(days=30)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"source": {"table_name": "orders", "timestamp_field": "event_timestamp"}},
+            "table 'orders' is not in the gold",
+        ),
+        ({"features": [{"name": "total_orders", "dtype": "int64"}]}, "feature column 'total_orders' is not in gold"),
+        (
+            {"features": [{"name": "segment", "dtype": "float64"}]},
+            "'segment' is float64 in the request but large_string",
+        ),
+        (
+            {"features": [{"name": "segment", "dtype": "string"}, {"name": "segment", "dtype": "string"}]},
+            "feature 'segment' is listed twice",
+        ),
+        ({"features": [{"name": "segment", "dtype": "decimal"}]}, "unknown dtype 'decimal'"),
+        ({"entities": ["account_id"]}, "entity column 'account_id' is not in gold"),
+        (
+            {"source": {"table_name": FEATURE_TABLE, "timestamp_field": "total_purchases"}},
+            "timestamp column 'total_purchases' has type int64",
+        ),
+    ],
+    ids=["unknown-table", "unknown-column", "bad-dtype", "duplicate", "unknown-dtype", "unknown-entity", "bad-ts"],
+)
+def test_bad_requests_name_the_problem_and_leave_the_registry_unchanged(home, change, message):
+    store = features.open_store()
+    before = sorted(features.definition(v).__repr__() for v in store.list_feature_views())
+    request = seed_request(name=f"bad_{uuid.uuid4().hex[:6]}", **change)
+    with pytest.raises(features.FeatureRequestError, match=message):
+        features.register_feature_view(request, store)
+    assert sorted(features.definition(v).__repr__() for v in features.open_store().list_feature_views()) == before
+
+
+def test_all_problems_are_reported_at_once(home):
+    request = seed_request(features=[{"name": "a", "dtype": "int64"}, {"name": "b", "dtype": "int64"}])
+    with pytest.raises(features.FeatureRequestError) as error:
+        features.validate_request(request)
+    assert "'a'" in str(error.value) and "'b'" in str(error.value)
+
+
+def test_profiles_pick_the_source():
+    production = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", airflow_port=1, mlflow_port=2)
+    source = features.gold_source("customer_features", "event_timestamp", settings=production)
+    assert type(source).__name__ == "TrinoSource" and source.table == "iceberg.gold.customer_features"
+    embedded = Settings(home=DATA_HOME_PLACEHOLDER, profile="embedded", airflow_port=1, mlflow_port=2)
+    source = features.gold_source("customer_features", "event_timestamp", settings=embedded)
+    assert type(source).__name__ == "IcebergSource" and source.catalog_type == "sql"
+
+
+DATA_HOME_PLACEHOLDER = __import__("pathlib").Path("/nonexistent-asgard-home")
