@@ -328,43 +328,39 @@ def materialize_window(
     store: FeatureStore,
     window: Window,
     *,
-    chunk: timedelta = timedelta(days=1),
+    chunk_rows: int = 500_000,
+    chunk_period: timedelta = timedelta(days=1),
+    write_rows: int = 50_000,
     progress: Callable[[str], None] = log.info,
 ) -> MaterializeResult:
-    """Load the latest value per entity of ``window`` into the online store, one time chunk at a time.
+    """Load the latest value per entity of ``window`` into the online store.
 
-    Memory is bounded by one chunk, not the window. Chunks go oldest first, so a newer row always
-    overwrites an older one. Re-running a window that ends before the view's watermark replays up
-    to the watermark, so a backfill never leaves older values on top of newer ones. The watermark
-    only ever moves forward.
+    The source is read a bounded chunk at a time (whole Iceberg files up to ``chunk_rows`` rows; a
+    pushed-down query per ``chunk_period`` for other offline stores) and folded into the newest row
+    per entity, so memory is bounded by one chunk plus one row per entity, never by the length of
+    the window. Each entity is written once, in batches of ``write_rows``. Re-running a window that
+    ends before the view's watermark reads on up to the watermark, so a backfill never leaves older
+    values on top of newer ones. The watermark only ever moves forward.
     """
     started = time.perf_counter()
     view = store.get_feature_view(window.feature_view)
-    # The online table may not exist yet (a new online store, a view registered elsewhere): create it
-    # if missing; an existing table is left as it is.
-    store._get_provider().update_infra(
-        project=store.project,
-        tables_to_delete=[],
-        tables_to_keep=[view],
-        entities_to_delete=[],
-        entities_to_keep=store.list_entities(),
-        partial=True,
-    )
+    ensure_online_table(store, view)
     watermark = to_utc(view.most_recent_end_time) if view.most_recent_end_time else None
     read_until = max(window.end, watermark) if watermark and window.start < watermark else window.end
-    rows_read = rows_written = chunks = 0
-    reader = _ChunkReader(store, view)
-    for chunk_start, chunk_end in _chunks(window.start, read_until, chunk):
-        latest, read = reader.latest_rows(chunk_start, chunk_end)
+    reader = _SourceReader(store, view)
+    latest: pd.DataFrame | None = None
+    rows_read = chunks = 0
+    for candidates, read in reader.chunks(window.start, read_until, chunk_rows=chunk_rows, period=chunk_period):
         chunks += 1
         rows_read += read
-        if len(latest):
-            store.write_to_online_store(view.name, latest)
-            rows_written += len(latest)
-            progress(
-                f"{view.name}: {chunk_start:%Y-%m-%d %H:%M} → {chunk_end:%Y-%m-%d %H:%M}: "
-                f"{read} rows read, {len(latest)} entities written ({rows_read} rows so far)"
-            )
+        latest = reader.newest(candidates if latest is None else [latest, candidates])
+        progress(f"{view.name}: chunk {chunks}: {read} rows read ({rows_read} so far, {len(latest)} entities)")
+    rows_written = 0
+    if latest is not None:
+        for offset in range(0, len(latest), write_rows):
+            batch = latest.iloc[offset : offset + write_rows]
+            store.write_to_online_store(view.name, batch)
+            rows_written += len(batch)
     store.registry.apply_materialization(view, store.project, window.start, window.end, commit=True)
     new_watermark = max(window.end, watermark) if watermark else window.end
     return MaterializeResult(
@@ -380,8 +376,23 @@ def materialize_window(
     )
 
 
-class _ChunkReader:
-    """Reads the newest row per entity of one view's source, one time chunk at a time."""
+def ensure_online_table(store: FeatureStore, view: FeatureView) -> None:
+    """Create the view's online table if it is missing; an existing table is left as it is.
+
+    It may be missing in a new online store, or for a view registered from another machine.
+    """
+    store._get_provider().update_infra(
+        project=store.project,
+        tables_to_delete=[],
+        tables_to_keep=[view],
+        entities_to_delete=[],
+        entities_to_keep=store.list_entities(),
+        partial=True,
+    )
+
+
+class _SourceReader:
+    """Reads one view's source in bounded chunks and keeps the newest row per entity."""
 
     def __init__(self, store: FeatureStore, view: FeatureView) -> None:
         self.store, self.view = store, view
@@ -390,53 +401,49 @@ class _ChunkReader:
         self.features = [feature.name for feature in view.features]
         self.ts = self.source.timestamp_field
         self.created = self.source.created_timestamp_column or None
-        self.columns = [*self.join_keys, *self.features, self.ts, *([self.created] if self.created else [])]
-        self.table = None
-        if _is_local_iceberg(self.source):
-            # One snapshot for the whole window: every chunk reads the same version of the table.
-            location = gold.GoldLocation(catalog_uri=self.source.endpoint, warehouse=self.source.warehouse)
-            self.table = gold.load_table(self.source.iceberg_table, location)
+        self.order = [self.ts, self.created] if self.created else [self.ts]
+        self.columns = [*self.join_keys, *self.features, *self.order]
 
-    def latest_rows(self, start: datetime, end: datetime) -> tuple[pd.DataFrame, int]:
-        """The newest row per entity among the source rows in ``[start, end)``, and the rows read."""
-        if self.table is not None:
-            batches = list(
-                gold.scan_window(self.source.iceberg_table, self.ts, start, end, columns=self.columns, table=self.table)
+    def chunks(
+        self, start: datetime, end: datetime, *, chunk_rows: int, period: timedelta
+    ) -> Iterator[tuple[pd.DataFrame, int]]:
+        """Per chunk of the source rows in ``[start, end)``: the newest row per entity, and the rows read."""
+        if _is_local_iceberg(self.source):
+            location = gold.GoldLocation(catalog_uri=self.source.endpoint, warehouse=self.source.warehouse)
+            table = gold.load_table(self.source.iceberg_table, location)
+            for chunk in gold.scan_chunks(table, self.ts, start, end, self.columns, chunk_rows=chunk_rows):
+                yield self.newest(chunk.to_pandas()), chunk.num_rows
+            return
+        # Any other offline store (Trino in production) computes the newest rows itself, pushed down.
+        offline_store = self.store._get_provider().offline_store
+        for chunk_start, chunk_end in _periods(start, end, period):
+            job = offline_store.pull_latest_from_table_or_query(
+                config=self.store.config,
+                data_source=self.source,
+                join_key_columns=self.join_keys,
+                feature_name_columns=self.features,
+                timestamp_field=self.ts,
+                created_timestamp_column=self.created,
+                start_date=chunk_start,
+                end_date=chunk_end,
             )
-            frame = _to_frame(batches, self.columns)
-            read = len(frame)
-            order = [self.ts, self.created] if self.created else [self.ts]
-            frame = frame.sort_values(order, kind="stable").drop_duplicates(self.join_keys, keep="last")
-            return frame.reset_index(drop=True), read
-        # Any other offline store (Trino in production) computes the latest rows itself, pushed down.
-        job = self.store._get_provider().offline_store.pull_latest_from_table_or_query(
-            config=self.store.config,
-            data_source=self.source,
-            join_key_columns=self.join_keys,
-            feature_name_columns=self.features,
-            timestamp_field=self.ts,
-            created_timestamp_column=self.created,
-            start_date=start,
-            end_date=end,
-        )
-        frame = job.to_df()
-        return frame, len(frame)
+            frame = job.to_df()
+            yield frame, len(frame)
+
+    def newest(self, frames: pd.DataFrame | list[pd.DataFrame]) -> pd.DataFrame:
+        """The newest row per entity (by event, then created timestamp) among ``frames``."""
+        import pandas as pd
+
+        frame = pd.concat(frames, ignore_index=True) if isinstance(frames, list) else frames
+        frame = frame.sort_values(self.order, kind="stable").drop_duplicates(self.join_keys, keep="last")
+        return frame.reset_index(drop=True)
 
 
 def _is_local_iceberg(source: DataSource) -> bool:
     return getattr(source, "catalog_type", None) == "sql" and hasattr(source, "iceberg_table")
 
 
-def _to_frame(batches: list[pa.RecordBatch], columns: list[str]) -> pd.DataFrame:
-    import pandas as pd
-    import pyarrow as pa
-
-    if not batches:
-        return pd.DataFrame(columns=columns)
-    return pa.Table.from_batches(batches).to_pandas()
-
-
-def _chunks(start: datetime, end: datetime, size: timedelta) -> Iterator[tuple[datetime, datetime]]:
+def _periods(start: datetime, end: datetime, size: timedelta) -> Iterator[tuple[datetime, datetime]]:
     cursor = start
     while cursor < end:
         following = min(cursor + size, end)

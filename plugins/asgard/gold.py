@@ -94,26 +94,35 @@ def snapshot_id(table_name: str, location: GoldLocation | None = None) -> int | 
     return snapshot.snapshot_id if snapshot else None
 
 
-def scan_window(
-    table_name: str,
+def scan_chunks(
+    table: Table,
     timestamp_field: str,
     start: datetime,
     end: datetime,
     columns: list[str] | None = None,
-    location: GoldLocation | None = None,
-    table: Table | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Rows with ``start <= timestamp_field < end``, streamed as Arrow batches.
+    *,
+    chunk_rows: int = 500_000,
+) -> Iterator[pa.Table]:
+    """Rows with ``start <= timestamp_field < end``, as Arrow tables of whole data files, about ``chunk_rows`` each.
 
-    Data files carry min/max statistics of the timestamp, so a window only opens the files it overlaps.
-    Pass an already loaded ``table`` to scan many windows of one snapshot without reloading it.
+    The files are planned once for the whole window (their min/max timestamp statistics skip every
+    file outside it) and read a group at a time, so memory is bounded by one chunk, not the window.
     """
     from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+    from pyiceberg.io.pyarrow import ArrowScan
 
-    table = table or load_table(table_name, location)
     row_filter = And(
         GreaterThanOrEqual(timestamp_field, start.isoformat()),
         LessThan(timestamp_field, end.isoformat()),
     )
-    selected = tuple(columns) if columns else ("*",)
-    yield from table.scan(row_filter=row_filter, selected_fields=selected).to_arrow_batch_reader()
+    scan = table.scan(row_filter=row_filter, selected_fields=tuple(columns) if columns else ("*",))
+    reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive)
+    group, rows = [], 0
+    for task in scan.plan_files():
+        group.append(task)
+        rows += task.file.record_count
+        if rows >= chunk_rows:
+            yield reader.to_table(group)
+            group, rows = [], 0
+    if group:
+        yield reader.to_table(group)

@@ -1,0 +1,35 @@
+"""Smoke runs of the benchmarks in ``bench/`` at a tiny size: they run end to end and report.
+
+The figures themselves are not asserted (machines here are noisy); each benchmark checks its own
+paths agree on the result and exits non-zero otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(script: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")])}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_materialize_bench_smoke():
+    out = run_bench("materialize_bench.py", "--rows", "6000", "12000", "--customers", "1000")
+    assert "6000 throughput ratio (materialize_window / feast materialize):" in out
+    assert "12000 throughput ratio" in out
+    assert "peak RSS growth 6000 -> 12000 rows, materialize_window:" in out
