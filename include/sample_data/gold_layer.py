@@ -2,7 +2,8 @@
 
 Deterministic for a given seed and size. Each day is one Iceberg snapshot (one append), rows spread
 over the day; a few values are missing; ``segment`` is categorical. The churn label depends on the
-features (through a logistic model), so a trained model beats the majority-class baseline.
+features (through a logistic model), so a trained model beats the majority-class baseline; the
+regression label ``spend_next_30d`` follows each customer's purchase rate and basket value.
 ``--drift-from`` shifts the distributions of rows from that time on (for monitoring tests).
 
     python include/sample_data/gold_layer.py --customers 2000 --days 14
@@ -23,6 +24,8 @@ FEATURE_TABLE = "customer_features"
 LABEL_TABLE = "customer_labels"
 SEGMENTS = np.array(["consumer", "smb", "enterprise"])
 GENERATOR_PROPERTY = "asgard.generator"
+# Bumped whenever the generated data changes shape, so an older gold layer is regenerated.
+GENERATOR_VERSION = 2
 
 FEATURE_SCHEMA = pa.schema(
     [
@@ -43,6 +46,7 @@ LABEL_SCHEMA = pa.schema(
         pa.field("customer_id", pa.int64(), nullable=False),
         pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("churned", pa.int64(), nullable=False),
+        pa.field("spend_next_30d", pa.float64(), nullable=False),
     ]
 )
 
@@ -72,7 +76,7 @@ class GoldSpec:
         return self.end_time
 
     def fingerprint(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps({**asdict(self), "generator_version": GENERATOR_VERSION}, sort_keys=True)
 
 
 def churn_probability(features: dict[str, np.ndarray]) -> np.ndarray:
@@ -145,8 +149,14 @@ def simulate(spec: GoldSpec) -> tuple[list[pa.Table], pa.Table]:
         days.append(table)
 
     churned = (rng.random(n) < churn_probability(state)).astype(np.int64)
+    # A regression target: what a customer spends in the next 30 days, driven by their purchase
+    # rate and basket value (seen through the features) and near zero once they churn.
+    expected_spend = purchase_rate * 30 * value_mean * np.where(churned == 1, 0.1, 1.0)
+    spend = np.round(np.maximum(0.0, expected_spend * rng.lognormal(0.0, 0.25, size=n)), 2)
     label_stamp = np.full(n, np.datetime64(spec.label_time.replace(tzinfo=None), "us"))
-    labels = pa.table({"customer_id": ids, "event_timestamp": label_stamp, "churned": churned}).cast(LABEL_SCHEMA)
+    labels = pa.table(
+        {"customer_id": ids, "event_timestamp": label_stamp, "churned": churned, "spend_next_30d": spend}
+    ).cast(LABEL_SCHEMA)
     return days, labels
 
 

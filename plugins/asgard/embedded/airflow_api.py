@@ -46,6 +46,7 @@ class AirflowApi:
         self.runs = af.DagRunApi(self._client)
         self.task_instances = af.TaskInstanceApi(self._client)
         self.assets = af.AssetApi(self._client)
+        self.xcoms = af.XComApi(self._client)
 
     def _token(self, username: str, password: str) -> str:
         # The token endpoint belongs to the auth manager, outside the generated /api/v2 client.
@@ -149,6 +150,12 @@ class AirflowApi:
         """The newest events of the Asset with ``uri`` (who emitted them, when, with what extra)."""
         response = self.assets.get_asset_events(limit=limit, order_by=["-timestamp"], name_pattern=uri)
         return [event.to_dict() for event in response.asset_events if event.uri == uri]
+
+    def task_result(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+        """What a task returned (its ``return_value`` XCom), as JSON data."""
+        entry = self.xcoms.get_xcom_entry(dag_id, task_id, run_id, "return_value", map_index=map_index)
+        value = entry.actual_instance.value if hasattr(entry, "actual_instance") else entry.value
+        return json.loads(value) if isinstance(value, str) else value
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, try_number: int = 1) -> str:
         """The text of one task try's log, exceptions included (for failure messages)."""

@@ -28,6 +28,17 @@ SUPPORT_FEATURES_REQUEST = {
     "tags": {"team": "customer-success"},
 }
 
+# The seed's POST /mlops/models body (without its three-customer entity filter: too few to learn from).
+CHURN_MODEL_REQUEST = {
+    "experiment_name": "customer_churn",
+    "model_name": "churn_predictor",
+    "framework": "sklearn",
+    "model_type": "classification",
+    "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
+    "hyperparameters": {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}},
+    "tags": {"team": "data-science"},
+}
+
 
 class MainJobError(RuntimeError):
     """A stage of the main job failed; the message names the stage and the cause."""
@@ -88,6 +99,16 @@ class MainJob:
             outcome = api.run_and_wait("materialize_features", window, on_progress=_progress)
             self._require_success(outcome)
             self.results["materialize_features run"] = outcome.run_id
+
+        with self.stage("train, register and gate a model (train_model)"):
+            outcome = api.run_and_wait("train_model", CHURN_MODEL_REQUEST, on_progress=_progress)
+            self._require_success(outcome)
+            decision = api.task_result("train_model", outcome.run_id, "gate_model")
+            alias = "champion" if decision["promoted"] else "challenger"
+            self.results["model"] = (
+                f"{decision['model_name']} v{decision['version']} -> @{alias} "
+                f"({decision['metric']} {decision['score']:.3f}; {decision['reason']})"
+            )
 
         self.print_summary(manager)
 

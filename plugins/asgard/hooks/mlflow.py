@@ -6,6 +6,8 @@ The connection (``mlflow_default``) names the server; tasks never read or set
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 # "one MLflow run per DAG run" hold across task retries.
 AIRFLOW_DAG_ID_TAG = "airflow.dag_id"
 AIRFLOW_RUN_ID_TAG = "airflow.run_id"
+ALLOW_DESERIALIZATION = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 
 class MlflowHook(BaseHook):
@@ -90,6 +93,46 @@ class MlflowHook(BaseHook):
             experiment_id, run_name=f"{dag_id}__{run_id}", tags={k: str(v) for k, v in run_tags.items()}
         )
 
+    @contextmanager
+    def using_server(self) -> Iterator[None]:
+        """Point MLflow's fluent APIs (``log_model``, ``load_model``) at this server for the block.
+
+        They read a process-wide URI; it is set here and restored after, never via the environment.
+        """
+        import mlflow
+
+        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+
+    @contextmanager
+    def active_run(self, run_id: str) -> Iterator[Run]:
+        """Resume ``run_id`` as MLflow's active run for the block (an exception marks it FAILED)."""
+        import mlflow
+
+        with self.using_server(), mlflow.start_run(run_id=run_id) as run:
+            yield run
+
+    def load_model(self, model_uri: str) -> Any:
+        """A model from this server's registry, with ``predict`` (and ``predict_proba`` for classifiers).
+
+        MLflow refuses to deserialize any model unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set,
+        because a model file can run code. Models in the platform's own registry are the platform's
+        own, so the permission is granted for this one load and withdrawn after it.
+        """
+        import mlflow
+
+        with self.using_server(), _allow_deserialization():
+            flavors = mlflow.models.get_model_info(model_uri).flavors
+            if "sklearn" in flavors:
+                return mlflow.sklearn.load_model(model_uri)
+            return mlflow.pyfunc.load_model(model_uri)
+
     def test_connection(self) -> tuple[bool, str]:
         """Airflow's "Test connection" button: one cheap call to the server."""
         try:
@@ -97,6 +140,21 @@ class MlflowHook(BaseHook):
         except Exception as error:
             return False, f"MLflow at {self.tracking_uri} did not answer: {error}"
         return True, f"MLflow at {self.tracking_uri} answered"
+
+
+@contextmanager
+def _allow_deserialization() -> Iterator[None]:
+    import os
+
+    previous = os.environ.get(ALLOW_DESERIALIZATION)
+    os.environ[ALLOW_DESERIALIZATION] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ALLOW_DESERIALIZATION, None)
+        else:
+            os.environ[ALLOW_DESERIALIZATION] = previous
 
 
 def _literal(value: str) -> str:

@@ -1,0 +1,120 @@
+"""
+### Train a model
+
+The seed's `POST /mlops/models` as a conf: trains a scikit-learn, XGBoost or LightGBM model on
+point-in-time correct Feast features joined onto the gold layer's labels, tracks it in one MLflow
+run, registers a version with lineage tags and promotes it to `@champion` only if it is at least
+as good as the current champion on the same holdout (else `@challenger`). A promotion emits the
+model's Asset, which schedules `deploy_model`.
+
+```json
+{"experiment_name": "customer_churn", "model_name": "churn_predictor",
+ "framework": "sklearn", "model_type": "classification",
+ "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
+ "hyperparameters": {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}},
+ "promotion": {"metric": "roc_auc", "min_improvement": 0.0}}
+```
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import AssetAlias, Param, dag, task
+
+from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.model_registry import CHAMPION_MODELS_ALIAS
+from asgard.trainers import ALGORITHMS, FRAMEWORKS, METRICS, MODEL_TYPES
+
+NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
+SCALAR = {"type": ["string", "integer", "number", "boolean"]}
+
+
+@dag(
+    schedule=None,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=[PLATFORM_TAG, "training"],
+    doc_md=__doc__,
+    params={
+        "experiment_name": Param(type="string", minLength=1, maxLength=256),
+        "model_name": Param(type="string", pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+        "framework": Param(type="string", enum=list(FRAMEWORKS)),
+        "model_type": Param(type="string", enum=list(MODEL_TYPES)),
+        "algorithm": Param(None, type=["null", "string"], enum=[None, *ALGORITHMS]),
+        "data_source": Param(
+            type="object",
+            properties={
+                "feature_views": {"type": "array", "items": NAME, "minItems": 1, "uniqueItems": True},
+                "entities": {"type": "object", "additionalProperties": {"type": "array", "items": SCALAR}},
+                "target_column": NAME,
+                "label_table": NAME,
+            },
+            required=["feature_views", "target_column"],
+            additionalProperties=False,
+        ),
+        "hyperparameters": Param(
+            {"params": {}},
+            type="object",
+            properties={"params": {"type": "object"}},
+            additionalProperties=False,
+        ),
+        "tags": Param({}, type="object", additionalProperties={"type": "string"}),
+        "promotion": Param(
+            {},
+            type="object",
+            properties={
+                "metric": {"type": "string", "enum": sorted({m for names in METRICS.values() for m in names})},
+                "min_improvement": {"type": "number", "minimum": 0},
+            },
+            additionalProperties=False,
+        ),
+        "test_size": Param(0.2, type="number", minimum=0.05, maximum=0.5),
+        "random_state": Param(42, type="integer"),
+    },
+)
+def train_model():
+    @task
+    def validate_request(params=None) -> dict:
+        from asgard import training
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            return training.validate_request(params)
+
+    @task
+    def build_training_set(request: dict, dag_run=None) -> dict:
+        from asgard import training
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            return training.build_training_set(request, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+
+    @task
+    def fit_model(request: dict, dataset: dict) -> dict:
+        from asgard import training
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            return training.fit_model(request, dataset)
+
+    @task
+    def register_model(request: dict, dataset: dict, fitted: dict, dag_run=None) -> dict:
+        from asgard import training
+
+        return training.register_model(request, dataset, fitted, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+
+    @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
+    def gate_model(request: dict, dataset: dict, fitted: dict, registered: dict, outlet_events=None) -> dict:
+        from asgard import training
+        from asgard.model_registry import announce_promotion
+
+        decision = training.gate_model(request, dataset, fitted, registered)
+        announce_promotion(decision, outlet_events)
+        return decision.as_dict()
+
+    request = validate_request()
+    dataset = build_training_set(request)
+    fitted = fit_model(request, dataset)
+    gate_model(request, dataset, fitted, register_model(request, dataset, fitted))
+
+
+train_model()

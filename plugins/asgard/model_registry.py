@@ -1,0 +1,213 @@
+"""Model versions in the MLflow registry: registering a run's model once, and the champion gate.
+
+Shared by ``train_model`` and ``train_script``: however a model was trained, it is registered,
+gated and promoted the same way. Aliases (``@champion``, ``@challenger``) carry the decision;
+stages are not used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from asgard import trainers
+from asgard.hooks.mlflow import AIRFLOW_DAG_ID_TAG, AIRFLOW_RUN_ID_TAG, MlflowHook, _literal
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# Promotions are announced as Assets under this URI scheme, one per model, through this alias
+# (``deploy_model`` is scheduled by it).
+MODEL_ASSET_PREFIX = "mlflow://asgard/models/"
+CHAMPION_MODELS_ALIAS = "asgard-champion-models"
+HOLDOUT_TAG_PREFIX = "asgard.holdout."
+
+
+def model_asset_uri(model_name: str) -> str:
+    return f"{MODEL_ASSET_PREFIX}{model_name}"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    model_name: str
+    version: str
+    promoted: bool
+    metric: str
+    score: float
+    champion_version: str | None
+    champion_score: float | None
+    min_improvement: float
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def alias(self) -> str:
+        return CHAMPION if self.promoted else CHALLENGER
+
+
+class ModelRegistry:
+    """Registers and gates model versions through the MLflow hook's client."""
+
+    def __init__(self, hook: MlflowHook) -> None:
+        self.hook = hook
+        self.client = hook.client
+
+    def register(
+        self,
+        model_name: str,
+        model_uri: str,
+        mlflow_run_id: str,
+        tags: dict[str, Any],
+        *,
+        model_id: str | None = None,
+    ) -> tuple[ModelVersion, bool]:
+        """The version of ``model_name`` made from ``mlflow_run_id``'s model, and whether it is new.
+
+        A retried task finds the version its first try created (by run id) instead of adding a
+        second one for the same DAG run.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(model_name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        existing = self.client.search_model_versions(
+            f"name = {_literal(model_name)} and run_id = {_literal(mlflow_run_id)}"
+        )
+        if existing:
+            return existing[0], False
+        version = self.client.create_model_version(
+            model_name,
+            source=model_uri,
+            run_id=mlflow_run_id,
+            tags={k: str(v) for k, v in tags.items()},
+            model_id=model_id,
+        )
+        return version, True
+
+    def champion(self, model_name: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(model_name, CHAMPION)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def gate(
+        self,
+        model_name: str,
+        version: str,
+        *,
+        holdout: pd.DataFrame,
+        target: pd.Series,
+        model_type: str,
+        metric: str,
+        score: float,
+        min_improvement: float = 0.0,
+    ) -> GateDecision:
+        """Compare ``version`` with the current champion on the same holdout and set the aliases.
+
+        The new version takes ``@champion`` when it is at least as good as the champion by
+        ``min_improvement`` on ``metric`` (or when there is no champion); otherwise it gets
+        ``@challenger``. The decision and both scores are tagged on the version.
+        """
+        champion = self.champion(model_name)
+        champion_version = champion.version if champion else None
+        champion_score: float | None = None
+        if champion is None:
+            promoted, reason = True, "no current champion"
+        elif str(champion.version) == str(version):
+            promoted, reason, champion_score = True, "already the champion (a retried gate)", score
+        else:
+            champion_score, how = self._champion_score(champion, holdout, target, model_type, metric)
+            if champion_score is None:
+                promoted, reason = True, f"champion v{champion.version} {how}"
+            else:
+                promoted = trainers.better(metric, score, champion_score, min_improvement)
+                verdict = "at least as good as" if promoted else "not better than"
+                reason = (
+                    f"{metric} {score:.4f} is {verdict} champion v{champion.version}'s {champion_score:.4f} "
+                    f"({how}) with min_improvement {min_improvement}"
+                )
+        decision = GateDecision(
+            model_name, str(version), promoted, metric, score, champion_version, champion_score, min_improvement, reason
+        )
+        self._record(decision)
+        return decision
+
+    def _champion_score(
+        self, champion: ModelVersion, holdout: pd.DataFrame, target: pd.Series, model_type: str, metric: str
+    ) -> tuple[float | None, str]:
+        """The champion's ``metric`` on this holdout; else its recorded holdout score; else None and why."""
+        uri = f"models:/{champion.name}/{champion.version}"
+        try:
+            model = self.hook.load_model(uri)
+            columns = _input_columns(model, holdout)
+            value = trainers.evaluate(model, holdout[columns], target, model_type).get(metric)
+            if value is not None:
+                return value, "scored on the same holdout"
+            problem = f"cannot produce {metric}"
+        except Exception as error:  # a champion from other features or another framework
+            problem = f"could not be scored on this holdout ({type(error).__name__}: {error})"
+            log.warning("champion v%s %s", champion.version, problem)
+        recorded = (champion.tags or {}).get(f"{HOLDOUT_TAG_PREFIX}{metric}")
+        if recorded is not None:
+            return float(recorded), f"{problem}; compared with its recorded holdout score"
+        return None, f"{problem} and has no recorded {metric}"
+
+    def _record(self, decision: GateDecision) -> None:
+        self.client.set_registered_model_alias(decision.model_name, decision.alias, decision.version)
+        tags = {
+            "gate.decision": "promoted" if decision.promoted else "challenger",
+            "gate.metric": decision.metric,
+            "gate.score": decision.score,
+            "gate.champion_version": decision.champion_version or "",
+            "gate.champion_score": "" if decision.champion_score is None else decision.champion_score,
+            "gate.reason": decision.reason,
+        }
+        for key, value in tags.items():
+            self.client.set_model_version_tag(decision.model_name, decision.version, key, str(value))
+
+
+def lineage_tags(
+    *, dag_id: str, run_id: str, feature_views: list[str], gold_snapshots: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, str]:
+    """The tags that tie a model version to the Airflow run and the data it was trained on."""
+    return {
+        AIRFLOW_DAG_ID_TAG: dag_id,
+        AIRFLOW_RUN_ID_TAG: run_id,
+        "feast.feature_views": ",".join(feature_views),
+        "gold.snapshots": json.dumps(gold_snapshots, sort_keys=True),
+        **{key: str(value) for key, value in extra.items()},
+    }
+
+
+def _input_columns(model: Any, holdout: pd.DataFrame) -> list[str]:
+    """The columns the model was fitted on (all of the holdout's when it does not say)."""
+    names = getattr(model, "feature_names_in_", None)
+    return list(names) if names is not None else list(holdout.columns)
+
+
+def announce_promotion(decision: GateDecision, outlet_events: Any) -> None:
+    """Emit the model's Asset (through the champion-models alias) when the gate promoted it."""
+    if not decision.promoted:
+        return
+    from airflow.sdk import Asset, AssetAlias
+
+    outlet_events[AssetAlias(CHAMPION_MODELS_ALIAS)].add(
+        Asset(model_asset_uri(decision.model_name)),
+        extra={"model_name": decision.model_name, "version": decision.version, decision.metric: decision.score},
+    )
