@@ -61,6 +61,17 @@ def bare(mlflow_url: str) -> None:
     print(json.dumps({"seconds": seconds, "rows": len(frame), "columns": len(names)}))
 
 
+def timed_run(api, request: dict) -> tuple[float, list[tuple[str, float]]]:
+    """One train_model run from the REST trigger to its final state, and its tasks' durations."""
+    started = time.perf_counter()
+    outcome = api.wait_for_run("train_model", api.trigger("train_model", request), timeout=7200)
+    seconds = time.perf_counter() - started
+    if outcome.state != "success":
+        raise SystemExit(f"train_model run ended {outcome.state}: {outcome.failure}")
+    tasks = api.task_instances.get_task_instances("train_model", outcome.run_id).task_instances
+    return seconds, [(ti.task_id, ti.duration) for ti in sorted(tasks, key=lambda ti: ti.start_date)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,11 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             "hyperparameters": {"params": PARAMS},
             "test_size": 0.2,
         }
-        started = time.perf_counter()
-        outcome = api.wait_for_run("train_model", api.trigger("train_model", request), timeout=7200)
-        dag_seconds = time.perf_counter() - started
-        if outcome.state != "success":
-            raise SystemExit(f"train_model run ended {outcome.state}: {outcome.failure}")
+        # Twice: the first run after the services start, then a second one, which also scores the
+        # first one's model as the champion on its holdout (the steady state of a retraining loop).
+        runs = [timed_run(api, request) for _ in range(2)]
     finally:
         if not already_running:
             manager.stop(log=lambda _: None)
@@ -144,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = baseline["rows"]
     print(f"training set: {rows} labelled rows x {baseline['columns']} features")
     print(f"bare fetch+fit+log (one process):  {baseline['seconds']:8.1f}s")
-    print(f"train_model DAG run (REST, 5 tasks): {dag_seconds:8.1f}s")
-    print(f"ratio (DAG / bare): {dag_seconds / baseline['seconds']:.2f}  (target <= 1.5)")
+    for label, (dag_seconds, durations) in zip(("first", "second (gate vs a champion)"), runs, strict=True):
+        ratio = dag_seconds / baseline["seconds"]
+        print(f"train_model DAG run, {label}: {dag_seconds:8.1f}s  ratio (DAG / bare): {ratio:.2f}")
+        print("    " + ", ".join(f"{task} {seconds:.1f}s" for task, seconds in durations))
+    print("(target: ratio <= 1.5)")
     return 0
 
 

@@ -56,7 +56,12 @@ METRICS = {
 LOWER_IS_BETTER = {"rmse", "mae"}
 DEFAULT_METRIC = {"classification": "roc_auc", "regression": "rmse"}
 # The Python distributions a model of each framework needs at load time (logged as its requirements).
-FRAMEWORK_MODULES = {"sklearn": ["sklearn"], "xgboost": ["sklearn", "xgboost"], "lightgbm": ["sklearn", "lightgbm"]}
+# Each entry lists the distribution names that may provide it (XGBoost ships a CPU-only build too).
+FRAMEWORK_DISTRIBUTIONS = {
+    "sklearn": [("scikit-learn",)],
+    "xgboost": [("scikit-learn",), ("xgboost", "xgboost-cpu")],
+    "lightgbm": [("scikit-learn",), ("lightgbm",)],
+}
 
 
 @dataclass(frozen=True)
@@ -230,11 +235,16 @@ def better(metric: str, candidate: float, reference: float, min_improvement: flo
 
 def pip_requirements(framework: str) -> list[str]:
     """Exact pins of what loading the model needs (explicit: inferring them costs seconds per model)."""
-    from importlib.metadata import packages_distributions, version
+    from importlib.metadata import PackageNotFoundError, version
 
-    providers = packages_distributions()
     pins = []
-    for module in ["numpy", "pandas", *FRAMEWORK_MODULES[framework]]:
-        distribution = providers[module][0]
-        pins.append(f"{distribution}=={version(distribution)}")
+    for candidates in [("numpy",), ("pandas",), *FRAMEWORK_DISTRIBUTIONS[framework]]:
+        for distribution in candidates:
+            try:
+                pins.append(f"{distribution}=={version(distribution)}")
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            raise RuntimeError(f"none of {', '.join(candidates)} is installed, but a {framework} model needs it")
     return pins

@@ -105,6 +105,11 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
     from mlflow.models import infer_signature
 
     spec = trainers.ModelSpec.from_request(request)
+    hook = MlflowHook()
+    earlier = _logged_model(hook, dataset["mlflow_run_id"], spec.model_type)
+    if earlier is not None:  # a retry after the model was logged: one model per run, not one per try
+        log.info("model already logged by an earlier try: %s", earlier["model_uri"])
+        return earlier
     source = training_data.DataSource.from_dict(request["data_source"])
     train, holdout = pd.read_parquet(dataset["train_path"]), pd.read_parquet(dataset["holdout_path"])
     x_train = trainers.prepare_features(train[source.feature_names])
@@ -117,7 +122,6 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
     log.info("holdout metrics %s; trivial baseline %s", _rounded(metrics), _rounded(baseline))
 
     example = x_holdout.dropna().head(5)
-    hook = MlflowHook()
     with hook.active_run(dataset["mlflow_run_id"]):
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({f"baseline_{name}": value for name, value in baseline.items()})
@@ -194,6 +198,25 @@ def gate_model(
         decision.reason,
     )
     return decision
+
+
+def _logged_model(hook: MlflowHook, mlflow_run_id: str, model_type: str) -> dict[str, Any] | None:
+    """The model an earlier try of ``fit_model`` logged to this run, with the metrics it logged."""
+    from mlflow.entities import LoggedModelStatus
+
+    run = hook.client.get_run(mlflow_run_id)
+    for output in run.outputs.model_outputs if run.outputs else []:
+        model = hook.client.get_logged_model(output.model_id)
+        if model.name == MODEL_ARTIFACT and model.status == LoggedModelStatus.READY:
+            logged = run.data.metrics
+            names = trainers.METRICS[model_type]
+            return {
+                "model_uri": model.model_uri,
+                "model_id": model.model_id,
+                "metrics": {name: logged[name] for name in names if name in logged},
+                "baseline": {name: logged[f"baseline_{name}"] for name in names if f"baseline_{name}" in logged},
+            }
+    return None
 
 
 def _log_params(hook: MlflowHook, run_id: str, params: dict[str, Any]) -> None:

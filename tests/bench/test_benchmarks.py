@@ -33,3 +33,12 @@ def test_materialize_bench_smoke():
     assert "6000 throughput ratio (materialize_window / feast materialize):" in out
     assert "12000 throughput ratio" in out
     assert "peak RSS growth 6000 -> 12000 rows, materialize_window:" in out
+
+
+def test_train_bench_smoke():
+    """Starts its own embedded stack on free ports (stopped at the end), runs train_model twice."""
+    out = run_bench("train_bench.py", "--customers", "2000", "--days", "2")
+    assert "training set: 2000 labelled rows x 7 features" in out
+    assert "train_model DAG run, first:" in out
+    assert "train_model DAG run, second (gate vs a champion):" in out
+    assert "gate_model" in out

@@ -50,6 +50,17 @@ def test_seed_payload_trains_registers_promotes_and_emits_the_model_asset(train_
     events = api.asset_events(model_asset_uri(request["model_name"]))
     assert any(e["source_run_id"] == outcome.run_id and e["extra"]["version"] == decision["version"] for e in events)
 
+    # A worse model for the same name: @challenger, and no Asset event (nothing to deploy).
+    weak = {**request, "hyperparameters": {"params": {"n_estimators": 1, "max_depth": 1, "random_state": 1}}}
+    worse = api.run_and_wait("train_model", weak, timeout=600)
+    assert worse.state == "success", worse
+    rejected = api.task_result("train_model", worse.run_id, "gate_model")
+    assert not rejected["promoted"] and rejected["champion_version"] == decision["version"]
+    assert "not better than" in api.task_log("train_model", worse.run_id, "gate_model")
+    events = api.asset_events(model_asset_uri(request["model_name"]))
+    assert not any(e["source_run_id"] == worse.run_id for e in events)
+    assert client.get_model_version_by_alias(request["model_name"], CHAMPION).version == decision["version"]
+
 
 def test_unknown_framework_is_a_400(train_stack):
     api = train_stack.api

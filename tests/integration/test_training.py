@@ -141,6 +141,15 @@ def test_retrying_register_never_creates_a_second_version(stack):
     assert len(MlflowHook().client.search_model_versions(f"name = '{name}'")) == 1
 
 
+def test_retrying_fit_reuses_the_model_the_first_try_logged(stack):
+    result = train(request_for("sklearn", "classification"))
+    again = training.fit_model(result["request"], result["dataset"])
+    assert again["model_uri"] == result["fitted"]["model_uri"]
+    assert again["metrics"] == pytest.approx(result["fitted"]["metrics"])
+    run = MlflowHook().client.get_run(result["dataset"]["mlflow_run_id"])
+    assert len(run.outputs.model_outputs) == 1
+
+
 def test_entities_restrict_the_training_set(stack):
     request = request_for("sklearn", "classification")
     request["data_source"]["entities"] = {"customer_id": list(range(1, 401))}
