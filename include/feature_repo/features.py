@@ -38,6 +38,19 @@ customer_features = FeatureView(
     tags={"team": "data-science", "layer": "gold"},
 )
 
+# The labels, for user scripts that train through Feast alone (train_script): joined point-in-time
+# like any feature, never served online.
+customer_labels = FeatureView(
+    name="customer_labels",
+    entities=[customer],
+    ttl=timedelta(days=365),
+    schema=[Field(name="churned", dtype=Int64), Field(name="spend_next_30d", dtype=Float64)],
+    source=gold_source("customer_labels", "event_timestamp"),
+    online=False,
+    description="Observed outcomes per customer (churn, next-30-day spend) from the gold layer.",
+    tags={"team": "data-science", "layer": "gold", "kind": "labels"},
+)
+
 # Named after the model that consumes it: the churn model reads exactly these features.
 churn_predictor = FeatureService(
     name="churn_predictor",

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asgard import gold
@@ -72,6 +73,22 @@ def load_repo_config(settings: Settings | None = None, *, online_store: dict[str
     config = RepoConfig(**raw)
     config.repo_path = FEATURE_REPO
     return config
+
+
+def write_script_repo(folder: Path, settings: Settings | None = None) -> Path:
+    """A Feast repo folder for a user script: the active profile's ``feature_store.yaml``, and nothing else.
+
+    Embedded: paths resolved (the script does not get ASGARD_HOME). Production: the file as it is,
+    its ``${VAR}`` placeholders unexpanded, so no platform credential reaches the script.
+    """
+    settings = settings or get_settings()
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (FEATURE_REPO / STORE_YAML[settings.profile]).read_text()
+    if settings.profile == "embedded":
+        load_repo_config(settings)  # creates the store folders the paths point into
+        text = text.replace("${ASGARD_HOME}", str(settings.home))
+    (folder / "feature_store.yaml").write_text(text)
+    return folder
 
 
 def open_store(settings: Settings | None = None, *, online_store: dict[str, Any] | None = None) -> FeatureStore:
@@ -299,12 +316,12 @@ def plan_windows(
     start: datetime | None,
     end: datetime,
 ) -> list[Window]:
-    """One window per feature view; an unknown view name fails, listing the known ones.
+    """One window per online feature view; an unknown view name fails, listing the known ones.
 
     Without an explicit ``start`` a view continues from its watermark (or its TTL back from ``end``
     on its first run), so consecutive runs neither overlap nor leave a gap.
     """
-    views = {view.name: view for view in store.list_feature_views()}
+    views = {view.name: view for view in store.list_feature_views() if view.online}
     names = feature_views or sorted(views)
     unknown = [name for name in names if name not in views]
     if unknown:

@@ -111,9 +111,9 @@ class ModelRegistry:
         model_name: str,
         version: str,
         *,
-        holdout: pd.DataFrame,
-        target: pd.Series,
-        model_type: str,
+        holdout: pd.DataFrame | None,
+        target: pd.Series | None,
+        model_type: str | None,
         metric: str,
         score: float,
         min_improvement: float = 0.0,
@@ -122,7 +122,8 @@ class ModelRegistry:
 
         The new version takes ``@champion`` when it is at least as good as the champion by
         ``min_improvement`` on ``metric`` (or when there is no champion); otherwise it gets
-        ``@challenger``. The decision and both scores are tagged on the version.
+        ``@challenger``. The decision and both scores are tagged on the version. With no
+        ``holdout`` the champion's recorded score stands in for a fresh one.
         """
         champion = self.champion(model_name)
         champion_version = champion.version if champion else None
@@ -149,24 +150,43 @@ class ModelRegistry:
         return decision
 
     def _champion_score(
-        self, champion: ModelVersion, holdout: pd.DataFrame, target: pd.Series, model_type: str, metric: str
+        self,
+        champion: ModelVersion,
+        holdout: pd.DataFrame | None,
+        target: pd.Series | None,
+        model_type: str | None,
+        metric: str,
     ) -> tuple[float | None, str]:
-        """The champion's ``metric`` on this holdout; else its recorded holdout score; else None and why."""
-        uri = f"models:/{champion.name}/{champion.version}"
-        try:
-            model = self.hook.load_model(uri)
-            columns = _input_columns(model, holdout)
-            value = trainers.evaluate(model, holdout[columns], target, model_type).get(metric)
-            if value is not None:
-                return value, "scored on the same holdout"
-            problem = f"cannot produce {metric}"
-        except Exception as error:  # a champion from other features or another framework
-            problem = f"could not be scored on this holdout ({type(error).__name__}: {error})"
-            log.warning("champion v%s %s", champion.version, problem)
-        recorded = (champion.tags or {}).get(f"{HOLDOUT_TAG_PREFIX}{metric}")
+        """The champion's ``metric`` on this holdout; else its recorded score; else None and why.
+
+        Without a holdout (a user script evaluates its own model) both sides are recorded scores.
+        """
+        if holdout is None:
+            problem = "has no shared holdout with this model"
+        else:
+            try:
+                model = self.hook.load_model(f"models:/{champion.name}/{champion.version}")
+                columns = _input_columns(model, holdout)
+                value = trainers.evaluate(model, holdout[columns], target, model_type).get(metric)
+                if value is not None:
+                    return value, "scored on the same holdout"
+                problem = f"cannot produce {metric}"
+            except Exception as error:  # a champion from other features or another framework
+                problem = f"could not be scored on this holdout ({type(error).__name__}: {error})"
+                log.warning("champion v%s %s", champion.version, problem)
+        recorded = self.recorded_score(champion, metric)
         if recorded is not None:
-            return float(recorded), f"{problem}; compared with its recorded holdout score"
+            return recorded, f"{problem}; compared with its recorded {metric}"
         return None, f"{problem} and has no recorded {metric}"
+
+    def recorded_score(self, version: ModelVersion, metric: str) -> float | None:
+        """``metric`` as recorded for a version: its holdout tag, else the metric its run logged."""
+        tagged = (version.tags or {}).get(f"{HOLDOUT_TAG_PREFIX}{metric}")
+        if tagged is not None:
+            return float(tagged)
+        if version.run_id:
+            return self.client.get_run(version.run_id).data.metrics.get(metric)
+        return None
 
     def _record(self, decision: GateDecision) -> None:
         self.client.set_registered_model_alias(decision.model_name, decision.alias, decision.version)

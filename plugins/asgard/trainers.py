@@ -53,7 +53,8 @@ METRICS = {
     "classification": ("accuracy", "precision", "recall", "f1", "roc_auc"),
     "regression": ("rmse", "mae", "r2"),
 }
-LOWER_IS_BETTER = {"rmse", "mae"}
+# Metrics where smaller is better (user scripts may log any of these too).
+LOWER_IS_BETTER = {"rmse", "mae", "mse", "mape", "log_loss", "loss"}
 DEFAULT_METRIC = {"classification": "roc_auc", "regression": "rmse"}
 # The Python distributions a model of each framework needs at load time (logged as its requirements).
 # Each entry lists the distribution names that may provide it (XGBoost ships a CPU-only build too).

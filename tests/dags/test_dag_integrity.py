@@ -12,7 +12,7 @@ from asgard.dag_defaults import PLATFORM_TAG
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("*.py") if not p.name.startswith("_"))
 # The public interface (SPEC §2) plus the platform's own checks, by dag_id.
-EXPECTED_DAG_IDS = {"check_platform", "materialize_features", "register_features", "train_model"}
+EXPECTED_DAG_IDS = {"check_platform", "materialize_features", "register_features", "train_model", "train_script"}
 
 
 class NetworkAtParseTime(AssertionError):

@@ -5,6 +5,7 @@ Each stage prints its progress and its time; the summary at the end says where t
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from asgard import features, gold
 from asgard.embedded.airflow_api import AirflowApi, RunOutcome
 from asgard.embedded.services import ServiceManager
-from asgard.settings import Settings
+from asgard.settings import REPO_ROOT, Settings
 
 # The seed's POST /feast/features payload, registering a second view over the gold layer.
 SUPPORT_FEATURES_REQUEST = {
@@ -38,6 +39,24 @@ CHURN_MODEL_REQUEST = {
     "hyperparameters": {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}},
     "tags": {"team": "data-science"},
 }
+
+EXAMPLE_SCRIPT = REPO_ROOT / "include" / "examples" / "train_with_feast.py"
+# What the example script needs with USE_FEAST=true (pinned to the platform's versions by the runner).
+EXAMPLE_REQUIREMENTS = ["scikit-learn", "pandas", "feast[duckdb]", "pyiceberg[sql-sqlite,pyarrow]"]
+
+
+def example_upload(customers: int = 2000, **changes) -> dict:
+    """The seed's POST /mlops/training/upload body carrying include/examples/train_with_feast.py."""
+    return {
+        "script_name": "train_with_feast.py",
+        "script_content": base64.b64encode(EXAMPLE_SCRIPT.read_bytes()).decode(),
+        "experiment_name": "feast_deployment",
+        "model_name": "churn_predictor_feast",
+        "requirements": EXAMPLE_REQUIREMENTS,
+        "timeout": 900,
+        "env_vars": {"N_CUSTOMERS": str(customers)},
+        **changes,
+    }
 
 
 class MainJobError(RuntimeError):
@@ -109,6 +128,16 @@ class MainJob:
                 f"{decision['model_name']} v{decision['version']} -> @{alias} "
                 f"({decision['metric']} {decision['score']:.3f}; {decision['reason']})"
             )
+
+        with self.stage("train from an uploaded script (train_script)"):
+            outcome = api.run_and_wait(
+                "train_script", example_upload(self.customers), timeout=1800, on_progress=_progress
+            )
+            self._require_success(outcome)
+            decision = api.task_result("train_script", outcome.run_id, "gate_model")
+            alias = "champion" if decision["promoted"] else "challenger"
+            score = f"{decision['metric']} {decision['score']:.3f}"
+            self.results["script model"] = f"{decision['model_name']} v{decision['version']} -> @{alias} ({score})"
 
         self.print_summary(manager)
 

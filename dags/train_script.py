@@ -1,0 +1,111 @@
+"""
+### Train with an uploaded script
+
+The seed's `POST /mlops/training/upload` as a conf: a base64 Python script that trains a model and
+logs it to MLflow. The script runs in its own virtualenv (built from `requirements` once, then
+reused), with a hard timeout and a memory limit, in a scrubbed environment that holds only the
+injected variables (`MLFLOW_TRACKING_URI`, `MLFLOW_RUN_ID`, `EXPERIMENT_NAME`, `MODEL_NAME`,
+`USE_FEAST`, `FEAST_REPO_PATH`, `FEATURE_VIEW_NAME`) and your `env_vars`. Its output is in the
+`run_script` task log. The model it logs is registered, gated and promoted like `train_model`'s.
+
+```json
+{"script_name": "train_with_feast.py", "script_content": "<base64>",
+ "experiment_name": "feast_deployment", "model_name": "churn_predictor_feast",
+ "requirements": ["scikit-learn", "pandas"], "timeout": 600, "env_vars": {"KEY": "value"}}
+```
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import AssetAlias, Param, dag, task
+
+from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.model_registry import CHAMPION_MODELS_ALIAS
+
+# A requirement is a name with extras and version specifiers, never a pip option ("-e", "--index-url").
+REQUIREMENT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-\\[\\], <>=!~*]*$", "maxLength": 200}
+
+
+@dag(
+    schedule=None,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=[PLATFORM_TAG, "training"],
+    doc_md=__doc__,
+    params={
+        "script_name": Param(type="string", pattern="^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\\.py$"),
+        "script_content": Param(type="string", minLength=1, description="The script, base64-encoded."),
+        "experiment_name": Param(type="string", minLength=1, maxLength=256),
+        "model_name": Param(type="string", pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+        "requirements": Param([], type="array", items=REQUIREMENT, maxItems=100),
+        "timeout": Param(600, type="integer", minimum=10, maximum=86400, description="Seconds."),
+        "memory_mb": Param(4096, type="integer", minimum=256, maximum=65536),
+        "env_vars": Param(
+            {},
+            type="object",
+            propertyNames={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            additionalProperties={"type": "string"},
+        ),
+        "use_feast": Param(True, type="boolean"),
+        "feature_view_name": Param("customer_features", type="string"),
+        "tags": Param({}, type="object", additionalProperties={"type": "string"}),
+        "promotion": Param(
+            {},
+            type="object",
+            properties={"metric": {"type": "string"}, "min_improvement": {"type": "number", "minimum": 0}},
+            additionalProperties=False,
+        ),
+    },
+)
+def train_script():
+    @task
+    def check_upload(params=None, dag_run=None) -> dict:
+        from asgard import script_training
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            return script_training.check_upload(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+
+    @task
+    def prepare_environment(upload: dict, params=None) -> dict:
+        from asgard import script_training
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            return script_training.prepare_environment(params)
+
+    @task
+    def run_script(upload: dict, environment: dict, params=None, dag_run=None) -> dict:
+        from asgard import script_training
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            return script_training.run_uploaded_script(
+                params, upload, environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id
+            )
+
+    @task
+    def register_model(ran: dict, params=None, dag_run=None) -> dict:
+        from asgard import script_training
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            return script_training.register_script_model(params, ran, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+
+    @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
+    def gate_model(ran: dict, registered: dict, params=None, outlet_events=None) -> dict:
+        from asgard import script_training
+        from asgard.errors import fail_without_retry
+        from asgard.model_registry import announce_promotion
+
+        with fail_without_retry():
+            decision = script_training.gate_script_model(params, ran, registered)
+        announce_promotion(decision, outlet_events)
+        return decision.as_dict()
+
+    upload = check_upload()  # nothing expensive happens before the upload is known to be sound
+    ran = run_script(upload, prepare_environment(upload))
+    gate_model(ran, register_model(ran))
+
+
+train_script()
