@@ -1,12 +1,12 @@
 """
 ### Train with an uploaded script
 
-The seed's `POST /mlops/training/upload` as a conf: a base64 Python script that trains a model and
-logs it to MLflow. The script runs in its own virtualenv (built from `requirements` once, then
-reused), with a hard timeout and a memory limit, in a scrubbed environment that holds only the
-injected variables (`MLFLOW_TRACKING_URI`, `MLFLOW_RUN_ID`, `EXPERIMENT_NAME`, `MODEL_NAME`,
-`USE_FEAST`, `FEAST_REPO_PATH`, `FEATURE_VIEW_NAME`) and your `env_vars`. Its output is in the
-`run_script` task log. The model it logs is registered, gated and promoted like `train_model`'s.
+The seed's `POST /mlops/training/upload` as a conf: a base64 script that trains a model and logs
+it to MLflow. It runs in a virtualenv built once per `requirements` set (or, with
+`ASGARD_SCRIPT_RUNNER=kubernetes`, as a locked-down pod), under a timeout and a memory limit, seeing
+only the injected variables (`MLFLOW_TRACKING_URI`, `MLFLOW_RUN_ID`, `EXPERIMENT_NAME`, `MODEL_NAME`,
+`USE_FEAST`, `FEAST_REPO_PATH`, `FEATURE_VIEW_NAME`) and your `env_vars`; its output is in the
+`run_script` log. Its model is registered, gated and promoted like `train_model`'s.
 
 ```json
 {"script_name": "train_with_feast.py", "script_content": "<base64>",
@@ -21,6 +21,7 @@ from airflow.sdk import AssetAlias, Param, dag, task
 
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.model_registry import CHAMPION_MODELS_ALIAS
+from asgard.settings import get_settings
 
 # A requirement is a name with extras and version specifiers, never a pip option ("-e", "--index-url").
 REQUIREMENT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-\\[\\], <>=!~*]*$", "maxLength": 200}
@@ -104,7 +105,15 @@ def train_script():
         return decision.as_dict()
 
     upload = check_upload()  # nothing expensive happens before the upload is known to be sound
-    ran = run_script(upload, prepare_environment(upload))
+    environment = prepare_environment(upload)
+    if get_settings().script_runner == "kubernetes":  # production: the same step as a locked-down pod
+        from asgard.operators.script_pod import UserScriptPodOperator
+
+        pod = UserScriptPodOperator(task_id="run_script")
+        environment >> pod
+        ran = pod.output
+    else:
+        ran = run_script(upload, environment)
     gate_model(ran, register_model(ran))
 
 

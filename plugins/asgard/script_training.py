@@ -11,6 +11,7 @@ from typing import Any
 from asgard import features, training_data, user_scripts
 from asgard.hooks.mlflow import MlflowHook
 from asgard.model_registry import GateDecision, ModelRegistry, lineage_tags
+from asgard.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,16 @@ def check_upload(params: dict[str, Any], *, dag_id: str, run_id: str) -> dict[st
 
 
 def prepare_environment(params: dict[str, Any]) -> dict[str, Any]:
-    """The virtualenv for the script's requirements (built once per requirements set, then reused)."""
-    python = user_scripts.ScriptEnvironments().ensure(list(params.get("requirements") or []))
-    return {"python": str(python)}
+    """The environment for the script's requirements, built once per requirements set, then reused.
+
+    Locally a virtualenv; for the pod runner the image reference of the same key (images are built
+    and pushed by the platform's image builder).
+    """
+    settings = get_settings()
+    requirements = list(params.get("requirements") or [])
+    if settings.script_runner == "kubernetes":
+        return {"image": f"{settings.script_image_repository}:{user_scripts.environment_key(requirements)}"}
+    return {"python": str(user_scripts.ScriptEnvironments(settings=settings).ensure(requirements))}
 
 
 def run_uploaded_script(
@@ -47,15 +55,8 @@ def run_uploaded_script(
         experiment_name=params["experiment_name"], dag_id=dag_id, run_id=run_id, tags=params.get("tags") or {}
     )
     workdir = training_data.run_folder(dag_id, run_id) / "workdir"
-    injected = {
-        "MLFLOW_TRACKING_URI": hook.tracking_uri,
-        "MLFLOW_RUN_ID": run.info.run_id,
-        "EXPERIMENT_NAME": params["experiment_name"],
-        "MODEL_NAME": params["model_name"],
-        "USE_FEAST": "true" if params.get("use_feast", True) else "false",
-        "FEAST_REPO_PATH": str(features.write_script_repo(workdir / "feature_repo")),
-        "FEATURE_VIEW_NAME": params.get("feature_view_name") or "customer_features",
-    }
+    repo = features.write_script_repo(workdir / "feature_repo")
+    injected = user_scripts.injected_variables(params, hook.tracking_uri, run.info.run_id, str(repo))
     python = Path(environment["python"])
     script = user_scripts.UserScript(upload["script_name"], Path(upload["script_path"]).read_text())
     limits = user_scripts.Limits(

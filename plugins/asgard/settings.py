@@ -18,7 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ("embedded", "production")
 
 # The environment variables this module reads (docker-compose.yaml and the docs use no others).
-ENV_VARS = ("ASGARD_HOME", "ASGARD_PROFILE", "ASGARD_AIRFLOW_PORT", "ASGARD_MLFLOW_PORT")
+ENV_VARS = (
+    "ASGARD_HOME",
+    "ASGARD_PROFILE",
+    "ASGARD_AIRFLOW_PORT",
+    "ASGARD_MLFLOW_PORT",
+    "ASGARD_SCRIPT_RUNNER",
+    "ASGARD_SCRIPT_IMAGE_REPOSITORY",
+    "ASGARD_TRAINING_NAMESPACE",
+)
+SCRIPT_RUNNERS = ("local", "kubernetes")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -40,10 +49,19 @@ class Settings:
     airflow_port: int
     mlflow_port: int
     bind_host: str = "127.0.0.1"
+    # Where train_script runs user scripts: a local virtualenv, or a Kubernetes pod (production).
+    script_runner: str = "local"
+    # The image repository holding one image per requirements set, tagged with its environment key.
+    script_image_repository: str = "asgard/script-env"
+    training_namespace: str = "asgard-training"
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"ASGARD_PROFILE must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if self.script_runner not in SCRIPT_RUNNERS:
+            raise ValueError(
+                f"ASGARD_SCRIPT_RUNNER must be one of {', '.join(SCRIPT_RUNNERS)}, got {self.script_runner!r}"
+            )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,6 +71,9 @@ class Settings:
             profile=os.environ.get("ASGARD_PROFILE", "embedded"),
             airflow_port=_env_int("ASGARD_AIRFLOW_PORT", 8080),
             mlflow_port=_env_int("ASGARD_MLFLOW_PORT", 5050),
+            script_runner=os.environ.get("ASGARD_SCRIPT_RUNNER") or "local",
+            script_image_repository=os.environ.get("ASGARD_SCRIPT_IMAGE_REPOSITORY") or "asgard/script-env",
+            training_namespace=os.environ.get("ASGARD_TRAINING_NAMESPACE") or "asgard-training",
         )
 
     # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.

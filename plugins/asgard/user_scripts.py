@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from asgard.errors import InputError
 from asgard.settings import REPO_ROOT, Settings, get_settings
@@ -97,7 +98,35 @@ def check_env_vars(env_vars: dict[str, str]) -> dict[str, str]:
     return {key: str(value) for key, value in env_vars.items()}
 
 
+def injected_variables(
+    params: dict[str, Any], tracking_uri: str, mlflow_run_id: str, feast_repo_path: str
+) -> dict[str, str]:
+    """The contract's variables for one run (the same for the local runner and the pod)."""
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_RUN_ID": mlflow_run_id,
+        "EXPERIMENT_NAME": params["experiment_name"],
+        "MODEL_NAME": params["model_name"],
+        "USE_FEAST": "true" if params.get("use_feast", True) else "false",
+        "FEAST_REPO_PATH": feast_repo_path,
+        "FEATURE_VIEW_NAME": params.get("feature_view_name") or "customer_features",
+    }
+
+
 # --------------------------------------------------------------------------- environments
+def environment_key(requirements: list[str]) -> str:
+    """The cache key of a requirements set: requirements (normalised), constraints, Python version.
+
+    The local runner's virtualenv folder and the pod runner's image tag both carry it.
+    """
+    normalised = sorted({re.sub(r"\s+", "", r).lower() for r in [*requirements, *PLATFORM_REQUIREMENTS]})
+    digest = hashlib.sha256()
+    digest.update(f"{sys.version_info[:3]}\n".encode())
+    digest.update("\n".join(normalised).encode())
+    digest.update(CONSTRAINTS.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class ScriptEnvironments:
     """Virtualenvs for user scripts, one per requirements set, built once and shared.
 
@@ -111,12 +140,7 @@ class ScriptEnvironments:
         self.root = root or (settings or get_settings()).data_dir / "script-envs"
 
     def key(self, requirements: list[str]) -> str:
-        normalised = sorted({re.sub(r"\s+", "", r).lower() for r in [*requirements, *PLATFORM_REQUIREMENTS]})
-        digest = hashlib.sha256()
-        digest.update(f"{sys.version_info[:3]}\n".encode())
-        digest.update("\n".join(normalised).encode())
-        digest.update(CONSTRAINTS.read_bytes())
-        return digest.hexdigest()[:16]
+        return environment_key(requirements)
 
     def ensure(self, requirements: list[str], *, progress: Callable[[str], None] = log.info) -> Path:
         """The python executable of the environment for ``requirements``, building it if needed."""
