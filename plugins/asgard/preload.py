@@ -34,6 +34,9 @@ LIBRARIES = (
     "asgard.features",
     "asgard.training",
 )
+# Process-wide caches worth filling once: MLflow maps every installed module to its distribution
+# (~1 s) to check a logged model's requirements, and keeps the map for the life of the process.
+CACHES = ("mlflow.utils.requirements_utils:_init_modules_to_packages_map",)
 
 
 def forks_tasks(argv: list[str]) -> bool:
@@ -41,14 +44,20 @@ def forks_tasks(argv: list[str]) -> bool:
     return any(command <= words for command in TASK_FORKING_COMMANDS)
 
 
-def warm(libraries: tuple[str, ...] = LIBRARIES) -> float:
-    """Import ``libraries`` (a failure is logged, never raised: the process must start regardless)."""
+def warm(libraries: tuple[str, ...] = LIBRARIES, caches: tuple[str, ...] = CACHES) -> float:
+    """Import ``libraries`` and fill ``caches`` (failures are logged, never raised: the process must start)."""
     started = time.perf_counter()
     for name in libraries:
         try:
             importlib.import_module(name)
         except Exception:
             log.warning("could not preload %s", name, exc_info=True)
+    for target in caches:
+        module, function = target.split(":")
+        try:
+            getattr(importlib.import_module(module), function)()
+        except Exception:
+            log.warning("could not fill %s", target, exc_info=True)
     return time.perf_counter() - started
 
 
