@@ -121,12 +121,7 @@ def gate_metric(params: dict[str, Any], logged: dict[str, float]) -> str:
 
 def find_logged_model(hook: MlflowHook, mlflow_run_id: str, model_name: str):
     """The one model the run logged, or the one named ``model_name`` among several."""
-    from mlflow.entities import LoggedModelStatus
-
-    run = hook.client.get_run(mlflow_run_id)
-    outputs = run.outputs.model_outputs if run.outputs else []
-    models = [hook.client.get_logged_model(output.model_id) for output in outputs]
-    models = [model for model in models if model.status == LoggedModelStatus.READY]
+    models = hook.logged_models(mlflow_run_id)
     if not models:
         raise user_scripts.ScriptError(
             f"the script logged no model to MLflow run {mlflow_run_id} "

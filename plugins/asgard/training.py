@@ -202,13 +202,9 @@ def gate_model(
 
 def _logged_model(hook: MlflowHook, mlflow_run_id: str, model_type: str) -> dict[str, Any] | None:
     """The model an earlier try of ``fit_model`` logged to this run, with the metrics it logged."""
-    from mlflow.entities import LoggedModelStatus
-
-    run = hook.client.get_run(mlflow_run_id)
-    for output in run.outputs.model_outputs if run.outputs else []:
-        model = hook.client.get_logged_model(output.model_id)
-        if model.name == MODEL_ARTIFACT and model.status == LoggedModelStatus.READY:
-            logged = run.data.metrics
+    for model in hook.logged_models(mlflow_run_id):
+        if model.name == MODEL_ARTIFACT:
+            logged = hook.client.get_run(mlflow_run_id).data.metrics
             names = trainers.METRICS[model_type]
             return {
                 "model_uri": model.model_uri,

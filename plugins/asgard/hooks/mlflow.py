@@ -118,6 +118,15 @@ class MlflowHook(BaseHook):
         with self.using_server(), mlflow.start_run(run_id=run_id) as run:
             yield run
 
+    def logged_models(self, run_id: str) -> list[Any]:
+        """The models logged to ``run_id`` that finished uploading (MLflow 3 logged models)."""
+        from mlflow.entities import LoggedModelStatus
+
+        run = self.client.get_run(run_id)
+        outputs = run.outputs.model_outputs if run.outputs else []
+        models = [self.client.get_logged_model(output.model_id) for output in outputs]
+        return [model for model in models if model.status == LoggedModelStatus.READY]
+
     def load_model(self, model_uri: str) -> Any:
         """A model from this server's registry, with ``predict`` (and ``predict_proba`` for classifiers).
 
