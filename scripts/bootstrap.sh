@@ -10,8 +10,10 @@ say() { printf '==> %s\n' "$*"; }
 die() { printf 'asgard setup: %s\n' "$*" >&2; exit 1; }
 
 # System packages the project uses (Debian names).
-# docker-compose (v1) validates docker-compose.yaml without an engine in the tests.
-APT_PACKAGES=(git docker-compose)
+# docker-compose (v1) validates docker-compose.yaml without an engine in the tests; the Docker
+# engine, a registry (distribution) and htpasswd build, hold and guard the serving images;
+# debootstrap makes their base where no public image can be pulled; wrk drives the benchmarks.
+APT_PACKAGES=(git docker-compose docker.io containerd runc iptables debootstrap docker-registry apache2-utils wrk)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -38,6 +40,9 @@ if [ -z "$python" ]; then
     || die "could not install Python 3.11 with apt-get"
   python="$(command -v python3)"
 fi
+
+# The serving images' base, built once per checkout (the Docker service imports it).
+bash scripts/base_image.sh .cache/python-base-bookworm.tar || die "could not build the serving base image"
 
 # The venv is rebuilt only when a requirements file changes.
 stamp_value="$(cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-16)"

@@ -26,7 +26,15 @@ ENV_VARS = (
     "ASGARD_SCRIPT_RUNNER",
     "ASGARD_SCRIPT_IMAGE_REPOSITORY",
     "ASGARD_TRAINING_NAMESPACE",
+    "ASGARD_DOCKER_HOST",
+    "ASGARD_REGISTRY_PORT",
+    "ASGARD_REGISTRY_TYPE",
+    "ASGARD_IMAGE_REPOSITORY",
+    "ASGARD_SERVING_BASE_IMAGE",
 )
+REGISTRY_TYPES = ("docker", "ecr")
+# What the project builds when no public base image can be pulled (see scripts/base_image.sh).
+LOCAL_BASE_IMAGE = "asgard/python-base:bookworm"
 SCRIPT_RUNNERS = ("local", "kubernetes")
 
 
@@ -54,6 +62,13 @@ class Settings:
     # The image repository holding one image per requirements set, tagged with its environment key.
     script_image_repository: str = "asgard/script-env"
     training_namespace: str = "asgard-training"
+    # The Docker engine that builds serving images (embedded: the one `./asgard start` runs).
+    docker_host: str | None = None
+    registry_port: int = 5000
+    # How to log in to the image registry: a Docker connection (basic auth), or ECR's token.
+    registry_type: str = "docker"
+    image_repository: str | None = None
+    serving_base_image: str = LOCAL_BASE_IMAGE
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -61,6 +76,10 @@ class Settings:
         if self.script_runner not in SCRIPT_RUNNERS:
             raise ValueError(
                 f"ASGARD_SCRIPT_RUNNER must be one of {', '.join(SCRIPT_RUNNERS)}, got {self.script_runner!r}"
+            )
+        if self.registry_type not in REGISTRY_TYPES:
+            raise ValueError(
+                f"ASGARD_REGISTRY_TYPE must be one of {', '.join(REGISTRY_TYPES)}, got {self.registry_type!r}"
             )
 
     @classmethod
@@ -74,6 +93,11 @@ class Settings:
             script_runner=os.environ.get("ASGARD_SCRIPT_RUNNER") or "local",
             script_image_repository=os.environ.get("ASGARD_SCRIPT_IMAGE_REPOSITORY") or "asgard/script-env",
             training_namespace=os.environ.get("ASGARD_TRAINING_NAMESPACE") or "asgard-training",
+            docker_host=os.environ.get("ASGARD_DOCKER_HOST") or None,
+            registry_port=_env_int("ASGARD_REGISTRY_PORT", 5000),
+            registry_type=os.environ.get("ASGARD_REGISTRY_TYPE") or "docker",
+            image_repository=os.environ.get("ASGARD_IMAGE_REPOSITORY") or None,
+            serving_base_image=os.environ.get("ASGARD_SERVING_BASE_IMAGE") or LOCAL_BASE_IMAGE,
         )
 
     # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.
@@ -104,6 +128,20 @@ class Settings:
     @property
     def mlflow_url(self) -> str:
         return f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def docker_url(self) -> str:
+        """The Docker engine's API address (embedded: a private socket, so no system engine is touched)."""
+        return self.docker_host or f"unix://{self.state_dir / 'docker.sock'}"
+
+    @property
+    def registry_address(self) -> str:
+        return f"{self.bind_host}:{self.registry_port}"
+
+    @property
+    def serving_repository(self) -> str:
+        """Where serving images are pushed: one repository, one tag per model version."""
+        return self.image_repository or f"{self.registry_address}/asgard/models"
 
     @property
     def dags_folder(self) -> Path:

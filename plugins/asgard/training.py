@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 PROFILE_ARTIFACT = "reference/profile.json"
 FEATURES_ARTIFACT = "reference/features.json"
+# Holdout features next to the model: what an image build checks an ONNX conversion against, and
+# what deploy verification sends to a fresh server.
+HOLDOUT_ARTIFACT = "holdout/sample.parquet"
+HOLDOUT_SAMPLE_ROWS = 10_000
 
 
 def validate_request(params: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +134,7 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
             {"features": source.features, "target": source.target_column, "model_type": spec.model_type},
             FEATURES_ARTIFACT,
         )
+        _log_holdout_sample(x_holdout.head(HOLDOUT_SAMPLE_ROWS))
         info = mlflow.sklearn.log_model(
             model,
             name=MODEL_ARTIFACT,
@@ -142,6 +147,18 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
         )
     log.info("logged %s to MLflow run %s", info.model_uri, dataset["mlflow_run_id"])
     return {"model_uri": info.model_uri, "model_id": info.model_id, "metrics": metrics, "baseline": baseline}
+
+
+def _log_holdout_sample(frame: Any) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / Path(HOLDOUT_ARTIFACT).name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(HOLDOUT_ARTIFACT).parent))
 
 
 def register_model(

@@ -13,13 +13,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asgard.build_cache import build_once
 from asgard.errors import InputError
 from asgard.settings import REPO_ROOT, Settings, get_settings
 
@@ -132,8 +131,7 @@ class ScriptEnvironments:
 
     The cache key hashes the requirements (normalised, sorted), the platform's constraints and the
     Python version: every package resolves to the platform's pinned version, so a model a script
-    logs loads in the platform. A build happens under an exclusive lock into a scratch folder that
-    is renamed into place when complete: concurrent runs wait for one build and never see half of it.
+    logs loads in the platform. Built once per key (:func:`asgard.build_cache.build_once`).
     """
 
     def __init__(self, root: Path | None = None, settings: Settings | None = None) -> None:
@@ -144,32 +142,14 @@ class ScriptEnvironments:
 
     def ensure(self, requirements: list[str], *, progress: Callable[[str], None] = log.info) -> Path:
         """The python executable of the environment for ``requirements``, building it if needed."""
-        self.root.mkdir(parents=True, exist_ok=True)
         key = self.key(requirements)
-        final = self.root / key
-        python = final / "bin" / "python"
-        if python.exists():
-            progress(f"reusing script environment {key}")
-            return python
-        with open(self.root / f"{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build of the same key finishes first
-            if python.exists():
-                progress(f"reusing script environment {key} (built by a concurrent run)")
-                return python
-            scratch = self.root / f".{key}.building-{os.getpid()}"
-            shutil.rmtree(scratch, ignore_errors=True)
-            try:
-                self._build(scratch, requirements, progress)
-                os.replace(scratch, final)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-        progress(f"built script environment {key}")
-        return python
+        folder, built = build_once(self.root, key, lambda target: self._build(target, requirements, progress))
+        progress(f"{'built' if built else 'reusing'} script environment {key}")
+        return folder / "bin" / "python"
 
     def _build(self, target: Path, requirements: list[str], progress: Callable[[str], None]) -> None:
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True, capture_output=True)
-        # A venv's scripts carry its absolute path; build where it will live after the rename.
         command = [
             str(target / "bin" / "python"),
             "-m",

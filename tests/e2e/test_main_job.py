@@ -30,7 +30,12 @@ def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.Comple
 
 def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(ASGARD_HOME=str(tmp_path), ASGARD_AIRFLOW_PORT=str(free_port()), ASGARD_MLFLOW_PORT=str(free_port()))
+    env.update(
+        ASGARD_HOME=str(tmp_path),
+        ASGARD_AIRFLOW_PORT=str(free_port()),
+        ASGARD_MLFLOW_PORT=str(free_port()),
+        ASGARD_REGISTRY_PORT=str(free_port()),
+    )
     try:
         run = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -43,18 +48,24 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
             "apply the feature repo",
             "register features",
             "materialize features",
+            "train, register and gate a model",
+            "train from an uploaded script",
+            "build and push the champion's serving image",
         ):
             assert f"==> {stage}" in out, stage
         assert "gold layer: 300 customers x 5 days" in out
         assert "materialize=success" in out or "materialize[customer_features]=success" in out
         assert re.search(r"total\s+\d+\.\d+s", out)
+        registry = f"127.0.0.1:{env['ASGARD_REGISTRY_PORT']}/asgard/models@sha256:"
+        image = rf"serving image: {re.escape(registry)}[0-9a-f]{{64}} \(churn_predictor v\d+, onnx, built\)"
+        assert re.search(image, out)
         assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin / " in out
         assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
 
         status = asgard("status", env=env, timeout=60)
         assert status.returncode == 0
         pids = [int(p) for p in re.findall(r"pid (\d+)", status.stdout)]
-        assert len(pids) == 2 and status.stdout.count("healthy") == 2
+        assert len(pids) == 4 and status.stdout.count("healthy") == 4
         family = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
 
         # Running it again is safe: the services are reused, the pipeline runs again.
@@ -62,6 +73,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "already running" in again.stdout
         assert "gold layer already generated" in again.stdout
+        assert re.search(r"serving image: .* \(churn_predictor v\d+, onnx, (built|reused)\)", again.stdout)
     finally:
         stop = asgard("stop", env=env, timeout=120)
     assert stop.returncode == 0, stop.stderr

@@ -1,4 +1,4 @@
-"""The real embedded stack (Airflow standalone + MLflow server), started once per test session.
+"""The real embedded stack (Airflow standalone, MLflow, Docker engine, registry), started once per session.
 
 It runs on free ports under a temporary ASGARD_HOME, so it never collides with a developer's own
 stack, and is stopped at the end: the test session fails if any of its processes outlive it.
@@ -38,6 +38,7 @@ def embedded_stack(tmp_path_factory) -> EmbeddedStack:
         profile="embedded",
         airflow_port=free_port(),
         mlflow_port=free_port(),
+        registry_port=free_port(),
     )
     # The suite's own Airflow settings (unit-test mode, a scratch AIRFLOW_HOME) must not leak into
     # the real services: they get exactly what the embedded profile gives them.

@@ -80,6 +80,10 @@ class AirflowApi:
     def unpause(self, dag_id: str) -> None:
         self.dags.patch_dag(dag_id, af.DAGPatchBody(is_paused=False))
 
+    def pause(self, dag_id: str) -> None:
+        """Stop scheduling ``dag_id`` (Asset events no longer start runs of it)."""
+        self.dags.patch_dag(dag_id, af.DAGPatchBody(is_paused=True))
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, *, run_id: str | None = None) -> str:
         """Create a run of ``dag_id`` with ``conf``; a conf the Params reject raises with the API's message."""
         body = af.TriggerDAGRunPostBody(conf=conf or {}, dag_run_id=run_id)

@@ -139,6 +139,17 @@ class MainJob:
             score = f"{decision['metric']} {decision['score']:.3f}"
             self.results["script model"] = f"{decision['model_name']} v{decision['version']} -> @{alias} ({score})"
 
+        with self.stage("build and push the champion's serving image (deploy_model)"):
+            request = {"model_name": CHURN_MODEL_REQUEST["model_name"], "alias": "champion", "target": "docker"}
+            outcome = api.run_and_wait("deploy_model", request, timeout=1800, on_progress=_progress)
+            self._require_success(outcome)
+            build = api.task_result("deploy_model", outcome.run_id, "build_image")
+            push = api.task_result("deploy_model", outcome.run_id, "push_image")
+            self.results["serving image"] = (
+                f"{push['reference']} ({build['model_name']} v{build['version']}, {build['flavor']}, "
+                f"{'built' if build['built'] else 'reused'})"
+            )
+
         self.print_summary(manager)
 
     @staticmethod

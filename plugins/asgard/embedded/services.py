@@ -23,9 +23,11 @@ from pathlib import Path
 
 import psutil
 
-from asgard.settings import Settings
+from asgard.settings import LOCAL_BASE_IMAGE, REPO_ROOT, Settings
 
 ADMIN_USER = "admin"
+REGISTRY_USER = "asgard"
+BASE_IMAGE_TARBALL = REPO_ROOT / ".cache" / "python-base-bookworm.tar"
 
 
 class ServiceError(RuntimeError):
@@ -45,6 +47,10 @@ class Service:
     # Airflow standalone shuts its children down on SIGINT; SIGTERM leaves them behind.
     stop_signal: int = signal.SIGINT
     prepare: Callable[[], None] | None = None
+    # Run once the service is healthy (e.g. load the base image into a fresh Docker engine).
+    after_start: Callable[[], None] | None = None
+    # A service answering on a unix socket rather than a TCP port (the Docker engine).
+    health_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,8 @@ class ServiceManager:
 
     # ----------------------------------------------------------------- definitions
     def services(self) -> list[Service]:
-        """The services in start order (MLflow first: Airflow tasks talk to it)."""
-        return [self._mlflow(), self._airflow()]
+        """The services in start order (Airflow last: its tasks talk to all the others)."""
+        return [self._mlflow(), self._docker(), self._registry(), self._airflow()]
 
     def service(self, name: str) -> Service:
         for service in self.services():
@@ -111,6 +117,109 @@ class ServiceManager:
             port=s.mlflow_port,
             stop_signal=signal.SIGTERM,
             prepare=lambda: s.mlflow_dir.mkdir(parents=True, exist_ok=True),
+        )
+
+    def _docker(self) -> Service:
+        """A private Docker engine: its own socket, data and exec roots; host networking left alone."""
+        s = self.settings
+        socket_path = s.state_dir / "docker.sock"
+        exec_root = s.state_dir / "docker-exec"
+        return Service(
+            name="docker",
+            argv=[
+                "dockerd",
+                "--host",
+                f"unix://{socket_path}",
+                "--data-root",
+                str(s.home / "docker"),
+                "--exec-root",
+                str(exec_root),
+                "--pidfile",
+                str(s.state_dir / "dockerd.pid"),
+                # No bridge, no iptables: builds and containers use the host network (loopback).
+                "--iptables=false",
+                "--ip-forward=false",
+                "--bridge=none",
+            ],
+            health_url="http://docker/_ping",
+            health_socket=str(socket_path),
+            port=0,
+            stop_signal=signal.SIGTERM,
+            start_timeout=60.0,
+            prepare=lambda: self._check_socket_path(exec_root),
+            after_start=self._load_base_image,
+        )
+
+    def _check_socket_path(self, exec_root: Path) -> None:
+        # containerd's sockets live under the exec root; a unix socket path is limited to 107 bytes.
+        if len(str(exec_root / "containerd" / "containerd-debug.sock")) > 100:
+            raise ServiceError(f"docker: ASGARD_HOME {self.settings.home} is too deep for the engine's sockets")
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def _load_base_image(self) -> None:
+        """Import the local serving base (built by ./asgard setup) when the engine does not have it."""
+        import docker
+
+        client = docker.APIClient(base_url=self.settings.docker_url, version="auto")
+        try:
+            client.inspect_image(LOCAL_BASE_IMAGE)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        if not BASE_IMAGE_TARBALL.exists():
+            raise ServiceError(f"docker: {BASE_IMAGE_TARBALL} is missing; run ./asgard setup (as root) to build it")
+        repository, tag = LOCAL_BASE_IMAGE.split(":")
+        client.import_image(
+            src=str(BASE_IMAGE_TARBALL),
+            repository=repository,
+            tag=tag,
+            changes=["ENV LANG=C.UTF-8", 'CMD ["python3"]'],
+        )
+
+    def _registry(self) -> Service:
+        """A local OCI registry (distribution) standing in for ECR, with basic auth like a real one."""
+        s = self.settings
+        config = s.state_dir / "registry.yml"
+        return Service(
+            name="registry",
+            argv=["docker-registry", "serve", str(config)],
+            health_url=f"http://{s.registry_address}/",
+            port=s.registry_port,
+            stop_signal=signal.SIGTERM,
+            start_timeout=30.0,
+            prepare=lambda: self._prepare_registry(config),
+        )
+
+    def registry_credentials(self) -> tuple[str, str]:
+        """The login of the local registry (created on first start)."""
+        path = self.settings.state_dir / "registry-secrets.json"
+        if not path.exists():
+            _write_private(path, json.dumps({"user": REGISTRY_USER, "password": secrets.token_urlsafe(18)}))
+        record = json.loads(path.read_text())
+        return record["user"], record["password"]
+
+    def _prepare_registry(self, config: Path) -> None:
+        s = self.settings
+        user, password = self.registry_credentials()
+        htpasswd = s.state_dir / "registry.htpasswd"
+        # distribution only accepts bcrypt; the password goes through stdin, never the command line.
+        result = subprocess.run(["htpasswd", "-niB", user], input=password, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ServiceError(f"registry: htpasswd failed: {result.stderr.strip()} (apt-get install apache2-utils)")
+        _write_private(htpasswd, result.stdout)
+        storage = s.home / "registry"
+        storage.mkdir(parents=True, exist_ok=True)
+        _write_private(
+            config,
+            json.dumps(  # JSON is YAML: no YAML writer needed
+                {
+                    "version": 0.1,
+                    "log": {"level": "warn"},
+                    "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
+                    "http": {"addr": s.registry_address, "secret": secrets.token_urlsafe(24)},
+                    "auth": {"htpasswd": {"realm": "asgard", "path": str(htpasswd)}},
+                }
+            ),
         )
 
     def _airflow(self) -> Service:
@@ -155,10 +264,26 @@ class ServiceManager:
             "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
                 {"conn_type": "http", "host": s.bind_host, "port": s.mlflow_port, "schema": "http"}
             ),
+            "AIRFLOW_CONN_ASGARD_REGISTRY": self.registry_connection(),
             "ASGARD_HOME": str(s.home),
             "ASGARD_PROFILE": s.profile,
+            # Where tasks push serving images (the repository is derived from it).
+            "ASGARD_REGISTRY_PORT": str(s.registry_port),
             "PATH": f"{venv_bin()}{os.pathsep}{self.base_env.get('PATH', '')}",
         }
+
+    def registry_connection(self) -> str:
+        """The Docker connection (basic auth) of the local registry, as an AIRFLOW_CONN_* value."""
+        user, password = self.registry_credentials()
+        return json.dumps(
+            {
+                "conn_type": "docker",
+                "host": self.settings.bind_host,
+                "port": self.settings.registry_port,
+                "login": user,
+                "password": password,
+            }
+        )
 
     @property
     def passwords_file(self) -> Path:
@@ -189,12 +314,14 @@ class ServiceManager:
         """Start the named services (all by default) and wait until each is healthy. Idempotent."""
         for service in self._select(names):
             if self._running_process(service.name):
-                if _healthy(service.health_url):
+                if _healthy(service):
                     log(f"{service.name}: already running at {self._url(service)}")
                     continue
             else:
                 self._launch(service, log=log)
             self._wait_healthy(service, log=log)
+            if service.after_start:
+                service.after_start()
 
     def stop(self, names: Iterable[str] | None = None, *, log: Callable[[str], None] = print) -> None:
         """Stop the named services (all by default), children included. Idempotent."""
@@ -216,7 +343,7 @@ class ServiceManager:
                 ServiceStatus(
                     name=service.name,
                     running=process is not None,
-                    healthy=process is not None and _healthy(service.health_url),
+                    healthy=process is not None and _healthy(service),
                     pid=process.pid if process else None,
                     url=self._url(service),
                 )
@@ -248,6 +375,8 @@ class ServiceManager:
         return [s for s in self.services() if s.name in wanted]
 
     def _url(self, service: Service) -> str:
+        if service.health_socket:
+            return f"unix://{service.health_socket}"
         return f"http://{self.settings.bind_host}:{service.port}"
 
     def _pid_file(self, name: str) -> Path:
@@ -270,7 +399,7 @@ class ServiceManager:
             return None
 
     def _launch(self, service: Service, *, log: Callable[[str], None]) -> None:
-        if _port_in_use(self.settings.bind_host, service.port):
+        if service.port and _port_in_use(self.settings.bind_host, service.port):
             raise ServiceError(
                 f"{service.name}: port {service.port} on {self.settings.bind_host} is taken by another "
                 f"process; stop it or choose another port (ASGARD_{service.name.upper()}_PORT)"
@@ -301,7 +430,7 @@ class ServiceManager:
     def _wait_healthy(self, service: Service, *, log: Callable[[str], None]) -> None:
         deadline = time.monotonic() + service.start_timeout
         while time.monotonic() < deadline:
-            if _healthy(service.health_url):
+            if _healthy(service):
                 log(f"{service.name}: healthy at {self._url(service)}")
                 return
             if self._running_process(service.name) is None:
@@ -316,11 +445,14 @@ class ServiceManager:
         )
 
 
-def _healthy(url: str) -> bool:
+def _healthy(service: Service) -> bool:
     import httpx
 
+    url = service.health_url
+    transport = httpx.HTTPTransport(uds=service.health_socket) if service.health_socket else None
     try:
-        response = httpx.get(url, timeout=3.0)
+        with httpx.Client(transport=transport, timeout=3.0) as client:
+            response = client.get(url)
     except httpx.HTTPError:
         return False
     if response.status_code != 200:

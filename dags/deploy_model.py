@@ -1,0 +1,65 @@
+"""
+### Deploy a model
+
+Builds the serving image of a registered model version (tag `<model_name>-v<version>`, the model
+baked in, ONNX when proven faithful on the holdout sample, else the native model) on the Docker
+engine and pushes it to the registry (ECR in production, the local OCI registry in the embedded
+default), recording the digest. Runs when a promotion emits a model's Asset (the champion), or
+manually:
+
+```json
+{"model_name": "churn_predictor", "alias": "champion", "target": "docker", "replicas": 2}
+```
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import AssetAlias, Param, dag, task
+
+from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.model_registry import CHAMPION_MODELS_ALIAS
+from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator
+
+MODEL_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+@dag(
+    # A promotion anywhere (train_model, train_script) deploys the new champion.
+    schedule=[AssetAlias(CHAMPION_MODELS_ALIAS)],
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=[PLATFORM_TAG, "deployment"],
+    doc_md=__doc__,
+    params={
+        # Empty when an Asset event starts the run: the event names the model and version.
+        "model_name": Param(None, type=["null", "string"], pattern=MODEL_NAME),
+        "version": Param(None, type=["null", "string", "integer"], pattern="^[0-9]+$", minimum=1),
+        "alias": Param("champion", type="string", pattern="^[A-Za-z][A-Za-z0-9_-]{0,254}$"),
+        "target": Param("docker", type="string", enum=["docker", "kubernetes"]),
+        "replicas": Param(2, type="integer", minimum=1, maximum=50),
+        "namespace": Param(None, type=["null", "string"], pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        "resources": Param(None, type=["null", "object"]),
+    },
+)
+def deploy_model():
+    @task
+    def resolve_request(params: dict, triggering_asset_events=None) -> dict:
+        from asgard.deployment import deployment_request
+
+        return deployment_request(params, triggering_asset_events)
+
+    request = resolve_request()
+    build = DockerBuildServingImageOperator(
+        task_id="build_image",
+        model_name="{{ ti.xcom_pull(task_ids='resolve_request')['model_name'] }}",
+        version="{{ ti.xcom_pull(task_ids='resolve_request')['version'] or '' }}",
+        alias="{{ ti.xcom_pull(task_ids='resolve_request')['alias'] }}",
+    )
+    push = RegistryPushImageOperator(
+        task_id="push_image",
+        image="{{ ti.xcom_pull(task_ids='build_image')['image'] }}",
+    )
+    request >> build >> push
+
+
+deploy_model()

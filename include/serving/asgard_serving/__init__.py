@@ -1,0 +1,1 @@
+"""Asgard model server: the app baked into every serving image (no Airflow inside)."""

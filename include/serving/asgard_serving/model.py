@@ -1,0 +1,187 @@
+"""The model baked into the image: its bundle on disk, input checks against its signature, prediction.
+
+A bundle is a folder written at image-build time by the platform:
+
+``serving.json``  name, version, run id, model type, classes, signature, flavor, image labels
+``model.onnx``    the model converted to ONNX (flavor ``onnx``, checked against the native model), or
+``native/``       the MLflow model folder (flavor ``native``), loaded with cloudpickle
+
+No Airflow, no MLflow: the image carries only what answering a request needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+NUMERIC_TYPES = {"double", "float", "long", "integer"}
+STRING_TYPES = {"string"}
+BOOLEAN_TYPES = {"boolean"}
+
+
+class InputError(ValueError):
+    """The request does not match the model's signature; the message names the column and the problem."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Bundle:
+    folder: Path
+    info: dict[str, Any]
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> Bundle:
+        folder = Path(folder)
+        return cls(folder, json.loads((folder / "serving.json").read_text()))
+
+    @property
+    def columns(self) -> list[Column]:
+        return [Column(c["name"], c["type"], c.get("required", True)) for c in self.info["signature"]["inputs"]]
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.info["model_type"] == "classification"
+
+
+def columns_of(payload: Any) -> dict[str, list]:
+    """Columnar form of ``{"col": [..]}`` or ``[{"col": v}, ...]`` (a list of records)."""
+    if isinstance(payload, dict):
+        columns = {}
+        for name, values in payload.items():
+            columns[name] = values if isinstance(values, list) else [values]
+        return columns
+    if isinstance(payload, list):
+        if not all(isinstance(record, dict) for record in payload):
+            raise InputError("a list of records must hold JSON objects, one per row")
+        names: dict[str, None] = {}
+        for record in payload:
+            names.update(dict.fromkeys(record))
+        return {name: [record.get(name) for record in payload] for name in names}
+    raise InputError("inputs must be an object of columns ({\"col\": [values]}) or a list of records")
+
+
+def check_columns(columns: dict[str, list], expected: list[Column]) -> int:
+    """Check names, lengths and value types against the signature; return the row count."""
+    known = {column.name for column in expected}
+    missing = [c.name for c in expected if c.required and c.name not in columns]
+    if missing:
+        raise InputError(f"missing column(s): {', '.join(missing)}")
+    extra = [name for name in columns if name not in known]
+    if extra:
+        raise InputError(f"unexpected column(s): {', '.join(extra)}; the model takes {', '.join(sorted(known))}")
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise InputError(f"columns have different lengths: {sorted(lengths)}")
+    rows = lengths.pop() if lengths else 0
+    if rows == 0:
+        raise InputError("no rows to predict")
+    for column in expected:
+        values = columns.get(column.name)
+        if values is not None:
+            _check_values(column, values)
+    return rows
+
+
+def _check_values(column: Column, values: list) -> None:
+    if column.type in NUMERIC_TYPES:
+        for row, value in enumerate(values):
+            # bool is an int in Python, but true/false is not a number a client meant to send.
+            if value is not None and (type(value) is bool or not isinstance(value, int | float)):
+                raise InputError(f"column {column.name!r} is {column.type}: row {row} holds {value!r}")
+            if column.type in ("long", "integer") and isinstance(value, float) and not value.is_integer():
+                raise InputError(f"column {column.name!r} is {column.type}: row {row} holds {value!r}")
+    elif column.type in STRING_TYPES:
+        for row, value in enumerate(values):
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"column {column.name!r} is a string column: row {row} holds {value!r}")
+    elif column.type in BOOLEAN_TYPES:
+        for row, value in enumerate(values):
+            if value is not None and type(value) is not bool:
+                raise InputError(f"column {column.name!r} is boolean: row {row} holds {value!r}")
+
+
+class Predictor:
+    """Loads the bundle's model once and predicts on checked columns."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.flavor = bundle.info["flavor"]
+        self.classes = bundle.info.get("classes")
+        if self.flavor == "onnx":
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            # One thread per worker: requests are small, and workers already use every core.
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            self.session = onnxruntime.InferenceSession(
+                str(bundle.folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            )
+            onnx_info = bundle.info["onnx"]
+            self.label_output = onnx_info["label_output"]
+            self.probability_output = onnx_info.get("probability_output")
+        else:
+            import cloudpickle
+
+            with (bundle.folder / "native" / bundle.info["native"]["pickled_model"]).open("rb") as handle:
+                self.model = cloudpickle.load(handle)
+
+    def predict(self, columns: dict[str, list], rows: int, *, probabilities: bool) -> dict[str, Any]:
+        if self.flavor == "onnx":
+            return self._predict_onnx(columns, rows, probabilities)
+        return self._predict_native(columns, rows, probabilities)
+
+    def _predict_onnx(self, columns: dict[str, list], rows: int, probabilities: bool) -> dict[str, Any]:
+        import numpy as np
+
+        feeds = {}
+        for column in self.bundle.columns:
+            values = columns.get(column.name) or [None] * rows
+            if column.type in STRING_TYPES:
+                feeds[column.name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(-1, 1)
+            else:
+                feeds[column.name] = np.array(values, dtype=np.float32).reshape(-1, 1)
+        wanted = [self.label_output]
+        if probabilities and self.probability_output:
+            wanted.append(self.probability_output)
+        outputs = self.session.run(wanted, feeds)
+        result: dict[str, Any] = {"predictions": _plain(outputs[0].ravel().tolist())}
+        if len(outputs) > 1:
+            result["probabilities"] = outputs[1].tolist()
+            result["classes"] = self.classes
+        return result
+
+    def _predict_native(self, columns: dict[str, list], rows: int, probabilities: bool) -> dict[str, Any]:
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            {
+                column.name: columns.get(column.name) or [None] * rows
+                for column in self.bundle.columns
+            }
+        )
+        for column in self.bundle.columns:
+            if column.type in NUMERIC_TYPES:
+                frame[column.name] = frame[column.name].astype("float64")
+            elif column.type in STRING_TYPES:
+                frame[column.name] = frame[column.name].astype("object")
+        result: dict[str, Any] = {"predictions": _plain(self.model.predict(frame).tolist())}
+        if probabilities and self.bundle.is_classifier and hasattr(self.model, "predict_proba"):
+            result["probabilities"] = self.model.predict_proba(frame).tolist()
+            result["classes"] = self.classes
+        return result
+
+
+def _plain(values: list) -> list:
+    """NaN is not JSON: a regressor's NaN output becomes null."""
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]

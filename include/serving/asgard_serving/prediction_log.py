@@ -1,0 +1,92 @@
+"""Prediction logging off the request path, for ``monitor_model``.
+
+A request only appends to an in-memory queue; one background thread drains it every
+``flush_seconds`` (or sooner when ``max_rows`` are waiting) into a JSON-lines file per batch,
+written under a temporary name and renamed, so a reader never sees half a batch. When the queue
+is full the newest records are dropped and counted: serving never waits for the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("asgard_serving.prediction_log")
+
+
+class PredictionLog:
+    def __init__(
+        self, folder: str | os.PathLike, *, model: dict[str, str], flush_seconds: float = 5.0,
+        max_rows: int = 10_000, max_queued: int = 1_000,
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.model = model
+        self.flush_seconds = flush_seconds
+        self.max_rows = max_rows
+        self.dropped = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def record(self, prediction_ids: list[str], columns: dict[str, list], result: dict[str, Any]) -> None:
+        """Queue one request's inputs and outputs (cheap: no copy, no I/O)."""
+        try:
+            self._queue.put_nowait((time.time(), prediction_ids, columns, result))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._flush(self._drain())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(self.flush_seconds)
+            self._flush(self._drain())
+
+    def _drain(self) -> list:
+        batch = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _flush(self, batch: list) -> None:
+        if not batch:
+            return
+        lines = []
+        for logged_at, ids, columns, result in batch:
+            probabilities = result.get("probabilities")
+            for row, prediction_id in enumerate(ids):
+                record = {
+                    "prediction_id": prediction_id,
+                    "logged_at": logged_at,
+                    **self.model,
+                    "features": {name: values[row] for name, values in columns.items()},
+                    "prediction": result["predictions"][row],
+                }
+                if probabilities is not None:
+                    record["probabilities"] = probabilities[row]
+                lines.append(json.dumps(record, separators=(",", ":")))
+        name = f"predictions-{int(time.time() * 1000)}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        partial = self.folder / f".{name}.partial"
+        try:
+            partial.write_text("\n".join(lines) + "\n")
+            os.replace(partial, self.folder / name)
+        except OSError as error:  # a full or read-only disk must not take serving down
+            log.error("could not write %d logged predictions to %s: %s", len(lines), self.folder, error)
+            partial.unlink(missing_ok=True)
+        if self.dropped:
+            log.warning("prediction log queue was full: %d requests were not logged", self.dropped)
+            self.dropped = 0

@@ -1,0 +1,142 @@
+"""The serving app in-process, on bundles written by the platform's own exporter.
+
+Each bundle is a real fitted pipeline: ONNX (converted and checked by asgard.onnx_export) and
+native (a model the conversion is refused for). The container test (tests/integration/
+test_serving_image.py) runs the same app from the real image.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from asgard import trainers
+from asgard.serving_image import write_bundle
+from asgard_serving.app import create_app
+from sample_data.models import SEED_FEATURES, training_frame
+
+SEED_PAYLOAD = {
+    "inputs": {
+        "total_purchases": [10, 25],
+        "avg_purchase_value": [50.0, 120.5],
+        "days_since_last_purchase": [5, 15],
+        "customer_lifetime_value": [500.0, 3000.0],
+        "account_age_days": [365, 730],
+        "support_tickets_count": [2, 1],
+    },
+    "return_probabilities": True,
+}
+COLUMNS = [{"name": name, "type": "double", "required": True} for name in SEED_FEATURES]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    features, target = training_frame(customers=3000)
+    spec = trainers.ModelSpec.from_request(
+        {"framework": "sklearn", "model_type": "classification", "hyperparameters": {"params": {"n_estimators": 20}}}
+    )
+    return spec.fit(features[:2400], target[:2400]), features[2400:]
+
+
+def _bundle(tmp_path, fitted, *, sample=True):
+    model, holdout = fitted
+    folder = tmp_path / "model"
+    folder.mkdir()
+    info = write_bundle(
+        folder, model, COLUMNS, "classification", holdout if sample else None,
+        identity={"model_name": "churn", "version": "3", "run_id": "r1", "source": "models:/m-1"},
+        labels={"io.asgard.model.version": "3"},
+    )
+    return folder, info
+
+
+@pytest.fixture(params=["onnx", "native"])
+def client(request, tmp_path, fitted):
+    # No holdout sample: the exporter refuses to trust a conversion it cannot check -> native.
+    folder, info = _bundle(tmp_path, fitted, sample=request.param == "onnx")
+    assert info["flavor"] == request.param, info["flavor_reason"]
+    with TestClient(create_app(str(folder))) as test_client:
+        yield test_client
+
+
+def test_health_metadata_and_seed_payload(client, fitted):
+    assert client.get("/health").json() == {"status": "ok", "model_loaded": True}
+    metadata = client.get("/metadata").json()
+    assert (metadata["model_name"], metadata["model_version"], metadata["run_id"]) == ("churn", "3", "r1")
+    assert [c["name"] for c in metadata["signature"]["inputs"]] == SEED_FEATURES
+    assert metadata["labels"] == {"io.asgard.model.version": "3"} and metadata["flavor_reason"]
+
+    body = client.post("/predict", json=SEED_PAYLOAD).json()
+    model, _ = fitted
+    import pandas as pd
+
+    frame = pd.DataFrame(SEED_PAYLOAD["inputs"]).astype("float64")
+    assert body["predictions"] == model.predict(frame).tolist()
+    expected = model.predict_proba(frame)
+    assert abs(pd.DataFrame(body["probabilities"]).to_numpy() - expected).max() < 1e-6
+    assert body["classes"] == [0, 1] and len(set(body["prediction_ids"])) == 2
+    assert (body["model_name"], body["model_version"]) == ("churn", "3")
+
+
+def test_records_invocations_and_missing_values(client):
+    inputs = SEED_PAYLOAD["inputs"]
+    records = [dict(zip(inputs, row, strict=True)) for row in zip(*inputs.values(), strict=True)]
+    columnar = client.post("/predict", json=SEED_PAYLOAD).json()["predictions"]
+    assert client.post("/predict", json={"inputs": records}).json()["predictions"] == columnar
+    assert client.post("/predict", json=records).json()["predictions"] == columnar
+    split = {"columns": SEED_FEATURES, "data": [[r[c] for c in SEED_FEATURES] for r in records]}
+    assert client.post("/invocations", json={"dataframe_split": split}).json() == {"predictions": columnar}
+    assert client.post("/invocations", json={"dataframe_records": records}).json() == {"predictions": columnar}
+    # A missing value is what the pipeline's imputer was trained to fill.
+    with_null = {"inputs": {**SEED_PAYLOAD["inputs"], "avg_purchase_value": [None, 120.5]}}
+    assert client.post("/predict", json=with_null).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda i: i.pop("support_tickets_count"), "missing column(s): support_tickets_count"),
+        (lambda i: i.update(favourite_colour=["red", "blue"]), "unexpected column(s): favourite_colour"),
+        (lambda i: i.update(total_purchases=[10, "many"]), "column 'total_purchases' is double: row 1 holds 'many'"),
+        (lambda i: i.update(total_purchases=[True, 3]), "column 'total_purchases' is double: row 0 holds True"),
+        (lambda i: i.update(total_purchases=[10]), "columns have different lengths"),
+    ],
+)
+def test_bad_inputs_are_422_naming_the_problem(client, change, message):
+    inputs = json.loads(json.dumps(SEED_PAYLOAD["inputs"]))
+    change(inputs)
+    response = client.post("/predict", json={"inputs": inputs})
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+def test_malformed_bodies(client):
+    assert client.post("/predict", content=b"{not json").status_code == 400
+    assert client.post("/predict", json={"rows": []}).status_code == 422
+    assert client.post("/predict", json={"inputs": {}}).status_code == 422
+    assert client.post("/predict", json={**SEED_PAYLOAD, "return_probabilities": "yes"}).status_code == 422
+    assert client.post("/invocations", json={"unknown": 1}).status_code == 422
+
+
+def test_prediction_log_batches_off_the_request_path(tmp_path, fitted, monkeypatch):
+    folder, _ = _bundle(tmp_path, fitted)
+    log_dir = tmp_path / "predictions"
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG_DIR", str(log_dir))
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG_FLUSH_SECONDS", "0.2")
+    with TestClient(create_app(str(folder))) as test_client:
+        ids = []
+        for _ in range(3):
+            ids += test_client.post("/predict", json=SEED_PAYLOAD).json()["prediction_ids"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not list(log_dir.glob("*.jsonl")):
+            time.sleep(0.1)
+    # Shutdown flushes what is left; no partial file is ever left visible.
+    records = [json.loads(line) for path in sorted(log_dir.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    assert sorted(r["prediction_id"] for r in records) == sorted(ids)
+    assert not list(log_dir.glob(".*partial"))
+    first = records[0]
+    assert first["model_name"] == "churn" and set(first["features"]) == set(SEED_FEATURES)
+    assert "prediction" in first and len(first["probabilities"]) == 2
