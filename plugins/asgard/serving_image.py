@@ -28,6 +28,7 @@ from asgard.training import HOLDOUT_ARTIFACT
 
 if TYPE_CHECKING:
     import docker
+
     from asgard.hooks.mlflow import MlflowHook
 
 log = logging.getLogger(__name__)

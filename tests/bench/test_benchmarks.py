@@ -42,3 +42,12 @@ def test_train_bench_smoke():
     assert "train_model DAG run, first:" in out
     assert "train_model DAG run, second (gate vs a champion):" in out
     assert "gate_model" in out
+
+
+def test_serving_bench_smoke():
+    """Builds two real images on its own Docker engine, loads both servers with wrk for a second each."""
+    out = run_bench("serving_bench.py", "--duration", "1", "--customers", "3000", "--starts", "1")
+    for model in ("random_forest (sklearn)", "lightgbm (lightgbm)"):
+        assert f"== {model}, 3000 training rows: image built in" in out
+    assert out.count("labels identical to mlflow models serve: True") == 2
+    assert out.count("ratio req/s") == 4 and out.count("container start -> /health ok: median") == 2

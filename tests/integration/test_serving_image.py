@@ -18,11 +18,11 @@ import time
 import uuid
 from pathlib import Path
 
+import docker
 import httpx
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-import docker
 from asgard.embedded.airflow_api import AirflowApiError
 from asgard.embedded.services import ServiceManager
 from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator

@@ -8,6 +8,7 @@ it can find, waits, then escalates: a clean stop leaves no orphan processes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -49,6 +51,8 @@ class Service:
     prepare: Callable[[], None] | None = None
     # Run once the service is healthy (e.g. load the base image into a fresh Docker engine).
     after_start: Callable[[], None] | None = None
+    # Run once the service has stopped (e.g. release the mounts a Docker engine leaves behind).
+    after_stop: Callable[[], None] | None = None
     # A service answering on a unix socket rather than a TCP port (the Docker engine).
     health_socket: str | None = None
 
@@ -123,7 +127,7 @@ class ServiceManager:
         """A private Docker engine: its own socket, data and exec roots; host networking left alone."""
         s = self.settings
         socket_path = s.state_dir / "docker.sock"
-        exec_root = s.state_dir / "docker-exec"
+        exec_root = self.docker_exec_root
         return Service(
             name="docker",
             argv=[
@@ -146,15 +150,28 @@ class ServiceManager:
             port=0,
             stop_signal=signal.SIGTERM,
             start_timeout=60.0,
-            prepare=lambda: self._check_socket_path(exec_root),
+            prepare=lambda: self.settings.state_dir.mkdir(parents=True, exist_ok=True),
             after_start=self._load_base_image,
+            after_stop=self._release_docker_mounts,
         )
 
-    def _check_socket_path(self, exec_root: Path) -> None:
-        # containerd's sockets live under the exec root; a unix socket path is limited to 107 bytes.
-        if len(str(exec_root / "containerd" / "containerd-debug.sock")) > 100:
-            raise ServiceError(f"docker: ASGARD_HOME {self.settings.home} is too deep for the engine's sockets")
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+    @property
+    def docker_exec_root(self) -> Path:
+        """The engine's runtime folder: short and outside ASGARD_HOME, since containerd's unix sockets
+        live in it and a socket path may not exceed 107 bytes; one per home (a hash of its path)."""
+        digest = hashlib.sha256(str(self.settings.home).encode()).hexdigest()[:12]
+        base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+        return base / f"asgard-docker-{digest}"
+
+    def _release_docker_mounts(self) -> None:
+        """Unmount what a stopped engine may leave mounted (its network namespace, overlay layers), so
+        ASGARD_HOME can be deleted."""
+        roots = (str(self.docker_exec_root), str(self.settings.home / "docker"))
+        with open("/proc/self/mounts") as mounts:
+            targets = [line.split()[1] for line in mounts if line.split()[1].startswith(roots)]
+        for target in sorted(targets, key=len, reverse=True):  # nested mounts first
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+        shutil.rmtree(self.docker_exec_root, ignore_errors=True)
 
     def _load_base_image(self) -> None:
         """Import the local serving base (built by ./asgard setup) when the engine does not have it."""
@@ -333,6 +350,8 @@ class ServiceManager:
                 continue
             _stop_tree(process, service.stop_signal)
             self._pid_file(service.name).unlink(missing_ok=True)
+            if service.after_stop:
+                service.after_stop()
             log(f"{service.name}: stopped")
 
     def status(self) -> list[ServiceStatus]:

@@ -23,9 +23,8 @@ from asgard.errors import InputError
 from asgard.settings import get_settings
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     import docker
+    from airflow.sdk import Context
 
 # Docker's own API version negotiation: the daemon may be older than the client library.
 DOCKER_API_VERSION = "auto"
@@ -174,6 +173,7 @@ class DockerBuildServingImageOperator(BaseOperator):
     def _pull_built(self, image: str, ref: Any) -> str | None:
         """The image of this version from the registry, if it was built and pushed before (any worker)."""
         import docker
+
         from asgard import serving_image
 
         try:
