@@ -95,7 +95,13 @@ def _ms(value: str) -> float:
 @contextlib.contextmanager
 def mlflow_serve(model_uri: str, tracking_uri: str, workers: int):
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        # mlflow models serve execs `uvicorn` from PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),
@@ -150,6 +156,8 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=20_000, help="training rows of the sample models")
     parser.add_argument("--starts", type=int, default=5, help="container starts timed for start -> healthy")
     args = parser.parse_args()
+    # A terminated benchmark still stops the services it started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import docker
     import httpx

@@ -55,10 +55,20 @@ def _register_boosting_converters() -> None:
         from lightgbm import LGBMClassifier, LGBMRegressor
 
         registrations += [
-            (LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes, convert_lightgbm,
-             {"nocl": [True, False], "zipmap": [True, False, "columns"]}),
-            (LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes, convert_lightgbm,
-             {"split": None}),
+            (
+                LGBMClassifier,
+                "LightGbmLGBMClassifier",
+                calculate_linear_classifier_output_shapes,
+                convert_lightgbm,
+                {"nocl": [True, False], "zipmap": [True, False, "columns"]},
+            ),
+            (
+                LGBMRegressor,
+                "LightGbmLGBMRegressor",
+                calculate_linear_regressor_output_shapes,
+                convert_lightgbm,
+                {"split": None},
+            ),
         ]
     except ImportError:
         pass
@@ -66,8 +76,13 @@ def _register_boosting_converters() -> None:
         from xgboost import XGBClassifier, XGBRegressor
 
         registrations += [
-            (XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes, convert_xgboost,
-             {"nocl": [True, False], "zipmap": [True, False, "columns"]}),
+            (
+                XGBClassifier,
+                "XGBoostXGBClassifier",
+                calculate_linear_classifier_output_shapes,
+                convert_xgboost,
+                {"nocl": [True, False], "zipmap": [True, False, "columns"]},
+            ),
             (XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost, None),
         ]
     except ImportError:

@@ -349,6 +349,17 @@ def find_image(client: docker.APIClient, reference: str, ref: ModelVersionRef) -
     return None
 
 
+def build_arguments(context: BuildContext, base_image: str) -> dict[str, str]:
+    """The Dockerfile's build arguments (the same for the Docker engine and Kaniko)."""
+    return {
+        "BASE_IMAGE": base_image,
+        "MODEL_NAME": context.info["model_name"],
+        "MODEL_VERSION": context.info["version"],
+        "RUN_ID": context.info["run_id"],
+        "SOURCE_REVISION": context.labels["org.opencontainers.image.revision"],
+    }
+
+
 def build_image(
     client: docker.APIClient,
     context: BuildContext,
@@ -358,13 +369,7 @@ def build_image(
     progress: Callable[[str], None] = log.info,
 ) -> str:
     """Build ``context`` as ``reference``; the image id. No network inside the build: wheels are in the context."""
-    build_args = {
-        "BASE_IMAGE": base_image,
-        "MODEL_NAME": context.info["model_name"],
-        "MODEL_VERSION": context.info["version"],
-        "RUN_ID": context.info["run_id"],
-        "SOURCE_REVISION": context.labels["org.opencontainers.image.revision"],
-    }
+    build_args = build_arguments(context, base_image)
     image_id, tail = None, []
     for chunk in _stream(
         client.build(

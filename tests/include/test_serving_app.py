@@ -46,7 +46,11 @@ def _bundle(tmp_path, fitted, *, sample=True):
     folder = tmp_path / "model"
     folder.mkdir()
     info = write_bundle(
-        folder, model, COLUMNS, "classification", holdout if sample else None,
+        folder,
+        model,
+        COLUMNS,
+        "classification",
+        holdout if sample else None,
         identity={"model_name": "churn", "version": "3", "run_id": "r1", "source": "models:/m-1"},
         labels={"io.asgard.model.version": "3"},
     )

@@ -67,7 +67,7 @@ def columns_of(payload: Any) -> dict[str, list]:
         for record in payload:
             names.update(dict.fromkeys(record))
         return {name: [record.get(name) for record in payload] for name in names}
-    raise InputError("inputs must be an object of columns ({\"col\": [values]}) or a list of records")
+    raise InputError('inputs must be an object of columns ({"col": [values]}) or a list of records')
 
 
 def check_columns(columns: dict[str, list], expected: list[Column]) -> int:
@@ -164,12 +164,7 @@ class Predictor:
     def _predict_native(self, columns: dict[str, list], rows: int, probabilities: bool) -> dict[str, Any]:
         import pandas as pd
 
-        frame = pd.DataFrame(
-            {
-                column.name: columns.get(column.name) or [None] * rows
-                for column in self.bundle.columns
-            }
-        )
+        frame = pd.DataFrame({column.name: columns.get(column.name) or [None] * rows for column in self.bundle.columns})
         for column in self.bundle.columns:
             if column.type in NUMERIC_TYPES:
                 frame[column.name] = frame[column.name].astype("float64")

@@ -23,8 +23,13 @@ log = logging.getLogger("asgard_serving.prediction_log")
 
 class PredictionLog:
     def __init__(
-        self, folder: str | os.PathLike, *, model: dict[str, str], flush_seconds: float = 5.0,
-        max_rows: int = 10_000, max_queued: int = 1_000,
+        self,
+        folder: str | os.PathLike,
+        *,
+        model: dict[str, str],
+        flush_seconds: float = 5.0,
+        max_rows: int = 10_000,
+        max_queued: int = 1_000,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
