@@ -98,10 +98,12 @@ def mlflow_serve(model_uri: str, tracking_uri: str, workers: int):
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_REGISTRY_URI": tracking_uri,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
         # mlflow models serve execs `uvicorn` from PATH.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    log = tempfile.NamedTemporaryFile("w+b", prefix="mlflow-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),
@@ -119,16 +121,21 @@ def mlflow_serve(model_uri: str, tracking_uri: str, workers: int):
             str(port),
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/ping")
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/ping")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; mlflow models serve said:\n{Path(log.name).read_text()[-3000:]}") from None
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        os.unlink(log.name)
 
 
 @contextlib.contextmanager

@@ -123,6 +123,10 @@ def test_malformed_bodies(client):
     assert client.post("/predict", json={"inputs": {}}).status_code == 422
     assert client.post("/predict", json={**SEED_PAYLOAD, "return_probabilities": "yes"}).status_code == 422
     assert client.post("/invocations", json={"unknown": 1}).status_code == 422
+    empty = client.post("/invocations", json={"dataframe_split": {"columns": SEED_FEATURES, "data": []}})
+    assert empty.status_code == 422 and "no rows" in empty.text
+    short = client.post("/invocations", json={"dataframe_split": {"columns": SEED_FEATURES, "data": [[1, 2]]}})
+    assert short.status_code == 422 and "needs 6 values" in short.text
 
 
 def test_prediction_log_batches_off_the_request_path(tmp_path, fitted, monkeypatch):

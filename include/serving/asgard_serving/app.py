@@ -109,7 +109,9 @@ def create_app(model_dir: str | None = None) -> FastAPI:
         except InputError as error:
             return _error(422, str(error))
         result = predictor.predict(columns, rows, probabilities=probabilities)
-        ids = [uuid.uuid4().hex for _ in range(rows)]
+        # One random id per request, one suffix per row: unique, and cheap for large requests.
+        request_id = uuid.uuid4().hex
+        ids = [f"{request_id}-{row}" for row in range(rows)]
         if state.prediction_log is not None:
             state.prediction_log.record(ids, columns, result)
         if mlflow_shape:
@@ -149,7 +151,13 @@ def create_app(model_dir: str | None = None) -> FastAPI:
             split = body["dataframe_split"]
             if not isinstance(split, dict) or "columns" not in split or "data" not in split:
                 return _error(422, "dataframe_split needs columns and data")
-            payload = [dict(zip(split["columns"], row, strict=False)) for row in split["data"]]
+            if not isinstance(split["data"], list) or not split["data"]:
+                return _error(422, "dataframe_split.data holds no rows")
+            if not all(isinstance(row, list) and len(row) == len(split["columns"]) for row in split["data"]):
+                return _error(422, f"every row of dataframe_split.data needs {len(split['columns'])} values")
+            # Rows to columns in one transposition rather than a dict per row.
+            columns = zip(*split["data"], strict=True)
+            payload = {name: list(values) for name, values in zip(split["columns"], columns, strict=True)}
         elif "dataframe_records" in body:
             payload = body["dataframe_records"]
         elif "inputs" in body:

@@ -92,22 +92,28 @@ def check_columns(columns: dict[str, list], expected: list[Column]) -> int:
     return rows
 
 
+ALLOWED_TYPES = {
+    **dict.fromkeys(NUMERIC_TYPES, frozenset({int, float, type(None)})),
+    **dict.fromkeys(STRING_TYPES, frozenset({str, type(None)})),
+    **dict.fromkeys(BOOLEAN_TYPES, frozenset({bool, type(None)})),
+}
+
+
 def _check_values(column: Column, values: list) -> None:
-    if column.type in NUMERIC_TYPES:
+    allowed = ALLOWED_TYPES.get(column.type)
+    if allowed is None:
+        return
+    # One pass in C over the value types; the row-by-row search only runs to name a bad value.
+    # (bool is not allowed for numbers: true/false is not a number a client meant to send.)
+    if not set(map(type, values)) <= allowed:
         for row, value in enumerate(values):
-            # bool is an int in Python, but true/false is not a number a client meant to send.
-            if value is not None and (type(value) is bool or not isinstance(value, int | float)):
+            if type(value) not in allowed:
+                kind = {"string": "a string column", "boolean": "boolean"}.get(column.type, column.type)
+                raise InputError(f"column {column.name!r} is {kind}: row {row} holds {value!r}")
+    if column.type in ("long", "integer"):
+        for row, value in enumerate(values):
+            if isinstance(value, float) and not value.is_integer():
                 raise InputError(f"column {column.name!r} is {column.type}: row {row} holds {value!r}")
-            if column.type in ("long", "integer") and isinstance(value, float) and not value.is_integer():
-                raise InputError(f"column {column.name!r} is {column.type}: row {row} holds {value!r}")
-    elif column.type in STRING_TYPES:
-        for row, value in enumerate(values):
-            if value is not None and not isinstance(value, str):
-                raise InputError(f"column {column.name!r} is a string column: row {row} holds {value!r}")
-    elif column.type in BOOLEAN_TYPES:
-        for row, value in enumerate(values):
-            if value is not None and type(value) is not bool:
-                raise InputError(f"column {column.name!r} is boolean: row {row} holds {value!r}")
 
 
 class Predictor:

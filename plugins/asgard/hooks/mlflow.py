@@ -97,17 +97,21 @@ class MlflowHook(BaseHook):
     def using_server(self) -> Iterator[None]:
         """Point MLflow's fluent APIs (``log_model``, ``load_model``) at this server for the block.
 
-        They read a process-wide URI; it is set here and restored after, never via the environment.
+        They read a process-wide URI. ``mlflow.set_tracking_uri`` also exports it as
+        ``MLFLOW_TRACKING_URI`` for subprocesses, so the block restores the environment exactly as it
+        was (unset stays unset) rather than pinning MLflow's resolved default into it.
         """
+        import os
+
         import mlflow
 
-        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        previous = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_tracking_uri(previous[0])  # None: back to MLflow's own resolution, variable unset
             mlflow.set_registry_uri(previous[1])
 
     @contextmanager
