@@ -14,8 +14,10 @@ die() { printf 'asgard base image: %s\n' "$*" >&2; exit 1; }
 command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
 
 # The mirror the machine's apt already uses (deb822 sources or a classic sources.list).
-mirror="$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-  | grep -v security | head -n1 | sed -E 's/^URIs:[[:space:]]*//; s/^deb (\[[^]]*\] )?//' | awk '{print $1}')"
+# (Either kind of file may be missing: grep's complaint is not a failure here.)
+mirror="$( (cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true) \
+  | grep -E '^(URIs:|deb )' | grep -v security | head -n1 \
+  | sed -E 's/^URIs:[[:space:]]*//; s/^deb (\[[^]]*\] )?//' | awk '{print $1}' || true)"
 [ -n "$mirror" ] || die "no Debian mirror found in /etc/apt/sources.list*"
 
 rootfs="$(mktemp -d /tmp/asgard-base.XXXXXX)"
