@@ -37,7 +37,8 @@ SERVING_APP = REPO_ROOT / "include" / "serving"
 CONSTRAINTS = REPO_ROOT / "constraints.txt"
 LABEL_PREFIX = "io.asgard.model."
 NATIVE_MODEL_FILE = "model.pkl"
-SERVING_REQUIREMENTS = ["fastapi", "uvicorn", "uvloop", "httptools", "orjson", "numpy"]
+# boto3: the prediction log may go to S3.
+SERVING_REQUIREMENTS = ["fastapi", "uvicorn", "uvloop", "httptools", "orjson", "numpy", "boto3"]
 ONNX_REQUIREMENTS = ["onnxruntime"]
 NATIVE_REQUIREMENTS = ["cloudpickle", "pandas"]
 # Docker's tag grammar: what a model name must fit to name an image tag.

@@ -132,7 +132,7 @@ def test_malformed_bodies(client):
 def test_prediction_log_batches_off_the_request_path(tmp_path, fitted, monkeypatch):
     folder, _ = _bundle(tmp_path, fitted)
     log_dir = tmp_path / "predictions"
-    monkeypatch.setenv("ASGARD_PREDICTION_LOG_DIR", str(log_dir))
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG", str(log_dir))
     monkeypatch.setenv("ASGARD_PREDICTION_LOG_FLUSH_SECONDS", "0.2")
     with TestClient(create_app(str(folder))) as test_client:
         ids = []
@@ -148,3 +148,32 @@ def test_prediction_log_batches_off_the_request_path(tmp_path, fitted, monkeypat
     first = records[0]
     assert first["model_name"] == "churn" and set(first["features"]) == set(SEED_FEATURES)
     assert "prediction" in first and len(first["probabilities"]) == 2
+
+
+def test_prediction_log_to_an_s3_prefix(tmp_path, fitted, monkeypatch):
+    from moto import mock_aws
+
+    folder, _ = _bundle(tmp_path, fitted)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG", "s3://predictions/churn/v3")
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG_FLUSH_SECONDS", "0.2")
+    with mock_aws():
+        import boto3
+
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="predictions")
+        with TestClient(create_app(str(folder))) as test_client:
+            ids = test_client.post("/predict", json=SEED_PAYLOAD).json()["prediction_ids"]
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket="predictions")["Contents"]]
+        lines = [
+            json.loads(line)
+            for key in keys
+            for line in s3.get_object(Bucket="predictions", Key=key)["Body"].read().decode().splitlines()
+        ]
+    assert all(key.startswith("churn/v3/predictions-") and key.endswith(".jsonl") for key in keys)
+    assert sorted(record["prediction_id"] for record in lines) == sorted(ids)

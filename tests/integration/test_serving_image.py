@@ -82,7 +82,7 @@ def deployed(stack, registered):
     assert outcome.state == "success", outcome.failure
     build = api.task_result("deploy_model", outcome.run_id, "build_image")
     push = api.task_result("deploy_model", outcome.run_id, "push_image")
-    return build, push
+    return build, {**push, "run_id": outcome.run_id}
 
 
 @contextlib.contextmanager
@@ -146,6 +146,15 @@ def test_built_and_pushed_by_digest_then_served_from_a_pull(stack, engine, regis
         assert extra.status_code == 422 and "unexpected column(s): age" in extra.text
         typed = httpx.post(f"{url}/predict", json={"inputs": {**SEED_PAYLOAD["inputs"], "account_age_days": ["x", 1]}})
         assert typed.status_code == 422 and "'account_age_days' is double: row 0 holds 'x'" in typed.text
+
+
+def test_registry_password_is_in_no_task_log(stack, deployed):
+    _, push = deployed
+    _, password = stack.manager.registry_credentials()
+    for task in ("resolve_request", "build_image", "push_image"):
+        log = stack.api.task_log("deploy_model", push["run_id"], task)
+        assert log and password not in log, task
+    assert "Login into Docker Registry" in stack.api.task_log("deploy_model", push["run_id"], "push_image")
 
 
 def test_a_second_run_reuses_the_image_and_the_digest(stack, registered, deployed):

@@ -5,7 +5,8 @@ signature check below is the validation, and skipping a second one keeps a 1-row
 
 Environment:
 ``ASGARD_MODEL_DIR``            the bundle (default ``/opt/asgard/model``)
-``ASGARD_PREDICTION_LOG_DIR``   where batches of logged predictions go (unset: no logging)
+``ASGARD_PREDICTION_LOG``       where batches of logged predictions go: a folder or ``s3://bucket/prefix``
+                                (unset: no logging)
 ``ASGARD_PREDICTION_LOG_FLUSH_SECONDS``  how often the log is written (default 5)
 """
 
@@ -58,12 +59,12 @@ def create_app(model_dir: str | None = None) -> FastAPI:
     async def lifespan(_: FastAPI):
         bundle = Bundle.read(bundle_dir)
         state.predictor = Predictor(bundle)
-        log_dir = os.environ.get("ASGARD_PREDICTION_LOG_DIR")
-        if log_dir:
+        log_destination = os.environ.get("ASGARD_PREDICTION_LOG")
+        if log_destination:
             from asgard_serving.prediction_log import PredictionLog
 
             state.prediction_log = PredictionLog(
-                log_dir,
+                log_destination,
                 model={"model_name": bundle.info["model_name"], "model_version": bundle.info["version"]},
                 flush_seconds=float(os.environ.get("ASGARD_PREDICTION_LOG_FLUSH_SECONDS", "5")),
             )

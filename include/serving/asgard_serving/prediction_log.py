@@ -1,9 +1,10 @@
 """Prediction logging off the request path, for ``monitor_model``.
 
 A request only appends to an in-memory queue; one background thread drains it every
-``flush_seconds`` (or sooner when ``max_rows`` are waiting) into a JSON-lines file per batch,
-written under a temporary name and renamed, so a reader never sees half a batch. When the queue
-is full the newest records are dropped and counted: serving never waits for the log.
+``flush_seconds`` into a JSON-lines file per batch: in a local folder (written under a temporary
+name and renamed) or under an ``s3://bucket/prefix`` (one PUT per batch; S3 never shows half an
+object), so a reader never sees half a batch. When the queue is full the newest records are
+dropped and counted: serving never waits for the log.
 """
 
 from __future__ import annotations
@@ -24,15 +25,25 @@ log = logging.getLogger("asgard_serving.prediction_log")
 class PredictionLog:
     def __init__(
         self,
-        folder: str | os.PathLike,
+        destination: str | os.PathLike,
         *,
         model: dict[str, str],
         flush_seconds: float = 5.0,
         max_rows: int = 10_000,
         max_queued: int = 1_000,
     ) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        destination = str(destination)
+        if destination.startswith("s3://"):
+            import boto3  # credentials and endpoint from the environment (IRSA, AWS_ENDPOINT_URL, ...)
+
+            self.bucket, _, prefix = destination[len("s3://") :].partition("/")
+            self.prefix = prefix.strip("/")
+            self.s3 = boto3.client("s3")
+            self.folder = None
+        else:
+            self.s3 = None
+            self.folder = Path(destination)
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.model = model
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
@@ -85,13 +96,20 @@ class PredictionLog:
                     record["probabilities"] = probabilities[row]
                 lines.append(json.dumps(record, separators=(",", ":")))
         name = f"predictions-{int(time.time() * 1000)}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        partial = self.folder / f".{name}.partial"
+        body = ("\n".join(lines) + "\n").encode()
         try:
-            partial.write_text("\n".join(lines) + "\n")
-            os.replace(partial, self.folder / name)
-        except OSError as error:  # a full or read-only disk must not take serving down
-            log.error("could not write %d logged predictions to %s: %s", len(lines), self.folder, error)
-            partial.unlink(missing_ok=True)
+            if self.s3 is not None:
+                key = f"{self.prefix}/{name}" if self.prefix else name
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/x-ndjson")
+            else:
+                partial = self.folder / f".{name}.partial"
+                try:
+                    partial.write_bytes(body)
+                    os.replace(partial, self.folder / name)
+                finally:
+                    partial.unlink(missing_ok=True)
+        except Exception as error:  # a full disk or an unreachable bucket must not take serving down
+            log.error("could not write %d logged predictions: %s", len(lines), error)
         if self.dropped:
             log.warning("prediction log queue was full: %d requests were not logged", self.dropped)
             self.dropped = 0
