@@ -3,9 +3,11 @@
 
 Builds the serving image of a registered model version (tag `<model_name>-v<version>`, the model
 baked in, ONNX when proven faithful on the holdout sample, else the native model) on the Docker
-engine and pushes it to the registry (ECR in production, the local OCI registry in the embedded
-default), recording the digest. Runs when a promotion emits a model's Asset (the champion), or
-manually:
+engine, pushes it to the registry (ECR in production, the local OCI registry in the embedded
+default) and deploys that digest: on the `docker` target beside the version serving, verified
+(health, `/metadata` version, `/predict` on holdout rows) before the stable endpoint
+`/models/<model_name>/…` switches to it; a failed version is removed and the old one keeps serving.
+Runs when a promotion emits a model's Asset (the champion), or manually:
 
 ```json
 {"model_name": "churn_predictor", "alias": "champion", "target": "docker", "replicas": 2}
@@ -59,7 +61,15 @@ def deploy_model():
         task_id="push_image",
         image="{{ ti.xcom_pull(task_ids='build_image')['image'] }}",
     )
+
+    @task
+    def deploy_image(request: dict, build: dict, push: dict) -> dict:
+        from asgard.deployment import deploy_to_target
+
+        return deploy_to_target(request, build, push)
+
     request >> build >> push
+    deploy_image(request, build.output, push.output)
 
 
 deploy_model()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from asgard.errors import InputError, fail_without_retry
+
+log = logging.getLogger(__name__)
+DEPLOY_TAG_PREFIX = "deploy."
 
 
 def deployment_request(params: dict[str, Any], triggering_asset_events: Any = None) -> dict[str, Any]:
@@ -32,3 +36,78 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
             "namespace": params.get("namespace"),
             "resources": params.get("resources"),
         }
+
+
+def deploy_to_target(request: dict[str, Any], build: dict[str, Any], push: dict[str, Any]) -> dict[str, Any]:
+    """Serve the pushed image (by digest) on the requested target, verified; roll back on any failure.
+
+    The outcome is recorded on the model version (``deploy.*`` tags). When the run deployed an alias
+    (``@champion``) and the new version fails, the alias moves back to the version still serving.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from asgard import docker_target, serving_image
+    from asgard.embedded.router import RouteTable
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.operators.serving_image import docker_client
+    from asgard.settings import get_settings
+
+    if request["target"] != "docker":
+        raise AirflowFailException(
+            f"target {request['target']!r} is not available yet: this installation deploys to 'docker' only"
+        )
+    settings, hook = get_settings(), MlflowHook()
+    name, version = build["model_name"], build["version"]
+    payload = docker_target.holdout_payload(serving_image.holdout_frame(hook, build["run_id"]))
+    routes = RouteTable(settings.routes_file)
+    previous = routes.routes().get(name)
+    try:
+        outcome = docker_target.deploy(
+            docker_client(None),
+            model_name=name,
+            version=version,
+            image=push["reference"],
+            payload=payload,
+            routes=routes,
+            router_url=settings.router_url,
+            prediction_log=settings.data_dir / "predictions" / name,
+        )
+    except docker_target.DeployError as error:
+        kept = f"v{previous['version']} keeps serving" if previous else "nothing was serving it before"
+        reason = f"{name} v{version} failed verification and was rolled back ({kept}): {error}"
+        _record(hook, name, version, {"status": "rolled_back", "reason": str(error)[:4000], "digest": push["digest"]})
+        if previous and not request.get("version"):
+            _restore_alias(hook, name, request["alias"], version, previous["version"])
+        raise AirflowFailException(reason) from error
+    _record(
+        hook,
+        name,
+        version,
+        {"status": "serving", "endpoint": outcome["endpoint"], "digest": push["digest"], "target": "docker"},
+    )
+    log.info("%s v%s serves at %s (image %s)", name, version, outcome["endpoint"], push["reference"])
+    return {
+        "model_name": name,
+        "version": version,
+        "endpoint": outcome["endpoint"],
+        "digest": push["digest"],
+        "changed": outcome["changed"],
+        "previous_version": (previous or {}).get("version"),
+    }
+
+
+def _record(hook: Any, name: str, version: str, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        hook.client.set_model_version_tag(name, version, f"{DEPLOY_TAG_PREFIX}{key}", str(value))
+
+
+def _restore_alias(hook: Any, name: str, alias: str, failed: str, serving: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = hook.client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return
+    if str(current) == str(failed):
+        hook.client.set_registered_model_alias(name, alias, str(serving))
+        log.warning("moved @%s of %s back from v%s to v%s, the version still serving", alias, name, failed, serving)

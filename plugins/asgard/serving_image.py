@@ -202,25 +202,36 @@ def _signature_columns(signature: Any) -> list[dict[str, Any]]:
 
 def _holdout_sample(hook: MlflowHook, ref: ModelVersionRef, native: Path, meta: Any, names: list[str]) -> Any:
     """The run's logged holdout sample, else the model's input example, else None."""
-    import mlflow
     import pandas as pd
-    from mlflow.exceptions import MlflowException
 
-    try:
-        with hook.using_server():
-            path = mlflow.artifacts.download_artifacts(
-                run_id=ref.run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=str(native.parent / ".holdout")
-            )
-        frame = pd.read_parquet(path)
-        shutil.rmtree(native.parent / ".holdout", ignore_errors=True)
-        return frame[names]
-    except (MlflowException, OSError, KeyError):
-        shutil.rmtree(native.parent / ".holdout", ignore_errors=True)
+    frame = holdout_frame(hook, ref.run_id, names)
+    if frame is not None:
+        return frame
     try:
         example = meta.load_input_example(str(native))
     except Exception:  # an example MLflow cannot read back is no sample
         return None
     return example[names] if isinstance(example, pd.DataFrame) else None
+
+
+def holdout_frame(hook: MlflowHook, run_id: str, names: list[str] | None = None) -> Any:
+    """The holdout sample ``train_model`` logged to ``run_id`` (those columns), or None if it has none."""
+    import tempfile
+
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            with hook.using_server():
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=scratch
+                )
+            frame = pd.read_parquet(path)
+            return frame[names] if names else frame
+        except (MlflowException, OSError, KeyError):
+            return None
 
 
 def _plain_list(values: Any) -> list | None:

@@ -31,6 +31,7 @@ ENV_VARS = (
     "ASGARD_REGISTRY_TYPE",
     "ASGARD_IMAGE_REPOSITORY",
     "ASGARD_SERVING_BASE_IMAGE",
+    "ASGARD_ROUTER_PORT",
 )
 REGISTRY_TYPES = ("docker", "ecr")
 # What the project builds when no public base image can be pulled (see scripts/base_image.sh).
@@ -69,6 +70,8 @@ class Settings:
     registry_type: str = "docker"
     image_repository: str | None = None
     serving_base_image: str = LOCAL_BASE_IMAGE
+    # The embedded profile's stable model endpoint (/models/<name>/...) in front of the containers.
+    router_port: int = 8700
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -98,6 +101,7 @@ class Settings:
             registry_type=os.environ.get("ASGARD_REGISTRY_TYPE") or "docker",
             image_repository=os.environ.get("ASGARD_IMAGE_REPOSITORY") or None,
             serving_base_image=os.environ.get("ASGARD_SERVING_BASE_IMAGE") or LOCAL_BASE_IMAGE,
+            router_port=_env_int("ASGARD_ROUTER_PORT", 8700),
         )
 
     # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.
@@ -137,6 +141,14 @@ class Settings:
     @property
     def registry_address(self) -> str:
         return f"{self.bind_host}:{self.registry_port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{self.bind_host}:{self.router_port}"
+
+    @property
+    def routes_file(self) -> Path:
+        return self.state_dir / "routes.json"
 
     @property
     def serving_repository(self) -> str:

@@ -35,6 +35,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         ASGARD_AIRFLOW_PORT=str(free_port()),
         ASGARD_MLFLOW_PORT=str(free_port()),
         ASGARD_REGISTRY_PORT=str(free_port()),
+        ASGARD_ROUTER_PORT=str(free_port()),
     )
     try:
         run = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=900)
@@ -50,7 +51,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
             "materialize features",
             "train, register and gate a model",
             "train from an uploaded script",
-            "build and push the champion's serving image",
+            "build, push and deploy the champion",
         ):
             assert f"==> {stage}" in out, stage
         assert "gold layer: 300 customers x 5 days" in out
@@ -59,13 +60,15 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         registry = f"127.0.0.1:{env['ASGARD_REGISTRY_PORT']}/asgard/models@sha256:"
         image = rf"serving image: {re.escape(registry)}[0-9a-f]{{64}} \(churn_predictor v\d+, onnx, built\)"
         assert re.search(image, out)
+        endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v"
+        assert re.search(rf"model endpoint: {re.escape(endpoint)}\d+: predictions \[[01], [01]\]", out)
         assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin / " in out
         assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
 
         status = asgard("status", env=env, timeout=60)
         assert status.returncode == 0
         pids = [int(p) for p in re.findall(r"pid (\d+)", status.stdout)]
-        assert len(pids) == 4 and status.stdout.count("healthy") == 4
+        assert len(pids) == 5 and status.stdout.count("healthy") == 5
         family = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
 
         # Running it again is safe: the services are reused, the pipeline runs again.

@@ -39,6 +39,7 @@ def embedded_stack(tmp_path_factory) -> EmbeddedStack:
         airflow_port=free_port(),
         mlflow_port=free_port(),
         registry_port=free_port(),
+        router_port=free_port(),
     )
     # The suite's own Airflow settings (unit-test mode, a scratch AIRFLOW_HOME) must not leak into
     # the real services: they get exactly what the embedded profile gives them.

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import httpx
+
 from asgard import features, gold
 from asgard.embedded.airflow_api import AirflowApi, RunOutcome
 from asgard.embedded.services import ServiceManager
@@ -57,6 +59,21 @@ def example_upload(customers: int = 2000, **changes) -> dict:
         "env_vars": {"N_CUSTOMERS": str(customers)},
         **changes,
     }
+
+
+# The seed's /predict example, plus the sample model's categorical feature.
+EXAMPLE_PREDICTION = {
+    "inputs": {
+        "total_purchases": [10, 25],
+        "avg_purchase_value": [50.0, 120.5],
+        "days_since_last_purchase": [5, 15],
+        "customer_lifetime_value": [500.0, 3000.0],
+        "account_age_days": [365, 730],
+        "support_tickets_count": [2, 1],
+        "segment": ["consumer", "smb"],
+    },
+    "return_probabilities": True,
+}
 
 
 class MainJobError(RuntimeError):
@@ -139,15 +156,25 @@ class MainJob:
             score = f"{decision['metric']} {decision['score']:.3f}"
             self.results["script model"] = f"{decision['model_name']} v{decision['version']} -> @{alias} ({score})"
 
-        with self.stage("build and push the champion's serving image (deploy_model)"):
+        with self.stage("build, push and deploy the champion (deploy_model)"):
             request = {"model_name": CHURN_MODEL_REQUEST["model_name"], "alias": "champion", "target": "docker"}
             outcome = api.run_and_wait("deploy_model", request, timeout=1800, on_progress=_progress)
             self._require_success(outcome)
             build = api.task_result("deploy_model", outcome.run_id, "build_image")
             push = api.task_result("deploy_model", outcome.run_id, "push_image")
+            deployed = api.task_result("deploy_model", outcome.run_id, "deploy_image")
             self.results["serving image"] = (
                 f"{push['reference']} ({build['model_name']} v{build['version']}, {build['flavor']}, "
                 f"{'built' if build['built'] else 'reused'})"
+            )
+            answer = httpx.post(f"{deployed['endpoint']}/predict", json=EXAMPLE_PREDICTION, timeout=30)
+            if answer.status_code != 200:
+                raise MainJobError(f"{deployed['endpoint']}/predict answered {answer.status_code}: {answer.text}")
+            served = answer.json()
+            self.results["model endpoint"] = (
+                f"{deployed['endpoint']}/predict serves v{served['model_version']}: "
+                f"predictions {served['predictions']}, P(churn) "
+                f"{[round(p[1], 3) for p in served['probabilities']]}"
             )
 
         self.print_summary(manager)

@@ -87,7 +87,7 @@ class ServiceManager:
     # ----------------------------------------------------------------- definitions
     def services(self) -> list[Service]:
         """The services in start order (Airflow last: its tasks talk to all the others)."""
-        return [self._mlflow(), self._docker(), self._registry(), self._airflow()]
+        return [self._mlflow(), self._docker(), self._registry(), self._router(), self._airflow()]
 
     def service(self, name: str) -> Service:
         for service in self.services():
@@ -239,6 +239,20 @@ class ServiceManager:
             ),
         )
 
+    def _router(self) -> Service:
+        """The stable model endpoint the Docker deploy target switches between containers."""
+        s = self.settings
+        return Service(
+            name="router",
+            argv=[sys.executable, "-m", "asgard.embedded.router", str(s.routes_file), s.bind_host, str(s.router_port)],
+            health_url=f"{s.router_url}/health",
+            port=s.router_port,
+            env={"PYTHONPATH": str(REPO_ROOT / "plugins")},
+            stop_signal=signal.SIGTERM,
+            start_timeout=30.0,
+            prepare=lambda: s.state_dir.mkdir(parents=True, exist_ok=True),
+        )
+
     def _airflow(self) -> Service:
         s = self.settings
         return Service(
@@ -286,6 +300,7 @@ class ServiceManager:
             "ASGARD_PROFILE": s.profile,
             # Where tasks push serving images (the repository is derived from it).
             "ASGARD_REGISTRY_PORT": str(s.registry_port),
+            "ASGARD_ROUTER_PORT": str(s.router_port),
             "PATH": f"{venv_bin()}{os.pathsep}{self.base_env.get('PATH', '')}",
         }
 
