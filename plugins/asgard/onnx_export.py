@@ -169,7 +169,9 @@ def _check(
     rows = len(sample)
     if model_type == "classification":
         label_output, probability_output = outputs[0], outputs[1]
-        labels, probabilities = got[0].ravel(), got[1]
+        probabilities = got[1]
+        # The server labels rows from the probabilities (asgard_serving.model.label_indices).
+        labels = np.asarray(model.classes_)[np.argmax(np.round(probabilities, 6), axis=1)]
         expected_labels = np.asarray(model.predict(sample))
         expected_probabilities = np.asarray(model.predict_proba(sample))
         error = float(np.max(np.abs(probabilities - expected_probabilities)))

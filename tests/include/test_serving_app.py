@@ -36,7 +36,11 @@ COLUMNS = [{"name": name, "type": "double", "required": True} for name in SEED_F
 def fitted():
     features, target = training_frame(customers=3000)
     spec = trainers.ModelSpec.from_request(
-        {"framework": "sklearn", "model_type": "classification", "hyperparameters": {"params": {"n_estimators": 20}}}
+        {
+            "framework": "sklearn",
+            "model_type": "classification",
+            "hyperparameters": {"params": {"n_estimators": 20, "random_state": 7}},
+        }
     )
     return spec.fit(features[:2400], target[:2400]), features[2400:]
 
@@ -177,3 +181,13 @@ def test_prediction_log_to_an_s3_prefix(tmp_path, fitted, monkeypatch):
         ]
     assert all(key.startswith("churn/v3/predictions-") and key.endswith(".jsonl") for key in keys)
     assert sorted(record["prediction_id"] for record in lines) == sorted(ids)
+
+
+def test_float32_ties_resolve_to_the_first_class_as_scikit_learn_does():
+    import numpy as np
+
+    from asgard_serving.model import label_indices
+
+    # An exact 0.5/0.5 tie in float64 comes out of float32 arithmetic split by one ulp either way.
+    split_ties = np.array([[0.50000006, 0.49999994], [0.49999994, 0.50000006], [0.2, 0.8]], dtype=np.float32)
+    assert label_indices(split_ties).tolist() == [0, 0, 1]

@@ -157,13 +157,13 @@ class Predictor:
                 feeds[column.name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(-1, 1)
             else:
                 feeds[column.name] = np.array(values, dtype=np.float32).reshape(-1, 1)
-        wanted = [self.label_output]
-        if probabilities and self.probability_output:
-            wanted.append(self.probability_output)
-        outputs = self.session.run(wanted, feeds)
-        result: dict[str, Any] = {"predictions": _plain(outputs[0].ravel().tolist())}
-        if len(outputs) > 1:
-            result["probabilities"] = outputs[1].tolist()
+        if self.probability_output is None:  # a regressor
+            outputs = self.session.run([self.label_output], feeds)
+            return {"predictions": _plain(outputs[0].ravel().astype(float).tolist())}
+        scores = self.session.run([self.probability_output], feeds)[0]
+        result: dict[str, Any] = {"predictions": [self.classes[i] for i in label_indices(scores).tolist()]}
+        if probabilities:
+            result["probabilities"] = scores.tolist()
             result["classes"] = self.classes
         return result
 
@@ -181,6 +181,18 @@ class Predictor:
             result["probabilities"] = self.model.predict_proba(frame).tolist()
             result["classes"] = self.classes
         return result
+
+
+def label_indices(probabilities: Any) -> Any:
+    """The class each row gets: the most probable one, ties to the first, as scikit-learn decides.
+
+    Probabilities are rounded to 1e-6 first: float32 arithmetic can split an exact tie (0.5 / 0.5)
+    by one unit in the last place, and the native model resolves ties to the first class.
+    (asgard.onnx_export checks conversions with this same rule.)
+    """
+    import numpy as np
+
+    return np.argmax(np.round(probabilities, 6), axis=1)
 
 
 def _plain(values: list) -> list:
