@@ -1,0 +1,77 @@
+"""The serving manifests against the official Kubernetes schemas (strict), and what they promise."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from asgard.errors import InputError
+from asgard.kubernetes_manifests import app_name, render
+
+# The Kubernetes versions the manifests are checked against (EKS's standard-support window).
+SUPPORTED = ["1.33.0", "1.34.0", "1.35.0"]
+IMAGE = "1234.dkr.ecr.eu-west-1.amazonaws.com/asgard/models@sha256:" + "ab" * 32
+CURRENT_API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "PodDisruptionBudget": "policy/v1",
+}
+
+
+@pytest.fixture
+def objects():
+    return render(
+        model_name="churn_predictor",
+        version="7",
+        run_id="0123abcd",
+        image=IMAGE,
+        namespace="asgard",
+        replicas=2,
+        resources={"limits": {"memory": "2Gi"}},
+        prediction_log="s3://predictions/churn",
+    )
+
+
+@pytest.mark.parametrize("kubernetes_version", SUPPORTED)
+def test_every_object_is_valid_and_current(objects, kubernetes_version):
+    assert {o["kind"]: o["apiVersion"] for o in objects} == CURRENT_API_VERSIONS
+    for manifest in objects:
+        kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+
+
+def test_deployment_is_locked_down_probed_bounded_and_pinned(objects):
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert deployment["spec"]["replicas"] == 2 and container["image"] == IMAGE
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    assert container["resources"]["requests"] == {"cpu": "250m", "memory": "512Mi"}
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "ASGARD_PREDICTION_LOG", "value": "s3://predictions/churn"} in container["env"]
+
+
+def test_lineage_on_every_object_and_service_maps_80_to_8080(objects):
+    for manifest in objects:
+        assert manifest["metadata"]["name"] == "churn-predictor-inference"
+        assert manifest["metadata"]["labels"]["asgard.io/model-version"] == "7"
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["asgard.io/mlflow-run-id"] == "0123abcd"
+    assert annotations["asgard.io/image-digest"] == "sha256:" + "ab" * 32
+    service = next(o for o in objects if o["kind"] == "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 6
+
+
+def test_a_tag_is_refused_and_names_are_dns_safe():
+    with pytest.raises(InputError, match="not pinned by digest"):
+        render(model_name="m", version="1", run_id="r", image="registry/asgard/models:m-v1")
+    assert app_name("Churn_Predictor.v2") == "churn-predictor-v2-inference"
