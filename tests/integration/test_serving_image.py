@@ -200,8 +200,15 @@ def test_refused_login_and_unreachable_registry_fail_naming_the_registry(stack, 
     monkeypatch.setenv("ASGARD_HOME", str(settings.home))
     connection = json.loads(stack.manager.registry_connection())
     monkeypatch.setenv("AIRFLOW_CONN_WRONG_PASSWORD", json.dumps({**connection, "password": "not-the-password"}))
+    refused = f"{settings.serving_repository}:refused-login"
+    engine.tag(build["image"], settings.serving_repository, "refused-login")
     with pytest.raises(AirflowFailException, match=f"registry {settings.registry_address} refused the login"):
-        RegistryPushImageOperator(task_id="push", image=build["image"], docker_conn_id="wrong_password").execute({})
+        RegistryPushImageOperator(task_id="push", image=refused, docker_conn_id="wrong_password").execute({})
+    # Nothing of the refused push is visible in the registry: no tag was created.
+    tags = httpx.get(
+        f"http://{settings.registry_address}/v2/asgard/models/tags/list", auth=stack.manager.registry_credentials()
+    ).json()["tags"]
+    assert "refused-login" not in tags and build["image"].rsplit(":", 1)[1] in tags
 
     closed = free_port()
     monkeypatch.setenv("AIRFLOW_CONN_NOWHERE", json.dumps({**connection, "port": closed}))
