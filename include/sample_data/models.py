@@ -19,6 +19,18 @@ SEED_FEATURES = [
     "account_age_days",
     "support_tickets_count",
 ]
+# The seed's POST /predict example (a valid request for a model on SEED_FEATURES).
+SEED_PREDICTION = {
+    "inputs": {
+        "total_purchases": [10, 25],
+        "avg_purchase_value": [50.0, 120.5],
+        "days_since_last_purchase": [5, 15],
+        "customer_lifetime_value": [500.0, 3000.0],
+        "account_age_days": [365, 730],
+        "support_tickets_count": [2, 1],
+    },
+    "return_probabilities": True,
+}
 DEFAULT_PARAMS = {
     "sklearn": {"n_estimators": 100, "max_depth": 10, "random_state": 42},
     "lightgbm": {"n_estimators": 100},

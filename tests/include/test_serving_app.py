@@ -16,19 +16,9 @@ from fastapi.testclient import TestClient
 from asgard import trainers
 from asgard.serving_image import write_bundle
 from asgard_serving.app import create_app
-from sample_data.models import SEED_FEATURES, training_frame
+from sample_data.models import SEED_FEATURES, SEED_PREDICTION, training_frame
 
-SEED_PAYLOAD = {
-    "inputs": {
-        "total_purchases": [10, 25],
-        "avg_purchase_value": [50.0, 120.5],
-        "days_since_last_purchase": [5, 15],
-        "customer_lifetime_value": [500.0, 3000.0],
-        "account_age_days": [365, 730],
-        "support_tickets_count": [2, 1],
-    },
-    "return_probabilities": True,
-}
+SEED_PAYLOAD = SEED_PREDICTION
 COLUMNS = [{"name": name, "type": "double", "required": True} for name in SEED_FEATURES]
 
 

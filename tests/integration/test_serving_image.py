@@ -27,7 +27,7 @@ from asgard.embedded.airflow_api import AirflowApiError
 from asgard.embedded.services import ServiceManager
 from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator
 from asgard.settings import Settings
-from sample_data.models import register_sample_model
+from sample_data.models import SEED_PREDICTION, register_sample_model
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +38,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-SEED_PAYLOAD = {
-    "inputs": {
-        "total_purchases": [10, 25],
-        "avg_purchase_value": [50.0, 120.5],
-        "days_since_last_purchase": [5, 15],
-        "customer_lifetime_value": [500.0, 3000.0],
-        "account_age_days": [365, 730],
-        "support_tickets_count": [2, 1],
-    },
-    "return_probabilities": True,
-}
+SEED_PAYLOAD = SEED_PREDICTION
 
 
 @pytest.fixture(scope="module")

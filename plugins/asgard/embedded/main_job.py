@@ -17,6 +17,7 @@ from asgard import features, gold
 from asgard.embedded.airflow_api import AirflowApi, RunOutcome
 from asgard.embedded.services import ServiceManager
 from asgard.settings import REPO_ROOT, Settings
+from sample_data.models import SEED_PREDICTION
 
 # The seed's POST /feast/features payload, registering a second view over the gold layer.
 SUPPORT_FEATURES_REQUEST = {
@@ -62,18 +63,7 @@ def example_upload(customers: int = 2000, **changes) -> dict:
 
 
 # The seed's /predict example, plus the sample model's categorical feature.
-EXAMPLE_PREDICTION = {
-    "inputs": {
-        "total_purchases": [10, 25],
-        "avg_purchase_value": [50.0, 120.5],
-        "days_since_last_purchase": [5, 15],
-        "customer_lifetime_value": [500.0, 3000.0],
-        "account_age_days": [365, 730],
-        "support_tickets_count": [2, 1],
-        "segment": ["consumer", "smb"],
-    },
-    "return_probabilities": True,
-}
+EXAMPLE_PREDICTION = {**SEED_PREDICTION, "inputs": {**SEED_PREDICTION["inputs"], "segment": ["consumer", "smb"]}}
 
 
 class MainJobError(RuntimeError):
