@@ -21,8 +21,7 @@ from airflow.sdk import AssetAlias, Param, dag, task
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.model_registry import CHAMPION_MODELS_ALIAS
 from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator
-
-MODEL_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+from asgard.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION
 
 
 @dag(
@@ -34,9 +33,9 @@ MODEL_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
     doc_md=__doc__,
     params={
         # Empty when an Asset event starts the run: the event names the model and version.
-        "model_name": Param(None, type=["null", "string"], pattern=MODEL_NAME),
-        "version": Param(None, type=["null", "string", "integer"], pattern="^[0-9]+$", minimum=1),
-        "alias": Param("champion", type="string", pattern="^[A-Za-z][A-Za-z0-9_-]{0,254}$"),
+        "model_name": Param(None, type=["null", "string"], pattern=MODEL_NAME_PATTERN),
+        "version": Param(None, **VERSION),
+        "alias": Param("champion", type="string", pattern=ALIAS_PATTERN),
         "target": Param("docker", type="string", enum=["docker", "kubernetes"]),
         "replicas": Param(2, type="integer", minimum=1, maximum=50),
         "namespace": Param(None, type=["null", "string"], pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),

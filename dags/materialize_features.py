@@ -18,13 +18,7 @@ from airflow.sdk import AssetAlias, Param, dag, task
 
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.features import FEATURE_VIEWS_ALIAS
-
-# "format" draws the UI's date picker; Airflow does not enforce formats, so the pattern does.
-TIMESTAMP = {
-    "type": ["null", "string"],
-    "format": "date-time",
-    "pattern": r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$",
-}
+from asgard.param_schemas import TIMESTAMP
 
 
 @dag(

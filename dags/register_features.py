@@ -21,8 +21,7 @@ from airflow.sdk import Param, dag, task
 
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.features import DTYPES
-
-NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
+from asgard.param_schemas import IDENTIFIER
 
 
 @dag(
@@ -32,14 +31,14 @@ NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 12
     tags=[PLATFORM_TAG, "features"],
     doc_md=__doc__,
     params={
-        "name": Param(type="string", pattern=NAME["pattern"], maxLength=128, description="Feature view name."),
-        "entities": Param(type="array", items=NAME, minItems=1, uniqueItems=True, description="Join keys."),
+        "name": Param(type="string", pattern=IDENTIFIER["pattern"], maxLength=128, description="Feature view name."),
+        "entities": Param(type="array", items=IDENTIFIER, minItems=1, uniqueItems=True, description="Join keys."),
         "features": Param(
             type="array",
             minItems=1,
             items={
                 "type": "object",
-                "properties": {"name": NAME, "dtype": {"type": "string", "enum": list(DTYPES)}},
+                "properties": {"name": IDENTIFIER, "dtype": {"type": "string", "enum": list(DTYPES)}},
                 "required": ["name", "dtype"],
                 "additionalProperties": False,
             },
@@ -47,9 +46,9 @@ NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 12
         "source": Param(
             type="object",
             properties={
-                "table_name": NAME,
-                "timestamp_field": NAME,
-                "created_timestamp_column": NAME,
+                "table_name": IDENTIFIER,
+                "timestamp_field": IDENTIFIER,
+                "created_timestamp_column": IDENTIFIER,
             },
             required=["table_name", "timestamp_field"],
             additionalProperties=False,

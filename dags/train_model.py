@@ -22,10 +22,8 @@ from airflow.sdk import AssetAlias, Param, dag, task
 
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.model_registry import CHAMPION_MODELS_ALIAS
+from asgard.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, SCALAR
 from asgard.trainers import ALGORITHMS, FRAMEWORKS, METRICS, MODEL_TYPES
-
-NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
-SCALAR = {"type": ["string", "integer", "number", "boolean"]}
 
 
 @dag(
@@ -36,17 +34,17 @@ SCALAR = {"type": ["string", "integer", "number", "boolean"]}
     doc_md=__doc__,
     params={
         "experiment_name": Param(type="string", minLength=1, maxLength=256),
-        "model_name": Param(type="string", pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+        "model_name": Param(type="string", pattern=MODEL_NAME_PATTERN),
         "framework": Param(type="string", enum=list(FRAMEWORKS)),
         "model_type": Param(type="string", enum=list(MODEL_TYPES)),
         "algorithm": Param(None, type=["null", "string"], enum=[None, *ALGORITHMS]),
         "data_source": Param(
             type="object",
             properties={
-                "feature_views": {"type": "array", "items": NAME, "minItems": 1, "uniqueItems": True},
+                "feature_views": {"type": "array", "items": IDENTIFIER, "minItems": 1, "uniqueItems": True},
                 "entities": {"type": "object", "additionalProperties": {"type": "array", "items": SCALAR}},
-                "target_column": NAME,
-                "label_table": NAME,
+                "target_column": IDENTIFIER,
+                "label_table": IDENTIFIER,
             },
             required=["feature_views", "target_column"],
             additionalProperties=False,

@@ -21,10 +21,8 @@ from airflow.sdk import AssetAlias, Param, dag, task
 
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.model_registry import CHAMPION_MODELS_ALIAS
+from asgard.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, REQUIREMENT
 from asgard.settings import get_settings
-
-# A requirement is a name with extras and version specifiers, never a pip option ("-e", "--index-url").
-REQUIREMENT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-\\[\\], <>=!~*]*$", "maxLength": 200}
 
 
 @dag(
@@ -37,18 +35,18 @@ REQUIREMENT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-\\[\\], 
         "script_name": Param(type="string", pattern="^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\\.py$"),
         "script_content": Param(type="string", minLength=1, description="The script, base64-encoded."),
         "experiment_name": Param(type="string", minLength=1, maxLength=256),
-        "model_name": Param(type="string", pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+        "model_name": Param(type="string", pattern=MODEL_NAME_PATTERN),
         "requirements": Param([], type="array", items=REQUIREMENT, maxItems=100),
         "timeout": Param(600, type="integer", minimum=10, maximum=86400, description="Seconds."),
         "memory_mb": Param(4096, type="integer", minimum=256, maximum=65536),
         "env_vars": Param(
             {},
             type="object",
-            propertyNames={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            propertyNames={"pattern": IDENTIFIER["pattern"]},
             additionalProperties={"type": "string"},
         ),
         "use_feast": Param(True, type="boolean"),
-        "feature_view_name": Param("customer_features", type="string"),
+        "feature_view_name": Param("customer_features", **IDENTIFIER),
         "tags": Param({}, type="object", additionalProperties={"type": "string"}),
         "promotion": Param(
             {},

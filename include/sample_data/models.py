@@ -19,6 +19,8 @@ SEED_FEATURES = [
     "account_age_days",
     "support_tickets_count",
 ]
+# Every feature of the sample gold layer's customer_features view: the seed's six and the segment.
+SAMPLE_FEATURES = [*SEED_FEATURES, "segment"]
 # The seed's POST /predict example (a valid request for a model on SEED_FEATURES).
 SEED_PREDICTION = {
     "inputs": {
@@ -96,15 +98,16 @@ def register_sample_model(
                 path = Path(scratch) / Path(HOLDOUT_ARTIFACT).name
                 holdout.to_parquet(path, index=False)
                 mlflow.log_artifact(str(path), str(Path(HOLDOUT_ARTIFACT).parent))
+        # Inside the block: registering a logged model looks it up through the global tracking URI.
+        if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+            client.create_registered_model(model_name)
+        version = client.create_model_version(
+            model_name,
+            info.model_uri,
+            run_id=run.info.run_id,
+            model_id=info.model_id,
+            tags={"model_type": "classification", "framework": framework},
+        )
     finally:
         mlflow.set_tracking_uri(previous)
-    if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
-        client.create_registered_model(model_name)
-    version = client.create_model_version(
-        model_name,
-        info.model_uri,
-        run_id=run.info.run_id,
-        model_id=info.model_id,
-        tags={"model_type": "classification", "framework": framework},
-    )
     return str(version.version)

@@ -51,3 +51,11 @@ def test_serving_bench_smoke():
         assert f"== {model}, 3000 training rows: image built in" in out
     assert out.count("labels identical to mlflow models serve: True") == 2
     assert out.count("ratio req/s") == 4 and out.count("container start -> /health ok: median") == 2
+
+
+def test_batch_scoring_bench_smoke():
+    """Scores a small Parquet file three ways, each in a fresh process, and checks the labels agree."""
+    out = run_bench("batch_scoring_bench.py", "--rows", "20000", "--rss-rows", "10000", "20000", "--customers", "2000")
+    assert "scorer labels identical to mlflow.pyfunc predict on all 20000 rows: True" in out
+    assert "ratio scorer / limit:" in out and "ratio scorer / naive:" in out
+    assert "peak RSS growth 10000 -> 20000 rows, scorer:" in out

@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -52,6 +53,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
             "train, register and gate a model",
             "train from an uploaded script",
             "build, push and deploy the champion",
+            "score a batch (score_batch)",
         ):
             assert f"==> {stage}" in out, stage
         assert "gold layer: 300 customers x 5 days" in out
@@ -62,6 +64,11 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         assert re.search(image, out)
         endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v"
         assert re.search(rf"model endpoint: {re.escape(endpoint)}\d+: predictions \[[01], [01]\]", out)
+        batch = re.search(r"batch predictions: (\S+): 3 rows by churn_predictor v\d+; customer 1 -> [01] ", out)
+        assert batch, out[-2000:]
+        scored = pd.read_parquet(batch.group(1))  # the seed's three customers, with their probabilities
+        assert scored["customer_id"].tolist() == [1, 2, 3]
+        assert (scored["probability_0"] + scored["probability_1"]).round(9).eq(1).all()
         assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin / " in out
         assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
 

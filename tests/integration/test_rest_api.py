@@ -52,3 +52,36 @@ def test_bad_conf_is_a_400_naming_the_field_and_creates_no_run(embedded_stack, c
     assert error.value.status == 400
     assert named in error.value.body
     assert set(api.list_run_ids("check_platform")) == before
+
+
+SEED_BATCH = {
+    "model_name": "churn_predictor",
+    "model_version": "1",
+    "feature_views": ["customer_features"],
+    "entities_df": {"customer_id": [1, 2, 3]},
+    "output_path": "s3://my-bucket/predictions/batch_2025_10_17.parquet",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"output_path": None}, "output_path"),
+        ({"output_path": "predictions/batch.parquet"}, "output_path"),
+        ({"feature_source": "spark"}, "feature_source"),
+        ({"model_version": "latest"}, "model_version"),
+        ({"entities_df": None, "entity_source": {"table": "t", "path": "/p.parquet"}}, "entity_source"),
+        ({"entities_df": {"customer_id": []}}, "entities_df"),
+    ],
+    ids=["no-output", "relative-output", "unknown-feature-source", "bad-version", "two-sources", "no-rows"],
+)
+def test_bad_score_batch_conf_is_a_400_and_creates_no_run(embedded_stack, change, named):
+    api = embedded_stack.api
+    api.wait_for_dag("score_batch")
+    before = set(api.list_run_ids("score_batch"))
+    conf = {key: value for key, value in {**SEED_BATCH, **change}.items() if value is not None}
+    with pytest.raises(AirflowApiError) as error:
+        api.trigger("score_batch", conf)
+    assert error.value.status == 400
+    assert named in error.value.body
+    assert set(api.list_run_ids("score_batch")) == before

@@ -11,12 +11,9 @@ import contextlib
 import io
 import json
 import socket
-import subprocess
-import sys
 import tarfile
 import time
 import uuid
-from pathlib import Path
 
 import docker
 import httpx
@@ -208,29 +205,7 @@ def test_refused_login_and_unreachable_registry_fail_naming_the_registry(stack, 
         RegistryPushImageOperator(task_id="push", image=nowhere, docker_conn_id="nowhere").execute({})
 
 
-@pytest.fixture
-def moto_ecr(tmp_path):
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"http://127.0.0.1:{port}/moto-api/")
-                break
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def test_ecr_token_pushes_and_no_secret_reaches_the_image(stack, engine, deployed, moto_ecr, tmp_path, monkeypatch):
+def test_ecr_token_pushes_and_no_secret_reaches_the_image(stack, engine, deployed, moto_server, tmp_path, monkeypatch):
     """The ECR path: the amazon provider's EcrHook gets the token (moto), the push goes to a real registry
     that accepts exactly that token (moto has no /v2 API), and the AWS secret is nowhere in the image."""
     build, _ = deployed
@@ -243,7 +218,7 @@ def test_ecr_token_pushes_and_no_secret_reaches_the_image(stack, engine, deploye
                 "conn_type": "aws",
                 "login": "AKIDASGARDTEST",
                 "password": secret,
-                "extra": {"endpoint_url": moto_ecr, "region_name": "us-east-1"},
+                "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"},
             }
         ),
     )

@@ -13,19 +13,11 @@ import redis
 from asgard import features, gold
 from asgard.settings import Settings
 from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
+from sample_data.models import SAMPLE_FEATURES
 
 SPEC = GoldSpec(customers=150, days=6, end="2026-11-01T00:00:00+00:00", seed=7)
 DATA_START = SPEC.start_time
 DATA_END = SPEC.end_time
-FEATURES = [
-    "total_purchases",
-    "avg_purchase_value",
-    "days_since_last_purchase",
-    "customer_lifetime_value",
-    "account_age_days",
-    "support_tickets_count",
-    "segment",
-]
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +57,14 @@ def expected_online(end: datetime) -> pd.DataFrame:
     rows = gold.load_table(FEATURE_TABLE).scan().to_pandas()
     rows = rows[rows["event_timestamp"] < pd.Timestamp(end)]
     latest = rows.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last")
-    return latest.set_index("customer_id").sort_index()[FEATURES]
+    return latest.set_index("customer_id").sort_index()[SAMPLE_FEATURES]
 
 
 def online(store) -> pd.DataFrame:
     rows = [{"customer_id": i} for i in range(1, SPEC.customers + 1)]
-    refs = [f"customer_features:{name}" for name in FEATURES]
+    refs = [f"customer_features:{name}" for name in SAMPLE_FEATURES]
     frame = store.get_online_features(features=refs, entity_rows=rows).to_df()
-    return frame.set_index("customer_id").sort_index()[FEATURES]
+    return frame.set_index("customer_id").sort_index()[SAMPLE_FEATURES]
 
 
 def window(start, end) -> features.Window:

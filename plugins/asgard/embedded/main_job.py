@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
+import pandas as pd
 
 from asgard import features, gold
 from asgard.embedded.airflow_api import AirflowApi, RunOutcome
@@ -61,6 +62,14 @@ def example_upload(customers: int = 2000, **changes) -> dict:
         **changes,
     }
 
+
+# The seed's POST /mlops/serve/batch body (output_path set per machine).
+BATCH_REQUEST = {
+    "model_name": "churn_predictor",
+    "alias": "champion",
+    "feature_views": ["customer_features"],
+    "entities_df": {"customer_id": [1, 2, 3]},
+}
 
 # The seed's /predict example, plus the sample model's categorical feature.
 EXAMPLE_PREDICTION = {**SEED_PREDICTION, "inputs": {**SEED_PREDICTION["inputs"], "segment": ["consumer", "smb"]}}
@@ -165,6 +174,19 @@ class MainJob:
                 f"{deployed['endpoint']}/predict serves v{served['model_version']}: "
                 f"predictions {served['predictions']}, P(churn) "
                 f"{[round(p[1], 3) for p in served['probabilities']]}"
+            )
+
+        with self.stage("score a batch (score_batch)"):
+            request = {**BATCH_REQUEST, "output_path": str(self.settings.data_dir / "predictions" / "batch.parquet")}
+            outcome = api.run_and_wait("score_batch", request, on_progress=_progress)
+            self._require_success(outcome)
+            published = api.task_result("score_batch", outcome.run_id, "publish")
+            scored = pd.read_parquet(published["output_path"])
+            first = scored.iloc[0]
+            self.results["batch predictions"] = (
+                f"{published['output_path']}: {published['rows']} rows by {first['model_name']} "
+                f"v{first['model_version']}; customer {first['customer_id']} -> {first['prediction']} "
+                f"(P(churn) {first['probability_1']:.3f})"
             )
 
         self.print_summary(manager)

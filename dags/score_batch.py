@@ -1,0 +1,114 @@
+"""
+### Score a batch
+
+The seed's `POST /mlops/serve/batch` as a conf: scores entities with a registered model version
+(or alias) on their Feast features as of the run's data interval end (or `as_of`), and writes the
+predictions as one Parquet file, locally or on S3 (the `aws_conn_id` connection). Large inputs —
+a gold-layer table or a Parquet path in `entity_source` — are split into partitions scored by
+mapped tasks, each in bounded chunks; the output appears only once every partition is scored
+(never a partial file), and a re-run replaces it. Columns: the entity keys, `prediction`,
+`probability_<class>` for classifiers, `model_name`, `model_version`, `scored_at`, `prediction_id`.
+
+```json
+{"model_name": "churn_predictor", "model_version": "1",
+ "feature_views": ["customer_features"],
+ "entities_df": {"customer_id": [1, 2, 3]},
+ "output_path": "s3://my-bucket/predictions/batch_2025_10_17.parquet"}
+```
+Large jobs: `"entity_source": {"table": "customer_features"}` or `{"path": "s3://bucket/entities.parquet"}`;
+rows that already carry the model's features: `"feature_source": "input"`.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import AssetAlias, Param, dag, task
+
+from asgard.batch_scoring import BATCH_PREDICTIONS_ALIAS, FEATURE_SOURCES, OUTPUT_PATTERN
+from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.param_schemas import ALIAS_PATTERN, IDENTIFIER, MODEL_NAME_PATTERN, SCALAR, TIMESTAMP, VERSION
+
+
+@dag(
+    schedule=None,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=[PLATFORM_TAG, "scoring"],
+    doc_md=__doc__,
+    params={
+        "model_name": Param(type="string", pattern=MODEL_NAME_PATTERN),
+        "model_version": Param(None, **VERSION),
+        # Used when model_version is not given.
+        "alias": Param("champion", type="string", pattern=ALIAS_PATTERN),
+        "feature_views": Param(None, type=["null", "array"], items=IDENTIFIER, uniqueItems=True),
+        "entities_df": Param(
+            None,
+            type=["null", "object"],
+            minProperties=1,
+            additionalProperties={"type": "array", "items": SCALAR, "minItems": 1, "maxItems": 100_000},
+        ),
+        "entity_source": Param(
+            None,
+            type=["null", "object"],
+            properties={
+                "table": IDENTIFIER,
+                "path": {"type": "string", "pattern": "^(s3://|/)\\S+$"},
+                "timestamp_column": IDENTIFIER,
+            },
+            # A table or a path, not both (null: the entities are inline).
+            anyOf=[
+                {"type": "null"},
+                {"type": "object", "required": ["table"], "not": {"required": ["path"]}},
+                {"type": "object", "required": ["path"], "not": {"required": ["table"]}},
+            ],
+            additionalProperties=False,
+        ),
+        "feature_source": Param("feast", type="string", enum=list(FEATURE_SOURCES)),
+        "output_path": Param(type="string", pattern=OUTPUT_PATTERN),
+        "as_of": Param(None, **TIMESTAMP),
+        "aws_conn_id": Param("aws_default", type="string", minLength=1),
+        "chunk_rows": Param(100_000, type="integer", minimum=1, maximum=5_000_000),
+        "partition_rows": Param(1_000_000, type="integer", minimum=1),
+    },
+)
+def score_batch():
+    @task
+    def plan(params=None, dag_run=None, data_interval_end=None) -> list[dict]:
+        """One entry per partition, each with the (small) job it belongs to: what the scoring tasks map over."""
+        from asgard.batch_scoring import plan_job
+        from asgard.errors import fail_without_retry
+
+        with fail_without_retry():
+            # Manual runs have no data interval: their features are as of the time they were asked for.
+            as_of = data_interval_end or dag_run.run_after
+            planned = plan_job(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id, as_of=as_of)
+            return [{"job": planned["job"], "partition": partition} for partition in planned["partitions"]]
+
+    # The UI names each mapped task after its partition rather than a bare index.
+    @task(map_index_template="{{ partition_label }}")
+    def score_partition(job: dict, partition: dict) -> dict:
+        from airflow.sdk import get_current_context
+
+        from asgard.batch_scoring import score_partition
+
+        get_current_context()["partition_label"] = f"partition {partition['index']} ({partition['rows']} rows)"
+        return score_partition(job, partition)
+
+    @task(outlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
+    def publish(planned: list, parts: list, outlet_events=None) -> dict:
+        from airflow.sdk import Asset
+
+        from asgard.batch_scoring import publish
+
+        job = planned[0]["job"]
+        published = publish(job, list(parts))
+        outlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)].add(
+            Asset(published["asset_uri"]),
+            extra={"rows": published["rows"], "model_name": job["model_name"], "model_version": job["model_version"]},
+        )
+        return published
+
+    planned = plan()
+    publish(planned, score_partition.expand_kwargs(planned))
+
+
+score_batch()
