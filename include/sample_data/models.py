@@ -8,6 +8,7 @@ registered as a new version. By default it uses exactly the seed's six features,
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -79,10 +80,12 @@ def register_sample_model(
     model = spec.fit(features_frame[:split], target[:split])
     holdout = features_frame[split:]
     example = holdout.dropna().head(5)
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     existing = client.get_experiment_by_name(experiment)
     experiment_id = existing.experiment_id if existing else client.create_experiment(experiment)
-    previous = mlflow.get_tracking_uri()
+    # The variable, not get_tracking_uri(): restoring MLflow's resolved default would pin this call's
+    # server (exported as MLFLOW_TRACKING_URI) for every later client in the process.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     try:
         with mlflow.start_run(experiment_id=experiment_id) as run:
@@ -109,5 +112,5 @@ def register_sample_model(
             tags={"model_type": "classification", "framework": framework},
         )
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(previous)  # None: back to MLflow's own resolution, variable unset
     return str(version.version)
