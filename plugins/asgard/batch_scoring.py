@@ -392,6 +392,20 @@ class EntitySource:
                         _row_group_batches(pq.ParquetFile(handle), groups, columns, chunk_rows), None, chunk_rows
                     )
 
+    def schema(self, columns: list[str]) -> pa.Schema:
+        """The Arrow types of ``columns`` as the source holds them (known before any row is read)."""
+        import pyarrow as pa
+
+        if self.kind == "inline":
+            return pa.table(self.entities).select(columns).schema
+        if self.kind == "table":
+            from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+            full = schema_to_pyarrow(gold.load_table(self.table).schema(), include_field_ids=False)
+        else:
+            full = self._dataset().schema
+        return pa.schema([full.field(name) for name in columns])
+
     def _table_scan(self):
         return gold.load_table(self.table).scan(snapshot_id=self.snapshot_id)
 
@@ -448,7 +462,7 @@ def score_partition(job: dict[str, Any], partition: dict[str, Any]) -> dict[str,
     chunks = _with_features(job, tables) if job["feature_source"] == "feast" else _split_inputs(tables, key_columns)
 
     with tempfile.TemporaryDirectory(prefix="asgard-score-") as scratch:
-        local = Path(scratch) / "part.parquet" if output.is_s3 else _partial(part)
+        local = Path(scratch) / "part.parquet" if output.is_s3 else _partial(part.uri)
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         try:
             rows = _write_scored(scorer, chunks, local, job, partition, key_columns, source)
@@ -465,7 +479,7 @@ def score_partition(job: dict[str, Any], partition: dict[str, Any]) -> dict[str,
 def _write_scored(scorer, chunks, path, job, partition, key_columns, source) -> int:
     import pyarrow.parquet as pq
 
-    schema = scorer.output_schema(source_key_schema(source, partition, key_columns, job["chunk_rows"]))
+    schema = scorer.output_schema(source.schema(key_columns))
     schema = schema.with_metadata({OUTPUT_METADATA_KEY: job["batch_id"].encode()})
     with pq.ParquetWriter(str(path), schema, compression="zstd") as writer:
         return score_stream(
@@ -478,27 +492,10 @@ def _write_scored(scorer, chunks, path, job, partition, key_columns, source) -> 
         )
 
 
-def source_key_schema(source: EntitySource, partition: dict[str, Any], key_columns: list[str], chunk_rows: int):
-    """The Arrow schema of the key columns, as the source holds them (an empty partition included)."""
-    import pyarrow as pa
-
-    if source.kind == "inline":
-        return pa.table(source.entities).select(key_columns).schema
-    if source.kind == "table":
-        return _iceberg_key_schema(source, key_columns)
-    return pa.schema([source._dataset().schema.field(name) for name in key_columns])
-
-
-def _iceberg_key_schema(source: EntitySource, key_columns: list[str]):
-    import pyarrow as pa
-    from pyiceberg.io.pyarrow import schema_to_pyarrow
-
-    schema = schema_to_pyarrow(gold.load_table(source.table).schema(), include_field_ids=False)
-    return pa.schema([schema.field(name) for name in key_columns])
-
-
-def _partial(part: Location) -> Path:
-    return Path(part.uri).with_name(f".{Path(part.uri).name}.{os.getpid()}.partial")
+def _partial(path: str | Path) -> Path:
+    """A hidden temporary name beside ``path``: renamed onto it when whole, never read as output."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
 def _split_inputs(tables: Iterator[pa.Table], key_columns: list[str]) -> Iterator[Chunk]:
@@ -562,11 +559,7 @@ def _merge(filesystem, output: Location, parts: list[dict[str, Any]]) -> None:
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory(prefix="asgard-publish-") as scratch:
-        local = (
-            Path(scratch) / "output.parquet"
-            if output.is_s3
-            else Path(output.uri).with_name(f".{Path(output.uri).name}.{os.getpid()}.partial")
-        )
+        local = Path(scratch) / "output.parquet" if output.is_s3 else _partial(output.uri)
         try:
             writer = None
             for part in parts:
