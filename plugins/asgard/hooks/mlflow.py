@@ -113,6 +113,8 @@ class MlflowHook(BaseHook):
         finally:
             mlflow.set_tracking_uri(previous[0])  # None: back to MLflow's own resolution, variable unset
             mlflow.set_registry_uri(previous[1])
+            if previous[1] is None:  # set_registry_uri(None) leaves the exported variable behind
+                os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
     @contextmanager
     def active_run(self, run_id: str) -> Iterator[Run]:
