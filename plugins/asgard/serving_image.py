@@ -216,22 +216,7 @@ def _holdout_sample(hook: MlflowHook, ref: ModelVersionRef, native: Path, meta: 
 
 def holdout_frame(hook: MlflowHook, run_id: str, names: list[str] | None = None) -> Any:
     """The holdout sample ``train_model`` logged to ``run_id`` (those columns), or None if it has none."""
-    import tempfile
-
-    import mlflow
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            with hook.using_server():
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=scratch
-                )
-            frame = pd.read_parquet(path)
-            return frame[names] if names else frame
-        except (MlflowException, OSError, KeyError):
-            return None
+    return hook.logged_frame(run_id, HOLDOUT_ARTIFACT, names)
 
 
 def _plain_list(values: Any) -> list | None:

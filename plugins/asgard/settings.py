@@ -72,6 +72,8 @@ class Settings:
     serving_base_image: str = LOCAL_BASE_IMAGE
     # The embedded profile's stable model endpoint (/models/<name>/...) in front of the containers.
     router_port: int = 8700
+    # Where monitoring results go (SQLAlchemy URL); embedded: a SQLite file under home.
+    monitoring_database_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -102,7 +104,12 @@ class Settings:
             image_repository=os.environ.get("ASGARD_IMAGE_REPOSITORY") or None,
             serving_base_image=os.environ.get("ASGARD_SERVING_BASE_IMAGE") or LOCAL_BASE_IMAGE,
             router_port=_env_int("ASGARD_ROUTER_PORT", 8700),
+            monitoring_database_url=os.environ.get("ASGARD_MONITORING_DATABASE_URL") or None,
         )
+
+    @property
+    def monitoring_db_url(self) -> str:
+        return self.monitoring_database_url or f"sqlite:///{self.home / 'monitoring.db'}"
 
     # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.
     @cached_property

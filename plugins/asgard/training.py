@@ -24,6 +24,11 @@ FEATURES_ARTIFACT = "reference/features.json"
 # what deploy verification sends to a fresh server.
 HOLDOUT_ARTIFACT = "holdout/sample.parquet"
 HOLDOUT_SAMPLE_ROWS = 10_000
+# What monitoring compares windows against (KS and Wasserstein need values, not only bins) and the
+# request that trained the version (what retraining runs again).
+REFERENCE_SAMPLE_ARTIFACT = "reference/sample.parquet"
+REFERENCE_SAMPLE_ROWS = 50_000
+REQUEST_ARTIFACT = "training/request.json"
 
 
 def validate_request(params: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +139,9 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
             {"features": source.features, "target": source.target_column, "model_type": spec.model_type},
             FEATURES_ARTIFACT,
         )
-        _log_holdout_sample(x_holdout.head(HOLDOUT_SAMPLE_ROWS))
+        mlflow.log_dict(request, REQUEST_ARTIFACT)
+        _log_frame(x_holdout.head(HOLDOUT_SAMPLE_ROWS), HOLDOUT_ARTIFACT)
+        _log_frame(x_train.sample(min(len(x_train), REFERENCE_SAMPLE_ROWS), random_state=0), REFERENCE_SAMPLE_ARTIFACT)
         info = mlflow.sklearn.log_model(
             model,
             name=MODEL_ARTIFACT,
@@ -149,16 +156,16 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
     return {"model_uri": info.model_uri, "model_id": info.model_id, "metrics": metrics, "baseline": baseline}
 
 
-def _log_holdout_sample(frame: Any) -> None:
+def _log_frame(frame: Any, artifact: str) -> None:
     import tempfile
     from pathlib import Path
 
     import mlflow
 
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / Path(HOLDOUT_ARTIFACT).name
+        path = Path(scratch) / Path(artifact).name
         frame.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), str(Path(HOLDOUT_ARTIFACT).parent))
+        mlflow.log_artifact(str(path), str(Path(artifact).parent))
 
 
 def register_model(

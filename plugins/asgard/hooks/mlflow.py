@@ -148,6 +148,35 @@ class MlflowHook(BaseHook):
                 return mlflow.sklearn.load_model(model_uri)
             return mlflow.pyfunc.load_model(model_uri)
 
+    def logged_json(self, run_id: str, artifact_path: str) -> Any | None:
+        """A JSON artifact of a run, or None when the run has none at that path."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with self.using_server():
+                return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_path}")
+        except (MlflowException, OSError):
+            return None
+
+    def logged_frame(self, run_id: str, artifact_path: str, columns: list[str] | None = None) -> Any | None:
+        """A Parquet artifact of a run as a DataFrame (those columns), or None when it has none."""
+        import tempfile
+
+        import mlflow
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                with self.using_server():
+                    path = mlflow.artifacts.download_artifacts(
+                        run_id=run_id, artifact_path=artifact_path, dst_path=scratch
+                    )
+                return pd.read_parquet(path, columns=columns)
+            except (MlflowException, OSError, KeyError, ValueError):  # ValueError: a column it lacks
+                return None
+
     def test_connection(self) -> tuple[bool, str]:
         """Airflow's "Test connection" button: one cheap call to the server."""
         try:

@@ -1,0 +1,93 @@
+"""
+### Monitor models
+
+Daily (and on demand, the seed's `/mlops/monitoring`): for every model whose `@champion` is
+serving — or the one named in the conf — compares the window's scored data (the serving app's
+prediction log, plus any Parquet `sources`: batch inputs or `score_batch` outputs) with the
+version's training reference: feature and prediction drift (PSI, Jensen-Shannon, KS, Wasserstein;
+chi-square for categories), data quality (missing, out of range, unseen categories, schema) and,
+where labels have arrived (`labels`: Parquet with `prediction_id`, `label`), accuracy or RMSE.
+Results go to the monitoring database and to MLflow; an HTML report is kept per run. Breaches
+alert once they last `persistence` windows; persistent drift triggers `train_model` again
+(once per cool-down).
+
+```json
+{"model_name": "churn_predictor", "alias": "champion",
+ "window_start": "2025-10-16T00:00:00Z", "window_end": "2025-10-17T00:00:00Z",
+ "sources": ["/data/predictions/batch_2025_10_17.parquet"],
+ "thresholds": {"drift": 0.1, "missing": 0.05, "accuracy": 0.7, "persistence": 2}}
+```
+"""
+
+from __future__ import annotations
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, dag, task
+
+from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.monitoring import Thresholds
+from asgard.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION
+
+DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
+
+
+@dag(
+    schedule="@daily",
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=[PLATFORM_TAG, "monitoring"],
+    doc_md=__doc__,
+    params={
+        # null: every model whose @champion is serving.
+        "model_name": Param(None, type=["null", "string"], pattern=MODEL_NAME_PATTERN),
+        "model_version": Param(None, **VERSION),
+        "alias": Param("champion", type="string", pattern=ALIAS_PATTERN),
+        "window_start": Param(None, **TIMESTAMP),
+        "window_end": Param(None, **TIMESTAMP),
+        "sources": Param([], type="array", items=DATA_PATH, uniqueItems=True),
+        "labels": Param([], type="array", items=DATA_PATH, uniqueItems=True),
+        "thresholds": Param(
+            {},
+            type="object",
+            properties={name: {"type": ["number", "null"], "minimum": 0} for name in Thresholds().as_dict()},
+            additionalProperties=False,
+        ),
+        "retrain": Param(True, type="boolean"),
+        "aws_conn_id": Param("aws_default", type="string", minLength=1),
+    },
+)
+def monitor_model():
+    @task
+    def targets(params=None) -> list[dict]:
+        from asgard.errors import fail_without_retry
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.monitoring import deployed_models
+
+        with fail_without_retry():
+            if params["model_name"]:
+                return [{k: params[k] for k in ("model_name", "model_version", "alias")}]
+            return deployed_models(MlflowHook())
+
+    @task(map_index_template="{{ target['model_name'] }}")
+    def check(target: dict, params=None, dag_run=None, data_interval_end=None) -> dict:
+        from asgard.errors import fail_without_retry
+        from asgard.monitoring import monitor_version
+
+        with fail_without_retry():
+            run_after = data_interval_end or dag_run.run_after
+            source_run = f"{dag_run.dag_id}/{dag_run.run_id}"
+            return monitor_version(target, params, source_run=source_run, run_after=run_after)
+
+    @task
+    def alert(results: list) -> list[dict]:
+        """Send each alert through the configured notifiers; what to retrain is what drifted persistently."""
+        from asgard.alerting import send_alerts
+
+        send_alerts(list(results))
+        return [{"conf": result["retrain"]} for result in results if result["retrain"]]
+
+    retrain = alert(check.expand(target=targets()))
+    TriggerDagRunOperator.partial(task_id="retrain", trigger_dag_id="train_model").expand_kwargs(retrain)
+
+
+monitor_model()
