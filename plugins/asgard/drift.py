@@ -108,15 +108,22 @@ def _relative_entropy(p: np.ndarray, m: np.ndarray) -> float:
 def ks_and_wasserstein(reference_sorted: np.ndarray, current_sorted: np.ndarray) -> tuple[float, float]:
     """Two-sample KS statistic and 1-Wasserstein distance from the two empirical CDFs, evaluated once.
 
-    Both are functions of the CDFs on the merged values: KS is their largest gap, Wasserstein the
-    area between them — as ``scipy.stats.ks_2samp`` and ``scipy.stats.wasserstein_distance`` compute them.
+    Both are functions of the CDFs at the distinct merged values: KS is their largest gap, Wasserstein
+    the area between them (as ``scipy.stats.ks_2samp`` and ``scipy.stats.wasserstein_distance``).
+    The merge of two sorted runs is linear; at each distinct value, the count of all values up to it
+    is its position, so only the (small) reference sample is searched.
     """
     merged = np.concatenate((reference_sorted, current_sorted))
     merged.sort(kind="stable")  # two sorted runs: a merge, not a full sort
-    cdf_reference = np.searchsorted(reference_sorted, merged, side="right") / len(reference_sorted)
-    cdf_current = np.searchsorted(current_sorted, merged, side="right") / len(current_sorted)
-    gaps = np.abs(cdf_reference - cdf_current)
-    return float(gaps.max()), float(np.sum(gaps[:-1] * np.diff(merged)))
+    last_of_value = np.empty(len(merged), dtype=bool)
+    np.not_equal(merged[1:], merged[:-1], out=last_of_value[:-1])
+    last_of_value[-1] = True
+    ends = np.flatnonzero(last_of_value)
+    values = merged[ends]
+    reference_counts = np.searchsorted(reference_sorted, values, side="right")
+    current_counts = ends + 1 - reference_counts
+    gaps = np.abs(reference_counts / len(reference_sorted) - current_counts / len(current_sorted))
+    return float(gaps.max()), float(np.dot(gaps[:-1], np.diff(values)))
 
 
 def ks_p_value(statistic: float, reference_rows: int, current_rows: int) -> float:
@@ -161,15 +168,25 @@ def numeric_statistics(values: np.ndarray, reference: NumericReference) -> Colum
 
 # --------------------------------------------------------------------------- categorical
 def category_counts(values: Any, categories: list[str]) -> tuple[np.ndarray, int, int]:
-    """Counts per reference category, plus how many values were unseen and how many missing."""
+    """Counts per reference category, plus how many values were unseen and how many missing.
+
+    One hash pass over the values (``pd.factorize``); only the distinct values are then matched
+    to the reference's categories (as strings, which is how the profile records them).
+    """
     import pandas as pd
 
-    series = pd.Series(values, copy=False)
-    missing = series.isna().to_numpy()
-    codes = pd.Categorical(series.astype("string"), categories=categories).codes.astype(np.int64)
-    counts = np.bincount(codes + 1, minlength=len(categories) + 1)  # code -1: unseen or missing
-    unseen = int(counts[0] - missing.sum())
-    return counts[1:], unseen, int(missing.sum())
+    codes, distinct = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=True)
+    per_distinct = np.bincount(codes + 1, minlength=len(distinct) + 1)  # code -1: missing
+    position = {category: index for index, category in enumerate(categories)}
+    counts = np.zeros(len(categories), dtype=np.int64)
+    unseen = 0
+    for value, count in zip(distinct, per_distinct[1:], strict=True):
+        index = position.get(str(value))
+        if index is None:
+            unseen += int(count)
+        else:
+            counts[index] += count
+    return counts, unseen, int(per_distinct[0])
 
 
 def chi_square(observed: np.ndarray, expected_frequencies: np.ndarray) -> tuple[float, float]:

@@ -81,31 +81,35 @@ class Reference:
     def from_training(
         cls, profile: dict[str, Any], sample: pd.DataFrame, scorer: Any, *, run_id: str = ""
     ) -> Reference:
-        features: dict[str, drift.NumericReference | drift.CategoricalReference] = {}
-        for name, summary in profile["features"].items():
-            if summary["kind"] == "numeric":
-                values = pd.to_numeric(sample[name], errors="coerce").to_numpy(dtype=float)
-                present = np.sort(values[~np.isnan(values)])
-                features[name] = drift.NumericReference(
-                    np.asarray(summary["bin_edges"], dtype=float),
-                    np.asarray(summary["bin_counts"], dtype=float),
-                    present,
-                    float(summary["std"] or 0.0),
-                    float(summary["min"]),
-                    float(summary["max"]),
-                )
-            else:
-                features[name] = drift.CategoricalReference.from_frequencies(summary["frequencies"])
         predictions = scorer.predict(sample)["prediction"]
         return cls(
             scorer.model_name,
             scorer.model_version,
             run_id,
-            features,
+            feature_references(profile, sample),
             prediction_reference(predictions, classifier=scorer.classes is not None),
             (profile.get("target") or {}).get("name"),
             scorer,
         )
+
+
+def feature_references(profile: dict[str, Any], sample: pd.DataFrame) -> dict[str, Any]:
+    """Per feature: bins and range from the profile (all training rows), sorted values from the sample."""
+    features: dict[str, drift.NumericReference | drift.CategoricalReference] = {}
+    for name, summary in profile["features"].items():
+        if summary["kind"] == "numeric":
+            values = pd.to_numeric(sample[name], errors="coerce").to_numpy(dtype=float)
+            features[name] = drift.NumericReference(
+                np.asarray(summary["bin_edges"], dtype=float),
+                np.asarray(summary["bin_counts"], dtype=float),
+                np.sort(values[~np.isnan(values)]),
+                float(summary["std"] or 0.0),
+                float(summary["min"]),
+                float(summary["max"]),
+            )
+        else:
+            features[name] = drift.CategoricalReference.from_frequencies(summary["frequencies"])
+    return features
 
 
 def prediction_reference(predictions: np.ndarray, *, classifier: bool) -> Any:
@@ -190,9 +194,9 @@ def read_sources(paths: list[str], aws_conn_id: str = "aws_default") -> list[pd.
 
     frames = []
     for path in paths:
-        location = Location.parse(path, aws_conn_id)
+        location = Location(path, aws_conn_id)
         try:
-            frames.append(pd.read_parquet(location.path, filesystem=location.filesystem))
+            frames.append(pd.read_parquet(location.path, filesystem=location.filesystem()))
         except (OSError, ValueError) as error:
             raise MonitoringError(f"cannot read the window's data {path}: {error}") from None
     return frames
@@ -351,7 +355,7 @@ def _column_statistics(values: pd.Series, ref: Any) -> drift.ColumnStatistics | 
     if isinstance(ref, drift.NumericReference):
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
         return drift.numeric_statistics(numbers, ref)
-    return drift.categorical_statistics(values.astype("string"), ref)
+    return drift.categorical_statistics(values, ref)
 
 
 def _schema_changes(reference: Reference, features: pd.DataFrame) -> list[str]:
@@ -395,7 +399,7 @@ def _performance(reference: Reference, window: Window, thresholds: Thresholds) -
         return f"performance: {count} labelled rows, fewer than min_labels {thresholds.min_labels}"
     truth, predicted = window.labels[known], window.predictions[known]
     if reference.scorer.classes is not None:
-        accuracy = float((truth.astype(str).to_numpy() == predicted.astype(str).to_numpy()).mean())
+        accuracy = float(_same_labels(truth, predicted).mean())
         metrics = {"accuracy": accuracy, "labelled_rows": float(count)}
         breached = accuracy < thresholds.accuracy
     else:
@@ -410,6 +414,13 @@ def _performance(reference: Reference, window: Window, thresholds: Thresholds) -
         "breached": breached,
         "rows": count,
     }
+
+
+def _same_labels(truth: pd.Series, predicted: pd.Series) -> np.ndarray:
+    """Label equality that survives a label column turned float by missing labels (1.0 is label 1)."""
+    if pd.api.types.is_numeric_dtype(truth) and pd.api.types.is_numeric_dtype(predicted):
+        return truth.to_numpy(dtype=float) == predicted.to_numpy(dtype=float)
+    return truth.astype(str).to_numpy() == predicted.astype(str).to_numpy()
 
 
 # --------------------------------------------------------------------------- alerts

@@ -59,3 +59,12 @@ def test_batch_scoring_bench_smoke():
     assert "scorer labels identical to mlflow.pyfunc predict on all 20000 rows: True" in out
     assert "ratio scorer / limit:" in out and "ratio scorer / naive:" in out
     assert "peak RSS growth 10000 -> 20000 rows, scorer:" in out
+
+
+def test_monitoring_bench_smoke():
+    """The drift suite against the scipy loop (Evidently's virtualenv is for the full-size run only)."""
+    out = run_bench("monitoring_bench.py", "--rows", "20000", "--no-evidently")
+    assert "20000 rows x 20 features (15 numeric, 5 categorical)" in out
+    assert "ratio scipy / asgard:" in out
+    difference = float(out.split("largest difference from scipy over every statistic: ")[1].split()[0])
+    assert difference <= 1e-9

@@ -54,6 +54,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
             "train from an uploaded script",
             "build, push and deploy the champion",
             "score a batch (score_batch)",
+            "monitor a normal and a drifted window (monitor_model)",
         ):
             assert f"==> {stage}" in out, stage
         assert "gold layer: 300 customers x 5 days" in out
@@ -69,6 +70,18 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         scored = pd.read_parquet(batch.group(1))  # the seed's three customers, with their probabilities
         assert scored["customer_id"].tolist() == [1, 2, 3]
         assert (scored["probability_0"] + scored["probability_1"]).round(9).eq(1).all()
+        # Monitoring: the window like training raised nothing; the drifted one alerted and asked for retraining.
+        normal = re.search(r"monitoring \(normal window\): 2000 rows, \d+ checks, 0 alert\(s\); report (\S+)", out)
+        assert normal, out[-3000:]
+        drifted = re.search(
+            r"monitoring \(drifted window\): 2000 rows, \d+ checks, [1-9]\d* alert\(s\): .*drift detected.*; "
+            r"retraining triggered \(train_model\); report (\S+)",
+            out,
+        )
+        assert drifted, out[-3000:]
+        report = Path(drifted.group(1)).read_text()
+        assert "days_since_last_purchase: reference (blue) vs window (orange)" in report
+        assert Path(normal.group(1)).is_file()
         assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin / " in out
         assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
 

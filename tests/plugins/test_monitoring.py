@@ -203,7 +203,9 @@ def test_labels_join_on_prediction_ids(reference, pool):
     window = monitoring.assemble_window(reference, [served], START, START + timedelta(days=1), labels)
     assert int(window.labels.notna().sum()) == 300  # delayed labels: half have arrived
     records, _ = monitoring.evaluate(reference, window, monitoring.Thresholds(min_labels=300))
-    assert any(record.metric_type == "model_performance" for record in records)
+    performance = next(record for record in records if record.metric_type == "model_performance")
+    expected = (served["prediction"].iloc[:300].to_numpy() == scored["churned"].iloc[:300].to_numpy()).mean()
+    assert performance.metrics["accuracy"] == pytest.approx(expected)  # labels are float (NaN), predictions int
 
 
 def test_external_metrics_use_the_same_thresholds_and_history_has_the_seed_shape(store):
@@ -246,3 +248,14 @@ def test_the_report_plots_what_drifted(reference, pool, store):
     page = monitoring_report.render("churn_predictor", "1", records, skipped, {"start": START, "rows": 1000})
     assert page.count("<svg") == sum(record.breached and record.metric_type.endswith("drift") for record in records)
     assert "days_since_last_purchase: reference (blue) vs window (orange)" in page
+
+
+def test_window_sources_are_read_from_parquet_and_a_missing_one_is_named(reference, pool, tmp_path):
+    path = tmp_path / "window.parquet"
+    pool.sample(700, random_state=2).to_parquet(path)
+    frames = monitoring.read_sources([str(path)])
+    window = monitoring.assemble_window(reference, frames, START, START + timedelta(days=1), None)
+    assert window.rows == 700 and list(window.features.columns) == SAMPLE_FEATURES
+    assert window.labels.notna().all()  # the file carries the target: performance needs no join
+    with pytest.raises(monitoring.MonitoringError, match=r"cannot read the window's data .*missing.parquet"):
+        monitoring.read_sources([str(tmp_path / "missing.parquet")])

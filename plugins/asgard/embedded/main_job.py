@@ -189,7 +189,50 @@ class MainJob:
                 f"(P(churn) {first['probability_1']:.3f})"
             )
 
+        with self.stage("monitor a normal and a drifted window (monitor_model)"):
+            self.monitor(api)
+
         self.print_summary(manager)
+
+    def monitor(self, api: AirflowApi) -> None:
+        """Two windows of scored customers: one like training (no alert), one drifted (alert and retraining).
+
+        Persistence is one window here so a single drifted window shows the whole path; the daily
+        schedule keeps the default (two windows).
+        """
+        from datetime import UTC, datetime, timedelta
+
+        folder = self.settings.data_dir / "monitoring" / "windows"
+        folder.mkdir(parents=True, exist_ok=True)
+        normal, drifted = monitoring_windows(folder)
+        now = datetime.now(UTC).replace(microsecond=0)
+        checks = {}
+        for label, path, start in (
+            ("normal", normal, now - timedelta(hours=2)),
+            ("drifted", drifted, now - timedelta(hours=1)),
+        ):
+            request = {
+                "model_name": CHURN_MODEL_REQUEST["model_name"],
+                "window_start": start.isoformat(),
+                "window_end": (start + timedelta(hours=1)).isoformat(),
+                "sources": [str(path)],
+                "thresholds": {"persistence": 1},
+            }
+            outcome = api.run_and_wait("monitor_model", request, on_progress=_progress)
+            self._require_success(outcome)
+            checks[label] = api.task_result("monitor_model", outcome.run_id, "check", map_index=0)
+            retrain = api.task_result("monitor_model", outcome.run_id, "alert")
+            alerts = checks[label]["alerts"]
+            self.results[f"monitoring ({label} window)"] = (
+                f"{checks[label]['window']['rows']} rows, {checks[label]['checks']} checks, "
+                f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}"
+                f"{'; retraining triggered (train_model)' if retrain else ''}; report {checks[label]['report']}"
+            )
+        if checks["normal"]["alerts"] or not checks["drifted"]["alerts"]:
+            raise MainJobError(
+                f"monitoring: expected no alert on the normal window and an alert on the drifted one, got "
+                f"{checks['normal']['alerts']} and {checks['drifted']['alerts']}"
+            )
 
     @staticmethod
     def _require_success(outcome: RunOutcome) -> None:
@@ -207,6 +250,22 @@ class MainJob:
         print(f"    Airflow UI:  {self.settings.airflow_url}  (login {user} / {password})")
         print(f"    MLflow UI:   {self.settings.mlflow_url}")
         print("    Stop everything with: ./asgard stop", flush=True)
+
+
+def monitoring_windows(folder, rows: int = 2000) -> tuple:
+    """Two Parquet windows of sample customers with their labels: as in training, and drifted."""
+    from sample_data.gold_layer import GoldSpec, simulate
+
+    snapshots, labels = simulate(GoldSpec(customers=rows, days=1, seed=2026))
+    frame = snapshots[-1].to_pandas().merge(labels.to_pandas()[["customer_id", "churned"]], on="customer_id")
+    normal, drifted = folder / "normal.parquet", folder / "drifted.parquet"
+    frame.to_parquet(normal, index=False)
+    shifted = frame.copy()
+    # Customers go quiet: longer since their last purchase, fewer purchases.
+    shifted["days_since_last_purchase"] = shifted["days_since_last_purchase"] * 2 + 10
+    shifted["total_purchases"] = (shifted["total_purchases"] * 0.5).round()
+    shifted.to_parquet(drifted, index=False)
+    return normal, drifted
 
 
 def _say(line: str) -> None:
