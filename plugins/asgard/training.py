@@ -139,7 +139,7 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
             {"features": source.features, "target": source.target_column, "model_type": spec.model_type},
             FEATURES_ARTIFACT,
         )
-        mlflow.log_dict(request, REQUEST_ARTIFACT)
+        mlflow.log_dict({**request, "data_source": source.as_conf()}, REQUEST_ARTIFACT)
         _log_frame(x_holdout.head(HOLDOUT_SAMPLE_ROWS), HOLDOUT_ARTIFACT)
         _log_frame(x_train.sample(min(len(x_train), REFERENCE_SAMPLE_ROWS), random_state=0), REFERENCE_SAMPLE_ARTIFACT)
         info = mlflow.sklearn.log_model(

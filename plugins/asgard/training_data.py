@@ -77,6 +77,15 @@ class DataSource:
             "entities": self.entities,
         }
 
+    def as_conf(self) -> dict[str, Any]:
+        """The ``data_source`` as ``train_model``'s conf gives it (features are resolved again from the views)."""
+        conf: dict[str, Any] = {
+            "feature_views": list(self.feature_views),
+            "target_column": self.target_column,
+            "label_table": self.label_table,
+        }
+        return {**conf, "entities": self.entities} if self.entities else conf
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSource:
         return cls(

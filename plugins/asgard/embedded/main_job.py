@@ -204,7 +204,7 @@ class MainJob:
 
         folder = self.settings.data_dir / "monitoring" / "windows"
         folder.mkdir(parents=True, exist_ok=True)
-        normal, drifted = monitoring_windows(folder)
+        normal, drifted = monitoring_windows(folder, days=self.days)
         now = datetime.now(UTC).replace(microsecond=0)
         checks = {}
         for label, path, start in (
@@ -252,11 +252,14 @@ class MainJob:
         print("    Stop everything with: ./asgard stop", flush=True)
 
 
-def monitoring_windows(folder, rows: int = 2000) -> tuple:
-    """Two Parquet windows of sample customers with their labels: as in training, and drifted."""
+def monitoring_windows(folder, *, days: int, rows: int = 2000) -> tuple:
+    """Two Parquet windows of sample customers with their labels: as in training, and drifted.
+
+    Other customers of the same simulation (same number of days: recency grows with them), on its last day.
+    """
     from sample_data.gold_layer import GoldSpec, simulate
 
-    snapshots, labels = simulate(GoldSpec(customers=rows, days=1, seed=2026))
+    snapshots, labels = simulate(GoldSpec(customers=rows, days=days, seed=2026))
     frame = snapshots[-1].to_pandas().merge(labels.to_pandas()[["customer_id", "churned"]], on="customer_id")
     normal, drifted = folder / "normal.parquet", folder / "drifted.parquet"
     frame.to_parquet(normal, index=False)
