@@ -85,3 +85,25 @@ def test_bad_score_batch_conf_is_a_400_and_creates_no_run(embedded_stack, change
     assert error.value.status == 400
     assert named in error.value.body
     assert set(api.list_run_ids("score_batch")) == before
+
+
+@pytest.mark.parametrize(
+    ("conf", "named"),
+    [
+        ({"model_name": "churn_predictor", "thresholds": {"driftt": 0.2}}, "thresholds"),
+        ({"model_name": "churn_predictor", "thresholds": {"drift": -1}}, "thresholds"),
+        ({"model_name": "churn_predictor", "sources": ["window.parquet"]}, "sources"),
+        ({"model_name": "churn_predictor", "window_end": "yesterday"}, "window_end"),
+        ({"model_name": "churn predictor"}, "model_name"),
+    ],
+    ids=["unknown-threshold", "negative-threshold", "relative-source", "bad-time", "bad-model-name"],
+)
+def test_bad_monitor_model_conf_is_a_400_and_creates_no_run(embedded_stack, conf, named):
+    api = embedded_stack.api
+    api.wait_for_dag("monitor_model")
+    before = set(api.list_run_ids("monitor_model"))
+    with pytest.raises(AirflowApiError) as error:
+        api.trigger("monitor_model", conf)
+    assert error.value.status == 400
+    assert named in error.value.body
+    assert set(api.list_run_ids("monitor_model")) == before

@@ -155,9 +155,11 @@ class AirflowApi:
         response = self.assets.get_asset_events(limit=limit, order_by=["-timestamp"], name_pattern=uri)
         return [event.to_dict() for event in response.asset_events if event.uri == uri]
 
-    def task_result(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
-        """What a task returned (its ``return_value`` XCom), as JSON data."""
-        entry = self.xcoms.get_xcom_entry(dag_id, task_id, run_id, "return_value", map_index=map_index)
+    def task_result(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value"
+    ) -> Any:
+        """What a task returned (its ``return_value`` XCom, or another key), as JSON data."""
+        entry = self.xcoms.get_xcom_entry(dag_id, task_id, run_id, key, map_index=map_index)
         value = entry.actual_instance.value if hasattr(entry, "actual_instance") else entry.value
         return json.loads(value) if isinstance(value, str) else value
 

@@ -222,11 +222,18 @@ class MainJob:
             self._require_success(outcome)
             checks[label] = api.task_result("monitor_model", outcome.run_id, "check", map_index=0)
             retrain = api.task_result("monitor_model", outcome.run_id, "alert")
+            retrained = ""
+            if retrain:  # wait for it: the next stages (and a later run) find the model settled
+                training_run = api.task_result("monitor_model", outcome.run_id, "retrain", 0, key="trigger_run_id")
+                trained = api.wait_for_run("train_model", training_run, timeout=900)
+                self._require_success(trained)
+                decision = api.task_result("train_model", training_run, "gate_model")
+                retrained = f"; retraining triggered (train_model): v{decision['version']}"
             alerts = checks[label]["alerts"]
             self.results[f"monitoring ({label} window)"] = (
                 f"{checks[label]['window']['rows']} rows, {checks[label]['checks']} checks, "
-                f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}"
-                f"{'; retraining triggered (train_model)' if retrain else ''}; report {checks[label]['report']}"
+                f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}{retrained}; "
+                f"report {checks[label]['report']}"
             )
         if checks["normal"]["alerts"] or not checks["drifted"]["alerts"]:
             raise MainJobError(
