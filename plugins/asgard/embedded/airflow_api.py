@@ -161,7 +161,12 @@ class AirflowApi:
         """What a task returned (its ``return_value`` XCom, or another key), as JSON data."""
         entry = self.xcoms.get_xcom_entry(dag_id, task_id, run_id, key, map_index=map_index)
         value = entry.actual_instance.value if hasattr(entry, "actual_instance") else entry.value
-        return json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:  # a plain string XCom (a triggered run's id) comes back as it is
+            return value
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, try_number: int = 1) -> str:
         """The text of one task try's log, exceptions included (for failure messages)."""
