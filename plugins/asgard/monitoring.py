@@ -567,7 +567,8 @@ def monitor_version(
     log.info("report: file://%s", report)
     reason = retrain_reason(alerts)
     retrain = None
-    if reason and params.get("retrain", True):
+    conf = _retrain_conf(hook, reference) if reason and params.get("retrain", True) else None
+    if conf is not None:
         claimed = store.claim_retrain(
             name,
             version,
@@ -576,7 +577,7 @@ def monitor_version(
             now=datetime.now(UTC),
             cooldown=timedelta(hours=thresholds.retrain_cooldown_hours),
         )
-        retrain = _retrain_conf(hook, reference) if claimed else None
+        retrain = conf if claimed else None
         if not claimed:
             log.info("%s: persistent drift, but a retraining was requested within the cool-down", name)
     return {
