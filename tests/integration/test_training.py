@@ -90,7 +90,7 @@ def test_each_framework_and_model_type_trains_registers_and_beats_the_baseline(s
     assert run.data.params["framework"] == framework
     assert set(result["fitted"]["metrics"]) <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reference")}
-    assert artifacts == {"reference/profile.json", "reference/features.json"}
+    assert artifacts == {"reference/profile.json", "reference/features.json", "reference/sample.parquet"}
     model = MlflowHook().load_model(f"models:/{name}@{CHAMPION}")
     assert hasattr(model, "predict_proba") == (model_type == "classification")
 
