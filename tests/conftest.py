@@ -32,6 +32,27 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 os.environ.setdefault("ASGARD_HOME", str(Path(tempfile.mkdtemp(prefix="asgard-test-home-"))))
 
 
+@contextlib.contextmanager
+def sqlite_mlflow_home(path: Path):
+    """ASGARD_HOME at ``path`` and ``mlflow_default`` on a SQLite registry there; the environment restored after."""
+    import json
+
+    tracking_uri = f"sqlite:///{path / 'mlflow.db'}"
+    saved = {name: os.environ.get(name) for name in ("ASGARD_HOME", "AIRFLOW_CONN_MLFLOW_DEFAULT")}
+    os.environ["ASGARD_HOME"] = str(path)
+    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
+        {"conn_type": "http", "extra": {"tracking_uri": tracking_uri}}
+    )
+    try:
+        yield tracking_uri
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @pytest.fixture(scope="module")
 def moto_server():
     """moto's server (AWS's control plane, S3 and ECR) on a free loopback port: its URL."""

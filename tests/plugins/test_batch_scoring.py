@@ -25,6 +25,7 @@ from asgard import batch_scoring, features, gold, trainers
 from asgard.batch_scoring import ScoringError
 from asgard.errors import InputError
 from asgard.scoring import PREDICTION
+from conftest import sqlite_mlflow_home
 from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
 from sample_data.models import SAMPLE_FEATURES, register_sample_model
 
@@ -38,13 +39,7 @@ MODEL = "batch_churn"
 def home(tmp_path_factory):
     """ASGARD_HOME with a small gold layer, the feature repo applied, and one registered model version."""
     path = tmp_path_factory.mktemp("scoring-home")
-    tracking_uri = f"sqlite:///{path / 'mlflow.db'}"
-    saved = {name: os.environ.get(name) for name in ("ASGARD_HOME", "AIRFLOW_CONN_MLFLOW_DEFAULT")}
-    os.environ["ASGARD_HOME"] = str(path)
-    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
-        {"conn_type": "http", "extra": {"tracking_uri": tracking_uri}}
-    )
-    try:
+    with sqlite_mlflow_home(path) as tracking_uri:
         write_gold_layer(SPEC, log=lambda _: None)
         features.apply_repo()
         version = register_sample_model(tracking_uri, MODEL, customers=2000, features=SAMPLE_FEATURES)
@@ -54,12 +49,6 @@ def home(tmp_path_factory):
         client.set_model_version_tag(MODEL, version, "feast.feature_views", "customer_features")
         client.set_registered_model_alias(MODEL, "champion", version)
         yield {"path": path, "tracking_uri": tracking_uri, "version": version}
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from asgard import monitoring, training_data
 from asgard.hooks.mlflow import MlflowHook
 from asgard.monitoring_store import MonitoringStore
 from asgard.training import REFERENCE_SAMPLE_ARTIFACT
+from conftest import sqlite_mlflow_home
 from sample_data.models import SEED_FEATURES, register_sample_model, training_frame
 
 MODEL = "monitored_churn"
@@ -22,21 +21,9 @@ RUN_AFTER = datetime(2026, 11, 2, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     path = tmp_path_factory.mktemp("monitoring-home")
-    tracking_uri = f"sqlite:///{path / 'mlflow.db'}"
-    saved = {name: os.environ.get(name) for name in ("ASGARD_HOME", "AIRFLOW_CONN_MLFLOW_DEFAULT")}
-    os.environ["ASGARD_HOME"] = str(path)
-    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
-        {"conn_type": "http", "extra": {"tracking_uri": tracking_uri}}
-    )
-    try:
+    with sqlite_mlflow_home(path) as tracking_uri:
         version = register_sample_model(tracking_uri, MODEL, customers=2000)
         yield {"path": path, "version": version, "hook": MlflowHook()}
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def test_a_version_without_a_reference_profile_and_an_unknown_model_are_named(registry):
