@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from asgard import features, gold
-    from asgard.embedded.airflow_api import AirflowApi
+    from asgard.airflow_api import AirflowApi
     from asgard.embedded.services import ServiceManager
     from asgard.settings import Settings
     from sample_data.gold_layer import GoldSpec, write_gold_layer
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             log=lambda _: None,
         )
         features.apply_repo(settings)
-        api = AirflowApi(settings.airflow_url, *manager.admin_credentials())
+        api = AirflowApi.login(settings.airflow_url, *manager.admin_credentials())
         # A fresh API server answers its very first task ~3.5 s slower (measured in the task log, before
         # any of our code runs); the main job runs check_platform first too. Warm it up the same way,
         # as the bare baseline's imports are left out of its time.

@@ -3,7 +3,8 @@
 
 Daily (and on demand, the seed's `/mlops/monitoring`): for every model whose `@champion` is
 serving — or the one named in the conf — compares the window's scored data (the serving app's
-prediction log, plus any Parquet `sources`: batch inputs or `score_batch` outputs) with the
+prediction log, the `score_batch` outputs of that version published in the window, found through
+their `asgard-batch-predictions` Asset events, and any Parquet `sources`) with the
 version's training reference: feature and prediction drift (PSI, Jensen-Shannon, KS, Wasserstein;
 chi-square for categories), data quality (missing, out of range, unseen categories, schema) and,
 where labels have arrived (`labels`: Parquet with `prediction_id`, `label`), accuracy or RMSE.
@@ -22,8 +23,9 @@ alert once they last `persistence` windows; persistent drift triggers `train_mod
 from __future__ import annotations
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetAlias, Param, dag, task
 
+from asgard.batch_scoring import BATCH_PREDICTIONS_ALIAS
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.monitoring import Thresholds
 from asgard.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION
@@ -68,15 +70,18 @@ def monitor_model():
                 return [{k: params[k] for k in ("model_name", "model_version", "alias")}]
             return deployed_models(MlflowHook())
 
-    @task(map_index_template="{{ target['model_name'] }}")
-    def check(target: dict, params=None, dag_run=None, data_interval_end=None) -> dict:
+    @task(map_index_template="{{ target['model_name'] }}", inlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
+    def check(target: dict, params=None, dag_run=None, data_interval_end=None, inlet_events=None) -> dict:
         from asgard.errors import fail_without_retry
         from asgard.monitoring import monitor_version
 
         with fail_without_retry():
             run_after = data_interval_end or dag_run.run_after
             source_run = f"{dag_run.dag_id}/{dag_run.run_id}"
-            return monitor_version(target, params, source_run=source_run, run_after=run_after)
+            batch_events = inlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)]  # score_batch's published outputs
+            return monitor_version(
+                target, params, source_run=source_run, run_after=run_after, batch_events=batch_events
+            )
 
     @task
     def alert(results: list) -> list[dict]:

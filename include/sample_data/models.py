@@ -34,6 +34,16 @@ SEED_PREDICTION = {
     },
     "return_probabilities": True,
 }
+# The seed's POST /mlops/monitoring example (externally computed metrics).
+SEED_MONITORING_REQUEST = {
+    "model_name": "churn_predictor",
+    "model_version": "1",
+    "metric_type": "prediction_drift",
+    "metrics": {"drift_score": 0.15, "psi": 0.08, "js_divergence": 0.12},
+    "reference_data": {"mean": 0.35, "std": 0.12},
+    "current_data": {"mean": 0.42, "std": 0.15},
+    "tags": {"deployment": "production"},
+}
 DEFAULT_PARAMS = {
     "sklearn": {"n_estimators": 100, "max_depth": 10, "random_state": 42},
     "lightgbm": {"n_estimators": 100},

@@ -277,6 +277,42 @@ def register_feature_view(request: dict[str, Any], store: FeatureStore) -> dict[
     }
 
 
+def describe_views(store: FeatureStore) -> list[dict[str, Any]]:
+    """Every feature view in the registry, in the seed's ``POST /feast/features`` shape."""
+    views = []
+    for view in sorted(store.list_feature_views(), key=lambda view: view.name):
+        source = view.batch_source
+        views.append(
+            {
+                "name": view.name,
+                "entities": sorted(view.entities),
+                "features": [{"name": field.name, "dtype": str(field.dtype)} for field in view.features],
+                "source": {"name": source.name, "timestamp_field": source.timestamp_field},
+                "ttl_days": view.ttl.total_seconds() / 86400 if view.ttl else None,
+                "online": view.online,
+                "description": view.description,
+                "tags": dict(view.tags),
+            }
+        )
+    return views
+
+
+def store_status(store: FeatureStore) -> dict[str, Any]:
+    """Which project, registry and stores the profile uses, and what the registry holds."""
+    from asgard.settings import redact_url
+
+    config = store.config
+    return {
+        "project": config.project,
+        "provider": config.provider,
+        "registry": redact_url(str(getattr(config.registry, "path", config.registry))),
+        "offline_store": config.offline_store.type,
+        "online_store": config.online_store.type,
+        "entities": sorted(entity.name for entity in store.list_entities()),
+        "feature_views": sorted(view.name for view in store.list_feature_views()),
+    }
+
+
 # --------------------------------------------------------------------------- materializing
 @dataclass(frozen=True)
 class Window:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from asgard import trainers
+from asgard.errors import InputError
 from asgard.hooks.mlflow import AIRFLOW_DAG_ID_TAG, AIRFLOW_RUN_ID_TAG, MlflowHook, _literal
 
 if TYPE_CHECKING:
@@ -231,3 +232,113 @@ def announce_promotion(decision: GateDecision, outlet_events: Any) -> None:
         Asset(model_asset_uri(decision.model_name)),
         extra={"model_name": decision.model_name, "version": decision.version, decision.metric: decision.score},
     )
+
+
+class ModelNotFoundError(InputError):
+    """A model, version or run the caller named is not in the registry."""
+
+
+def find_logged_model(hook: MlflowHook, mlflow_run_id: str, model_name: str, *, who: str = "the run"):
+    """The one model ``mlflow_run_id`` logged, or the one named ``model_name`` among several."""
+    models = hook.logged_models(mlflow_run_id)
+    if not models:
+        raise ModelNotFoundError(
+            f"{who} logged no model to MLflow run {mlflow_run_id} "
+            "(log one with mlflow.<flavor>.log_model inside mlflow.start_run())"
+        )
+    if len(models) == 1:
+        return models[0]
+    named = [model for model in models if model.name == model_name]
+    if len(named) != 1:
+        names = ", ".join(sorted(model.name for model in models))
+        raise ModelNotFoundError(
+            f"{who} logged {len(models)} models ({names}); name the one to register {model_name!r}"
+        )
+    return named[0]
+
+
+def register_run_model(
+    hook: MlflowHook, model_name: str, mlflow_run_id: str, *, description: str = "", tags: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Register the model an MLflow run logged as a version of ``model_name`` (once per run), ungated."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        hook.client.get_run(mlflow_run_id)
+    except MlflowException as error:
+        raise ModelNotFoundError(f"MLflow run {mlflow_run_id!r} does not exist") from error
+    model = find_logged_model(hook, mlflow_run_id, model_name)
+    version, created = ModelRegistry(hook).register(
+        model_name, model.model_uri, mlflow_run_id, {"source": "registry", **(tags or {})}, model_id=model.model_id
+    )
+    if description:
+        hook.client.update_model_version(model_name, version.version, description=description)
+    return {
+        "model_name": model_name,
+        "version": str(version.version),
+        "run_id": mlflow_run_id,
+        "model_uri": f"models:/{model_name}/{version.version}",
+        "status": "registered" if created else "already_registered",
+    }
+
+
+def describe_models(hook: MlflowHook) -> list[dict[str, Any]]:
+    """Every registered model: its aliases, newest version and what serves."""
+    return [_model_summary(hook, model) for model in hook.client.search_registered_models(max_results=1000)]
+
+
+def describe_model(hook: MlflowHook, model_name: str) -> dict[str, Any]:
+    """One registered model with every version: aliases, metrics, gate decision and deployed endpoint."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = hook.client.get_registered_model(model_name)
+    except MlflowException as error:
+        raise ModelNotFoundError(f"model {model_name!r} is not registered") from error
+    versions = hook.client.search_model_versions(f"name = {_literal(model_name)}", order_by=["version_number DESC"])
+    return {
+        **_model_summary(hook, model),
+        "versions": [_version_details(hook, version) for version in versions],
+    }
+
+
+def _model_summary(hook: MlflowHook, model: Any) -> dict[str, Any]:
+    aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
+    latest = max((int(version.version) for version in model.latest_versions or []), default=None)
+    return {
+        "model_name": model.name,
+        "description": model.description or "",
+        "aliases": aliases,
+        "latest_version": None if latest is None else str(latest),
+        "created_at": _millis_iso(model.creation_timestamp),
+        "updated_at": _millis_iso(model.last_updated_timestamp),
+        "tags": dict(model.tags or {}),
+    }
+
+
+def _version_details(hook: MlflowHook, version: ModelVersion) -> dict[str, Any]:
+    from asgard.deployment import DEPLOY_TAG_PREFIX
+
+    tags = dict(version.tags or {})
+    metrics = hook.client.get_run(version.run_id).data.metrics if version.run_id else {}
+    deployment = {
+        key.removeprefix(DEPLOY_TAG_PREFIX): value for key, value in tags.items() if key.startswith(DEPLOY_TAG_PREFIX)
+    }
+    return {
+        "version": str(version.version),
+        "aliases": list(version.aliases or []),
+        "run_id": version.run_id,
+        "status": version.status,
+        "description": version.description or "",
+        "created_at": _millis_iso(version.creation_timestamp),
+        "metrics": metrics,
+        "gate": {key.removeprefix("gate."): value for key, value in tags.items() if key.startswith("gate.")},
+        "deployment": deployment or None,
+        "tags": {key: value for key, value in tags.items() if not key.startswith((DEPLOY_TAG_PREFIX, "gate."))},
+    }
+
+
+def _millis_iso(millis: int | None) -> str | None:
+    from datetime import UTC, datetime
+
+    return None if millis is None else datetime.fromtimestamp(millis / 1000, UTC).isoformat()

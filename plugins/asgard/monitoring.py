@@ -527,10 +527,35 @@ def deployed_models(hook: Any) -> list[dict[str, str]]:
     return found
 
 
+def batch_outputs(batch_events: Any, model_name: str, model_version: str, start: datetime, end: datetime) -> list[str]:
+    """The ``score_batch`` outputs of this model version published in ``[start, end)``, from the
+    ``asgard-batch-predictions`` Asset events (a task's inlet events accessor); newest last, once each."""
+    if batch_events is None:
+        return []
+    found = []
+    for event in batch_events.after(start.isoformat()).before(end.isoformat()):
+        extra = event.extra or {}
+        if extra.get("model_name") != model_name or str(extra.get("model_version")) != str(model_version):
+            continue
+        path = event.asset.uri.removeprefix("file://")
+        if path not in found:
+            found.append(path)
+    return found
+
+
 def monitor_version(
-    target: dict[str, Any], params: dict[str, Any], *, source_run: str, run_after: datetime
+    target: dict[str, Any],
+    params: dict[str, Any],
+    *,
+    source_run: str,
+    run_after: datetime,
+    batch_events: Any = None,
 ) -> dict[str, Any]:
-    """Check one model version over the run's window; store, report, alert, and say whether to retrain."""
+    """Check one model version over the run's window; store, report, alert, and say whether to retrain.
+
+    The window's data: the serving prediction log, the ``sources`` named in the conf, and the batch
+    outputs ``score_batch`` published for this version within the window (``batch_events``).
+    """
     from asgard.hooks.mlflow import MlflowHook
     from asgard.monitoring_report import render
     from asgard.monitoring_store import MonitoringStore
@@ -543,7 +568,11 @@ def monitor_version(
     name, version = reference.model_name, reference.model_version
     frames = [read_prediction_log(settings.data_dir / "predictions" / name, start, end, version)]
     aws_conn_id = params.get("aws_conn_id") or "aws_default"
-    frames += read_sources(list(params.get("sources") or []), aws_conn_id)
+    sources = list(params.get("sources") or [])
+    published = [path for path in batch_outputs(batch_events, name, version, start, end) if path not in sources]
+    if published:
+        log.info("%s v%s: batch outputs of the window: %s", name, version, ", ".join(published))
+    frames += read_sources(sources + published, aws_conn_id)
     labels = pd.concat(read_sources(list(params.get("labels") or []), aws_conn_id) or [pd.DataFrame()])
     if not labels.empty and not {"prediction_id", "label"} <= set(labels.columns):
         raise MonitoringError("label files need the columns prediction_id and label")
@@ -558,7 +587,7 @@ def monitor_version(
         record.tags = {"source": "monitor_model", "source_run": source_run}
     store.replace_run(source_run, name, version, records)
 
-    summary = {"start": start.isoformat(), "end": end.isoformat(), "rows": window.rows}
+    summary = {"start": start.isoformat(), "end": end.isoformat(), "rows": window.rows, "batch_outputs": published}
     report = _write_report(
         settings.data_dir / "monitoring" / "reports" / name / f"v{version}-{end:%Y%m%dT%H%M%SZ}.html",
         render(name, version, records, skipped, summary),

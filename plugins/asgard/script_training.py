@@ -10,7 +10,7 @@ from typing import Any
 
 from asgard import features, training_data, user_scripts
 from asgard.hooks.mlflow import MlflowHook
-from asgard.model_registry import GateDecision, ModelRegistry, lineage_tags
+from asgard.model_registry import GateDecision, ModelRegistry, find_logged_model, lineage_tags
 from asgard.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def run_uploaded_script(
 def register_script_model(params: dict[str, Any], ran: dict[str, Any], *, dag_id: str, run_id: str) -> dict[str, Any]:
     """Find the model the script logged in its run and register it (once per DAG run)."""
     hook = MlflowHook()
-    model = find_logged_model(hook, ran["mlflow_run_id"], params["model_name"])
+    model = find_logged_model(hook, ran["mlflow_run_id"], params["model_name"], who="the script")
     gate_metric(params, hook.client.get_run(ran["mlflow_run_id"]).data.metrics)  # fail before registering
     tags = lineage_tags(
         dag_id=dag_id,
@@ -117,22 +117,3 @@ def gate_metric(params: dict[str, Any], logged: dict[str, float]) -> str:
             f"the script logged no {wanted} metric to gate on; it logged: {', '.join(sorted(logged)) or 'none'}"
         )
     return metric
-
-
-def find_logged_model(hook: MlflowHook, mlflow_run_id: str, model_name: str):
-    """The one model the run logged, or the one named ``model_name`` among several."""
-    models = hook.logged_models(mlflow_run_id)
-    if not models:
-        raise user_scripts.ScriptError(
-            f"the script logged no model to MLflow run {mlflow_run_id} "
-            "(log one with mlflow.<flavor>.log_model inside mlflow.start_run())"
-        )
-    if len(models) == 1:
-        return models[0]
-    named = [model for model in models if model.name == model_name]
-    if len(named) != 1:
-        names = ", ".join(sorted(model.name for model in models))
-        raise user_scripts.ScriptError(
-            f"the script logged {len(models)} models ({names}); name the one to register {model_name!r}"
-        )
-    return named[0]

@@ -179,3 +179,14 @@ class Settings:
 def get_settings() -> Settings:
     """The settings of this process (read from the environment on each call: cheap, never stale)."""
     return Settings.from_env()
+
+
+def redact_url(url: str) -> str:
+    """A URL without the password it may carry (a database or server URL with credentials)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url

@@ -39,7 +39,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         ASGARD_ROUTER_PORT=str(free_port()),
     )
     try:
-        run = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=900)
+        run = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=1200)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         out = run.stdout
         # Progress and per-stage timings while it runs, then where to look.
@@ -50,8 +50,8 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
             "apply the feature repo",
             "register features",
             "materialize features",
-            "train, register and gate a model",
-            "train from an uploaded script",
+            "train three frameworks; the gate picks the champion (train_model)",
+            "upload a script, follow it to serving (./asgard upload)",
             "build, push and deploy the champion",
             "score a batch (score_batch)",
             "monitor a normal and a drifted window (monitor_model)",
@@ -60,22 +60,41 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         assert "gold layer: 300 customers x 5 days" in out
         assert "materialize=success" in out or "materialize[customer_features]=success" in out
         assert re.search(r"total\s+\d+\.\d+s", out)
+        # The seed's upload_and_deploy.py flow: the CLI through the /mlops plugin, the promotion deploying itself.
+        router = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor_feast"
+        assert re.search(rf"script model: churn_predictor_feast v1 -> @champion, serving at {re.escape(router)} ", out)
+        assert "deploy_model.deploy_image: success" in out
         registry = f"127.0.0.1:{env['ASGARD_REGISTRY_PORT']}/asgard/models@sha256:"
         image = rf"serving image: {re.escape(registry)}[0-9a-f]{{64}} \(churn_predictor v\d+, onnx, built\)"
         assert re.search(image, out)
-        endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v"
-        assert re.search(rf"model endpoint: {re.escape(endpoint)}\d+: predictions \[[01], [01]\]", out)
+        # Three frameworks trained in turn, each gated against the champion so far; the endpoint serves the winner.
+        gate = r"model \((sklearn|xgboost|lightgbm)\): churn_predictor v(\d) -> @(champion|challenger)"
+        gated = re.findall(gate, out)
+        assert [(framework, version) for framework, version, _ in gated] == [
+            ("sklearn", "1"),
+            ("xgboost", "2"),
+            ("lightgbm", "3"),
+        ], gated
+        champion = max(int(version) for _, version, alias in gated if alias == "champion")
+        endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v{champion}"
+        assert re.search(rf"model endpoint: {re.escape(endpoint)}: predictions \[[01], [01]\]", out)
         batch = re.search(r"batch predictions: (\S+): 3 rows by churn_predictor v\d+; customer 1 -> [01] ", out)
         assert batch, out[-2000:]
         scored = pd.read_parquet(batch.group(1))  # the seed's three customers, with their probabilities
         assert scored["customer_id"].tolist() == [1, 2, 3]
         assert (scored["probability_0"] + scored["probability_1"]).round(9).eq(1).all()
         # Monitoring: the window like training raised nothing; the drifted one alerted and asked for retraining.
-        # (The windows also hold the rows the serving app logged in them.)
-        normal = re.search(r"monitoring \(normal window\): 2\d\d\d rows, \d+ checks, 0 alert\(s\); report (\S+)", out)
+        # (The windows also hold the rows the serving app logged in them; the drifted one, the last hour, also
+        # holds the score_batch output published a few minutes ago, found through its Asset event.)
+        normal = re.search(
+            r"monitoring \(normal window\): 2\d\d\d rows, 0 score_batch output\(s\), \d+ checks, 0 alert\(s\); "
+            r"report (\S+)",
+            out,
+        )
         assert normal, out[-3000:]
         drifted = re.search(
-            r"monitoring \(drifted window\): 2\d\d\d rows, \d+ checks, [1-9]\d* alert\(s\): .*drift detected.*; "
+            r"monitoring \(drifted window\): 2\d\d\d rows, 1 score_batch output\(s\), \d+ checks, [1-9]\d* alert\(s\): "
+            r".*drift detected.*; "
             r"retraining triggered \(train_model\): v\d+; report (\S+)",
             out,
         )
@@ -93,7 +112,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         family = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
 
         # Running it again is safe: the services are reused, the pipeline runs again.
-        again = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=600)
+        again = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=900)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "already running" in again.stdout
         assert "gold layer already generated" in again.stdout

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from asgard.embedded.airflow_api import AirflowApi
+from asgard.airflow_api import AirflowApi
 from asgard.embedded.services import ServiceManager
 from asgard.settings import Settings
 
@@ -49,7 +49,7 @@ def embedded_stack(tmp_path_factory) -> EmbeddedStack:
         manager.start()
         started = [psutil.Process(status.pid) for status in manager.status()]
         family = [p for proc in started for p in (proc, *proc.children(recursive=True))]
-        yield EmbeddedStack(settings, manager, AirflowApi(settings.airflow_url, *manager.admin_credentials()))
+        yield EmbeddedStack(settings, manager, AirflowApi.login(settings.airflow_url, *manager.admin_credentials()))
     finally:
         manager.stop()
     survivors = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

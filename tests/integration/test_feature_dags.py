@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asgard import features, gold
-from asgard.embedded.airflow_api import AirflowApiError
+from asgard.airflow_api import AirflowApiError
 from asgard.embedded.main_job import SUPPORT_FEATURES_REQUEST
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 

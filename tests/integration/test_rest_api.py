@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from asgard.embedded.airflow_api import AirflowApiError
+from asgard.airflow_api import AirflowApiError
 from asgard.platform_checks import CHECK_EXPERIMENT
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from asgard.embedded.airflow_api import AirflowApiError
+from asgard.airflow_api import AirflowApiError
 from asgard.embedded.services import ServiceManager
 from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator
 from asgard.settings import Settings

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from asgard import features, gold
-from asgard.embedded.airflow_api import AirflowApiError
+from asgard.airflow_api import AirflowApiError
 from asgard.embedded.main_job import CHURN_MODEL_REQUEST
 from asgard.model_registry import CHAMPION, model_asset_uri
 from sample_data.gold_layer import GoldSpec, write_gold_layer

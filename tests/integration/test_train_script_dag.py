@@ -1,17 +1,24 @@
-"""train_script through the real Airflow REST API: the example upload end to end, and bad uploads."""
+"""train_script: the example uploaded with the CLI through the /mlops plugin to serving, and bad uploads."""
 
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import uuid
 
+import httpx
 import pytest
 from mlflow import MlflowClient
 
 from asgard import features, gold
-from asgard.embedded.main_job import example_upload
+from asgard.cli import MlopsClient
+from asgard.embedded.main_job import EXAMPLE_REQUIREMENTS, EXAMPLE_SCRIPT, example_upload
 from asgard.model_registry import CHAMPION, model_asset_uri
+from asgard.settings import REPO_ROOT
 from sample_data.gold_layer import GoldSpec, write_gold_layer
+from sample_data.models import SEED_PREDICTION
 
 pytestmark = pytest.mark.integration
 
@@ -30,21 +37,45 @@ def client_for(stack) -> MlflowClient:
     return MlflowClient(stack.settings.mlflow_url, stack.settings.mlflow_url)
 
 
-def test_example_script_trains_on_feast_registers_promotes_and_emits_the_asset(script_stack):
-    api = script_stack.api
+def test_the_cli_uploads_the_example_and_follows_it_through_training_and_the_gate_to_serving(script_stack):
+    """The seed's upload_and_deploy.py flow: ./asgard upload through the /mlops plugin, deploy_model
+    started by the promotion's Asset event (unpaused, as in production), the model answering /predict."""
+    api, settings = script_stack.api, script_stack.settings
     name = f"feast_{uuid.uuid4().hex[:6]}"
-    outcome = api.run_and_wait("train_script", example_upload(SPEC.customers, model_name=name), timeout=1500)
-    assert outcome.state == "success", outcome
-    log = api.task_log("train_script", outcome.run_id, "run_script")
-    assert f"fetched {SPEC.customers} rows from Feast view customer_features" in log
-    decision = api.task_result("train_script", outcome.run_id, "gate_model")
-    assert decision["promoted"] and decision["metric"] == "roc_auc" and decision["score"] > 0.6
-    client = client_for(script_stack)
-    champion = client.get_model_version_by_alias(name, CHAMPION)
-    assert champion.version == decision["version"] and champion.tags["airflow.run_id"] == outcome.run_id
+    command = [
+        sys.executable, "-m", "asgard.embedded", "upload", str(EXAMPLE_SCRIPT),
+        "--model-name", name, "--experiment", "feast_deployment", "--timeout", "900",
+        "--env", f"N_CUSTOMERS={SPEC.customers}", "--url", settings.airflow_url,
+        *[argument for requirement in EXAMPLE_REQUIREMENTS for argument in ("-r", requirement)],
+    ]  # fmt: skip
+    python_path = f"{REPO_ROOT}/plugins:{REPO_ROOT}/include"
+    environment = {**os.environ, "ASGARD_API_TOKEN": api.token, "PYTHONPATH": python_path}
+    api.unpause("deploy_model")
+    try:
+        cli = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1800)
+    finally:
+        api.pause("deploy_model")
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    followed = ("run_script: success", "gate_model: success", f"model {name} v1 -> @champion", "deploy_image: success")
+    for line in followed:
+        assert line in cli.stdout, cli.stdout
+    job_id = cli.stdout.split()[1]
+
+    job = MlopsClient(settings.airflow_url, api.token).get(f"/training/jobs/{job_id}")
+    assert job["status"] == "completed" and job["model_version"] == "1" and job["promoted"] is True
+    assert f"fetched {SPEC.customers} rows from Feast view customer_features" in job["logs"]
+    assert job["result"]["metric"] == "roc_auc" and job["result"]["score"] > 0.6
+    champion = client_for(script_stack).get_model_version_by_alias(name, CHAMPION)
+    assert champion.version == "1" and champion.tags["airflow.run_id"] == job_id
     assert champion.tags["source"] == "train_script"
     events = api.asset_events(model_asset_uri(name))
-    assert any(event["source_run_id"] == outcome.run_id for event in events)
+    assert any(event["source_run_id"] == job_id for event in events)
+
+    deployment = job["deployment"]
+    assert deployment["status"] == "completed" and f"serving {name} v1 at {deployment['endpoint']}" in cli.stdout
+    answer = httpx.post(f"{deployment['endpoint']}/predict", json=SEED_PREDICTION, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model_version"] == "1", answer.text
+    assert len(answer.json()["predictions"]) == 2
 
 
 def test_script_that_logs_no_model_fails_and_registers_nothing(script_stack):

@@ -18,7 +18,7 @@ from asgard import monitoring, monitoring_report, trainers, training_data
 from asgard.monitoring_store import MonitoringStore
 from asgard.scoring import Scorer
 from sample_data.gold_layer import GoldSpec, simulate
-from sample_data.models import SAMPLE_FEATURES
+from sample_data.models import SAMPLE_FEATURES, SEED_MONITORING_REQUEST
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -209,15 +209,7 @@ def test_labels_join_on_prediction_ids(reference, pool):
 
 
 def test_external_metrics_use_the_same_thresholds_and_history_has_the_seed_shape(store):
-    request = {
-        "model_name": "churn_predictor",
-        "model_version": "1",
-        "metric_type": "prediction_drift",
-        "metrics": {"drift_score": 0.15, "psi": 0.08, "js_divergence": 0.12},
-        "reference_data": {"mean": 0.35, "std": 0.12},
-        "current_data": {"mean": 0.42, "std": 0.15},
-        "tags": {"deployment": "production"},
-    }
+    request = SEED_MONITORING_REQUEST
     record = monitoring.external_record(request, monitoring.Thresholds())
     store.add(record)
     answer = record.as_response()

@@ -1,10 +1,16 @@
-"""``python -m asgard.embedded``: the commands behind ``./asgard`` (run, start, stop, status, logs)."""
+"""``python -m asgard.embedded``: the commands behind ``./asgard``.
+
+run, start, stop, status, logs for the embedded services; upload, train, score, monitor, job,
+models, history as a client of the ``/mlops`` API (``asgard.cli``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from asgard import cli
+from asgard.airflow_api import AirflowApiError
 from asgard.embedded.main_job import MainJob, MainJobError
 from asgard.embedded.services import ServiceError, ServiceManager
 from asgard.settings import Settings
@@ -24,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     logs = commands.add_parser("logs", help="print the end of a service's log")
     logs.add_argument("service")
     logs.add_argument("-n", "--lines", type=int, default=80)
+    cli.add_commands(commands)
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
     manager = ServiceManager(settings)
     try:
+        if args.command in cli.COMMANDS:
+            return cli.run(args, cli.client_for(args, settings.airflow_url, manager.admin_credentials))
         if args.command == "run":
             MainJob(settings, customers=args.customers, days=args.days).run()
         elif args.command == "start":
@@ -43,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Airflow login: {user} / {password}  (from {manager.passwords_file})")
         elif args.command == "logs":
             print(manager.tail(args.service, args.lines))
-    except (ServiceError, MainJobError) as error:
+    except (ServiceError, MainJobError, cli.CliError, AirflowApiError) as error:
         print(f"asgard: {error}", file=sys.stderr)
         return 1
     return 0

@@ -6,6 +6,9 @@ Each stage prints its progress and its time; the summary at the end says where t
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +18,8 @@ import httpx
 import pandas as pd
 
 from asgard import features, gold
-from asgard.embedded.airflow_api import AirflowApi, RunOutcome
+from asgard.airflow_api import AirflowApi, RunOutcome
+from asgard.cli import MlopsClient
 from asgard.embedded.services import ServiceManager
 from asgard.settings import REPO_ROOT, Settings
 from sample_data.models import SEED_PREDICTION
@@ -42,6 +46,13 @@ CHURN_MODEL_REQUEST = {
     "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
     "hyperparameters": {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}},
     "tags": {"team": "data-science"},
+}
+
+# The same request with each framework: every version is gated against the champion so far.
+FRAMEWORK_PARAMS = {
+    "sklearn": CHURN_MODEL_REQUEST["hyperparameters"]["params"],
+    "xgboost": {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.1},
+    "lightgbm": {"n_estimators": 200, "num_leaves": 15, "learning_rate": 0.05},
 }
 
 EXAMPLE_SCRIPT = REPO_ROOT / "include" / "examples" / "train_with_feast.py"
@@ -103,7 +114,7 @@ class MainJob:
         manager = ServiceManager(self.settings)
         with self.stage("start embedded services"):
             manager.start()
-        api = AirflowApi(self.settings.airflow_url, *manager.admin_credentials())
+        api = AirflowApi.login(self.settings.airflow_url, *manager.admin_credentials())
 
         with self.stage("check the platform (check_platform)"):
             outcome = api.run_and_wait("check_platform", {"checks": ["mlflow", "storage"]}, on_progress=_progress)
@@ -135,25 +146,20 @@ class MainJob:
             self._require_success(outcome)
             self.results["materialize_features run"] = outcome.run_id
 
-        with self.stage("train, register and gate a model (train_model)"):
-            outcome = api.run_and_wait("train_model", CHURN_MODEL_REQUEST, on_progress=_progress)
-            self._require_success(outcome)
-            decision = api.task_result("train_model", outcome.run_id, "gate_model")
-            alias = "champion" if decision["promoted"] else "challenger"
-            self.results["model"] = (
-                f"{decision['model_name']} v{decision['version']} -> @{alias} "
-                f"({decision['metric']} {decision['score']:.3f}; {decision['reason']})"
-            )
+        with self.stage("train three frameworks; the gate picks the champion (train_model)"):
+            for framework, params in FRAMEWORK_PARAMS.items():
+                request = {**CHURN_MODEL_REQUEST, "framework": framework, "hyperparameters": {"params": params}}
+                outcome = api.run_and_wait("train_model", request, on_progress=_progress)
+                self._require_success(outcome)
+                decision = api.task_result("train_model", outcome.run_id, "gate_model")
+                alias = "champion" if decision["promoted"] else "challenger"
+                self.results[f"model ({framework})"] = (
+                    f"{decision['model_name']} v{decision['version']} -> @{alias} "
+                    f"({decision['metric']} {decision['score']:.3f}; {decision['reason']})"
+                )
 
-        with self.stage("train from an uploaded script (train_script)"):
-            outcome = api.run_and_wait(
-                "train_script", example_upload(self.customers), timeout=1800, on_progress=_progress
-            )
-            self._require_success(outcome)
-            decision = api.task_result("train_script", outcome.run_id, "gate_model")
-            alias = "champion" if decision["promoted"] else "challenger"
-            score = f"{decision['metric']} {decision['score']:.3f}"
-            self.results["script model"] = f"{decision['model_name']} v{decision['version']} -> @{alias} ({score})"
+        with self.stage("upload a script, follow it to serving (./asgard upload)"):
+            self.upload_script(api)
 
         with self.stage("build, push and deploy the champion (deploy_model)"):
             request = {"model_name": CHURN_MODEL_REQUEST["model_name"], "alias": "champion", "target": "docker"}
@@ -194,6 +200,38 @@ class MainJob:
 
         self.print_summary(manager)
 
+    def upload_script(self, api: AirflowApi) -> None:
+        """The seed's ``upload_and_deploy.py`` as the CLI does it: upload the example script through the
+        ``/mlops`` plugin, follow training and the gate, then the deployment the promotion starts."""
+        command = [
+            sys.executable, "-m", "asgard.embedded", "upload", str(EXAMPLE_SCRIPT),
+            "--model-name", "churn_predictor_feast", "--experiment", "feast_deployment", "--timeout", "900",
+            "--env", f"N_CUSTOMERS={self.customers}", "--url", self.settings.airflow_url,
+            *[argument for requirement in EXAMPLE_REQUIREMENTS for argument in ("-r", requirement)],
+        ]  # fmt: skip
+        api.unpause("deploy_model")  # as in production: a promotion deploys itself
+        try:
+            lines = _stream(command, env={**os.environ, "ASGARD_API_TOKEN": api.token})
+        finally:
+            api.pause("deploy_model")  # the later stages deploy by hand
+        job_id = next(line.split()[1] for line in lines if line.startswith("job "))
+        job = MlopsClient(self.settings.airflow_url, api.token).get(f"/jobs/{job_id}", logs=False)
+        if not job["promoted"]:  # a run again: a version no better than the champion leaves it serving
+            self.results["script model"] = f"{job['model_name']} v{job['model_version']} -> @challenger (job {job_id})"
+            return
+        deployment = job["deployment"] or {}
+        if not deployment.get("endpoint"):
+            version = f"{job['model_name']} v{job['model_version']}"
+            raise MainJobError(f"job {job_id}: {version} is not serving after its promotion: {deployment}")
+        # The seed's own /predict example: the script trains on exactly its six features.
+        answer = httpx.post(f"{deployment['endpoint']}/predict", json=SEED_PREDICTION, timeout=30)
+        if answer.status_code != 200:
+            raise MainJobError(f"{deployment['endpoint']}/predict answered {answer.status_code}: {answer.text}")
+        self.results["script model"] = (
+            f"{job['model_name']} v{job['model_version']} -> @champion, serving at {deployment['endpoint']} "
+            f"(job {job_id}; predictions {answer.json()['predictions']})"
+        )
+
     def monitor(self, api: AirflowApi) -> None:
         """Two windows of scored customers: one like training (no alert), one drifted (alert and retraining).
 
@@ -229,9 +267,10 @@ class MainJob:
                 self._require_success(trained)
                 decision = api.task_result("train_model", training_run, "gate_model")
                 retrained = f"; retraining triggered (train_model): v{decision['version']}"
-            alerts = checks[label]["alerts"]
+            alerts, window = checks[label]["alerts"], checks[label]["window"]
             self.results[f"monitoring ({label} window)"] = (
-                f"{checks[label]['window']['rows']} rows, {checks[label]['checks']} checks, "
+                f"{window['rows']} rows, {len(window['batch_outputs'])} score_batch output(s), "
+                f"{checks[label]['checks']} checks, "
                 f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}{retrained}; "
                 f"report {checks[label]['report']}"
             )
@@ -280,6 +319,19 @@ def monitoring_windows(folder, *, days: int, rows: int = 2000) -> tuple:
 
 def _say(line: str) -> None:
     print(f"    {line}", flush=True)
+
+
+def _stream(command: list[str], env: dict[str, str]) -> list[str]:
+    """Run a command, echoing its output as it comes; its lines, or an error with its last lines."""
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            _say(lines[-1])
+    if process.returncode != 0:
+        tail = "\n".join(lines[-20:])
+        raise MainJobError(f"{' '.join(command[2:5])} exited with {process.returncode}:\n{tail}")
+    return lines
 
 
 def _progress(states: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import airflow_client.client as af
 import httpx
 from airflow_client.client.exceptions import ApiException
+from urllib3.util.retry import Retry
 
 TERMINAL_STATES = {"success", "failed"}
 
@@ -24,6 +25,20 @@ class AirflowApiError(RuntimeError):
         self.body = body
 
 
+def fetch_token(base_url: str, username: str, password: str) -> str:
+    """A JWT for ``username`` from the auth manager's token endpoint (outside the generated /api/v2 client)."""
+    base_url = base_url.rstrip("/")
+    try:
+        response = httpx.post(f"{base_url}/auth/token", json={"username": username, "password": password}, timeout=30)
+    except httpx.TransportError as error:
+        raise AirflowApiError(f"cannot reach the Airflow API server at {base_url}: {error}") from error
+    if response.status_code not in (200, 201):
+        raise AirflowApiError(
+            f"login to {base_url} as {username!r} refused ({response.status_code})", status=response.status_code
+        )
+    return response.json()["access_token"]
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     dag_id: str
@@ -35,12 +50,21 @@ class RunOutcome:
 
 
 class AirflowApi:
-    """A logged-in client of one Airflow API server."""
+    """A client of one Airflow API server, holding a JWT (from a login, or passed on by a caller)."""
 
-    def __init__(self, base_url: str, username: str, password: str) -> None:
+    def __init__(self, base_url: str, token: str) -> None:
         self.base_url = base_url.rstrip("/")
-        token = self._token(username, password)
-        config = af.Configuration(host=self.base_url, access_token=token)
+        self.token = token
+        # Airflow on SQLite (the embedded profile) answers 500 "database is locked" under bursts of
+        # writes; calls that are safe to repeat are repeated (a trigger, in `trigger`).
+        retry = Retry(
+            total=4,
+            backoff_factor=0.5,
+            status_forcelist=(500, 502, 503, 504),
+            allowed_methods=frozenset({"GET", "PATCH", "DELETE"}),
+            raise_on_status=False,
+        )
+        config = af.Configuration(host=self.base_url, access_token=token, retries=retry)
         self._client = af.ApiClient(config)
         self.dags = af.DAGApi(self._client)
         self.runs = af.DagRunApi(self._client)
@@ -48,17 +72,10 @@ class AirflowApi:
         self.assets = af.AssetApi(self._client)
         self.xcoms = af.XComApi(self._client)
 
-    def _token(self, username: str, password: str) -> str:
-        # The token endpoint belongs to the auth manager, outside the generated /api/v2 client.
-        response = httpx.post(
-            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
-        )
-        if response.status_code not in (200, 201):
-            raise AirflowApiError(
-                f"login to {self.base_url} as {username!r} refused ({response.status_code})",
-                status=response.status_code,
-            )
-        return response.json()["access_token"]
+    @classmethod
+    def login(cls, base_url: str, username: str, password: str) -> AirflowApi:
+        """Log in as ``username`` and keep the token."""
+        return cls(base_url, fetch_token(base_url, username, password))
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> None:
         """Wait until the dag-processor has parsed ``dag_id`` (a fresh install parses in seconds)."""
@@ -77,6 +94,16 @@ class AirflowApi:
                     ) from error
             time.sleep(2.0)
 
+    def dag_state(self, dag_id: str) -> dict[str, Any]:
+        """Whether ``dag_id`` is parsed and whether it is paused (an import error shows as not found)."""
+        try:
+            dag = self.dags.get_dag(dag_id)
+        except ApiException as error:
+            if error.status == 404:
+                return {"available": False, "paused": None}
+            raise AirflowApiError(f"DAG {dag_id!r}: {error.status}", status=error.status, body=error.body) from error
+        return {"available": True, "paused": bool(dag.is_paused)}
+
     def unpause(self, dag_id: str) -> None:
         self.dags.patch_dag(dag_id, af.DAGPatchBody(is_paused=False))
 
@@ -87,12 +114,21 @@ class AirflowApi:
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, *, run_id: str | None = None) -> str:
         """Create a run of ``dag_id`` with ``conf``; a conf the Params reject raises with the API's message."""
         body = af.TriggerDAGRunPostBody(conf=conf or {}, dag_run_id=run_id)
-        try:
-            return self.runs.trigger_dag_run(dag_id, body).dag_run_id
-        except ApiException as error:
-            raise AirflowApiError(
-                f"trigger of {dag_id!r} refused ({error.status}): {error.body}", status=error.status, body=error.body
-            ) from error
+        for attempt in range(1, 5):
+            try:
+                return self.runs.trigger_dag_run(dag_id, body).dag_run_id
+            except ApiException as error:
+                if run_id and attempt > 1 and error.status == 409:
+                    return run_id  # the try that answered 500 had created it after all
+                if not run_id or (error.status or 0) < 500 or attempt == 4:
+                    failure = error
+                    break
+            time.sleep(0.5 * 2**attempt)  # only a named run can be retried: a repeat cannot make a second one
+        raise AirflowApiError(
+            f"trigger of {dag_id!r} refused ({failure.status}): {_detail(failure.body)}",
+            status=failure.status,
+            body=failure.body,
+        ) from failure
 
     def list_run_ids(self, dag_id: str) -> list[str]:
         return [run.dag_run_id for run in self.runs.get_dag_runs(dag_id, limit=100).dag_runs]
@@ -105,6 +141,34 @@ class AirflowApi:
             key = ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}[{label}]"
             result[key] = "pending" if ti.state is None else str(getattr(ti.state, "value", ti.state))
         return result
+
+    def run_report(self, dag_id: str, run_id: str, *, logs: bool = True) -> dict[str, Any]:
+        """One run as a job: its state and times, each task's state, and the finished tasks' logs."""
+        try:
+            run = self.runs.get_dag_run(dag_id, run_id)
+        except ApiException as error:
+            raise AirflowApiError(
+                f"run {dag_id}/{run_id}: {error.status} {error.reason}", status=error.status, body=error.body
+            ) from error
+        instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
+        tasks, texts = {}, {}
+        for ti in instances:
+            label = getattr(ti, "rendered_map_index", None) or ti.map_index
+            key = ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}[{label}]"
+            state = "pending" if ti.state is None else str(getattr(ti.state, "value", ti.state))
+            tasks[key] = state
+            if logs and state in ("success", "failed", "up_for_retry") and ti.try_number:
+                texts[key] = self.task_log(dag_id, run_id, ti.task_id, ti.map_index, ti.try_number)
+        return {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "state": str(getattr(run.state, "value", run.state)),
+            "queued_at": _iso(run.queued_at),
+            "started_at": _iso(run.start_date),
+            "ended_at": _iso(run.end_date),
+            "tasks": tasks,
+            "logs": texts,
+        }
 
     def wait_for_run(
         self,
@@ -152,7 +216,12 @@ class AirflowApi:
 
     def asset_events(self, uri: str, limit: int = 100) -> list[dict[str, Any]]:
         """The newest events of the Asset with ``uri`` (who emitted them, when, with what extra)."""
-        response = self.assets.get_asset_events(limit=limit, order_by=["-timestamp"], name_pattern=uri)
+        try:
+            response = self.assets.get_asset_events(limit=limit, order_by=["-timestamp"], name_pattern=uri)
+        except ApiException as error:
+            raise AirflowApiError(
+                f"asset events of {uri}: {error.status} {error.reason}", status=error.status, body=error.body
+            ) from error
         return [event.to_dict() for event in response.asset_events if event.uri == uri]
 
     def task_result(
@@ -188,3 +257,16 @@ def _render_log_line(line: Any) -> str:
     for detail in line.get("error_detail") or []:
         text += f"\n{detail.get('exc_type')}: {detail.get('exc_value')}"
     return text
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _detail(body: str | None) -> str:
+    """The ``detail`` of an API error body (Params name the refused param there), else the body."""
+    try:
+        detail = json.loads(body or "")["detail"]
+    except (ValueError, KeyError, TypeError):
+        return str(body)
+    return detail if isinstance(detail, str) else json.dumps(detail)

@@ -1,0 +1,168 @@
+"""``/mlops``: training, the model registry, batch scoring and monitoring, as in the seed's API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from asgard.airflow_api import AirflowApiError
+from asgard.api import jobs
+from asgard.api.schemas import (
+    BatchScoringRequest,
+    JobSubmitted,
+    MonitoringHistoryRequest,
+    MonitoringRecordRequest,
+    MonitoringRunRequest,
+    RegistryRequest,
+    TrainingUpload,
+    TrainModelRequest,
+)
+from asgard.api.security import CallerAirflow, caller_token
+from asgard.errors import InputError
+from asgard.model_registry import ModelNotFoundError
+from asgard.settings import redact_url
+
+JOB_DAGS = ("train_script", "train_model", "score_batch", "monitor_model")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Asgard MLOps API",
+        version="1",
+        description="The seed's `/mlops` API inside Airflow: requests become DAG runs; answers come from "
+        "MLflow and the monitoring store. Authenticate with Airflow's JWT (`POST /auth/token`).",
+        dependencies=[Depends(caller_token)],
+    )
+    add_error_handlers(app)
+
+    @app.get("/health", summary="The API answers and the caller is authenticated")
+    def health() -> dict[str, str]:
+        return {"status": "healthy"}
+
+    @app.get("/status", summary="MLflow, the registry and the job DAGs")
+    def platform_status(api: CallerAirflow) -> dict[str, Any]:
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.settings import get_settings
+
+        hook = MlflowHook()
+        reachable, detail = hook.test_connection()
+        models = len(hook.client.search_registered_models(max_results=1000)) if reachable else None
+        dags = {dag_id: api.dag_state(dag_id) for dag_id in (*JOB_DAGS, "deploy_model", "register_features")}
+        return {
+            "status": "healthy" if reachable else "degraded",
+            "profile": get_settings().profile,
+            "mlflow": {"tracking_uri": redact_url(hook.tracking_uri), "reachable": reachable, "detail": detail},
+            "registered_models": models,
+            "dags": dags,
+        }
+
+    @app.post("/training/upload", status_code=202, response_model=JobSubmitted, summary="Train with a script")
+    def upload_training_script(body: TrainingUpload, api: CallerAirflow, request: Request) -> dict[str, Any]:
+        job = jobs.submit(api, "train_script", body.conf())
+        return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
+
+    @app.get("/training/jobs/{job_id}", summary="A job's status, task states, logs and resulting model version")
+    def training_job(job_id: str, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
+        return jobs.status(api, job_id, logs=logs)
+
+    @app.get("/jobs/{job_id}", summary="Any job this API started (training, batch scoring, features)")
+    def job(job_id: str, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
+        return jobs.status(api, job_id, logs=logs)
+
+    @app.post("/models", status_code=202, response_model=JobSubmitted, summary="Train a model (train_model)")
+    def train_model(body: TrainModelRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
+        job = jobs.submit(api, "train_model", body.conf())
+        return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
+
+    @app.get("/models", summary="Registered models, their aliases and newest version")
+    def list_models() -> dict[str, Any]:
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.model_registry import describe_models
+
+        models = describe_models(MlflowHook())
+        return {"models": models, "total": len(models)}
+
+    @app.get("/models/{model_name}", summary="A model's versions, aliases, metrics and deployed endpoint")
+    def get_model(model_name: str) -> dict[str, Any]:
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.model_registry import describe_model
+
+        return describe_model(MlflowHook(), model_name)
+
+    @app.post("/registry", status_code=201, summary="Register the model an MLflow run logged")
+    def register(body: RegistryRequest) -> dict[str, Any]:
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.model_registry import register_run_model
+
+        return register_run_model(
+            MlflowHook(), body.model_name, body.run_id, description=body.description, tags=body.tags
+        )
+
+    @app.post("/serve/batch", status_code=202, response_model=JobSubmitted, summary="Score a batch (score_batch)")
+    def score_batch(body: BatchScoringRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
+        job = jobs.submit(api, "score_batch", body.conf())
+        version = None if body.model_version is None else str(body.model_version)
+        return {
+            **job,
+            "status_url": _job_url(request, job),
+            "model_name": body.model_name,
+            "model_version": version,
+            "output_path": body.output_path,
+        }
+
+    @app.post("/monitoring", status_code=201, summary="Log monitoring metrics computed elsewhere")
+    def log_monitoring(body: MonitoringRecordRequest) -> dict[str, Any]:
+        from asgard.monitoring import Thresholds, external_record
+        from asgard.monitoring_store import MonitoringStore
+        from asgard.settings import get_settings
+
+        record = external_record(body.model_dump(exclude={"thresholds"}), Thresholds.from_dict(body.thresholds))
+        MonitoringStore(get_settings().monitoring_db_url).add(record)
+        return record.as_response()
+
+    @app.post("/monitoring/run", status_code=202, response_model=JobSubmitted, summary="Monitor now (monitor_model)")
+    def run_monitoring(body: MonitoringRunRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
+        job = jobs.submit(api, "monitor_model", body.conf())
+        return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
+
+    @app.post("/monitoring/history", summary="Monitoring records of a model, newest first, with a summary")
+    def monitoring_history(body: MonitoringHistoryRequest) -> dict[str, Any]:
+        from asgard.monitoring_store import MonitoringStore
+        from asgard.settings import get_settings
+
+        version = None if body.model_version is None else str(body.model_version)
+        return MonitoringStore(get_settings().monitoring_db_url).history(
+            body.model_name,
+            model_version=version,
+            metric_type=body.metric_type,
+            start_date=body.start_date,
+            end_date=body.end_date,
+            limit=body.limit,
+        )
+
+    return app
+
+
+def _job_url(request: Request, job: dict[str, Any]) -> str:
+    return str(request.url_for("job", job_id=job["job_id"]))
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Named errors of the platform as HTTP answers: unknown → 404, refused input → 422."""
+
+    @app.exception_handler(ModelNotFoundError)
+    @app.exception_handler(jobs.JobNotFoundError)
+    async def not_found(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.exception_handler(InputError)
+    async def refused(request: Request, error: InputError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.exception_handler(AirflowApiError)
+    async def airflow_refused(request: Request, error: AirflowApiError) -> JSONResponse:
+        # Params refusing a conf are a 400 from Airflow: to this API's callers, a bad body (422).
+        code = {400: 422, 401: 401, 403: 403, 404: 404, 409: 409}.get(error.status or 0, 502)
+        return JSONResponse({"detail": str(error)}, status_code=code)

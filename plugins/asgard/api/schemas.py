@@ -1,0 +1,136 @@
+"""Request and response bodies of the seed's API, as in its documents.
+
+Requests that start a DAG run declare the seed's keys (for the OpenAPI docs and a 422 naming a
+missing or mistyped field) and pass any other key through as conf: the DAG's Params are the one
+full schema of each conf, and a value they refuse is a 422 naming the param too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from asgard.param_schemas import MODEL_NAME_PATTERN
+
+ModelName = Field(pattern=MODEL_NAME_PATTERN, description="A registered model's name.")
+
+
+class DagConf(BaseModel):
+    """A conf for a DAG: the declared fields, plus any other key the DAG's Params accept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def conf(self) -> dict[str, Any]:
+        """What the caller sent (unsent optional keys keep the DAG's defaults)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class TrainingUpload(DagConf):
+    script_name: str = Field(description="File name of the script, ending in .py.")
+    script_content: str = Field(description="The script, base64-encoded.")
+    experiment_name: str
+    model_name: str = ModelName
+    requirements: list[str] = Field(default_factory=list, description="pip requirements of the script.")
+    timeout: int = Field(600, description="Seconds before the script is stopped.")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Extra environment of the script.")
+
+
+class DataSource(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    feature_views: list[str]
+    entities: dict[str, list[Any]] | None = None
+    target_column: str
+
+
+class TrainModelRequest(DagConf):
+    experiment_name: str
+    model_name: str = ModelName
+    framework: Literal["sklearn", "xgboost", "lightgbm"]
+    model_type: Literal["classification", "regression"]
+    data_source: DataSource
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class BatchScoringRequest(DagConf):
+    model_name: str = ModelName
+    model_version: str | int | None = Field(None, description="A version number; else `alias` (default champion).")
+    feature_views: list[str] | None = None
+    entities_df: dict[str, list[Any]] | None = None
+    output_path: str = Field(description="Local path or s3:// URI of the Parquet output.")
+
+
+class FeatureField(BaseModel):
+    name: str
+    dtype: str
+
+
+class FeatureSource(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    table_name: str
+    timestamp_field: str
+
+
+class FeatureRegistration(DagConf):
+    name: str
+    entities: list[str]
+    features: list[FeatureField]
+    source: FeatureSource
+    ttl_days: int = 365
+
+
+class RegistryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = ModelName
+    run_id: str = Field(pattern="^[0-9a-f]{32}$", description="The MLflow run whose logged model is registered.")
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class MonitoringRecordRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = ModelName
+    model_version: str | int
+    metric_type: str = Field(min_length=1, max_length=64)
+    metrics: dict[str, float]
+    reference_data: dict[str, Any] | None = None
+    current_data: dict[str, Any] | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    thresholds: dict[str, float] | None = Field(None, description="Overrides of the default alert thresholds.")
+
+
+class MonitoringHistoryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = ModelName
+    model_version: str | int | None = None
+    metric_type: str | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+class MonitoringRunRequest(DagConf):
+    """A ``monitor_model`` run now (the daily one covers every serving model)."""
+
+    model_name: str | None = Field(None, pattern=MODEL_NAME_PATTERN, description="Default: every serving model.")
+    model_version: str | int | None = None
+    window_start: str | None = Field(None, description="ISO timestamp; default: a day before window_end.")
+    window_end: str | None = Field(None, description="ISO timestamp; default: now.")
+
+
+class JobSubmitted(BaseModel):
+    job_id: str
+    dag_id: str
+    run_id: str
+    status: str
+    status_url: str
+    model_name: str | None = None
+    model_version: str | None = None
+    output_path: str | None = None
