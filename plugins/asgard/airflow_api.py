@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import airflow_client.client as af
@@ -112,18 +113,23 @@ class AirflowApi:
         self.dags.patch_dag(dag_id, af.DAGPatchBody(is_paused=True))
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, *, run_id: str | None = None) -> str:
-        """Create a run of ``dag_id`` with ``conf``; a conf the Params reject raises with the API's message."""
+        """Create a run of ``dag_id`` with ``conf``; a conf the Params reject raises with the API's message.
+
+        The run is always named here (as Airflow would name it), so a try that answered a server error
+        can be repeated without risking a second run.
+        """
+        run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
         body = af.TriggerDAGRunPostBody(conf=conf or {}, dag_run_id=run_id)
         for attempt in range(1, 5):
             try:
                 return self.runs.trigger_dag_run(dag_id, body).dag_run_id
             except ApiException as error:
-                if run_id and attempt > 1 and error.status == 409:
-                    return run_id  # the try that answered 500 had created it after all
-                if not run_id or (error.status or 0) < 500 or attempt == 4:
+                if attempt > 1 and error.status == 409:
+                    return run_id  # the try that answered a server error had created it after all
+                if (error.status or 0) < 500 or attempt == 4:
                     failure = error
                     break
-            time.sleep(0.5 * 2**attempt)  # only a named run can be retried: a repeat cannot make a second one
+            time.sleep(0.5 * 2**attempt)
         raise AirflowApiError(
             f"trigger of {dag_id!r} refused ({failure.status}): {_detail(failure.body)}",
             status=failure.status,
