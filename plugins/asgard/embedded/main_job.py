@@ -243,7 +243,8 @@ class MainJob:
         folder = self.settings.data_dir / "monitoring" / "windows"
         folder.mkdir(parents=True, exist_ok=True)
         normal, drifted = monitoring_windows(folder, days=self.days)
-        now = datetime.now(UTC).replace(microsecond=0)
+        # Rounded up to the second: the batch scored just before (its Asset event) falls in the last window.
+        now = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
         checks = {}
         for label, path, start in (
             ("normal", normal, now - timedelta(hours=2)),
