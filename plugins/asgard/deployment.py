@@ -70,7 +70,7 @@ def deploy_to_target(request: dict[str, Any], build: dict[str, Any], push: dict[
             payload=payload,
             routes=routes,
             router_url=settings.router_url,
-            prediction_log=settings.data_dir / "predictions" / name,
+            prediction_log=settings.prediction_log_folder(name),
         )
     except docker_target.DeployError as error:
         kept = f"v{previous['version']} keeps serving" if previous else "nothing was serving it before"

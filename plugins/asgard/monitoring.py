@@ -1,7 +1,8 @@
 """Monitoring one model version over one window: drift, data quality, performance, alerts, retraining.
 
-A window's scored data is what the serving app logged (``<data_dir>/predictions/<model>``, JSON
-lines with the features, the prediction and its id) and any Parquet files the run names (batch
+A window's scored data is what the serving app logged (JSON lines with the features, the prediction
+and its id: the embedded Docker target's in ``<data_dir>/predictions/<model>``, cluster pods' under
+``ASGARD_PREDICTION_LOG_URI``/<model> on S3) and any Parquet files the run names (batch
 inputs with their features, ``score_batch`` outputs with their predictions). It is compared with
 the version's training reference (``reference/profile.json`` and ``reference/sample.parquet``);
 the reference predictions are the model's own on that sample, through :class:`asgard.scoring.Scorer`.
@@ -17,7 +18,7 @@ import logging
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ import pandas as pd
 from asgard import drift
 from asgard.errors import InputError
 from asgard.monitoring_store import Record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -162,21 +166,27 @@ class Window:
         return len(self.predictions)
 
 
-def read_prediction_log(folder: Path, start: datetime, end: datetime, model_version: str) -> pd.DataFrame:
-    """The serving app's logged predictions of one version in ``[start, end)``: feature columns + prediction."""
-    if not folder.is_dir():
-        return pd.DataFrame()
+def read_prediction_log(
+    location: str | Path, start: datetime, end: datetime, model_version: str, aws_conn_id: str = "aws_default"
+) -> pd.DataFrame:
+    """The serving app's logged predictions of one version in ``[start, end)``: feature columns + prediction.
+
+    ``location`` is a folder or an ``s3://bucket/prefix``; either holds one JSON-lines file per batch,
+    named after the millisecond it was written (``predictions-<ms>-...``), so batches written before
+    the window started are never read.
+    """
+    start_ms = int(start.timestamp() * 1000)
+    if str(location).startswith("s3://"):
+        batches = _s3_log_batches(str(location), start_ms, aws_conn_id)
+    else:
+        batches = _local_log_batches(Path(location), start_ms)
     start_s, end_s = start.timestamp(), end.timestamp()
     records = []
-    for path in sorted(folder.glob("predictions-*.jsonl")):
-        written_ms = int(path.name.split("-")[1])  # a batch is written after its rows were logged
-        if written_ms < start_s * 1000:
-            continue
-        with path.open() as lines:
-            for line in lines:
-                record = json.loads(line)
-                if start_s <= record["logged_at"] < end_s and str(record.get("model_version")) == model_version:
-                    records.append(record)
+    for text in batches:
+        for line in text.splitlines():
+            record = json.loads(line)
+            if start_s <= record["logged_at"] < end_s and str(record.get("model_version")) == model_version:
+                records.append(record)
     if not records:
         return pd.DataFrame()
     frame = pd.DataFrame([record["features"] for record in records])
@@ -186,6 +196,35 @@ def read_prediction_log(folder: Path, start: datetime, end: datetime, model_vers
         probabilities = pd.DataFrame([record.get("probabilities") for record in records])
         frame = pd.concat([frame, probabilities.add_prefix("probability_")], axis=1)
     return frame
+
+
+def _written_ms(name: str) -> int:
+    return int(name.rsplit("/", 1)[-1].split("-")[1])  # a batch is written after its rows were logged
+
+
+def _local_log_batches(folder: Path, start_ms: int) -> Iterator[str]:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("predictions-*.jsonl")):
+        if _written_ms(path.name) >= start_ms:
+            yield path.read_text()
+
+
+def _s3_log_batches(uri: str, start_ms: int, aws_conn_id: str) -> Iterator[str]:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = S3Hook.parse_s3_url(uri)
+    prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    hook = S3Hook(aws_conn_id=aws_conn_id)
+    try:
+        # Keys sort by the millisecond in their name (13 digits): the listing starts at the window.
+        keys = hook.list_keys(bucket, prefix=f"{prefix}predictions-", start_after_key=f"{prefix}predictions-{start_ms}")
+        for key in sorted(keys):
+            if key.endswith(".jsonl") and _written_ms(key) >= start_ms:
+                yield hook.read_key(key, bucket)
+    except (BotoCoreError, ClientError) as error:
+        raise MonitoringError(f"cannot read the prediction log {uri}: {error}") from None
 
 
 def read_sources(paths: list[str], aws_conn_id: str = "aws_default") -> list[pd.DataFrame]:
@@ -511,7 +550,8 @@ def _parse_time(text: str) -> datetime:
 
 # --------------------------------------------------------------------------- one run
 def deployed_models(hook: Any) -> list[dict[str, str]]:
-    """Models whose ``@champion`` is serving (``deploy.status`` tag): what the daily run checks."""
+    """Models whose ``@champion`` is serving (``deploy.status`` tag) and has a training reference:
+    what the daily run checks. A serving version without one is logged and left out."""
     from mlflow.exceptions import MlflowException
 
     from asgard.deployment import DEPLOY_TAG_PREFIX
@@ -522,8 +562,19 @@ def deployed_models(hook: Any) -> list[dict[str, str]]:
             version = hook.client.get_model_version_by_alias(model.name, "champion")
         except MlflowException:
             continue
-        if (version.tags or {}).get(f"{DEPLOY_TAG_PREFIX}status") == "serving":
-            found.append({"model_name": model.name, "model_version": str(version.version)})
+        if (version.tags or {}).get(f"{DEPLOY_TAG_PREFIX}status") != "serving":
+            continue
+        if not hook.logged_json(version.run_id, PROFILE_ARTIFACT):
+            # A script-trained version that logged no profile: the sweep goes on with the others.
+            log.warning(
+                "%s v%s is serving but cannot be monitored: its run %s logged no reference profile (%s)",
+                model.name,
+                version.version,
+                version.run_id,
+                PROFILE_ARTIFACT,
+            )
+            continue
+        found.append({"model_name": model.name, "model_version": str(version.version)})
     return found
 
 
@@ -566,8 +617,10 @@ def monitor_version(
     start, end = default_window(run_after, params.get("window_start"), params.get("window_end"))
     reference = load_reference(hook, target["model_name"], target.get("model_version"), target.get("alias"))
     name, version = reference.model_name, reference.model_version
-    frames = [read_prediction_log(settings.data_dir / "predictions" / name, start, end, version)]
     aws_conn_id = params.get("aws_conn_id") or "aws_default"
+    frames = [
+        read_prediction_log(location, start, end, version, aws_conn_id) for location in settings.prediction_logs(name)
+    ]
     sources = list(params.get("sources") or [])
     published = [path for path in batch_outputs(batch_events, name, version, start, end) if path not in sources]
     if published:

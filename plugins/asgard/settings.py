@@ -22,6 +22,7 @@ ENV_VARS = (
     "ASGARD_HOME",
     "ASGARD_PROFILE",
     "ASGARD_MONITORING_DATABASE_URL",
+    "ASGARD_PREDICTION_LOG_URI",
     "ASGARD_AIRFLOW_PORT",
     "ASGARD_MLFLOW_PORT",
     "ASGARD_SCRIPT_RUNNER",
@@ -75,8 +76,15 @@ class Settings:
     router_port: int = 8700
     # Where monitoring results go (SQLAlchemy URL); embedded: a SQLite file under home.
     monitoring_database_url: str | None = None
+    # Where serving pods in a cluster ship their prediction logs (``s3://bucket/prefix``, one prefix
+    # per model below it); the embedded Docker target always logs to a folder under data_dir.
+    prediction_log_uri: str | None = None
 
     def __post_init__(self) -> None:
+        if self.prediction_log_uri is not None and not self.prediction_log_uri.startswith("s3://"):
+            raise ValueError(
+                f"ASGARD_PREDICTION_LOG_URI must be an s3://bucket/prefix, got {self.prediction_log_uri!r}"
+            )
         if self.profile not in PROFILES:
             raise ValueError(f"ASGARD_PROFILE must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         if self.script_runner not in SCRIPT_RUNNERS:
@@ -106,11 +114,23 @@ class Settings:
             serving_base_image=os.environ.get("ASGARD_SERVING_BASE_IMAGE") or LOCAL_BASE_IMAGE,
             router_port=_env_int("ASGARD_ROUTER_PORT", 8700),
             monitoring_database_url=os.environ.get("ASGARD_MONITORING_DATABASE_URL") or None,
+            prediction_log_uri=os.environ.get("ASGARD_PREDICTION_LOG_URI") or None,
         )
 
     @property
     def monitoring_db_url(self) -> str:
         return self.monitoring_database_url or f"sqlite:///{self.home / 'monitoring.db'}"
+
+    def prediction_log_folder(self, model_name: str) -> Path:
+        """Where the embedded Docker target's containers log the predictions they serve."""
+        return self.data_dir / "predictions" / model_name
+
+    def prediction_logs(self, model_name: str) -> list[str]:
+        """Every place a model's served predictions are logged: what monitoring reads."""
+        logs = [str(self.prediction_log_folder(model_name))]
+        if self.prediction_log_uri:
+            logs.append(f"{self.prediction_log_uri.rstrip('/')}/{model_name}")
+        return logs
 
     # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.
     @cached_property

@@ -1,10 +1,14 @@
-"""monitor_version against a real MLflow registry (SQLite): reference loading, its failures, and one whole run."""
+"""monitor_version against a real MLflow registry (SQLite): reference loading, its failures, whole
+runs, the serving prediction log shipped to S3 (moto's server), and what the daily sweep checks."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from asgard import monitoring, training_data
@@ -26,6 +30,22 @@ def registry(tmp_path_factory):
         yield {"path": path, "version": version, "hook": MlflowHook()}
 
 
+@pytest.fixture(scope="module")
+def profiled(registry, tmp_path_factory):
+    """A second version whose run logged the training reference, as train_model logs it."""
+    hook = registry["hook"]
+    with sqlite_mlflow_home(registry["path"]) as tracking_uri:
+        version = register_sample_model(tracking_uri, MODEL, customers=2000)
+    run_id = hook.client.get_model_version(MODEL, version).run_id
+    features, target = training_frame(2000, SEED_FEATURES)
+    hook.client.log_dict(run_id, training_data.reference_profile(features, target), monitoring.PROFILE_ARTIFACT)
+    sample = tmp_path_factory.mktemp("reference") / "sample.parquet"
+    features.to_parquet(sample, index=False)
+    hook.client.log_artifact(run_id, str(sample), "reference")
+    assert REFERENCE_SAMPLE_ARTIFACT == "reference/sample.parquet"
+    return version
+
+
 def test_a_version_without_a_reference_profile_and_an_unknown_model_are_named(registry):
     with pytest.raises(monitoring.MonitoringError, match=r"has no reference profile \(reference/profile.json"):
         monitoring.load_reference(registry["hook"], MODEL, registry["version"])
@@ -35,17 +55,11 @@ def test_a_version_without_a_reference_profile_and_an_unknown_model_are_named(re
         monitoring.load_reference(registry["hook"], MODEL, "99")
 
 
-def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, tmp_path):
+def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, profiled, tmp_path):
     import mlflow
 
-    hook, version = registry["hook"], registry["version"]
+    hook, version = registry["hook"], profiled
     run_id = hook.client.get_model_version(MODEL, version).run_id
-    features, target = training_frame(2000, SEED_FEATURES)
-    hook.client.log_dict(run_id, training_data.reference_profile(features, target), monitoring.PROFILE_ARTIFACT)
-    sample = tmp_path / "sample.parquet"
-    features.to_parquet(sample, index=False)
-    hook.client.log_artifact(run_id, str(sample), "reference")
-    assert REFERENCE_SAMPLE_ARTIFACT == "reference/sample.parquet"
 
     window = tmp_path / "window.parquet"
     drifted = training_frame(1500, SEED_FEATURES)[0]
@@ -73,3 +87,85 @@ def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, tmp_p
     monitoring.monitor_version(target_model, params, source_run="monitor_model/r1", run_after=RUN_AFTER)
     again = store.history(MODEL, model_version=version, metric_type="feature_drift")
     assert again["total_records"] == history["total_records"]
+
+
+def _log_predictions(destination: str, version: str, rows: int) -> list[str]:
+    """Log ``rows`` predictions of ``version`` (and as many of another) through the serving app's PredictionLog."""
+    from asgard_serving.prediction_log import PredictionLog
+
+    features = training_frame(rows, SEED_FEATURES)[0]
+    columns = {name: features[name].tolist() for name in SEED_FEATURES}
+    ids = [f"p{index}" for index in range(rows)]
+    result = {"predictions": [index % 2 for index in range(rows)], "probabilities": [[0.4, 0.6]] * rows}
+    half = rows // 2
+    for model_version in (version, "99"):  # another version's rows share the prefix and are left out
+        prediction_log = PredictionLog(
+            destination, model={"model_name": MODEL, "model_version": model_version}, flush_seconds=0.05
+        )
+        prediction_log.record(ids[:half], {k: v[:half] for k, v in columns.items()}, _rows(result, 0, half))
+        time.sleep(0.3)  # two batches, two objects
+        prediction_log.record(ids[half:], {k: v[half:] for k, v in columns.items()}, _rows(result, half, rows))
+        prediction_log.close()
+    return ids
+
+
+def _rows(result: dict, start: int, stop: int) -> dict:
+    return {key: values[start:stop] for key, values in result.items()}
+
+
+def test_the_prediction_log_shipped_to_s3_is_read_as_the_local_one(
+    registry, profiled, moto_server, tmp_path, monkeypatch
+):
+    import boto3
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_server,  # where the serving pod's boto3 sends the log
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps({"conn_type": "aws", "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}),
+    )
+    boto3.client("s3").create_bucket(Bucket="serving-logs")
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG_URI", "s3://serving-logs/cluster")
+    start = datetime.now(UTC).replace(microsecond=0)
+    ids = _log_predictions(f"s3://serving-logs/cluster/{MODEL}", profiled, 600)
+    _log_predictions(str(tmp_path / "local"), profiled, 600)
+    end = datetime.now(UTC) + timedelta(seconds=1)
+
+    keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="serving-logs")["Contents"]]
+    assert len(keys) == 4 and all(key.startswith(f"cluster/{MODEL}/predictions-") for key in keys)
+    location = f"s3://serving-logs/cluster/{MODEL}"
+    from_s3 = monitoring.read_prediction_log(location, start, end, profiled)
+    local = monitoring.read_prediction_log(tmp_path / "local", start, end, profiled)
+    assert sorted(from_s3["prediction_id"]) == sorted(ids)
+    pd.testing.assert_frame_equal(
+        from_s3.sort_values("prediction_id", ignore_index=True), local.sort_values("prediction_id", ignore_index=True)
+    )
+    assert monitoring.read_prediction_log(location, end, end + timedelta(hours=1), profiled).empty
+    with pytest.raises(monitoring.MonitoringError, match=r"cannot read the prediction log s3://no-such-bucket/x: "):
+        monitoring.read_prediction_log("s3://no-such-bucket/x", start, end, profiled)
+
+    # A whole run finds the pods' log through ASGARD_PREDICTION_LOG_URI, and only this version's rows.
+    params = {"window_start": start.isoformat(), "window_end": end.isoformat(), "retrain": False}
+    target_model = {"model_name": MODEL, "model_version": profiled}
+    result = monitoring.monitor_version(target_model, params, source_run="monitor_model/s3", run_after=end)
+    assert result["window"]["rows"] == 600
+
+
+def test_the_daily_sweep_leaves_out_serving_models_without_a_reference(registry, profiled, caplog):
+    from asgard.deployment import DEPLOY_TAG_PREFIX
+
+    hook = registry["hook"]
+    with sqlite_mlflow_home(registry["path"]) as tracking_uri:
+        unprofiled = register_sample_model(tracking_uri, "script_churn", customers=500)
+    for name, version in ((MODEL, profiled), ("script_churn", unprofiled)):
+        hook.client.set_registered_model_alias(name, "champion", version)
+        hook.client.set_model_version_tag(name, version, f"{DEPLOY_TAG_PREFIX}status", "serving")
+    with caplog.at_level("WARNING", logger="asgard.monitoring"):
+        assert monitoring.deployed_models(hook) == [{"model_name": MODEL, "model_version": profiled}]
+    assert f"script_churn v{unprofiled} is serving but cannot be monitored" in caplog.text
+    assert "logged no reference profile (reference/profile.json)" in caplog.text

@@ -37,3 +37,14 @@ def test_bad_profile_is_named(monkeypatch):
     monkeypatch.setenv("ASGARD_PROFILE", "cloudy")
     with pytest.raises(ValueError, match="ASGARD_PROFILE must be one of embedded, production"):
         Settings.from_env()
+
+
+def test_prediction_logs_are_the_local_folder_and_the_clusters_prefix(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASGARD_HOME", str(tmp_path))
+    monkeypatch.delenv("ASGARD_PREDICTION_LOG_URI", raising=False)
+    assert Settings.from_env().prediction_logs("churn") == [str(tmp_path / "data" / "predictions" / "churn")]
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG_URI", "s3://serving-logs/prod/")
+    assert Settings.from_env().prediction_logs("churn")[1] == "s3://serving-logs/prod/churn"
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG_URI", "/var/log/predictions")
+    with pytest.raises(ValueError, match="ASGARD_PREDICTION_LOG_URI must be an s3://bucket/prefix"):
+        Settings.from_env()
