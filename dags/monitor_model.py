@@ -9,8 +9,8 @@ version's training reference: feature and prediction drift (PSI, Jensen-Shannon,
 chi-square for categories), data quality (missing, out of range, unseen categories, schema) and,
 where labels have arrived (`labels`: Parquet with `prediction_id`, `label`), accuracy or RMSE.
 Results go to the monitoring database and to MLflow; an HTML report is kept per run. Breaches
-alert once they last `persistence` windows; persistent drift triggers `train_model` again
-(once per cool-down).
+alert once they last `persistence` windows; persistent drift asks for retraining (once per
+cool-down) through the `asgard-retraining-requests` Asset, which schedules `retrain_model`.
 
 ```json
 {"model_name": "churn_predictor", "alias": "champion",
@@ -22,13 +22,13 @@ alert once they last `persistence` windows; persistent drift triggers `train_mod
 
 from __future__ import annotations
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import Asset, AssetAlias, Param, dag, task
 
 from asgard.batch_scoring import BATCH_PREDICTIONS_ALIAS
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.monitoring import Thresholds
 from asgard.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION
+from asgard.retraining import RETRAINING_REQUESTS
 
 DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
 
@@ -84,15 +84,21 @@ def monitor_model():
             )
 
     @task
-    def alert(results: list) -> list[dict]:
+    def alert(results: list, dag_run=None) -> list[dict]:
         """Send each alert through the configured notifiers; what to retrain is what drifted persistently."""
         from asgard.alerting import send_alerts
+        from asgard.retraining import drift_requests
 
         send_alerts(list(results))
-        return [{"conf": result["retrain"]} for result in results if result["retrain"]]
+        return drift_requests(list(results), dag_run.run_id)
 
-    retrain = alert(check.expand(target=targets()))
-    TriggerDagRunOperator.partial(task_id="retrain", trigger_dag_id="train_model").expand_kwargs(retrain)
+    @task(outlets=[Asset(RETRAINING_REQUESTS)], map_index_template="{{ request['model_name'] }}")
+    def request_retraining(request: dict, outlet_events=None) -> dict:
+        """One Asset event per model: retrain_model, scheduled by it, runs train_model with its conf."""
+        outlet_events[Asset(RETRAINING_REQUESTS)].extra = request
+        return request
+
+    request_retraining.expand(request=alert(check.expand(target=targets())))
 
 
 monitor_model()

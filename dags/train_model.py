@@ -5,7 +5,8 @@ The seed's `POST /mlops/models` as a conf: trains a scikit-learn, XGBoost or Lig
 point-in-time correct Feast features joined onto the gold layer's labels, tracks it in one MLflow
 run, registers a version with lineage tags and promotes it to `@champion` only if it is at least
 as good as the current champion on the same holdout (else `@challenger`). A promotion emits the
-model's Asset, which schedules `deploy_model`.
+model's Asset, which schedules `deploy_model`; `retraining` opts the champion into
+retraining on new features (`retrain_model`).
 
 ```json
 {"experiment_name": "customer_churn", "model_name": "churn_predictor",
@@ -22,7 +23,7 @@ from airflow.sdk import AssetAlias, Param, dag, task
 
 from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.model_registry import CHAMPION_MODELS_ALIAS
-from asgard.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, SCALAR
+from asgard.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, RETRAINING_POLICY, SCALAR
 from asgard.trainers import ALGORITHMS, FRAMEWORKS, METRICS, MODEL_TYPES
 
 
@@ -65,6 +66,7 @@ from asgard.trainers import ALGORITHMS, FRAMEWORKS, METRICS, MODEL_TYPES
             },
             additionalProperties=False,
         ),
+        "retraining": Param({}, **RETRAINING_POLICY),  # retrain_model: on new features of its views
         "test_size": Param(0.2, type="number", minimum=0.05, maximum=0.5),
         "random_state": Param(42, type="integer"),
     },

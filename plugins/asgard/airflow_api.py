@@ -183,12 +183,25 @@ class AirflowApi:
         *,
         timeout: float = 900.0,
         on_progress: Callable[[dict[str, str]], None] | None = None,
+        appear_within: float = 0.0,
     ) -> RunOutcome:
-        """Poll until the run ends; report task states as they change."""
+        """Poll until the run ends; report task states as they change.
+
+        ``appear_within``: how long a run that another DAG starts (an Asset-scheduled hop) may take
+        to exist before its absence is an error.
+        """
         started = time.monotonic()
         last: dict[str, str] = {}
         while True:
-            run = self.runs.get_dag_run(dag_id, run_id)
+            try:
+                run = self.runs.get_dag_run(dag_id, run_id)
+            except ApiException as error:
+                if error.status != 404 or time.monotonic() - started > appear_within:
+                    raise AirflowApiError(
+                        f"run {dag_id}/{run_id}: {error.status} {error.reason}", status=error.status, body=error.body
+                    ) from error
+                time.sleep(1.0)
+                continue
             state = str(run.state.value if hasattr(run.state, "value") else run.state)
             states = self.task_states(dag_id, run_id)
             if states != last and on_progress:
@@ -229,6 +242,29 @@ class AirflowApi:
                 f"asset events of {uri}: {error.status} {error.reason}", status=error.status, body=error.body
             ) from error
         return [event.to_dict() for event in response.asset_events if event.uri == uri]
+
+    def run_started_by(self, uri: str, source_run_id: str, dag_id: str, *, within: float = 120.0) -> str:
+        """The ``dag_id`` run that an event of Asset ``uri`` emitted by ``source_run_id`` created."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                for event in self.asset_events(uri):
+                    if event.get("source_run_id") != source_run_id:
+                        continue
+                    for created in event.get("created_dagruns") or []:
+                        if created["dag_id"] == dag_id:
+                            return created["run_id"]
+            except AirflowApiError as error:
+                # Airflow 3.3.2 answers 500 while a run an event created is queued (its start_date
+                # is still None, which the response model refuses); it starts within seconds.
+                if error.status != 500:
+                    raise
+            if time.monotonic() > deadline:
+                raise AirflowApiError(
+                    f"no {dag_id} run was started by {uri} events of run {source_run_id} within {within:.0f}s "
+                    f"(is {dag_id} paused?)"
+                )
+            time.sleep(1.0)
 
     def task_result(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value"

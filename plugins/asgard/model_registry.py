@@ -17,6 +17,8 @@ from asgard.errors import InputError
 from asgard.hooks.mlflow import AIRFLOW_DAG_ID_TAG, AIRFLOW_RUN_ID_TAG, MlflowHook, _literal
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pandas as pd
     from mlflow.entities.model_registry import ModelVersion
 
@@ -232,6 +234,23 @@ def announce_promotion(decision: GateDecision, outlet_events: Any) -> None:
         Asset(model_asset_uri(decision.model_name)),
         extra={"model_name": decision.model_name, "version": decision.version, decision.metric: decision.score},
     )
+
+
+def champions(hook: MlflowHook) -> Iterator[ModelVersion]:
+    """The ``@champion`` version of every registered model that has one (every page of the registry)."""
+    from mlflow.exceptions import MlflowException
+
+    token = None
+    while True:
+        page = hook.client.search_registered_models(max_results=1000, page_token=token)
+        for model in page:
+            try:
+                yield hook.client.get_model_version_by_alias(model.name, "champion")
+            except MlflowException:
+                continue
+        token = page.token
+        if not token:
+            return
 
 
 class ModelNotFoundError(InputError):

@@ -552,29 +552,24 @@ def _parse_time(text: str) -> datetime:
 def deployed_models(hook: Any) -> list[dict[str, str]]:
     """Models whose ``@champion`` is serving (``deploy.status`` tag) and has a training reference:
     what the daily run checks. A serving version without one is logged and left out."""
-    from mlflow.exceptions import MlflowException
-
     from asgard.deployment import DEPLOY_TAG_PREFIX
+    from asgard.model_registry import champions
 
     found = []
-    for model in hook.client.search_registered_models():
-        try:
-            version = hook.client.get_model_version_by_alias(model.name, "champion")
-        except MlflowException:
-            continue
+    for version in champions(hook):
         if (version.tags or {}).get(f"{DEPLOY_TAG_PREFIX}status") != "serving":
             continue
         if not hook.logged_json(version.run_id, PROFILE_ARTIFACT):
             # A script-trained version that logged no profile: the sweep goes on with the others.
             log.warning(
                 "%s v%s is serving but cannot be monitored: its run %s logged no reference profile (%s)",
-                model.name,
+                version.name,
                 version.version,
                 version.run_id,
                 PROFILE_ARTIFACT,
             )
             continue
-        found.append({"model_name": model.name, "model_version": str(version.version)})
+        found.append({"model_name": version.name, "model_version": str(version.version)})
     return found
 
 

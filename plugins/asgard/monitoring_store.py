@@ -207,25 +207,27 @@ class MonitoringStore:
     def claim_retrain(
         self, model_name: str, model_version: str, *, reason: str, source_run: str, now: datetime, cooldown: timedelta
     ) -> bool:
-        """Record a retraining request unless one was made within the cool-down (or by this run already).
+        """Record a retraining request unless another run made one within the cool-down.
 
-        Returns whether this call made the request. One transaction, so two monitoring runs racing
-        on the same model do not both retrain it (Postgres: an advisory lock on the model's name;
-        SQLite: one writer at a time).
+        Returns whether ``source_run`` holds the request: a retried task of the run that made it
+        gets True again (and no second row), so what it asks for is asked again, under the same
+        names. One transaction, so two runs racing on the same model do not both retrain it
+        (Postgres: an advisory lock on the model's name; SQLite: one writer at a time).
         """
         with self.engine.begin() as connection:
             recent = (
-                sa.select(retrain_table.c.id)
+                sa.select(retrain_table.c.source_run)
                 .where(
                     retrain_table.c.model_name == model_name,
                     sa.or_(retrain_table.c.requested_at > now - cooldown, retrain_table.c.source_run == source_run),
                 )
-                .limit(1)
+                .order_by(retrain_table.c.requested_at.desc())
             )
             if connection.dialect.name == "postgresql":  # no row to lock before the first request: lock the name
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": model_name})
-            if connection.execute(recent).first() is not None:
-                return False
+            holders = set(connection.execute(recent).scalars())
+            if holders:
+                return source_run in holders
             connection.execute(
                 retrain_table.insert(),
                 [

@@ -20,3 +20,11 @@ TIMESTAMP = {
 }
 # A pip requirement: a name with extras and version specifiers, never a pip option ("-e", "--index-url").
 REQUIREMENT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-\\[\\], <>=!~*]*$", "maxLength": 200}
+
+# train_model's retraining policy: retrain the version, while it is @champion, when one of its
+# feature views is materialized again (at most once per interval). See asgard.retraining.
+RETRAINING_POLICY = {
+    "type": "object",
+    "properties": {"on_new_features": {"type": "boolean"}, "min_interval_hours": {"type": "number", "minimum": 0}},
+    "additionalProperties": False,
+}

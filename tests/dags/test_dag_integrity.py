@@ -12,7 +12,17 @@ from asgard.dag_defaults import PLATFORM_TAG
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("*.py") if not p.name.startswith("_"))
 # The public interface (SPEC §2) plus the platform's own checks, by dag_id.
-EXPECTED_DAG_IDS = {"check_platform", "materialize_features", "register_features", "train_model", "train_script"}
+EXPECTED_DAG_IDS = {
+    "check_platform",
+    "materialize_features",
+    "register_features",
+    "train_model",
+    "train_script",
+    "deploy_model",
+    "score_batch",
+    "monitor_model",
+    "retrain_model",
+}
 
 
 class NetworkAtParseTime(AssertionError):
@@ -72,3 +82,33 @@ def test_params_are_schemas(dagbag):
         for name in dag.params:
             schema = dag.params.get_param(name).schema
             assert "type" in schema, f"{dag_id} param {name!r} has no JSON-schema type: {schema}"
+
+
+def _assets(items) -> set[str]:
+    return {item.name for item in items}
+
+
+def _scheduled_by(dag) -> set[str]:
+    return {asset.name for asset in getattr(dag.timetable.asset_condition, "objects", [])}
+
+
+def test_assets_chain_the_lifecycle_where_data_drives_it(dagbag):
+    """What a task publishes is what the next DAG waits for: a promotion deploys, drift and new
+    features retrain, and monitoring reads the batch outputs score_batch published."""
+    from asgard.batch_scoring import BATCH_PREDICTIONS_ALIAS
+    from asgard.features import FEATURE_VIEWS_ALIAS
+    from asgard.model_registry import CHAMPION_MODELS_ALIAS
+    from asgard.retraining import RETRAINING_REQUESTS
+
+    def task(dag_id: str, task_id: str):
+        return dagbag.dags[dag_id].get_task(task_id)
+
+    for producer in ("train_model", "train_script"):
+        assert _assets(task(producer, "gate_model").outlets) == {CHAMPION_MODELS_ALIAS}
+    assert _scheduled_by(dagbag.dags["deploy_model"]) == {CHAMPION_MODELS_ALIAS}
+    assert _assets(task("monitor_model", "request_retraining").outlets) == {RETRAINING_REQUESTS}
+    assert _assets(task("materialize_features", "materialize").outlets) == {FEATURE_VIEWS_ALIAS}
+    assert _scheduled_by(dagbag.dags["retrain_model"]) == {RETRAINING_REQUESTS, FEATURE_VIEWS_ALIAS}
+    assert task("retrain_model", "train").partial_kwargs.get("trigger_dag_id") == "train_model"
+    assert _assets(task("score_batch", "publish").outlets) == {BATCH_PREDICTIONS_ALIAS}
+    assert _assets(task("monitor_model", "check").inlets) == {BATCH_PREDICTIONS_ALIAS}

@@ -51,6 +51,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
             "register features",
             "materialize features",
             "train three frameworks; the gate picks the champion (train_model)",
+            "new features retrain the champion (materialize_features -> retrain_model)",
             "upload a script, follow it to serving (./asgard upload)",
             "build, push and deploy the champion",
             "score a batch (score_batch)",
@@ -76,6 +77,16 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
             ("lightgbm", "3"),
         ], gated
         champion = max(int(version) for _, version, alias in gated if alias == "champion")
+        # Materializing the champion's features again: their Asset events scheduled retrain_model, which
+        # trained it again (the request opts in) under the run id it chose, gated against the champion.
+        retrained = re.search(
+            r"retrained on new features: churn_predictor v4 -> @(champion|challenger) "
+            r"\(retrain_model (\S+) -> train_model retrain__churn_predictor__(\S+); ",
+            out,
+        )
+        assert retrained and retrained.group(2) == retrained.group(3), out[-3000:]
+        if retrained.group(1) == "champion":
+            champion = 4
         endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v{champion}"
         assert re.search(rf"model endpoint: {re.escape(endpoint)}: predictions \[[01], [01]\]", out)
         batch = re.search(r"batch predictions: (\S+): 3 rows by churn_predictor v\d+; customer 1 -> [01] ", out)
@@ -83,7 +94,8 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         scored = pd.read_parquet(batch.group(1))  # the seed's three customers, with their probabilities
         assert scored["customer_id"].tolist() == [1, 2, 3]
         assert (scored["probability_0"] + scored["probability_1"]).round(9).eq(1).all()
-        # Monitoring: the window like training raised nothing; the drifted one alerted and asked for retraining.
+        # Monitoring: the window like training raised nothing; the drifted one alerted and asked for retraining
+        # through the retraining Asset, which scheduled retrain_model, which ran train_model under the run id asked.
         # (The windows also hold the rows the serving app logged in them; the drifted one, the last hour, also
         # holds the score_batch output published a few minutes ago, found through its Asset event.)
         normal = re.search(
@@ -95,7 +107,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         drifted = re.search(
             r"monitoring \(drifted window\): 2\d\d\d rows, 1 score_batch output\(s\), \d+ checks, [1-9]\d* alert\(s\): "
             r".*drift detected.*; "
-            r"retraining triggered \(train_model\): v\d+; report (\S+)",
+            r"retraining triggered \(retrain_model -> retrain__churn_predictor__\S+\): v\d+; report (\S+)",
             out,
         )
         assert drifted, out[-3000:]

@@ -169,3 +169,73 @@ def test_the_daily_sweep_leaves_out_serving_models_without_a_reference(registry,
         assert monitoring.deployed_models(hook) == [{"model_name": MODEL, "model_version": profiled}]
     assert f"script_churn v{unprofiled} is serving but cannot be monitored" in caplog.text
     assert "logged no reference profile (reference/profile.json)" in caplog.text
+
+
+def _event(uri: str, extra: dict, timestamp: datetime):
+    """An Asset event as a triggered run's ``triggering_asset_events`` holds it (the Task SDK's model)."""
+    from airflow.sdk.api.datamodels._generated import AssetEventDagRunReference
+
+    return AssetEventDagRunReference.model_validate(
+        {
+            "asset": {"name": uri, "uri": uri, "extra": {}},
+            "extra": extra,
+            "source_task_id": "t",
+            "source_dag_id": "d",
+            "source_run_id": "r",
+            "source_map_index": -1,
+            "source_aliases": [],
+            "timestamp": timestamp,
+        }
+    )
+
+
+def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_exists(registry):
+    from asgard import retraining
+    from asgard.features import feature_view_asset_uri
+    from asgard.training import REQUEST_ARTIFACT
+
+    hook = registry["hook"]
+    policies = {
+        "fresh_churn": {"retraining": {"on_new_features": True, "min_interval_hours": 0}},
+        "steady_churn": {},  # trained on the same view without the policy: left alone
+        "other_view_churn": {"retraining": {"on_new_features": True, "min_interval_hours": 0}},
+        "slow_churn": {"retraining": {"on_new_features": True}},  # at most once a day (the default)
+    }
+    confs = {}
+
+    def register(name: str) -> None:
+        version = register_sample_model(tracking_uri, name, customers=300)
+        hook.client.log_dict(hook.client.get_model_version(name, version).run_id, confs[name], REQUEST_ARTIFACT)
+        hook.client.set_registered_model_alias(name, "champion", version)
+
+    with sqlite_mlflow_home(registry["path"]) as tracking_uri:
+        for name, policy in policies.items():
+            views = ["order_features"] if name == "other_view_churn" else ["customer_features"]
+            confs[name] = {"model_name": name, "data_source": {"feature_views": views, "target_column": "churned"}}
+            confs[name].update(policy)
+            register(name)
+
+        now = datetime.now(UTC)
+        materialized = {"features": [_event(feature_view_asset_uri("customer_features"), {"rows_written": 10}, now)]}
+        drift = retraining.drift_requests(
+            [{"model_name": MODEL, "model_version": "2", "retrain": {"model_name": MODEL}}], "scheduled__x"
+        )
+        events = {**materialized, "requests": [_event(retraining.RETRAINING_REQUESTS, drift[0], now)] * 2}
+        first = retraining.requests_for(events, "asset_triggered__1", now=now)
+        assert first == [
+            {"conf": {"model_name": MODEL}, "trigger_run_id": f"retrain__{MODEL}__scheduled__x"},
+            {"conf": confs["fresh_churn"], "trigger_run_id": "retrain__fresh_churn__asset_triggered__1"},
+        ]
+        # A retried run asks for the same run again.
+        assert retraining.requests_for(materialized, "asset_triggered__1", now=now) == first[1:]
+        # Once the retraining registered a version, the same features ask for nothing.
+        register("fresh_churn")
+        assert retraining.requests_for(materialized, "asset_triggered__2", now=now) == []
+        # A day later, newer features retrain what waits a day between trainings too.
+        later = datetime.now(UTC) + timedelta(hours=25)
+        newer = {"features": [_event(feature_view_asset_uri("customer_features"), {}, later)]}
+        triggers = retraining.requests_for(newer, "asset_triggered__3", now=later)
+        assert sorted(trigger["trigger_run_id"] for trigger in triggers) == [
+            "retrain__fresh_churn__asset_triggered__3",
+            "retrain__slow_churn__asset_triggered__3",
+        ]

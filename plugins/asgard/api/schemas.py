@@ -53,6 +53,11 @@ class TrainModelRequest(DagConf):
     data_source: DataSource
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
+    retraining: dict[str, Any] | None = Field(
+        None,
+        description="Retrain the champion when its feature views are materialized again: "
+        '`{"on_new_features": true, "min_interval_hours": 24}`.',
+    )
 
 
 class BatchScoringRequest(DagConf):

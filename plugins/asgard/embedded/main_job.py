@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -46,6 +48,9 @@ CHURN_MODEL_REQUEST = {
     "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
     "hyperparameters": {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}},
     "tags": {"team": "data-science"},
+    # The champion is retrained whenever its features are materialized again (a real deployment
+    # would wait a day between trainings: the default min_interval_hours is 24).
+    "retraining": {"on_new_features": True, "min_interval_hours": 0},
 }
 
 # The same request with each framework: every version is gated against the champion so far.
@@ -158,6 +163,9 @@ class MainJob:
                     f"({decision['metric']} {decision['score']:.3f}; {decision['reason']})"
                 )
 
+        with self.stage("new features retrain the champion (materialize_features -> retrain_model)"):
+            self.retrain_on_new_features(api, window)
+
         with self.stage("upload a script, follow it to serving (./asgard upload)"):
             self.upload_script(api)
 
@@ -200,6 +208,30 @@ class MainJob:
 
         self.print_summary(manager)
 
+    def retrain_on_new_features(self, api: AirflowApi, window: dict[str, str]) -> None:
+        """Materialize the churn model's features again: their Asset events schedule retrain_model,
+        which trains the champion again with the conf that trained it, through the gate."""
+        from asgard.features import feature_view_asset_uri
+
+        view = CHURN_MODEL_REQUEST["data_source"]["feature_views"][0]
+        api.unpause("retrain_model")
+        try:
+            outcome = api.run_and_wait("materialize_features", {**window, "feature_views": [view]})
+            self._require_success(outcome)
+            retrain_run = api.run_started_by(feature_view_asset_uri(view), outcome.run_id, "retrain_model")
+            retrained = api.wait_for_run("retrain_model", retrain_run, timeout=900, on_progress=_progress)
+            self._require_success(retrained)
+        finally:
+            api.pause("retrain_model")  # the later stages train and deploy by hand
+        triggers = api.task_result("retrain_model", retrain_run, "requests")
+        training_run = next(t["trigger_run_id"] for t in triggers if t["conf"]["model_name"] == "churn_predictor")
+        decision = api.task_result("train_model", training_run, "gate_model")
+        alias = "champion" if decision["promoted"] else "challenger"
+        self.results["retrained on new features"] = (
+            f"{decision['model_name']} v{decision['version']} -> @{alias} "
+            f"(retrain_model {retrain_run} -> train_model {training_run}; {decision['reason']})"
+        )
+
     def upload_script(self, api: AirflowApi) -> None:
         """The seed's ``upload_and_deploy.py`` as the CLI does it: upload the example script through the
         ``/mlops`` plugin, follow training and the gate, then the deployment the promotion starts."""
@@ -238,14 +270,24 @@ class MainJob:
         Persistence is one window here so a single drifted window shows the whole path; the daily
         schedule keeps the default (two windows).
         """
-        from datetime import UTC, datetime, timedelta
-
         folder = self.settings.data_dir / "monitoring" / "windows"
         folder.mkdir(parents=True, exist_ok=True)
         normal, drifted = monitoring_windows(folder, days=self.days)
         # Rounded up to the second: the batch scored just before (its Asset event) falls in the last window.
         now = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
         checks = {}
+        api.unpause("retrain_model")  # as in production: persistent drift retrains the model
+        try:
+            self._monitor_windows(api, now, normal, drifted, checks)
+        finally:
+            api.pause("retrain_model")  # a later run of the job starts from the same state
+        if checks["normal"]["alerts"] or not checks["drifted"]["alerts"]:
+            raise MainJobError(
+                f"monitoring: expected no alert on the normal window and an alert on the drifted one, got "
+                f"{checks['normal']['alerts']} and {checks['drifted']['alerts']}"
+            )
+
+    def _monitor_windows(self, api: AirflowApi, now: datetime, normal: Path, drifted: Path, checks: dict) -> None:
         for label, path, start in (
             ("normal", normal, now - timedelta(hours=2)),
             ("drifted", drifted, now - timedelta(hours=1)),
@@ -260,25 +302,20 @@ class MainJob:
             outcome = api.run_and_wait("monitor_model", request, on_progress=_progress)
             self._require_success(outcome)
             checks[label] = api.task_result("monitor_model", outcome.run_id, "check", map_index=0)
-            retrain = api.task_result("monitor_model", outcome.run_id, "alert")
+            requests = api.task_result("monitor_model", outcome.run_id, "alert")
             retrained = ""
-            if retrain:  # wait for it: the next stages (and a later run) find the model settled
-                training_run = api.task_result("monitor_model", outcome.run_id, "retrain", 0, key="trigger_run_id")
-                trained = api.wait_for_run("train_model", training_run, timeout=900)
+            if requests:  # wait for it (Asset -> retrain_model -> train_model): a later run finds the model settled
+                training_run = requests[0]["train_run_id"]
+                trained = api.wait_for_run("train_model", training_run, timeout=900, appear_within=300)
                 self._require_success(trained)
                 decision = api.task_result("train_model", training_run, "gate_model")
-                retrained = f"; retraining triggered (train_model): v{decision['version']}"
+                retrained = f"; retraining triggered (retrain_model -> {training_run}): v{decision['version']}"
             alerts, window = checks[label]["alerts"], checks[label]["window"]
             self.results[f"monitoring ({label} window)"] = (
                 f"{window['rows']} rows, {len(window['batch_outputs'])} score_batch output(s), "
                 f"{checks[label]['checks']} checks, "
                 f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}{retrained}; "
                 f"report {checks[label]['report']}"
-            )
-        if checks["normal"]["alerts"] or not checks["drifted"]["alerts"]:
-            raise MainJobError(
-                f"monitoring: expected no alert on the normal window and an alert on the drifted one, got "
-                f"{checks['normal']['alerts']} and {checks['drifted']['alerts']}"
             )
 
     @staticmethod
