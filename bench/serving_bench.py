@@ -199,7 +199,12 @@ def main() -> int:
             context = serving_image.render_context(hook, ref, home / "contexts" / name)
             image = f"asgard-bench/{name}:{ref.tag}"
             serving_image.build_image(
-                client, context, image, base_image=settings.serving_base_image, progress=lambda _: None
+                client,
+                context.folder,
+                image,
+                build_args=serving_image.build_arguments(context, settings.serving_base_image),
+                labels=context.labels,
+                progress=lambda _: None,
             )
             size_mb = client.inspect_image(image)["Size"] / 1e6
             print(

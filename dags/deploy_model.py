@@ -6,7 +6,10 @@ baked in, ONNX when proven faithful on the holdout sample, else the native model
 engine, pushes it to the registry (ECR in production, the local OCI registry in the embedded
 default) and deploys that digest: on the `docker` target beside the version serving, verified
 (health, `/metadata` version, `/predict` on holdout rows) before the stable endpoint
-`/models/<model_name>/…` switches to it; a failed version is removed and the old one keeps serving.
+`/models/<model_name>/…` switches to it; on the `kubernetes` target (EKS in production) its objects
+are server-side applied, the rollout watched, the same checks run through the Service, and a
+failure re-applies what served before. A failed version never keeps serving, and the alias the run
+deployed moves back.
 Runs when a promotion emits a model's Asset (the champion), or manually:
 
 ```json

@@ -107,7 +107,7 @@ def train_script():
     if get_settings().script_runner == "kubernetes":  # production: the same step as a locked-down pod
         from asgard.operators.script_pod import UserScriptPodOperator
 
-        pod = UserScriptPodOperator(task_id="run_script")
+        pod = UserScriptPodOperator(task_id="run_script", image="{{ ti.xcom_pull('prepare_environment')['image'] }}")
         environment >> pod
         ran = pod.output
     else:

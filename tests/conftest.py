@@ -76,3 +76,43 @@ def moto_server():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def emulated_cluster(emulator):
+    """A kmock Kubernetes emulator served on a loopback port from its own event loop: (emulator, kubeconfig).
+
+    The Kubernetes client and the provider's hooks are synchronous, so the emulator cannot share the
+    test's thread; the kubeconfig (a dict) reaches it with a bearer token.
+    """
+    import asyncio
+    import threading
+
+    import kmock
+
+    started, holder = threading.Event(), {}
+
+    async def serve():
+        stop = asyncio.Event()
+        async with emulator, kmock.Server(emulator) as server:
+            holder.update(url=str(server.url).rstrip("/"), loop=asyncio.get_running_loop(), stop=stop)
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("the Kubernetes emulator did not start")
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": holder["url"]}}],
+        "users": [{"name": "deployer", "user": {"token": "deployer-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "deployer"}}],
+        "current-context": "emulator",
+    }
+    try:
+        yield emulator, kubeconfig
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)

@@ -46,54 +46,86 @@ def deploy_to_target(request: dict[str, Any], build: dict[str, Any], push: dict[
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from asgard import docker_target, serving_image
-    from asgard.embedded.router import RouteTable
+    from asgard import serving_image
     from asgard.hooks.mlflow import MlflowHook
-    from asgard.operators.serving_image import docker_client
-    from asgard.settings import get_settings
+    from asgard.serving_checks import DeployError, holdout_payload
 
-    if request["target"] != "docker":
-        raise AirflowFailException(
-            f"target {request['target']!r} is not available yet: this installation deploys to 'docker' only"
-        )
-    settings, hook = get_settings(), MlflowHook()
-    name, version = build["model_name"], build["version"]
-    payload = docker_target.holdout_payload(serving_image.holdout_frame(hook, build["run_id"]))
-    routes = RouteTable(settings.routes_file)
-    previous = routes.routes().get(name)
+    hook = MlflowHook()
+    name, version, target = build["model_name"], build["version"], request["target"]
+    payload = holdout_payload(serving_image.holdout_frame(hook, build["run_id"]))
+    deploy = _deploy_kubernetes if target == "kubernetes" else _deploy_docker
     try:
-        outcome = docker_target.deploy(
-            docker_client(None),
-            model_name=name,
-            version=version,
-            image=push["reference"],
-            payload=payload,
-            routes=routes,
-            router_url=settings.router_url,
-            prediction_log=settings.prediction_log_folder(name),
-        )
-    except docker_target.DeployError as error:
-        kept = f"v{previous['version']} keeps serving" if previous else "nothing was serving it before"
-        reason = f"{name} v{version} failed verification and was rolled back ({kept}): {error}"
+        outcome = deploy(request, build, push, payload)
+    except DeployError as error:
+        kept = f"v{error.serving} keeps serving" if error.serving else "nothing was serving it before"
+        reason = f"{name} v{version} failed verification on {target} and was rolled back ({kept}): {error}"
         _record(hook, name, version, {"status": "rolled_back", "reason": str(error)[:4000], "digest": push["digest"]})
-        if previous and not request.get("version"):
-            _restore_alias(hook, name, request["alias"], version, previous["version"])
+        if error.serving and not request.get("version"):
+            _restore_alias(hook, name, request["alias"], version, error.serving)
         raise AirflowFailException(reason) from error
     _record(
         hook,
         name,
         version,
-        {"status": "serving", "endpoint": outcome["endpoint"], "digest": push["digest"], "target": "docker"},
+        {"status": "serving", "endpoint": outcome["endpoint"], "digest": push["digest"], "target": target},
     )
     log.info("%s v%s serves at %s (image %s)", name, version, outcome["endpoint"], push["reference"])
     return {
         "model_name": name,
         "version": version,
+        "target": target,
         "endpoint": outcome["endpoint"],
         "digest": push["digest"],
         "changed": outcome["changed"],
-        "previous_version": (previous or {}).get("version"),
+        "previous_version": (outcome["previous"] or {}).get("version"),
     }
+
+
+def _deploy_docker(request: dict[str, Any], build: dict[str, Any], push: dict[str, Any], payload: Any) -> dict:
+    """The embedded default: a container beside the serving one, behind the router's stable endpoint."""
+    from asgard import docker_target
+    from asgard.embedded.router import RouteTable
+    from asgard.operators.serving_image import docker_client
+    from asgard.settings import get_settings
+
+    settings, name = get_settings(), build["model_name"]
+    return docker_target.deploy(
+        docker_client(None),
+        model_name=name,
+        version=build["version"],
+        image=push["reference"],
+        payload=payload,
+        routes=RouteTable(settings.routes_file),
+        router_url=settings.router_url,
+        prediction_log=settings.prediction_log_folder(name),
+    )
+
+
+def _deploy_kubernetes(request: dict[str, Any], build: dict[str, Any], push: dict[str, Any], payload: Any) -> dict:
+    """Production: the model's workload in a cluster (EKS through the AWS connection when configured)."""
+    from asgard import kubernetes_target
+    from asgard.settings import get_settings
+
+    settings, name = get_settings(), build["model_name"]
+    namespace = request.get("namespace") or settings.serving_namespace
+    with kubernetes_target.cluster_hook(
+        kubernetes_conn_id=settings.kubernetes_conn_id,
+        eks_cluster_name=settings.eks_cluster_name,
+        aws_conn_id=settings.aws_conn_id,
+        namespace=namespace,
+    ) as cluster:
+        return kubernetes_target.deploy(
+            cluster,
+            model_name=name,
+            version=build["version"],
+            run_id=build["run_id"],
+            image=push["reference"],
+            payload=payload,
+            namespace=namespace,
+            replicas=request["replicas"],
+            resources=request.get("resources"),
+            prediction_log=settings.cluster_prediction_log(name),
+        )
 
 
 def _record(hook: Any, name: str, version: str, values: dict[str, str]) -> None:

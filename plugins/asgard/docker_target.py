@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asgard.embedded.router import RouteTable
+from asgard.serving_checks import DeployError, http_call, verify
 
 if TYPE_CHECKING:
     import docker
@@ -28,58 +29,10 @@ SERVING_UID = 10001
 DEPLOY_LABEL = "io.asgard.deploy.model"
 
 
-class DeployError(RuntimeError):
-    """The new version did not prove it serves; the message says how it failed."""
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def verify(
-    url: str,
-    version: str,
-    payload: dict[str, Any] | None,
-    *,
-    timeout: float,
-    exited: Callable[[], str | None] = lambda: None,
-) -> None:
-    """Healthy, the intended version, and a valid answer to ``payload`` — or a DeployError saying which."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        reason = exited()
-        if reason:
-            raise DeployError(reason)
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        if time.monotonic() > deadline:
-            raise DeployError(f"{url}/health not ok after {timeout:.0f}s")
-        time.sleep(0.2)
-    served = httpx.get(f"{url}/metadata", timeout=5).json().get("model_version")
-    if served != version:
-        raise DeployError(f"{url}/metadata reports version {served!r}, not the intended {version!r}")
-    if payload is None:
-        return
-    answer = httpx.post(f"{url}/predict", json=payload, timeout=30)
-    rows = len(next(iter(payload["inputs"].values())))
-    if answer.status_code != 200:
-        raise DeployError(f"{url}/predict answered {answer.status_code}: {answer.text[:300]}")
-    returned = len(answer.json().get("predictions", []))
-    if returned != rows:
-        raise DeployError(f"{url}/predict returned {returned} predictions for {rows} rows")
-
-
-def holdout_payload(frame: Any, rows: int = 20) -> dict[str, Any] | None:
-    """A ``/predict`` body from holdout rows (missing values as null)."""
-    if frame is None or len(frame) == 0:
-        return None
-    sample = frame.head(rows).astype(object).where(frame.head(rows).notna(), None)
-    return {"inputs": {column: sample[column].tolist() for column in sample.columns}}
 
 
 def deploy(
@@ -103,7 +56,7 @@ def deploy(
     previous = routes.routes().get(model_name)
     if previous and previous.get("image") == image and previous.get("version") == version:
         with contextlib.suppress(DeployError):
-            verify(endpoint, version, payload, timeout=10)
+            verify(http_call(endpoint), version, payload, where=endpoint, timeout=10)
             progress(f"{model_name} v{version} already serves at {endpoint} from {image}")
             return {**previous, "endpoint": endpoint, "changed": False, "previous": previous}
     port = _free_port()
@@ -147,19 +100,21 @@ def deploy(
     switched = False
     try:
         client.start(container)
-        verify(upstream, version, payload, timeout=timeout, exited=exited)
+        verify(http_call(upstream), version, payload, where=upstream, timeout=timeout, exited=exited)
         routes.set(model_name, route)
         switched = True
-        verify(endpoint, version, payload, timeout=30)
+        verify(http_call(endpoint), version, payload, where=endpoint, timeout=30)
     except BaseException as error:
         if switched:
             routes.set(model_name, previous)
         with contextlib.suppress(docker.errors.APIError):
             client.remove_container(container, force=True)
+        serving = (previous or {}).get("version")
         if isinstance(error, DeployError):
+            error.serving = serving
             raise
         if isinstance(error, docker.errors.APIError):
-            raise DeployError(f"the Docker engine refused the new container: {error}") from error
+            raise DeployError(f"the Docker engine refused the new container: {error}", serving=serving) from error
         raise
     progress(f"{endpoint} now serves {model_name} v{version}")
     if previous and previous.get("container") and previous["container"] != name:

@@ -36,13 +36,15 @@ def check_upload(params: dict[str, Any], *, dag_id: str, run_id: str) -> dict[st
 def prepare_environment(params: dict[str, Any]) -> dict[str, Any]:
     """The environment for the script's requirements, built once per requirements set, then reused.
 
-    Locally a virtualenv; for the pod runner the image reference of the same key (images are built
-    and pushed by the platform's image builder).
+    Locally a virtualenv; for the pod runner an image of the same key, built on the Docker engine and
+    pushed to the registry (ECR in production), given to the pod by digest.
     """
     settings = get_settings()
     requirements = list(params.get("requirements") or [])
     if settings.script_runner == "kubernetes":
-        return {"image": f"{settings.script_image_repository}:{user_scripts.environment_key(requirements)}"}
+        from asgard.script_image import ensure_script_image
+
+        return ensure_script_image(requirements, settings=settings)
     return {"python": str(user_scripts.ScriptEnvironments(settings=settings).ensure(requirements))}
 
 

@@ -316,12 +316,17 @@ def render_context(
     labels["io.asgard.serving.flavor"] = info["flavor"]
     requirements = requirements_for(info, folder / "model")
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    wheels = (wheelhouse or Wheelhouse()).ensure(requirements)
-    (folder / "wheels").mkdir()
-    for wheel in wheels.glob("*.whl"):
-        _link_or_copy(wheel, folder / "wheels" / wheel.name)
+    add_wheels(folder / "wheels", requirements, wheelhouse)
     # The model's own requirements file is not needed in the image once its pins are in requirements.txt.
     return BuildContext(folder, labels, info, requirements)
+
+
+def add_wheels(folder: Path, requirements: list[str], wheelhouse: Wheelhouse | None = None) -> None:
+    """The wheels of ``requirements`` (downloaded once on the host) into a build context's ``folder``."""
+    wheels = (wheelhouse or Wheelhouse()).ensure(requirements)
+    folder.mkdir()
+    for wheel in wheels.glob("*.whl"):
+        _link_or_copy(wheel, folder / wheel.name)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -359,21 +364,24 @@ def build_arguments(context: BuildContext, base_image: str) -> dict[str, str]:
 
 def build_image(
     client: docker.APIClient,
-    context: BuildContext,
+    folder: Path,
     reference: str,
     *,
-    base_image: str,
+    build_args: dict[str, str],
+    labels: dict[str, str],
     progress: Callable[[str], None] = log.info,
 ) -> str:
-    """Build ``context`` as ``reference``; the image id. No network inside the build: wheels are in the context."""
-    build_args = build_arguments(context, base_image)
+    """Build the context in ``folder`` as ``reference``; the image id.
+
+    No network inside the build: every wheel it installs is in the context.
+    """
     image_id, tail = None, []
     for chunk in _stream(
         client.build(
-            path=str(context.folder),
+            path=str(folder),
             tag=reference,
             buildargs=build_args,
-            labels=context.labels,
+            labels=labels,
             rm=True,
             forcerm=True,
             pull=False,

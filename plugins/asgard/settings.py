@@ -34,6 +34,9 @@ ENV_VARS = (
     "ASGARD_IMAGE_REPOSITORY",
     "ASGARD_SERVING_BASE_IMAGE",
     "ASGARD_ROUTER_PORT",
+    "ASGARD_KUBERNETES_CONN_ID",
+    "ASGARD_EKS_CLUSTER_NAME",
+    "ASGARD_SERVING_NAMESPACE",
 )
 REGISTRY_TYPES = ("docker", "ecr")
 # What the project builds when no public base image can be pulled (see scripts/base_image.sh).
@@ -62,8 +65,9 @@ class Settings:
     bind_host: str = "127.0.0.1"
     # Where train_script runs user scripts: a local virtualenv, or a Kubernetes pod (production).
     script_runner: str = "local"
-    # The image repository holding one image per requirements set, tagged with its environment key.
-    script_image_repository: str = "asgard/script-env"
+    # The image repository holding one image per requirements set, tagged with its environment key
+    # (default: asgard/script-env on the platform's registry).
+    script_image_repository: str | None = None
     training_namespace: str = "asgard-training"
     # The Docker engine that builds serving images (embedded: the one `./asgard start` runs).
     docker_host: str | None = None
@@ -79,6 +83,12 @@ class Settings:
     # Where serving pods in a cluster ship their prediction logs (``s3://bucket/prefix``, one prefix
     # per model below it); the embedded Docker target always logs to a folder under data_dir.
     prediction_log_uri: str | None = None
+    # The `kubernetes` deploy target: the cluster's Airflow connection, or (when set) an EKS cluster
+    # reached through the AWS connection; the namespace serving workloads go to by default.
+    kubernetes_conn_id: str = "kubernetes_default"
+    eks_cluster_name: str | None = None
+    aws_conn_id: str = "aws_default"
+    serving_namespace: str = "asgard"
 
     def __post_init__(self) -> None:
         if self.prediction_log_uri is not None and not self.prediction_log_uri.startswith("s3://"):
@@ -105,7 +115,7 @@ class Settings:
             airflow_port=_env_int("ASGARD_AIRFLOW_PORT", 8080),
             mlflow_port=_env_int("ASGARD_MLFLOW_PORT", 5050),
             script_runner=os.environ.get("ASGARD_SCRIPT_RUNNER") or "local",
-            script_image_repository=os.environ.get("ASGARD_SCRIPT_IMAGE_REPOSITORY") or "asgard/script-env",
+            script_image_repository=os.environ.get("ASGARD_SCRIPT_IMAGE_REPOSITORY") or None,
             training_namespace=os.environ.get("ASGARD_TRAINING_NAMESPACE") or "asgard-training",
             docker_host=os.environ.get("ASGARD_DOCKER_HOST") or None,
             registry_port=_env_int("ASGARD_REGISTRY_PORT", 5000),
@@ -115,6 +125,9 @@ class Settings:
             router_port=_env_int("ASGARD_ROUTER_PORT", 8700),
             monitoring_database_url=os.environ.get("ASGARD_MONITORING_DATABASE_URL") or None,
             prediction_log_uri=os.environ.get("ASGARD_PREDICTION_LOG_URI") or None,
+            kubernetes_conn_id=os.environ.get("ASGARD_KUBERNETES_CONN_ID") or "kubernetes_default",
+            eks_cluster_name=os.environ.get("ASGARD_EKS_CLUSTER_NAME") or None,
+            serving_namespace=os.environ.get("ASGARD_SERVING_NAMESPACE") or "asgard",
         )
 
     @property
@@ -125,12 +138,14 @@ class Settings:
         """Where the embedded Docker target's containers log the predictions they serve."""
         return self.data_dir / "predictions" / model_name
 
+    def cluster_prediction_log(self, model_name: str) -> str | None:
+        """Where a model's pods in a cluster ship their prediction log (None: they keep none)."""
+        return f"{self.prediction_log_uri.rstrip('/')}/{model_name}" if self.prediction_log_uri else None
+
     def prediction_logs(self, model_name: str) -> list[str]:
         """Every place a model's served predictions are logged: what monitoring reads."""
-        logs = [str(self.prediction_log_folder(model_name))]
-        if self.prediction_log_uri:
-            logs.append(f"{self.prediction_log_uri.rstrip('/')}/{model_name}")
-        return logs
+        cluster_log = self.cluster_prediction_log(model_name)
+        return [str(self.prediction_log_folder(model_name)), *([cluster_log] if cluster_log else [])]
 
     # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.
     @cached_property
@@ -182,6 +197,11 @@ class Settings:
     def serving_repository(self) -> str:
         """Where serving images are pushed: one repository, one tag per model version."""
         return self.image_repository or f"{self.registry_address}/asgard/models"
+
+    @property
+    def script_repository(self) -> str:
+        """Where train_script's pod runner images are pushed: one tag per requirements set."""
+        return self.script_image_repository or f"{self.registry_address}/asgard/script-env"
 
     @property
     def dags_folder(self) -> Path:

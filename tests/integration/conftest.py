@@ -54,3 +54,15 @@ def embedded_stack(tmp_path_factory) -> EmbeddedStack:
         manager.stop()
     survivors = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not survivors, f"processes left running after stop: {survivors}"
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_stack):
+    """A client of the stack's Docker engine, logged in to its registry."""
+    import docker
+
+    settings = embedded_stack.settings
+    client = docker.APIClient(base_url=settings.docker_url, version="auto")
+    user, password = embedded_stack.manager.registry_credentials()
+    client.login(username=user, password=password, registry=settings.registry_address)
+    return client

@@ -119,7 +119,7 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
 
     assert third.state == "failed" and third.task_states["deploy_image"] == "failed"
     log = api.task_log("deploy_model", third.run_id, "deploy_image")
-    assert f"{name} v{v3} failed verification and was rolled back (v{v2} keeps serving)" in log
+    assert f"{name} v{v3} failed verification on docker and was rolled back (v{v2} keeps serving)" in log
     assert "exited with code" in log
     assert httpx.get(f"{endpoint}/metadata").json()["model_version"] == v2
     # The alias the run deployed moves back to the version still serving; the outcome is on each version.

@@ -47,14 +47,6 @@ def stack(embedded_stack):
 
 
 @pytest.fixture(scope="module")
-def engine(stack) -> docker.APIClient:
-    client = docker.APIClient(base_url=stack.settings.docker_url, version="auto")
-    user, password = stack.manager.registry_credentials()
-    client.login(username=user, password=password, registry=stack.settings.registry_address)
-    return client
-
-
-@pytest.fixture(scope="module")
 def registered(stack) -> tuple[str, str]:
     name = f"serving_churn_{uuid.uuid4().hex[:6]}"
     return name, register_sample_model(stack.settings.mlflow_url, name, customers=5000)

@@ -7,6 +7,8 @@ code path (``build_pod_request_obj``) and checked with ``kubernetes-validate --s
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -15,8 +17,9 @@ from airflow.models import DagBag
 from kubernetes.client import ApiClient
 
 from asgard import user_scripts
-from asgard.operators.script_pod import UserScriptPodOperator
+from asgard.operators.script_pod import SCRIPT_MOUNT, UserScriptPodOperator
 from asgard.settings import Settings
+from conftest import emulated_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
@@ -33,8 +36,15 @@ PARAMS = {
 }
 
 
+def _pod_operator(settings: Settings, params: dict) -> UserScriptPodOperator:
+    operator = UserScriptPodOperator(task_id="run_script", settings=settings)
+    injected = user_scripts.injected_variables(params, "http://mlflow:5050", "0123abcd", "/work/feature_repo")
+    operator.configure(params, injected)
+    return operator
+
+
 @pytest.fixture
-def pod(tmp_path, monkeypatch):
+def operator(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "platform-secret")
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", "aws://platform:secret@")
     settings = Settings(
@@ -45,16 +55,26 @@ def pod(tmp_path, monkeypatch):
         script_runner="kubernetes",
         script_image_repository="registry.example/asgard/script-env",
     )
-    operator = UserScriptPodOperator(task_id="run_script", settings=settings)
-    injected = user_scripts.injected_variables(PARAMS, "http://mlflow:5050", "0123abcd", "/work/feature_repo")
-    operator.configure(PARAMS, injected)
-    request = operator.build_pod_request_obj(dry_run=True)
-    return ApiClient().sanitize_for_serialization(request)
+    return _pod_operator(settings, PARAMS)
 
 
-def test_pod_spec_is_valid_against_the_kubernetes_schemas(pod):
+@pytest.fixture
+def pod(operator):
+    return ApiClient().sanitize_for_serialization(operator.build_pod_request_obj(dry_run=True))
+
+
+@pytest.fixture
+def config_map(operator):
+    return ApiClient().sanitize_for_serialization(operator.script_config_map)
+
+
+def test_pod_spec_is_valid_against_the_kubernetes_schemas(pod, config_map):
     kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    kubernetes_validate.validate(config_map, KUBERNETES_VERSION, strict=True)
     assert pod["apiVersion"] == "v1" and pod["kind"] == "Pod"
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    assert volumes["script"]["configMap"]["name"] == config_map["metadata"]["name"] == "train-script-0123abcd"
+    assert config_map["immutable"] is True
 
 
 def test_pod_is_locked_down_and_bounded(pod):
@@ -71,19 +91,73 @@ def test_pod_is_locked_down_and_bounded(pod):
     assert container["resources"]["limits"]["memory"] == "2048Mi"
     key = user_scripts.environment_key(PARAMS["requirements"])
     assert container["image"] == f"registry.example/asgard/script-env:{key}"
-    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/work", "/tmp"}
+    assert {mount["mountPath"]: mount.get("readOnly", False) for mount in container["volumeMounts"]} == {
+        "/work": False,
+        "/tmp": False,
+        "/script": True,
+    }
 
 
-def test_pod_environment_is_the_contract_and_nothing_of_the_platform(pod):
+def test_pod_environment_is_the_contract_and_nothing_of_the_platform(pod, config_map):
     (container,) = pod["spec"]["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert set(user_scripts.INJECTED) <= set(env)
     assert env["N_CUSTOMERS"] == "500" and env["MLFLOW_RUN_ID"] == "0123abcd"
     assert not [name for name in env if name.startswith(("AIRFLOW", "AWS_"))]
-    assert "platform-secret" not in str(pod)
+    assert "platform-secret" not in str(pod) and "platform-secret" not in str(config_map)
     # The production feature_store.yaml goes in with its ${VAR} placeholders, never their values.
-    store_yaml = base64.b64decode(env["FEATURE_STORE_YAML_B64"]).decode()
+    store_yaml = base64.b64decode(config_map["binaryData"]["feature_store.yaml"]).decode()
     assert "${" in store_yaml
+
+
+def test_the_pod_command_rebuilds_a_script_too_big_for_an_environment_variable(operator, tmp_path):
+    """The container's command, run by sh over the ConfigMap's files as the kubelet mounts them."""
+    rows = "\n".join(f"ROW_{i} = {i!r} * 3  # padding a user script can carry" for i in range(17_000))
+    script = f"{rows}\nprint('rebuilt', len(open(__file__).read()))\n".encode()
+    assert len(script) > 900_000  # seven times what Linux allows a single environment variable
+    params = {**PARAMS, "script_content": base64.b64encode(script).decode()}
+    operator.configure(params, user_scripts.injected_variables(params, "http://m", "0123abcd", "/work/feature_repo"))
+    mounted, work = tmp_path / "script", tmp_path / "work"
+    mounted.mkdir()
+    work.mkdir()
+    for name, data in operator.script_config_map.binary_data.items():
+        (mounted / name).write_bytes(base64.b64decode(data))
+    pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj(dry_run=True))
+    (container,) = pod["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    env |= {"WORKDIR": str(work), "FEAST_REPO_PATH": str(work / "feature_repo")}
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    command = container["args"][0].replace(f"{SCRIPT_MOUNT}/", f"{mounted}/")
+
+    finished = subprocess.run([*container["command"], command], env=env, capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == f"rebuilt {len(script)}"
+    assert (work / PARAMS["script_name"]).read_bytes() == script
+    assert "${" in (work / "feature_repo" / "feature_store.yaml").read_text()
+    assert len(operator.script_config_map.binary_data["script.py.gz"]) < 1_000_000  # a ConfigMap's limit is 1 MiB
+
+
+def test_the_script_config_map_is_created_once_per_run_and_removed(operator, monkeypatch):
+    """Against the Kubernetes API emulator: a retry finds its ConfigMap; removal tolerates a second try."""
+    import json
+
+    import kmock
+
+    with emulated_cluster(kmock.KubernetesEmulator()) as (emulator, kubeconfig):
+        connection = {"conn_type": "kubernetes", "extra": {"kube_config": kubeconfig}}
+        monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(connection))
+        operator.publish_script()
+        operator.publish_script()  # a retried task
+        (stored,) = [obj.raw for obj in emulator.objects.values() if not obj.deleted]
+        assert stored["metadata"]["name"] == "train-script-0123abcd"
+        assert stored["metadata"]["namespace"] == operator.namespace == "asgard-training"
+        assert stored["binaryData"] == operator.script_config_map.binary_data
+        creates = [request for request in emulator if request.method == "POST"]
+        assert len(creates) == 2
+        operator.remove_script()
+        operator.remove_script()
+        assert all(obj.deleted for obj in emulator.objects.values())
 
 
 def test_kubernetes_runner_is_chosen_by_configuration(monkeypatch):

@@ -45,6 +45,23 @@ def test_prediction_logs_are_the_local_folder_and_the_clusters_prefix(monkeypatc
     assert Settings.from_env().prediction_logs("churn") == [str(tmp_path / "data" / "predictions" / "churn")]
     monkeypatch.setenv("ASGARD_PREDICTION_LOG_URI", "s3://serving-logs/prod/")
     assert Settings.from_env().prediction_logs("churn")[1] == "s3://serving-logs/prod/churn"
+    # What the kubernetes deploy target hands its pods is what monitoring reads.
+    assert Settings.from_env().cluster_prediction_log("churn") == "s3://serving-logs/prod/churn"
     monkeypatch.setenv("ASGARD_PREDICTION_LOG_URI", "/var/log/predictions")
     with pytest.raises(ValueError, match="ASGARD_PREDICTION_LOG_URI must be an s3://bucket/prefix"):
         Settings.from_env()
+
+
+def test_the_kubernetes_deploy_target_reads_its_cluster_from_the_environment(monkeypatch):
+    for name in ("ASGARD_KUBERNETES_CONN_ID", "ASGARD_EKS_CLUSTER_NAME", "ASGARD_SERVING_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()
+    assert (settings.kubernetes_conn_id, settings.eks_cluster_name, settings.serving_namespace) == (
+        "kubernetes_default",
+        None,
+        "asgard",
+    )
+    monkeypatch.setenv("ASGARD_EKS_CLUSTER_NAME", "prod-serving")
+    monkeypatch.setenv("ASGARD_SERVING_NAMESPACE", "models")
+    settings = Settings.from_env()
+    assert (settings.eks_cluster_name, settings.serving_namespace) == ("prod-serving", "models")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 from typing import Any
 
@@ -13,11 +15,14 @@ from asgard.features import FEATURE_REPO, STORE_YAML
 from asgard.settings import Settings, get_settings
 
 WORKDIR = "/work"
-# The script arrives base64 in the pod's environment and is written to the only writable folders.
+SCRIPT_MOUNT = "/script"
+# The script (gzipped) and feature_store.yaml arrive in a ConfigMap mounted read-only, and are
+# written to the only writable folders. Not environment variables: Linux refuses to start a process
+# with any one variable over 128 KiB, and a pod spec has a size limit too.
 RUN_COMMAND = (
     'mkdir -p "$FEAST_REPO_PATH" && '
-    'printf %s "$FEATURE_STORE_YAML_B64" | base64 -d > "$FEAST_REPO_PATH/feature_store.yaml" && '
-    'printf %s "$SCRIPT_B64" | base64 -d > "$WORKDIR/$SCRIPT_NAME" && '
+    f'cp {SCRIPT_MOUNT}/feature_store.yaml "$FEAST_REPO_PATH/feature_store.yaml" && '
+    f'gzip -dc {SCRIPT_MOUNT}/script.py.gz > "$WORKDIR/$SCRIPT_NAME" && '
     'exec python -u "$WORKDIR/$SCRIPT_NAME"'
 )
 NON_ROOT_UID = 10001
@@ -32,12 +37,13 @@ class UserScriptPodOperator(KubernetesPodOperator):
     the injected variables and the user's ``env_vars``.
     """
 
-    def __init__(self, *, settings: Settings | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, settings: Settings | None = None, image: str | None = None, **kwargs: Any) -> None:
         self.settings = settings or get_settings()
         super().__init__(
             namespace=self.settings.training_namespace,
             name="train-script",
-            image=f"{self.settings.script_image_repository}:unset",
+            # Usually templated from prepare_environment: the pushed image, by digest.
+            image=image or "",
             cmds=["sh", "-c"],
             arguments=[RUN_COMMAND],
             labels={"app.kubernetes.io/part-of": "asgard", "app.kubernetes.io/component": "train-script"},
@@ -61,6 +67,7 @@ class UserScriptPodOperator(KubernetesPodOperator):
             volume_mounts=[
                 k8s.V1VolumeMount(name="work", mount_path=WORKDIR),
                 k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+                k8s.V1VolumeMount(name="script", mount_path=SCRIPT_MOUNT, read_only=True),
             ],
             automount_service_account_token=False,
             on_finish_action="delete_pod",
@@ -71,10 +78,35 @@ class UserScriptPodOperator(KubernetesPodOperator):
 
     def configure(self, params: dict[str, Any], injected: dict[str, str]) -> None:
         """Set the image, environment and limits of this run's pod from its conf."""
-        requirements = list(params.get("requirements") or [])
-        key = user_scripts.environment_key(requirements)
-        self.image = f"{self.settings.script_image_repository}:{key}"
+        if not self.image:  # not given: the image of the requirements set, by its tag
+            key = user_scripts.environment_key(list(params.get("requirements") or []))
+            self.image = f"{self.settings.script_repository}:{key}"
         store_yaml = (FEATURE_REPO / STORE_YAML[self.settings.profile]).read_bytes()  # placeholders unexpanded
+        script = base64.b64decode(params["script_content"])
+        digest = hashlib.sha256(script).hexdigest()
+        # One ConfigMap per MLflow run (a retry reuses both), removed when the pod has run.
+        self.script_config_map = k8s.V1ConfigMap(
+            api_version="v1",
+            kind="ConfigMap",
+            metadata=k8s.V1ObjectMeta(
+                name=f"train-script-{injected['MLFLOW_RUN_ID'].lower()}"[:63],
+                namespace=self.namespace,
+                labels=dict(self.labels),
+                annotations={"asgard.io/script-sha256": digest},
+            ),
+            binary_data={
+                "script.py.gz": _b64(gzip.compress(script, mtime=0)),
+                "feature_store.yaml": _b64(store_yaml),
+            },
+            immutable=True,
+        )
+        self.volumes = [
+            *[volume for volume in self.volumes if volume.name != "script"],
+            k8s.V1Volume(
+                name="script",
+                config_map=k8s.V1ConfigMapVolumeSource(name=self.script_config_map.metadata.name),
+            ),
+        ]
         variables = {
             **user_scripts.check_env_vars(params.get("env_vars") or {}),
             **injected,
@@ -83,8 +115,6 @@ class UserScriptPodOperator(KubernetesPodOperator):
             "HOME": WORKDIR,
             "PYTHONUNBUFFERED": "1",
             "SCRIPT_NAME": params["script_name"],
-            "SCRIPT_B64": params["script_content"],
-            "FEATURE_STORE_YAML_B64": _b64(store_yaml),
         }
         self.env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in sorted(variables.items())]
         memory = f"{int(params.get('memory_mb', 4096))}Mi"
@@ -93,7 +123,26 @@ class UserScriptPodOperator(KubernetesPodOperator):
             limits={"cpu": "2", "memory": memory, "ephemeral-storage": "4Gi"},
         )
         self.active_deadline_seconds = int(params.get("timeout", 600))
-        self.annotations = {"asgard.io/script-sha256": hashlib.sha256(params["script_content"].encode()).hexdigest()}
+        self.annotations = {"asgard.io/script-sha256": digest}
+
+    def publish_script(self) -> None:
+        """Create the run's script ConfigMap (a retry finds its own, with the same content, and keeps it)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.hook.core_v1_client.create_namespaced_config_map(self.namespace, self.script_config_map)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def remove_script(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.hook.core_v1_client.delete_namespaced_config_map(self.script_config_map.metadata.name, self.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     def execute(self, context: Any) -> dict[str, str]:
         from asgard.hooks.mlflow import MlflowHook
@@ -108,7 +157,11 @@ class UserScriptPodOperator(KubernetesPodOperator):
         )
         repo = f"{WORKDIR}/feature_repo"
         self.configure(params, user_scripts.injected_variables(params, hook.tracking_uri, run.info.run_id, repo))
-        super().execute(context)
+        self.publish_script()
+        try:
+            super().execute(context)
+        finally:
+            self.remove_script()
         # The pod operator's own XCom is the sidecar's; the run id is what train_script passes on.
         result = {"mlflow_run_id": run.info.run_id}
         context["ti"].xcom_push(key="return_value", value=result)
@@ -116,6 +169,4 @@ class UserScriptPodOperator(KubernetesPodOperator):
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode()

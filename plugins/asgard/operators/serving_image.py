@@ -162,9 +162,10 @@ class DockerBuildServingImageOperator(BaseOperator):
             self.log.info("serving %s: %s", built.info["flavor"], built.info["flavor_reason"])
             image_id = serving_image.build_image(
                 client,
-                built,
+                built.folder,
                 image,
-                base_image=self.base_image or settings.serving_base_image,
+                build_args=serving_image.build_arguments(built, self.base_image or settings.serving_base_image),
+                labels=built.labels,
                 progress=lambda line: self.log.info("%s", line),
             )
         self.log.info("built %s (%s)", image, image_id)

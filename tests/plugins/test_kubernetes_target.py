@@ -1,0 +1,451 @@
+"""The Kubernetes deploy target against kmock's Kubernetes API emulator, the real serving app behind it.
+
+kmock answers the Python client as an API server does (objects stored, read, patched, deleted), but
+runs no controllers and no pods. ``ServingCluster`` adds the little the target relies on, the way
+the API server, the deployment controller and kube-proxy behave: server-side apply creates what is
+missing, ``metadata.generation`` moves when a spec changes, the controller reports the rollout in
+``status`` (as each version's pods would let it: ready, crash-looping, stalled), and the Service
+proxy reaches the version whose pods are ready — a real serving app on a real exported bundle.
+Only ready versions take traffic, as readiness gates do. The EKS kubeconfig comes from moto's EKS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import aiohttp.web
+import attrs
+import kmock
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from asgard import kubernetes_target, trainers
+from asgard.serving_checks import DeployError, holdout_payload
+from asgard.serving_image import write_bundle
+from asgard_serving.app import create_app
+from conftest import emulated_cluster, sqlite_mlflow_home
+from sample_data.models import SEED_FEATURES, register_sample_model, training_frame
+
+NAMESPACE = "models"
+APP = "churn-inference"
+PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):http/proxy(/.*)$")
+DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+PODS = kmock.resource("", "v1", "pods")
+
+
+def image(version: str) -> str:
+    return f"registry.test/asgard/models@sha256:{version * 64}"
+
+
+@attrs.define(kw_only=True)
+class ServingCluster(kmock.KubernetesEmulator):
+    """kmock's emulator plus what a cluster does on its own for a Deployment and its Service."""
+
+    # version -> "ready" | "crash" | "stall" | "deadline": how that version's pods behave.
+    behaviour: dict[str, str] = attrs.field(factory=dict)
+    # version -> its pods: a function (method, path, body) -> (status, body bytes).
+    pods: dict[str, object] = attrs.field(factory=dict)
+    serving: str | None = None
+    served: list[str] = attrs.field(factory=list)
+
+    async def _handle(self, request):
+        proxied = PROXY.match(request.url.path)
+        if proxied:
+            return await self._proxy(request, proxied.group(3))
+        key = spec_before = None
+        if request.resource is not None and request.action == kmock.action.UPDATE and request.name:
+            key = (request.resource, request.namespace, request.name)
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            async with self._lock:
+                if "apply-patch" in headers.get("content-type", "") and (
+                    key not in self.objects or self.objects[key].deleted
+                ):
+                    # Server-side apply creates the object it does not find.
+                    created = {k: request.data[k] for k in ("apiVersion", "kind")}
+                    created["metadata"] = {"name": request.name, "namespace": request.namespace, "generation": 0}
+                    if key in self.objects:
+                        self.objects[key].create(created)
+                    else:
+                        self.objects[key] = created
+                spec_before = json.dumps(self.objects[key].raw.get("spec"), sort_keys=True)
+        response = await super()._handle(request)
+        if key is not None and request.resource == DEPLOYMENTS:
+            async with self._lock:
+                self._control(key, spec_before)
+        return response
+
+    def _control(self, key, spec_before: str) -> None:
+        deployment = self.objects[key]
+        spec, generation = deployment.raw["spec"], deployment.raw["metadata"].get("generation", 0)
+        if json.dumps(spec, sort_keys=True) != spec_before:
+            generation += 1
+        version = spec["template"]["metadata"]["annotations"]["asgard.io/model-version"]
+        desired, behaviour = spec["replicas"], self.behaviour.get(version, "ready")
+        status = {"observedGeneration": generation, "conditions": []}
+        if behaviour == "ready":
+            status |= {"replicas": desired, "updatedReplicas": desired, "availableReplicas": desired}
+            self.serving = version
+        else:  # one surge pod of the new version that never becomes ready; the old pods keep serving
+            status |= {"replicas": desired + 1, "updatedReplicas": 1, "availableReplicas": desired}
+        if behaviour == "deadline":
+            status["conditions"] = [
+                {
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": f'ReplicaSet "{APP}-v{version}" has timed out progressing.',
+                }
+            ]
+        deployment.patch({"metadata": {"generation": generation}, "status": status})
+        # The pod the controller started for this version, as the kubelet reports it.
+        waiting = {
+            "ready": None,
+            "crash": {"reason": "CrashLoopBackOff", "message": "back-off 40s"},
+            "stall": {"reason": "ContainerCreating"},
+            "deadline": {"reason": "ContainerCreating"},
+        }[behaviour]
+        pod_key = (PODS, key[1], f"{APP}-v{version}-x1")
+        if pod_key in self.objects:
+            return
+        self.objects[pod_key] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{APP}-v{version}-x1",
+                "namespace": key[1],
+                "labels": spec["template"]["metadata"]["labels"],
+                "annotations": spec["template"]["metadata"]["annotations"],
+            },
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "model-server",
+                        "ready": waiting is None,
+                        "restartCount": 4 if behaviour == "crash" else 0,
+                        "image": spec["template"]["spec"]["containers"][0]["image"],
+                        "imageID": "",
+                        "state": {"waiting": waiting} if waiting else {"running": {}},
+                    }
+                ]
+            },
+        }
+
+    async def _proxy(self, request, path: str):
+        if self.serving is None:
+            return aiohttp.web.json_response({"message": "no endpoints available"}, status=503)
+        self.served.append(self.serving)
+        body = json.loads(request.body) if request.body else None
+        status, content = await asyncio.to_thread(self.pods[self.serving], request.method.value, path, body)
+        return aiohttp.web.Response(status=status, body=content, content_type="application/json")
+
+    def current(self, plural: str) -> dict | None:
+        group = "" if plural in ("services", "pods") else {"deployments": "apps"}.get(plural)
+        for (resource, _namespace, name), stored in self.objects.items():
+            if resource.plural == plural and (group is None or resource.group == group) and name == APP:
+                return None if stored.deleted else stored.raw
+        return None
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    features, target = training_frame(customers=1500)
+    spec = trainers.ModelSpec.from_request(
+        {"framework": "sklearn", "model_type": "classification", "hyperparameters": {"params": {"n_estimators": 10}}}
+    )
+    return spec.fit(features[:1200], target[:1200]), features[1200:]
+
+
+@pytest.fixture(scope="module")
+def serving_apps(fitted, tmp_path_factory):
+    """Real serving apps for v1 and v2; v4 starts and is healthy but fails every prediction."""
+    model, holdout = fitted
+    columns = [{"name": name, "type": "double", "required": True} for name in SEED_FEATURES]
+    apps, stack = {}, contextlib.ExitStack()
+    for version in ("1", "2"):
+        folder = tmp_path_factory.mktemp(f"bundle-v{version}")
+        identity = {"model_name": "churn", "version": version, "run_id": f"run{version}", "source": "models:/m"}
+        write_bundle(folder, model, columns, "classification", holdout, identity=identity, labels={})
+        apps[version] = stack.enter_context(TestClient(create_app(str(folder))))
+    broken = FastAPI()
+    broken.get("/health")(lambda: {"status": "ok", "model_loaded": True})
+    broken.get("/metadata")(lambda: {"model_name": "churn", "model_version": "4"})
+    broken.post("/predict")(lambda: JSONResponse({"detail": "model raised ValueError"}, status_code=500))
+    apps["4"] = stack.enter_context(TestClient(broken))
+    with stack:
+        yield {
+            version: (lambda method, path, body, client=client: _answer(client.request(method, path, json=body)))
+            for version, client in apps.items()
+        }
+
+
+def _answer(response) -> tuple[int, bytes]:
+    return response.status_code, response.content
+
+
+@pytest.fixture
+def cluster(serving_apps, monkeypatch):
+    """The emulator, and the Airflow connection that reaches it."""
+    with emulated_cluster(ServingCluster(pods=dict(serving_apps))) as (emulator, kubeconfig):
+        connection = {"conn_type": "kubernetes", "extra": {"kube_config": kubeconfig}}
+        monkeypatch.setenv("AIRFLOW_CONN_ASGARD_TEST_CLUSTER", json.dumps(connection))
+        yield emulator
+
+
+@pytest.fixture
+def payload(fitted):
+    return holdout_payload(fitted[1][SEED_FEATURES], rows=15)
+
+
+def deploy(version: str, payload, **options):
+    with kubernetes_target.cluster_hook(
+        kubernetes_conn_id="asgard_test_cluster", eks_cluster_name=None, aws_conn_id="aws_default", namespace=NAMESPACE
+    ) as hook:
+        return kubernetes_target.deploy(
+            hook,
+            model_name="churn",
+            version=version,
+            run_id=f"run{version}",
+            image=image(version),
+            payload=payload,
+            namespace=NAMESPACE,
+            poll_seconds=0.05,
+            **options,
+        )
+
+
+def lineage(emulator: ServingCluster) -> dict[str, str]:
+    """The model version each object of the workload names."""
+    return {
+        plural: (emulator.current(plural) or {}).get("metadata", {}).get("labels", {}).get("asgard.io/model-version")
+        for plural in ("deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets")
+    }
+
+
+def template_image(emulator: ServingCluster) -> str:
+    return emulator.current("deployments")["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_first_deploy_server_side_applies_every_object_and_proves_the_version_serves(cluster, payload):
+    outcome = deploy("1", payload)
+
+    assert outcome["changed"] and outcome["previous"] is None
+    assert outcome["endpoint"] == f"http://{APP}.{NAMESPACE}.svc.cluster.local"
+    assert lineage(cluster) == dict.fromkeys(lineage(cluster), "1")
+    assert template_image(cluster) == image("1")
+    applies = [request for request in cluster if request.method == "PATCH"]
+    assert len(applies) == 4
+    for request in applies:
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        assert headers["content-type"] == "application/apply-patch+yaml"
+        assert (request.params["fieldManager"], request.params["force"]) == (
+            "asgard",
+            "True",
+        )  # the client sends Python bools; ParseBool reads them
+        assert headers["authorization"] == "Bearer deployer-token"
+    # Verification went through the Service: health, metadata, then a prediction per holdout row.
+    assert cluster.served == ["1"] * 3
+
+
+def test_reapplying_the_serving_version_changes_nothing(cluster, payload):
+    deploy("1", payload)
+    generation = cluster.current("deployments")["metadata"]["generation"]
+
+    outcome = deploy("1", payload)
+
+    assert not outcome["changed"] and outcome["previous"] == {"version": "1", "image": image("1")}
+    assert cluster.current("deployments")["metadata"]["generation"] == generation == 1
+
+
+def test_a_new_version_rolls_out_and_serves(cluster, payload):
+    deploy("1", payload)
+    outcome = deploy("2", payload)
+
+    assert outcome["changed"] and outcome["previous"]["version"] == "1"
+    assert cluster.current("deployments")["metadata"]["generation"] == 2
+    assert template_image(cluster) == image("2") and set(lineage(cluster).values()) == {"2"}
+    assert cluster.serving == "2"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "options", "reason"),
+    [
+        ("crash", {}, r"pod churn-inference-v3-x1 of the new version is in CrashLoopBackOff: back-off 40s"),
+        ("deadline", {}, r"exceeded its progress deadline: ReplicaSet .* has timed out progressing"),
+        ("stall", {"rollout_timeout": 0.5}, r"timed out after 0s: 1 of 2 replicas updated"),
+    ],
+)
+def test_a_version_whose_pods_never_get_ready_is_rolled_back_while_the_old_one_serves(
+    cluster, payload, behaviour, options, reason
+):
+    deploy("2", payload)
+    cluster.behaviour["3"] = behaviour
+    before = {plural: cluster.current(plural)["spec"] for plural in ("deployments", "services")}
+
+    with pytest.raises(DeployError, match=reason) as failure:
+        deploy("3", payload, **options)
+
+    assert failure.value.serving == "2"
+    assert template_image(cluster) == image("2") and set(lineage(cluster).values()) == {"2"}
+    assert {plural: cluster.current(plural)["spec"] for plural in ("deployments", "services")} == before
+    assert set(cluster.served) == {"2"}  # v3 never answered a request
+
+
+def test_a_version_that_fails_verification_is_rolled_back(cluster, payload):
+    deploy("2", payload)
+
+    with pytest.raises(DeployError, match=r"service models/churn-inference/predict answered 500: .*ValueError"):
+        deploy("4", payload)
+
+    assert template_image(cluster) == image("2") and set(lineage(cluster).values()) == {"2"}
+    assert cluster.serving == "2"
+    assert not deploy("2", payload)["changed"]  # the rolled-back version verifies as it is
+    assert cluster.served[-3:] == ["2", "2", "2"]
+
+
+def test_a_failed_first_deploy_leaves_no_workload_behind(cluster, payload):
+    cluster.behaviour["3"] = "crash"
+
+    with pytest.raises(DeployError, match="CrashLoopBackOff") as failure:
+        deploy("3", payload)
+
+    assert failure.value.serving is None
+    assert set(lineage(cluster).values()) == {None}
+
+
+def test_an_image_by_tag_is_refused_before_anything_is_applied(cluster, payload):
+    with (
+        kubernetes_target.cluster_hook(
+            kubernetes_conn_id="asgard_test_cluster", eks_cluster_name=None, aws_conn_id="x", namespace=NAMESPACE
+        ) as hook,
+        pytest.raises(Exception, match="not pinned by digest"),
+    ):
+        kubernetes_target.deploy(
+            hook, model_name="churn", version="1", run_id="r", image="repo:latest", payload=None, namespace=NAMESPACE
+        )
+    assert not [request for request in cluster if request.method == "PATCH"]
+
+
+def test_eks_kubeconfig_comes_from_the_eks_hook_against_moto(moto_server, monkeypatch):
+    """EksHook writes the kubeconfig (endpoint, CA, token command); the client signs in with an EKS token."""
+    from airflow.providers.amazon.aws.hooks.eks import EksHook
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIDEPLOY",
+                "password": "deploy-secret",
+                "extra": {"endpoint_url": moto_server, "region_name": "eu-west-1"},
+            }
+        ),
+    )
+    # The kubeconfig's token command runs this interpreter's Airflow (python3.11 on PATH).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    eks = EksHook(aws_conn_id="aws_default")
+    eks.conn.create_cluster(
+        name="serving",
+        roleArn="arn:aws:iam::123456789012:role/eks",
+        resourcesVpcConfig={"subnetIds": ["subnet-1"]},
+    )
+    endpoint = eks.conn.describe_cluster(name="serving")["cluster"]["endpoint"]
+
+    with kubernetes_target.cluster_hook(
+        kubernetes_conn_id="unused", eks_cluster_name="serving", aws_conn_id="aws_default", namespace=NAMESPACE
+    ) as hook:
+        config_file = Path(hook.config_file)
+        kubeconfig = config_file.read_text()
+        api_client = hook.get_conn()
+    assert not config_file.exists()  # removed with the short-lived credentials
+    assert endpoint in kubeconfig and "deploy-secret" not in kubeconfig
+    assert api_client.configuration.host == endpoint.rstrip("/")
+    token = api_client.configuration.api_key["BearerToken"]
+    assert token.startswith("Bearer k8s-aws-v1.")
+    # The token is STS GetCallerIdentity presigned with the connection's key (never the secret itself).
+    signed = base64.urlsafe_b64decode(token.removeprefix("Bearer k8s-aws-v1.") + "==").decode()
+    assert "Action=GetCallerIdentity" in signed and "X-Amz-Credential=AKIDEPLOY" in signed
+    assert "deploy-secret" not in signed
+
+
+@pytest.mark.skipif(
+    not os.environ.get("ASGARD_TEST_KUBECONFIG"),
+    reason="a real cluster is used only when ASGARD_TEST_KUBECONFIG (and ASGARD_TEST_SERVING_IMAGE) are given",
+)
+def test_deploy_to_a_real_cluster(monkeypatch):
+    """A real API server: a serving image by digest (ASGARD_TEST_SERVING_IMAGE, of ASGARD_TEST_SERVING_VERSION)."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    hook = KubernetesHook(conn_id=None, kubernetes_conn_id=None, config_file=os.environ["ASGARD_TEST_KUBECONFIG"])
+    version = os.environ.get("ASGARD_TEST_SERVING_VERSION", "1")
+    outcome = kubernetes_target.deploy(
+        hook,
+        model_name=os.environ.get("ASGARD_TEST_SERVING_MODEL", "churn_predictor"),
+        version=version,
+        run_id="real-cluster-test",
+        image=os.environ["ASGARD_TEST_SERVING_IMAGE"],
+        payload=None,
+        namespace=os.environ.get("ASGARD_TEST_NAMESPACE", "asgard-test"),
+        replicas=1,
+    )
+    assert outcome["version"] == version
+
+
+def test_deploy_model_on_kubernetes_records_the_outcome_and_moves_the_alias_back(cluster, tmp_path, monkeypatch):
+    """deploy_model's last step with target kubernetes, on a real MLflow registry (SQLite)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from asgard.deployment import deploy_to_target
+    from asgard.hooks.mlflow import MlflowHook
+
+    monkeypatch.setenv("ASGARD_KUBERNETES_CONN_ID", "asgard_test_cluster")
+    monkeypatch.setenv("ASGARD_SERVING_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("ASGARD_PREDICTION_LOG_URI", "s3://serving-logs/prod")
+    with sqlite_mlflow_home(tmp_path) as tracking_uri:
+        versions = [register_sample_model(tracking_uri, "churn", customers=600) for _ in range(3)]
+        assert versions == ["1", "2", "3"]
+        client = MlflowHook().client
+        request = {"alias": "champion", "target": "kubernetes", "replicas": 2, "version": None, "namespace": None}
+
+        def promote_and_deploy(version: str) -> dict:
+            client.set_registered_model_alias("churn", "champion", version)
+            run_id = client.get_model_version("churn", version).run_id
+            build = {"model_name": "churn", "version": version, "run_id": run_id}
+            push = {"digest": image(version).split("@")[1], "reference": image(version)}
+            return deploy_to_target(request, build, push)
+
+        assert promote_and_deploy("1")["previous_version"] is None
+        outcome = promote_and_deploy("2")
+        cluster.behaviour["3"] = "crash"
+        with pytest.raises(AirflowFailException) as failure:
+            promote_and_deploy("3")
+
+        assert outcome == {
+            "model_name": "churn",
+            "version": "2",
+            "target": "kubernetes",
+            "endpoint": f"http://{APP}.{NAMESPACE}.svc.cluster.local",
+            "digest": image("2").split("@")[1],
+            "changed": True,
+            "previous_version": "1",
+        }
+        assert str(failure.value).startswith(
+            "churn v3 failed verification on kubernetes and was rolled back (v2 keeps serving): pod churn-inference-v3"
+        )
+        assert str(client.get_model_version_by_alias("churn", "champion").version) == "2"
+        tags = {version: client.get_model_version("churn", version).tags for version in versions}
+        assert tags["2"]["deploy.status"] == "serving" and tags["2"]["deploy.target"] == "kubernetes"
+        assert tags["2"]["deploy.endpoint"] == outcome["endpoint"]
+        assert tags["3"]["deploy.status"] == "rolled_back" and "CrashLoopBackOff" in tags["3"]["deploy.reason"]
+        assert template_image(cluster) == image("2")
+        # The pods ship their predictions where monitor_model reads them.
+        container = cluster.current("deployments")["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "ASGARD_PREDICTION_LOG", "value": "s3://serving-logs/prod/churn"} in container["env"]
