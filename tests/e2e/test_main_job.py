@@ -29,6 +29,9 @@ def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.Comple
     )
 
 
+# Two full pipeline runs and a stop: each command has its own timeout (1200 + 900 + 120 s), so the
+# suite-wide 900 s limit would cut the test off while it is still within them.
+@pytest.mark.timeout(2400)
 def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
