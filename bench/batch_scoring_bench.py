@@ -69,7 +69,9 @@ def run_scorer(args) -> dict:
     import mlflow.sklearn  # noqa: F401  imported before the clock starts, as the other paths do
     import sklearn.ensemble  # noqa: F401
 
-    from asgard import batch_scoring
+    from asgard.scoring.batch import score_partition
+    from asgard.scoring.plan import plan_job
+    from asgard.scoring.publish import publish
 
     params = {
         "model_name": MODEL,
@@ -80,11 +82,11 @@ def run_scorer(args) -> dict:
         "partition_rows": 10**12,  # one partition: one worker's throughput
         "chunk_rows": args.chunk_rows,
     }
-    planned = batch_scoring.plan_job(params, dag_id="bench", run_id=args.output, as_of=_now())
+    planned = plan_job(params, dag_id="bench", run_id=args.output, as_of=_now())
     started = time.perf_counter()
-    parts = [batch_scoring.score_partition(planned["job"], part) for part in planned["partitions"]]
-    published = batch_scoring.publish(planned["job"], parts)
-    return {"seconds": time.perf_counter() - started, "rows": published["rows"]}
+    parts = [score_partition(planned.job, part) for part in planned.partitions]
+    published = publish(planned.job, parts)
+    return {"seconds": time.perf_counter() - started, "rows": published.rows}
 
 
 def run_naive(args) -> dict:
@@ -108,13 +110,13 @@ def run_limit(args) -> dict:
     import mlflow
     import pandas as pd
 
-    from asgard import trainers
+    from asgard.registry.versions import prepare_features
     from sample_data.models import SEED_FEATURES
 
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
     mlflow.set_tracking_uri(args.tracking_uri)
     model = mlflow.sklearn.load_model(f"models:/{MODEL}/{args.version}")
-    features = trainers.prepare_features(pd.read_parquet(args.input, columns=SEED_FEATURES))
+    features = prepare_features(pd.read_parquet(args.input, columns=SEED_FEATURES))
     started = time.perf_counter()
     model.predict(features)
     return {"seconds": time.perf_counter() - started, "rows": len(features)}

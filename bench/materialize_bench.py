@@ -32,17 +32,18 @@ VIEW = "customer_features"
 
 def child(mode: str, online_path: str) -> None:
     """Materialize the whole history with one path; print rows/s and peak RSS as JSON."""
-    from asgard import features
+    from asgard.features import materialization
+    from asgard.features import store as feature_store
     from sample_data.gold_layer import GoldSpec
 
-    store = features.open_store(online_store={"type": "sqlite", "path": online_path})
+    store = feature_store.open_store(online_store={"type": "sqlite", "path": online_path})
     spec = GoldSpec(**json.loads(os.environ["BENCH_SPEC"]))
     start, end = spec.start_time, spec.end_time + timedelta(seconds=1)
-    features.ensure_online_table(store, store.get_feature_view(VIEW))
+    materialization.ensure_online_table(store, store.get_feature_view(VIEW))
     started = time.perf_counter()
     if mode == "dag":
-        window = features.Window(VIEW, start, end)
-        features.materialize_window(store, window, progress=lambda _: None)
+        window = materialization.Window(VIEW, start, end)
+        materialization.materialize_window(store, window, progress=lambda _: None)
     else:
         store.materialize(start_date=start, end_date=end, feature_views=[VIEW])
     seconds = time.perf_counter() - started
@@ -74,10 +75,10 @@ def run_child(mode: str, home: Path, spec: dict, online_path: Path) -> dict:
 def online_values(path: Path, home: Path, spec: dict) -> dict:
     """Every entity's online feature values from one store (to check both paths agree)."""
     os.environ.update({"ASGARD_HOME": str(home), "ASGARD_PROFILE": "embedded"})
-    from asgard import features
-    from asgard.settings import Settings
+    from asgard.core.settings import Settings
+    from asgard.features import store as feature_store
 
-    store = features.open_store(Settings.from_env(), online_store={"type": "sqlite", "path": str(path)})
+    store = feature_store.open_store(Settings.from_env(), online_store={"type": "sqlite", "path": str(path)})
     view = store.get_feature_view(VIEW)
     rows = [{"customer_id": i} for i in range(1, spec["customers"] + 1)]
     refs = [f"{VIEW}:{feature.name}" for feature in view.features]
@@ -88,10 +89,10 @@ def prepare(home: Path, spec: dict) -> None:
     env = {**os.environ, "ASGARD_HOME": str(home), "ASGARD_PROFILE": "embedded"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")])
     code = (
-        "from asgard import features; from asgard.settings import Settings;"
+        "from asgard.features import store as feature_store; from asgard.core.settings import Settings;"
         "from sample_data.gold_layer import GoldSpec, write_gold_layer;"
         f"write_gold_layer(GoldSpec(**{spec!r}), log=lambda _: None);"
-        "features.apply_repo(Settings.from_env())"
+        "feature_store.apply_repo(Settings.from_env())"
     )
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
 

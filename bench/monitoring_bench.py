@@ -62,7 +62,7 @@ def make_frame(rows: int, seed: int, *, shifted: bool = False):
 
 
 def asgard_suite(current, references) -> dict[str, dict[str, float]]:
-    from asgard import drift
+    from asgard.monitoring import drift
 
     results = {}
     for name, ref in references.items():
@@ -78,7 +78,7 @@ def naive_psi(expected, actual) -> float:
     """PSI written out from its definition (scipy has none), with the same floor for empty bins."""
     import numpy as np
 
-    from asgard import drift
+    from asgard.monitoring import drift
 
     e, a = np.maximum(expected, drift.PSI_FLOOR), np.maximum(actual, drift.PSI_FLOOR)
     return float(np.sum((a - e) * np.log(a / e)))
@@ -89,7 +89,7 @@ def scipy_suite(current, references) -> dict[str, dict[str, float]]:
     from scipy import stats
     from scipy.spatial.distance import jensenshannon
 
-    from asgard import drift
+    from asgard.monitoring import drift
 
     results = {}
     for name, ref in references.items():
@@ -125,8 +125,8 @@ def scipy_suite(current, references) -> dict[str, dict[str, float]]:
 
 def references_from_training(reference) -> dict:
     """What training logs (profile + 50k sample), turned into the monitoring references."""
-    from asgard import training_data
-    from asgard.monitoring import feature_references
+    from asgard.monitoring.reference import feature_references
+    from asgard.training import data as training_data
 
     profile = training_data.reference_profile(reference, reference.iloc[:, 0])
     return feature_references(profile, reference.sample(min(len(reference), 50_000), random_state=0))

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,13 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
 
+from common import embedded_services, free_port  # noqa: E402
+
 MODELS = {"random_forest": "sklearn", "lightgbm": "lightgbm"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_healthy(url: str, timeout: float = 120.0) -> float:
@@ -162,31 +157,26 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--customers", type=int, default=20_000, help="training rows of the sample models")
     parser.add_argument("--starts", type=int, default=5, help="container starts timed for start -> healthy")
+    parser.add_argument(
+        "--reuse-services", action="store_true", help="the running stack ASGARD_* describes (else a fresh one)"
+    )
     args = parser.parse_args()
-    # A terminated benchmark still stops the services it started (the finally below).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import docker
     import httpx
 
-    from asgard import serving_image
-    from asgard.embedded.services import ServiceManager
-    from asgard.settings import Settings
+    from asgard.hooks.docker import build_image
+    from asgard.registry.versions import resolve_model_version
+    from asgard.serving import image as serving_image
     from sample_data.models import register_sample_model
 
-    home = Path(tempfile.mkdtemp(prefix="asgard-serving-bench-"))
-    settings = Settings(
-        home=home, profile="embedded", airflow_port=free_port(), mlflow_port=free_port(), registry_port=free_port()
-    )
-    os.environ["ASGARD_HOME"] = str(home)
-    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
-        {"conn_type": "http", "host": settings.bind_host, "port": settings.mlflow_port}
-    )
-    manager = ServiceManager(settings)
     bodies = {rows: invocations_body(rows) for rows in (1, 100)}
     failures = []
-    try:
-        manager.start(["mlflow", "docker"], log=lambda line: print(f"  {line}", flush=True))
+    services = embedded_services(
+        ["mlflow", "docker"], reuse=args.reuse_services, prefix="asgard-serving-bench-", quiet=False
+    )
+    with services as (settings, _), tempfile.TemporaryDirectory(prefix="asgard-serving-bench-") as scratch:
+        home = Path(scratch)
         client = docker.APIClient(base_url=settings.docker_url, version="auto")
         from asgard.hooks.mlflow import MlflowHook
 
@@ -194,11 +184,11 @@ def main() -> int:
         for label, framework in MODELS.items():
             name = f"bench_{label}"
             version = register_sample_model(settings.mlflow_url, name, framework=framework, customers=args.customers)
-            ref = serving_image.resolve_model_version(hook, name, version)
+            ref = resolve_model_version(hook, name, version)
             started = time.perf_counter()
             context = serving_image.render_context(hook, ref, home / "contexts" / name)
-            image = f"asgard-bench/{name}:{ref.tag}"
-            serving_image.build_image(
+            image = f"asgard-bench/{name}:{serving_image.image_tag(ref.name, ref.version)}"
+            build_image(
                 client,
                 context.folder,
                 image,
@@ -251,8 +241,6 @@ def main() -> int:
                 f"(min {min(healthy):.2f}s, max {max(healthy):.2f}s, {args.starts} starts); image {size_mb:.0f} MB",
                 flush=True,
             )
-    finally:
-        manager.stop(log=lambda _: None)
     if failures:
         print("FAILED: " + "; ".join(failures))
         return 1

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,12 +35,16 @@ def bare(mlflow_url: str) -> None:
     import mlflow
     from sklearn.ensemble import RandomForestClassifier  # noqa: F401  (imported before the clock starts)
 
-    from asgard import features, gold, trainers, training_data
+    from asgard.features import gold
+    from asgard.features import store as feature_store
+    from asgard.registry.versions import prepare_features
+    from asgard.training import data as training_data
+    from asgard.training import trainers
 
     mlflow.set_tracking_uri(mlflow_url)
     mlflow.set_experiment("bench-bare")
     started = time.perf_counter()
-    store = features.open_store()
+    store = feature_store.open_store()
     labels = gold.load_table("customer_labels").scan().to_pandas()
     refs = [f"customer_features:{f.name}" for f in store.get_feature_view("customer_features").features]
     frame = store.get_historical_features(entity_df=labels, features=refs).to_df()
@@ -50,7 +52,7 @@ def bare(mlflow_url: str) -> None:
     spec = trainers.ModelSpec("sklearn", "classification", "random_forest", PARAMS)
     # The same 80/20 split as the DAG: both fit the same rows.
     train, _ = training_data.split(frame, "churned", "classification", test_size=0.2, seed=42)
-    model = spec.fit(trainers.prepare_features(train[names]), train["churned"])
+    model = spec.fit(prepare_features(train[names]), train["churned"])
     with mlflow.start_run():
         mlflow.sklearn.log_model(
             model,
@@ -73,50 +75,32 @@ def timed_run(api, request: dict) -> tuple[float, list[tuple[str, float]]]:
     return seconds, [(ti.task_id, ti.duration) for ti in sorted(tasks, key=lambda ti: ti.start_date)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=200_000, help="labelled rows in the training set")
     parser.add_argument("--days", type=int, default=3)
-    parser.add_argument("--home", help="an ASGARD_HOME whose running services to reuse (else a fresh one)")
+    parser.add_argument(
+        "--reuse-services", action="store_true", help="the running stack ASGARD_* describes (else a fresh one)"
+    )
     parser.add_argument("--bare", metavar="MLFLOW_URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare:
         bare(args.bare)
         return 0
 
-    from asgard import features, gold
-    from asgard.airflow_api import AirflowApi
-    from asgard.embedded.services import ServiceManager
-    from asgard.settings import Settings
+    from asgard.features import gold
+    from asgard.features import store as feature_store
+    from asgard.hooks.airflow_api import AirflowApi
+    from common import embedded_services
     from sample_data.gold_layer import GoldSpec, write_gold_layer
 
-    scratch = None if args.home else tempfile.TemporaryDirectory(prefix="asgard-train-bench-")
-    home = Path(args.home or scratch.name)
-    if args.home:
-        settings = Settings.from_env()
-        settings = Settings(
-            home=home, profile="embedded", airflow_port=settings.airflow_port, mlflow_port=settings.mlflow_port
-        )
-    else:
-        settings = Settings(home=home, profile="embedded", airflow_port=free_port(), mlflow_port=free_port())
-    os.environ["ASGARD_HOME"] = str(home)
-    manager = ServiceManager(settings, base_env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")})
-    already_running = all(status.healthy for status in manager.status())
-    try:
-        if not already_running:
-            manager.start(log=lambda _: None)
+    with embedded_services(None, reuse=args.reuse_services, prefix="asgard-train-bench-") as (settings, manager):
         write_gold_layer(
             GoldSpec(customers=args.customers, days=args.days, seed=3),
             gold.GoldLocation.for_settings(settings),
             log=lambda _: None,
         )
-        features.apply_repo(settings)
+        feature_store.apply_repo(settings)
         api = AirflowApi.login(settings.airflow_url, *manager.admin_credentials())
         # A fresh API server answers its very first task ~3.5 s slower (measured in the task log, before
         # any of our code runs); the main job runs check_platform first too. Warm it up the same way,
@@ -151,11 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         # Twice: the first run after the services start, then a second one, which also scores the
         # first one's model as the champion on its holdout (the steady state of a retraining loop).
         runs = [timed_run(api, request) for _ in range(2)]
-    finally:
-        if not already_running:
-            manager.stop(log=lambda _: None)
-        if scratch is not None:
-            scratch.cleanup()
 
     rows = baseline["rows"]
     print(f"training set: {rows} labelled rows x {baseline['columns']} features")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.platform_checks import CHECK_NAMES
+from asgard.api.platform_checks import CHECK_NAMES
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 
 
 @dag(
@@ -40,7 +40,7 @@ def check_platform():
 
     @task(map_index_template="{{ name }}")
     def run_check(name: str, dag_run=None) -> dict:
-        from asgard.platform_checks import run_check
+        from asgard.api.platform_checks import run_check
 
         return run_check(name, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 

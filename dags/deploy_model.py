@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.model_registry import CHAMPION_MODELS_ALIAS
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, RESOURCES, VERSION
 from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator
-from asgard.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION
+from asgard.registry.models import CHAMPION_MODELS_ALIAS
 
 
 @dag(
@@ -42,15 +42,15 @@ from asgard.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION
         "target": Param("docker", type="string", enum=["docker", "kubernetes"]),
         "replicas": Param(2, type="integer", minimum=1, maximum=50),
         "namespace": Param(None, type=["null", "string"], pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
-        "resources": Param(None, type=["null", "object"]),
+        "resources": Param(None, **RESOURCES),
     },
 )
 def deploy_model():
     @task
     def resolve_request(params: dict, triggering_asset_events=None) -> dict:
-        from asgard.deployment import deployment_request
+        from asgard.deploy.rollout import deployment_request
 
-        return deployment_request(params, triggering_asset_events)
+        return deployment_request(params, triggering_asset_events).to_dict()
 
     request = resolve_request()
     build = DockerBuildServingImageOperator(
@@ -65,10 +65,16 @@ def deploy_model():
     )
 
     @task
-    def deploy_image(request: dict, build: dict, push: dict) -> dict:
-        from asgard.deployment import deploy_to_target
+    def deploy_image(request: dict, build: dict, push: dict, dag_run=None) -> dict:
+        from asgard.deploy.rollout import DeployRequest, deploy_to_target
+        from asgard.serving.image import BuiltImage, PushedImage
 
-        return deploy_to_target(request, build, push)
+        return deploy_to_target(
+            DeployRequest.from_dict(request),
+            BuiltImage.from_dict(build),
+            PushedImage.from_dict(push),
+            holder=f"{dag_run.dag_id}/{dag_run.run_id}",
+        )
 
     request >> build >> push
     deploy_image(request, build.output, push.output)

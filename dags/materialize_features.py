@@ -16,9 +16,9 @@ from datetime import datetime
 
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.features import FEATURE_VIEWS_ALIAS
-from asgard.param_schemas import TIMESTAMP
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import TIMESTAMP
+from asgard.features.store import FEATURE_VIEWS_ALIAS
 
 
 @dag(
@@ -39,15 +39,13 @@ from asgard.param_schemas import TIMESTAMP
 def materialize_features():
     @task
     def plan_windows(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> list[dict]:
-        from asgard.errors import fail_without_retry
-        from asgard.materialization import plan_run
+        from asgard.features.materialization import plan_run
 
-        with fail_without_retry():
-            return plan_run(params, data_interval_start, data_interval_end, dag_run.run_after)
+        return plan_run(params, data_interval_start, data_interval_end, dag_run.run_after)
 
     @task(outlets=[AssetAlias(FEATURE_VIEWS_ALIAS)], map_index_template="{{ window['feature_view'] }}")
     def materialize(window: dict, outlet_events=None) -> dict:
-        from asgard.materialization import materialize_and_announce
+        from asgard.features.materialization import materialize_and_announce
 
         return materialize_and_announce(window, outlet_events[AssetAlias(FEATURE_VIEWS_ALIAS)])
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetAlias, Param, dag, task
 
-from asgard.batch_scoring import BATCH_PREDICTIONS_ALIAS
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.monitoring import Thresholds
-from asgard.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION
-from asgard.retraining import RETRAINING_REQUESTS
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION
+from asgard.monitoring.thresholds import Thresholds
+from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS
+from asgard.training.retraining import RETRAINING_REQUESTS
 
 DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
 
@@ -61,33 +61,27 @@ DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
 def monitor_model():
     @task
     def targets(params=None) -> list[dict]:
-        from asgard.errors import fail_without_retry
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.monitoring import deployed_models
+        from asgard.monitoring.run import deployed_models
 
-        with fail_without_retry():
-            if params["model_name"]:
-                return [{k: params[k] for k in ("model_name", "model_version", "alias")}]
-            return deployed_models(MlflowHook())
+        if params["model_name"]:
+            return [{k: params[k] for k in ("model_name", "model_version", "alias")}]
+        return deployed_models(MlflowHook())
 
     @task(map_index_template="{{ target['model_name'] }}", inlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
     def check(target: dict, params=None, dag_run=None, data_interval_end=None, inlet_events=None) -> dict:
-        from asgard.errors import fail_without_retry
-        from asgard.monitoring import monitor_version
+        from asgard.monitoring.run import monitor_version
 
-        with fail_without_retry():
-            run_after = data_interval_end or dag_run.run_after
-            source_run = f"{dag_run.dag_id}/{dag_run.run_id}"
-            batch_events = inlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)]  # score_batch's published outputs
-            return monitor_version(
-                target, params, source_run=source_run, run_after=run_after, batch_events=batch_events
-            )
+        run_after = data_interval_end or dag_run.run_after
+        source_run = f"{dag_run.dag_id}/{dag_run.run_id}"
+        batch_events = inlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)]  # score_batch's published outputs
+        return monitor_version(target, params, source_run=source_run, run_after=run_after, batch_events=batch_events)
 
     @task
     def alert(results: list, dag_run=None) -> list[dict]:
         """Send each alert through the configured notifiers; what to retrain is what drifted persistently."""
-        from asgard.alerting import send_alerts
-        from asgard.retraining import drift_requests
+        from asgard.monitoring.alerts import send_alerts
+        from asgard.training.retraining import drift_requests
 
         send_alerts(list(results))
         return drift_requests(list(results), dag_run.run_id)

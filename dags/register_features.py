@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.features import DTYPES
-from asgard.param_schemas import IDENTIFIER
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import IDENTIFIER
+from asgard.features.store import DTYPES
 
 
 @dag(
@@ -61,19 +61,16 @@ from asgard.param_schemas import IDENTIFIER
 def register_features():
     @task
     def validate_request(params=None) -> dict:
-        from asgard.errors import fail_without_retry
-        from asgard.features import validate_request
+        from asgard.features.registration import validate_request
 
-        with fail_without_retry():
-            return validate_request(dict(params))
+        return validate_request(dict(params))
 
     @task
     def apply_feature_view(request: dict) -> dict:
-        from asgard.errors import fail_without_retry
-        from asgard.features import open_store, register_feature_view
+        from asgard.features.registration import register_feature_view
+        from asgard.features.store import open_store
 
-        with fail_without_retry():
-            return register_feature_view(request, open_store())
+        return register_feature_view(request, open_store())
 
     apply_feature_view(validate_request())
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, AssetAlias, dag, task
 
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.features import FEATURE_VIEWS_ALIAS
-from asgard.retraining import RETRAINING_REQUESTS
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.features.store import FEATURE_VIEWS_ALIAS
+from asgard.training.retraining import RETRAINING_REQUESTS
 
 
 @dag(
@@ -37,11 +37,9 @@ from asgard.retraining import RETRAINING_REQUESTS
 def retrain_model():
     @task
     def requests(triggering_asset_events=None, dag_run=None) -> list[dict]:
-        from asgard.errors import fail_without_retry
-        from asgard.retraining import requests_for
+        from asgard.training.retraining import requests_for
 
-        with fail_without_retry():
-            return requests_for(triggering_asset_events, dag_run.run_id)
+        return requests_for(triggering_asset_events, dag_run.run_id)
 
     TriggerDagRunOperator.partial(
         task_id="train",

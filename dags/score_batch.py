@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from asgard.batch_scoring import BATCH_PREDICTIONS_ALIAS, FEATURE_SOURCES, OUTPUT_PATTERN
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.param_schemas import ALIAS_PATTERN, IDENTIFIER, MODEL_NAME_PATTERN, SCALAR, TIMESTAMP, VERSION
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import ALIAS_PATTERN, IDENTIFIER, MODEL_NAME_PATTERN, SCALAR, TIMESTAMP, VERSION
+from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS, FEATURE_SOURCES, OUTPUT_PATTERN
 
 
 @dag(
@@ -74,38 +74,36 @@ def score_batch():
     @task
     def plan(params=None, dag_run=None, data_interval_end=None) -> list[dict]:
         """One entry per partition, each with the (small) job it belongs to: what the scoring tasks map over."""
-        from asgard.batch_scoring import plan_job
-        from asgard.errors import fail_without_retry
+        from asgard.scoring.plan import plan_job
 
-        with fail_without_retry():
-            # Manual runs have no data interval: their features are as of the time they were asked for.
-            as_of = data_interval_end or dag_run.run_after
-            planned = plan_job(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id, as_of=as_of)
-            return [{"job": planned["job"], "partition": partition} for partition in planned["partitions"]]
+        # Manual runs have no data interval: their features are as of the time they were asked for.
+        as_of = data_interval_end or dag_run.run_after
+        planned = plan_job(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id, as_of=as_of)
+        job = planned.job.to_dict()
+        return [{"job": job, "partition": partition.to_dict()} for partition in planned.partitions]
 
     # The UI names each mapped task after its partition rather than a bare index.
     @task(map_index_template="{{ partition_label }}")
     def score_partition(job: dict, partition: dict) -> dict:
         from airflow.sdk import get_current_context
 
-        from asgard.batch_scoring import score_partition
+        from asgard.scoring.batch import score_partition
+        from asgard.scoring.plan import BatchJob
+        from asgard.scoring.sources import Partition
 
         get_current_context()["partition_label"] = f"partition {partition['index']} ({partition['rows']} rows)"
-        return score_partition(job, partition)
+        return score_partition(BatchJob.from_dict(job), Partition.from_dict(partition)).to_dict()
 
     @task(outlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
     def publish(planned: list, parts: list, outlet_events=None) -> dict:
-        from airflow.sdk import Asset
+        from asgard.scoring.batch import ScoredPart
+        from asgard.scoring.plan import BatchJob
+        from asgard.scoring.publish import announce, publish
 
-        from asgard.batch_scoring import publish
-
-        job = planned[0]["job"]
-        published = publish(job, list(parts))
-        outlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)].add(
-            Asset(published["asset_uri"]),
-            extra={"rows": published["rows"], "model_name": job["model_name"], "model_version": job["model_version"]},
-        )
-        return published
+        job = BatchJob.from_dict(planned[0]["job"])
+        published = publish(job, [ScoredPart.from_dict(part) for part in parts])
+        announce(published, job, outlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
+        return published.to_dict()
 
     planned = plan()
     publish(planned, score_partition.expand_kwargs(planned))

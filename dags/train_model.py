@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.model_registry import CHAMPION_MODELS_ALIAS
-from asgard.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, RETRAINING_POLICY, SCALAR
-from asgard.trainers import ALGORITHMS, FRAMEWORKS, METRICS, MODEL_TYPES
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, RETRAINING_POLICY, SCALAR, promotion
+from asgard.registry.metrics import METRICS
+from asgard.registry.models import CHAMPION_MODELS_ALIAS
+from asgard.training.trainers import ALGORITHMS, FRAMEWORKS, MODEL_TYPES
 
 
 @dag(
@@ -57,15 +58,7 @@ from asgard.trainers import ALGORITHMS, FRAMEWORKS, METRICS, MODEL_TYPES
             additionalProperties=False,
         ),
         "tags": Param({}, type="object", additionalProperties={"type": "string"}),
-        "promotion": Param(
-            {},
-            type="object",
-            properties={
-                "metric": {"type": "string", "enum": sorted({m for names in METRICS.values() for m in names})},
-                "min_improvement": {"type": "number", "minimum": 0},
-            },
-            additionalProperties=False,
-        ),
+        "promotion": Param({}, **promotion([metric for names in METRICS.values() for metric in names])),
         "retraining": Param({}, **RETRAINING_POLICY),  # retrain_model: on new features of its views
         "test_size": Param(0.2, type="number", minimum=0.05, maximum=0.5),
         "random_state": Param(42, type="integer"),
@@ -74,40 +67,34 @@ from asgard.trainers import ALGORITHMS, FRAMEWORKS, METRICS, MODEL_TYPES
 def train_model():
     @task
     def validate_request(params=None) -> dict:
-        from asgard import training
-        from asgard.errors import fail_without_retry
+        from asgard.training import pipeline
 
-        with fail_without_retry():
-            return training.validate_request(params)
+        return pipeline.validate_request(params)
 
     @task
     def build_training_set(request: dict, dag_run=None) -> dict:
-        from asgard import training
-        from asgard.errors import fail_without_retry
+        from asgard.training import pipeline
 
-        with fail_without_retry():
-            return training.build_training_set(request, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        return pipeline.build_training_set(request, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task
     def fit_model(request: dict, dataset: dict) -> dict:
-        from asgard import training
-        from asgard.errors import fail_without_retry
+        from asgard.training import pipeline
 
-        with fail_without_retry():
-            return training.fit_model(request, dataset)
+        return pipeline.fit_model(request, dataset)
 
     @task
     def register_model(request: dict, dataset: dict, fitted: dict, dag_run=None) -> dict:
-        from asgard import training
+        from asgard.training import pipeline
 
-        return training.register_model(request, dataset, fitted, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        return pipeline.register_model(request, dataset, fitted, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
     def gate_model(request: dict, dataset: dict, fitted: dict, registered: dict, outlet_events=None) -> dict:
-        from asgard import training
-        from asgard.model_registry import announce_promotion
+        from asgard.registry.models import announce_promotion
+        from asgard.training import pipeline
 
-        decision = training.gate_model(request, dataset, fitted, registered)
+        decision = pipeline.gate_model(request, dataset, fitted, registered)
         announce_promotion(decision, outlet_events)
         return decision.as_dict()
 

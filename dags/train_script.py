@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from asgard.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.model_registry import CHAMPION_MODELS_ALIAS
-from asgard.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, REQUIREMENT
-from asgard.settings import get_settings
+from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, REQUIREMENT, promotion
+from asgard.core.settings import get_settings
+from asgard.registry.models import CHAMPION_MODELS_ALIAS
+
+SETTINGS = get_settings()
 
 
 @dag(
@@ -37,8 +39,11 @@ from asgard.settings import get_settings
         "experiment_name": Param(type="string", minLength=1, maxLength=256),
         "model_name": Param(type="string", pattern=MODEL_NAME_PATTERN),
         "requirements": Param([], type="array", items=REQUIREMENT, maxItems=100),
-        "timeout": Param(600, type="integer", minimum=10, maximum=86400, description="Seconds."),
-        "memory_mb": Param(4096, type="integer", minimum=256, maximum=65536),
+        # Capped by the operator (ASGARD_SCRIPT_MAX_TIMEOUT, ASGARD_SCRIPT_MAX_MEMORY_MB).
+        "timeout": Param(600, type="integer", minimum=10, maximum=SETTINGS.script_max_timeout, description="Seconds."),
+        "memory_mb": Param(
+            min(4096, SETTINGS.script_max_memory_mb), type="integer", minimum=256, maximum=SETTINGS.script_max_memory_mb
+        ),
         "env_vars": Param(
             {},
             type="object",
@@ -48,63 +53,48 @@ from asgard.settings import get_settings
         "use_feast": Param(True, type="boolean"),
         "feature_view_name": Param("customer_features", **IDENTIFIER),
         "tags": Param({}, type="object", additionalProperties={"type": "string"}),
-        "promotion": Param(
-            {},
-            type="object",
-            properties={"metric": {"type": "string"}, "min_improvement": {"type": "number", "minimum": 0}},
-            additionalProperties=False,
-        ),
+        "promotion": Param({}, **promotion(script=True)),
+        # The label the platform scores the model against on its own holdout (use_feast).
+        "target_column": Param("churned", **IDENTIFIER),
     },
 )
 def train_script():
     @task
     def check_upload(params=None, dag_run=None) -> dict:
-        from asgard import script_training
-        from asgard.errors import fail_without_retry
+        from asgard.training.scripts import pipeline
 
-        with fail_without_retry():
-            return script_training.check_upload(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        return pipeline.check_upload(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task
     def prepare_environment(upload: dict, params=None) -> dict:
-        from asgard import script_training
-        from asgard.errors import fail_without_retry
+        from asgard.training.scripts import pipeline
 
-        with fail_without_retry():
-            return script_training.prepare_environment(params)
+        return pipeline.prepare_environment(params)
 
     @task
     def run_script(upload: dict, environment: dict, params=None, dag_run=None) -> dict:
-        from asgard import script_training
-        from asgard.errors import fail_without_retry
+        from asgard.training.scripts import pipeline
 
-        with fail_without_retry():
-            return script_training.run_uploaded_script(
-                params, upload, environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id
-            )
+        return pipeline.run_uploaded_script(params, upload, environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task
     def register_model(ran: dict, params=None, dag_run=None) -> dict:
-        from asgard import script_training
-        from asgard.errors import fail_without_retry
+        from asgard.training.scripts import pipeline
 
-        with fail_without_retry():
-            return script_training.register_script_model(params, ran, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        return pipeline.register_script_model(params, ran, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
     def gate_model(ran: dict, registered: dict, params=None, outlet_events=None) -> dict:
-        from asgard import script_training
-        from asgard.errors import fail_without_retry
-        from asgard.model_registry import announce_promotion
+        from asgard.registry.models import announce_promotion
+        from asgard.training.scripts import pipeline
 
-        with fail_without_retry():
-            decision = script_training.gate_script_model(params, ran, registered)
+        decision = pipeline.gate_script_model(params, ran, registered)
         announce_promotion(decision, outlet_events)
         return decision.as_dict()
 
     upload = check_upload()  # nothing expensive happens before the upload is known to be sound
     environment = prepare_environment(upload)
-    if get_settings().script_runner == "kubernetes":  # production: the same step as a locked-down pod
+    if SETTINGS.script_runner == "kubernetes":  # production: the same step as a locked-down pod
         from asgard.operators.script_pod import UserScriptPodOperator
 
         pod = UserScriptPodOperator(task_id="run_script", image="{{ ti.xcom_pull('prepare_environment')['image'] }}")

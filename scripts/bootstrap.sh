@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the platform and its tests need on a fresh Debian machine, idempotently:
-# system packages, then the project's virtualenv from the pinned requirements.
+# system packages, the serving images' base (debootstrap, in the background), and the project's
+# virtualenv from the pinned requirements, installed by uv (pip only bootstraps uv itself).
 # A second run with unchanged requirements does nothing and takes a second.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,8 +13,10 @@ die() { printf 'asgard setup: %s\n' "$*" >&2; exit 1; }
 # System packages the project uses (Debian names).
 # docker-compose (v1) validates docker-compose.yaml without an engine in the tests; the Docker
 # engine, a registry (distribution) and htpasswd build, hold and guard the serving images;
-# debootstrap makes their base where no public image can be pulled; wrk drives the benchmarks.
-APT_PACKAGES=(git docker-compose docker.io containerd runc iptables debootstrap docker-registry apache2-utils wrk)
+# debootstrap makes their base where no public image can be pulled; wrk drives the benchmarks;
+# bubblewrap and the system's python3 run uploaded scripts in sandboxes (asgard.core.sandbox).
+APT_PACKAGES=(git docker-compose docker.io containerd runc iptables debootstrap docker-registry apache2-utils wrk
+  bubblewrap python3)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -41,26 +44,46 @@ if [ -z "$python" ]; then
   python="$(command -v python3)"
 fi
 
-# The serving images' base, built once per checkout (the Docker service imports it).
-bash scripts/base_image.sh .cache/python-base-bookworm.tar || die "could not build the serving base image"
+# The serving images' base, built once per checkout (the Docker service imports it): debootstrap
+# works on the network and the disk while uv installs the stack, so the two overlap.
+mkdir -p .cache
+bash scripts/base_image.sh .cache/python-base-bookworm.tar >.cache/base-image.log 2>&1 &
+base_image_pid=$!
+finish_base_image() {
+  local status=0
+  wait "$base_image_pid" || status=$?
+  cat .cache/base-image.log
+  [ "$status" = 0 ] || die "could not build the serving base image (see above)"
+}
 
 # The venv is rebuilt only when a requirements file changes.
 stamp_value="$(cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-16)"
 stamp_file=.venv/.asgard-requirements
 if [ -x .venv/bin/python ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp_value" ]; then
+  finish_base_image
   exit 0
 fi
 if [ ! -x .venv/bin/python ]; then
   say "creating the virtualenv (.venv) with $python"
   "$python" -m venv .venv || die "could not create a virtualenv (Debian: apt-get install python3-venv)"
 fi
-say "installing the pinned Python stack (first time: a few minutes)"
+# uv installs the stack (and, later, every user-script environment); pip only installs uv.
+uv_pin="$(grep -E '^uv==' requirements.txt)" || die "requirements.txt pins no uv"
 # The machine's pip config may point at local mirrors that do not exist: their warnings are noise.
 pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
-pip_quiet .venv/bin/python -m pip install -q --upgrade pip \
-  || die "could not upgrade pip: is the Python package index reachable?"
-pip_quiet .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt \
-  || die "pip could not install the pinned requirements (see the error above)"
-pip_quiet .venv/bin/python -m pip check || die "the installed stack has conflicting requirements"
+if [ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "${uv_pin#uv==}" ]; then
+  pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check "$uv_pin" \
+    || die "could not install $uv_pin with pip: is the Python package index reachable?"
+fi
+say "installing the pinned Python stack with uv"
+# One download cache for the platform's venv and every user-script environment (asgard.core.settings:
+# cache_dir): a script's requirements that the platform pins are never downloaded twice.
+export UV_CACHE_DIR="$root/.cache/uv"
+started=$SECONDS
+.venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode \
+  -r requirements.txt -r requirements-dev.txt -c constraints.txt \
+  || die "uv could not install the pinned requirements (see the error above)"
+.venv/bin/uv pip check --quiet --python .venv/bin/python || die "the installed stack has conflicting requirements"
 echo "$stamp_value" > "$stamp_file"
-say "virtualenv ready"
+say "virtualenv ready ($((SECONDS - started))s)"
+finish_base_image

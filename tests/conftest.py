@@ -2,8 +2,8 @@
 
 Airflow reads its configuration at import time, so the environment for in-process DAG parsing is
 set here, before any test module imports airflow: a throwaway AIRFLOW_HOME, no examples, and the
-project's dags/ and plugins/ folders. Tests that need running services start their own (see
-tests/integration/conftest.py) on free ports under a temporary ASGARD_HOME.
+project's dags/ and plugins/ folders. Tests that need running services share the session's embedded
+stack (``embedded_stack``), which runs on free ports under a temporary ASGARD_HOME.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,77 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 # Never let a developer's running stack leak into tests through the environment.
 os.environ.setdefault("ASGARD_HOME", str(Path(tempfile.mkdtemp(prefix="asgard-test-home-"))))
+# Tests write their inputs and outputs in temporary folders and moto's buckets: those are their data roots.
+TEST_DATA_ROOTS = f"{tempfile.gettempdir()},s3://"
+os.environ["ASGARD_DATA_ROOTS"] = TEST_DATA_ROOTS
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end main job runs last: a failure anywhere else shows within minutes, and it finds
+    the machine-level caches (uv's downloads, script environments, wheelhouses) the others filled,
+    as a second user of a machine does."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/e2e/"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# The session's shared stacks, so a test that needs the machine to itself can stop them early.
+_SHARED_STACKS: list = []
+
+
+@pytest.fixture
+def machine_to_itself():
+    """Stops the session's shared stack first (its teardown then finds it stopped): a test that times
+    the machine, or starts a whole stack of its own, does not share two cores with an idle one."""
+    for manager in _SHARED_STACKS:
+        manager.stop(log=lambda _: None)
+
+
+@dataclass
+class EmbeddedStack:
+    settings: object  # asgard.core.settings.Settings (imported late: after Airflow's environment above)
+    manager: object  # asgard.local.services.ServiceManager
+    api: object  # asgard.hooks.airflow_api.AirflowApi
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory) -> EmbeddedStack:
+    """The real embedded stack (Airflow standalone, MLflow, Docker engine, registry, router), started
+    once per session and stopped at its end: the session fails if any of its processes outlive it."""
+    import psutil
+
+    from asgard.core.settings import Settings
+    from asgard.hooks.airflow_api import AirflowApi
+    from asgard.local.services import ServiceManager
+
+    settings = Settings(
+        home=tmp_path_factory.mktemp("asgard-home"),
+        profile="embedded",
+        airflow_port=free_port(),
+        mlflow_port=free_port(),
+        registry_port=free_port(),
+        router_port=free_port(),
+        data_roots=TEST_DATA_ROOTS,
+    )
+    # The suite's own Airflow settings (unit-test mode, a scratch AIRFLOW_HOME) must not leak into
+    # the real services: they get exactly what the embedded profile gives them.
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    manager = ServiceManager(settings, base_env=base_env)
+    family = []
+    try:
+        manager.start()
+        started = [psutil.Process(status.pid) for status in manager.status()]
+        family = [p for proc in started for p in (proc, *proc.children(recursive=True))]
+        _SHARED_STACKS.append(manager)
+        yield EmbeddedStack(settings, manager, AirflowApi.login(settings.airflow_url, *manager.admin_credentials()))
+    finally:
+        manager.stop()
+    survivors = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not survivors, f"processes left running after stop: {survivors}"
 
 
 @contextlib.contextmanager
@@ -56,9 +128,7 @@ def sqlite_mlflow_home(path: Path):
 @pytest.fixture(scope="module")
 def moto_server():
     """moto's server (AWS's control plane, S3 and ECR) on a free loopback port: its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

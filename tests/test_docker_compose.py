@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asgard.settings import ENV_VARS
+from asgard.core.settings import ENV_VARS
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
@@ -63,8 +63,12 @@ def test_every_variable_is_documented():
     assert referenced <= set(env_example()), f"not in .env.example: {referenced - set(env_example())}"
 
 
-def test_missing_secret_is_refused(tmp_path):
-    env = {k: v for k, v in env_example().items() if k != "POSTGRES_PASSWORD"}
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY"])
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_a_missing_or_empty_secret_is_refused(tmp_path, secret, how):
+    env = {k: v for k, v in env_example().items() if k != secret}
+    if how == "empty":
+        env[secret] = ""
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     result = subprocess.run(
@@ -75,7 +79,13 @@ def test_missing_secret_is_refused(tmp_path):
         check=False,
     )
     assert result.returncode != 0
-    assert "POSTGRES_PASSWORD" in result.stderr
+    assert secret in result.stderr
+
+
+def test_the_admin_password_file_is_written_for_its_owner_only(resolved):
+    """airflow-init writes the login file 0600 (created so, not chmod-ed after a window of 0644)."""
+    command = " ".join(resolved["services"]["airflow-init"]["command"])
+    assert "os.O_CREAT" in command and "0o600" in command and " open(" not in command
 
 
 def test_production_stack_is_complete(resolved):

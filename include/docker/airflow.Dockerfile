@@ -9,18 +9,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 git ca-certificates \
+    && apt-get install -y --no-install-recommends libgomp1 git ca-certificates bubblewrap \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 50000 --home-dir /opt/airflow airflow
 
 COPY requirements.txt constraints.txt /tmp/asgard/
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/asgard/requirements.txt -c /tmp/asgard/constraints.txt \
+    && /opt/venv/bin/pip install --no-cache-dir "$(grep -E '^uv==' /tmp/asgard/requirements.txt)" \
+    && /opt/venv/bin/uv pip install --no-cache --python /opt/venv/bin/python \
+       -r /tmp/asgard/requirements.txt -c /tmp/asgard/constraints.txt \
     && rm -rf /tmp/asgard
 
 COPY --chown=airflow:airflow dags /opt/airflow/dags
 COPY --chown=airflow:airflow plugins /opt/airflow/plugins
 COPY --chown=airflow:airflow include /opt/airflow/include
 
+# Every component but the Celery worker runs as the airflow user (compose sets the worker's user:
+# it runs uploaded scripts in sandboxes, which are set up as root and then run as uid 65534).
 USER airflow
 WORKDIR /opt/airflow

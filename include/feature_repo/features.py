@@ -10,7 +10,7 @@ from feast import Entity, FeatureService, FeatureView, Field
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 
-from asgard.features import gold_source
+from asgard.features.store import gold_source
 
 customer = Entity(
     name="customer",

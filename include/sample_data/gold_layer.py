@@ -172,7 +172,7 @@ def _drifted(state: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str
 
 def write_gold_layer(spec: GoldSpec, location=None, *, force: bool = False, log=print) -> bool:
     """Write both tables; returns False (and writes nothing) when they already hold this spec."""
-    from asgard.gold import GOLD_NAMESPACE, load_catalog
+    from asgard.features.gold import GOLD_NAMESPACE, load_catalog
 
     catalog = load_catalog(location)
     catalog.create_namespace_if_not_exists(GOLD_NAMESPACE)

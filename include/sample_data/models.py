@@ -1,6 +1,6 @@
 """Sample registered models for serving tests and benchmarks, logged as ``train_model`` logs them.
 
-The model is the platform's own pipeline (``asgard.trainers``) fitted on the sample gold layer's
+The model is the platform's own pipeline (``asgard.training.trainers``) fitted on the sample gold layer's
 customers, logged with a signature, input example, pinned requirements and the holdout sample, and
 registered as a new version. By default it uses exactly the seed's six features, so the seed's
 ``/predict`` payload is a valid request.
@@ -52,12 +52,12 @@ DEFAULT_PARAMS = {
 
 def training_frame(customers: int = 20_000, features: list[str] | None = None):
     """Features and churn label of the sample customers' newest day."""
-    from asgard import trainers
+    from asgard.registry.versions import prepare_features
     from sample_data.gold_layer import GoldSpec, simulate
 
     snapshots, labels = simulate(GoldSpec(customers=customers, days=1))
     frame = snapshots[-1].to_pandas().merge(labels.to_pandas()[["customer_id", "churned"]], on="customer_id")
-    return trainers.prepare_features(frame[features or SEED_FEATURES]), frame["churned"]
+    return prepare_features(frame[features or SEED_FEATURES]), frame["churned"]
 
 
 def register_sample_model(
@@ -75,8 +75,8 @@ def register_sample_model(
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    from asgard import trainers
-    from asgard.training import HOLDOUT_ARTIFACT
+    from asgard.registry.versions import HOLDOUT_ARTIFACT, ORIGIN_TAG, PLATFORM_ORIGIN
+    from asgard.training import trainers
 
     features_frame, target = training_frame(customers, features)
     split = int(len(features_frame) * 0.8)
@@ -119,7 +119,8 @@ def register_sample_model(
             info.model_uri,
             run_id=run.info.run_id,
             model_id=info.model_id,
-            tags={"model_type": "classification", "framework": framework},
+            # The platform's own trainer made it: workers may load it (asgard.registry.versions).
+            tags={"model_type": "classification", "framework": framework, ORIGIN_TAG: PLATFORM_ORIGIN},
         )
     finally:
         mlflow.set_tracking_uri(previous)  # None: back to MLflow's own resolution, variable unset

@@ -14,8 +14,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_bench(script: str, *args: str) -> str:
+def run_bench(script: str, *args: str, stack=None) -> str:
+    """Run a benchmark; with ``stack``, against the session's running services (``--reuse-services``)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")])}
+    if stack is not None:
+        env.update(stack.settings.as_env())
+        args = (*args, "--reuse-services")
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / script), *args],
         env=env,
@@ -35,18 +39,19 @@ def test_materialize_bench_smoke():
     assert "peak RSS growth 6000 -> 12000 rows, materialize_window:" in out
 
 
-def test_train_bench_smoke():
-    """Starts its own embedded stack on free ports (stopped at the end), runs train_model twice."""
-    out = run_bench("train_bench.py", "--customers", "2000", "--days", "2")
+def test_train_bench_smoke(embedded_stack):
+    """Runs train_model twice on the session's stack, beside the bare fetch + fit + log."""
+    out = run_bench("train_bench.py", "--customers", "2000", "--days", "2", stack=embedded_stack)
     assert "training set: 2000 labelled rows x 7 features" in out
     assert "train_model DAG run, first:" in out
     assert "train_model DAG run, second (gate vs a champion):" in out
     assert "gate_model" in out
 
 
-def test_serving_bench_smoke():
-    """Builds two real images on its own Docker engine, loads both servers with wrk for a second each."""
-    out = run_bench("serving_bench.py", "--duration", "1", "--customers", "3000", "--starts", "1")
+def test_serving_bench_smoke(embedded_stack):
+    """Builds two real images on the session's Docker engine, loads both servers with wrk for a second each."""
+    args = ("--duration", "1", "--customers", "3000", "--starts", "1")
+    out = run_bench("serving_bench.py", *args, stack=embedded_stack)
     for model in ("random_forest (sklearn)", "lightgbm (lightgbm)"):
         assert f"== {model}, 3000 training rows: image built in" in out
     assert out.count("labels identical to mlflow models serve: True") == 2
@@ -68,3 +73,13 @@ def test_monitoring_bench_smoke():
     assert "ratio scipy / asgard:" in out
     difference = float(out.split("largest difference from scipy over every statistic: ")[1].split()[0])
     assert difference <= 1e-9
+
+
+def test_startup_bench_smoke(embedded_stack):
+    """Script environments (uv and pip, cold and cached) and serving image builds (this Dockerfile and
+    the previous one, first and next version) on the session's Docker engine, at a tiny size."""
+    out = run_bench("startup_bench.py", "--smoke", stack=embedded_stack)
+    assert "uv, environment already built (cached)" in out and "pip, no cache" in out
+    assert "ratio new environment, pip no cache / uv:" in out
+    assert "platform Dockerfile, next version" in out and "previous Dockerfile, next version" in out
+    assert "ratio next version, previous / platform Dockerfile:" in out

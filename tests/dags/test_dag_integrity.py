@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asgard.dag_defaults import PLATFORM_TAG
+from asgard.core.dag_defaults import PLATFORM_TAG
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("*.py") if not p.name.startswith("_"))
@@ -95,10 +95,10 @@ def _scheduled_by(dag) -> set[str]:
 def test_assets_chain_the_lifecycle_where_data_drives_it(dagbag):
     """What a task publishes is what the next DAG waits for: a promotion deploys, drift and new
     features retrain, and monitoring reads the batch outputs score_batch published."""
-    from asgard.batch_scoring import BATCH_PREDICTIONS_ALIAS
-    from asgard.features import FEATURE_VIEWS_ALIAS
-    from asgard.model_registry import CHAMPION_MODELS_ALIAS
-    from asgard.retraining import RETRAINING_REQUESTS
+    from asgard.features.store import FEATURE_VIEWS_ALIAS
+    from asgard.registry.models import CHAMPION_MODELS_ALIAS
+    from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS
+    from asgard.training.retraining import RETRAINING_REQUESTS
 
     def task(dag_id: str, task_id: str):
         return dagbag.dags[dag_id].get_task(task_id)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 
@@ -12,15 +12,11 @@ import pandas as pd
 import psutil
 import pytest
 
+from conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -32,7 +28,7 @@ def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.Comple
 # Two full pipeline runs and a stop: each command has its own timeout (1200 + 900 + 120 s), so the
 # suite-wide 900 s limit would cut the test off while it is still within them.
 @pytest.mark.timeout(2400)
-def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path):
+def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path, machine_to_itself):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
         ASGARD_HOME=str(tmp_path),
@@ -117,11 +113,14 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path)
         report = Path(drifted.group(1)).read_text()
         assert "days_since_last_purchase: reference (blue) vs window (orange)" in report
         assert Path(normal.group(1)).is_file()
-        assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin / " in out
+        assert f"Airflow UI:  http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}  (login admin; " in out
+        password = json.loads((tmp_path / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
+        assert password not in out  # printed only on request
         assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
 
         status = asgard("status", env=env, timeout=60)
-        assert status.returncode == 0
+        assert status.returncode == 0 and password not in status.stdout
+        assert password in asgard("status", "--show-password", env=env, timeout=60).stdout
         pids = [int(p) for p in re.findall(r"pid (\d+)", status.stdout)]
         assert len(pids) == 5 and status.stdout.count("healthy") == 5
         family = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]

@@ -1,6 +1,6 @@
 """The serving app in-process, on bundles written by the platform's own exporter.
 
-Each bundle is a real fitted pipeline: ONNX (converted and checked by asgard.onnx_export) and
+Each bundle is a real fitted pipeline: ONNX (converted and checked by asgard.serving.onnx_export) and
 native (a model the conversion is refused for). The container test (tests/integration/
 test_serving_image.py) runs the same app from the real image.
 """
@@ -13,8 +13,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from asgard import trainers
-from asgard.serving_image import write_bundle
+from asgard.serving.bundle import write_bundle
+from asgard.training import trainers
 from asgard_serving.app import create_app
 from sample_data.models import SEED_FEATURES, SEED_PREDICTION, training_frame
 
@@ -121,6 +121,11 @@ def test_malformed_bodies(client):
     assert empty.status_code == 422 and "no rows" in empty.text
     short = client.post("/invocations", json={"dataframe_split": {"columns": SEED_FEATURES, "data": [[1, 2]]}})
     assert short.status_code == 422 and "needs 6 values" in short.text
+    named = client.post("/invocations", json={"dataframe_split": {"columns": [{"a": 1}], "data": [[1]]}})
+    assert named.status_code == 422 and "must be a list of column names" in named.text
+    # Beyond float32 (ONNX inputs, scikit-learn's trees): refused as the request's problem, never a 500.
+    huge = client.post("/predict", json={"inputs": {**SEED_PAYLOAD["inputs"], "total_purchases": [3.5e38, 1.0]}})
+    assert huge.status_code == 422 and "float32" in huge.json()["detail"], huge.text
 
 
 def test_prediction_log_batches_off_the_request_path(tmp_path, fitted, monkeypatch):
@@ -181,3 +186,76 @@ def test_float32_ties_resolve_to_the_first_class_as_scikit_learn_does():
     # An exact 0.5/0.5 tie in float64 comes out of float32 arithmetic split by one ulp either way.
     split_ties = np.array([[0.50000006, 0.49999994], [0.49999994, 0.50000006], [0.2, 0.8]], dtype=np.float32)
     assert label_indices(split_ties).tolist() == [0, 0, 1]
+
+
+def test_bodies_and_batches_past_the_limits_are_refused_and_large_batches_leave_health_answering(tmp_path, fitted):
+    import threading
+    import time
+
+    from asgard_serving.app import Limits
+
+    folder, _ = _bundle(tmp_path, fitted)
+    _, holdout = fitted
+    limits = Limits(max_body_bytes=200_000, max_rows=500, inline_rows=16)
+    with TestClient(create_app(str(folder), limits)) as client:
+        rows = holdout.head(400).astype(float).fillna(0.0)
+        ok = client.post("/predict", json={"inputs": {c: rows[c].tolist() for c in SEED_FEATURES}})
+        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 400  # off the event loop
+        many = pd_repeat(holdout, 600)
+        too_many = client.post("/predict", json={"inputs": many})
+        assert too_many.status_code == 413 and "600 rows in one request; at most 500" in too_many.text
+        huge = client.post("/predict", content=b'{"inputs": {"x": [' + b"1," * 200_000 + b"1]}}")
+        assert huge.status_code == 413 and "larger than 200000 bytes" in huge.text
+
+    # While a large batch is predicted on a worker thread, /health answers at once.
+    slow = Limits(max_rows=2_000_000, max_body_bytes=10**9, inline_rows=16)
+    with TestClient(create_app(str(folder), slow)) as client:
+        batch = {"inputs": pd_repeat(holdout, 100_000)}
+        answered: list[float] = []
+
+        def health_while_busy() -> None:
+            time.sleep(0.3)
+            started = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            answered.append(time.perf_counter() - started)
+
+        watcher = threading.Thread(target=health_while_busy)
+        watcher.start()
+        started = time.perf_counter()
+        assert client.post("/predict", json=batch).status_code == 200
+        busy = time.perf_counter() - started
+        watcher.join()
+        assert answered and answered[0] < busy / 2, (answered, busy)
+
+
+def pd_repeat(frame, rows: int) -> dict[str, list[float]]:
+    """``rows`` rows of the seed's features, the frame's rows repeated."""
+    repeated = frame[SEED_FEATURES].astype(float).fillna(0.0).sample(rows, replace=True, random_state=0)
+    return {column: repeated[column].tolist() for column in SEED_FEATURES}
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_no_generated_request_gets_a_server_error(client, mode):
+    """Schemathesis cases from the app's own OpenAPI (the served model's columns in each body shape):
+    valid bodies are answered, invalid ones refused with a 4xx naming the problem, never a 5xx."""
+    import hypothesis
+    import schemathesis
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {operation.path for operation in operations} >= {"/predict", "/invocations", "/health", "/metadata"}
+    for operation in operations:
+        if mode == "negative" and operation.method.upper() == "GET":
+            continue  # no parameters and no body: nothing to make invalid
+
+        @hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
+        def call(case):
+            response = case.call(session=client)
+            case.validate_response(response, checks=[not_a_server_error])
+            if mode == "positive" and case.operation.path in ("/predict", "/invocations"):
+                assert response.status_code in (200, 422), response.text  # 422: a value the model cannot take
+
+        call()

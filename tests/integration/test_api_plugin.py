@@ -17,9 +17,10 @@ from mlflow import MlflowClient
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from asgard import features, gold
-from asgard.cli import CliError, MlopsClient, follow
-from asgard.embedded.main_job import CHURN_MODEL_REQUEST
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.local.cli import CliError, MlopsClient, follow
+from asgard.local.examples import CHURN_MODEL_REQUEST
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 from sample_data.models import SEED_FEATURES, SEED_MONITORING_REQUEST, register_sample_model
 
@@ -34,6 +35,15 @@ def server(embedded_stack):
 @pytest.fixture(scope="module")
 def auth(embedded_stack):
     return {"Authorization": f"Bearer {embedded_stack.api.token}"}
+
+
+@pytest.fixture(scope="module")
+def viewer(embedded_stack):
+    """A read-only user's token (Airflow's viewer role)."""
+    from asgard.hooks.airflow_api import fetch_token
+
+    user, password = embedded_stack.manager.credentials("viewer")
+    return {"Authorization": f"Bearer {fetch_token(embedded_stack.settings.airflow_url, user, password)}"}
 
 
 def routes(server: str, prefix: str) -> list[tuple[str, str]]:
@@ -162,7 +172,7 @@ def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedde
         gold.GoldLocation.for_settings(settings),
         log=lambda _: None,
     )
-    features.apply_repo(settings)
+    feature_store.apply_repo(settings)
     client = MlopsClient(server, embedded_stack.api.token)
     view = f"api_view_{uuid.uuid4().hex[:6]}"
     request = {
@@ -219,6 +229,38 @@ def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedde
     assert f"MonitoringError: {model} v{version} has no reference profile" in job["logs"]
 
 
+def test_a_read_only_user_reads_but_every_write_is_a_403(server, viewer):
+    writes = [(method, path) for method, path in routes(server, "/mlops") + routes(server, "/feast") if method != "GET"]
+    assert len(writes) >= 8
+    bodies = {"/mlops/monitoring/history": {"model_name": "m"}}
+    for method, path in writes:
+        answer = httpx.request(method, f"{server}{path}", headers=viewer, json=bodies.get(path, {}), timeout=60)
+        if path == "/mlops/monitoring/history":  # a read, though a POST (the seed's shape)
+            assert answer.status_code == 200, answer.text
+        else:
+            assert answer.status_code == 403, (method, path, answer.text)
+            assert "viewer may not" in answer.json()["detail"]
+    assert httpx.get(f"{server}/mlops/models", headers=viewer, timeout=60).status_code == 200
+    assert httpx.get(f"{server}/feast/features", headers=viewer, timeout=60).status_code == 200
+
+
+def test_sixty_four_concurrent_calls_all_answer_and_airflow_keeps_answering(server, auth):
+    """The endpoints call Airflow back on the same server: a burst waits for the endpoints' own threads
+    instead of taking all of the server's, so every call answers and Airflow's own API stays up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(index: int) -> int:
+        path = "/mlops/status" if index % 2 else "/mlops/models"
+        return httpx.get(f"{server}{path}", headers=auth, timeout=300).status_code
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        answers = pool.map(call, range(64))
+        airflow = [httpx.get(f"{server}/api/v2/monitor/health", timeout=30).status_code for _ in range(5)]
+        codes = list(answers)
+    assert codes == [200] * 64
+    assert airflow == [200] * 5
+
+
 # ----------------------------------------------------------------------------- schemathesis
 # Generated requests per operation: enough to cover missing, mistyped and odd values of each field.
 FUZZ = hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
@@ -239,18 +281,56 @@ def fuzzed_dags(embedded_stack):
             api.runs.delete_dag_run(dag_id, run_id)
 
 
+def refused_to_a_reader(ctx, response, case):
+    """For the read-only user, a write is a 403 whatever its body (the permission is checked before the
+    body is validated); a negative case that mangled the token itself gets the 401 of an unknown caller,
+    and a body that is not JSON at all is refused by FastAPI as it reads it (``_unreadable_body``)."""
+    if case.method == "GET" or case.path == "/monitoring/history":
+        return
+    sent_token = response.request.headers.get("Authorization") == READER_TOKEN.get("value")
+    refused = {403} if sent_token else {401, 403}
+    if _unreadable_body(response):
+        return
+    if response.status_code not in refused:
+        raise AssertionError(f"{case.method} {case.path} answered {response.status_code} to a read-only user")
+
+
+READER_TOKEN: dict[str, str] = {}
+
+
+def _unreadable_body(response) -> bool:
+    """FastAPI's own refusal of a body it cannot decode (400) or parse as JSON (422): it reads the body
+    before it resolves any dependency, so before the permission check; such a refusal reveals nothing."""
+    try:
+        details = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    if response.status_code == 400:
+        return details == "There was an error parsing the body"
+    return (
+        response.status_code == 422
+        and isinstance(details, list)
+        and all(isinstance(item, dict) and item.get("type") == "json_invalid" for item in details)
+    )
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda mode: mode.value)
 @pytest.mark.parametrize("prefix", ["/mlops", "/feast"])
-def test_no_generated_request_gets_a_server_error(prefix, mode, server, auth, fuzzed_dags):
-    """Schemathesis cases from the plugin's own OpenAPI: valid ones and invalid ones, for every operation."""
+@pytest.mark.parametrize("user", ["admin", "viewer"])
+def test_no_generated_request_gets_a_server_error(user, prefix, mode, server, auth, viewer, fuzzed_dags):
+    """Schemathesis cases from the plugin's own OpenAPI: valid ones and invalid ones, for every operation,
+    as an admin and as a read-only user (who gets a 403 on every write)."""
     schema = schemathesis.openapi.from_url(f"{server}{prefix}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert operations
+    headers = auth if user == "admin" else viewer
+    READER_TOKEN["value"] = viewer["Authorization"]
+    checks = [not_a_server_error] if user == "admin" else [not_a_server_error, refused_to_a_reader]
     for operation in operations:
 
         @FUZZ
         @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
         def call(case):
-            case.call_and_validate(base_url=f"{server}{prefix}", headers=auth, checks=[not_a_server_error], timeout=60)
+            case.call_and_validate(base_url=f"{server}{prefix}", headers=headers, checks=checks, timeout=60)
 
         call()

@@ -1,14 +1,17 @@
 """deploy_model's Docker target, for real: v1, then v2, then a broken v3, through the REST API, while
-a load loop keeps calling the stable endpoint. v2 must keep serving after v3 fails, and the loop
-must see no failed request through all three deploys.
+load loops keep calling the stable endpoint (small requests back to back, and large batches that
+take seconds each). v2 must keep serving after v3 fails, and the loops must see no failed request
+through all three deploys: a switch waits for the requests in flight to the old version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -38,15 +41,19 @@ def stack(embedded_stack):
 class LoadLoop(threading.Thread):
     """Calls the stable endpoint back to back and counts what did not answer 200."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, rows: int = 1) -> None:
         super().__init__(daemon=True)
         self.url, self.stop, self.ok, self.failures, self.versions = url, threading.Event(), 0, [], set()
+        self.body = {"inputs": {name: values * rows for name, values in ROW.items()}}
+        self.seconds: list[float] = []
 
     def run(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=300) as client:
             while not self.stop.is_set():
                 try:
-                    response = client.post(self.url, json={"inputs": ROW})
+                    started = time.perf_counter()
+                    response = client.post(self.url, json=self.body)
+                    self.seconds.append(time.perf_counter() - started)
                     if response.status_code == 200:
                         self.ok += 1
                         self.versions.add(response.json()["model_version"])
@@ -58,19 +65,22 @@ class LoadLoop(threading.Thread):
 
 
 def register_broken_version(tracking_uri: str, name: str) -> str:
-    """A model that needs code the image does not have (the platform's own package): it cannot start."""
+    """A model that starts and reports its version, but whose every prediction fails: its pipeline inverts
+    the input matrix (which is not square). It cannot be converted to ONNX, so its native model serves."""
     import mlflow
+    import numpy as np
     from mlflow.models import infer_signature
     from sklearn.ensemble import RandomForestClassifier
-    from sklearn.pipeline import make_pipeline
+    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from asgard import trainers
+    from asgard.registry.versions import HOLDOUT_ARTIFACT, ORIGIN_TAG, PLATFORM_ORIGIN
+    from asgard.training import trainers
     from sample_data.models import training_frame
 
-    features, target = training_frame(customers=500)
-    model = make_pipeline(FunctionTransformer(trainers.prepare_features), RandomForestClassifier(n_estimators=5))
-    model.fit(features, target)
+    features, target = training_frame(customers=500, features=SEED_FEATURES)
+    forest = RandomForestClassifier(n_estimators=5).fit(features, target)
+    model = Pipeline([("broken", FunctionTransformer(np.linalg.inv)), ("model", forest)])
     client = MlflowClient(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -78,13 +88,20 @@ def register_broken_version(tracking_uri: str, name: str) -> str:
             info = mlflow.sklearn.log_model(
                 model,
                 name="model",
-                signature=infer_signature(features.head(5), model.predict(features.head(5))),
+                signature=infer_signature(features.head(5), target.head(5)),
                 serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
                 pip_requirements=trainers.pip_requirements("sklearn"),
             )
+            # The holdout sample training logs: deploy_model verifies a new version by predicting it.
+            with tempfile.TemporaryDirectory() as scratch:
+                sample = Path(scratch) / Path(HOLDOUT_ARTIFACT).name
+                features.head(20).to_parquet(sample, index=False)
+                mlflow.log_artifact(str(sample), str(Path(HOLDOUT_ARTIFACT).parent))
     finally:
         mlflow.set_tracking_uri(None)
-    version = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id)
+    version = client.create_model_version(
+        name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id, tags={ORIGIN_TAG: PLATFORM_ORIGIN}
+    )
     return str(version.version)
 
 
@@ -102,7 +119,10 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     assert httpx.get(f"{endpoint}/metadata").json()["model_version"] == v1
 
     loop = LoadLoop(f"{endpoint}/predict")
+    # Batches of 90,000 rows: each takes seconds, so switches happen while several are in flight.
+    slow = LoadLoop(f"{endpoint}/predict", rows=90_000)
     loop.start()
+    slow.start()
     try:
         v2 = register_sample_model(settings.mlflow_url, name, customers=3000, features=SEED_FEATURES)
         second = api.run_and_wait("deploy_model", {"model_name": name, "version": v2}, timeout=900)
@@ -115,12 +135,14 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
         time.sleep(1)
     finally:
         loop.stop.set()
+        slow.stop.set()
         loop.join(timeout=30)
+        slow.join(timeout=300)
 
     assert third.state == "failed" and third.task_states["deploy_image"] == "failed"
     log = api.task_log("deploy_model", third.run_id, "deploy_image")
     assert f"{name} v{v3} failed verification on docker and was rolled back (v{v2} keeps serving)" in log
-    assert "exited with code" in log
+    assert "/predict answered 500" in log
     assert httpx.get(f"{endpoint}/metadata").json()["model_version"] == v2
     # The alias the run deployed moves back to the version still serving; the outcome is on each version.
     assert client.get_model_version_by_alias(name, "champion").version == v2
@@ -130,6 +152,8 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
 
     assert loop.failures == [], loop.failures[:5]
     assert loop.ok > 50 and {v1, v2} <= loop.versions and v3 not in loop.versions
+    assert slow.failures == [], slow.failures[:5]
+    assert slow.ok >= 3 and v3 not in slow.versions and max(slow.seconds) > 1.0, slow.seconds
 
     # Only v2's container is left; a re-run for the same version changes nothing.
     again = api.run_and_wait("deploy_model", {"model_name": name, "version": v2}, timeout=600)

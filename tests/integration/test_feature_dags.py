@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from asgard import features, gold
-from asgard.airflow_api import AirflowApiError
-from asgard.embedded.main_job import SUPPORT_FEATURES_REQUEST
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.hooks.airflow_api import AirflowApiError
+from asgard.local.examples import SUPPORT_FEATURES_REQUEST
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,7 @@ def feature_stack(embedded_stack):
     """The session's stack with a gold layer and the feature repo applied, as the main job does."""
     settings = embedded_stack.settings
     write_gold_layer(SPEC, gold.GoldLocation.for_settings(settings), log=lambda _: None)
-    features.apply_repo(settings)
+    feature_store.apply_repo(settings)
     return embedded_stack
 
 
@@ -27,7 +28,7 @@ def test_register_features_with_the_seed_payload(feature_stack):
     api, settings = feature_stack.api, feature_stack.settings
     outcome = api.run_and_wait("register_features", SUPPORT_FEATURES_REQUEST, timeout=300)
     assert outcome.state == "success", outcome
-    view = features.open_store(settings).get_feature_view("customer_support")
+    view = feature_store.open_store(settings).get_feature_view("customer_support")
     assert [f.name for f in view.features] == ["support_tickets_count", "days_since_last_purchase"]
     # The same payload again is a no-op run, not a second view or an error.
     assert api.run_and_wait("register_features", SUPPORT_FEATURES_REQUEST, timeout=300).state == "success"
@@ -45,7 +46,7 @@ def test_unknown_column_fails_the_run_and_leaves_the_registry_alone(feature_stac
     assert outcome.task_states["validate_request"] == "failed"
     log = api.task_log("register_features", outcome.run_id, "validate_request")
     assert "feature column 'total_orders' is not in gold table 'customer_features'" in log
-    names = [v.name for v in features.open_store(settings).list_feature_views()]
+    names = [v.name for v in feature_store.open_store(settings).list_feature_views()]
     assert "broken_view" not in names
 
 
@@ -78,13 +79,13 @@ def test_materialize_a_backfill_window_loads_the_online_store_and_emits_assets(f
     outcome = api.run_and_wait("materialize_features", conf, timeout=600)
     assert outcome.state == "success", outcome
     assert outcome.task_states["materialize[customer_features]"] == "success"
-    store = features.open_store(settings)
+    store = feature_store.open_store(settings)
     values = store.get_online_features(
         features=["customer_features:total_purchases"],
         entity_rows=[{"customer_id": 1}, {"customer_id": SPEC.customers}],
     ).to_dict()
     assert None not in values["total_purchases"]
-    events = api.asset_events(features.feature_view_asset_uri("customer_features"))
+    events = api.asset_events(feature_store.feature_view_asset_uri("customer_features"))
     assert any(event["source_run_id"] == outcome.run_id for event in events)
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from asgard.hooks import MlflowHook
+from asgard.hooks.mlflow import MlflowHook
 
 pytestmark = pytest.mark.integration
 

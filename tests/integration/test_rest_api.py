@@ -5,21 +5,24 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from asgard.airflow_api import AirflowApiError
-from asgard.platform_checks import CHECK_EXPERIMENT
+from asgard.api.platform_checks import CHECK_EXPERIMENT
+from asgard.hooks.airflow_api import AirflowApiError
 
 pytestmark = pytest.mark.integration
 
 
 def test_trigger_with_conf_runs_to_success_and_does_the_work(embedded_stack):
     api = embedded_stack.api
-    outcome = api.run_and_wait("check_platform", {"checks": ["mlflow", "storage"]}, timeout=300)
+    outcome = api.run_and_wait("check_platform", {"checks": ["mlflow", "storage", "sandbox"]}, timeout=300)
     assert outcome.state == "success", outcome
     assert outcome.task_states == {
         "list_checks": "success",
         "run_check[mlflow]": "success",
         "run_check[storage]": "success",
+        "run_check[sandbox]": "success",
     }
+    sandbox = api.task_result("check_platform", outcome.run_id, "run_check", map_index=2)
+    assert sandbox["saw"].startswith("65534 ")  # the sandbox's uid, and only its own root
     # The conf reached the task and the task did real work: the MLflow run of this DAG run exists.
     client = MlflowClient(tracking_uri=embedded_stack.settings.mlflow_url)
     experiment = client.get_experiment_by_name(CHECK_EXPERIMENT)

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from asgard import trainers
 from asgard.hooks.mlflow import MlflowHook
+from asgard.registry.versions import prepare_features
 from sample_data.models import SEED_FEATURES, register_sample_model
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def test_partitions_are_mapped_tasks_and_the_output_appears_once(embedded_stack,
     scored = pd.read_parquet(output)
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", f"http://{settings.mlflow_url.removeprefix('http://')}")
     model = MlflowHook().load_model(f"models:/{MODEL}/{version}")
-    features = trainers.prepare_features(frame[SEED_FEATURES])
+    features = prepare_features(frame[SEED_FEATURES])
     np.testing.assert_array_equal(scored["prediction"].to_numpy(), model.predict(features))
     np.testing.assert_array_equal(scored["probability_1"].to_numpy(), model.predict_proba(features)[:, 1])
     assert scored["customer_id"].tolist() == frame["customer_id"].tolist() and scored["prediction_id"].is_unique

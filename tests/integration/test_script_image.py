@@ -14,9 +14,10 @@ import docker
 import pytest
 from mlflow import MlflowClient
 
-from asgard import script_image, user_scripts
+from asgard.core.settings import REPO_ROOT
 from asgard.operators.script_pod import SCRIPT_MOUNT, UserScriptPodOperator
-from asgard.settings import REPO_ROOT
+from asgard.training.scripts import image as script_image
+from asgard.training.scripts import runner as user_scripts
 
 REQUIREMENTS = ["scikit-learn", "pandas"]
 

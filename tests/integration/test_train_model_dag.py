@@ -7,10 +7,12 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from asgard import features, gold
-from asgard.airflow_api import AirflowApiError
-from asgard.embedded.main_job import CHURN_MODEL_REQUEST
-from asgard.model_registry import CHAMPION, model_asset_uri
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.hooks.airflow_api import AirflowApiError
+from asgard.local.examples import CHURN_MODEL_REQUEST
+from asgard.registry.models import model_asset_uri
+from asgard.registry.versions import CHAMPION
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 
 pytestmark = pytest.mark.integration
@@ -22,7 +24,7 @@ SPEC = GoldSpec(customers=800, days=3, end="2026-11-01T00:00:00+00:00", seed=13)
 def train_stack(embedded_stack):
     settings = embedded_stack.settings
     write_gold_layer(SPEC, gold.GoldLocation.for_settings(settings), log=lambda _: None)
-    features.apply_repo(settings)
+    feature_store.apply_repo(settings)
     return embedded_stack
 
 

@@ -12,11 +12,13 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from asgard import features, gold
-from asgard.cli import MlopsClient
-from asgard.embedded.main_job import EXAMPLE_REQUIREMENTS, EXAMPLE_SCRIPT, example_upload
-from asgard.model_registry import CHAMPION, model_asset_uri
-from asgard.settings import REPO_ROOT
+from asgard.core.settings import REPO_ROOT
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.local.cli import MlopsClient
+from asgard.local.examples import EXAMPLE_REQUIREMENTS, EXAMPLE_SCRIPT, example_upload
+from asgard.registry.models import model_asset_uri
+from asgard.registry.versions import CHAMPION
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 from sample_data.models import SEED_PREDICTION
 
@@ -29,7 +31,7 @@ SPEC = GoldSpec(customers=600, days=3, end="2026-11-01T00:00:00+00:00", seed=17)
 def script_stack(embedded_stack):
     settings = embedded_stack.settings
     write_gold_layer(SPEC, gold.GoldLocation.for_settings(settings), log=lambda _: None)
-    features.apply_repo(settings)
+    feature_store.apply_repo(settings)
     return embedded_stack
 
 
@@ -43,7 +45,7 @@ def test_the_cli_uploads_the_example_and_follows_it_through_training_and_the_gat
     api, settings = script_stack.api, script_stack.settings
     name = f"feast_{uuid.uuid4().hex[:6]}"
     command = [
-        sys.executable, "-m", "asgard.embedded", "upload", str(EXAMPLE_SCRIPT),
+        sys.executable, "-m", "asgard.local", "upload", str(EXAMPLE_SCRIPT),
         "--model-name", name, "--experiment", "feast_deployment", "--timeout", "900",
         "--env", f"N_CUSTOMERS={SPEC.customers}", "--url", settings.airflow_url,
         *[argument for requirement in EXAMPLE_REQUIREMENTS for argument in ("-r", requirement)],

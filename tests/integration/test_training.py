@@ -8,15 +8,20 @@ problem and creates no model version. (The DAG through the REST API: test_train_
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from asgard import features, gold, training
-from asgard.errors import InputError
-from asgard.hooks import MlflowHook
-from asgard.model_registry import CHALLENGER, CHAMPION
-from asgard.trainers import LOWER_IS_BETTER
+from asgard.core.errors import InputError
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.hooks.mlflow import MlflowHook
+from asgard.registry.metrics import LOWER_IS_BETTER
+from asgard.registry.models import ModelRegistry
+from asgard.registry.versions import CHALLENGER, CHAMPION
+from asgard.training import pipeline as training
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 
 pytestmark = pytest.mark.integration
@@ -29,7 +34,7 @@ def stack(embedded_stack):
     """The session's stack, a gold layer big enough to learn from, and this process pointed at both."""
     settings = embedded_stack.settings
     write_gold_layer(SPEC, gold.GoldLocation.for_settings(settings), log=lambda _: None)
-    features.apply_repo(settings)
+    feature_store.apply_repo(settings)
     conn = {"conn_type": "http", "host": settings.bind_host, "port": settings.mlflow_port}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ASGARD_HOME", str(settings.home))
@@ -125,6 +130,45 @@ def test_min_improvement_keeps_an_equal_model_out(stack):
     same = train(request_for("sklearn", "classification", model_name=name, promotion={"min_improvement": 0.01}))
     assert first["decision"].promoted and not same["decision"].promoted
     assert same["decision"].champion_score == pytest.approx(same["decision"].score)  # identical model, same holdout
+
+
+def test_two_gates_of_one_model_at_once_take_turns(stack):
+    """Two runs reach the gate together: the second compares with the first's outcome, never with
+    the champion both saw when they started (else the later alias write wins whatever the scores)."""
+    name = f"turns_{uuid.uuid4().hex[:8]}"
+    weak_params = {"hyperparameters": {"params": {"n_estimators": 1, "max_depth": 1, "random_state": 3}}}
+    first = train(request_for("sklearn", "classification", model_name=name, **weak_params))
+    registry = ModelRegistry(MlflowHook())
+    scores = {first["registered"]["version"]: first["fitted"]["metrics"]["roc_auc"]}
+    contenders = {}
+    medium = {"n_estimators": 3, "max_depth": 2, "random_state": 7}
+    for label, params in (("strong", {"random_state": 7}), ("medium", medium)):
+        request = training.validate_request(
+            request_for("sklearn", "classification", model_name=name, hyperparameters={"params": params})
+        )
+        run_id = f"manual__{uuid.uuid4().hex[:8]}"
+        dataset = training.build_training_set(request, dag_id="train_model", run_id=run_id)
+        fitted = training.fit_model(request, dataset)
+        version = training.register_model(request, dataset, fitted, dag_id="train_model", run_id=run_id)["version"]
+        contenders[label] = version
+        scores[version] = fitted["metrics"]["roc_auc"]
+
+    def slow_champion_score(champion) -> float:
+        time.sleep(1.0)  # scoring a real champion takes a while: both gates are inside at once
+        return scores[str(champion.version)]
+
+    def gate(version: str):
+        return registry.gate(name, version, metric="roc_auc", score=scores[version], score_champion=slow_champion_score)
+
+    with ThreadPoolExecutor(2) as pool:
+        decisions = dict(zip(contenders.values(), pool.map(gate, contenders.values()), strict=True))
+
+    best = max(contenders.values(), key=scores.get)
+    assert scores[contenders["strong"]] > scores[contenders["medium"]] > scores[first["registered"]["version"]]
+    assert MlflowHook().client.get_model_version_by_alias(name, CHAMPION).version == best
+    # One gate went first against v1; the other then met that gate's outcome as the champion.
+    champions_met = sorted(decision.champion_version for decision in decisions.values())
+    assert champions_met[0] == first["registered"]["version"] and champions_met[1] in contenders.values()
 
 
 def test_retrying_register_never_creates_a_second_version(stack):

@@ -21,10 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from asgard import batch_scoring, features, gold, trainers
-from asgard.batch_scoring import ScoringError
-from asgard.errors import InputError
-from asgard.scoring import PREDICTION
+from asgard.core.errors import InputError
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.registry.versions import prepare_features
+from asgard.scoring.batch import score_partition
+from asgard.scoring.plan import plan_job
+from asgard.scoring.publish import publish
+from asgard.scoring.scorer import PREDICTION
+from asgard.scoring.sources import ScoringError
 from conftest import sqlite_mlflow_home
 from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
 from sample_data.models import SAMPLE_FEATURES, register_sample_model
@@ -41,7 +46,7 @@ def home(tmp_path_factory):
     path = tmp_path_factory.mktemp("scoring-home")
     with sqlite_mlflow_home(path) as tracking_uri:
         write_gold_layer(SPEC, log=lambda _: None)
-        features.apply_repo()
+        feature_store.apply_repo()
         version = register_sample_model(tracking_uri, MODEL, customers=2000, features=SAMPLE_FEATURES)
         from mlflow import MlflowClient
 
@@ -59,15 +64,19 @@ def model(home):
 
 
 def run_job(params: dict, run_id: str = "manual__1") -> dict:
-    """plan -> every partition -> publish, as the DAG's tasks run them."""
-    planned = batch_scoring.plan_job(params, dag_id="score_batch", run_id=run_id, as_of=AS_OF)
-    parts = [batch_scoring.score_partition(planned["job"], partition) for partition in planned["partitions"]]
-    return {**planned, "published": batch_scoring.publish(planned["job"], parts)}
+    """plan -> every partition -> publish, as the DAG's tasks run them (their results as XCom holds them)."""
+    planned = plan_job(params, dag_id="score_batch", run_id=run_id, as_of=AS_OF)
+    parts = [score_partition(planned.job, partition) for partition in planned.partitions]
+    return {
+        "job": planned.job.to_dict(),
+        "partitions": [partition.to_dict() for partition in planned.partitions],
+        "published": publish(planned.job, parts).to_dict(),
+    }
 
 
 def expected(model, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The model's own in-process predictions on these rows."""
-    x = trainers.prepare_features(frame[SAMPLE_FEATURES])
+    x = prepare_features(frame[SAMPLE_FEATURES])
     return model.predict(x), model.predict_proba(x)
 
 
@@ -194,9 +203,11 @@ def test_large_parquet_input_is_partitioned_chunked_and_equals_one_in_memory_pre
 
 KILLED_PARTITION = """
 import json, sys
-from asgard import batch_scoring
+from asgard.scoring.batch import score_partition
+from asgard.scoring.plan import BatchJob
+from asgard.scoring.sources import Partition
 planned = json.load(open(sys.argv[1]))
-batch_scoring.score_partition(planned["job"], planned["partitions"][int(sys.argv[2])])
+score_partition(BatchJob.from_dict(planned["job"]), Partition.from_dict(planned["partitions"][int(sys.argv[2])]))
 """
 
 
@@ -214,9 +225,11 @@ def test_a_run_killed_mid_partition_leaves_no_visible_output_and_a_rerun_complet
         "partition_rows": 100_000,
         "chunk_rows": 2_000,
     }
-    planned = batch_scoring.plan_job(params, dag_id="score_batch", run_id="killed", as_of=AS_OF)
+    planned = plan_job(params, dag_id="score_batch", run_id="killed", as_of=AS_OF)
     plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(planned))
+    plan_file.write_text(
+        json.dumps({"job": planned.job.to_dict(), "partitions": [p.to_dict() for p in planned.partitions]})
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")])}
     worker = subprocess.Popen(
         [sys.executable, "-c", KILLED_PARTITION, str(plan_file), "0"], env=env, start_new_session=True
@@ -256,6 +269,7 @@ def test_s3_input_and_output_through_the_amazon_connection(home, model, moto_ser
             }
         ),
     )
+    monkeypatch.setenv("ASGARD_ALLOWED_AWS_CONN_IDS", "aws_default,moto_s3")  # the operator allows it
     hook = S3Hook(aws_conn_id="moto_s3")
     hook.create_bucket("asgard-batch")
     frame = feature_rows(3000, seed=9)
@@ -298,7 +312,7 @@ BAD_REQUESTS = {
     "unknown-feature-view": ({"feature_views": ["nope"]}, "nope not in the model's feature list"),
     "relative-output": ({"output_path": "predictions/out.parquet"}, "neither an absolute local path"),
     "not-parquet-output": ({"output_path": "/tmp/out.csv"}, "ending in .parquet"),
-    "unwritable-output": ({"output_path": "/proc/asgard/out.parquet"}, "is not writable"),
+    "output-outside-the-data-roots": ({"output_path": "/proc/asgard/out.parquet"}, "is outside the data roots"),
     "both-sources": ({"entity_source": {"table": FEATURE_TABLE}}, "exactly one of entities_df"),
     "unknown-table": ({"entities_df": None, "entity_source": {"table": "nope"}}, "nope"),
 }
@@ -315,7 +329,7 @@ def test_bad_request_is_named_and_nothing_is_written(home, tmp_path, case):
         **change,
     }
     with pytest.raises(InputError, match=_escaped(message)):
-        batch_scoring.plan_job(params, dag_id="score_batch", run_id="bad", as_of=AS_OF)
+        plan_job(params, dag_id="score_batch", run_id="bad", as_of=AS_OF)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -323,20 +337,32 @@ def test_output_that_is_a_directory_or_a_missing_bucket_is_refused(home, moto_se
     (tmp_path / "taken.parquet").mkdir()
     base = {"model_name": MODEL, "model_version": home["version"], "entities_df": {"customer_id": [1]}}
     with pytest.raises(ScoringError, match="is a directory"):
-        batch_scoring.plan_job(
-            {**base, "output_path": str(tmp_path / "taken.parquet")}, dag_id="d", run_id="r", as_of=AS_OF
-        )
+        plan_job({**base, "output_path": str(tmp_path / "taken.parquet")}, dag_id="d", run_id="r", as_of=AS_OF)
     monkeypatch.setenv(
         "AIRFLOW_CONN_MOTO_S3",
         json.dumps({"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": moto_server}}),
     )
+    monkeypatch.setenv("ASGARD_ALLOWED_AWS_CONN_IDS", "aws_default,moto_s3")
     with pytest.raises(ScoringError, match="bucket 'no-such-bucket' does not exist"):
-        batch_scoring.plan_job(
+        plan_job(
             {**base, "output_path": "s3://no-such-bucket/x.parquet", "aws_conn_id": "moto_s3"},
             dag_id="d",
             run_id="r",
             as_of=AS_OF,
         )
+
+
+def test_unwritable_output_is_refused_before_any_scoring(home, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    params = {
+        "model_name": MODEL,
+        "model_version": home["version"],
+        "entities_df": {"customer_id": [1, 2]},
+        "output_path": str(tmp_path / "a-file" / "out.parquet"),
+    }
+    with pytest.raises(InputError, match="is not writable"):
+        plan_job(params, dag_id="score_batch", run_id="bad", as_of=AS_OF)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 def _escaped(message: str) -> str:
@@ -347,11 +373,11 @@ def _escaped(message: str) -> str:
 
 def test_scored_at_is_the_plan_time_and_as_of_defaults_to_the_run(home, tmp_path):
     before = datetime.now(UTC)
-    planned = batch_scoring.plan_job(
+    planned = plan_job(
         {"model_name": MODEL, "entities_df": {"customer_id": [1]}, "output_path": str(tmp_path / "o.parquet")},
         dag_id="score_batch",
         run_id="times",
         as_of=AS_OF,
     )
-    assert planned["job"]["as_of"] == AS_OF.isoformat()
-    assert datetime.fromisoformat(planned["job"]["scored_at"]) >= before
+    assert planned.job.as_of == AS_OF.isoformat()
+    assert datetime.fromisoformat(planned.job.scored_at) >= before

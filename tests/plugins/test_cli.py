@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from asgard import cli
-from asgard.embedded.__main__ import main
+from asgard.local import cli
+from asgard.local.__main__ import main
 
 
 def unused_port() -> int:
@@ -51,3 +51,16 @@ def test_a_missing_script_and_a_bad_env_are_refused_before_anything_is_sent(tmp_
     argv = ["upload", str(script), "--model-name", "m", "--experiment", "e", "--env", "NOEQUALS", "--url", url]
     assert main(argv) == 1
     assert "--env 'NOEQUALS': expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_this_installs_admin_password_is_never_sent_to_another_url(monkeypatch, capsys, tmp_path):
+    """Without a token or a login of its own, the client logs in as this install's admin only at this install."""
+    for name in ("ASGARD_API_TOKEN", "ASGARD_API_USERNAME", "ASGARD_API_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ASGARD_HOME", str(tmp_path))
+    (tmp_path / "airflow").mkdir()
+    (tmp_path / "airflow" / "simple_auth_manager_passwords.json").write_text('{"admin": "local-admin-secret"}')
+    elsewhere = f"http://127.0.0.1:{unused_port()}"
+    assert main(["models", "--url", elsewhere]) == 1
+    error = capsys.readouterr().err
+    assert "is not this install's Airflow" in error and "local-admin-secret" not in error

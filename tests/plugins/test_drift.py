@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from asgard import drift
+from asgard.monitoring import drift
 
 TOLERANCE = 1e-9
 

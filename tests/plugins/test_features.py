@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import redis
 
-from asgard import features, gold
-from asgard.settings import Settings
+from asgard.core.settings import Settings
+from asgard.features import gold, materialization, registration
+from asgard.features import store as feature_store
 from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
 from sample_data.models import SAMPLE_FEATURES
 
@@ -28,7 +29,7 @@ def home(tmp_path_factory):
     os.environ["ASGARD_HOME"] = str(path)
     try:
         write_gold_layer(SPEC, log=lambda _: None)
-        report = features.apply_repo()
+        report = feature_store.apply_repo()
         assert "customer_features" in report
         yield path
     finally:
@@ -41,14 +42,14 @@ def home(tmp_path_factory):
 def sqlite_store(home, name: str | None = None):
     """A store on a fresh SQLite online database (the shared registry, its own online state)."""
     path = home / f"online-{name or uuid.uuid4().hex}.db"
-    return features.open_store(online_store={"type": "sqlite", "path": str(path)})
+    return feature_store.open_store(online_store={"type": "sqlite", "path": str(path)})
 
 
 @pytest.fixture
 def redis_store(home):
     client = redis.Redis(host="127.0.0.1", port=6379, db=11)
     client.flushdb()
-    yield features.open_store(online_store={"type": "redis", "connection_string": "127.0.0.1:6379,db=11"})
+    yield feature_store.open_store(online_store={"type": "redis", "connection_string": "127.0.0.1:6379,db=11"})
     client.flushdb()
 
 
@@ -67,8 +68,8 @@ def online(store) -> pd.DataFrame:
     return frame.set_index("customer_id").sort_index()[SAMPLE_FEATURES]
 
 
-def window(start, end) -> features.Window:
-    return features.Window("customer_features", start, end)
+def window(start, end) -> materialization.Window:
+    return materialization.Window("customer_features", start, end)
 
 
 def assert_same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -79,7 +80,7 @@ def assert_same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
 def test_online_values_are_the_latest_gold_rows_as_of_window_end(home, backend, request):
     store = sqlite_store(home) if backend == "sqlite" else request.getfixturevalue("redis_store")
     end = DATA_END - timedelta(days=2, hours=5)  # mid-day: rows after it must not be visible
-    result = features.materialize_window(store, window(DATA_START, end))
+    result = materialization.materialize_window(store, window(DATA_START, end))
     assert result.rows_read == len(gold.load_table(FEATURE_TABLE).scan().to_pandas().query("event_timestamp < @end"))
     assert result.chunks == 1
     assert_same(online(store), expected_online(end))
@@ -87,7 +88,7 @@ def test_online_values_are_the_latest_gold_rows_as_of_window_end(home, backend, 
 
 def test_many_small_chunks_fold_into_the_same_state(home):
     store = sqlite_store(home)
-    result = features.materialize_window(store, window(DATA_START, DATA_END), chunk_rows=1, write_rows=40)
+    result = materialization.materialize_window(store, window(DATA_START, DATA_END), chunk_rows=1, write_rows=40)
     assert result.chunks == SPEC.days  # one chunk per daily data file
     assert result.rows_written == SPEC.customers
     assert_same(online(store), expected_online(DATA_END))
@@ -95,9 +96,9 @@ def test_many_small_chunks_fold_into_the_same_state(home):
 
 def test_pushed_down_path_gives_the_same_state(home, monkeypatch):
     """The path other offline stores take (Trino in production), run here by Feast's DuckDB store."""
-    monkeypatch.setattr(features, "_is_local_iceberg", lambda source: False)
+    monkeypatch.setattr(materialization, "_is_local_iceberg", lambda source: False)
     store = sqlite_store(home)
-    result = features.materialize_window(store, window(DATA_START, DATA_END), chunk_period=timedelta(hours=12))
+    result = materialization.materialize_window(store, window(DATA_START, DATA_END), chunk_period=timedelta(hours=12))
     assert result.chunks == 2 * SPEC.days
     assert_same(online(store), expected_online(DATA_END))
 
@@ -105,28 +106,28 @@ def test_pushed_down_path_gives_the_same_state(home, monkeypatch):
 def test_backfill_of_two_windows_equals_one_run_over_both(home):
     middle = DATA_START + timedelta(days=3, hours=7)
     split, whole = sqlite_store(home), sqlite_store(home)
-    features.materialize_window(split, window(DATA_START, middle))
-    features.materialize_window(split, window(middle, DATA_END))
-    features.materialize_window(whole, window(DATA_START, DATA_END))
+    materialization.materialize_window(split, window(DATA_START, middle))
+    materialization.materialize_window(split, window(middle, DATA_END))
+    materialization.materialize_window(whole, window(DATA_START, DATA_END))
     assert_same(online(split), online(whole))
     assert_same(online(whole), expected_online(DATA_END))
 
 
 def test_rerunning_a_window_gives_the_same_state(home):
     store = sqlite_store(home)
-    features.materialize_window(store, window(DATA_START, DATA_END))
+    materialization.materialize_window(store, window(DATA_START, DATA_END))
     first = online(store)
-    features.materialize_window(store, window(DATA_START, DATA_END))
+    materialization.materialize_window(store, window(DATA_START, DATA_END))
     assert_same(online(store), first)
 
 
 def test_backfilling_an_old_window_never_leaves_older_values_on_top(home):
     store = sqlite_store(home)
-    features.materialize_window(store, window(DATA_START, DATA_END))
-    result = features.materialize_window(store, window(DATA_START, DATA_START + timedelta(days=1)))
+    materialization.materialize_window(store, window(DATA_START, DATA_END))
+    result = materialization.materialize_window(store, window(DATA_START, DATA_START + timedelta(days=1)))
     assert (
         result.read_until
-        == features.open_store()
+        == feature_store.open_store()
         .get_feature_view("customer_features")
         .most_recent_end_time.replace(tzinfo=UTC)
         .isoformat()
@@ -136,17 +137,17 @@ def test_backfilling_an_old_window_never_leaves_older_values_on_top(home):
 
 def test_watermark_only_moves_forward_and_the_next_run_continues_from_it(home):
     store = sqlite_store(home)
-    features.materialize_window(store, window(DATA_START, DATA_END))
-    features.materialize_window(store, window(DATA_START, DATA_START + timedelta(hours=6)))
+    materialization.materialize_window(store, window(DATA_START, DATA_END))
+    materialization.materialize_window(store, window(DATA_START, DATA_START + timedelta(hours=6)))
     view = store.get_feature_view("customer_features")
-    assert features.to_utc(view.most_recent_end_time) >= DATA_END
-    (planned,) = features.plan_windows(store, None, None, DATA_END + timedelta(hours=1))
+    assert feature_store.to_utc(view.most_recent_end_time) >= DATA_END
+    (planned,) = materialization.plan_windows(store, None, None, DATA_END + timedelta(hours=1))
     assert planned.start >= DATA_END and planned.end == DATA_END + timedelta(hours=1)
 
 
 def test_unknown_feature_view_is_named(home):
-    with pytest.raises(features.FeatureRequestError, match=r"unknown feature view\(s\) nope; registered: "):
-        features.plan_windows(sqlite_store(home), ["nope"], DATA_START, DATA_END)
+    with pytest.raises(feature_store.FeatureRequestError, match=r"unknown feature view\(s\) nope; registered: "):
+        materialization.plan_windows(sqlite_store(home), ["nope"], DATA_START, DATA_END)
 
 
 # ----------------------------------------------------------------- register_features
@@ -166,13 +167,13 @@ def seed_request(**changes):
 
 
 def test_register_is_created_then_unchanged_then_updated(home):
-    store = features.open_store()
-    assert features.register_feature_view(seed_request(), store)["action"] == "created"
+    store = feature_store.open_store()
+    assert registration.register_feature_view(seed_request(), store)["action"] == "created"
     view = store.get_feature_view("customer_support")
     assert [f.name for f in view.features] == ["support_tickets_count", "days_since_last_purchase"]
     assert view.entities == ["customer"]  # reuses the entity that owns the join key
-    assert features.register_feature_view(seed_request(), store)["action"] == "unchanged"
-    assert features.register_feature_view(seed_request(ttl_days=30), store)["action"] == "updated"
+    assert registration.register_feature_view(seed_request(), store)["action"] == "unchanged"
+    assert registration.register_feature_view(seed_request(ttl_days=30), store)["action"] == "updated"
     assert store.get_feature_view("customer_support").ttl == timedelta(days=30)
 
 
@@ -202,27 +203,29 @@ def test_register_is_created_then_unchanged_then_updated(home):
     ids=["unknown-table", "unknown-column", "bad-dtype", "duplicate", "unknown-dtype", "unknown-entity", "bad-ts"],
 )
 def test_bad_requests_name_the_problem_and_leave_the_registry_unchanged(home, change, message):
-    store = features.open_store()
-    before = sorted(features.definition(v).__repr__() for v in store.list_feature_views())
+    store = feature_store.open_store()
+    before = sorted(registration.definition(v).__repr__() for v in store.list_feature_views())
     request = seed_request(name=f"bad_{uuid.uuid4().hex[:6]}", **change)
-    with pytest.raises(features.FeatureRequestError, match=message):
-        features.register_feature_view(request, store)
-    assert sorted(features.definition(v).__repr__() for v in features.open_store().list_feature_views()) == before
+    with pytest.raises(feature_store.FeatureRequestError, match=message):
+        registration.register_feature_view(request, store)
+    assert (
+        sorted(registration.definition(v).__repr__() for v in feature_store.open_store().list_feature_views()) == before
+    )
 
 
 def test_all_problems_are_reported_at_once(home):
     request = seed_request(features=[{"name": "a", "dtype": "int64"}, {"name": "b", "dtype": "int64"}])
-    with pytest.raises(features.FeatureRequestError) as error:
-        features.validate_request(request)
+    with pytest.raises(feature_store.FeatureRequestError) as error:
+        registration.validate_request(request)
     assert "'a'" in str(error.value) and "'b'" in str(error.value)
 
 
 def test_profiles_pick_the_source():
     production = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", airflow_port=1, mlflow_port=2)
-    source = features.gold_source("customer_features", "event_timestamp", settings=production)
+    source = feature_store.gold_source("customer_features", "event_timestamp", settings=production)
     assert type(source).__name__ == "TrinoSource" and source.table == "iceberg.gold.customer_features"
     embedded = Settings(home=DATA_HOME_PLACEHOLDER, profile="embedded", airflow_port=1, mlflow_port=2)
-    source = features.gold_source("customer_features", "event_timestamp", settings=embedded)
+    source = feature_store.gold_source("customer_features", "event_timestamp", settings=embedded)
     assert type(source).__name__ == "IcebergSource" and source.catalog_type == "sql"
 
 

@@ -19,7 +19,7 @@ from kubernetes.client import models as k8s
 from asgard.operators.kaniko import KanikoBuildServingImageOperator, _termination_message
 
 KUBERNETES_VERSION = "1.33.0"
-BUILD_ARGS = {"BASE_IMAGE": "python:3.11-slim", "MODEL_NAME": "churn", "MODEL_VERSION": "4", "RUN_ID": "abc"}
+BUILD_ARGS = {"BASE_IMAGE": "python:3.11-slim"}
 LABELS = {"io.asgard.model.name": "churn", "io.asgard.model.version": "4"}
 
 
@@ -42,7 +42,7 @@ def test_pod_is_valid_against_the_kubernetes_schemas(changes):
     args = container["args"]
     assert "--context=s3://builds/ctx.tar.gz" in args and "--dockerfile=Dockerfile" in args
     assert "--destination=1234.dkr.ecr.eu-west-1.amazonaws.com/models:churn-v4" in args
-    assert "--build-arg=MODEL_VERSION=4" in args and "--label=io.asgard.model.version=4" in args
+    assert "--build-arg=BASE_IMAGE=python:3.11-slim" in args and "--label=io.asgard.model.version=4" in args
     assert "--digest-file=/dev/termination-log" in args
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["spec"]["serviceAccountName"] == "asgard-image-builder" and pod["spec"]["restartPolicy"] == "Never"

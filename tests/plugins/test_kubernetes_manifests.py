@@ -5,8 +5,8 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from asgard.errors import InputError
-from asgard.kubernetes_manifests import app_name, render
+from asgard.core.errors import InputError
+from asgard.deploy.kubernetes_manifests import app_name, render
 
 # The Kubernetes versions the manifests are checked against (EKS's standard-support window).
 SUPPORTED = ["1.33.0", "1.34.0", "1.35.0"]
@@ -75,3 +75,29 @@ def test_a_tag_is_refused_and_names_are_dns_safe():
     with pytest.raises(InputError, match="not pinned by digest"):
         render(model_name="m", version="1", run_id="r", image="registry/asgard/models:m-v1")
     assert app_name("Churn_Predictor.v2") == "churn-predictor-v2-inference"
+
+
+@pytest.mark.parametrize(
+    ("resources", "named"),
+    [
+        ({"limits": {"memory": "1Gi\n---\nkind: Deployment\nspec: {privileged: true}"}}, "resources.limits.memory"),
+        ({"limits": {"memory": '1Gi"\n      privileged: "true'}}, "resources.limits.memory"),
+        ({"limits": {"gpu": "1"}}, "cpu and memory only"),
+        ({"requests": {"cpu": 2}}, "resources.requests.cpu"),
+        ({"hostNetwork": True}, "not hostNetwork"),
+    ],
+    ids=["new-document", "quote-escape", "unknown-resource", "not-a-string", "unknown-key"],
+)
+def test_a_resources_value_cannot_reach_the_manifest_as_anything_but_a_quantity(resources, named):
+    with pytest.raises(InputError, match=named):
+        render(model_name="m", version="1", run_id="r", image=IMAGE, resources=resources)
+
+
+def test_values_are_rendered_as_data_and_only_the_four_objects_come_out(monkeypatch):
+    """Even a value no schema stopped (the prediction log URI is configuration, not a request) stays one
+    scalar: the rendered documents are exactly the model's four objects."""
+    prefix = "s3://logs/x\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: evil}"
+    objects = render(model_name="m", version="1", run_id="r", image=IMAGE, prediction_log=prefix)
+    assert [o["kind"] for o in objects] == ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    (container,) = objects[0]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "ASGARD_PREDICTION_LOG", "value": prefix} in container["env"]

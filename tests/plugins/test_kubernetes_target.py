@@ -28,9 +28,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from asgard import kubernetes_target, trainers
-from asgard.serving_checks import DeployError, holdout_payload
-from asgard.serving_image import write_bundle
+from asgard.core.errors import InputError
+from asgard.deploy import kubernetes_target
+from asgard.serving.bundle import write_bundle
+from asgard.serving.checks import DeployError, holdout_payload
+from asgard.training import trainers
 from asgard_serving.app import create_app
 from conftest import emulated_cluster, sqlite_mlflow_home
 from sample_data.models import SEED_FEATURES, register_sample_model, training_frame
@@ -334,6 +336,51 @@ def test_an_image_by_tag_is_refused_before_anything_is_applied(cluster, payload)
     assert not [request for request in cluster if request.method == "PATCH"]
 
 
+def test_a_model_whose_name_maps_to_another_models_workload_is_refused(cluster, payload):
+    deploy("1", payload)
+    before = cluster.current("deployments")["spec"]
+
+    with (
+        kubernetes_target.cluster_hook(
+            kubernetes_conn_id="asgard_test_cluster", eks_cluster_name=None, aws_conn_id="x", namespace=NAMESPACE
+        ) as hook,
+        pytest.raises(InputError, match=r"model 'Churn' would be served as models/churn-inference.*model 'churn'"),
+    ):
+        kubernetes_target.deploy(
+            hook, model_name="Churn", version="2", run_id="r2", image=image("2"), payload=payload, namespace=NAMESPACE
+        )
+
+    assert cluster.current("deployments")["spec"] == before
+    assert template_image(cluster) == image("1")
+
+
+def test_a_deploy_keeps_the_replica_count_the_autoscaler_set(cluster, payload):
+    deploy("1", payload, replicas=2)
+    # The HorizontalPodAutoscaler scaled the workload out under load.
+    cluster.current("deployments")["spec"]["replicas"] = 5
+
+    deploy("2", payload, replicas=2)
+
+    deployment = cluster.current("deployments")
+    assert deployment["spec"]["replicas"] == 5 and deployment["status"]["availableReplicas"] == 5
+    assert template_image(cluster) == image("2")
+
+
+def test_a_rollback_that_does_not_complete_is_reported_beside_the_failure(cluster, payload):
+    deploy("2", payload)
+    cluster.behaviour["3"] = "crash"
+    # The old version's pods no longer come up either (say its image was pruned from the registry).
+    cluster.behaviour["2"] = "stall"
+
+    with pytest.raises(DeployError, match="CrashLoopBackOff") as failure:
+        deploy("3", payload, rollout_timeout=0.5)
+
+    assert failure.value.serving == "2"
+    assert failure.value.rollback_problem.startswith("the rollback's own rollout did not complete: ")
+    assert "1 of 2 replicas updated" in failure.value.rollback_problem
+    assert template_image(cluster) == image("2")  # the old objects are back, even if not yet ready
+
+
 def test_eks_kubeconfig_comes_from_the_eks_hook_against_moto(moto_server, monkeypatch):
     """EksHook writes the kubeconfig (endpoint, CA, token command); the client signs in with an EKS token."""
     from airflow.providers.amazon.aws.hooks.eks import EksHook
@@ -403,8 +450,9 @@ def test_deploy_model_on_kubernetes_records_the_outcome_and_moves_the_alias_back
     """deploy_model's last step with target kubernetes, on a real MLflow registry (SQLite)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from asgard.deployment import deploy_to_target
+    from asgard.deploy.rollout import DeployRequest, deploy_to_target
     from asgard.hooks.mlflow import MlflowHook
+    from asgard.serving.image import BuiltImage, PushedImage
 
     monkeypatch.setenv("ASGARD_KUBERNETES_CONN_ID", "asgard_test_cluster")
     monkeypatch.setenv("ASGARD_SERVING_NAMESPACE", NAMESPACE)
@@ -413,13 +461,13 @@ def test_deploy_model_on_kubernetes_records_the_outcome_and_moves_the_alias_back
         versions = [register_sample_model(tracking_uri, "churn", customers=600) for _ in range(3)]
         assert versions == ["1", "2", "3"]
         client = MlflowHook().client
-        request = {"alias": "champion", "target": "kubernetes", "replicas": 2, "version": None, "namespace": None}
+        request = DeployRequest("churn", version=None, alias="champion", target="kubernetes", replicas=2)
 
         def promote_and_deploy(version: str) -> dict:
             client.set_registered_model_alias("churn", "champion", version)
             run_id = client.get_model_version("churn", version).run_id
-            build = {"model_name": "churn", "version": version, "run_id": run_id}
-            push = {"digest": image(version).split("@")[1], "reference": image(version)}
+            build = BuiltImage("unused:tag", "churn", version, run_id, source="", built=True, flavor="onnx")
+            push = PushedImage("unused:tag", digest=image(version).split("@")[1], reference=image(version))
             return deploy_to_target(request, build, push)
 
         assert promote_and_deploy("1")["previous_version"] is None

@@ -14,9 +14,17 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from asgard import monitoring, monitoring_report, trainers, training_data
-from asgard.monitoring_store import MonitoringStore
-from asgard.scoring import Scorer
+from asgard.monitoring import report as monitoring_report
+from asgard.monitoring.alerts import decide_alerts, external_record, retrain_reason
+from asgard.monitoring.evaluation import evaluate
+from asgard.monitoring.reference import Reference
+from asgard.monitoring.store import MonitoringStore
+from asgard.monitoring.thresholds import MonitoringError, Thresholds
+from asgard.monitoring.windows import assemble_window, default_window, read_sources
+from asgard.registry.versions import prepare_features
+from asgard.scoring.scorer import Scorer
+from asgard.training import data as training_data
+from asgard.training import trainers
 from sample_data.gold_layer import GoldSpec, simulate
 from sample_data.models import SAMPLE_FEATURES, SEED_MONITORING_REQUEST
 
@@ -27,7 +35,7 @@ START = datetime(2026, 10, 1, tzinfo=UTC)
 def customers(count: int, seed: int) -> pd.DataFrame:
     snapshots, labels = simulate(GoldSpec(customers=count, days=1, seed=seed))
     frame = snapshots[-1].to_pandas().merge(labels.to_pandas()[["customer_id", "churned"]], on="customer_id")
-    return pd.concat([trainers.prepare_features(frame[SAMPLE_FEATURES]), frame["churned"]], axis=1)
+    return pd.concat([prepare_features(frame[SAMPLE_FEATURES]), frame["churned"]], axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +53,7 @@ def reference():
     model = spec.fit(features, target)
     profile = training_data.reference_profile(features, target)
     scorer = Scorer.for_model(model, SAMPLE_FEATURES, "churn_predictor", "1")
-    return monitoring.Reference.from_training(profile, features, scorer, run_id="r1")
+    return Reference.from_training(profile, features, scorer, run_id="r1")
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +77,16 @@ def store(request, tmp_path):
     finally:
         created.engine.dispose()
         with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE "{name}"'))
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))  # the lock engine's pool too
         admin.dispose()
 
 
 def run_window(reference, store, frame, index, thresholds=None):
-    thresholds = thresholds or monitoring.Thresholds()
+    thresholds = thresholds or Thresholds()
     start = START + timedelta(days=index)
-    window = monitoring.assemble_window(reference, [frame], start, start + timedelta(days=1), None)
-    records, skipped = monitoring.evaluate(reference, window, thresholds)
-    alerts = monitoring.decide_alerts(records, thresholds, store)
+    window = assemble_window(reference, [frame], start, start + timedelta(days=1), None)
+    records, skipped = evaluate(reference, window, thresholds)
+    alerts = decide_alerts(records, thresholds, store)
     store.replace_run(f"monitor_model/run-{index}", reference.model_name, reference.model_version, records)
     return records, alerts, skipped
 
@@ -182,17 +190,17 @@ def test_schema_change_and_missing_values_are_data_quality_problems(reference, p
 
 def test_performance_from_labels_and_the_accuracy_threshold(reference, pool, store):
     labelled = pool.sample(1_000, random_state=21)
-    window = monitoring.assemble_window(reference, [labelled], START, START + timedelta(days=1), None)
-    records, _ = monitoring.evaluate(reference, window, monitoring.Thresholds())
+    window = assemble_window(reference, [labelled], START, START + timedelta(days=1), None)
+    records, _ = evaluate(reference, window, Thresholds())
     performance = next(record for record in records if record.metric_type == "model_performance")
     predicted = reference.scorer.predict(labelled)["prediction"]
     assert performance.metrics["accuracy"] == pytest.approx((predicted == labelled["churned"]).mean())
     assert not performance.breached
-    strict = monitoring.Thresholds(accuracy=0.99, persistence=1)
-    records, _ = monitoring.evaluate(reference, window, strict)
-    alerts = monitoring.decide_alerts(records, strict, store)
+    strict = Thresholds(accuracy=0.99, persistence=1)
+    records, _ = evaluate(reference, window, strict)
+    alerts = decide_alerts(records, strict, store)
     assert [record.metric_type for record in alerts] == ["model_performance"]
-    assert monitoring.retrain_reason(alerts).startswith("model_performance: accuracy below threshold")
+    assert retrain_reason(alerts).startswith("model_performance: accuracy below threshold")
 
 
 def test_labels_join_on_prediction_ids(reference, pool):
@@ -200,9 +208,9 @@ def test_labels_join_on_prediction_ids(reference, pool):
     served = scored[SAMPLE_FEATURES].assign(prediction_id=[f"p{i}" for i in range(600)])
     served = served.assign(**reference.scorer.predict(served))
     labels = pd.DataFrame({"prediction_id": [f"p{i}" for i in range(300)], "label": scored["churned"].iloc[:300]})
-    window = monitoring.assemble_window(reference, [served], START, START + timedelta(days=1), labels)
+    window = assemble_window(reference, [served], START, START + timedelta(days=1), labels)
     assert int(window.labels.notna().sum()) == 300  # delayed labels: half have arrived
-    records, _ = monitoring.evaluate(reference, window, monitoring.Thresholds(min_labels=300))
+    records, _ = evaluate(reference, window, Thresholds(min_labels=300))
     performance = next(record for record in records if record.metric_type == "model_performance")
     expected = (served["prediction"].iloc[:300].to_numpy() == scored["churned"].iloc[:300].to_numpy()).mean()
     assert performance.metrics["accuracy"] == pytest.approx(expected)  # labels are float (NaN), predictions int
@@ -210,7 +218,7 @@ def test_labels_join_on_prediction_ids(reference, pool):
 
 def test_external_metrics_use_the_same_thresholds_and_history_has_the_seed_shape(store):
     request = SEED_MONITORING_REQUEST
-    record = monitoring.external_record(request, monitoring.Thresholds())
+    record = external_record(request, Thresholds())
     store.add(record)
     answer = record.as_response()
     assert answer["alert_triggered"] is True
@@ -227,10 +235,10 @@ def test_external_metrics_use_the_same_thresholds_and_history_has_the_seed_shape
 
 
 def test_unknown_thresholds_and_inverted_windows_are_named():
-    with pytest.raises(monitoring.MonitoringError, match=r"unknown threshold.*driftt"):
-        monitoring.Thresholds.from_dict({"driftt": 0.2})
-    with pytest.raises(monitoring.MonitoringError, match="is not before window_end"):
-        monitoring.default_window(START, "2026-10-02T00:00:00Z", "2026-10-01T00:00:00Z")
+    with pytest.raises(MonitoringError, match=r"unknown threshold.*driftt"):
+        Thresholds.from_dict({"driftt": 0.2})
+    with pytest.raises(MonitoringError, match="is not before window_end"):
+        default_window(START, "2026-10-02T00:00:00Z", "2026-10-01T00:00:00Z")
 
 
 def test_the_report_plots_what_drifted(reference, pool, store):
@@ -245,9 +253,9 @@ def test_the_report_plots_what_drifted(reference, pool, store):
 def test_window_sources_are_read_from_parquet_and_a_missing_one_is_named(reference, pool, tmp_path):
     path = tmp_path / "window.parquet"
     pool.sample(700, random_state=2).to_parquet(path)
-    frames = monitoring.read_sources([str(path)])
-    window = monitoring.assemble_window(reference, frames, START, START + timedelta(days=1), None)
+    frames = read_sources([str(path)])
+    window = assemble_window(reference, frames, START, START + timedelta(days=1), None)
     assert window.rows == 700 and list(window.features.columns) == SAMPLE_FEATURES
     assert window.labels.notna().all()  # the file carries the target: performance needs no join
-    with pytest.raises(monitoring.MonitoringError, match=r"cannot read the window's data .*missing.parquet"):
-        monitoring.read_sources([str(tmp_path / "missing.parquet")])
+    with pytest.raises(MonitoringError, match=r"cannot read the window's data .*missing.parquet"):
+        read_sources([str(tmp_path / "missing.parquet")])

@@ -11,10 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asgard import monitoring, training_data
 from asgard.hooks.mlflow import MlflowHook
-from asgard.monitoring_store import MonitoringStore
-from asgard.training import REFERENCE_SAMPLE_ARTIFACT
+from asgard.monitoring.reference import load_reference
+from asgard.monitoring.run import deployed_models, monitor_version
+from asgard.monitoring.store import MonitoringStore
+from asgard.monitoring.thresholds import MonitoringError
+from asgard.monitoring.windows import read_prediction_log
+from asgard.registry.versions import PROFILE_ARTIFACT, REFERENCE_SAMPLE_ARTIFACT
+from asgard.training import data as training_data
 from conftest import sqlite_mlflow_home
 from sample_data.models import SEED_FEATURES, register_sample_model, training_frame
 
@@ -38,7 +42,7 @@ def profiled(registry, tmp_path_factory):
         version = register_sample_model(tracking_uri, MODEL, customers=2000)
     run_id = hook.client.get_model_version(MODEL, version).run_id
     features, target = training_frame(2000, SEED_FEATURES)
-    hook.client.log_dict(run_id, training_data.reference_profile(features, target), monitoring.PROFILE_ARTIFACT)
+    hook.client.log_dict(run_id, training_data.reference_profile(features, target), PROFILE_ARTIFACT)
     sample = tmp_path_factory.mktemp("reference") / "sample.parquet"
     features.to_parquet(sample, index=False)
     hook.client.log_artifact(run_id, str(sample), "reference")
@@ -47,12 +51,12 @@ def profiled(registry, tmp_path_factory):
 
 
 def test_a_version_without_a_reference_profile_and_an_unknown_model_are_named(registry):
-    with pytest.raises(monitoring.MonitoringError, match=r"has no reference profile \(reference/profile.json"):
-        monitoring.load_reference(registry["hook"], MODEL, registry["version"])
-    with pytest.raises(monitoring.MonitoringError, match="no registered model named 'no_such_model'"):
-        monitoring.load_reference(registry["hook"], "no_such_model")
-    with pytest.raises(monitoring.MonitoringError, match="has no version 99"):
-        monitoring.load_reference(registry["hook"], MODEL, "99")
+    with pytest.raises(MonitoringError, match=r"has no reference profile \(reference/profile.json"):
+        load_reference(registry["hook"], MODEL, registry["version"])
+    with pytest.raises(MonitoringError, match="no registered model named 'no_such_model'"):
+        load_reference(registry["hook"], "no_such_model")
+    with pytest.raises(MonitoringError, match="has no version 99"):
+        load_reference(registry["hook"], MODEL, "99")
 
 
 def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, profiled, tmp_path):
@@ -67,7 +71,7 @@ def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, profi
     drifted.to_parquet(window, index=False)
     params = {"sources": [str(window)], "thresholds": {"persistence": 1}, "retrain": True}
     target_model = {"model_name": MODEL, "model_version": version}
-    result = monitoring.monitor_version(target_model, params, source_run="monitor_model/r1", run_after=RUN_AFTER)
+    result = monitor_version(target_model, params, source_run="monitor_model/r1", run_after=RUN_AFTER)
 
     assert result["window"]["rows"] == 1500
     assert any("total_purchases: drift_score drift detected" in text for text in result["alerts"])
@@ -84,7 +88,7 @@ def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, profi
     assert artifacts == [f"monitoring/v{version}-20261102T000000Z.html"]
     # Nothing was retrainable, so no request holds the cool-down; a retry of the run replaces its records.
     assert store.last_retrain(MODEL) is None
-    monitoring.monitor_version(target_model, params, source_run="monitor_model/r1", run_after=RUN_AFTER)
+    monitor_version(target_model, params, source_run="monitor_model/r1", run_after=RUN_AFTER)
     again = store.history(MODEL, model_version=version, metric_type="feature_drift")
     assert again["total_records"] == history["total_records"]
 
@@ -139,25 +143,25 @@ def test_the_prediction_log_shipped_to_s3_is_read_as_the_local_one(
     keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="serving-logs")["Contents"]]
     assert len(keys) == 4 and all(key.startswith(f"cluster/{MODEL}/predictions-") for key in keys)
     location = f"s3://serving-logs/cluster/{MODEL}"
-    from_s3 = monitoring.read_prediction_log(location, start, end, profiled)
-    local = monitoring.read_prediction_log(tmp_path / "local", start, end, profiled)
+    from_s3 = read_prediction_log(location, start, end, profiled)
+    local = read_prediction_log(tmp_path / "local", start, end, profiled)
     assert sorted(from_s3["prediction_id"]) == sorted(ids)
     pd.testing.assert_frame_equal(
         from_s3.sort_values("prediction_id", ignore_index=True), local.sort_values("prediction_id", ignore_index=True)
     )
-    assert monitoring.read_prediction_log(location, end, end + timedelta(hours=1), profiled).empty
-    with pytest.raises(monitoring.MonitoringError, match=r"cannot read the prediction log s3://no-such-bucket/x: "):
-        monitoring.read_prediction_log("s3://no-such-bucket/x", start, end, profiled)
+    assert read_prediction_log(location, end, end + timedelta(hours=1), profiled).empty
+    with pytest.raises(MonitoringError, match=r"cannot read the prediction log s3://no-such-bucket/x: "):
+        read_prediction_log("s3://no-such-bucket/x", start, end, profiled)
 
     # A whole run finds the pods' log through ASGARD_PREDICTION_LOG_URI, and only this version's rows.
     params = {"window_start": start.isoformat(), "window_end": end.isoformat(), "retrain": False}
     target_model = {"model_name": MODEL, "model_version": profiled}
-    result = monitoring.monitor_version(target_model, params, source_run="monitor_model/s3", run_after=end)
+    result = monitor_version(target_model, params, source_run="monitor_model/s3", run_after=end)
     assert result["window"]["rows"] == 600
 
 
 def test_the_daily_sweep_leaves_out_serving_models_without_a_reference(registry, profiled, caplog):
-    from asgard.deployment import DEPLOY_TAG_PREFIX
+    from asgard.registry.versions import DEPLOY_TAG_PREFIX
 
     hook = registry["hook"]
     with sqlite_mlflow_home(registry["path"]) as tracking_uri:
@@ -165,8 +169,8 @@ def test_the_daily_sweep_leaves_out_serving_models_without_a_reference(registry,
     for name, version in ((MODEL, profiled), ("script_churn", unprofiled)):
         hook.client.set_registered_model_alias(name, "champion", version)
         hook.client.set_model_version_tag(name, version, f"{DEPLOY_TAG_PREFIX}status", "serving")
-    with caplog.at_level("WARNING", logger="asgard.monitoring"):
-        assert monitoring.deployed_models(hook) == [{"model_name": MODEL, "model_version": profiled}]
+    with caplog.at_level("WARNING", logger="asgard.monitoring.run"):
+        assert deployed_models(hook) == [{"model_name": MODEL, "model_version": profiled}]
     assert f"script_churn v{unprofiled} is serving but cannot be monitored" in caplog.text
     assert "logged no reference profile (reference/profile.json)" in caplog.text
 
@@ -190,9 +194,9 @@ def _event(uri: str, extra: dict, timestamp: datetime):
 
 
 def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_exists(registry):
-    from asgard import retraining
-    from asgard.features import feature_view_asset_uri
-    from asgard.training import REQUEST_ARTIFACT
+    from asgard.features.store import feature_view_asset_uri
+    from asgard.registry.versions import REQUEST_ARTIFACT
+    from asgard.training import retraining
 
     hook = registry["hook"]
     policies = {

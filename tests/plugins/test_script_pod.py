@@ -16,9 +16,9 @@ import pytest
 from airflow.models import DagBag
 from kubernetes.client import ApiClient
 
-from asgard import user_scripts
+from asgard.core.settings import Settings
 from asgard.operators.script_pod import SCRIPT_MOUNT, UserScriptPodOperator
-from asgard.settings import Settings
+from asgard.training.scripts import runner as user_scripts
 from conftest import emulated_cluster
 
 REPO = Path(__file__).resolve().parents[2]

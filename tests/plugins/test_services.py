@@ -10,8 +10,9 @@ import textwrap
 import psutil
 import pytest
 
-from asgard.embedded.services import Service, ServiceError, ServiceManager
-from asgard.settings import Settings
+from asgard.core.settings import Settings
+from asgard.local.services import Service, ServiceError, ServiceManager
+from conftest import free_port
 
 # A service that, like Airflow, spawns a child which leaves the process group (a task runner).
 SERVER = textwrap.dedent(
@@ -23,12 +24,6 @@ SERVER = textwrap.dedent(
     http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TinyManager(ServiceManager):
@@ -115,6 +110,12 @@ def test_airflow_env_points_at_the_configured_ports(settings):
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"{settings.airflow_url}/execution/"
     assert f'"port": {settings.mlflow_port}' in env["AIRFLOW_CONN_MLFLOW_DEFAULT"]
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    # The API server's /mlops routes call back into Airflow, and tasks reach every service: they
+    # read the same settings (not the defaults) from the environment.
+    inherited = {"ASGARD_AIRFLOW_PORT": "airflow_port", "ASGARD_MLFLOW_PORT": "mlflow_port", "ASGARD_HOME": "home"}
+    assert {name: env[name] for name in inherited} == {
+        name: str(getattr(settings, field)) for name, field in inherited.items()
+    }
     # Secrets are generated once and kept, never the same across installs.
     again = ServiceManager(settings).airflow_env()
     assert again["AIRFLOW__API_AUTH__JWT_SECRET"] == env["AIRFLOW__API_AUTH__JWT_SECRET"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asgard.settings import REPO_ROOT, Settings
+from asgard.core.settings import REPO_ROOT, Settings
 
 
 def test_defaults(monkeypatch):

@@ -1,19 +1,21 @@
-"""The user-script runner for real: real processes, real limits, a real virtualenv build with pip."""
+"""The user-script runner for real: real sandboxes, real limits, a real environment build with uv."""
 
 from __future__ import annotations
 
 import base64
-import sys
+import tarfile
 import threading
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
-from asgard import user_scripts
-from asgard.user_scripts import Limits, ScriptEnvironments, ScriptError, UserScript
+from asgard.core.settings import get_settings
+from asgard.training.scripts import runner as user_scripts
+from asgard.training.scripts.runner import Limits, ScriptEnvironments, ScriptError, UserScript
 
-PYTHON = Path(sys.executable)
+PYTHON = Path(get_settings().script_python)
 INJECTED = {name: f"injected-{name}" for name in user_scripts.INJECTED}
 
 
@@ -26,7 +28,7 @@ DEFAULT_LIMITS = Limits(timeout_seconds=60)
 
 def run(source: str, tmp_path: Path, limits: Limits = DEFAULT_LIMITS, env_vars=None, lines=None):
     script = user_scripts.decode_script("job.py", b64(source))
-    env = user_scripts.script_environment(PYTHON, tmp_path, INJECTED, env_vars or {})
+    env = user_scripts.script_environment(PYTHON, INJECTED, env_vars or {})
     output = lines.append if lines is not None else (lambda line: None)
     return user_scripts.run_script(script, PYTHON, tmp_path / "work", env, limits, output=output)
 
@@ -78,21 +80,20 @@ def test_users_may_not_set_platform_or_secret_variables():
 
 
 def test_timeout_kills_the_whole_process_tree(tmp_path):
-    source = """
-import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-open("child.pid", "w").write(str(child.pid))
-print("started", child.pid, flush=True)
+    marker = f"600.{uuid.uuid4().int % 10**9}"  # a sleep no other process on this host runs
+    source = f"""
+import subprocess, time
+subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
+print("started", flush=True)
 time.sleep(600)
 """
     with pytest.raises(ScriptError, match=r"job\.py timed out after 3s; it and its processes were killed"):
         run(source, tmp_path, Limits(timeout_seconds=3))
-    child = int((tmp_path / "work" / "child.pid").read_text())
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert not [p.pid for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
 
 
 def test_a_memory_hog_fails_on_its_limit_and_not_the_worker(tmp_path):
-    with pytest.raises(ScriptError, match=r"exited with code 1 \(memory limit 512 MB\)"):
+    with pytest.raises(ScriptError, match=r"ran out of its memory limit \(512 MB\)"):
         run("block = bytearray(4 * 1024 ** 3)", tmp_path, Limits(timeout_seconds=60, memory_mb=512))
 
 
@@ -111,6 +112,27 @@ def test_an_uninstallable_requirement_fails_naming_it_and_leaves_no_environment(
     assert [p.name for p in (tmp_path / "envs").iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_a_requirement_that_only_builds_from_source_never_runs_its_build(tmp_path, monkeypatch):
+    """Its build would read the worker's AWS credentials: only wheels are installed, so it never runs."""
+    marker = tmp_path / "build-ran"
+    setup = f"import os\nopen({str(marker)!r}, 'w').write(open(os.path.expanduser('~/.aws/credentials')).read())\n"
+    release = tmp_path / "sdists"
+    source = tmp_path / "asgard_probe_sdist-1.0"
+    source.mkdir(parents=True)
+    (source / "setup.py").write_text(
+        setup + "from setuptools import setup\nsetup(name='asgard-probe-sdist', version='1.0')\n"
+    )
+    (source / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: asgard-probe-sdist\nVersion: 1.0\n")
+    release.mkdir()
+    with tarfile.open(release / "asgard_probe_sdist-1.0.tar.gz", "w:gz") as archive:
+        archive.add(source, arcname=source.name)
+    monkeypatch.setenv("UV_FIND_LINKS", str(release))
+    with pytest.raises(ScriptError, match="asgard-probe-sdist") as raised:
+        ScriptEnvironments(tmp_path / "envs").ensure(["asgard-probe-sdist==1.0"], progress=lambda _: None)
+    assert "could not install the requirements" in str(raised.value)
+    assert not marker.exists()
+
+
 def test_concurrent_runs_share_one_build(tmp_path):
     environments = ScriptEnvironments(tmp_path / "envs")
     messages: list[str] = []
@@ -125,14 +147,14 @@ def test_concurrent_runs_share_one_build(tmp_path):
     for thread in threads:
         thread.join()
     assert results[0] == results[1] and results[0].exists()
-    assert sum(message.startswith("built script environment") for message in messages) == 1
+    assert sum(message.startswith("built environment") for message in messages) == 1
     assert any("reusing" in message for message in messages)
     # The environment has the platform's MLflow client, pinned, and nothing of Airflow.
     script = UserScript(
         "probe.py", "import mlflow, importlib.util as u; print(mlflow.__version__, u.find_spec('airflow'))"
     )
     lines: list[str] = []
-    env = user_scripts.script_environment(results[0], tmp_path, INJECTED, {})
+    env = user_scripts.script_environment(results[0], INJECTED, {})
     user_scripts.run_script(
         script, results[0], tmp_path / "probe", env, Limits(timeout_seconds=120), output=lines.append
     )

@@ -8,6 +8,11 @@ Environment:
 ``ASGARD_PREDICTION_LOG``       where batches of logged predictions go: a folder or ``s3://bucket/prefix``
                                 (unset: no logging)
 ``ASGARD_PREDICTION_LOG_FLUSH_SECONDS``  how often the log is written (default 5)
+``ASGARD_SERVING_MAX_BODY_BYTES``  a larger request body is refused with 413 (default 20 MB)
+``ASGARD_SERVING_MAX_ROWS``     a request with more rows is refused with 413 (default 100,000)
+``ASGARD_SERVING_INLINE_ROWS``  requests up to this many rows are predicted on the event loop (default
+                                256); larger ones on a worker thread, so ``/health`` keeps answering
+                                while a large batch is predicted
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -51,8 +58,24 @@ class State:
     prediction_log: Any = None
 
 
-def create_app(model_dir: str | None = None) -> FastAPI:
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 20_000_000
+    max_rows: int = 100_000
+    inline_rows: int = 256
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_body_bytes=int(os.environ.get("ASGARD_SERVING_MAX_BODY_BYTES", cls.max_body_bytes)),
+            max_rows=int(os.environ.get("ASGARD_SERVING_MAX_ROWS", cls.max_rows)),
+            inline_rows=int(os.environ.get("ASGARD_SERVING_INLINE_ROWS", cls.inline_rows)),
+        )
+
+
+def create_app(model_dir: str | None = None, limits: Limits | None = None) -> FastAPI:
     state = State()
+    limits = limits or Limits.from_env()
     bundle_dir = model_dir or os.environ.get("ASGARD_MODEL_DIR", "/opt/asgard/model")
 
     @contextlib.asynccontextmanager
@@ -73,6 +96,20 @@ def create_app(model_dir: str | None = None) -> FastAPI:
             state.prediction_log.close()
 
     app = FastAPI(title="Asgard model server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    generated_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the request bodies of the model being served."""
+        if app.openapi_schema is None:
+            from asgard_serving.openapi import request_bodies
+
+            document = generated_openapi()
+            columns = state.predictor.bundle.columns if state.predictor else Bundle.read(bundle_dir).columns
+            for path, body in request_bodies(columns).items():
+                document["paths"][path]["post"]["requestBody"] = body
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.get("/health")
     async def health() -> Response:
@@ -109,7 +146,17 @@ def create_app(model_dir: str | None = None) -> FastAPI:
             rows = check_columns(columns, predictor.bundle.columns)
         except InputError as error:
             return _error(422, str(error))
-        result = predictor.predict(columns, rows, probabilities=probabilities)
+        if rows > limits.max_rows:
+            return _error(413, f"{rows} rows in one request; at most {limits.max_rows} (ASGARD_SERVING_MAX_ROWS)")
+        try:
+            if rows <= limits.inline_rows:  # cheaper than a thread hop, and done in well under a millisecond
+                result = predictor.predict(columns, rows, probabilities=probabilities)
+            else:
+                result = await anyio.to_thread.run_sync(
+                    lambda: predictor.predict(columns, rows, probabilities=probabilities)
+                )
+        except InputError as error:  # a value the model's own input types cannot hold
+            return _error(422, str(error))
         # One random id per request, one suffix per row: unique, and cheap for large requests.
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{row}" for row in range(rows)]
@@ -125,7 +172,7 @@ def create_app(model_dir: str | None = None) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
-        body = await _body(request)
+        body = await _body(request, limits.max_body_bytes)
         if isinstance(body, Response):
             return body
         if isinstance(body, list):  # a bare list of records
@@ -143,7 +190,7 @@ def create_app(model_dir: str | None = None) -> FastAPI:
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
         """MLflow's scoring protocol, so MLflow clients (``mlflow models predict``, SDKs) work unchanged."""
-        body = await _body(request)
+        body = await _body(request, limits.max_body_bytes)
         if isinstance(body, Response):
             return body
         if not isinstance(body, dict):
@@ -152,6 +199,11 @@ def create_app(model_dir: str | None = None) -> FastAPI:
             split = body["dataframe_split"]
             if not isinstance(split, dict) or "columns" not in split or "data" not in split:
                 return _error(422, "dataframe_split needs columns and data")
+            names = split["columns"]
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                return _error(422, "dataframe_split.columns must be a list of column names")
+            if len(set(names)) != len(names):
+                return _error(422, "dataframe_split.columns names a column twice")
             if not isinstance(split["data"], list) or not split["data"]:
                 return _error(422, "dataframe_split.data holds no rows")
             if not all(isinstance(row, list) and len(row) == len(split["columns"]) for row in split["data"]):
@@ -176,8 +228,15 @@ def create_app(model_dir: str | None = None) -> FastAPI:
     return app
 
 
-async def _body(request: Request) -> Any:
-    raw = await request.body()
+async def _body(request: Request, max_bytes: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+        return _error(413, f"the body is larger than {max_bytes} bytes (ASGARD_SERVING_MAX_BODY_BYTES)")
+    raw = bytearray()
+    async for chunk in request.stream():  # a body without a length is counted as it arrives
+        raw += chunk
+        if len(raw) > max_bytes:
+            return _error(413, f"the body is larger than {max_bytes} bytes (ASGARD_SERVING_MAX_BODY_BYTES)")
     try:
         return _loads(raw)
     except ValueError as error:

@@ -21,6 +21,9 @@ from typing import Any
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 STRING_TYPES = {"string"}
 BOOLEAN_TYPES = {"boolean"}
+FLOAT32_MAX = 3.4028234663852886e38
+# How scikit-learn's check_array words a refusal of the input's values (NaN, infinity, too large).
+SKLEARN_INPUT_REFUSALS = ("Input X contains", "Input contains", "Input y contains")
 
 
 class InputError(ValueError):
@@ -156,7 +159,11 @@ class Predictor:
             if column.type in STRING_TYPES:
                 feeds[column.name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(-1, 1)
             else:
-                feeds[column.name] = np.array(values, dtype=np.float32).reshape(-1, 1)
+                with np.errstate(over="ignore"):
+                    feeds[column.name] = np.array(values, dtype=np.float32).reshape(-1, 1)
+                # JSON has no infinity: an infinite input is a number beyond what the model's float32 holds.
+                if np.isinf(feeds[column.name]).any():
+                    raise InputError(f"column {column.name}: a value is beyond the model's float32 range (±3.4e38)")
         if self.probability_output is None:  # a regressor
             outputs = self.session.run([self.label_output], feeds)
             return {"predictions": _plain(outputs[0].ravel().astype(float).tolist())}
@@ -174,12 +181,22 @@ class Predictor:
         for column in self.bundle.columns:
             if column.type in NUMERIC_TYPES:
                 frame[column.name] = frame[column.name].astype("float64")
+                # Tree models compare in float32: a value beyond its range is the request's problem.
+                if (frame[column.name].abs() > FLOAT32_MAX).any():
+                    raise InputError(f"column {column.name}: a value is beyond the model's float32 range (±3.4e38)")
             elif column.type in STRING_TYPES:
                 frame[column.name] = frame[column.name].astype("object")
-        result: dict[str, Any] = {"predictions": _plain(self.model.predict(frame).tolist())}
-        if probabilities and self.bundle.is_classifier and hasattr(self.model, "predict_proba"):
-            result["probabilities"] = self.model.predict_proba(frame).tolist()
-            result["classes"] = self.classes
+        try:
+            result: dict[str, Any] = {"predictions": _plain(self.model.predict(frame).tolist())}
+            if probabilities and self.bundle.is_classifier and hasattr(self.model, "predict_proba"):
+                result["probabilities"] = self.model.predict_proba(frame).tolist()
+                result["classes"] = self.classes
+        except ValueError as error:
+            # scikit-learn's own input validation (check_array) refusing the values is the request's
+            # problem; any other failure of the model is the server's, and answers 500.
+            if not str(error).startswith(SKLEARN_INPUT_REFUSALS):
+                raise
+            raise InputError(f"the model refused the input: {error}") from error
         return result
 
 
@@ -188,7 +205,7 @@ def label_indices(probabilities: Any) -> Any:
 
     Probabilities are rounded to 1e-6 first: float32 arithmetic can split an exact tie (0.5 / 0.5)
     by one unit in the last place, and the native model resolves ties to the first class.
-    (asgard.onnx_export checks conversions with this same rule.)
+    (asgard.serving.onnx_export checks conversions with this same rule.)
     """
     import numpy as np
 

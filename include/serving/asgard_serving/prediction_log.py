@@ -4,7 +4,8 @@ A request only appends to an in-memory queue; one background thread drains it ev
 ``flush_seconds`` into a JSON-lines file per batch: in a local folder (written under a temporary
 name and renamed) or under an ``s3://bucket/prefix`` (one PUT per batch; S3 never shows half an
 object), so a reader never sees half a batch. When the queue is full the newest records are
-dropped and counted: serving never waits for the log.
+dropped and counted: serving never waits for the log. The queue is bounded in rows (a request of
+100,000 rows weighs what it holds), so the memory the log takes is bounded whatever the requests.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class PredictionLog:
         model: dict[str, str],
         flush_seconds: float = 5.0,
         max_rows: int = 10_000,
-        max_queued: int = 1_000,
+        max_queued_rows: int = 100_000,
     ) -> None:
         destination = str(destination)
         if destination.startswith("s3://"):
@@ -48,17 +49,23 @@ class PredictionLog:
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
         self.dropped = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.max_queued_rows = max_queued_rows
+        self._queued_rows = 0
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
     def record(self, prediction_ids: list[str], columns: dict[str, list], result: dict[str, Any]) -> None:
-        """Queue one request's inputs and outputs (cheap: no copy, no I/O)."""
-        try:
-            self._queue.put_nowait((time.time(), prediction_ids, columns, result))
-        except queue.Full:
-            self.dropped += 1
+        """Queue one request's inputs and outputs (cheap: no copy, no I/O), unless the queue is full."""
+        rows = len(prediction_ids)
+        with self._lock:
+            if self._queued_rows + rows > self.max_queued_rows:
+                self.dropped += 1
+                return
+            self._queued_rows += rows
+        self._queue.put_nowait((time.time(), prediction_ids, columns, result))
 
     def close(self) -> None:
         self._stop.set()
@@ -76,6 +83,8 @@ class PredictionLog:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
+                with self._lock:
+                    self._queued_rows -= sum(len(ids) for _, ids, _, _ in batch)
                 return batch
 
     def _flush(self, batch: list) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from asgard.airflow_api import AirflowApi, AirflowApiError
-from asgard.model_registry import model_asset_uri
+from asgard.hooks.airflow_api import AirflowApi, AirflowApiError
+from asgard.registry.models import model_asset_uri
 
 # What each job DAG's result is: the return value of this task.
 RESULT_TASKS = {

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from asgard.airflow_api import AirflowApiError
 from asgard.api import jobs
 from asgard.api.schemas import (
     BatchScoringRequest,
@@ -19,10 +18,19 @@ from asgard.api.schemas import (
     TrainingUpload,
     TrainModelRequest,
 )
-from asgard.api.security import CallerAirflow, caller_token
-from asgard.errors import InputError
-from asgard.model_registry import ModelNotFoundError
-from asgard.settings import redact_url
+from asgard.api.security import (
+    CallerAirflow,
+    CallerIdentity,
+    authorize,
+    caller,
+    limit_body_size,
+    offloaded,
+    requires,
+)
+from asgard.core.errors import InputError
+from asgard.core.settings import redact_url
+from asgard.hooks.airflow_api import AirflowApiError
+from asgard.registry.models import ModelNotFoundError
 
 JOB_DAGS = ("train_script", "train_model", "score_batch", "monitor_model")
 
@@ -33,18 +41,20 @@ def create_app() -> FastAPI:
         version="1",
         description="The seed's `/mlops` API inside Airflow: requests become DAG runs; answers come from "
         "MLflow and the monitoring store. Authenticate with Airflow's JWT (`POST /auth/token`).",
-        dependencies=[Depends(caller_token)],
+        dependencies=[Depends(caller)],
     )
     add_error_handlers(app)
+    app.middleware("http")(limit_body_size)
 
     @app.get("/health", summary="The API answers and the caller is authenticated")
     def health() -> dict[str, str]:
         return {"status": "healthy"}
 
     @app.get("/status", summary="MLflow, the registry and the job DAGs")
+    @offloaded
     def platform_status(api: CallerAirflow) -> dict[str, Any]:
+        from asgard.core.settings import get_settings
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.settings import get_settings
 
         hook = MlflowHook()
         reachable, detail = hook.test_connection()
@@ -53,54 +63,99 @@ def create_app() -> FastAPI:
         return {
             "status": "healthy" if reachable else "degraded",
             "profile": get_settings().profile,
-            "mlflow": {"tracking_uri": redact_url(hook.tracking_uri), "reachable": reachable, "detail": detail},
+            "mlflow": {
+                "tracking_uri": redact_url(hook.tracking_uri),
+                "reachable": reachable,
+                "detail": detail.replace(hook.tracking_uri, redact_url(hook.tracking_uri)),
+            },
             "registered_models": models,
             "dags": dags,
         }
 
-    @app.post("/training/upload", status_code=202, response_model=JobSubmitted, summary="Train with a script")
+    @app.post(
+        "/training/upload",
+        status_code=202,
+        response_model=JobSubmitted,
+        summary="Train with a script",
+        dependencies=[requires("POST", "train_script")],
+    )
+    @offloaded
     def upload_training_script(body: TrainingUpload, api: CallerAirflow, request: Request) -> dict[str, Any]:
         job = jobs.submit(api, "train_script", body.conf())
         return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
 
     @app.get("/training/jobs/{job_id}", summary="A job's status, task states, logs and resulting model version")
-    def training_job(job_id: str, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
+    @offloaded
+    def training_job(job_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
+        authorize(who, "GET", jobs.locate(job_id))
         return jobs.status(api, job_id, logs=logs)
 
     @app.get("/jobs/{job_id}", summary="Any job this API started (training, batch scoring, features)")
-    def job(job_id: str, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
+    @offloaded
+    def job(job_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
+        authorize(who, "GET", jobs.locate(job_id))
         return jobs.status(api, job_id, logs=logs)
 
-    @app.post("/models", status_code=202, response_model=JobSubmitted, summary="Train a model (train_model)")
+    @app.post(
+        "/models",
+        status_code=202,
+        response_model=JobSubmitted,
+        summary="Train a model (train_model)",
+        dependencies=[requires("POST", "train_model")],
+    )
+    @offloaded
     def train_model(body: TrainModelRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
         job = jobs.submit(api, "train_model", body.conf())
         return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
 
-    @app.get("/models", summary="Registered models, their aliases and newest version")
+    @app.get(
+        "/models",
+        summary="Registered models, their aliases and newest version",
+        dependencies=[requires("GET", "train_model")],
+    )
+    @offloaded
     def list_models() -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.model_registry import describe_models
+        from asgard.registry.models import describe_models
 
         models = describe_models(MlflowHook())
         return {"models": models, "total": len(models)}
 
-    @app.get("/models/{model_name}", summary="A model's versions, aliases, metrics and deployed endpoint")
+    @app.get(
+        "/models/{model_name}",
+        summary="A model's versions, aliases, metrics and deployed endpoint",
+        dependencies=[requires("GET", "train_model")],
+    )
+    @offloaded
     def get_model(model_name: str) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.model_registry import describe_model
+        from asgard.registry.models import describe_model
 
         return describe_model(MlflowHook(), model_name)
 
-    @app.post("/registry", status_code=201, summary="Register the model an MLflow run logged")
+    @app.post(
+        "/registry",
+        status_code=201,
+        summary="Register the model an MLflow run logged",
+        dependencies=[requires("POST", "train_model")],
+    )
+    @offloaded
     def register(body: RegistryRequest) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.model_registry import register_run_model
+        from asgard.registry.models import register_run_model
 
         return register_run_model(
             MlflowHook(), body.model_name, body.run_id, description=body.description, tags=body.tags
         )
 
-    @app.post("/serve/batch", status_code=202, response_model=JobSubmitted, summary="Score a batch (score_batch)")
+    @app.post(
+        "/serve/batch",
+        status_code=202,
+        response_model=JobSubmitted,
+        summary="Score a batch (score_batch)",
+        dependencies=[requires("POST", "score_batch")],
+    )
+    @offloaded
     def score_batch(body: BatchScoringRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
         job = jobs.submit(api, "score_batch", body.conf())
         version = None if body.model_version is None else str(body.model_version)
@@ -112,25 +167,44 @@ def create_app() -> FastAPI:
             "output_path": body.output_path,
         }
 
-    @app.post("/monitoring", status_code=201, summary="Log monitoring metrics computed elsewhere")
+    @app.post(
+        "/monitoring",
+        status_code=201,
+        summary="Log monitoring metrics computed elsewhere",
+        dependencies=[requires("POST", "monitor_model")],
+    )
+    @offloaded
     def log_monitoring(body: MonitoringRecordRequest) -> dict[str, Any]:
-        from asgard.monitoring import Thresholds, external_record
-        from asgard.monitoring_store import MonitoringStore
-        from asgard.settings import get_settings
+        from asgard.core.settings import get_settings
+        from asgard.monitoring.alerts import external_record
+        from asgard.monitoring.store import MonitoringStore
+        from asgard.monitoring.thresholds import Thresholds
 
         record = external_record(body.model_dump(exclude={"thresholds"}), Thresholds.from_dict(body.thresholds))
         MonitoringStore(get_settings().monitoring_db_url).add(record)
         return record.as_response()
 
-    @app.post("/monitoring/run", status_code=202, response_model=JobSubmitted, summary="Monitor now (monitor_model)")
+    @app.post(
+        "/monitoring/run",
+        status_code=202,
+        response_model=JobSubmitted,
+        summary="Monitor now (monitor_model)",
+        dependencies=[requires("POST", "monitor_model")],
+    )
+    @offloaded
     def run_monitoring(body: MonitoringRunRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
         job = jobs.submit(api, "monitor_model", body.conf())
         return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
 
-    @app.post("/monitoring/history", summary="Monitoring records of a model, newest first, with a summary")
+    @app.post(
+        "/monitoring/history",
+        summary="Monitoring records of a model, newest first, with a summary",
+        dependencies=[requires("GET", "monitor_model")],
+    )
+    @offloaded
     def monitoring_history(body: MonitoringHistoryRequest) -> dict[str, Any]:
-        from asgard.monitoring_store import MonitoringStore
-        from asgard.settings import get_settings
+        from asgard.core.settings import get_settings
+        from asgard.monitoring.store import MonitoringStore
 
         version = None if body.model_version is None else str(body.model_version)
         return MonitoringStore(get_settings().monitoring_db_url).history(

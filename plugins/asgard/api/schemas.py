@@ -8,13 +8,16 @@ full schema of each conf, and a value they refuse is a 422 naming the param too.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from asgard.param_schemas import MODEL_NAME_PATTERN
+from asgard.core.param_schemas import MODEL_NAME_PATTERN
 
-ModelName = Field(pattern=MODEL_NAME_PATTERN, description="A registered model's name.")
+ModelName = Field(pattern=MODEL_NAME_PATTERN, max_length=128, description="A registered model's name.")
+# Bounds on what one request may carry (the body as a whole is capped too: asgard.api.security).
+Name = Field(min_length=1, max_length=256)
+Tags = Field(default_factory=dict, max_length=50, description="String tags (at most 50).")
 
 
 class DagConf(BaseModel):
@@ -28,31 +31,33 @@ class DagConf(BaseModel):
 
 
 class TrainingUpload(DagConf):
-    script_name: str = Field(description="File name of the script, ending in .py.")
-    script_content: str = Field(description="The script, base64-encoded.")
-    experiment_name: str
+    script_name: str = Field(max_length=104, description="File name of the script, ending in .py.")
+    script_content: str = Field(max_length=1_400_000, description="The script, base64-encoded (1 MB at most).")
+    experiment_name: str = Name
     model_name: str = ModelName
-    requirements: list[str] = Field(default_factory=list, description="pip requirements of the script.")
-    timeout: int = Field(600, description="Seconds before the script is stopped.")
-    env_vars: dict[str, str] = Field(default_factory=dict, description="Extra environment of the script.")
+    requirements: list[str] = Field(default_factory=list, max_length=100, description="pip requirements of the script.")
+    timeout: int = Field(600, ge=1, description="Seconds before the script is stopped.")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, max_length=50, description="Extra environment of the script."
+    )
 
 
 class DataSource(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    feature_views: list[str]
+    feature_views: list[str] = Field(max_length=20)
     entities: dict[str, list[Any]] | None = None
-    target_column: str
+    target_column: str = Field(max_length=128)
 
 
 class TrainModelRequest(DagConf):
-    experiment_name: str
+    experiment_name: str = Name
     model_name: str = ModelName
     framework: Literal["sklearn", "xgboost", "lightgbm"]
     model_type: Literal["classification", "regression"]
     data_source: DataSource
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    tags: dict[str, str] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, max_length=10)
+    tags: dict[str, str] = Tags
     retraining: dict[str, Any] | None = Field(
         None,
         description="Retrain the champion when its feature views are materialized again: "
@@ -63,27 +68,27 @@ class TrainModelRequest(DagConf):
 class BatchScoringRequest(DagConf):
     model_name: str = ModelName
     model_version: str | int | None = Field(None, description="A version number; else `alias` (default champion).")
-    feature_views: list[str] | None = None
-    entities_df: dict[str, list[Any]] | None = None
-    output_path: str = Field(description="Local path or s3:// URI of the Parquet output.")
+    feature_views: list[str] | None = Field(None, max_length=20)
+    entities_df: dict[str, list[Any]] | None = Field(None, max_length=50)
+    output_path: str = Field(max_length=1024, description="Local path or s3:// URI of the Parquet output.")
 
 
 class FeatureField(BaseModel):
-    name: str
-    dtype: str
+    name: str = Field(max_length=128)
+    dtype: str = Field(max_length=32)
 
 
 class FeatureSource(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    table_name: str
-    timestamp_field: str
+    table_name: str = Field(max_length=128)
+    timestamp_field: str = Field(max_length=128)
 
 
 class FeatureRegistration(DagConf):
-    name: str
-    entities: list[str]
-    features: list[FeatureField]
+    name: str = Field(max_length=128)
+    entities: list[str] = Field(max_length=10)
+    features: list[FeatureField] = Field(max_length=500)
     source: FeatureSource
     ttl_days: int = 365
 
@@ -93,20 +98,21 @@ class RegistryRequest(BaseModel):
 
     model_name: str = ModelName
     run_id: str = Field(pattern="^[0-9a-f]{32}$", description="The MLflow run whose logged model is registered.")
-    description: str = ""
-    tags: dict[str, str] = Field(default_factory=dict)
+    description: str = Field("", max_length=5000)
+    tags: dict[str, str] = Tags
 
 
 class MonitoringRecordRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_name: str = ModelName
-    model_version: str | int
-    metric_type: str = Field(min_length=1, max_length=64)
-    metrics: dict[str, float]
-    reference_data: dict[str, Any] | None = None
-    current_data: dict[str, Any] | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    model_version: Annotated[str, Field(max_length=32)] | Annotated[int, Field(strict=True, ge=0, le=10**12)]
+    # The store keeps 32 characters: a longer name is a 422 here, not a database error.
+    metric_type: str = Field(min_length=1, max_length=32)
+    metrics: dict[str, float] = Field(max_length=200)
+    reference_data: dict[str, Any] | None = Field(None, max_length=200)
+    current_data: dict[str, Any] | None = Field(None, max_length=200)
+    tags: dict[str, str] = Tags
     thresholds: dict[str, float] | None = Field(None, description="Overrides of the default alert thresholds.")
 
 

@@ -1,7 +1,2 @@
-"""Hooks for systems that have no Airflow provider hook of their own."""
-
-from __future__ import annotations
-
-from asgard.hooks.mlflow import MlflowHook
-
-__all__ = ["MlflowHook"]
+"""Hooks for systems that have no Airflow provider hook of their own: MLflow, the Airflow REST API,
+the Docker engine and OCI registries (logins through the docker and amazon providers' hooks)."""

@@ -82,13 +82,15 @@ class MlflowHook(BaseHook):
         found = self.client.search_runs(
             experiment_ids=[experiment_id],
             filter_string=(
-                f"tags.`{AIRFLOW_DAG_ID_TAG}` = {_literal(dag_id)} AND tags.`{AIRFLOW_RUN_ID_TAG}` = {_literal(run_id)}"
+                f"tags.`{AIRFLOW_DAG_ID_TAG}` = {mlflow_literal(dag_id)} "
+                f"AND tags.`{AIRFLOW_RUN_ID_TAG}` = {mlflow_literal(run_id)}"
             ),
             max_results=1,
         )
         if found:
             return found[0]
-        run_tags = {AIRFLOW_DAG_ID_TAG: dag_id, AIRFLOW_RUN_ID_TAG: run_id, **(tags or {})}
+        # The Airflow tags last: a caller's own tags never replace them (they are how a retry finds its run).
+        run_tags = {**(tags or {}), AIRFLOW_DAG_ID_TAG: dag_id, AIRFLOW_RUN_ID_TAG: run_id}
         return self.client.create_run(
             experiment_id, run_name=f"{dag_id}__{run_id}", tags={k: str(v) for k, v in run_tags.items()}
         )
@@ -201,7 +203,7 @@ def _allow_deserialization() -> Iterator[None]:
             os.environ[ALLOW_DESERIALIZATION] = previous
 
 
-def _literal(value: str) -> str:
+def mlflow_literal(value: str) -> str:
     """``value`` as an MLflow filter string literal (its grammar has quotes but no escapes)."""
     for quote in ("'", '"'):
         if quote not in value:

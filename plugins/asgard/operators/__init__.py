@@ -1,1 +1,1 @@
-"""Operators for infrastructure steps that hold state (build, push, deploy)."""
+"""Operators for infrastructure steps that hold state (build, push, pods)."""

@@ -1,6 +1,6 @@
 """Build (and push) a serving image inside Kubernetes with Kaniko, for clusters without a Docker socket.
 
-The build context is rendered exactly as for the Docker engine (``asgard.serving_image``), packed
+The build context is rendered exactly as for the Docker engine (``asgard.serving.image``), packed
 as a tarball and uploaded to S3 through the amazon provider's ``S3Hook``; a Kaniko pod builds it
 and pushes ``<repository>:<model>-v<version>``. ECR credentials come from the pod's service
 account (IRSA, Kaniko's built-in ECR helper); other registries from a ``kubernetes.io/dockerconfigjson``
@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk.exceptions import AirflowFailException
 from kubernetes.client import models as k8s
 
-from asgard.errors import InputError
-from asgard.settings import get_settings
+from asgard.core.settings import get_settings
 
 KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
 DOCKER_CONFIG_DIR = "/kaniko/.docker"
@@ -126,32 +124,27 @@ class KanikoBuildServingImageOperator(KubernetesPodOperator):
         return f"s3://{self.context_bucket}/{key}"
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from asgard import serving_image
         from asgard.hooks.mlflow import MlflowHook
+        from asgard.registry.versions import resolve_model_version
+        from asgard.serving import image as serving_image
 
         hook = MlflowHook(self.mlflow_conn_id)
-        try:
-            ref = serving_image.resolve_model_version(hook, self.model_name, self.version or None, self.alias or None)
-        except InputError as error:
-            raise AirflowFailException(str(error)) from error
-        destination = f"{self.repository or get_settings().serving_repository}:{ref.tag}"
+        ref = resolve_model_version(hook, self.model_name, self.version or None, self.alias or None)
+        tag = serving_image.image_tag(ref.name, ref.version)
+        destination = f"{self.repository or get_settings().serving_repository}:{tag}"
         with tempfile.TemporaryDirectory(prefix="asgard-image-") as scratch:
-            try:
-                built = serving_image.render_context(hook, ref, Path(scratch) / "context")
-            except InputError as error:
-                raise AirflowFailException(str(error)) from error
-            uri = self.upload_context(built.folder, f"{self.context_prefix}/{ref.tag}-{ref.run_id}.tar.gz")
-        self.configure(uri, destination, serving_image.build_arguments(built, self.base_image), built.labels)
+            rendered = serving_image.render_context(hook, ref, Path(scratch) / "context")
+            uri = self.upload_context(rendered.folder, f"{self.context_prefix}/{tag}-{ref.run_id}.tar.gz")
+        self.configure(uri, destination, serving_image.build_arguments(rendered, self.base_image), rendered.labels)
         super().execute(context)
-        digest = _termination_message(self.remote_pod)
-        result = {
-            "image": destination,
+        result = serving_image.BuiltImage(
+            destination,
             **ref.to_dict(),
-            "built": True,
-            "flavor": built.info["flavor"],
-            "context": uri,
-            "digest": digest,
-        }
+            built=True,
+            flavor=rendered.info["flavor"],
+            context=uri,
+            digest=_termination_message(self.remote_pod),
+        ).to_dict()
         context["ti"].xcom_push(key="return_value", value=result)
         return result
 

@@ -10,9 +10,9 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
-from asgard import user_scripts
-from asgard.features import FEATURE_REPO, STORE_YAML
-from asgard.settings import Settings, get_settings
+from asgard.core.settings import Settings, get_settings
+from asgard.features.store import FEATURE_REPO, STORE_YAML
+from asgard.training.scripts import runner
 
 WORKDIR = "/work"
 SCRIPT_MOUNT = "/script"
@@ -79,7 +79,7 @@ class UserScriptPodOperator(KubernetesPodOperator):
     def configure(self, params: dict[str, Any], injected: dict[str, str]) -> None:
         """Set the image, environment and limits of this run's pod from its conf."""
         if not self.image:  # not given: the image of the requirements set, by its tag
-            key = user_scripts.environment_key(list(params.get("requirements") or []))
+            key = runner.environment_key(list(params.get("requirements") or []))
             self.image = f"{self.settings.script_repository}:{key}"
         store_yaml = (FEATURE_REPO / STORE_YAML[self.settings.profile]).read_bytes()  # placeholders unexpanded
         script = base64.b64decode(params["script_content"])
@@ -108,7 +108,7 @@ class UserScriptPodOperator(KubernetesPodOperator):
             ),
         ]
         variables = {
-            **user_scripts.check_env_vars(params.get("env_vars") or {}),
+            **runner.check_env_vars(params.get("env_vars") or {}),
             **injected,
             "FEAST_REPO_PATH": f"{WORKDIR}/feature_repo",
             "WORKDIR": WORKDIR,
@@ -156,7 +156,7 @@ class UserScriptPodOperator(KubernetesPodOperator):
             tags=params.get("tags") or {},
         )
         repo = f"{WORKDIR}/feature_repo"
-        self.configure(params, user_scripts.injected_variables(params, hook.tracking_uri, run.info.run_id, repo))
+        self.configure(params, runner.injected_variables(params, hook.tracking_uri, run.info.run_id, repo))
         self.publish_script()
         try:
             super().execute(context)

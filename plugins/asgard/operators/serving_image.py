@@ -1,11 +1,10 @@
 """Build a registered model version's serving image on a Docker engine, and push it to a registry.
 
 ``DockerBuildServingImageOperator`` renders the context from MLflow and builds
-``<repository>:<model_name>-v<version>``; a local image already built from the same version is
-reused, not rebuilt. ``RegistryPushImageOperator`` logs in through the provider hooks (a Docker
-connection's basic auth, or the amazon provider's ECR token), pushes with retries on transient
-failures and returns the digest the registry recorded. A registry only creates a tag once the
-manifest is uploaded, after every layer: a failed push leaves no tag behind.
+``<repository>:<model_name>-v<version>``; an image already built from the same version (on this
+engine, or pushed by another worker) is reused, not rebuilt. ``RegistryPushImageOperator`` logs in
+through the provider hooks (a Docker connection's basic auth, or the amazon provider's ECR token),
+pushes with retries on transient failures and returns the digest the registry recorded.
 """
 
 from __future__ import annotations
@@ -17,79 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
-from asgard.errors import InputError
-from asgard.settings import get_settings
+from asgard.core.settings import get_settings
 
 if TYPE_CHECKING:
     import docker
     from airflow.sdk import Context
 
-# Docker's own API version negotiation: the daemon may be older than the client library.
-DOCKER_API_VERSION = "auto"
-
-
-def docker_client(docker_url: str | None, docker_conn_id: str | None = None) -> docker.APIClient:
-    """A Docker API client from the docker provider's hook (logged in when a connection is given)."""
-    from airflow.providers.docker.hooks.docker import DockerHook
-
-    url = docker_url or get_settings().docker_url
-    return DockerHook(docker_conn_id=docker_conn_id, base_url=url, version=DOCKER_API_VERSION).api_client
-
-
-def registry_of(image: str) -> str:
-    """The registry host of an image reference (``host[:port]/repo:tag``)."""
-    first = image.split("/", 1)[0]
-    if "/" not in image or not ("." in first or ":" in first or first == "localhost"):
-        raise InputError(f"image {image!r} names no registry host; push needs host[:port]/repository:tag")
-    return first
-
-
-def registry_client(
-    image: str,
-    *,
-    registry_type: str | None,
-    docker_conn_id: str,
-    aws_conn_id: str,
-    registry_ids: list[str] | None = None,
-    docker_url: str | None = None,
-    log: Any = None,
-) -> docker.APIClient:
-    """A Docker client logged in to ``image``'s registry: a Docker connection's basic auth, or an ECR token.
-
-    The ECR token comes from the amazon provider's ``EcrHook.get_temporary_credentials`` (which masks
-    it in logs); the login goes through the engine, and nothing is written to a config file.
-    """
-    import docker
-
-    registry_type = registry_type or get_settings().registry_type
-    registry = registry_of(image)
-    if registry_type == "docker":
-        try:
-            return docker_client(docker_url, docker_conn_id)
-        except docker.errors.APIError as error:
-            if _unreachable(error):
-                raise AirflowFailException(f"registry {registry} is unreachable: {_reason(error)}") from error
-            raise AirflowFailException(
-                f"registry {registry} refused the login of connection {docker_conn_id!r}: {_reason(error)}"
-            ) from error
-    from airflow.providers.amazon.aws.hooks.ecr import EcrHook
-
-    client = docker_client(docker_url)
-    credentials = EcrHook(aws_conn_id=aws_conn_id).get_temporary_credentials(registry_ids=registry_ids)
-    if not credentials:
-        raise AirflowFailException(f"ECR returned no credentials for registry ids {registry_ids}")
-    token = next((c for c in credentials if c.registry == registry), credentials[0])
-    try:
-        client.login(username=token.username, password=token.password, registry=registry, reauth=True)
-    except docker.errors.APIError as error:
-        if _unreachable(error):
-            raise AirflowFailException(f"registry {registry} is unreachable: {_reason(error)}") from error
-        raise AirflowFailException(f"registry {registry} refused the ECR token: {_reason(error)}") from error
-    if log is not None:
-        log.info("logged in to %s with an ECR token (expires %s)", registry, token.expires_at)
-    return client
+    from asgard.registry.versions import ModelVersionRef
 
 
 class DockerBuildServingImageOperator(BaseOperator):
@@ -123,9 +57,6 @@ class DockerBuildServingImageOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.registry_type = registry_type
-        self.docker_conn_id = docker_conn_id
-        self.aws_conn_id = aws_conn_id
         self.model_name = model_name
         self.version = version
         self.alias = alias
@@ -133,49 +64,53 @@ class DockerBuildServingImageOperator(BaseOperator):
         self.base_image = base_image
         self.docker_url = docker_url
         self.mlflow_conn_id = mlflow_conn_id
+        self.registry_type = registry_type
+        self.docker_conn_id = docker_conn_id
+        self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from asgard import serving_image
+        from asgard.hooks.docker import build_image, docker_client
         from asgard.hooks.mlflow import MlflowHook
+        from asgard.registry.versions import resolve_model_version
+        from asgard.serving import image as serving_image
 
         settings = get_settings()
         hook = MlflowHook(self.mlflow_conn_id)
-        try:
-            ref = serving_image.resolve_model_version(hook, self.model_name, self.version or None, self.alias or None)
-            image = f"{self.repository or settings.serving_repository}:{ref.tag}"
-        except InputError as error:
-            raise AirflowFailException(str(error)) from error
+        ref = resolve_model_version(hook, self.model_name, self.version or None, self.alias or None)
+        image = f"{self.repository or settings.serving_repository}:{serving_image.image_tag(ref.name, ref.version)}"
         client = docker_client(self.docker_url)
         existing = serving_image.find_image(client, image, ref) or self._pull_built(image, ref)
-        result = {"image": image, **ref.to_dict()}
         if existing:
             self.log.info(
                 "%s is already built from %s v%s (run %s): reusing it", image, ref.name, ref.version, ref.run_id
             )
             labels = client.inspect_image(existing)["Config"]["Labels"] or {}
-            return {**result, "image_id": existing, "built": False, "flavor": labels.get("io.asgard.serving.flavor")}
+            flavor = labels.get("io.asgard.serving.flavor")
+            return serving_image.BuiltImage(
+                image, **ref.to_dict(), built=False, flavor=flavor, image_id=existing
+            ).to_dict()
         with tempfile.TemporaryDirectory(prefix="asgard-image-") as scratch:
-            try:
-                built = serving_image.render_context(hook, ref, Path(scratch) / "context")
-            except InputError as error:
-                raise AirflowFailException(str(error)) from error
-            self.log.info("serving %s: %s", built.info["flavor"], built.info["flavor_reason"])
-            image_id = serving_image.build_image(
+            rendered = serving_image.render_context(hook, ref, Path(scratch) / "context")
+            self.log.info("serving %s: %s", rendered.info["flavor"], rendered.info["flavor_reason"])
+            image_id = build_image(
                 client,
-                built.folder,
+                rendered.folder,
                 image,
-                build_args=serving_image.build_arguments(built, self.base_image or settings.serving_base_image),
-                labels=built.labels,
+                build_args=serving_image.build_arguments(rendered, self.base_image or settings.serving_base_image),
+                labels=rendered.labels,
                 progress=lambda line: self.log.info("%s", line),
             )
         self.log.info("built %s (%s)", image, image_id)
-        return {**result, "image_id": image_id, "built": True, "flavor": built.info["flavor"]}
+        return serving_image.BuiltImage(
+            image, **ref.to_dict(), built=True, flavor=rendered.info["flavor"], image_id=image_id
+        ).to_dict()
 
-    def _pull_built(self, image: str, ref: Any) -> str | None:
+    def _pull_built(self, image: str, ref: ModelVersionRef) -> str | None:
         """The image of this version from the registry, if it was built and pushed before (any worker)."""
-        import docker
+        from airflow.sdk.exceptions import AirflowException
 
-        from asgard import serving_image
+        from asgard.hooks.docker import RegistryError, pull, registry_client
+        from asgard.serving.image import find_image
 
         try:
             client = registry_client(
@@ -185,12 +120,10 @@ class DockerBuildServingImageOperator(BaseOperator):
                 aws_conn_id=self.aws_conn_id,
                 docker_url=self.docker_url,
             )
-            repository, tag = image.rsplit(":", 1)
-            client.pull(repository, tag=tag)
-        except (AirflowFailException, AirflowNotFoundException, docker.errors.DockerException) as error:
-            self.log.info("%s is not in the registry yet (%s): building it", image, _reason(error))
+        except (RegistryError, AirflowException) as error:
+            self.log.info("cannot look for %s in the registry (%s): building it", image, error)
             return None
-        return serving_image.find_image(client, image, ref)
+        return find_image(client, image, ref) if pull(client, image) else None
 
 
 class RegistryPushImageOperator(BaseOperator):
@@ -226,6 +159,8 @@ class RegistryPushImageOperator(BaseOperator):
 
     @cached_property
     def client(self) -> docker.APIClient:
+        from asgard.hooks.docker import registry_client
+
         return registry_client(
             self.image,
             registry_type=self.registry_type,
@@ -233,34 +168,16 @@ class RegistryPushImageOperator(BaseOperator):
             aws_conn_id=self.aws_conn_id,
             registry_ids=self.registry_ids,
             docker_url=self.docker_url,
-            log=self.log,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from asgard import serving_image
+        from asgard.hooks.docker import push_image, registry_of
+        from asgard.serving.image import PushedImage
 
-        try:
-            registry_of(self.image)
-        except InputError as error:
-            raise AirflowFailException(str(error)) from error
-        try:
-            digest = serving_image.push_image(
-                self.client, self.image, attempts=self.push_attempts, progress=lambda line: self.log.info("%s", line)
-            )
-        except serving_image.PushError as error:
-            if error.transient:
-                raise  # the task's own retries may still succeed
-            raise AirflowFailException(str(error)) from error
+        registry_of(self.image)  # an image without a registry host is refused before any login
+        digest = push_image(
+            self.client, self.image, attempts=self.push_attempts, progress=lambda line: self.log.info("%s", line)
+        )
         repository = self.image.rsplit(":", 1)[0]
         self.log.info("pushed %s as %s", self.image, digest)
-        return {"image": self.image, "digest": digest, "reference": f"{repository}@{digest}"}
-
-
-def _reason(error: Exception) -> str:
-    return getattr(error, "explanation", None) or str(error)
-
-
-def _unreachable(error: Exception) -> bool:
-    from asgard.serving_image import TRANSIENT_MARKERS
-
-    return any(marker in _reason(error).lower() for marker in TRANSIENT_MARKERS)
+        return PushedImage(self.image, digest, f"{repository}@{digest}").to_dict()

@@ -1,0 +1,176 @@
+"""Benchmark: how long the platform takes to get ready for work, against the way it used to be done.
+
+Script environments: the platform's path (uv, wheels only, its download cache shared with the
+platform's own virtualenv) against ``python -m venv`` + ``pip install``, each cold (an empty cache)
+and cached (the environment of that requirements set already exists, or the cache is warm).
+Serving images: the platform's Dockerfile (layers from what changes least to what changes most, uv
+installing the wheels) against the previous one (pip, the model's labels before the dependencies),
+for a model's first version and its next one (same dependencies, a new model).
+
+    python bench/startup_bench.py                 # the example script's requirements, RF images
+    python bench/startup_bench.py --smoke         # one small requirement, tiny models (CI)
+
+Targets (issue 30): a new script environment <= 20 s and a cached one <= 1 s; a next version's
+image <= 15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
+
+EXAMPLE = ["scikit-learn", "pandas", "feast[duckdb]", "pyiceberg[sql-sqlite,pyarrow]"]
+SMOKE = ["six"]
+# The serving Dockerfile as it was before issue 30: pip installs the wheels, and the model's labels
+# come before the dependencies, so every new version rebuilt every layer after them.
+PREVIOUS_DOCKERFILE = """
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS dependencies
+COPY requirements.txt /build/requirements.txt
+COPY wheels/ /build/wheels/
+COPY app/ /opt/asgard/app/
+RUN python3 -m venv /opt/venv \\
+ && /opt/venv/bin/pip install --no-index --find-links /build/wheels --no-cache-dir --disable-pip-version-check \\
+      -r /build/requirements.txt \\
+ && /opt/venv/bin/pip uninstall --yes --quiet pip
+FROM ${BASE_IMAGE}
+ARG MODEL_VERSION
+LABEL io.asgard.model.version="${MODEL_VERSION}"
+COPY --from=dependencies /opt/venv /opt/venv
+COPY --from=dependencies /opt/asgard/app /opt/asgard/app
+COPY model/ /opt/asgard/model/
+ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/opt/asgard/app ASGARD_MODEL_DIR=/opt/asgard/model
+USER 10001:10001
+ENTRYPOINT ["python3", "-m", "asgard_serving"]
+"""
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def pip_environment(root: Path, requirements: list[str], cache: Path | None) -> float:
+    """The old way: venv + pip install of ``requirements``, with pip's cache in ``cache`` (None: no cache)."""
+    target = root / f"pip-{time.monotonic_ns()}"
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    cache_option = ["--cache-dir", str(cache)] if cache else ["--no-cache-dir"]
+    seconds = timed(["/usr/bin/python3.11", "-m", "venv", str(target)])
+    seconds += timed(
+        [str(target / "bin" / "pip"), "install", "-q", *cache_option, "-c", str(REPO / "constraints.txt"),
+         *requirements],
+        env,
+    )  # fmt: skip
+    shutil.rmtree(target)
+    return seconds
+
+
+def environments(full: list[str], scratch: Path) -> dict[str, float]:
+    from asgard.core.build_cache import PythonEnvironments
+    from asgard.core.settings import Settings, get_settings
+
+    settings = get_settings()
+    cold = Settings(**{**settings.model_dump(), "cache_dir": scratch / "cold-cache"})
+    shared = Settings(**{**settings.model_dump(), "cache_dir": scratch / "shared"})
+    (scratch / "shared").mkdir()
+    (scratch / "shared" / "uv").symlink_to(settings.cache_dir / "uv")  # the platform's own download cache
+    times = {}
+    started = time.perf_counter()
+    PythonEnvironments(cold).ensure(full, progress=lambda _: None)
+    times["uv, empty download cache"] = time.perf_counter() - started
+    started = time.perf_counter()
+    PythonEnvironments(shared).ensure(full, progress=lambda _: None)
+    times["uv, the platform's download cache (a fresh machine after set-up)"] = time.perf_counter() - started
+    started = time.perf_counter()
+    PythonEnvironments(shared).ensure(full, progress=lambda _: None)
+    times["uv, environment already built (cached)"] = time.perf_counter() - started
+    times["pip, no cache"] = pip_environment(scratch, full, None)
+    pip_cache = scratch / "pip-cache"
+    pip_environment(scratch, full, pip_cache)  # fills pip's cache
+    times["pip, warm pip cache"] = pip_environment(scratch, full, pip_cache)
+    return times
+
+
+def images(customers: int, scratch: Path, *, reuse_services: bool) -> dict[str, float]:
+    """First and next version's image with the platform's Dockerfile and the previous one."""
+    from asgard.hooks.docker import build_image
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.versions import resolve_model_version
+    from asgard.serving import image as serving_image
+    from common import embedded_services
+    from sample_data.models import register_sample_model
+
+    times = {}
+    with embedded_services(["mlflow", "docker"], reuse=reuse_services, prefix="asgard-startup-bench-") as (settings, _):
+        import docker
+
+        client = docker.APIClient(base_url=settings.docker_url, version="auto")
+        hook = MlflowHook()
+        for dockerfile in ("platform", "previous"):
+            name = f"startup_{dockerfile}"
+            for which in ("first", "next"):
+                version = register_sample_model(settings.mlflow_url, name, customers=customers)
+                ref = resolve_model_version(hook, name, version)
+                context = serving_image.render_context(hook, ref, scratch / "contexts" / f"{name}-{version}")
+                if dockerfile == "previous":
+                    (context.folder / "Dockerfile").write_text(PREVIOUS_DOCKERFILE)
+                started = time.perf_counter()
+                build_image(
+                    client,
+                    context.folder,
+                    f"startup-bench/{name}:v{version}",
+                    build_args={"BASE_IMAGE": settings.serving_base_image, "MODEL_VERSION": version},
+                    labels=context.labels,
+                    progress=lambda _: None,
+                )
+                times[f"{dockerfile} Dockerfile, {which} version"] = time.perf_counter() - started
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one small requirement and tiny models (CI)")
+    parser.add_argument(
+        "--reuse-services", action="store_true", help="the running stack ASGARD_* describes (else a fresh one)"
+    )
+    args = parser.parse_args()
+    # A script's environment holds its requirements and the platform's (mlflow-skinny, pandas, pyarrow);
+    # the smoke run builds one small requirement only.
+    requirements = SMOKE if args.smoke else [*EXAMPLE, "mlflow-skinny", "pandas", "pyarrow"]
+    with tempfile.TemporaryDirectory(prefix="asgard-startup-bench-") as scratch:
+        env_times = environments(requirements, Path(scratch))
+        image_times = images(1000 if args.smoke else 5000, Path(scratch), reuse_services=args.reuse_services)
+    print(f"script environment for {', '.join(requirements)}:")
+    for label, seconds in env_times.items():
+        print(f"    {label:<66} {seconds:7.1f}s")
+    new = env_times["uv, the platform's download cache (a fresh machine after set-up)"]
+    print(f"ratio new environment, pip no cache / uv: {env_times['pip, no cache'] / new:.1f}  (target uv <= 20 s)")
+    cached = env_times["uv, environment already built (cached)"]
+    print(f"ratio cached environment, pip warm cache / uv: {env_times['pip, warm pip cache'] / cached:.1f}"
+          "  (target uv <= 1 s)")  # fmt: skip
+    print("serving image builds (the sample random forest; wheelhouse already downloaded):")
+    for label, seconds in image_times.items():
+        print(f"    {label:<66} {seconds:7.1f}s")
+    for which in ("first", "next"):
+        ratio = (
+            image_times[f"previous Dockerfile, {which} version"] / image_times[f"platform Dockerfile, {which} version"]
+        )
+        print(f"ratio {which} version, previous / platform Dockerfile: {ratio:.1f}")
+    print("(target: next version <= 15 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The request bodies of ``/predict`` and ``/invocations`` in the app's OpenAPI document.
+
+The app parses bodies itself (see ``app``), so FastAPI cannot infer them; they are written here from
+the served model's own signature, so the document states exactly what this model accepts: its
+columns, their JSON types, which are required, in each shape the endpoints take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgard_serving.model import BOOLEAN_TYPES, NUMERIC_TYPES, Column
+
+JSON_TYPES = {**dict.fromkeys(NUMERIC_TYPES, "number"), **dict.fromkeys(BOOLEAN_TYPES, "boolean")}
+
+
+def _value(column: Column) -> dict[str, Any]:
+    return {"type": [JSON_TYPES.get(column.type, "string"), "null"]}
+
+
+def request_bodies(columns: list[Column]) -> dict[str, dict[str, Any]]:
+    """OpenAPI ``requestBody`` objects by path."""
+    required = [column.name for column in columns if column.required]
+    record = {
+        "type": "object",
+        "properties": {column.name: _value(column) for column in columns},
+        "required": required,
+    }
+    records = {"type": "array", "items": record, "minItems": 1}
+    columnar = {
+        "type": "object",
+        "properties": {column.name: {"type": "array", "items": _value(column)} for column in columns},
+        "required": required,
+    }
+    inputs = {"oneOf": [columnar, records]}
+    predict = {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {"inputs": inputs, "return_probabilities": {"type": "boolean"}},
+                "required": ["inputs"],
+                "additionalProperties": False,
+            },
+            records,
+        ]
+    }
+    names = [column.name for column in columns]
+    invocations = {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "dataframe_split": {
+                        "type": "object",
+                        "properties": {
+                            "columns": {"type": "array", "items": {"type": "string", "enum": names}},
+                            "data": {"type": "array", "items": {"type": "array"}, "minItems": 1},
+                        },
+                        "required": ["columns", "data"],
+                    }
+                },
+                "required": ["dataframe_split"],
+            },
+            *(
+                {"type": "object", "properties": {key: schema}, "required": [key]}
+                for key, schema in (("dataframe_records", records), ("inputs", inputs), ("instances", records))
+            ),
+        ]
+    }
+    return {
+        path: {"required": True, "content": {"application/json": {"schema": schema}}}
+        for path, schema in (("/predict", predict), ("/invocations", invocations))
+    }

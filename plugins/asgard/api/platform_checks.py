@@ -1,0 +1,110 @@
+"""Platform checks: prove each service the pipeline depends on answers and does real work.
+
+Used by the ``check_platform`` DAG (the first thing the main job runs) so a broken
+installation fails in one place with a message that names the service, not halfway through
+training.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from asgard.core.settings import get_settings
+
+CHECK_NAMES = ("mlflow", "storage", "sandbox")
+CHECK_EXPERIMENT = "asgard-platform-checks"
+
+
+class PlatformCheckError(RuntimeError):
+    """A service the platform needs is missing or does not work."""
+
+
+def check_mlflow(*, dag_id: str, run_id: str, mlflow_conn_id: str = "mlflow_default") -> dict[str, Any]:
+    """Tracking and artifact store both work: log a metric and an artifact, read them back."""
+    from asgard.hooks.mlflow import MlflowHook
+
+    hook = MlflowHook(mlflow_conn_id)
+    started = time.perf_counter()
+    try:
+        run = hook.get_or_create_run(experiment_name=CHECK_EXPERIMENT, dag_id=dag_id, run_id=run_id)
+        client = hook.client
+        client.log_metric(run.info.run_id, "check_started_at", time.time())
+        with tempfile.TemporaryDirectory() as scratch:
+            probe = Path(scratch) / "probe.txt"
+            probe.write_text(f"asgard platform check {dag_id} {run_id}\n")
+            client.log_artifact(run.info.run_id, str(probe))
+        names = [artifact.path for artifact in client.list_artifacts(run.info.run_id)]
+        client.set_terminated(run.info.run_id)
+    except Exception as error:
+        raise PlatformCheckError(f"MLflow at {hook.tracking_uri} failed the check: {error}") from error
+    if "probe.txt" not in names:
+        raise PlatformCheckError(f"MLflow at {hook.tracking_uri} did not keep the logged artifact (saw {names})")
+    return {
+        "service": "mlflow",
+        "tracking_uri": hook.tracking_uri,
+        "mlflow_run_id": run.info.run_id,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def check_storage(data_dir: Path | None = None) -> dict[str, Any]:
+    """The platform's data folder is writable, with atomic renames (what every output relies on)."""
+    data_dir = data_dir or get_settings().data_dir
+    started = time.perf_counter()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        final = data_dir / f".check-{uuid.uuid4().hex}"
+        with tempfile.NamedTemporaryFile("w", dir=data_dir, delete=False) as handle:
+            handle.write("ok")
+        os.replace(handle.name, final)
+        content = final.read_text()
+        final.unlink()
+    except OSError as error:
+        raise PlatformCheckError(f"data folder {data_dir} is not usable: {error}") from error
+    if content != "ok":
+        raise PlatformCheckError(f"data folder {data_dir} returned {content!r} for what was written")
+    return {"service": "storage", "path": str(data_dir), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def check_sandbox() -> dict[str, Any]:
+    """User scripts can run isolated here: a sandbox starts, as uid 65534, and sees nothing of this host."""
+    from asgard.core import sandbox
+
+    settings = get_settings()
+    if settings.script_runner != "local":
+        return {"service": "sandbox", "skipped": f"user scripts run on {settings.script_runner}"}
+    started = time.perf_counter()
+    seen: list[str] = []
+    probe = "import os; print(os.getuid(), sorted(os.listdir('/')))"
+    with tempfile.TemporaryDirectory(prefix="asgard-check-") as scratch:
+        try:
+            outcome = sandbox.run(
+                [settings.script_python, "-c", probe],
+                binds=[],
+                env={"PATH": "/usr/bin:/bin"},
+                cwd="/",
+                limits=sandbox.Limits(timeout_seconds=60, memory_mb=256, max_processes=16),
+                scratch=Path(scratch),
+                output=seen.append,
+            )
+        except sandbox.SandboxError as error:
+            raise PlatformCheckError(f"user scripts cannot run isolated on this worker: {error}") from error
+    if not outcome.ok or not seen or not seen[0].startswith(f"{sandbox.SANDBOX_UID} "):
+        raise PlatformCheckError(f"the sandbox did not run as expected: {outcome} {seen}")
+    return {"service": "sandbox", "saw": seen[0], "seconds": round(time.perf_counter() - started, 3)}
+
+
+def run_check(name: str, *, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Run the check called ``name`` and return what it found."""
+    if name == "mlflow":
+        return check_mlflow(dag_id=dag_id, run_id=run_id)
+    if name == "storage":
+        return check_storage()
+    if name == "sandbox":
+        return check_sandbox()
+    raise PlatformCheckError(f"unknown check {name!r}; known checks: {', '.join(CHECK_NAMES)}")

@@ -1,0 +1,57 @@
+"""JSON-schema pieces shared by the DAGs' Params: one definition of each kind of value a conf carries."""
+
+from __future__ import annotations
+
+# A feature view, column, table or entity name.
+IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
+# One value of an entity column.
+SCALAR = {"type": ["string", "integer", "number", "boolean"]}
+# MLflow registered model names as the platform accepts them (also image tags and URL path segments).
+MODEL_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# An MLflow alias (no "latest"-style digits first: MLflow reserves version-like aliases).
+ALIAS_PATTERN = "^[A-Za-z][A-Za-z0-9_-]{0,254}$"
+# A model version number, as a string or an integer; null when an alias names it.
+VERSION = {"type": ["null", "string", "integer"], "pattern": "^[0-9]+$", "minimum": 1}
+# "format" draws the UI's date picker; Airflow does not enforce formats, so the pattern does.
+TIMESTAMP = {
+    "type": ["null", "string"],
+    "format": "date-time",
+    "pattern": r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$",
+}
+# A pip requirement: a name with extras and version specifiers, never a pip option ("-e", "--index-url").
+REQUIREMENT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-\\[\\], <>=!~*]*$", "maxLength": 200}
+
+# train_model's retraining policy: retrain the version, while it is @champion, when one of its
+# feature views is materialized again (at most once per interval). See asgard.training.retraining.
+RETRAINING_POLICY = {
+    "type": "object",
+    "properties": {"on_new_features": {"type": "boolean"}, "min_interval_hours": {"type": "number", "minimum": 0}},
+    "additionalProperties": False,
+}
+
+
+def promotion(metric_names: list[str] | None = None, *, script: bool = False) -> dict:
+    """The champion gate's policy (``promotion``): the metric to compare (one of ``metric_names`` when
+    given) and by how much a challenger must beat the champion on it; for a script's model, whether
+    the metric the script reports about itself may replace a champion (``trust_script_metric``)."""
+    metric = {"type": "string", "enum": sorted(metric_names)} if metric_names else {"type": "string", "minLength": 1}
+    properties: dict = {"metric": metric, "min_improvement": {"type": "number", "minimum": 0}}
+    if script:
+        properties["trust_script_metric"] = {"type": "boolean"}
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+# A Kubernetes quantity (500m, 2, 1Gi): what a deploy's resources may say, and nothing that could
+# reach a manifest as anything else.
+QUANTITY = {"type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,6})?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"}
+_CPU_MEMORY = {
+    "type": "object",
+    "properties": {"cpu": QUANTITY, "memory": QUANTITY},
+    "additionalProperties": False,
+}
+# deploy_model's resources: requests and limits of cpu and memory (defaults fill what is left out).
+RESOURCES = {
+    "type": ["null", "object"],
+    "properties": {"requests": _CPU_MEMORY, "limits": _CPU_MEMORY},
+    "additionalProperties": False,
+}

@@ -1,0 +1,302 @@
+"""Running code the platform does not trust: a non-root process that sees only what it was handed.
+
+A sandboxed command runs under bubblewrap (Debian's ``bwrap``) as uid 65534, with the privileges of
+that uid on the host too (it is dropped before the namespaces are made), in namespaces of its own:
+
+- mounts: the system's programs and libraries read-only (``/usr``), a fresh ``/proc`` and ``/dev``,
+  a private ``/tmp``, a minimal ``/etc``, and exactly the paths it is given (read-only unless
+  marked writable) — nothing else of the host exists for it;
+- PID: it sees only its own processes, and every process it starts dies with it, on success too;
+- network: its own loopback and nothing else; a TCP port inside can be forwarded to a unix
+  socket outside (:class:`Forward`), which the caller serves (so what it reaches is stated exactly);
+- IPC and UTS of its own.
+
+Its whole process tree is capped by a cgroup (v1 ``memory`` and ``pids`` controllers, or v2): memory
+and process count for the tree, not per process. Time and output (in bytes, partial lines
+included) are capped by the caller's side, which kills the tree when either runs out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asgard.core.cgroups import CGROUP_ROOT, ProcessTreeLimits
+
+log = logging.getLogger(__name__)
+
+SANDBOX_UID = 65534  # nobody
+# Read from the sandbox's output at most this much before a line counts as complete.
+MAX_LINE_BYTES = 16_384
+# What a sandbox always gets: the system's programs and libraries (Debian keeps them all in /usr).
+SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+ETC_FILES = {
+    "passwd": f"root:x:0:0::/nonexistent:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}::/work:/bin/sh\n",
+    "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\n",
+    "hosts": "127.0.0.1 localhost\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be set up on this machine (the message says what is missing)."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path the sandbox sees at ``target`` (the same path by default), read-only unless writable."""
+
+    source: Path
+    target: str | None = None
+    writable: bool = False
+
+    @property
+    def inside(self) -> str:
+        return self.target or str(self.source)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """TCP ``port`` on the sandbox's loopback, relayed to the unix socket ``socket`` outside."""
+
+    port: int
+    socket: Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_seconds: float = 600
+    memory_mb: int = 4096
+    max_processes: int = 256
+    max_output_bytes: int = 5_000_000
+
+
+@dataclass
+class Outcome:
+    """How a sandboxed command ended: its exit code, or which limit stopped it."""
+
+    exit_code: int | None
+    seconds: float
+    output_bytes: int
+    tail: list[str] = field(default_factory=list)
+    stopped_by: str | None = None  # timeout | output | memory | processes
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped_by is None and self.exit_code == 0
+
+
+def available() -> str | None:
+    """Why sandboxes cannot run here (None: they can)."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+    for tool in ("setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} (util-linux) is not installed"
+    if os.geteuid() != 0:
+        return "the worker does not run as root (a sandbox is set up as root, then runs as uid 65534)"
+    if not ProcessTreeLimits.supported():
+        return f"no writable cgroup memory and pids controllers under {CGROUP_ROOT} (run the worker as root)"
+    return None
+
+
+# --------------------------------------------------------------------------- running
+def bwrap_arguments(binds: list[Bind], staged: list[str], *, cwd: str, etc: str) -> list[str]:
+    """bubblewrap's arguments: the namespaces, the system's files, ``binds`` and the working folder."""
+    arguments = [
+        "bwrap",
+        "--unshare-user",
+        "--uid", str(SANDBOX_UID),
+        "--gid", str(SANDBOX_UID),
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname", "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--ro-bind", "/usr", "/usr",
+    ]  # fmt: skip
+    for link, target in SYSTEM_LINKS.items():
+        arguments += ["--symlink", target, link]
+    arguments += ["--ro-bind", etc, "/etc"]
+    for bind, source in zip(binds, staged, strict=True):
+        arguments += ["--bind" if bind.writable else "--ro-bind", source, bind.inside]
+    return [*arguments, "--chdir", cwd]
+
+
+def launch_script(group: ProcessTreeLimits, binds: list[Bind], etc: Path) -> tuple[str, list[str], str]:
+    """The shell that sets a sandbox up as root, its staged bind sources, and the staged /etc.
+
+    It runs in a mount namespace of its own: it joins the cgroup first (so every process of the tree
+    is in it), then mounts every bind source onto a private stage that the sandbox's uid can reach
+    (a source may sit in a folder only root may enter), then drops to that uid for bubblewrap.
+    """
+    stage = str(stage_root())
+    lines = ["set -e", *[f"echo $$ >> {shlex.quote(str(procs))}" for procs in group.procs_files]]
+    lines.append(f"mount -t tmpfs -o mode=0755,size=1m asgard-stage {shlex.quote(stage)}")
+    staged = []
+    for index, source in enumerate([etc, *(bind.source for bind in binds)]):
+        point = f"{stage}/{index}"
+        make = "mkdir" if Path(source).is_dir() else "touch"
+        lines += [f"{make} {shlex.quote(point)}", f"mount --bind {shlex.quote(str(source))} {shlex.quote(point)}"]
+        staged.append(point)
+    lines.append('exec "$@"')
+    return "\n".join(lines), staged[1:], staged[0]
+
+
+def stage_root() -> Path:
+    """An empty folder every sandbox mounts its private stage on (in its own mount namespace)."""
+    base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+    root = base / "asgard-sandbox"
+    root.mkdir(mode=0o755, exist_ok=True)
+    return root
+
+
+def run(
+    command: list[str],
+    *,
+    binds: list[Bind],
+    env: dict[str, str],
+    cwd: str,
+    limits: Limits,
+    scratch: Path,
+    output: Callable[[str], None] = log.info,
+) -> Outcome:
+    """Run ``command`` in a sandbox and wait for it (or for a limit); never raises for what it does.
+
+    ``scratch`` is a folder of the caller's (the sandbox's ``/etc`` is written there). ``env`` is the
+    whole environment the command sees.
+    """
+    problem = available()
+    if problem:
+        raise SandboxError(f"cannot sandbox: {problem}")
+    etc = scratch / f"etc-{uuid.uuid4().hex[:8]}"
+    etc.mkdir(parents=True)
+    for name, text in ETC_FILES.items():
+        (etc / name).write_text(text)
+    group = ProcessTreeLimits(
+        f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
+        memory_bytes=limits.memory_mb * 1024 * 1024,
+        max_processes=limits.max_processes,
+    )
+    group.create()
+    setup, staged, staged_etc = launch_script(group, binds, etc)
+    drop = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
+    launcher = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        setup,
+        "sandbox",
+        *drop,
+        *bwrap_arguments(binds, staged, cwd=cwd, etc=staged_etc),
+        *command,
+    ]
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            launcher,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        reader = _OutputReader(process, limits.max_output_bytes, output, on_overflow=group.kill_all)
+        reader.start()
+        try:
+            process.wait(timeout=limits.timeout_seconds)
+            stopped_by = None
+        except subprocess.TimeoutExpired:
+            stopped_by = "timeout"
+        group.kill_all()  # what is left: a timed-out tree, or anything that outlived its parent
+        process.wait(timeout=30)
+        reader.join(timeout=30)
+        # The cause before the symptom: a tree that hit its memory or process cap and then ran out of time
+        # was stopped by the cap.
+        stopped_by = ("output" if reader.overflowed else None) or group.hit() or stopped_by
+        return Outcome(process.returncode, time.monotonic() - started, reader.total, reader.tail(), stopped_by)
+    finally:
+        group.remove()
+        shutil.rmtree(etc, ignore_errors=True)
+
+
+class _OutputReader(threading.Thread):
+    """Streams the sandbox's output line by line (a line longer than MAX_LINE_BYTES in pieces), up to a
+    cap on the bytes read, newline or not; keeps a tail for error messages."""
+
+    def __init__(
+        self, process: subprocess.Popen, cap: int, output: Callable[[str], None], *, on_overflow: Callable[[], None]
+    ) -> None:
+        super().__init__(daemon=True)
+        self.process, self.cap, self.output, self.on_overflow = process, cap, output, on_overflow
+        self.total = 0
+        self.overflowed = False
+        self.lines: list[str] = []
+
+    def run(self) -> None:
+        stream = self.process.stdout
+        pending = b""
+        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+            self.total += len(chunk)
+            if self.total > self.cap:
+                self.overflowed = True
+                self.on_overflow()
+                chunk = chunk[: max(0, len(chunk) - (self.total - self.cap))]
+            pending += chunk
+            pending = self._emit(pending)
+            if self.overflowed:
+                break
+        if pending:
+            self._line(pending)
+        stream.close()
+
+    def _emit(self, pending: bytes) -> bytes:
+        while True:
+            newline = pending.find(b"\n")
+            if newline < 0 and len(pending) < MAX_LINE_BYTES:
+                return pending
+            cut = newline if 0 <= newline < MAX_LINE_BYTES else MAX_LINE_BYTES
+            self._line(pending[:cut])
+            pending = pending[cut + 1 :] if cut == newline else pending[cut:]
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        self.output(line)
+        self.lines = [*self.lines[-39:], line]
+
+    def tail(self) -> list[str]:
+        return self.lines[-20:]
+
+
+@contextlib.contextmanager
+def owned_by_sandbox(folder: Path) -> Iterator[Path]:
+    """``folder`` (created) writable by the sandbox's uid for the block; back to root's after it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, SANDBOX_UID, SANDBOX_UID, follow_symlinks=False)
+    try:
+        yield folder
+    finally:
+        for path in [folder, *folder.rglob("*")]:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(path, 0, 0, follow_symlinks=False)

@@ -1,0 +1,250 @@
+"""One place for the platform's configuration: every ``ASGARD_*`` environment variable is read here.
+
+Everything that differs between the embedded default (one machine, no cloud) and production
+(Postgres, Celery, S3, ECR, EKS, Trino) is a setting, so switching is configuration, never code.
+Connections to external systems are Airflow connections (``AIRFLOW_CONN_*``); settings hold only
+what is not a connection: paths, ports, profile, where things run. Each field ``x`` is read from
+``ASGARD_X`` (pydantic-settings); a bad value is an error that names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+PROFILES = ("embedded", "production")
+REGISTRY_TYPES = ("docker", "ecr")
+SCRIPT_RUNNERS = ("local", "kubernetes")
+# What the project builds when no public base image can be pulled (see scripts/base_image.sh).
+LOCAL_BASE_IMAGE = "asgard/python-base:bookworm"
+ENV_PREFIX = "ASGARD_"
+
+
+class Settings(BaseSettings):
+    """Paths, ports, profile and placement of one Asgard installation."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
+
+    home: Path = Field(default=REPO_ROOT / ".asgard")
+    # What is built once per machine and shared by every home on it: uv's download cache, user-script
+    # environments, image wheelhouses (each keyed by what it holds).
+    cache_dir: Path = Field(default=REPO_ROOT / ".cache")
+    profile: Literal["embedded", "production"] = "embedded"
+    airflow_port: int = 8080
+    mlflow_port: int = 5050
+    bind_host: str = "127.0.0.1"
+    # Where train_script runs user scripts: a local sandbox, or a Kubernetes pod (production).
+    script_runner: Literal["local", "kubernetes"] = "local"
+    # The interpreter of user-script environments: the system's, which every sandbox can reach and
+    # which the serving images' Debian base runs too.
+    script_python: str = "/usr/bin/python3.11"
+    # The most a train_script request may ask for (a request above is refused, naming the cap).
+    script_max_memory_mb: int = 8192
+    script_max_timeout: int = 7200
+    # The image repository holding one image per requirements set, tagged with its environment key
+    # (default: asgard/script-env on the platform's registry).
+    script_image_repository: str | None = None
+    training_namespace: str = "asgard-training"
+    # The Docker engine that builds serving images (embedded: the one `./asgard start` runs).
+    docker_host: str | None = None
+    registry_port: int = 5000
+    # How to log in to the image registry: a Docker connection (basic auth), or ECR's token.
+    registry_type: Literal["docker", "ecr"] = "docker"
+    image_repository: str | None = None
+    serving_base_image: str = LOCAL_BASE_IMAGE
+    # The embedded profile's stable model endpoint (/models/<name>/...) in front of the containers.
+    router_port: int = 8700
+    # Where monitoring results go (SQLAlchemy URL); embedded: a SQLite file under home.
+    monitoring_database_url: str | None = None
+    # Where serving pods in a cluster ship their prediction logs (``s3://bucket/prefix``, one prefix
+    # per model below it); the embedded Docker target always logs to a folder under data_dir.
+    prediction_log_uri: str | None = None
+    # The `kubernetes` deploy target: the cluster's Airflow connection, or (when set) an EKS cluster
+    # reached through the AWS connection; the namespace serving workloads go to by default.
+    kubernetes_conn_id: str = "kubernetes_default"
+    eks_cluster_name: str | None = None
+    aws_conn_id: str = "aws_default"
+    serving_namespace: str = "asgard"
+    # Where a request may read or write data files (score_batch's output and entity source, monitor_model's
+    # sources and labels): comma-separated local folders and s3:// prefixes. Default: <home>/data (its
+    # internal folders, such as the gold layer, stay out of reach either way).
+    data_roots: str = ""
+    # The AWS connections a request may name (aws_conn_id): comma-separated connection ids.
+    allowed_aws_conn_ids: str = "aws_default"
+    # Extra monitoring alert notifiers: comma-separated ``module:factory`` paths.
+    alert_notifiers: str = ""
+    # Import the heavy ML libraries once in the processes that fork tasks ("0" turns it off).
+    preload: bool = True
+    # How long ``./asgard``'s set-up took before this command ran (the main job reports it).
+    setup_seconds: float | None = None
+    # The ``./asgard`` client of the /mlops API: where it is, and who calls it.
+    api_url: str | None = None
+    api_token: SecretStr | None = None
+    api_username: str | None = None
+    api_password: SecretStr | None = None
+
+    @field_validator("home", "cache_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.resolve()
+
+    @field_validator("prediction_log_uri")
+    @classmethod
+    def _s3_prefix(cls, uri: str | None) -> str | None:
+        if uri is not None and not uri.startswith("s3://"):
+            raise ValueError(f"must be an s3://bucket/prefix, got {uri!r}")
+        return uri
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the settings from ``ASGARD_*`` environment variables, with embedded defaults."""
+        try:
+            return cls()
+        except ValidationError as error:
+            raise ValueError(_describe(error)) from None
+
+    def as_env(self) -> dict[str, str]:
+        """The ``ASGARD_*`` variables that give another process these settings (secrets left out)."""
+        values = self.model_dump(exclude_none=True)
+        return {
+            f"{ENV_PREFIX}{name.upper()}": str(value)
+            for name, value in values.items()
+            if not isinstance(value, SecretStr) and name not in ("setup_seconds",)
+        }
+
+    @property
+    def data_root_list(self) -> list[str]:
+        roots = [root.strip() for root in self.data_roots.split(",") if root.strip()]
+        return roots or [str(self.data_dir)]
+
+    @property
+    def protected_data_dirs(self) -> list[Path]:
+        """The platform's own folders: no request reads or writes in them, whatever the roots say."""
+        data = self.data_dir
+        return [data / "gold", data / "feast", data / "runs", self.state_dir, self.airflow_home, self.mlflow_dir]
+
+    @property
+    def monitoring_db_url(self) -> str:
+        return self.monitoring_database_url or f"sqlite:///{self.home / 'monitoring.db'}"
+
+    def prediction_log_folder(self, model_name: str) -> Path:
+        """Where the embedded Docker target's containers log the predictions they serve."""
+        return self.data_dir / "predictions" / model_name
+
+    def cluster_prediction_log(self, model_name: str) -> str | None:
+        """Where a model's pods in a cluster ship their prediction log (None: they keep none)."""
+        return f"{self.prediction_log_uri.rstrip('/')}/{model_name}" if self.prediction_log_uri else None
+
+    def prediction_logs(self, model_name: str) -> list[str]:
+        """Every place a model's served predictions are logged: what monitoring reads."""
+        cluster_log = self.cluster_prediction_log(model_name)
+        return [str(self.prediction_log_folder(model_name)), *([cluster_log] if cluster_log else [])]
+
+    # Everything the platform writes lives under ``home`` so one folder holds (and cleans) it all.
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.bind_host}:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def docker_url(self) -> str:
+        """The Docker engine's API address (embedded: a private socket, so no system engine is touched)."""
+        return self.docker_host or f"unix://{self.state_dir / 'docker.sock'}"
+
+    @property
+    def registry_address(self) -> str:
+        return f"{self.bind_host}:{self.registry_port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{self.bind_host}:{self.router_port}"
+
+    @property
+    def routes_file(self) -> Path:
+        return self.state_dir / "routes.json"
+
+    @property
+    def serving_repository(self) -> str:
+        """Where serving images are pushed: one repository, one tag per model version."""
+        return self.image_repository or f"{self.registry_address}/asgard/models"
+
+    @property
+    def script_repository(self) -> str:
+        """Where train_script's pod runner images are pushed: one tag per requirements set."""
+        return self.script_image_repository or f"{self.registry_address}/asgard/script-env"
+
+    @property
+    def dags_folder(self) -> Path:
+        return REPO_ROOT / "dags"
+
+    @property
+    def plugins_folder(self) -> Path:
+        return REPO_ROOT / "plugins"
+
+    @property
+    def include_folder(self) -> Path:
+        return REPO_ROOT / "include"
+
+
+def get_settings() -> Settings:
+    """The settings of this process (read from the environment on each call: cheap, never stale)."""
+    return Settings.from_env()
+
+
+def redact_url(url: str) -> str:
+    """A URL without the password it may carry (a database or server URL with credentials)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+# The environment variables the settings read (docker-compose.yaml and the docs use no others).
+ENV_VARS = tuple(f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields)
+
+
+def _describe(error: ValidationError) -> str:
+    """A settings error in the user's terms: the variable, what it must be, what it was."""
+    problems = []
+    for item in error.errors():
+        variable = f"{ENV_PREFIX}{str(item['loc'][0]).upper()}"
+        got = item.get("input")
+        if item["type"] == "int_parsing":
+            problems.append(f"{variable} must be an integer, got {got!r}")
+        elif item["type"] == "literal_error":
+            expected = item["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+            problems.append(f"{variable} must be one of {expected}, got {got!r}")
+        else:
+            problems.append(f"{variable} {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)

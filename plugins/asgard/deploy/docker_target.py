@@ -1,0 +1,151 @@
+"""The Docker deploy target: a verified blue/green switch behind the router's stable endpoint.
+
+The new version's container starts beside the one serving; it must become healthy, report the
+intended version in ``/metadata`` and answer ``/predict`` on holdout rows, first directly and then
+through the stable endpoint. Only then is the old container stopped (after a short drain). Any
+failure removes the new container and leaves the route — and so the old version — untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asgard.deploy.routes import RouteTable
+from asgard.serving.checks import DeployError, http_call, verify
+
+if TYPE_CHECKING:
+    import docker
+
+log = logging.getLogger(__name__)
+
+SERVING_UID = 10001
+DEPLOY_LABEL = "io.asgard.deploy.model"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def deploy(
+    client: docker.APIClient,
+    *,
+    model_name: str,
+    version: str,
+    image: str,
+    payload: dict[str, Any] | None,
+    routes: RouteTable,
+    router_url: str,
+    prediction_log: Path | None = None,
+    timeout: float = 120.0,
+    drain_seconds: float = 1.0,
+    drain_timeout: float = 600.0,
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Serve ``image`` as ``model_name`` behind ``router_url/models/<model_name>``; the outcome."""
+    import docker
+
+    endpoint = f"{router_url}/models/{model_name}"
+    previous = routes.routes().get(model_name)
+    if previous and previous.get("image") == image and previous.get("version") == version:
+        with contextlib.suppress(DeployError):
+            verify(http_call(endpoint), version, payload, where=endpoint, timeout=10)
+            progress(f"{model_name} v{version} already serves at {endpoint} from {image}")
+            return {**previous, "endpoint": endpoint, "changed": False, "previous": previous}
+    port = _free_port()
+    name = f"asgard-serving-{model_name.replace('_', '-')}-v{version}-{uuid.uuid4().hex[:6]}"
+    binds = {}
+    # Host networking: the container listens on loopback only (the router is its one way in).
+    environment = {"ASGARD_SERVING_PORT": str(port), "ASGARD_SERVING_HOST": "127.0.0.1"}
+    if prediction_log is not None:
+        prediction_log.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):
+            import os
+
+            os.chown(prediction_log, SERVING_UID, SERVING_UID)
+        binds[str(prediction_log)] = {"bind": "/var/log/asgard/predictions", "mode": "rw"}
+        environment["ASGARD_PREDICTION_LOG"] = "/var/log/asgard/predictions"
+    container = client.create_container(
+        image,
+        name=name,
+        environment=environment,
+        labels={DEPLOY_LABEL: model_name, "io.asgard.deploy.version": version},
+        host_config=client.create_host_config(
+            network_mode="host",
+            # tini as PID 1: it forwards the stop signal and reaps, so a stopped container leaves nothing.
+            init=True,
+            read_only=True,
+            tmpfs={"/tmp": "size=64m"},
+            binds=binds,
+            restart_policy={"Name": "unless-stopped"},
+            security_opt=["no-new-privileges"],
+            cap_drop=["ALL"],
+        ),
+    )
+    upstream = f"http://127.0.0.1:{port}"
+    progress(f"started {name} from {image} at {upstream}")
+
+    def exited() -> str | None:
+        state = client.inspect_container(container)["State"]
+        if state["Status"] in ("exited", "dead") or state.get("Restarting"):
+            tail = client.logs(container, tail=15).decode(errors="replace").strip()
+            return f"the new container exited with code {state['ExitCode']} during start-up:\n{tail}"
+        return None
+
+    route = {"upstream": upstream, "version": version, "image": image, "container": name}
+    switched = False
+    try:
+        client.start(container)
+        verify(http_call(upstream), version, payload, where=upstream, timeout=timeout, exited=exited)
+        routes.set(model_name, route)
+        switched = True
+        verify(http_call(endpoint), version, payload, where=endpoint, timeout=30)
+    except BaseException as error:
+        if switched:
+            routes.set(model_name, previous)
+        with contextlib.suppress(docker.errors.APIError):
+            client.remove_container(container, force=True)
+        serving = (previous or {}).get("version")
+        if isinstance(error, DeployError):
+            error.serving = serving
+            raise
+        if isinstance(error, docker.errors.APIError):
+            raise DeployError(f"the Docker engine refused the new container: {error}", serving=serving) from error
+        raise
+    progress(f"{endpoint} now serves {model_name} v{version}")
+    if previous and previous.get("container") and previous["container"] != name:
+        _drain(router_url, previous["upstream"], drain_seconds, drain_timeout, progress)
+        with contextlib.suppress(docker.errors.NotFound):
+            client.remove_container(previous["container"], force=True)
+        progress(f"stopped the previous version v{previous.get('version')} ({previous['container']})")
+    return {**route, "endpoint": endpoint, "changed": True, "previous": previous}
+
+
+def _drain(router_url: str, upstream: str, settle: float, timeout: float, progress: Callable[[str], None]) -> None:
+    """Wait until the router has no request in flight to ``upstream`` (the version switched away from).
+
+    ``settle`` first: a request the router took just before the switch may still be on its way there.
+    """
+    import httpx
+
+    time.sleep(settle)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            left = httpx.get(f"{router_url}/inflight", timeout=10).json().get(upstream, 0)
+        except httpx.HTTPError as error:
+            progress(f"cannot ask the router what is in flight ({error}); stopping the old version")
+            return
+        if not left:
+            return
+        progress(f"{left} request(s) in flight to the previous version: waiting for them")
+        time.sleep(0.5)
+    progress(f"requests still in flight to the previous version after {timeout:.0f}s: stopping it")

@@ -1,0 +1,108 @@
+"""The Kubernetes objects that serve one model version, rendered from ``include/deploy/kubernetes``.
+
+Deployment (readiness/liveness on ``/health``, requests/limits, non-root, read-only root
+filesystem, no privilege escalation), Service (ClusterIP 80 → 8080), HorizontalPodAutoscaler
+(autoscaling/v2) and PodDisruptionBudget, each carrying the model's lineage; the image is pinned
+by digest, never by a mutable tag.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from asgard.core.errors import InputError
+from asgard.core.settings import REPO_ROOT
+
+TEMPLATE = REPO_ROOT / "include" / "deploy" / "kubernetes" / "serving.yaml.j2"
+DIGEST_REFERENCE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+# A Kubernetes quantity as a request may give one (no exponents, no signs).
+QUANTITY = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,6})?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+# What a model's workload is, and nothing else.
+KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+
+
+def app_name(model_name: str) -> str:
+    """A DNS-1123 name for the model's objects (the seed's ``<model>-inference``)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:53].strip("-")
+    if not name:
+        raise InputError(f"model name {model_name!r} gives no usable Kubernetes name")
+    return f"{name}-inference"
+
+
+def render(
+    *,
+    model_name: str,
+    version: str,
+    run_id: str,
+    image: str,
+    namespace: str = "asgard",
+    replicas: int = 2,
+    max_replicas: int | None = None,
+    resources: dict[str, Any] | None = None,
+    workers: int = 1,
+    prediction_log: str | None = None,
+) -> list[dict[str, Any]]:
+    """The objects as dicts, ready for server-side apply."""
+    import jinja2
+    import yaml
+
+    if not DIGEST_REFERENCE.match(image):
+        raise InputError(f"image {image!r} is not pinned by digest (repository@sha256:...): deploys never use a tag")
+    merged = checked_resources(resources)
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    app = app_name(model_name)
+    labels = {
+        "app.kubernetes.io/name": app,
+        "app.kubernetes.io/part-of": "asgard",
+        "app.kubernetes.io/component": "model-server",
+        "asgard.io/model": re.sub(r"[^A-Za-z0-9_.-]", "-", model_name)[:63].strip("-_."),
+        "asgard.io/model-version": str(version),
+    }
+    annotations = {
+        "asgard.io/model-name": model_name,
+        "asgard.io/model-version": str(version),
+        "asgard.io/mlflow-run-id": run_id,
+        "asgard.io/image-digest": image.split("@", 1)[1],
+    }
+    text = environment.from_string(TEMPLATE.read_text()).render(
+        app=app,
+        labels=labels,
+        annotations=annotations,
+        image=image,
+        namespace=namespace,
+        replicas=replicas,
+        max_replicas=max(max_replicas or replicas * 3, replicas),
+        resources=merged,
+        workers=workers,
+        prediction_log=prediction_log,
+    )
+    objects = [document for document in yaml.safe_load_all(text) if document]
+    kinds = [(body.get("kind"), body.get("metadata", {}).get("name")) for body in objects]
+    if kinds != [(kind, app) for kind in KINDS] or any(
+        body["metadata"].get("namespace") != namespace for body in objects
+    ):
+        raise InputError(f"the rendered manifests are not the model's four objects in {namespace}: {kinds}")
+    return objects
+
+
+def checked_resources(resources: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """``requests``/``limits`` of ``cpu``/``memory`` as Kubernetes quantities over the defaults; any other
+    key or value is refused, naming it."""
+    resources = resources or {}
+    unknown = sorted(set(resources) - set(DEFAULT_RESOURCES))
+    if unknown:
+        raise InputError(f"resources may set requests and limits, not {', '.join(unknown)}")
+    merged = {}
+    for kind, defaults in DEFAULT_RESOURCES.items():
+        given = resources.get(kind) or {}
+        if not isinstance(given, dict) or set(given) - set(defaults):
+            raise InputError(f"resources.{kind} may set cpu and memory only, got {given!r}")
+        for name, value in given.items():
+            if not isinstance(value, str) or not QUANTITY.match(value):
+                raise InputError(
+                    f"resources.{kind}.{name} must be a Kubernetes quantity such as 500m or 1Gi, got {value!r}"
+                )
+        merged[kind] = {**defaults, **given}
+    return merged

@@ -1,0 +1,175 @@
+"""What a ``deploy_model`` run deploys, and the verified rollout on its target with rollback on failure."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from asgard.core.errors import InputError
+from asgard.core.xcom import XComRecord
+from asgard.registry.versions import CHAMPION, DEPLOY_TAG_PREFIX
+
+if TYPE_CHECKING:
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.serving.image import BuiltImage, PushedImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeployRequest(XComRecord):
+    """Which model version a ``deploy_model`` run deploys, where, and how large."""
+
+    model_name: str
+    version: str | None
+    alias: str
+    target: str
+    replicas: int
+    namespace: str | None = None
+    resources: dict[str, Any] | None = None
+
+
+def deployment_request(params: dict[str, Any], triggering_asset_events: Any = None) -> DeployRequest:
+    """Model name and version (or alias), target and sizing of this run.
+
+    A run started by a promotion carries no conf: the newest model Asset event names the model and
+    the version the gate promoted, so a later promotion cannot change what this run deploys.
+    """
+    model_name, version = params.get("model_name"), params.get("version")
+    if not model_name:
+        events = [event for per_asset in (triggering_asset_events or {}).values() for event in per_asset]
+        if not events:
+            raise InputError("model_name is required when the run was not started by a model Asset event")
+        newest = max(events, key=lambda event: event.timestamp)
+        model_name, version = newest.extra.get("model_name"), newest.extra.get("version")
+        if not model_name:
+            raise InputError(f"the model Asset event {newest.extra} names no model_name")
+    return DeployRequest(
+        model_name=model_name,
+        version=str(version) if version else None,
+        alias=params.get("alias") or CHAMPION,
+        target=params.get("target") or "docker",
+        replicas=int(params.get("replicas") or 2),
+        namespace=params.get("namespace"),
+        resources=params.get("resources"),
+    )
+
+
+def deploy_to_target(
+    request: DeployRequest, build: BuiltImage, push: PushedImage, *, holder: str = "deploy_model"
+) -> dict[str, Any]:
+    """Serve the pushed image (by digest) on the requested target, verified; roll back on any failure.
+
+    One deploy of a model at a time (``holder``, the DAG run, holds the model's lock in the platform's
+    database, whichever worker it runs on): two runs never switch one model's route or objects at once.
+    The outcome is recorded on the model version (``deploy.*`` tags). When the run deployed an alias
+    (``@champion``) and the new version fails, the alias moves back to the version still serving.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from asgard.core.locks import held
+    from asgard.core.settings import get_settings
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.versions import holdout_frame
+    from asgard.serving.checks import DeployError, holdout_payload
+
+    hook = MlflowHook()
+    name, version, target = build.model_name, build.version, request.target
+    payload = holdout_payload(holdout_frame(hook, build.run_id))
+    deploy = _deploy_kubernetes if target == "kubernetes" else _deploy_docker
+    try:
+        with held(get_settings().monitoring_db_url, f"deploy:{target}:{name}", holder):
+            outcome = deploy(request, build, push, payload)
+    except DeployError as error:
+        if error.rollback_problem:
+            reason = (
+                f"{name} v{version} failed verification on {target}: {error}; "
+                f"rolling back did not complete: {error.rollback_problem}"
+            )
+            status = "rollback_failed"
+        else:
+            kept = f"v{error.serving} keeps serving" if error.serving else "nothing was serving it before"
+            reason = f"{name} v{version} failed verification on {target} and was rolled back ({kept}): {error}"
+            status = "rolled_back"
+        _record(hook, name, version, {"status": status, "reason": reason[:4000], "digest": push.digest})
+        if error.serving and not error.rollback_problem and not request.version:
+            _restore_alias(hook, name, request.alias, version, error.serving)
+        raise AirflowFailException(reason) from error
+    _record(
+        hook,
+        name,
+        version,
+        {"status": "serving", "endpoint": outcome["endpoint"], "digest": push.digest, "target": target},
+    )
+    log.info("%s v%s serves at %s (image %s)", name, version, outcome["endpoint"], push.reference)
+    return {
+        "model_name": name,
+        "version": version,
+        "target": target,
+        "endpoint": outcome["endpoint"],
+        "digest": push.digest,
+        "changed": outcome["changed"],
+        "previous_version": (outcome["previous"] or {}).get("version"),
+    }
+
+
+def _deploy_docker(request: DeployRequest, build: BuiltImage, push: PushedImage, payload: Any) -> dict:
+    """The embedded default: a container beside the serving one, behind the router's stable endpoint."""
+    from asgard.core.settings import get_settings
+    from asgard.deploy import docker_target
+    from asgard.deploy.routes import RouteTable
+    from asgard.hooks.docker import docker_client
+
+    settings, name = get_settings(), build.model_name
+    return docker_target.deploy(
+        docker_client(),
+        model_name=name,
+        version=build.version,
+        image=push.reference,
+        payload=payload,
+        routes=RouteTable(settings.routes_file),
+        router_url=settings.router_url,
+        prediction_log=settings.prediction_log_folder(name),
+    )
+
+
+def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedImage, payload: Any) -> dict:
+    """Production: the model's workload in a cluster (EKS through the AWS connection when configured)."""
+    from asgard.core.settings import get_settings
+    from asgard.deploy import kubernetes_target
+
+    settings, name = get_settings(), build.model_name
+    namespace = request.namespace or settings.serving_namespace
+    with kubernetes_target.cluster_hook(
+        kubernetes_conn_id=settings.kubernetes_conn_id,
+        eks_cluster_name=settings.eks_cluster_name,
+        aws_conn_id=settings.aws_conn_id,
+        namespace=namespace,
+    ) as cluster:
+        return kubernetes_target.deploy(
+            cluster,
+            model_name=name,
+            version=build.version,
+            run_id=build.run_id,
+            image=push.reference,
+            payload=payload,
+            namespace=namespace,
+            replicas=request.replicas,
+            resources=request.resources,
+            prediction_log=settings.cluster_prediction_log(name),
+        )
+
+
+def _record(hook: MlflowHook, name: str, version: str, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        hook.client.set_model_version_tag(name, version, f"{DEPLOY_TAG_PREFIX}{key}", str(value))
+
+
+def _restore_alias(hook: MlflowHook, name: str, alias: str, failed: str, serving: str) -> None:
+    from asgard.registry.versions import alias_version
+
+    current = alias_version(hook, name, alias)
+    if current is not None and str(current.version) == str(failed):
+        hook.client.set_registered_model_alias(name, alias, str(serving))
+        log.warning("moved @%s of %s back from v%s to v%s, the version still serving", alias, name, failed, serving)

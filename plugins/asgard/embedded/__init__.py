@@ -1,1 +1,0 @@
-"""Embedded default: run the platform on one machine (services manager, main job)."""

@@ -1,0 +1,128 @@
+"""The gold layer: the curated Iceberg tables every feature is computed from.
+
+Embedded default: a pyiceberg SQL catalog (SQLite) over a local warehouse folder. Production: the
+same tables as ``iceberg.gold.*`` read through Trino. Callers ask this module for a table's
+columns, its current snapshot, or a time slice of its rows; they never open a catalog themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from asgard.core.errors import InputError
+from asgard.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table import Table
+
+GOLD_NAMESPACE = "gold"
+CATALOG_NAME = "asgard_gold"
+
+
+class GoldLayerError(InputError, LookupError):
+    """A table or column the caller named is not in the gold layer (the message names it)."""
+
+
+@dataclass(frozen=True)
+class GoldLocation:
+    """Where the embedded gold layer lives: the catalog database and the warehouse folder."""
+
+    catalog_uri: str
+    warehouse: str
+
+    @classmethod
+    def for_settings(cls, settings: Settings | None = None) -> GoldLocation:
+        settings = settings or get_settings()
+        root = settings.data_dir / "gold"
+        return cls(catalog_uri=f"sqlite:///{root / 'catalog.db'}", warehouse=f"file://{root / 'warehouse'}")
+
+    def catalog_properties(self) -> dict[str, str]:
+        """Properties for ``pyiceberg.catalog.load_catalog`` (and Feast's ``IcebergSource``)."""
+        return {"uri": self.catalog_uri, "warehouse": self.warehouse}
+
+
+def load_catalog(location: GoldLocation | None = None) -> SqlCatalog:
+    """The gold layer's catalog (created on first use)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    location = location or GoldLocation.for_settings()
+    if location.catalog_uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(location.catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        Path(location.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    return SqlCatalog(CATALOG_NAME, **location.catalog_properties())
+
+
+def load_table(table_name: str, location: GoldLocation | None = None) -> Table:
+    """The gold table ``table_name``; an unknown name raises :class:`GoldLayerError` listing the known ones."""
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    catalog = load_catalog(location)
+    try:
+        return catalog.load_table(f"{GOLD_NAMESPACE}.{table_name}")
+    except (NoSuchTableError, NoSuchNamespaceError):
+        known = list_tables(location)
+        raise GoldLayerError(
+            f"table {table_name!r} is not in the gold layer; known tables: {', '.join(known) or 'none'}"
+        ) from None
+
+
+def list_tables(location: GoldLocation | None = None) -> list[str]:
+    from pyiceberg.exceptions import NoSuchNamespaceError
+
+    try:
+        return sorted(ident[-1] for ident in load_catalog(location).list_tables(GOLD_NAMESPACE))
+    except NoSuchNamespaceError:
+        return []
+
+
+def table_columns(table_name: str, location: GoldLocation | None = None) -> dict[str, pa.DataType]:
+    """Column name → Arrow type of a gold table."""
+    schema = load_table(table_name, location).schema().as_arrow()
+    return {field.name: field.type for field in schema}
+
+
+def snapshot_id(table_name: str, location: GoldLocation | None = None) -> int | None:
+    """The table's current snapshot id: the lineage of anything computed from it."""
+    snapshot = load_table(table_name, location).current_snapshot()
+    return snapshot.snapshot_id if snapshot else None
+
+
+def scan_chunks(
+    table: Table,
+    timestamp_field: str,
+    start: datetime,
+    end: datetime,
+    columns: list[str] | None = None,
+    *,
+    chunk_rows: int = 500_000,
+) -> Iterator[pa.Table]:
+    """Rows with ``start <= timestamp_field < end``, as Arrow tables of whole data files, about ``chunk_rows`` each.
+
+    The files are planned once for the whole window (their min/max timestamp statistics skip every
+    file outside it) and read a group at a time, so memory is bounded by one chunk, not the window.
+    """
+    from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    row_filter = And(
+        GreaterThanOrEqual(timestamp_field, start.isoformat()),
+        LessThan(timestamp_field, end.isoformat()),
+    )
+    scan = table.scan(row_filter=row_filter, selected_fields=tuple(columns) if columns else ("*",))
+    reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive)
+    group, rows = [], 0
+    for task in scan.plan_files():
+        group.append(task)
+        rows += task.file.record_count
+        if rows >= chunk_rows:
+            yield reader.to_table(group)
+            group, rows = [], 0
+    if group:
+        yield reader.to_table(group)

@@ -1,0 +1,179 @@
+"""A door to MLflow for one run: all that a sandboxed user script may do on the tracking server.
+
+A script logs into the run the platform made for its DAG run, and nothing else: it may read that
+run and its experiment, log params, metrics, tags, inputs and outputs to it, upload artifacts under
+it, and create and finish logged models from it (and read those). Every other request — other runs
+and experiments, the model registry (versions, aliases, deletes), searches — is answered 403 without
+reaching MLflow. The platform, not the script, registers and gates the model afterwards.
+
+The door is an HTTP app served on a unix socket (:class:`Gateway`); the sandbox reaches it through a
+TCP relay on its own loopback (``include/sandbox/launch.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+API = re.compile(r"^/api/[23]\.0/mlflow/")
+ARTIFACTS = re.compile(r"^/api/[23]\.0/mlflow-artifacts/")
+# Run-scoped REST calls: allowed when the run_id they carry is the scope's run.
+RUN_WRITES = {
+    "runs/update",
+    "runs/log-batch",
+    "runs/log-metric",
+    "runs/log-parameter",
+    "runs/set-tag",
+    "runs/delete-tag",
+    "runs/log-inputs",
+    "runs/outputs",
+    "runs/log-model",
+}
+RUN_READS = {"runs/get", "metrics/get-history"}
+LOGGED_MODEL = re.compile(r"^logged-models/(?P<model_id>m-[0-9a-f]+)(/.*)?$")
+RUN_ARTIFACT = re.compile(r"^(artifacts|mpu/[a-z-]+)/(?P<experiment>\d+)/(?P<run>[0-9a-f]{32})/artifacts(/.*)?$")
+MODEL_ARTIFACT = re.compile(r"^(artifacts|mpu/[a-z-]+)/(?P<experiment>\d+)/models/(?P<model_id>m-[0-9a-f]+)/.*$")
+
+
+@dataclass
+class RunScope:
+    """What one sandboxed script may touch: its run, its experiment, the logged models it creates."""
+
+    run_id: str
+    experiment_id: str
+    experiment_name: str
+    model_ids: set[str] = field(default_factory=set)
+
+    def refusal(self, method: str, path: str, query: dict[str, str], body: bytes) -> str | None:
+        """Why the request is refused (None: it is within the scope)."""
+        artifacts = ARTIFACTS.match(path)
+        if artifacts:
+            return self._artifact_refusal(path[artifacts.end() :])
+        api = API.match(path)
+        if not api:
+            return f"{path} is not an MLflow tracking API"
+        call = path[api.end() :]
+        data = _json(body) if method in ("POST", "PATCH") else {}
+        if call == "experiments/get-by-name" and method == "GET":
+            return self._mismatch("experiment", query.get("experiment_name"), self.experiment_name)
+        if call == "experiments/get" and method == "GET":
+            return self._mismatch("experiment", query.get("experiment_id"), self.experiment_id)
+        if call in RUN_READS and method == "GET":
+            return self._mismatch("run", query.get("run_id") or query.get("run_uuid"), self.run_id)
+        if call in RUN_WRITES and method == "POST":
+            return self._mismatch("run", data.get("run_id") or data.get("run_uuid"), self.run_id)
+        if call == "logged-models" and method == "POST":
+            return self._mismatch("run", data.get("source_run_id"), self.run_id) or self._mismatch(
+                "experiment", str(data.get("experiment_id")), self.experiment_id
+            )
+        match = LOGGED_MODEL.match(call)
+        if match:
+            model_id = match["model_id"]
+            return None if model_id in self.model_ids else f"logged model {model_id} was not created by this run"
+        return f"{method} {call} is not open to user scripts (they log into their own run; the platform registers)"
+
+    def _artifact_refusal(self, call: str) -> str | None:
+        run = RUN_ARTIFACT.match(call)
+        if run:
+            return self._mismatch("run", run["run"], self.run_id)
+        model = MODEL_ARTIFACT.match(call)
+        if model:
+            model_id = model["model_id"]
+            return None if model_id in self.model_ids else f"artifacts of {model_id} are not this run's"
+        return f"artifact path {call} is outside this run"
+
+    def learn(self, method: str, path: str, answer: bytes) -> None:
+        """Remember the logged models this run created (their id is in MLflow's answer)."""
+        api = API.match(path)
+        if method == "POST" and api and path[api.end() :] == "logged-models":
+            model_id = (_json(answer).get("model") or {}).get("info", {}).get("model_id")
+            if model_id:
+                self.model_ids.add(model_id)
+
+    @staticmethod
+    def _mismatch(what: str, given: str | None, allowed: str) -> str | None:
+        return None if given == allowed else f"{what} {given!r} is not this run's {what} ({allowed})"
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def create_app(tracking_uri: str, scope: RunScope):
+    """The door: an ASGI app forwarding what the scope allows to ``tracking_uri``."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    client = httpx.AsyncClient(base_url=tracking_uri.rstrip("/"), timeout=httpx.Timeout(300.0, connect=10.0))
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
+
+    async def forward(request: Request) -> Response:
+        body = await request.body()
+        path, query = request.url.path, dict(request.query_params)
+        refusal = scope.refusal(request.method, path, query, body)
+        if refusal:
+            log.warning("refused a user script's %s %s: %s", request.method, path, refusal)
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": refusal}, status_code=403)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop}
+        answer = await client.request(request.method, path, params=request.query_params, content=body, headers=headers)
+        if answer.status_code == 200:
+            scope.learn(request.method, path, answer.content)
+        kept = {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop | {"content-encoding"}}
+        return Response(answer.content, status_code=answer.status_code, headers=kept)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any):
+        yield
+        await client.aclose()
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+
+
+class Gateway:
+    """The door served on a unix socket in a thread of this process, for the length of a ``with`` block."""
+
+    def __init__(self, tracking_uri: str, scope: RunScope, socket_path: Path) -> None:
+        self.tracking_uri, self.scope, self.socket_path = tracking_uri, scope, socket_path
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Path]:
+        import uvicorn
+
+        config = uvicorn.Config(
+            create_app(self.tracking_uri, self.scope),
+            uds=str(self.socket_path),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="mlflow-gateway", daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                if not thread.is_alive():
+                    raise RuntimeError(f"the MLflow gateway did not start on {self.socket_path}")
+                threading.Event().wait(0.02)
+            self.socket_path.chmod(0o666)  # the sandbox's uid connects to it
+            yield self.socket_path
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)

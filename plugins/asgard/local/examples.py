@@ -1,0 +1,94 @@
+"""What the main job sends: the seed's own requests (and the example script), as a user would send them.
+
+Tests and benchmarks send the same bodies, so what the main job shows is what they prove.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from asgard.core.settings import REPO_ROOT
+from sample_data.models import SEED_PREDICTION
+
+# The seed's POST /feast/features payload, registering a second view over the gold layer.
+SUPPORT_FEATURES_REQUEST = {
+    "name": "customer_support",
+    "entities": ["customer_id"],
+    "features": [
+        {"name": "support_tickets_count", "dtype": "int64"},
+        {"name": "days_since_last_purchase", "dtype": "int64"},
+    ],
+    "source": {"table_name": "customer_features", "timestamp_field": "event_timestamp"},
+    "ttl_days": 365,
+    "tags": {"team": "customer-success"},
+}
+
+# The seed's POST /mlops/models body (without its three-customer entity filter: too few to learn from).
+CHURN_MODEL_REQUEST = {
+    "experiment_name": "customer_churn",
+    "model_name": "churn_predictor",
+    "framework": "sklearn",
+    "model_type": "classification",
+    "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
+    "hyperparameters": {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}},
+    "tags": {"team": "data-science"},
+    # The champion is retrained whenever its features are materialized again (a real deployment
+    # would wait a day between trainings: the default min_interval_hours is 24).
+    "retraining": {"on_new_features": True, "min_interval_hours": 0},
+}
+
+# The same request with each framework: every version is gated against the champion so far.
+FRAMEWORK_PARAMS = {
+    "sklearn": CHURN_MODEL_REQUEST["hyperparameters"]["params"],
+    "xgboost": {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.1},
+    "lightgbm": {"n_estimators": 200, "num_leaves": 15, "learning_rate": 0.05},
+}
+
+EXAMPLE_SCRIPT = REPO_ROOT / "include" / "examples" / "train_with_feast.py"
+# What the example script needs with USE_FEAST=true (pinned to the platform's versions by the runner).
+EXAMPLE_REQUIREMENTS = ["scikit-learn", "pandas", "feast[duckdb]", "pyiceberg[sql-sqlite,pyarrow]"]
+
+
+def example_upload(customers: int = 2000, **changes) -> dict:
+    """The seed's POST /mlops/training/upload body carrying include/examples/train_with_feast.py."""
+    return {
+        "script_name": "train_with_feast.py",
+        "script_content": base64.b64encode(EXAMPLE_SCRIPT.read_bytes()).decode(),
+        "experiment_name": "feast_deployment",
+        "model_name": "churn_predictor_feast",
+        "requirements": EXAMPLE_REQUIREMENTS,
+        "timeout": 900,
+        "env_vars": {"N_CUSTOMERS": str(customers)},
+        **changes,
+    }
+
+
+# The seed's POST /mlops/serve/batch body (output_path set per machine).
+BATCH_REQUEST = {
+    "model_name": "churn_predictor",
+    "alias": "champion",
+    "feature_views": ["customer_features"],
+    "entities_df": {"customer_id": [1, 2, 3]},
+}
+
+# The seed's /predict example, plus the sample model's categorical feature.
+EXAMPLE_PREDICTION = {**SEED_PREDICTION, "inputs": {**SEED_PREDICTION["inputs"], "segment": ["consumer", "smb"]}}
+
+
+def monitoring_windows(folder, *, days: int, rows: int = 2000) -> tuple:
+    """Two Parquet windows of sample customers with their labels: as in training, and drifted.
+
+    Other customers of the same simulation (same number of days: recency grows with them), on its last day.
+    """
+    from sample_data.gold_layer import GoldSpec, simulate
+
+    snapshots, labels = simulate(GoldSpec(customers=rows, days=days, seed=2026))
+    frame = snapshots[-1].to_pandas().merge(labels.to_pandas()[["customer_id", "churned"]], on="customer_id")
+    normal, drifted = folder / "normal.parquet", folder / "drifted.parquet"
+    frame.to_parquet(normal, index=False)
+    shifted = frame.copy()
+    # Customers go quiet: longer since their last purchase, fewer purchases.
+    shifted["days_since_last_purchase"] = shifted["days_since_last_purchase"] * 2 + 10
+    shifted["total_purchases"] = (shifted["total_purchases"] * 0.5).round()
+    shifted.to_parquet(drifted, index=False)
+    return normal, drifted

@@ -1,0 +1,345 @@
+"""The main job: the pipeline on the embedded default, driven through the real Airflow REST API.
+
+Each stage prints its progress and its time; the summary at the end says where to look.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from asgard.core.settings import Settings
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.hooks.airflow_api import AirflowApi, RunOutcome
+from asgard.local.cli import MlopsClient
+from asgard.local.examples import (
+    BATCH_REQUEST,
+    CHURN_MODEL_REQUEST,
+    EXAMPLE_PREDICTION,
+    EXAMPLE_REQUIREMENTS,
+    EXAMPLE_SCRIPT,
+    FRAMEWORK_PARAMS,
+    SUPPORT_FEATURES_REQUEST,
+    monitoring_windows,
+)
+from asgard.local.services import ServiceManager
+from sample_data.models import SEED_PREDICTION
+
+
+class MainJobError(RuntimeError):
+    """A stage of the main job failed; the message names the stage and the cause."""
+
+
+@dataclass
+class MainJob:
+    settings: Settings
+    customers: int = 2000
+    days: int = 14
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    results: dict[str, str] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        print(f"\n==> {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as error:
+            raise MainJobError(f"stage '{name}' failed: {error}") from error
+        finally:
+            self.timings.append((name, time.perf_counter() - started))
+        print(f"    done in {self.timings[-1][1]:.1f}s", flush=True)
+
+    def run(self) -> None:
+        manager = ServiceManager(self.settings)
+        with self.stage("start embedded services"):
+            manager.start()
+        api = AirflowApi.login(self.settings.airflow_url, *manager.admin_credentials())
+
+        with self.stage("check the platform (check_platform)"):
+            checks = {"checks": ["mlflow", "storage", "sandbox"]}
+            outcome = api.run_and_wait("check_platform", checks, on_progress=_progress)
+            self._require_success(outcome)
+            self.results["check_platform run"] = outcome.run_id
+
+        with self.stage("generate the sample gold layer"):
+            from sample_data.gold_layer import GoldSpec, write_gold_layer
+
+            spec = GoldSpec(customers=self.customers, days=self.days)
+            write_gold_layer(spec, gold.GoldLocation.for_settings(self.settings), log=_say)
+            self.results["gold layer"] = (
+                f"{self.customers} customers x {self.days} days, {spec.start_time:%Y-%m-%d} → {spec.end_time:%Y-%m-%d}"
+            )
+
+        with self.stage("apply the feature repo (feast apply)"):
+            for line in feature_store.apply_repo(self.settings).splitlines():
+                if line.strip():
+                    _say(line.strip())
+
+        with self.stage("register features (register_features)"):
+            outcome = api.run_and_wait("register_features", SUPPORT_FEATURES_REQUEST, on_progress=_progress)
+            self._require_success(outcome)
+            self.results["register_features run"] = outcome.run_id
+
+        with self.stage("materialize features (materialize_features)"):
+            window = {"start": spec.start_time.isoformat(), "end": spec.end_time.isoformat()}
+            outcome = api.run_and_wait("materialize_features", window, on_progress=_progress)
+            self._require_success(outcome)
+            self.results["materialize_features run"] = outcome.run_id
+
+        with self.stage("train three frameworks; the gate picks the champion (train_model)"):
+            # Side by side, as three data scientists would: the gate takes one model's runs in turn.
+            api.wait_for_dag("train_model")
+            api.unpause("train_model")
+            runs = {
+                framework: api.trigger("train_model", framework_request(framework, params))
+                for framework, params in FRAMEWORK_PARAMS.items()
+            }
+            for framework, run_id in runs.items():
+                outcome = api.wait_for_run("train_model", run_id, on_progress=_progress)
+                self._require_success(outcome)
+                decision = api.task_result("train_model", outcome.run_id, "gate_model")
+                alias = "champion" if decision["promoted"] else "challenger"
+                self.results[f"model ({framework})"] = (
+                    f"{decision['model_name']} v{decision['version']} -> @{alias} "
+                    f"({decision['metric']} {decision['score']:.3f}; {decision['reason']})"
+                )
+
+        with self.stage("new features retrain the champion (materialize_features -> retrain_model)"):
+            self.retrain_on_new_features(api, window)
+
+        with self.stage("upload a script, follow it to serving (./asgard upload)"):
+            self.upload_script(api)
+
+        with self.stage("build, push and deploy the champion (deploy_model)"):
+            request = {"model_name": CHURN_MODEL_REQUEST["model_name"], "alias": "champion", "target": "docker"}
+            try:
+                outcome = api.run_and_wait("deploy_model", request, timeout=1800, on_progress=_progress)
+            finally:
+                # What the later stages promote is deployed the next time the job deploys, not
+                # in the background while it runs.
+                api.pause("deploy_model")
+            self._require_success(outcome)
+            build = api.task_result("deploy_model", outcome.run_id, "build_image")
+            push = api.task_result("deploy_model", outcome.run_id, "push_image")
+            deployed = api.task_result("deploy_model", outcome.run_id, "deploy_image")
+            self.results["serving image"] = (
+                f"{push['reference']} ({build['model_name']} v{build['version']}, {build['flavor']}, "
+                f"{'built' if build['built'] else 'reused'})"
+            )
+            answer = httpx.post(f"{deployed['endpoint']}/predict", json=EXAMPLE_PREDICTION, timeout=30)
+            if answer.status_code != 200:
+                raise MainJobError(f"{deployed['endpoint']}/predict answered {answer.status_code}: {answer.text}")
+            served = answer.json()
+            self.results["model endpoint"] = (
+                f"{deployed['endpoint']}/predict serves v{served['model_version']}: "
+                f"predictions {served['predictions']}, P(churn) "
+                f"{[round(p[1], 3) for p in served['probabilities']]}"
+            )
+
+        with self.stage("score a batch (score_batch)"):
+            request = {**BATCH_REQUEST, "output_path": str(self.settings.data_dir / "predictions" / "batch.parquet")}
+            outcome = api.run_and_wait("score_batch", request, on_progress=_progress)
+            self._require_success(outcome)
+            published = api.task_result("score_batch", outcome.run_id, "publish")
+            scored = pd.read_parquet(published["output_path"])
+            first = scored.iloc[0]
+            self.results["batch predictions"] = (
+                f"{published['output_path']}: {published['rows']} rows by {first['model_name']} "
+                f"v{first['model_version']}; customer {first['customer_id']} -> {first['prediction']} "
+                f"(P(churn) {first['probability_1']:.3f})"
+            )
+
+        with self.stage("monitor a normal and a drifted window (monitor_model)"):
+            self.monitor(api)
+
+        self.print_summary(manager)
+
+    def retrain_on_new_features(self, api: AirflowApi, window: dict[str, str]) -> None:
+        """Materialize the churn model's features again: their Asset events schedule retrain_model,
+        which trains the champion again with the conf that trained it, through the gate."""
+        from asgard.features.store import feature_view_asset_uri
+
+        view = CHURN_MODEL_REQUEST["data_source"]["feature_views"][0]
+        api.unpause("retrain_model")
+        try:
+            outcome = api.run_and_wait("materialize_features", {**window, "feature_views": [view]})
+            self._require_success(outcome)
+            retrain_run = api.run_started_by(feature_view_asset_uri(view), outcome.run_id, "retrain_model")
+            retrained = api.wait_for_run("retrain_model", retrain_run, timeout=900, on_progress=_progress)
+            self._require_success(retrained)
+        finally:
+            api.pause("retrain_model")  # the later stages train and deploy by hand
+        triggers = api.task_result("retrain_model", retrain_run, "requests")
+        training_run = next(t["trigger_run_id"] for t in triggers if t["conf"]["model_name"] == "churn_predictor")
+        decision = api.task_result("train_model", training_run, "gate_model")
+        alias = "champion" if decision["promoted"] else "challenger"
+        self.results["retrained on new features"] = (
+            f"{decision['model_name']} v{decision['version']} -> @{alias} "
+            f"(retrain_model {retrain_run} -> train_model {training_run}; {decision['reason']})"
+        )
+
+    def upload_script(self, api: AirflowApi) -> None:
+        """The seed's ``upload_and_deploy.py`` as the CLI does it: upload the example script through the
+        ``/mlops`` plugin, follow training and the gate, then the deployment the promotion starts."""
+        command = [
+            sys.executable, "-m", "asgard.local", "upload", str(EXAMPLE_SCRIPT),
+            "--model-name", "churn_predictor_feast", "--experiment", "feast_deployment", "--timeout", "900",
+            "--env", f"N_CUSTOMERS={self.customers}", "--url", self.settings.airflow_url,
+            *[argument for requirement in EXAMPLE_REQUIREMENTS for argument in ("-r", requirement)],
+        ]  # fmt: skip
+        api.unpause("deploy_model")  # as in production: a promotion deploys itself
+        try:
+            lines = _stream(command, env={**os.environ, "ASGARD_API_TOKEN": api.token})
+        finally:
+            api.pause("deploy_model")  # the later stages deploy by hand
+        job_id = next(line.split()[1] for line in lines if line.startswith("job "))
+        job = MlopsClient(self.settings.airflow_url, api.token).get(f"/jobs/{job_id}", logs=False)
+        if not job["promoted"]:  # a run again: a version no better than the champion leaves it serving
+            self.results["script model"] = f"{job['model_name']} v{job['model_version']} -> @challenger (job {job_id})"
+            return
+        deployment = job["deployment"] or {}
+        if not deployment.get("endpoint"):
+            version = f"{job['model_name']} v{job['model_version']}"
+            raise MainJobError(f"job {job_id}: {version} is not serving after its promotion: {deployment}")
+        # The seed's own /predict example: the script trains on exactly its six features.
+        answer = httpx.post(f"{deployment['endpoint']}/predict", json=SEED_PREDICTION, timeout=30)
+        if answer.status_code != 200:
+            raise MainJobError(f"{deployment['endpoint']}/predict answered {answer.status_code}: {answer.text}")
+        self.results["script model"] = (
+            f"{job['model_name']} v{job['model_version']} -> @champion, serving at {deployment['endpoint']} "
+            f"(job {job_id}; predictions {answer.json()['predictions']})"
+        )
+
+    def monitor(self, api: AirflowApi) -> None:
+        """Two windows of scored customers: one like training (no alert), one drifted (alert and retraining).
+
+        Persistence is one window here so a single drifted window shows the whole path; the daily
+        schedule keeps the default (two windows).
+        """
+        folder = self.settings.data_dir / "monitoring" / "windows"
+        folder.mkdir(parents=True, exist_ok=True)
+        normal, drifted = monitoring_windows(folder, days=self.days)
+        # Rounded up to the second: the batch scored just before (its Asset event) falls in the last window.
+        now = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
+        checks = {}
+        api.unpause("retrain_model")  # as in production: persistent drift retrains the model
+        try:
+            self._monitor_windows(api, now, normal, drifted, checks)
+        finally:
+            api.pause("retrain_model")  # a later run of the job starts from the same state
+        if checks["normal"]["alerts"] or not checks["drifted"]["alerts"]:
+            raise MainJobError(
+                f"monitoring: expected no alert on the normal window and an alert on the drifted one, got "
+                f"{checks['normal']['alerts']} and {checks['drifted']['alerts']}"
+            )
+
+    def _monitor_windows(self, api: AirflowApi, now: datetime, normal: Path, drifted: Path, checks: dict) -> None:
+        for label, path, start in (
+            ("normal", normal, now - timedelta(hours=2)),
+            ("drifted", drifted, now - timedelta(hours=1)),
+        ):
+            request = {
+                "model_name": CHURN_MODEL_REQUEST["model_name"],
+                "window_start": start.isoformat(),
+                "window_end": (start + timedelta(hours=1)).isoformat(),
+                "sources": [str(path)],
+                "thresholds": {"persistence": 1},
+            }
+            outcome = api.run_and_wait("monitor_model", request, on_progress=_progress)
+            self._require_success(outcome)
+            checks[label] = api.task_result("monitor_model", outcome.run_id, "check", map_index=0)
+            requests = api.task_result("monitor_model", outcome.run_id, "alert")
+            retrained = ""
+            if requests:  # wait for it (Asset -> retrain_model -> train_model): a later run finds the model settled
+                training_run = requests[0]["train_run_id"]
+                trained = api.wait_for_run("train_model", training_run, timeout=900, appear_within=300)
+                self._require_success(trained)
+                decision = api.task_result("train_model", training_run, "gate_model")
+                retrained = f"; retraining triggered (retrain_model -> {training_run}): v{decision['version']}"
+            alerts, window = checks[label]["alerts"], checks[label]["window"]
+            self.results[f"monitoring ({label} window)"] = (
+                f"{window['rows']} rows, {len(window['batch_outputs'])} score_batch output(s), "
+                f"{checks[label]['checks']} checks, "
+                f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}{retrained}; "
+                f"report {checks[label]['report']}"
+            )
+
+    @staticmethod
+    def _require_success(outcome: RunOutcome) -> None:
+        if outcome.state != "success":
+            raise MainJobError(f"{outcome.dag_id} run {outcome.run_id} ended {outcome.state}: {outcome.failure}")
+
+    def print_summary(self, manager: ServiceManager) -> None:
+        user, _ = manager.admin_credentials()
+        print("\n==> summary", flush=True)
+        if self.settings.setup_seconds is not None:
+            print(f"    {'set-up (./asgard setup)':<45} {self.settings.setup_seconds:7.1f}s")
+        for name, seconds in self.timings:
+            print(f"    {name:<45} {seconds:7.1f}s")
+        print(f"    {'total':<45} {sum(s for _, s in self.timings):7.1f}s")
+        report = self.write_timings()
+        print(f"    stage timings: {report}")
+        for key, value in self.results.items():
+            print(f"    {key}: {value}")
+        print(f"    Airflow UI:  {self.settings.airflow_url}  (login {user}; ./asgard status --show-password)")
+        print(f"    MLflow UI:   {self.settings.mlflow_url}")
+        print("    Stop everything with: ./asgard stop", flush=True)
+
+    def write_timings(self) -> Path:
+        """The run's stage timings as JSON (``<home>/main-job.json``, and one line per run in
+        ``main-job-history.jsonl``), so runs can be compared."""
+        import json
+
+        from asgard.core.storage import write_text
+
+        record = {
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "profile": self.settings.profile,
+            "customers": self.customers,
+            "days": self.days,
+            "setup_seconds": self.settings.setup_seconds,
+            "stages": [{"name": name, "seconds": round(seconds, 1)} for name, seconds in self.timings],
+            "pipeline_seconds": round(sum(seconds for _, seconds in self.timings), 1),
+        }
+        path = write_text(self.settings.home / "main-job.json", json.dumps(record, indent=2))
+        with (self.settings.home / "main-job-history.jsonl").open("a") as history:
+            history.write(json.dumps(record) + "\n")
+        return path
+
+
+def framework_request(framework: str, params: dict) -> dict:
+    """The churn model's train_model conf, trained with ``framework``."""
+    return {**CHURN_MODEL_REQUEST, "framework": framework, "hyperparameters": {"params": params}}
+
+
+def _say(line: str) -> None:
+    print(f"    {line}", flush=True)
+
+
+def _stream(command: list[str], env: dict[str, str]) -> list[str]:
+    """Run a command, echoing its output as it comes; its lines, or an error with its last lines."""
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            _say(lines[-1])
+    if process.returncode != 0:
+        tail = "\n".join(lines[-20:])
+        raise MainJobError(f"{' '.join(command[2:5])} exited with {process.returncode}:\n{tail}")
+    return lines
+
+
+def _progress(states: dict[str, str]) -> None:
+    print("    " + "  ".join(f"{task}={state}" for task, state in sorted(states.items())), flush=True)

@@ -1,0 +1,1 @@
+"""The model registry (MLflow): the model-version contract, registration, the champion gate, metrics."""

@@ -1,0 +1,1 @@
+"""Scoring: the streaming scorer, and score_batch's plan, entity sources, partitions and publishing."""

@@ -1,0 +1,211 @@
+"""Convert a fitted scikit-learn pipeline to ONNX, and prove the conversion faithful before using it.
+
+The serving image answers with the ONNX model only when, on a holdout sample, its class
+probabilities are within ``PROBABILITY_TOLERANCE`` of the native model's and every label is
+identical (regressors: predictions within ``RELATIVE_TOLERANCE``). Otherwise the native model is
+served and the reason is recorded for ``/metadata``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PROBABILITY_TOLERANCE = 1e-6
+RELATIVE_TOLERANCE = 1e-6
+LABEL_OUTPUT = "label"
+PROBABILITY_OUTPUT = "probabilities"
+REGRESSION_OUTPUT = "variable"
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """The outcome: ONNX bytes when faithful, else why not (the native model is served)."""
+
+    onnx_bytes: bytes | None
+    reason: str
+    label_output: str | None = None
+    probability_output: str | None = None
+    max_probability_error: float | None = None
+    rows_checked: int = 0
+
+    @property
+    def faithful(self) -> bool:
+        return self.onnx_bytes is not None
+
+
+def _register_boosting_converters() -> None:
+    """Teach skl2onnx the XGBoost and LightGBM estimators that are installed (converters ship with
+    onnxmltools, and import their framework: a bundle's environment has only the model's own)."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    registrations = []
+    try:
+        from lightgbm import LGBMClassifier, LGBMRegressor
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        registrations += [
+            (
+                LGBMClassifier,
+                "LightGbmLGBMClassifier",
+                calculate_linear_classifier_output_shapes,
+                convert_lightgbm,
+                {"nocl": [True, False], "zipmap": [True, False, "columns"]},
+            ),
+            (
+                LGBMRegressor,
+                "LightGbmLGBMRegressor",
+                calculate_linear_regressor_output_shapes,
+                convert_lightgbm,
+                {"split": None},
+            ),
+        ]
+    except ImportError:
+        pass
+    try:
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        from xgboost import XGBClassifier, XGBRegressor
+
+        registrations += [
+            (
+                XGBClassifier,
+                "XGBoostXGBClassifier",
+                calculate_linear_classifier_output_shapes,
+                convert_xgboost,
+                {"nocl": [True, False], "zipmap": [True, False, "columns"]},
+            ),
+            (XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost, None),
+        ]
+    except ImportError:
+        pass
+    for model_class, alias, shapes, converter, options in registrations:
+        update_registered_converter(model_class, alias, shapes, converter, options=options)
+
+
+def convert(model: Any, columns: list[dict[str, str]], model_type: str, sample: pd.DataFrame) -> Conversion:
+    """ONNX for ``model`` if it reproduces the native predictions on ``sample``; else the reason."""
+    if sample is None or len(sample) == 0:
+        return Conversion(None, "no holdout sample to check an ONNX conversion against: serving the native model")
+    try:
+        onnx_bytes = _to_onnx(model, columns, model_type)
+    except Exception as error:  # skl2onnx raises many types for "cannot convert this"
+        return Conversion(None, f"not convertible to ONNX ({type(error).__name__}: {error}): serving the native model")
+    return _check(onnx_bytes, model, columns, model_type, sample)
+
+
+def _to_onnx(model: Any, columns: list[dict[str, str]], model_type: str) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    _register_boosting_converters()
+    model = _string_missing_values(model)
+    initial_types = [
+        (c["name"], StringTensorType([None, 1]) if c["type"] == "string" else FloatTensorType([None, 1]))
+        for c in columns
+    ]
+    options = {"zipmap": False} if model_type == "classification" else None
+    onnx_model = convert_sklearn(
+        model, initial_types=initial_types, options=options, target_opset={"": 17, "ai.onnx.ml": 3}
+    )
+    return onnx_model.SerializeToString()
+
+
+def _string_missing_values(model: Any) -> Any:
+    """A copy whose string imputers treat "" as missing: ONNX string tensors cannot hold NaN.
+
+    ``feeds`` (and the serving app) send a missing category as "", so the copy imputes exactly
+    the values the original imputes.
+    """
+    import copy
+
+    from sklearn.impute import SimpleImputer
+
+    def fitted_steps(estimator: Any):
+        yield estimator
+        for _, child, *_ in getattr(estimator, "steps", []) or getattr(estimator, "transformers_", []):
+            if not isinstance(child, str):  # ColumnTransformer's "drop"/"passthrough"
+                yield from fitted_steps(child)
+
+    model = copy.deepcopy(model)
+    for step in fitted_steps(model):
+        statistics = getattr(step, "statistics_", None)
+        if isinstance(step, SimpleImputer) and statistics is not None and statistics.dtype == object:
+            step.missing_values = ""
+    return model
+
+
+def feeds(frame: pd.DataFrame, columns: list[dict[str, str]]) -> dict[str, Any]:
+    """The ONNX inputs for a frame: one [n, 1] tensor per column, as the serving app builds them."""
+    import numpy as np
+
+    result = {}
+    for column in columns:
+        values = frame[column["name"]]
+        if column["type"] == "string":
+            result[column["name"]] = values.fillna("").astype(str).to_numpy(dtype=object).reshape(-1, 1)
+        else:
+            result[column["name"]] = values.to_numpy(dtype=np.float32).reshape(-1, 1)
+    return result
+
+
+def _check(
+    onnx_bytes: bytes, model: Any, columns: list[dict[str, str]], model_type: str, sample: pd.DataFrame
+) -> Conversion:
+    import numpy as np
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    outputs = [output.name for output in session.get_outputs()]
+    got = session.run(None, feeds(sample, columns))
+    rows = len(sample)
+    if model_type == "classification":
+        label_output, probability_output = outputs[0], outputs[1]
+        probabilities = got[1]
+        # The server labels rows from the probabilities (asgard_serving.model.label_indices).
+        labels = np.asarray(model.classes_)[np.argmax(np.round(probabilities, 6), axis=1)]
+        expected_labels = np.asarray(model.predict(sample))
+        expected_probabilities = np.asarray(model.predict_proba(sample))
+        error = float(np.max(np.abs(probabilities - expected_probabilities)))
+        mismatched = int(np.sum(labels.astype(expected_labels.dtype) != expected_labels))
+        if mismatched or error > PROBABILITY_TOLERANCE:
+            return Conversion(
+                None,
+                f"ONNX differs from the native model on the {rows}-row holdout sample (max probability error "
+                f"{error:.2e}, {mismatched} different labels): serving the native model",
+                max_probability_error=error,
+                rows_checked=rows,
+            )
+        return Conversion(
+            onnx_bytes,
+            f"ONNX: probabilities within {error:.1e} of the native model and identical labels on {rows} holdout rows",
+            label_output=label_output,
+            probability_output=probability_output,
+            max_probability_error=error,
+            rows_checked=rows,
+        )
+    predicted = got[0].ravel().astype(np.float64)
+    expected = np.asarray(model.predict(sample), dtype=np.float64)
+    relative = float(np.max(np.abs(predicted - expected) / np.maximum(np.abs(expected), 1.0)))
+    if relative > RELATIVE_TOLERANCE:
+        return Conversion(
+            None,
+            f"ONNX differs from the native model on the {rows}-row holdout sample (max relative error "
+            f"{relative:.2e}): serving the native model",
+            rows_checked=rows,
+        )
+    return Conversion(
+        onnx_bytes,
+        f"ONNX: predictions within {relative:.1e} (relative) of the native model on {rows} holdout rows",
+        label_output=outputs[0],
+        rows_checked=rows,
+    )

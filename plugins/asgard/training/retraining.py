@@ -1,0 +1,116 @@
+"""Retraining driven by data: persistent drift (``monitor_model``) and fresh features.
+
+Both end the same way: a train_model run with the conf that trained the version being replaced
+(``training/request.json`` on its run), under a run id fixed when the request is made, so a
+retried hop cannot start a second training and a caller can follow the one it asked for.
+
+- Drift: ``monitor_model`` emits one ``asgard-retraining-requests`` Asset event per model whose
+  breach persisted (once per cool-down, claimed in the monitoring database).
+- Features: a ``@champion`` trained with ``retraining.on_new_features`` is retrained when one of
+  its feature views is materialized again (their ``feast://asgard/feature_view/<name>`` Assets),
+  unless the model already has a version newer than those features, or one younger than
+  ``retraining.min_interval_hours`` (default 24). ``retrain_model`` runs one at a time and waits
+  for the training it starts, so the next run sees that version: no retrain storm.
+
+``retrain_model`` is scheduled by both and runs train_model once per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RETRAINING_REQUESTS = "asgard-retraining-requests"
+DEFAULT_MIN_INTERVAL_HOURS = 24.0
+
+
+def train_run_id(model_name: str, requested_by: str) -> str:
+    return f"retrain__{model_name}__{requested_by}"
+
+
+def drift_requests(results: list[dict[str, Any]], monitor_run_id: str) -> list[dict[str, Any]]:
+    """What a monitoring run announces on the retraining Asset: per model, train_model's conf and
+    the run id that training will get."""
+    return [
+        {
+            "model_name": result["model_name"],
+            "model_version": result["model_version"],
+            "reason": "persistent drift or low accuracy",
+            "conf": result["retrain"],
+            "train_run_id": train_run_id(result["model_name"], monitor_run_id),
+        }
+        for result in results
+        if result["retrain"]
+    ]
+
+
+def requests_for(triggering_asset_events: Any, run_id: str, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The train_model runs a retrain_model run starts: one per drift request, one per opted-in
+    champion whose feature views were materialized; once each, oldest first."""
+    from asgard.features.store import FEATURE_VIEW_ASSET_PREFIX
+
+    events = sorted(
+        (event for per_asset in (triggering_asset_events or {}).values() for event in per_asset),
+        key=lambda event: event.timestamp,
+    )
+    requests = [event.extra or {} for event in events if event.asset.uri == RETRAINING_REQUESTS]
+    materialized: dict[str, datetime] = {}  # feature view -> when its newest event was emitted
+    for event in events:
+        if event.asset.uri.startswith(FEATURE_VIEW_ASSET_PREFIX):
+            materialized[event.asset.uri.removeprefix(FEATURE_VIEW_ASSET_PREFIX)] = event.timestamp
+    if materialized:
+        requests += feature_requests(materialized, run_id, now=now or datetime.now(UTC))
+    triggers: dict[str, dict[str, Any]] = {}
+    for request in requests:
+        if not request.get("conf") or not request.get("train_run_id"):
+            log.warning("a retraining request without conf or run id was left out: %s", request)
+            continue
+        log.info(
+            "%s v%s (%s): retraining as train_model run %s",
+            request.get("model_name"),
+            request.get("model_version"),
+            request.get("reason"),
+            request["train_run_id"],
+        )
+        triggers[request["train_run_id"]] = {"conf": request["conf"], "trigger_run_id": request["train_run_id"]}
+    return list(triggers.values())
+
+
+def feature_requests(materialized: dict[str, datetime], run_id: str, *, now: datetime) -> list[dict[str, Any]]:
+    """Champions that asked to be retrained on new features of the ``materialized`` views and have
+    no version trained since (nor within their minimum interval)."""
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.versions import REQUEST_ARTIFACT, champions
+
+    hook = MlflowHook()
+    requests = []
+    for champion in champions(hook):
+        conf = hook.logged_json(champion.run_id, REQUEST_ARTIFACT) or {}
+        policy = conf.get("retraining") or {}
+        fresh = sorted(set(materialized) & set((conf.get("data_source") or {}).get("feature_views") or []))
+        if not policy.get("on_new_features") or not fresh:
+            continue
+        newest = hook.client.search_model_versions(
+            f"name = '{champion.name}'", max_results=1, order_by=["creation_timestamp DESC"]
+        )[0]
+        trained = datetime.fromtimestamp(newest.creation_timestamp / 1000, UTC)
+        interval = timedelta(hours=float(policy.get("min_interval_hours", DEFAULT_MIN_INTERVAL_HOURS)))
+        if trained >= max(materialized[view] for view in fresh) or now - trained < interval:
+            log.info(
+                "%s: new features in %s, but v%s was trained at %s (minimum interval %s)",
+                champion.name, ", ".join(fresh), newest.version, trained.isoformat(), interval,
+            )  # fmt: skip
+            continue
+        requests.append(
+            {
+                "model_name": champion.name,
+                "model_version": str(champion.version),
+                "reason": f"new features in {', '.join(fresh)}",
+                "conf": conf,
+                "train_run_id": train_run_id(champion.name, run_id),
+            }
+        )
+    return requests

@@ -1,0 +1,207 @@
+"""What the ``train_script`` tasks do: check the upload, prepare its environment, run it, then
+register, gate and promote its model with the same code as ``train_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from asgard.core.errors import InputError
+from asgard.core.sandbox import Bind
+from asgard.core.settings import get_settings
+from asgard.core.storage import write_text
+from asgard.features import store as feature_store
+from asgard.hooks.mlflow import MlflowHook
+from asgard.hooks.mlflow_gateway import Gateway, RunScope
+from asgard.registry.models import GateDecision, ModelRegistry, find_logged_model
+from asgard.registry.versions import SCRIPT_ORIGIN, SCRIPT_REQUIREMENTS_TAG, lineage_tags
+from asgard.training import data as training_data
+from asgard.training import evaluation
+from asgard.training.pipeline import check_tags
+from asgard.training.scripts import runner
+
+log = logging.getLogger(__name__)
+
+# Where a sandboxed script finds its feature_store.yaml (read-only).
+FEATURE_REPO_INSIDE = "/asgard/feature_repo"
+# The gate's metric when the conf names none: the first of these the script logged.
+DEFAULT_METRICS = ("roc_auc", "accuracy", "f1", "r2", "rmse", "mae")
+
+
+def check_upload(params: dict[str, Any], *, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Decode and check the script (no side effect but storing it in the run's folder)."""
+    script = runner.decode_script(params["script_name"], params["script_content"])
+    runner.check_env_vars(params.get("env_vars") or {})
+    check_tags(params.get("tags") or {})
+    folder = training_data.run_folder(dag_id, run_id)
+    path = write_text(folder / "script" / script.name, script.source)
+    log.info("script %s: %d bytes, sha256 %s", script.name, len(script.source), script.sha256)
+    return {"script_name": script.name, "script_path": str(path), "sha256": script.sha256}
+
+
+def prepare_environment(params: dict[str, Any]) -> dict[str, Any]:
+    """The environment for the script's requirements, built once per requirements set, then reused.
+
+    Locally a virtualenv; for the pod runner an image of the same key, built on the Docker engine and
+    pushed to the registry (ECR in production), given to the pod by digest.
+    """
+    settings = get_settings()
+    requirements = list(params.get("requirements") or [])
+    if settings.script_runner == "kubernetes":
+        from asgard.training.scripts.image import ensure_script_image
+
+        return ensure_script_image(requirements, settings=settings)
+    return {"python": str(runner.ScriptEnvironments(settings=settings).ensure(requirements))}
+
+
+def run_uploaded_script(
+    params: dict[str, Any], upload: dict[str, Any], environment: dict[str, Any], *, dag_id: str, run_id: str
+) -> dict[str, Any]:
+    """Run the script in a sandbox against the DAG run's MLflow run; its output goes to this task's log.
+
+    It sees its working folder, its environment, the feature store's configuration and (embedded)
+    data read-only, and reaches MLflow only through a door scoped to its own run.
+    """
+    settings, hook = get_settings(), MlflowHook()
+    run = hook.get_or_create_run(
+        experiment_name=params["experiment_name"], dag_id=dag_id, run_id=run_id, tags=params.get("tags") or {}
+    )
+    folder = training_data.run_folder(dag_id, run_id)
+    repo = feature_store.write_script_repo(folder / "feature_repo")
+    python = Path(environment["python"])
+    injected = runner.injected_variables(params, runner.mlflow_uri_inside(), run.info.run_id, FEATURE_REPO_INSIDE)
+    env = runner.script_environment(python, injected, params.get("env_vars") or {})
+    script = runner.UserScript(upload["script_name"], Path(upload["script_path"]).read_text())
+    limits = runner.Limits(
+        timeout_seconds=int(params.get("timeout", 600)),
+        memory_mb=int(params.get("memory_mb", 4096)),
+    )
+    binds = [Bind(repo, FEATURE_REPO_INSIDE), *(Bind(path) for path in feature_store.script_data_paths(settings))]
+    scope = RunScope(run.info.run_id, run.info.experiment_id, params["experiment_name"])
+    # A short path: a unix socket's may not exceed 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets:
+        Path(sockets).chmod(0o755)
+        with Gateway(hook.tracking_uri, scope, Path(sockets) / "mlflow.sock").serving():
+            outcome = runner.run_script(
+                script,
+                python,
+                folder / "workdir",
+                env,
+                limits,
+                binds=binds,
+                sockets=Path(sockets),
+                output=lambda line: log.info("| %s", line),
+            )
+    log.info("%s finished in %.1fs (%d bytes of output)", script.name, outcome.seconds, outcome.output_bytes)
+    return {"mlflow_run_id": run.info.run_id}
+
+
+def register_script_model(params: dict[str, Any], ran: dict[str, Any], *, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Find the model the script logged in its run and register it (once per DAG run)."""
+    hook = MlflowHook()
+    model = find_logged_model(hook, ran["mlflow_run_id"], params["model_name"], who="the script")
+    if not params.get("use_feast", True):  # the script's own metric is all the gate will have: fail before registering
+        gate_metric(params, hook.client.get_run(ran["mlflow_run_id"]).data.metrics)
+    tags = lineage_tags(
+        dag_id=dag_id,
+        run_id=run_id,
+        origin=SCRIPT_ORIGIN,
+        feature_views=[params.get("feature_view_name") or "customer_features"] if params.get("use_feast", True) else [],
+        gold_snapshots={},
+        extra={
+            "source": "train_script",
+            "script_name": params["script_name"],
+            SCRIPT_REQUIREMENTS_TAG: json.dumps(sorted(params.get("requirements") or [])),
+        },
+    )
+    version, created = ModelRegistry(hook).register(
+        params["model_name"], model.model_uri, ran["mlflow_run_id"], tags, model_id=model.model_id
+    )
+    log.info("%s %s version %s", "registered" if created else "found already registered", version.name, version.version)
+    return {"model_name": version.name, "version": str(version.version), "created": created}
+
+
+def gate_script_model(params: dict[str, Any], ran: dict[str, Any], registered: dict[str, Any]) -> GateDecision:
+    """Gate the script's model on a score the platform measured itself, where it can.
+
+    When the script trained on a feature view the platform knows (``use_feast``), the platform scores
+    the model in a sandbox on its own point-in-time holdout of that view, and the champion on the
+    same rows. Otherwise only the metric the script logged about itself exists: it may make the first
+    champion of a model, but replaces a champion only when the request trusts it
+    (``promotion.trust_script_metric``).
+    """
+    hook = MlflowHook()
+    registry = ModelRegistry(hook)
+    promotion = params.get("promotion") or {}
+    min_improvement = float(promotion.get("min_improvement") or 0.0)
+    name, number = registered["model_name"], registered["version"]
+    holdout, why = platform_holdout(params) if params.get("use_feast", True) else (None, "the script did not use Feast")
+    if holdout is not None:
+        features, target = holdout
+        try:
+            predictions, probabilities = evaluation.predict(hook, hook.client.get_model_version(name, number), features)
+        except InputError as error:
+            holdout, why = None, str(error)
+    if holdout is not None:
+        measured = evaluation.scores(target, predictions, probabilities)
+        metric = promotion.get("metric") or ("roc_auc" if probabilities is not None else "rmse")
+        if metric not in measured:
+            raise runner.ScriptError(f"the platform's holdout gives no {metric} for this model: {sorted(measured)}")
+        log.info(
+            "platform holdout (%d rows): %s", len(target), {key: round(value, 4) for key, value in measured.items()}
+        )
+        decision = registry.gate(
+            name,
+            number,
+            metric=metric,
+            score=measured[metric],
+            min_improvement=min_improvement,
+            score_champion=lambda champion: evaluation.metric_on(hook, champion, features, target, metric),
+            metric_source="platform",
+        )
+    else:
+        log.info("gating on the script's own metric: %s", why)
+        logged = hook.client.get_run(ran["mlflow_run_id"]).data.metrics
+        metric = gate_metric(params, logged)
+        decision = registry.gate(
+            name,
+            number,
+            metric=metric,
+            score=logged[metric],
+            min_improvement=min_improvement,
+            metric_source="script",
+            may_replace_champion=bool(promotion.get("trust_script_metric")),
+        )
+    log.info("gate: %s v%s -> @%s: %s", decision.model_name, decision.version, decision.alias, decision.reason)
+    return decision
+
+
+def platform_holdout(params: dict[str, Any]) -> tuple[tuple[Any, Any] | None, str]:
+    """The platform's own holdout for a script that trained on a feature view: the view's features as of
+    each labelled row (the label table's point-in-time join), split as train_model splits; or why not."""
+    view = params.get("feature_view_name") or "customer_features"
+    target = params.get("target_column") or "churned"
+    store = feature_store.open_store()
+    try:
+        source = training_data.check_data_source({"feature_views": [view], "target_column": target}, store)
+        frame, _ = training_data.build_training_set(source, store)
+        kind = "classification" if frame[target].nunique() <= 20 else "regression"
+        _, holdout = training_data.split(frame, target, kind, test_size=0.2, seed=42)
+    except InputError as error:
+        return None, f"no platform holdout for feature view {view!r}: {error}"
+    return (holdout[source.feature_names], holdout[target]), ""
+
+
+def gate_metric(params: dict[str, Any], logged: dict[str, float]) -> str:
+    """The metric the gate compares: the conf's, else the first of DEFAULT_METRICS the script logged."""
+    metric = (params.get("promotion") or {}).get("metric") or next((m for m in DEFAULT_METRICS if m in logged), None)
+    if metric is None or metric not in logged:
+        wanted = metric or " or ".join(DEFAULT_METRICS)
+        raise runner.ScriptError(
+            f"the script logged no {wanted} metric to gate on; it logged: {', '.join(sorted(logged)) or 'none'}"
+        )
+    return metric
