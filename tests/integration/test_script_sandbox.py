@@ -177,7 +177,7 @@ def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack
         "forkbomb": conf("forkbomb", FORK_BOMB, timeout=20),
         "memory": conf("memory", MEMORY, memory_mb=256),
         "pickle": conf(
-            "pickle",
+            "booby_trap",
             PICKLE,
             requirements=["scikit-learn", "feast[duckdb]", "pyiceberg[sql-sqlite,pyarrow]"],
             env_vars={"PROBE_MARKER_FILE": str(marker_file)},
@@ -185,6 +185,8 @@ def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack
         ),
     }
     dags_before = sorted(p.name for p in (REPO_ROOT / "dags").iterdir())
+    api.wait_for_dag("train_script")
+    api.unpause("train_script")
     started = {label: api.trigger("train_script", body) for label, body in runs.items()}
     outcomes = {label: api.wait_for_run("train_script", run_id, timeout=1200) for label, run_id in started.items()}
     logs = {

@@ -41,8 +41,9 @@ def run(source: str, tmp_path: Path, limits: Limits = DEFAULT_LIMITS, env_vars=N
         ("job.sh", b64("print(1)"), "script_name 'job.sh' must be a file name ending in .py"),
         ("job.py", b64("x = 1\n" * 200_000), "larger than the 1000000 byte limit"),
         ("job.py", base64.b64encode(b"\xff\xfe print").decode(), "script is not UTF-8 text"),
+        ("pickle.py", b64("print(1)"), "script_name 'pickle.py' would shadow Python's own pickle module"),
     ],
-    ids=["bad-base64", "syntax-error", "bad-name", "too-large", "not-text"],
+    ids=["bad-base64", "syntax-error", "bad-name", "too-large", "not-text", "shadows-stdlib"],
 )
 def test_bad_uploads_are_refused_before_anything_runs(name, content, message):
     with pytest.raises(ScriptError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -15,6 +15,8 @@ from airflow_client.client.exceptions import ApiException
 from urllib3.util.retry import Retry
 
 TERMINAL_STATES = {"success", "failed"}
+# How long a queued run waits before its DAG is checked for being paused (the scheduler needs a few seconds).
+PAUSED_CHECK_AFTER = 30.0
 # (connect, read) seconds: a call the API server cannot answer in time fails, rather than hanging its caller.
 REQUEST_TIMEOUT = (10.0, 120.0)
 
@@ -224,7 +226,11 @@ class AirflowApi:
                     ]
                     failure = f"tasks not successful: {', '.join(failed) or 'none recorded'}"
                 return RunOutcome(dag_id, run_id, state, time.monotonic() - started, states, failure)
-            if time.monotonic() - started > timeout:
+            waited = time.monotonic() - started
+            # A paused DAG's runs stay queued for ever: say so instead of waiting out the timeout.
+            if state == "queued" and waited > PAUSED_CHECK_AFTER and self.dag_state(dag_id)["paused"]:
+                raise AirflowApiError(f"run {dag_id}/{run_id} stays queued: {dag_id} is paused (unpause it)")
+            if waited > timeout:
                 raise AirflowApiError(f"run {dag_id}/{run_id} still {state} after {timeout:.0f}s")
             time.sleep(1.0)
 
@@ -294,7 +300,16 @@ class AirflowApi:
         response = self.task_instances.get_log_without_preload_content(
             dag_id, run_id, task_id, try_number, map_index=map_index, full_content=True
         )
-        content = json.loads(response.read())["content"]
+        body = json.loads(response.read())
+        if "content" not in body:
+            if response.status == 404:  # the task never ran (upstream failed): it has no log
+                return ""
+            raise AirflowApiError(
+                f"log of {dag_id}/{run_id}/{task_id}: {response.status} {body.get('detail')}",
+                status=response.status,
+                body=str(body),
+            )
+        content = body["content"]
         if isinstance(content, list):
             return "\n".join(_render_log_line(line) for line in content)
         return str(content)

@@ -65,10 +65,18 @@ class MlflowHook(BaseHook):
 
     def get_or_create_experiment(self, name: str) -> str:
         """The id of the experiment called ``name``, created on first use."""
+        from mlflow.exceptions import MlflowException
+
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return self.client.create_experiment(name)
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException as error:
+            # Another run created it between the lookup and the create (runs start side by side).
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     def get_or_create_run(
         self, *, experiment_name: str, dag_id: str, run_id: str, tags: dict[str, Any] | None = None

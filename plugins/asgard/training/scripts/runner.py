@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ def decode_script(name: str, content_b64: str, *, max_bytes: int = MAX_SCRIPT_BY
     """The script, checked before anything expensive: a sane name, valid base64, a size limit, valid Python."""
     if not SCRIPT_NAME.match(name):
         raise ScriptError(f"script_name {name!r} must be a file name ending in .py (letters, digits, _ . -)")
+    module = name.removesuffix(".py")
+    if module in sys.stdlib_module_names:
+        # The script's folder comes first on its import path: every library importing that module would
+        # import the script instead, and fail in ways that name neither.
+        raise ScriptError(f"script_name {name!r} would shadow Python's own {module} module: rename it")
     if len(content_b64) > (max_bytes * 4) // 3 + 4:
         raise ScriptError(f"script_content is larger than the {max_bytes} byte limit")
     try:
