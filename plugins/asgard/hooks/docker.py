@@ -9,6 +9,7 @@ used inside a build: everything it installs is in its context.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +31,6 @@ TRANSIENT_MARKERS = (
     "connection refused",
     "timeout",
     "timed out",
-    "503",
-    "502",
-    "504",
     "eof",
     "reset by peer",
     "tls handshake",
@@ -40,6 +38,10 @@ TRANSIENT_MARKERS = (
     "no such host",
     "i/o timeout",
 )
+# A gateway status (502, 503, 504) as a number of its own: not the digits of a port (127.0.0.1:50383).
+TRANSIENT_STATUS = re.compile(r"(?<![\d.:])50[234](?!\d)")
+# Answers that say "no" whatever else the message holds (a refused login's text may name a timeout).
+REFUSAL = re.compile(r"(?<![\d.:])40[13](?!\d)|unauthorized|forbidden|denied")
 
 
 class ImageBuildError(RuntimeError):
@@ -121,8 +123,10 @@ def reason(error: Exception) -> str:
 
 def is_transient(error: Exception | str) -> bool:
     """Whether an engine or registry error says "not now" rather than "no"."""
-    text = error if isinstance(error, str) else reason(error)
-    return any(marker in text.lower() for marker in TRANSIENT_MARKERS)
+    text = (error if isinstance(error, str) else reason(error)).lower()
+    if REFUSAL.search(text):
+        return False
+    return bool(TRANSIENT_STATUS.search(text)) or any(marker in text for marker in TRANSIENT_MARKERS)
 
 
 def local_image_labels(client: docker.APIClient, reference: str) -> dict[str, str] | None:
