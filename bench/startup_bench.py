@@ -5,13 +5,15 @@ platform's own virtualenv) against ``python -m venv`` + ``pip install``, each co
 and cached (the environment of that requirements set already exists, or the cache is warm).
 Serving images: the platform's Dockerfile (layers from what changes least to what changes most, uv
 installing the wheels) against the previous one (pip, the model's labels before the dependencies),
-for a model's first version and its next one (same dependencies, a new model).
+for a model's first version and its next one (same dependencies, a new model). A script's run, in
+the platform's sandbox against a plain subprocess (how scripts ran before the sandbox), in the same
+environment: the sandbox's cost per run.
 
     python bench/startup_bench.py                 # the example script's requirements, RF images
     python bench/startup_bench.py --smoke         # one small requirement, tiny models (CI)
 
-Targets (issue 30): a new script environment <= 20 s and a cached one <= 1 s; a next version's
-image <= 15 s.
+Targets (issues 30, 22): a new script environment <= 20 s and a cached one <= 1 s; a next version's
+image <= 15 s; the sandbox adds <= 1 s to a run.
 """
 
 from __future__ import annotations
@@ -103,6 +105,37 @@ def environments(full: list[str], scratch: Path) -> dict[str, float]:
     return times
 
 
+def script_starts(full: list[str], imports: str, scratch: Path, runs: int) -> dict[str, float]:
+    """The sandbox's cost per run: the same script in the same environment, run by the platform (its
+    sandbox: namespaces, cgroup, read-only binds, uid 65534) and as scripts ran before it (a plain
+    subprocess of the worker), the median of ``runs`` each."""
+    import statistics
+
+    from asgard.core.build_cache import PythonEnvironments
+    from asgard.core.settings import Settings, get_settings
+    from asgard.training.scripts import runner
+
+    settings = Settings(**{**get_settings().model_dump(), "cache_dir": scratch / "shared"})
+    python = PythonEnvironments(settings).ensure(full, progress=lambda _: None)
+    scripts = {"print(1)": "print(1)", f"import {imports}": f"import {imports}\nprint(1)"}
+    times = {}
+    for label, source in scripts.items():
+        sandboxed, plain = [], []
+        for index in range(runs):
+            workdir = scratch / "runs" / f"{len(times)}-{index}" / "work"
+            workdir.mkdir(parents=True)
+            script = runner.UserScript("job.py", source)
+            started = time.perf_counter()
+            env = {"PATH": "/usr/bin:/bin"}
+            runner.run_script(script, python, workdir, env, runner.Limits(), output=lambda _: None)
+            sandboxed.append(time.perf_counter() - started)
+            (workdir / "plain.py").write_text(source)
+            plain.append(timed([str(python), str(workdir / "plain.py")], {"PATH": "/usr/bin:/bin"}))
+        times[f"{label}: sandboxed (the platform)"] = statistics.median(sandboxed)
+        times[f"{label}: plain subprocess (before the sandbox)"] = statistics.median(plain)
+    return times
+
+
 def images(customers: int, scratch: Path, *, reuse_services: bool) -> dict[str, float]:
     """First and next version's image with the platform's Dockerfile and the previous one."""
     from asgard.hooks.docker import build_image
@@ -151,6 +184,8 @@ def main() -> int:
     requirements = SMOKE if args.smoke else [*EXAMPLE, "mlflow-skinny", "pandas", "pyarrow"]
     with tempfile.TemporaryDirectory(prefix="asgard-startup-bench-") as scratch:
         env_times = environments(requirements, Path(scratch))
+        imports = "six" if args.smoke else "pandas, mlflow"
+        start_times = script_starts(requirements, imports, Path(scratch), runs=2 if args.smoke else 5)
         image_times = images(1000 if args.smoke else 5000, Path(scratch), reuse_services=args.reuse_services)
     print(f"script environment for {', '.join(requirements)}:")
     for label, seconds in env_times.items():
@@ -160,6 +195,13 @@ def main() -> int:
     cached = env_times["uv, environment already built (cached)"]
     print(f"ratio cached environment, pip warm cache / uv: {env_times['pip, warm pip cache'] / cached:.1f}"
           "  (target uv <= 1 s)")  # fmt: skip
+    print("a script's run, start to exit (median):")
+    for label, seconds in start_times.items():
+        print(f"    {label:<66} {seconds:7.2f}s")
+    for label in ("print(1)", f"import {imports}"):
+        sandboxed = start_times[f"{label}: sandboxed (the platform)"]
+        overhead = sandboxed - start_times[f"{label}: plain subprocess (before the sandbox)"]
+        print(f"sandbox overhead per run, {label}: {overhead:+.2f}s  (target <= 1 s)")
     print("serving image builds (the sample random forest; wheelhouse already downloaded):")
     for label, seconds in image_times.items():
         print(f"    {label:<66} {seconds:7.1f}s")

@@ -81,5 +81,6 @@ def test_startup_bench_smoke(embedded_stack):
     out = run_bench("startup_bench.py", "--smoke", stack=embedded_stack)
     assert "uv, environment already built (cached)" in out and "pip, no cache" in out
     assert "ratio new environment, pip no cache / uv:" in out
+    assert "sandbox overhead per run, print(1):" in out and "sandbox overhead per run, import six:" in out
     assert "platform Dockerfile, next version" in out and "previous Dockerfile, next version" in out
     assert "ratio next version, previous / platform Dockerfile:" in out
