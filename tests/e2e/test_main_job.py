@@ -70,15 +70,14 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         image = rf"serving image: {re.escape(registry)}[0-9a-f]{{64}} \(churn_predictor v(\d+), onnx, (built|reused)\)"
         deployed = re.search(image, out)
         assert deployed, out[-3000:]
-        # Three frameworks trained in turn, each gated against the champion so far; the endpoint serves the winner.
+        # Three frameworks trained side by side (versions in the order they registered), each gated against
+        # the champion so far (the gates take turns); the endpoint serves the winner.
         gate = r"model \((sklearn|xgboost|lightgbm)\): churn_predictor v(\d) -> @(champion|challenger)"
         gated = re.findall(gate, out)
-        assert [(framework, version) for framework, version, _ in gated] == [
-            ("sklearn", "1"),
-            ("xgboost", "2"),
-            ("lightgbm", "3"),
-        ], gated
-        champion = max(int(version) for _, version, alias in gated if alias == "champion")
+        assert [framework for framework, _, _ in gated] == ["sklearn", "xgboost", "lightgbm"], gated
+        assert sorted(version for _, version, _ in gated) == ["1", "2", "3"], gated
+        assert [alias for _, _, alias in gated].count("champion") >= 1, gated
+        champions = {int(version) for _, version, alias in gated if alias == "champion"}
         # Materializing the champion's features again: their Asset events scheduled retrain_model, which
         # trained it again (the request opts in) under the run id it chose, gated against the champion.
         retrained = re.search(
@@ -88,9 +87,9 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         )
         assert retrained and retrained.group(2) == retrained.group(3), out[-3000:]
         if retrained.group(1) == "champion":
-            champion = 4
-        # The deploy stage deploys @champion: this one, or a later retrain's (the hourly materialization above).
-        assert int(deployed.group(1)) >= champion, (deployed.group(0), champion)
+            champions.add(4)
+        # The deploy stage deploys @champion: one of those, or a later retrain's (the hourly materialization).
+        assert int(deployed.group(1)) in champions or int(deployed.group(1)) > 4, (deployed.group(0), champions)
         served = deployed.group(1)
         endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v{served}"
         assert re.search(rf"model endpoint: {re.escape(endpoint)}: predictions \[[01], [01]\]", out)
