@@ -11,9 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from asgard.core.sandbox import Limits
 from asgard.core.settings import get_settings
 from asgard.training.scripts import runner as user_scripts
-from asgard.training.scripts.runner import Limits, ScriptEnvironments, ScriptError, UserScript
+from asgard.training.scripts.runner import ScriptEnvironments, ScriptError, UserScript
 
 PYTHON = Path(get_settings().script_python)
 INJECTED = {name: f"injected-{name}" for name in user_scripts.INJECTED}

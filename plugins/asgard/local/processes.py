@@ -7,6 +7,7 @@ it can find, waits, then escalates: a clean stop leaves no orphan processes.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -63,7 +64,7 @@ class ServiceStatus:
         return f"{self.name:<8} {state:<18} {pid:<12} {self.url}"
 
 
-class ProcessSupervisor:
+class ProcessSupervisor(abc.ABC):
     """Starts and stops the :meth:`services` of one :class:`Settings` as process groups."""
 
     def __init__(self, settings: Settings, *, base_env: dict[str, str] | None = None) -> None:
@@ -71,9 +72,9 @@ class ProcessSupervisor:
         # What the services inherit besides their own settings (the caller's environment by default).
         self.base_env = dict(os.environ if base_env is None else base_env)
 
+    @abc.abstractmethod
     def services(self) -> list[Service]:
         """The services in start order."""
-        raise NotImplementedError
 
     def service(self, name: str) -> Service:
         for service in self.services():

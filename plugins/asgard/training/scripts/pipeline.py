@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from asgard.core import sandbox
 from asgard.core.errors import InputError
 from asgard.core.sandbox import Bind
 from asgard.core.settings import get_settings
@@ -76,7 +77,7 @@ def run_uploaded_script(
     injected = runner.injected_variables(params, runner.mlflow_uri_inside(), run.info.run_id, FEATURE_REPO_INSIDE)
     env = runner.script_environment(python, injected, params.get("env_vars") or {})
     script = runner.UserScript(upload["script_name"], Path(upload["script_path"]).read_text())
-    limits = runner.Limits(
+    limits = sandbox.Limits(
         timeout_seconds=int(params.get("timeout", 600)),
         memory_mb=int(params.get("memory_mb", 4096)),
     )

@@ -151,14 +151,6 @@ MLFLOW_PORT_INSIDE = 5000
 
 
 @dataclass(frozen=True)
-class Limits:
-    timeout_seconds: int = 600
-    memory_mb: int = 4096
-    max_processes: int = 256
-    max_output_bytes: int = 5_000_000
-
-
-@dataclass(frozen=True)
 class ScriptOutcome:
     exit_code: int
     seconds: float
@@ -171,7 +163,7 @@ def run_script(
     python: Path,
     workdir: Path,
     env: dict[str, str],
-    limits: Limits,
+    limits: sandbox.Limits,
     *,
     binds: list[Bind] = (),
     sockets: Path | None = None,
@@ -204,12 +196,7 @@ def run_script(
             binds=binds,
             env=env,
             cwd=WORKDIR,
-            limits=sandbox.Limits(
-                timeout_seconds=limits.timeout_seconds,
-                memory_mb=limits.memory_mb,
-                max_processes=limits.max_processes,
-                max_output_bytes=limits.max_output_bytes,
-            ),
+            limits=limits,
             scratch=workdir.parent,
             output=output,
         )
