@@ -1,12 +1,23 @@
-"""Benchmark: the serving image vs ``mlflow models serve`` for the same registered model.
+"""Benchmark: the serving image vs ``mlflow models serve``, and vs the limit of its own HTTP stack.
 
 For a RandomForest (100 trees, depth 10) and a LightGBM model (100 trees), both trained on the
 seed's six features: build the platform's serving image (the real builder, on a private Docker
-engine), start it and ``mlflow models serve`` with the same number of workers on loopback, and
-drive both with the same ``wrk`` load (same MLflow ``/invocations`` body, 1 row and 100 rows).
-Prints requests/s, p50 and p99, and the ratios (target: >= 10x the requests/s, <= 0.2x the p99).
-Before timing, both servers answer the same 100-row request and the labels must match. Then the
-image size and container start -> /health ok time (target <= 3 s).
+engine) and drive it with ``wrk`` (the same MLflow ``/invocations`` body, 1 row and 100 rows), with
+its prediction log on, side by side with:
+
+- ``mlflow models serve`` with the same workers (target: >= 10x the requests/s, <= 0.2x the p99);
+- a bare endpoint (``bench/bare_endpoint.py``: FastAPI parsing the same body, answering a constant,
+  no model) run in the same image with the same server settings: 1-row requests >= 0.8x its
+  requests/s and p99 <= 1.5x its p99;
+- the model alone: ONNX Runtime on the same 100 rows in this process, with the image's session
+  options (100-row requests >= 0.8x the requests/s it allows); also printed against the bare
+  endpoint's 100-row cost plus the model's, the limit of stack and model together;
+- itself with two workers (target >= 1.7x one worker), beside the bare endpoint's own scaling, which
+  says what the machine allows when the load generator shares its cores.
+
+Before timing, the image's labels on 100 rows must equal ``mlflow models serve``'s and the native
+model's, and its probabilities be within 1e-6 of the native model's. Then the image size and
+container start -> /health ok time (target <= 3 s).
 
     python bench/serving_bench.py                               # 10 s per load run (not part of CI)
     python bench/serving_bench.py --duration 2 --customers 3000  # smoke size
@@ -45,6 +56,49 @@ def wait_healthy(url: str, timeout: float = 120.0) -> float:
                 return time.perf_counter() - started
         time.sleep(0.02)
     raise RuntimeError(f"{url} not healthy after {timeout:.0f}s")
+
+
+def wait_answering(url: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.post(url, content=b"{}", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not answering after {timeout:.0f}s")
+
+
+def model_alone(model_file: Path, columns: list[dict], frame, seconds: float = 2.0) -> float:
+    """Seconds per call of ONNX Runtime on ``frame``'s rows, with the serving image's session options."""
+    import onnxruntime
+
+    from asgard.serving.onnx_export import feeds
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    inputs = feeds(frame, columns)
+    outputs = [output.name for output in session.get_outputs()][-1:]  # probabilities, or a regressor's values
+    for _ in range(50):
+        session.run(outputs, inputs)
+    rounds = []
+    for _ in range(5):
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 5:
+            session.run(outputs, inputs)
+            calls += 1
+        rounds.append((time.perf_counter() - started) / calls)
+    return min(rounds)
+
+
+def sample_rows(rows: int):
+    from sample_data.models import SEED_FEATURES, training_frame
+
+    frame, _ = training_frame(customers=max(rows, 200))
+    return frame.dropna().head(rows)[SEED_FEATURES]
 
 
 def invocations_body(rows: int) -> str:
@@ -134,20 +188,56 @@ def mlflow_serve(model_uri: str, tracking_uri: str, workers: int):
 
 
 @contextlib.contextmanager
-def container(client, image: str, workers: int):
+def container(client, image: str, workers: int, *, bare: bool = False, prediction_log: bool = True):
+    """The image serving its model (``bare``: serving the bare endpoint instead) on a free loopback port."""
     port = free_port()
+    environment = {"ASGARD_SERVING_PORT": str(port), "ASGARD_SERVING_WORKERS": str(workers)}
+    if prediction_log and not bare:
+        environment["ASGARD_PREDICTION_LOG"] = "/tmp/predictions"  # written as in production, every 5 s
+    options: dict = {}
+    binds = None
+    if bare:
+        environment["PYTHONPATH"] = "/opt/asgard/app:/opt/bench"
+        options = {"entrypoint": ["python3", "/opt/bench/bare_endpoint.py"]}
+        binds = [f"{REPO / 'bench'}:/opt/bench:ro"]
     created = client.create_container(
         image,
-        environment={"ASGARD_SERVING_PORT": str(port), "ASGARD_SERVING_WORKERS": str(workers)},
-        host_config=client.create_host_config(network_mode="host"),
+        environment=environment,
+        host_config=client.create_host_config(network_mode="host", binds=binds),
+        **options,
     )
     started = time.perf_counter()
     client.start(created)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health")
+        if bare:
+            wait_answering(f"http://127.0.0.1:{port}/invocations")
+        else:
+            wait_healthy(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}", time.perf_counter() - started
     finally:
         client.remove_container(created, force=True)
+
+
+def post(url: str, body: str) -> dict:
+    import httpx
+
+    response = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def check_predictions(native, url: str, rows) -> dict:
+    """The image's ``/predict`` answer on ``rows`` against the native model's: labels, probabilities."""
+    import numpy as np
+
+    body = json.dumps({"inputs": rows.to_dict(orient="list"), "return_probabilities": True})
+    answer = post(f"{url}/predict", body)
+    expected = np.asarray(native.predict_proba(rows))
+    return {
+        "labels": answer["predictions"],
+        "native_labels": answer["predictions"] == native.predict(rows).tolist(),
+        "difference": float(np.max(np.abs(np.asarray(answer["probabilities"]) - expected))),
+    }
 
 
 def main() -> int:
@@ -163,7 +253,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import docker
-    import httpx
 
     from asgard.hooks.docker import build_image
     from asgard.registry.versions import resolve_model_version
@@ -204,24 +293,31 @@ def main() -> int:
                 flush=True,
             )
 
+            native = hook.load_model(f"models:/{name}/{version}")
             with (
                 container(client, image, args.workers) as (ours, _),
+                container(client, image, args.workers, bare=True) as (bare, _),
                 mlflow_serve(f"models:/{name}/{version}", settings.mlflow_url, args.workers) as theirs,
             ):
-                check = bodies[100]
-                ours_labels = httpx.post(
-                    f"{ours}/invocations", content=check, headers={"content-type": "application/json"}
-                ).json()["predictions"]
-                their_labels = httpx.post(
-                    f"{theirs}/invocations", content=check, headers={"content-type": "application/json"}
-                ).json()["predictions"]
-                same = [int(a) for a in ours_labels] == [int(b) for b in their_labels]
+                checked = check_predictions(native, ours, sample_rows(100))
+                their_labels = post(f"{theirs}/invocations", bodies[100])["predictions"]
+                same = [int(a) for a in checked["labels"]] == [int(b) for b in their_labels]
                 print(f"  100-row request: labels identical to mlflow models serve: {same}", flush=True)
+                print(
+                    f"  100-row /predict: labels identical to the native model: {checked['native_labels']}, "
+                    f"largest probability difference {checked['difference']:.1e} (target <= 1e-6)",
+                    flush=True,
+                )
                 if not same:
                     failures.append(f"{label}: labels differ from mlflow models serve")
+                if not checked["native_labels"] or checked["difference"] > 1e-6:
+                    failures.append(f"{label}: predictions differ from the native model")
+                one_worker = {}
                 for rows, body in bodies.items():
                     baseline = wrk(f"{theirs}/invocations", body, args.duration, args.connections)
+                    yardstick = wrk(f"{bare}/invocations", body, args.duration, args.connections)
                     measured = wrk(f"{ours}/invocations", body, args.duration, args.connections)
+                    one_worker[rows] = (measured, yardstick)
                     print(
                         f"  {rows:>3} row(s), {args.workers} worker(s): "
                         f"mlflow models serve {baseline['rps']:.0f} req/s "
@@ -229,6 +325,41 @@ def main() -> int:
                         f"{measured['rps']:.0f} req/s p50 {measured['p50_ms']:.2f} ms p99 {measured['p99_ms']:.2f} ms"
                         f" | ratio req/s {measured['rps'] / baseline['rps']:.1f}x, "
                         f"p99 {measured['p99_ms'] / baseline['p99_ms']:.3f}x",
+                        flush=True,
+                    )
+                    print(
+                        f"      vs the bare endpoint (same image, no model): {yardstick['rps']:.0f} req/s "
+                        f"p99 {yardstick['p99_ms']:.2f} ms | bare ratio req/s {measured['rps'] / yardstick['rps']:.2f} "
+                        f"(target >= 0.8 at 1 row), p99 {measured['p99_ms'] / yardstick['p99_ms']:.2f} "
+                        f"(target <= 1.5 at 1 row)",
+                        flush=True,
+                    )
+            if context.info["flavor"] == "onnx":
+                model_file = context.folder / "model" / "model.onnx"
+                columns = context.info["signature"]["inputs"]
+                seconds = model_alone(model_file, columns, sample_rows(100))
+                measured, yardstick = one_worker[100]
+                with_stack = 1 / (1 / yardstick["rps"] + seconds)
+                print(
+                    f"  100 rows, the model alone (ONNX Runtime, same rows, this process): {seconds * 1e3:.3f} ms "
+                    f"= {1 / seconds:.0f} req/s | model ratio {measured['rps'] * seconds:.2f} (target >= 0.8) | "
+                    f"bare endpoint + model {with_stack:.0f} req/s, ratio {measured['rps'] / with_stack:.2f}",
+                    flush=True,
+                )
+            with (
+                container(client, image, 2 * args.workers) as (ours, _),
+                container(client, image, 2 * args.workers, bare=True) as (bare, _),
+            ):
+                for rows, body in bodies.items():
+                    yardstick = wrk(f"{bare}/invocations", body, args.duration, args.connections)
+                    measured = wrk(f"{ours}/invocations", body, args.duration, args.connections)
+                    scaling = measured["rps"] / one_worker[rows][0]["rps"]
+                    print(
+                        f"  {rows:>3} row(s), {2 * args.workers} workers: asgard {measured['rps']:.0f} req/s "
+                        f"p99 {measured['p99_ms']:.2f} ms | workers ratio {scaling:.2f} "
+                        f"(target >= 1.7) | bare endpoint {yardstick['rps']:.0f} req/s, its own ratio "
+                        f"{yardstick['rps'] / one_worker[rows][1]['rps']:.2f} (what {os.cpu_count()} cores shared "
+                        f"with wrk allow)",
                         flush=True,
                     )
 

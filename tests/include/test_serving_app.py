@@ -129,24 +129,71 @@ def test_malformed_bodies(client):
 
 
 def test_prediction_log_batches_off_the_request_path(tmp_path, fitted, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from asgard.monitoring.windows import read_prediction_log
+
     folder, _ = _bundle(tmp_path, fitted)
     log_dir = tmp_path / "predictions"
     monkeypatch.setenv("ASGARD_PREDICTION_LOG", str(log_dir))
     monkeypatch.setenv("ASGARD_PREDICTION_LOG_FLUSH_SECONDS", "0.2")
+    started = datetime.now(UTC) - timedelta(seconds=1)
     with TestClient(create_app(str(folder))) as test_client:
-        ids = []
-        for _ in range(3):
-            ids += test_client.post("/predict", json=SEED_PAYLOAD).json()["prediction_ids"]
+        answers = [test_client.post("/predict", json={**SEED_PAYLOAD, "return_probabilities": True}).json()]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not list(log_dir.glob("*.jsonl")):
             time.sleep(0.1)
-    # Shutdown flushes what is left; no partial file is ever left visible.
-    records = [json.loads(line) for path in sorted(log_dir.glob("*.jsonl")) for line in path.read_text().splitlines()]
-    assert sorted(r["prediction_id"] for r in records) == sorted(ids)
-    assert not list(log_dir.glob(".*partial"))
-    first = records[0]
-    assert first["model_name"] == "churn" and set(first["features"]) == set(SEED_FEATURES)
-    assert "prediction" in first and len(first["probabilities"]) == 2
+        for _ in range(2):
+            answers.append(test_client.post("/predict", json={**SEED_PAYLOAD, "return_probabilities": True}).json())
+    # Shutdown flushes what is left; no partial file is ever left visible; one line per request.
+    assert len(list(log_dir.glob("*.jsonl"))) >= 2 and not list(log_dir.glob(".*partial"))
+    assert sum(len(path.read_text().splitlines()) for path in log_dir.glob("*.jsonl")) == 3
+    # Monitoring reads it back as rows: each row's id, inputs, prediction and probabilities.
+    logged = read_prediction_log(log_dir, started, datetime.now(UTC) + timedelta(seconds=1), "3")
+    assert logged["prediction_id"].tolist() == [i for answer in answers for i in answer["prediction_ids"]]
+    assert logged["prediction"].tolist() == [p for answer in answers for p in answer["predictions"]]
+    sent = {name: values * 3 for name, values in SEED_PAYLOAD["inputs"].items()}
+    assert {name: logged[name].tolist() for name in SEED_FEATURES} == sent
+    probabilities = logged[["probability_0", "probability_1"]].to_numpy().tolist()
+    assert probabilities == [row for answer in answers for row in answer["probabilities"]]
+    assert read_prediction_log(log_dir, started, datetime.now(UTC), "4").empty  # another version's window
+
+
+def test_prediction_log_lines_of_images_built_before_the_columnar_form_are_still_read(tmp_path):
+    from datetime import UTC, datetime
+
+    from asgard.monitoring.windows import read_prediction_log
+
+    now = time.time()
+    rows = [
+        {
+            "prediction_id": f"old-{i}",
+            "logged_at": now,
+            "model_name": "churn",
+            "model_version": "3",
+            "features": {"total_purchases": i},
+            "prediction": i % 2,
+            "probabilities": [0.5, 0.5],
+        }
+        for i in range(2)
+    ]
+    batch = {
+        "logged_at": now,
+        "model_name": "churn",
+        "model_version": "3",
+        "prediction_ids": ["new-0"],
+        "features": {"total_purchases": [7], "support_tickets_count": [1]},
+        "predictions": [1],
+        "probabilities": [[0.25, 0.75]],
+    }
+    lines = [json.dumps(row) for row in rows] + [json.dumps(batch)]
+    (tmp_path / f"predictions-{int(now * 1000)}-1-abc.jsonl").write_text("\n".join(lines) + "\n")
+    window = (datetime.fromtimestamp(now - 1, UTC), datetime.fromtimestamp(now + 1, UTC))
+    logged = read_prediction_log(tmp_path, *window, "3")
+    assert logged["prediction_id"].tolist() == ["old-0", "old-1", "new-0"]
+    assert logged["total_purchases"].tolist() == [0, 1, 7] and logged["prediction"].tolist() == [0, 1, 1]
+    assert logged["support_tickets_count"].isna().tolist() == [True, True, False]
+    assert logged["probability_1"].tolist() == [0.5, 0.5, 0.75]
 
 
 def test_prediction_log_to_an_s3_prefix(tmp_path, fitted, monkeypatch):
@@ -175,7 +222,7 @@ def test_prediction_log_to_an_s3_prefix(tmp_path, fitted, monkeypatch):
             for line in s3.get_object(Bucket="predictions", Key=key)["Body"].read().decode().splitlines()
         ]
     assert all(key.startswith("churn/v3/predictions-") and key.endswith(".jsonl") for key in keys)
-    assert sorted(record["prediction_id"] for record in lines) == sorted(ids)
+    assert [line["prediction_ids"] for line in lines] == [ids]
 
 
 def test_float32_ties_resolve_to_the_first_class_as_scikit_learn_does():

@@ -7,9 +7,10 @@ import os
 import uvicorn
 
 
-def main() -> None:
+def main(app: str = "asgard_serving.main:app") -> None:
+    """Serve ``app`` (an import string: each worker process imports it) as the image does."""
     uvicorn.run(
-        "asgard_serving.main:app",
+        app,
         host=os.environ.get("ASGARD_SERVING_HOST", "0.0.0.0"),
         port=int(os.environ.get("ASGARD_SERVING_PORT", "8080")),
         workers=int(os.environ.get("ASGARD_SERVING_WORKERS", "1")),

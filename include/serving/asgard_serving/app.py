@@ -1,7 +1,11 @@
 """The serving app: ``/health``, ``/metadata``, ``/predict`` and MLflow's ``/invocations``.
 
-Bodies are parsed and answered as raw JSON bytes rather than through pydantic models: the
-signature check below is the validation, and skipping a second one keeps a 1-row request cheap.
+The two prediction paths are answered on bare ASGI, in front of FastAPI: a 1-row request costs
+about as much as the model itself, and FastAPI's request, routing and response objects would
+cost more than both (``bench/serving_bench.py`` runs a bare FastAPI endpoint beside the image to
+hold this). Bodies are parsed and answered as raw JSON bytes: the signature check is the
+validation. FastAPI serves everything else: health, metadata and the OpenAPI document, which
+describes the prediction paths from the served model's signature (``openapi``).
 
 Environment:
 ``ASGARD_MODEL_DIR``            the bundle (default ``/opt/asgard/model``)
@@ -18,16 +22,19 @@ Environment:
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import Response
 
-from asgard_serving.model import Bundle, InputError, Predictor, check_columns, columns_of
+from asgard_serving.model import Bundle, InputError, Predictor, columns_of
 
 try:
     import orjson
@@ -44,13 +51,17 @@ except ImportError:  # pragma: no cover - the image always has orjson
 
     _loads = json.loads
 
+# An answer to a prediction request: its status and JSON body.
+Reply = tuple[int, bytes]
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
 
 def _json(status: int, body: Any) -> Response:
     return Response(_dumps(body), status_code=status, media_type="application/json")
 
 
-def _error(status: int, detail: str) -> Response:
-    return _json(status, {"detail": detail})
+def _error(status: int, detail: str) -> Reply:
+    return status, _dumps({"detail": detail})
 
 
 class State:
@@ -73,7 +84,7 @@ class Limits:
         )
 
 
-def create_app(model_dir: str | None = None, limits: Limits | None = None) -> FastAPI:
+def create_app(model_dir: str | None = None, limits: Limits | None = None) -> ASGIApp:
     state = State()
     limits = limits or Limits.from_env()
     bundle_dir = model_dir or os.environ.get("ASGARD_MODEL_DIR", "/opt/asgard/model")
@@ -91,36 +102,42 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> Fa
                 model={"model_name": bundle.info["model_name"], "model_version": bundle.info["version"]},
                 flush_seconds=float(os.environ.get("ASGARD_PREDICTION_LOG_FLUSH_SECONDS", "5")),
             )
+        # What is loaded now lives as long as the server: out of the collector's way, so collections
+        # (which requests' short-lived objects set off) walk only those.
+        gc.freeze()
         yield
         if state.prediction_log is not None:
             state.prediction_log.close()
 
-    app = FastAPI(title="Asgard model server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    generated_openapi = app.openapi
+    api = FastAPI(title="Asgard model server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    generated_openapi = api.openapi
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's document, plus the request bodies of the model being served."""
-        if app.openapi_schema is None:
-            from asgard_serving.openapi import request_bodies
+        """FastAPI's document, plus the prediction paths as the model being served takes them."""
+        if api.openapi_schema is None:
+            from asgard_serving.openapi import prediction_paths
 
             document = generated_openapi()
             columns = state.predictor.bundle.columns if state.predictor else Bundle.read(bundle_dir).columns
-            for path, body in request_bodies(columns).items():
-                document["paths"][path]["post"]["requestBody"] = body
-        return app.openapi_schema
+            document["paths"].update(prediction_paths(columns))
+        return api.openapi_schema
 
-    app.openapi = openapi
+    api.openapi = openapi
 
-    @app.get("/health")
+    @api.get("/health")
     async def health() -> Response:
         if state.predictor is None:
             return _json(503, {"status": "loading"})
         return _json(200, {"status": "ok", "model_loaded": True})
 
-    @app.get("/metadata")
+    @api.get("/ping")
+    async def ping() -> Response:  # MLflow's scoring server health path
+        return await health()
+
+    @api.get("/metadata")
     async def metadata() -> Response:
         if state.predictor is None:
-            return _error(503, "model not loaded yet")
+            return _json(503, {"detail": "model not loaded yet"})
         info = state.predictor.bundle.info
         return _json(
             200,
@@ -137,80 +154,62 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> Fa
             },
         )
 
-    async def _answer(columns_payload: Any, probabilities: bool, *, mlflow_shape: bool = False) -> Response:
-        predictor = state.predictor
-        if predictor is None:
-            return _error(503, "model not loaded yet")
-        try:
-            columns = columns_of(columns_payload)
-            rows = check_columns(columns, predictor.bundle.columns)
-        except InputError as error:
-            return _error(422, str(error))
-        if rows > limits.max_rows:
-            return _error(413, f"{rows} rows in one request; at most {limits.max_rows} (ASGARD_SERVING_MAX_ROWS)")
-        try:
-            if rows <= limits.inline_rows:  # cheaper than a thread hop, and done in well under a millisecond
-                result = predictor.predict(columns, rows, probabilities=probabilities)
-            else:
-                result = await anyio.to_thread.run_sync(
-                    lambda: predictor.predict(columns, rows, probabilities=probabilities)
-                )
-        except InputError as error:  # a value the model's own input types cannot hold
-            return _error(422, str(error))
-        # One random id per request, one suffix per row: unique, and cheap for large requests.
-        request_id = uuid.uuid4().hex
-        ids = [f"{request_id}-{row}" for row in range(rows)]
-        if state.prediction_log is not None:
-            state.prediction_log.record(ids, columns, result)
-        if mlflow_shape:
-            return _json(200, {"predictions": result["predictions"]})
-        info = predictor.bundle.info
-        return _json(
-            200,
-            {**result, "prediction_ids": ids, "model_name": info["model_name"], "model_version": info["version"]},
-        )
+    return PredictionPaths(Predictions(state, limits), api)
 
-    @app.post("/predict")
-    async def predict(request: Request) -> Response:
-        body = await _body(request, limits.max_body_bytes)
-        if isinstance(body, Response):
-            return body
+
+class Ask(NamedTuple):
+    """A prediction request that passed its checks: what to predict and how to answer."""
+
+    columns: dict[str, list]
+    rows: int
+    probabilities: bool
+    mlflow_shape: bool
+
+
+class Predictions:
+    """The two prediction paths: a parsed body in, an :class:`Ask` (or a refusal) out; an Ask answered."""
+
+    def __init__(self, state: State, limits: Limits) -> None:
+        self.state = state
+        self.limits = limits
+        # Request ids: this worker's random prefix and a counter, as unique as a uuid4 per request
+        # without a system call for each.
+        self._worker = uuid.uuid4().hex[:16]
+        self._requests = itertools.count()
+
+    def predict(self, body: Any) -> Ask | Reply:
         if isinstance(body, list):  # a bare list of records
-            return await _answer(body, False)
+            return self._ask(body, False)
         if not isinstance(body, dict) or "inputs" not in body:
             return _error(422, 'body must be {"inputs": ..., "return_probabilities": bool} or a list of records')
         probabilities = body.get("return_probabilities", False)
         if not isinstance(probabilities, bool):
             return _error(422, "return_probabilities must be true or false")
-        unknown = sorted(set(body) - {"inputs", "return_probabilities"})
-        if unknown:
+        if len(body) > 2 or (len(body) == 2 and "return_probabilities" not in body):
+            unknown = sorted(set(body) - {"inputs", "return_probabilities"})
             return _error(422, f"unexpected field(s) in the body: {', '.join(unknown)}")
-        return await _answer(body["inputs"], probabilities)
+        return self._ask(body["inputs"], probabilities)
 
-    @app.post("/invocations")
-    async def invocations(request: Request) -> Response:
+    def invocations(self, body: Any) -> Ask | Reply:
         """MLflow's scoring protocol, so MLflow clients (``mlflow models predict``, SDKs) work unchanged."""
-        body = await _body(request, limits.max_body_bytes)
-        if isinstance(body, Response):
-            return body
         if not isinstance(body, dict):
             return _error(422, "body must be an object with dataframe_split, dataframe_records, inputs or instances")
         if "dataframe_split" in body:
             split = body["dataframe_split"]
             if not isinstance(split, dict) or "columns" not in split or "data" not in split:
                 return _error(422, "dataframe_split needs columns and data")
-            names = split["columns"]
+            names, data = split["columns"], split["data"]
             if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
                 return _error(422, "dataframe_split.columns must be a list of column names")
             if len(set(names)) != len(names):
                 return _error(422, "dataframe_split.columns names a column twice")
-            if not isinstance(split["data"], list) or not split["data"]:
+            if not isinstance(data, list) or not data:
                 return _error(422, "dataframe_split.data holds no rows")
-            if not all(isinstance(row, list) and len(row) == len(split["columns"]) for row in split["data"]):
-                return _error(422, f"every row of dataframe_split.data needs {len(split['columns'])} values")
+            width = len(names)
+            if not all(isinstance(row, list) and len(row) == width for row in data):
+                return _error(422, f"every row of dataframe_split.data needs {width} values")
             # Rows to columns in one transposition rather than a dict per row.
-            columns = zip(*split["data"], strict=True)
-            payload = {name: list(values) for name, values in zip(split["columns"], columns, strict=True)}
+            payload = dict(zip(names, map(list, zip(*data, strict=True)), strict=True))
         elif "dataframe_records" in body:
             payload = body["dataframe_records"]
         elif "inputs" in body:
@@ -219,25 +218,100 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> Fa
             payload = body["instances"]
         else:
             return _error(422, "body must hold one of dataframe_split, dataframe_records, inputs, instances")
-        return await _answer(payload, False, mlflow_shape=True)
+        return self._ask(payload, False, mlflow_shape=True)
 
-    @app.get("/ping")
-    async def ping() -> Response:  # MLflow's scoring server health path
-        return await health()
+    def _ask(self, columns_payload: Any, probabilities: bool, *, mlflow_shape: bool = False) -> Ask | Reply:
+        predictor = self.state.predictor
+        if predictor is None:
+            return _error(503, "model not loaded yet")
+        try:
+            columns = columns_of(columns_payload)
+            rows = predictor.signature.check(columns)
+        except InputError as error:
+            return _error(422, str(error))
+        if rows > self.limits.max_rows:
+            return _error(413, f"{rows} rows in one request; at most {self.limits.max_rows} (ASGARD_SERVING_MAX_ROWS)")
+        return Ask(columns, rows, probabilities, mlflow_shape)
 
-    return app
+    def answer(self, ask: Ask) -> Reply:
+        """Predict, log and answer (on the event loop for small asks, on a worker thread for large ones)."""
+        predictor = self.state.predictor
+        try:
+            result = predictor.predict(ask.columns, ask.rows, probabilities=ask.probabilities)
+        except InputError as error:  # a value the model's own input types cannot hold
+            return _error(422, str(error))
+        # One id per request, one suffix per row: unique, and cheap for large requests.
+        request_id = f"{self._worker}{next(self._requests):016x}"
+        ids = [f"{request_id}-{row}" for row in range(ask.rows)]
+        if self.state.prediction_log is not None:
+            self.state.prediction_log.record(ids, ask.columns, result)
+        if ask.mlflow_shape:
+            return 200, _dumps({"predictions": result["predictions"]})
+        info = predictor.bundle.info
+        result.update(prediction_ids=ids, model_name=info["model_name"], model_version=info["version"])
+        return 200, _dumps(result)
 
 
-async def _body(request: Request, max_bytes: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
-        return _error(413, f"the body is larger than {max_bytes} bytes (ASGARD_SERVING_MAX_BODY_BYTES)")
-    raw = bytearray()
-    async for chunk in request.stream():  # a body without a length is counted as it arrives
-        raw += chunk
-        if len(raw) > max_bytes:
-            return _error(413, f"the body is larger than {max_bytes} bytes (ASGARD_SERVING_MAX_BODY_BYTES)")
-    try:
-        return _loads(raw)
-    except ValueError as error:
-        return _error(400, f"body is not valid JSON: {error}")
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class PredictionPaths:
+    """ASGI in front of ``api``: a POST to one of ``paths`` goes to its handler, all else to ``api``."""
+
+    def __init__(self, predictions: Predictions, api: FastAPI) -> None:
+        self.paths = {"/predict": predictions.predict, "/invocations": predictions.invocations}
+        self.predictions = predictions
+        self.api = api
+        self.limits = predictions.limits
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        handler = self.paths.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None:
+            await self.api(scope, receive, send)
+            return
+        raw = await self._body(scope, receive)
+        if raw is None:  # the client went away
+            return
+        if isinstance(raw, tuple):
+            status, answer = raw
+        else:
+            try:
+                body = _loads(raw)
+            except ValueError as error:
+                status, answer = _error(400, f"body is not valid JSON: {error}")
+            else:
+                ask = handler(body)
+                if type(ask) is not Ask:  # a refusal: (status, body)
+                    status, answer = ask
+                elif ask.rows <= self.limits.inline_rows:  # cheaper than a thread hop, and well under a millisecond
+                    status, answer = self.predictions.answer(ask)
+                else:  # off the event loop, so /health keeps answering while a large batch is predicted
+                    status, answer = await anyio.to_thread.run_sync(self.predictions.answer, ask)
+        headers = [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    async def _body(self, scope: dict, receive: Callable) -> bytes | Reply | None:
+        """The request body; a 413 past the limit, declared or counted as it arrives (a body without a
+        length); None when the client disconnects first."""
+        limit = self.limits.max_body_bytes
+        too_large = _error(413, f"the body is larger than {limit} bytes (ASGARD_SERVING_MAX_BODY_BYTES)")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                return too_large
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        raw = message.get("body", b"")
+        if not message.get("more_body"):
+            return too_large if len(raw) > limit else raw
+        received = bytearray(raw)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            received += message.get("body", b"")
+            if len(received) > limit:
+                return too_large
+            if not message.get("more_body"):
+                return bytes(received)

@@ -73,26 +73,42 @@ def columns_of(payload: Any) -> dict[str, list]:
     raise InputError('inputs must be an object of columns ({"col": [values]}) or a list of records')
 
 
-def check_columns(columns: dict[str, list], expected: list[Column]) -> int:
+def check_columns(columns: dict[str, list], expected: list[Column] | Signature) -> int:
     """Check names, lengths and value types against the signature; return the row count."""
-    known = {column.name for column in expected}
-    missing = [c.name for c in expected if c.required and c.name not in columns]
-    if missing:
-        raise InputError(f"missing column(s): {', '.join(missing)}")
-    extra = [name for name in columns if name not in known]
-    if extra:
-        raise InputError(f"unexpected column(s): {', '.join(extra)}; the model takes {', '.join(sorted(known))}")
-    lengths = {len(values) for values in columns.values()}
-    if len(lengths) > 1:
-        raise InputError(f"columns have different lengths: {sorted(lengths)}")
-    rows = lengths.pop() if lengths else 0
-    if rows == 0:
-        raise InputError("no rows to predict")
-    for column in expected:
-        values = columns.get(column.name)
-        if values is not None:
-            _check_values(column, values)
-    return rows
+    signature = expected if isinstance(expected, Signature) else Signature(expected)
+    return signature.check(columns)
+
+
+class Signature:
+    """A model's input columns, with what checking a request against them needs worked out once."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.columns = columns
+        self.known = frozenset(column.name for column in columns)
+        self.required = [column.name for column in columns if column.required]
+        self.checked = [(column, ALLOWED_TYPES[column.type]) for column in columns if column.type in ALLOWED_TYPES]
+
+    def check(self, columns: dict[str, list]) -> int:
+        """Names, lengths and value types of a request's columns; its row count."""
+        missing = [name for name in self.required if name not in columns]
+        if missing:
+            raise InputError(f"missing column(s): {', '.join(missing)}")
+        if not self.known.issuperset(columns):
+            extra = [name for name in columns if name not in self.known]
+            raise InputError(
+                f"unexpected column(s): {', '.join(extra)}; the model takes {', '.join(sorted(self.known))}"
+            )
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) > 1:
+            raise InputError(f"columns have different lengths: {sorted(lengths)}")
+        rows = lengths.pop() if lengths else 0
+        if rows == 0:
+            raise InputError("no rows to predict")
+        for column, allowed in self.checked:
+            values = columns.get(column.name)
+            if values is not None:
+                _check_values(column, values, allowed)
+        return rows
 
 
 ALLOWED_TYPES = {
@@ -102,10 +118,7 @@ ALLOWED_TYPES = {
 }
 
 
-def _check_values(column: Column, values: list) -> None:
-    allowed = ALLOWED_TYPES.get(column.type)
-    if allowed is None:
-        return
+def _check_values(column: Column, values: list, allowed: frozenset) -> None:
     # One pass in C over the value types; the row-by-row search only runs to name a bad value.
     # (bool is not allowed for numbers: true/false is not a number a client meant to send.)
     if not set(map(type, values)) <= allowed:
@@ -124,8 +137,11 @@ class Predictor:
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        self.signature = Signature(bundle.columns)
         self.flavor = bundle.info["flavor"]
         self.classes = bundle.info.get("classes")
+        self.numeric = [column.name for column in self.signature.columns if column.type not in STRING_TYPES]
+        self.strings = [column.name for column in self.signature.columns if column.type in STRING_TYPES]
         if self.flavor == "onnx":
             import onnxruntime
 
@@ -153,32 +169,39 @@ class Predictor:
     def _predict_onnx(self, columns: dict[str, list], rows: int, probabilities: bool) -> dict[str, Any]:
         import numpy as np
 
+        missing = [None] * rows
         feeds = {}
-        for column in self.bundle.columns:
-            values = columns.get(column.name) or [None] * rows
-            if column.type in STRING_TYPES:
-                feeds[column.name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(-1, 1)
-            else:
-                with np.errstate(over="ignore"):
-                    feeds[column.name] = np.array(values, dtype=np.float32).reshape(-1, 1)
-                # JSON has no infinity: an infinite input is a number beyond what the model's float32 holds.
-                if np.isinf(feeds[column.name]).any():
-                    raise InputError(f"column {column.name}: a value is beyond the model's float32 range (±3.4e38)")
+        if self.numeric:
+            # Every numeric column in one conversion (null becomes NaN, what the imputer fills); each
+            # feed is a row of it, a view: one allocation and one range check per request.
+            with np.errstate(over="ignore"):
+                matrix = np.array([columns.get(name, missing) for name in self.numeric], dtype=np.float32)
+            # JSON has no infinity: an infinite input is a number beyond what the model's float32 holds.
+            if np.isinf(matrix).any():
+                beyond = self.numeric[int(np.isinf(matrix).any(axis=1).argmax())]
+                raise InputError(f"column {beyond}: a value is beyond the model's float32 range (±3.4e38)")
+            for index, name in enumerate(self.numeric):
+                feeds[name] = matrix[index].reshape(-1, 1)
+        for name in self.strings:
+            values = columns.get(name, missing)
+            feeds[name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(-1, 1)
         if self.probability_output is None:  # a regressor
             outputs = self.session.run([self.label_output], feeds)
             return {"predictions": _plain(outputs[0].ravel().astype(float).tolist())}
         scores = self.session.run([self.probability_output], feeds)[0]
-        result: dict[str, Any] = {"predictions": [self.classes[i] for i in label_indices(scores).tolist()]}
+        classes = self.classes
+        result: dict[str, Any] = {"predictions": [classes[i] for i in label_indices(scores).tolist()]}
         if probabilities:
             result["probabilities"] = scores.tolist()
-            result["classes"] = self.classes
+            result["classes"] = classes
         return result
 
     def _predict_native(self, columns: dict[str, list], rows: int, probabilities: bool) -> dict[str, Any]:
         import pandas as pd
 
-        frame = pd.DataFrame({column.name: columns.get(column.name) or [None] * rows for column in self.bundle.columns})
-        for column in self.bundle.columns:
+        missing = [None] * rows
+        frame = pd.DataFrame({column.name: columns.get(column.name, missing) for column in self.signature.columns})
+        for column in self.signature.columns:
             if column.type in NUMERIC_TYPES:
                 frame[column.name] = frame[column.name].astype("float64")
                 # Tree models compare in float32: a value beyond its range is the request's problem.
@@ -205,11 +228,12 @@ def label_indices(probabilities: Any) -> Any:
 
     Probabilities are rounded to 1e-6 first: float32 arithmetic can split an exact tie (0.5 / 0.5)
     by one unit in the last place, and the native model resolves ties to the first class.
-    (asgard.serving.onnx_export checks conversions with this same rule.)
+    (asgard.serving.onnx_export checks conversions with this same rule.) ``np.round(p, 6)`` is
+    ``rint(p * 1e6) / 1e6``; the division changes no order, so it is left out (a third of the cost).
     """
     import numpy as np
 
-    return np.argmax(np.round(probabilities, 6), axis=1)
+    return np.argmax(np.rint(probabilities * 1e6), axis=1)
 
 
 def _plain(values: list) -> list:

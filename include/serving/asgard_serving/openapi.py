@@ -1,8 +1,8 @@
-"""The request bodies of ``/predict`` and ``/invocations`` in the app's OpenAPI document.
+"""``/predict`` and ``/invocations`` in the app's OpenAPI document.
 
-The app parses bodies itself (see ``app``), so FastAPI cannot infer them; they are written here from
-the served model's own signature, so the document states exactly what this model accepts: its
-columns, their JSON types, which are required, in each shape the endpoints take.
+The app answers them on bare ASGI (see ``app``), so FastAPI does not know them; they are written
+here from the served model's own signature, so the document states exactly what this model accepts:
+its columns, their JSON types, which are required, in each shape the endpoints take.
 """
 
 from __future__ import annotations
@@ -16,6 +16,37 @@ JSON_TYPES = {**dict.fromkeys(NUMERIC_TYPES, "number"), **dict.fromkeys(BOOLEAN_
 
 def _value(column: Column) -> dict[str, Any]:
     return {"type": [JSON_TYPES.get(column.type, "string"), "null"]}
+
+
+ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}}}
+RESPONSES = {
+    "400": {"description": "the body is not JSON", **ERROR},
+    "413": {"description": "the body or its number of rows is past the server's limit", **ERROR},
+    "422": {"description": "the body does not fit the model's signature; the detail names the problem", **ERROR},
+    "503": {"description": "the model is still loading", **ERROR},
+}
+SUMMARIES = {
+    "/predict": "Predict: predictions, optionally probabilities, one id per row for the prediction log",
+    "/invocations": "MLflow's scoring protocol: {'predictions': [...]}",
+}
+
+
+def prediction_paths(columns: list[Column]) -> dict[str, dict[str, Any]]:
+    """OpenAPI path items of the prediction paths."""
+    return {
+        path: {
+            "post": {
+                "summary": SUMMARIES[path],
+                "operationId": path.strip("/"),
+                "requestBody": body,
+                "responses": {
+                    "200": {"description": "the predictions", "content": {"application/json": {}}},
+                    **RESPONSES,
+                },
+            }
+        }
+        for path, body in request_bodies(columns).items()
+    }
 
 
 def request_bodies(columns: list[Column]) -> dict[str, dict[str, Any]]:

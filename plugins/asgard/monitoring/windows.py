@@ -56,21 +56,42 @@ def read_prediction_log(
     else:
         batches = _local_log_batches(Path(location), start_ms)
     start_s, end_s = start.timestamp(), end.timestamp()
-    records = []
+    requests = []
     for text in batches:
         for line in text.splitlines():
             record = json.loads(line)
             if start_s <= record["logged_at"] < end_s and str(record.get("model_version")) == model_version:
-                records.append(record)
-    if not records:
+                requests.append(_as_columns(record))
+    if not requests:
         return pd.DataFrame()
-    frame = pd.DataFrame([record["features"] for record in records])
-    frame["prediction"] = [record["prediction"] for record in records]
-    frame["prediction_id"] = [record["prediction_id"] for record in records]
-    if "probabilities" in records[0]:
-        probabilities = pd.DataFrame([record.get("probabilities") for record in records])
+    # Column by column: a request may leave out an optional column, null for its rows.
+    names = dict.fromkeys(name for request in requests for name in request["features"])
+    features: dict[str, list] = {name: [] for name in names}
+    for request in requests:
+        rows = len(request["prediction_ids"])
+        for name, values in features.items():
+            values.extend(request["features"].get(name) or [None] * rows)
+    frame = pd.DataFrame(features)
+    frame["prediction"] = [value for request in requests for value in request["predictions"]]
+    frame["prediction_id"] = [value for request in requests for value in request["prediction_ids"]]
+    if requests[0].get("probabilities") is not None:
+        probabilities = pd.DataFrame([row for request in requests for row in request["probabilities"]])
         frame = pd.concat([frame, probabilities.add_prefix("probability_")], axis=1)
     return frame
+
+
+def _as_columns(record: dict) -> dict:
+    """A logged line in the columnar form: one request's rows (what images write), or one row (what
+    images built before it was adopted wrote, and still write while they serve)."""
+    if "prediction_ids" in record:
+        return record
+    probabilities = record.get("probabilities")
+    return {
+        "prediction_ids": [record["prediction_id"]],
+        "features": {name: [value] for name, value in record["features"].items()},
+        "predictions": [record["prediction"]],
+        "probabilities": None if probabilities is None else [probabilities],
+    }
 
 
 def _written_ms(name: str) -> int:
