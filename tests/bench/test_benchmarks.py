@@ -55,7 +55,10 @@ def test_serving_bench_smoke(embedded_stack):
     for model in ("random_forest (sklearn)", "lightgbm (lightgbm)"):
         assert f"== {model}, 3000 training rows: image built in" in out
     assert out.count("labels identical to mlflow models serve: True") == 2
-    assert out.count("ratio req/s") == 4 and out.count("container start -> /health ok: median") == 2
+    assert out.count("labels identical to the native model: True") == 2
+    assert out.count("ratio req/s") == 8 and out.count("container start -> /health ok: median") == 2
+    assert out.count("bare ratio req/s") == 4 and out.count("workers ratio") == 4
+    assert out.count("the model alone (ONNX Runtime, same rows, this process)") == 2
 
 
 def test_batch_scoring_bench_smoke():

@@ -181,7 +181,8 @@ def test_prediction_log_lines_of_images_built_before_the_columnar_form_are_still
         "logged_at": now,
         "model_name": "churn",
         "model_version": "3",
-        "prediction_ids": ["new-0"],
+        "request_id": "new",
+        "rows": 1,
         "features": {"total_purchases": [7], "support_tickets_count": [1]},
         "predictions": [1],
         "probabilities": [[0.25, 0.75]],
@@ -222,7 +223,7 @@ def test_prediction_log_to_an_s3_prefix(tmp_path, fitted, monkeypatch):
             for line in s3.get_object(Bucket="predictions", Key=key)["Body"].read().decode().splitlines()
         ]
     assert all(key.startswith("churn/v3/predictions-") and key.endswith(".jsonl") for key in keys)
-    assert [line["prediction_ids"] for line in lines] == [ids]
+    assert [f"{line['request_id']}-{row}" for line in lines for row in range(line["rows"])] == ids
 
 
 def test_float32_ties_resolve_to_the_first_class_as_scikit_learn_does():

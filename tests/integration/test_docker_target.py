@@ -7,6 +7,7 @@ through all three deploys: a switch waits for the requests in flight to the old 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import threading
 import time
@@ -119,7 +120,8 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     assert httpx.get(f"{endpoint}/metadata").json()["model_version"] == v1
 
     loop = LoadLoop(f"{endpoint}/predict")
-    # Batches of 90,000 rows: each takes seconds, so switches happen while several are in flight.
+    # Batches of 90,000 rows: each takes tens of 1-row requests' time, so switches happen while
+    # several are in flight.
     slow = LoadLoop(f"{endpoint}/predict", rows=90_000)
     loop.start()
     slow.start()
@@ -153,7 +155,8 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     assert loop.failures == [], loop.failures[:5]
     assert loop.ok > 50 and {v1, v2} <= loop.versions and v3 not in loop.versions
     assert slow.failures == [], slow.failures[:5]
-    assert slow.ok >= 3 and v3 not in slow.versions and max(slow.seconds) > 1.0, slow.seconds
+    assert slow.ok >= 3 and v3 not in slow.versions, slow.versions
+    assert statistics.median(slow.seconds) > 10 * statistics.median(loop.seconds), (slow.seconds, loop.seconds[:20])
 
     # Only v2's container is left; a re-run for the same version changes nothing.
     again = api.run_and_wait("deploy_model", {"model_name": name, "version": v2}, timeout=600)

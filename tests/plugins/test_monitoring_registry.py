@@ -99,16 +99,16 @@ def _log_predictions(destination: str, version: str, rows: int) -> list[str]:
 
     features = training_frame(rows, SEED_FEATURES)[0]
     columns = {name: features[name].tolist() for name in SEED_FEATURES}
-    ids = [f"p{index}" for index in range(rows)]
-    result = {"predictions": [index % 2 for index in range(rows)], "probabilities": [[0.4, 0.6]] * rows}
     half = rows // 2
+    ids = [f"first-{index}" for index in range(half)] + [f"second-{index}" for index in range(rows - half)]
+    result = {"predictions": [index % 2 for index in range(rows)], "probabilities": [[0.4, 0.6]] * rows}
     for model_version in (version, "99"):  # another version's rows share the prefix and are left out
         prediction_log = PredictionLog(
             destination, model={"model_name": MODEL, "model_version": model_version}, flush_seconds=0.05
         )
-        prediction_log.record(ids[:half], {k: v[:half] for k, v in columns.items()}, _rows(result, 0, half))
+        prediction_log.record("first", {k: v[:half] for k, v in columns.items()}, _rows(result, 0, half))
         time.sleep(0.3)  # two batches, two objects
-        prediction_log.record(ids[half:], {k: v[half:] for k, v in columns.items()}, _rows(result, half, rows))
+        prediction_log.record("second", {k: v[half:] for k, v in columns.items()}, _rows(result, half, rows))
         prediction_log.close()
     return ids
 

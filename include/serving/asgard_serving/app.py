@@ -240,14 +240,15 @@ class Predictions:
             result = predictor.predict(ask.columns, ask.rows, probabilities=ask.probabilities)
         except InputError as error:  # a value the model's own input types cannot hold
             return _error(422, str(error))
-        # One id per request, one suffix per row: unique, and cheap for large requests.
+        # One id per request, one suffix per row (``<request_id>-<row>``): unique, and cheap for large
+        # requests; the MLflow shape answers no ids, so it never spells them out.
         request_id = f"{self._worker}{next(self._requests):016x}"
-        ids = [f"{request_id}-{row}" for row in range(ask.rows)]
         if self.state.prediction_log is not None:
-            self.state.prediction_log.record(ids, ask.columns, result)
+            self.state.prediction_log.record(request_id, ask.columns, result)
         if ask.mlflow_shape:
             return 200, _dumps({"predictions": result["predictions"]})
         info = predictor.bundle.info
+        ids = [f"{request_id}-{row}" for row in range(ask.rows)]
         result.update(prediction_ids=ids, model_name=info["model_name"], model_version=info["version"])
         return 200, _dumps(result)
 

@@ -81,10 +81,12 @@ def read_prediction_log(
 
 
 def _as_columns(record: dict) -> dict:
-    """A logged line in the columnar form: one request's rows (what images write), or one row (what
-    images built before it was adopted wrote, and still write while they serve)."""
-    if "prediction_ids" in record:
-        return record
+    """A logged line in the columnar form: one request's rows (what images write; row ``i``'s id is
+    ``<request_id>-<i>``), or one row (what images built before it was adopted wrote, and still
+    write while they serve)."""
+    if "request_id" in record:
+        request_id = record["request_id"]
+        return {**record, "prediction_ids": [f"{request_id}-{row}" for row in range(record["rows"])]}
     probabilities = record.get("probabilities")
     return {
         "prediction_ids": [record["prediction_id"]],
