@@ -1,16 +1,21 @@
 """Benchmark: the ``materialize_features`` path vs ``feast materialize`` on the same gold table.
 
-For each size the sample gold layer is generated with a fixed number of customers and as many
-daily snapshots as the size needs (a longer history, the way a backfill grows), the Feast repo is
-applied, and then each path materializes the whole history into its own fresh SQLite online store,
-each in a fresh child process so its peak RSS is its own. The two paths alternate, best of
-``--repeat`` runs each. Afterwards the two online stores are compared value for value.
+Two axes, each on SQLite and on a real Redis (its own database index, emptied before each run):
 
-    python bench/materialize_bench.py                     # 1M and 4M rows (not part of CI)
-    python bench/materialize_bench.py --rows 20000 80000 --customers 2000   # smoke size
+- entities: one gold row per customer, the number of customers grown (100k, 1M, 4M): the rate
+  at which entities reach the online store (target: >= 10x Feast's at 1M) and the peak RSS per
+  entity;
+- rows: a fixed number of customers, the history grown (as a backfill grows): peak RSS must stay
+  flat (target: < +20% from the smallest to the largest size).
 
-Targets (issue 3): throughput ratio (DAG path / feast materialize) >= 1.0 at 1M rows; the DAG
-path's peak RSS grows < 20% from the smallest to the largest size.
+Each path materializes the whole history into its own fresh online store, in a fresh child process
+so its peak RSS is its own. Feast's run is skipped beyond ``--feast-max-entities`` (its memory grows
+with the entities: several GiB a million). Afterwards Feast's own ``get_online_features`` reads a
+sample of entities back from the project's store, compared value for value with Feast's store
+(or, where Feast did not run, with the newest gold rows).
+
+    python bench/materialize_bench.py          # entities 100k 1M 4M; rows 1M 4M at 250k customers (not in CI)
+    python bench/materialize_bench.py --entities 3000 6000 --rows 6000 12000 --customers 1000   # smoke size
 """
 
 from __future__ import annotations
@@ -28,18 +33,31 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VIEW = "customer_features"
+SAMPLE_ENTITIES = 2000
 
 
-def child(mode: str, online_path: str) -> None:
-    """Materialize the whole history with one path; print rows/s and peak RSS as JSON."""
+def online_store(kind: str, home: Path, mode: str, redis: str) -> dict:
+    if kind == "sqlite":
+        return {"type": "sqlite", "path": str(home / f"online-{mode}.db")}
+    return {"type": "redis", "connection_string": f"{redis},db={REDIS_DB[mode]}"}
+
+
+# One Redis database per path, so the two stores never mix; emptied before each run.
+REDIS_DB = {"dag": 14, "feast": 15}
+
+
+def child(mode: str, store_json: str) -> None:
+    """Materialize the whole history with one path; print seconds, peak RSS and the writer as JSON."""
     from asgard.features import materialization
     from asgard.features import store as feature_store
+    from asgard.features.online_writer import online_writer
     from sample_data.gold_layer import GoldSpec
 
-    store = feature_store.open_store(online_store={"type": "sqlite", "path": online_path})
+    store = feature_store.open_store(online_store=json.loads(store_json))
     spec = GoldSpec(**json.loads(os.environ["BENCH_SPEC"]))
     start, end = spec.start_time, spec.end_time + timedelta(seconds=1)
-    materialization.ensure_online_table(store, store.get_feature_view(VIEW))
+    view = store.get_feature_view(VIEW)
+    materialization.ensure_online_table(store, view)
     started = time.perf_counter()
     if mode == "dag":
         window = materialization.Window(VIEW, start, end)
@@ -48,97 +66,178 @@ def child(mode: str, online_path: str) -> None:
         store.materialize(start_date=start, end_date=end, feature_views=[VIEW])
     seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_kib / 1024}))
+    writer = type(online_writer(store, view)).__name__ if mode == "dag" else "feast"
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_kib / 1024, "writer": writer}))
 
 
-def run_child(mode: str, home: Path, spec: dict, online_path: Path) -> dict:
-    online_path.unlink(missing_ok=True)
-    env = {
+def child_env(home: Path, spec: dict) -> dict:
+    return {
         **os.environ,
         "ASGARD_HOME": str(home),
         "ASGARD_PROFILE": "embedded",
         "BENCH_SPEC": json.dumps(spec),
         "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")]),
     }
+
+
+def run_child(mode: str, home: Path, spec: dict, store: dict) -> dict:
+    if store["type"] == "sqlite":
+        Path(store["path"]).unlink(missing_ok=True)
+    else:
+        empty_redis(store)
     result = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(online_path)],
-        env=env,
+        [sys.executable, __file__, "--child", mode, json.dumps(store)],
+        env=child_env(home, spec),
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        raise SystemExit(f"{mode} run failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"{mode} run on {store['type']} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def online_values(path: Path, home: Path, spec: dict) -> dict:
-    """Every entity's online feature values from one store (to check both paths agree)."""
+def empty_redis(store: dict) -> None:
+    import redis
+
+    address, _, database = store["connection_string"].partition(",db=")
+    host, _, port = address.partition(":")
+    redis.Redis(host=host, port=int(port), db=int(database)).flushdb()
+
+
+def sample_values(home: Path, spec: dict, store: dict) -> dict:
+    """Feast's ``get_online_features`` for a sample of entities (first, last and spread between)."""
     os.environ.update({"ASGARD_HOME": str(home), "ASGARD_PROFILE": "embedded"})
     from asgard.core.settings import Settings
     from asgard.features import store as feature_store
 
-    store = feature_store.open_store(Settings.from_env(), online_store={"type": "sqlite", "path": str(path)})
-    view = store.get_feature_view(VIEW)
-    rows = [{"customer_id": i} for i in range(1, spec["customers"] + 1)]
+    feast_store = feature_store.open_store(Settings.from_env(), online_store=store)
+    view = feast_store.get_feature_view(VIEW)
+    step = max(1, spec["customers"] // SAMPLE_ENTITIES)
+    ids = sorted({*range(1, spec["customers"] + 1, step), spec["customers"]})
     refs = [f"{VIEW}:{feature.name}" for feature in view.features]
-    return store.get_online_features(features=refs, entity_rows=rows).to_dict()
+    return feast_store.get_online_features(features=refs, entity_rows=[{"customer_id": i} for i in ids]).to_dict()
 
 
-def prepare(home: Path, spec: dict) -> None:
-    env = {**os.environ, "ASGARD_HOME": str(home), "ASGARD_PROFILE": "embedded"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")])
+def newest_gold_values(home: Path, spec: dict, sampled: dict) -> dict:
+    """The newest gold row of each sampled entity, in ``get_online_features``' shape."""
+    import math
+
+    os.environ.update({"ASGARD_HOME": str(home), "ASGARD_PROFILE": "embedded"})
+    from asgard.features import gold
+    from sample_data.gold_layer import FEATURE_TABLE
+
+    rows = gold.load_table(FEATURE_TABLE).scan().to_pandas()
+    rows = rows[rows["customer_id"].isin(sampled["customer_id"])]
+    latest = rows.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last").set_index("customer_id")
+    expected = {"customer_id": sampled["customer_id"]}
+    for name in sampled:
+        if name != "customer_id":
+            values = latest.loc[sampled["customer_id"], name].tolist()
+            expected[name] = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+    return expected
+
+
+def prepare(home: Path, spec: dict) -> float:
     code = (
         "from asgard.features import store as feature_store; from asgard.core.settings import Settings;"
         "from sample_data.gold_layer import GoldSpec, write_gold_layer;"
         f"write_gold_layer(GoldSpec(**{spec!r}), log=lambda _: None);"
         "feature_store.apply_repo(Settings.from_env())"
     )
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=child_env(home, spec), check=True)
+    return time.perf_counter() - started
+
+
+def measure(spec: dict, stores: list[str], args: argparse.Namespace) -> dict:
+    """Both paths on each store for one gold layer; the sample read back and compared."""
+    total = spec["customers"] * spec["days"]
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="asgard-bench-") as tmp:
+        home = Path(tmp)
+        prepare(home, spec)
+        for kind in stores:
+            modes = ["dag"] + (["feast"] if spec["customers"] <= args.feast_max_entities else [])
+            best: dict[str, dict] = {}
+            for _ in range(args.repeat):
+                for mode in modes:
+                    measured = run_child(mode, home, spec, online_store(kind, home, mode, args.redis))
+                    if mode not in best or measured["seconds"] < best[mode]["seconds"]:
+                        best[mode] = measured
+            ours = sample_values(home, spec, online_store(kind, home, "dag", args.redis))
+            if "feast" in best:
+                theirs, against = sample_values(home, spec, online_store(kind, home, "feast", args.redis)), "feast"
+            else:
+                theirs, against = newest_gold_values(home, spec, ours), "the newest gold rows"
+            same = ours == theirs
+            for mode in modes:
+                label = {"dag": f"asgard ({best[mode]['writer']})", "feast": "feast materialize"}[mode]
+                seconds, rss = best[mode]["seconds"], best[mode]["peak_rss_mib"]
+                print(
+                    f"{spec['customers']:>9} {total:>9} {kind:<7} {label:<24} {seconds:>8.2f} "
+                    f"{spec['customers'] / seconds:>11.0f} {total / seconds:>10.0f} {rss:>9.0f}",
+                    flush=True,
+                )
+            if "feast" not in best:
+                print(f"{'':>9} {'':>9} {kind:<7} feast materialize        not run (beyond --feast-max-entities)")
+            print(
+                f"{'':>19} {kind}: {len(ours['customer_id'])} sampled entities read back by Feast's "
+                f"get_online_features, identical to {against}: {same}",
+                flush=True,
+            )
+            if not same:
+                raise SystemExit(f"{kind}: the online values differ from {against} at {spec}")
+            if "feast" in best:
+                ratio = best["feast"]["seconds"] / best["dag"]["seconds"]
+                print(
+                    f"{'':>19} {kind}: throughput ratio (asgard / feast materialize): {ratio:.1f}x "
+                    "(target >= 10x at 1M entities)",
+                    flush=True,
+                )
+            results[kind] = best
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
-    parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--entities", type=int, nargs="*", default=[100_000, 1_000_000, 4_000_000])
+    parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 4_000_000])
+    parser.add_argument("--customers", type=int, default=250_000, help="entities of the rows axis")
+    parser.add_argument("--stores", nargs="+", default=["sqlite", "redis"], choices=["sqlite", "redis"])
+    parser.add_argument("--redis", default="127.0.0.1:6379", help="host:port of a Redis (databases 14 and 15)")
+    parser.add_argument("--feast-max-entities", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--child", nargs=2, metavar=("MODE", "ONLINE_DB"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
         return 0
 
-    print(f"{'rows':>9} {'path':<18} {'seconds':>8} {'rows/s':>10} {'peak RSS MiB':>13}")
-    results: dict[int, dict[str, dict]] = {}
+    header = f"{'entities':>9} {'rows':>9} {'store':<7} {'path':<24} {'seconds':>8} {'entities/s':>11} "
+    print(header + f"{'rows/s':>10} {'peak MiB':>9}")
+    by_entities = {count: measure({"customers": count, "days": 1}, args.stores, args) for count in args.entities}
+    if len(by_entities) > 1:
+        small, large = min(by_entities), max(by_entities)
+        for kind in args.stores:
+            grown = by_entities[large][kind]["dag"]["peak_rss_mib"] - by_entities[small][kind]["dag"]["peak_rss_mib"]
+            per_entity = grown * 2**20 / (large - small)
+            print(f"peak RSS per entity, asgard on {kind}, {small} -> {large} entities: {per_entity:.0f} bytes")
+    by_rows = {}
     for rows in args.rows:
-        days = max(1, rows // args.customers)
-        spec = {"customers": args.customers, "days": days}
-        total = args.customers * days
-        with tempfile.TemporaryDirectory(prefix="asgard-bench-") as tmp:
-            home = Path(tmp)
-            prepare(home, spec)
-            best: dict[str, dict] = {}
-            for _ in range(args.repeat):
-                for mode in ("dag", "feast"):
-                    measured = run_child(mode, home, spec, home / f"online-{mode}.db")
-                    if mode not in best or measured["seconds"] < best[mode]["seconds"]:
-                        best[mode] = measured
-            for mode, label in (("dag", "materialize_window"), ("feast", "feast materialize")):
-                seconds, rss = best[mode]["seconds"], best[mode]["peak_rss_mib"]
-                print(f"{total:>9} {label:<18} {seconds:>8.2f} {total / seconds:>10.0f} {rss:>13.0f}")
-            if online_values(home / "online-dag.db", home, spec) != online_values(home / "online-feast.db", home, spec):
-                raise SystemExit(f"the two paths left different online values at {total} rows")
-            results[total] = best
-        ratio = best["feast"]["seconds"] / best["dag"]["seconds"]
-        print(f"{total:>9} throughput ratio (materialize_window / feast materialize): {ratio:.2f}  (target >= 1.0)")
-
-    sizes = sorted(results)
-    if len(sizes) > 1:
-        small, large = results[sizes[0]], results[sizes[-1]]
-        for mode, label in (("dag", "materialize_window"), ("feast", "feast materialize")):
-            growth = large[mode]["peak_rss_mib"] / small[mode]["peak_rss_mib"] - 1
-            print(f"peak RSS growth {sizes[0]} -> {sizes[-1]} rows, {label}: {growth:+.0%}")
-        print("(target for materialize_window: < +20%)")
+        spec = {"customers": args.customers, "days": max(1, rows // args.customers)}
+        by_rows[rows] = measure(spec, args.stores, args)
+    if len(by_rows) > 1:
+        small, large = min(by_rows), max(by_rows)
+        for kind in args.stores:
+            for mode, label in (("dag", "asgard"), ("feast", "feast materialize")):
+                if mode in by_rows[small][kind] and mode in by_rows[large][kind]:
+                    growth = by_rows[large][kind][mode]["peak_rss_mib"] / by_rows[small][kind][mode]["peak_rss_mib"]
+                    print(
+                        f"peak RSS growth {small} -> {large} rows at {args.customers} entities, {label} on {kind}: "
+                        f"{growth - 1:+.0%}"
+                    )
+        print("(target for asgard: < +20%)")
     return 0
 
 

@@ -111,6 +111,7 @@ def script_starts(full: list[str], imports: str, scratch: Path, runs: int) -> di
     subprocess of the worker), the median of ``runs`` each."""
     import statistics
 
+    from asgard.core import sandbox
     from asgard.core.build_cache import PythonEnvironments
     from asgard.core.settings import Settings, get_settings
     from asgard.training.scripts import runner
@@ -127,7 +128,7 @@ def script_starts(full: list[str], imports: str, scratch: Path, runs: int) -> di
             script = runner.UserScript("job.py", source)
             started = time.perf_counter()
             env = {"PATH": "/usr/bin:/bin"}
-            runner.run_script(script, python, workdir, env, runner.Limits(), output=lambda _: None)
+            runner.run_script(script, python, workdir, env, sandbox.Limits(), output=lambda _: None)
             sandboxed.append(time.perf_counter() - started)
             (workdir / "plain.py").write_text(source)
             plain.append(timed([str(python), str(workdir / "plain.py")], {"PATH": "/usr/bin:/bin"}))

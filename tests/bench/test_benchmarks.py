@@ -33,10 +33,15 @@ def run_bench(script: str, *args: str, stack=None) -> str:
 
 
 def test_materialize_bench_smoke():
-    out = run_bench("materialize_bench.py", "--rows", "6000", "12000", "--customers", "1000")
-    assert "6000 throughput ratio (materialize_window / feast materialize):" in out
-    assert "12000 throughput ratio" in out
-    assert "peak RSS growth 6000 -> 12000 rows, materialize_window:" in out
+    """Both axes on SQLite and on the machine's Redis, beside Feast, at a tiny size."""
+    args = ("--entities", "3000", "6000", "--rows", "6000", "12000", "--customers", "1000")
+    out = run_bench("materialize_bench.py", *args)
+    for store in ("sqlite", "redis"):
+        assert out.count(f"{store}: throughput ratio (asgard / feast materialize):") == 4
+        assert out.count(f"{store}: ") >= 8 and f"peak RSS per entity, asgard on {store}, 3000 -> 6000 entities:" in out
+        assert f"peak RSS growth 6000 -> 12000 rows at 1000 entities, asgard on {store}:" in out
+    assert out.count("identical to feast: True") == 8
+    assert "asgard (SqliteWriter)" in out and "asgard (RedisWriter)" in out
 
 
 def test_train_bench_smoke(embedded_stack):

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from asgard.features import gold
+from asgard.features.online_writer import online_writer
 from asgard.features.store import FeatureRequestError, feature_view_asset_uri, open_store, to_utc
 
 if TYPE_CHECKING:
@@ -102,7 +103,8 @@ def materialize_window(
     The source is read a bounded chunk at a time (whole Iceberg files up to ``chunk_rows`` rows; a
     pushed-down query per ``chunk_period`` for other offline stores) and folded into the newest row
     per entity, so memory is bounded by one chunk plus one row per entity, never by the length of
-    the window. Each entity is written once, in batches of ``write_rows``. Re-running a window that
+    the window. Each entity is written once, in batches of ``write_rows``, in Feast's format at the
+    store's own pace (:mod:`asgard.features.online_writer`). Re-running a window that
     ends before the view's watermark reads on up to the watermark, so a backfill never leaves older
     values on top of newer ones. The watermark only ever moves forward.
     """
@@ -121,10 +123,9 @@ def materialize_window(
         progress(f"{view.name}: chunk {chunks}: {read} rows read ({rows_read} so far, {len(latest)} entities)")
     rows_written = 0
     if latest is not None:
+        writer = online_writer(store, view)
         for offset in range(0, len(latest), write_rows):
-            batch = latest.iloc[offset : offset + write_rows]
-            store.write_to_online_store(view.name, batch)
-            rows_written += len(batch)
+            rows_written += writer.write(latest.iloc[offset : offset + write_rows])
     store.registry.apply_materialization(view, store.project, window.start, window.end, commit=True)
     new_watermark = max(window.end, watermark) if watermark else window.end
     return MaterializeResult(
