@@ -123,9 +123,7 @@ def materialize_window(
         progress(f"{view.name}: chunk {chunks}: {read} rows read ({rows_read} so far, {len(latest)} entities)")
     rows_written = 0
     if latest is not None:
-        writer = online_writer(store, view)
-        for offset in range(0, len(latest), write_rows):
-            rows_written += writer.write(latest.iloc[offset : offset + write_rows])
+        rows_written = online_writer(store, view).write(latest, batch_rows=write_rows)
     store.registry.apply_materialization(view, store.project, window.start, window.end, commit=True)
     new_watermark = max(window.end, watermark) if watermark else window.end
     return MaterializeResult(
