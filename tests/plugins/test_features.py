@@ -318,3 +318,19 @@ def test_a_fraction_in_an_integer_column_is_left_to_feast():
     from asgard.features.online_writer import _fast_encoded
 
     assert _fast_encoded("INT64", pd.Series([1.5, 2.0]), texts=True) is None
+
+
+def test_event_times_encode_as_protobufs_timestamps():
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from asgard.features.online_writer import _timestamps
+
+    stamps = pd.DatetimeIndex(
+        ["1970-01-01T00:00:00", "2026-11-01T00:00:00", "2026-11-01T12:34:56.789012", "1969-12-31T23:59:59.5"], tz="UTC"
+    )
+    expected = []
+    for stamp in stamps.to_pydatetime():
+        proto = Timestamp()
+        proto.FromDatetime(stamp)
+        expected.append(proto.SerializeToString())
+    assert _timestamps(stamps) == expected
