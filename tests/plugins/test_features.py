@@ -306,24 +306,24 @@ def test_column_encodings_are_feasts_byte_for_byte(type_name, values):
     """Every edge of the column-at-once encodings against Feast's own per-value functions."""
     from feast.value_type import ValueType
 
-    from asgard.features.online_writer import _fast_encoded, _feast_encoded
+    from asgard.features.encoding import fast_encoded, feast_encoded
 
     series = values if isinstance(values, pd.Series) else pd.Series(values)
-    fast = _fast_encoded(type_name, series, texts=True)
+    fast = fast_encoded(type_name, series, texts=True)
     assert fast is not None
-    assert fast == _feast_encoded(series, getattr(ValueType, type_name), texts=True)
+    assert fast == feast_encoded(series, getattr(ValueType, type_name), texts=True)
 
 
 def test_a_fraction_in_an_integer_column_is_left_to_feast():
-    from asgard.features.online_writer import _fast_encoded
+    from asgard.features.encoding import fast_encoded
 
-    assert _fast_encoded("INT64", pd.Series([1.5, 2.0]), texts=True) is None
+    assert fast_encoded("INT64", pd.Series([1.5, 2.0]), texts=True) is None
 
 
 def test_event_times_encode_as_protobufs_timestamps():
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from asgard.features.online_writer import _timestamps
+    from asgard.features.encoding import timestamps
 
     stamps = pd.DatetimeIndex(
         ["1970-01-01T00:00:00", "2026-11-01T00:00:00", "2026-11-01T12:34:56.789012", "1969-12-31T23:59:59.5"], tz="UTC"
@@ -333,4 +333,4 @@ def test_event_times_encode_as_protobufs_timestamps():
         proto = Timestamp()
         proto.FromDatetime(stamp)
         expected.append(proto.SerializeToString())
-    assert _timestamps(stamps) == expected
+    assert timestamps(stamps) == expected
