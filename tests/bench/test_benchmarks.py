@@ -33,14 +33,15 @@ def run_bench(script: str, *args: str, stack=None) -> str:
 
 
 def test_materialize_bench_smoke():
-    """Both axes on SQLite and on the machine's Redis, beside Feast, at a tiny size."""
+    """Both axes on SQLite and on the machine's Redis, beside Feast, at a tiny size; Feast only up to
+    3,000 entities, so the larger layer is checked against the newest gold rows instead."""
     args = ("--entities", "3000", "6000", "--rows", "6000", "12000", "--customers", "1000")
-    out = run_bench("materialize_bench.py", *args)
+    out = run_bench("materialize_bench.py", *args, "--feast-max-entities", "3000")
     for store in ("sqlite", "redis"):
-        assert out.count(f"{store}: throughput ratio (asgard / feast materialize):") == 4
-        assert out.count(f"{store}: ") >= 8 and f"peak RSS per entity, asgard on {store}, 3000 -> 6000 entities:" in out
+        assert out.count(f"{store}: throughput ratio (asgard / feast materialize):") == 3
+        assert f"peak RSS per entity, asgard on {store}, 3000 -> 6000 entities:" in out
         assert f"peak RSS growth 6000 -> 12000 rows at 1000 entities, asgard on {store}:" in out
-    assert out.count("identical to feast: True") == 8
+    assert out.count("identical to feast: True") == 6 and out.count("identical to the newest gold rows: True") == 2
     assert "asgard (SqliteWriter)" in out and "asgard (RedisWriter)" in out
 
 
