@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -45,12 +46,21 @@ def sqlite_store(home, name: str | None = None):
     return feature_store.open_store(online_store={"type": "sqlite", "path": str(path)})
 
 
+@contextlib.contextmanager
+def empty_redis_store(db: int):
+    """A store on the machine's Redis database ``db``, emptied before and after."""
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    client.flushdb()
+    try:
+        yield feature_store.open_store(online_store={"type": "redis", "connection_string": f"127.0.0.1:6379,db={db}"})
+    finally:
+        client.flushdb()
+
+
 @pytest.fixture
 def redis_store(home):
-    client = redis.Redis(host="127.0.0.1", port=6379, db=11)
-    client.flushdb()
-    yield feature_store.open_store(online_store={"type": "redis", "connection_string": "127.0.0.1:6379,db=11"})
-    client.flushdb()
+    with empty_redis_store(11) as store:
+        yield store
 
 
 def expected_online(end: datetime) -> pd.DataFrame:
@@ -234,10 +244,8 @@ DATA_HOME_PLACEHOLDER = __import__("pathlib").Path("/nonexistent-asgard-home")
 
 @pytest.fixture
 def second_redis_store(home):
-    client = redis.Redis(host="127.0.0.1", port=6379, db=12)
-    client.flushdb()
-    yield feature_store.open_store(online_store={"type": "redis", "connection_string": "127.0.0.1:6379,db=12"})
-    client.flushdb()
+    with empty_redis_store(12) as store:
+        yield store
 
 
 def newest_source_rows(store) -> pd.DataFrame:
