@@ -8,30 +8,33 @@ Two axes, each on SQLite and on a real Redis (its own database index, emptied be
 - rows: a fixed number of customers, the history grown (as a backfill grows): peak RSS must stay
   flat (target: < +20% from the smallest to the largest size).
 
-Each path materializes the whole history into its own fresh online store, in a fresh child process
+Each path materializes the whole history into its own fresh online store, in a fresh forked process
 so its peak RSS is its own. Feast's run is skipped beyond ``--feast-max-entities`` (its memory grows
 with the entities: several GiB a million). Afterwards Feast's own ``get_online_features`` reads a
 sample of entities back from the project's store, compared value for value with Feast's store
 (or, where Feast did not run, with the newest gold rows).
 
     python bench/materialize_bench.py          # entities 100k 1M 4M; rows 1M 4M at 250k customers (not in CI)
-    python bench/materialize_bench.py --entities 3000 6000 --rows 6000 12000 --customers 1000   # smoke size
+    python bench/materialize_bench.py --entities 2000 6000 --rows 2000 6000 --customers 2000 \\
+        --feast-max-entities 2000                 # smoke size (the 2,000 x 1 layer serves both axes)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import multiprocessing
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
 VIEW = "customer_features"
 SAMPLE_ENTITIES = 2000
 
@@ -46,55 +49,68 @@ def online_store(kind: str, home: Path, mode: str, redis: str) -> dict:
 REDIS_DB = {"dag": 14, "feast": 15}
 
 
-def child(mode: str, store_json: str) -> None:
-    """Materialize the whole history with one path; print seconds, peak RSS and the writer as JSON."""
+def child(mode: str, home: str, spec: dict, store: dict) -> dict:
+    """Materialize the whole history with one path, in a fresh process: seconds, peak RSS, the writer."""
+    os.environ.update({"ASGARD_HOME": home, "ASGARD_PROFILE": "embedded"})
     from asgard.features import materialization
     from asgard.features import store as feature_store
     from asgard.features.online_writer import online_writer
     from sample_data.gold_layer import GoldSpec
 
-    store = feature_store.open_store(online_store=json.loads(store_json))
-    spec = GoldSpec(**json.loads(os.environ["BENCH_SPEC"]))
-    start, end = spec.start_time, spec.end_time + timedelta(seconds=1)
-    view = store.get_feature_view(VIEW)
-    materialization.ensure_online_table(store, view)
+    feast_store = feature_store.open_store(online_store=store)
+    gold_spec = GoldSpec(**spec)
+    start, end = gold_spec.start_time, gold_spec.end_time + timedelta(seconds=1)
+    view = feast_store.get_feature_view(VIEW)
+    materialization.ensure_online_table(feast_store, view)
     started = time.perf_counter()
     if mode == "dag":
         window = materialization.Window(VIEW, start, end)
-        materialization.materialize_window(store, window, progress=lambda _: None)
+        materialization.materialize_window(feast_store, window, progress=lambda _: None)
     else:
-        store.materialize(start_date=start, end_date=end, feature_views=[VIEW])
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # Feast prints its progress
+            feast_store.materialize(start_date=start, end_date=end, feature_views=[VIEW])
     seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    writer = type(online_writer(store, view)).__name__ if mode == "dag" else "feast"
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_kib / 1024, "writer": writer}))
+    writer = type(online_writer(feast_store, view)).__name__ if mode == "dag" else "feast"
+    return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024, "writer": writer}
 
 
-def child_env(home: Path, spec: dict) -> dict:
-    return {
-        **os.environ,
-        "ASGARD_HOME": str(home),
-        "ASGARD_PROFILE": "embedded",
-        "BENCH_SPEC": json.dumps(spec),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")]),
-    }
+def write_layer(home: str, spec: dict) -> None:
+    """The gold layer and the applied feature repo of one benchmark size, in a fresh process."""
+    os.environ.update({"ASGARD_HOME": home, "ASGARD_PROFILE": "embedded"})
+    from asgard.core.settings import Settings
+    from asgard.features import store as feature_store
+    from sample_data.gold_layer import GoldSpec, write_gold_layer
+
+    write_gold_layer(GoldSpec(**spec), log=lambda _: None)
+    feature_store.apply_repo(Settings.from_env())
 
 
-def run_child(mode: str, home: Path, spec: dict, store: dict) -> dict:
+# Each run gets a fresh process, forked from a server that has imported Feast and the project once:
+# a forked child's peak RSS starts at its size at the fork (the imports), so each run's peak is its own,
+# and no run pays the seconds of importing Feast again.
+PRELOAD = ["feast", "asgard.features.materialization", "asgard.features.online_writer", "sample_data.gold_layer"]
+
+
+def fresh_processes() -> ProcessPoolExecutor:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1)
+
+
+def in_fresh_process(processes: ProcessPoolExecutor, function, *args):
+    try:
+        return processes.submit(function, *args).result()
+    except Exception as error:
+        raise SystemExit(f"{function.__name__}{args[:1]} failed: {error!r}") from error
+
+
+def run_child(processes: ProcessPoolExecutor, mode: str, home: Path, spec: dict, store: dict) -> dict:
     if store["type"] == "sqlite":
         Path(store["path"]).unlink(missing_ok=True)
     else:
         empty_redis(store)
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", mode, json.dumps(store)],
-        env=child_env(home, spec),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"{mode} run on {store['type']} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return in_fresh_process(processes, child, mode, str(home), spec, store)
 
 
 def empty_redis(store: dict) -> None:
@@ -138,31 +154,19 @@ def newest_gold_values(home: Path, spec: dict, sampled: dict) -> dict:
     return expected
 
 
-def prepare(home: Path, spec: dict) -> float:
-    code = (
-        "from asgard.features import store as feature_store; from asgard.core.settings import Settings;"
-        "from sample_data.gold_layer import GoldSpec, write_gold_layer;"
-        f"write_gold_layer(GoldSpec(**{spec!r}), log=lambda _: None);"
-        "feature_store.apply_repo(Settings.from_env())"
-    )
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env=child_env(home, spec), check=True)
-    return time.perf_counter() - started
-
-
-def measure(spec: dict, stores: list[str], args: argparse.Namespace) -> dict:
+def measure(processes: ProcessPoolExecutor, spec: dict, stores: list[str], args: argparse.Namespace) -> dict:
     """Both paths on each store for one gold layer; the sample read back and compared."""
     total = spec["customers"] * spec["days"]
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="asgard-bench-") as tmp:
         home = Path(tmp)
-        prepare(home, spec)
+        in_fresh_process(processes, write_layer, str(home), spec)
         for kind in stores:
             modes = ["dag"] + (["feast"] if spec["customers"] <= args.feast_max_entities else [])
             best: dict[str, dict] = {}
             for _ in range(args.repeat):
                 for mode in modes:
-                    measured = run_child(mode, home, spec, online_store(kind, home, mode, args.redis))
+                    measured = run_child(processes, mode, home, spec, online_store(kind, home, mode, args.redis))
                     if mode not in best or measured["seconds"] < best[mode]["seconds"]:
                         best[mode] = measured
             ours = sample_values(home, spec, online_store(kind, home, "dag", args.redis))
@@ -208,25 +212,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", default="127.0.0.1:6379", help="host:port of a Redis (databases 14 and 15)")
     parser.add_argument("--feast-max-entities", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--child", nargs=2, metavar=("MODE", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        child(*args.child)
-        return 0
 
     header = f"{'entities':>9} {'rows':>9} {'store':<7} {'path':<24} {'seconds':>8} {'entities/s':>11} "
     print(header + f"{'rows/s':>10} {'peak MiB':>9}")
-    by_entities = {count: measure({"customers": count, "days": 1}, args.stores, args) for count in args.entities}
+    measured: dict[tuple[int, int], dict] = {}  # a layer on both axes (rows axis at one day) is measured once
+
+    def layer(processes: ProcessPoolExecutor, customers: int, days: int) -> dict:
+        if (customers, days) not in measured:
+            measured[customers, days] = measure(processes, {"customers": customers, "days": days}, args.stores, args)
+        else:
+            print(f"{customers:>9} {customers * days:>9} (the layer measured above)")
+        return measured[customers, days]
+
+    with fresh_processes() as processes:
+        by_entities = {count: layer(processes, count, 1) for count in args.entities}
+        by_rows = {rows: layer(processes, args.customers, max(1, rows // args.customers)) for rows in args.rows}
     if len(by_entities) > 1:
         small, large = min(by_entities), max(by_entities)
         for kind in args.stores:
             grown = by_entities[large][kind]["dag"]["peak_rss_mib"] - by_entities[small][kind]["dag"]["peak_rss_mib"]
             per_entity = grown * 2**20 / (large - small)
             print(f"peak RSS per entity, asgard on {kind}, {small} -> {large} entities: {per_entity:.0f} bytes")
-    by_rows = {}
-    for rows in args.rows:
-        spec = {"customers": args.customers, "days": max(1, rows // args.customers)}
-        by_rows[rows] = measure(spec, args.stores, args)
     if len(by_rows) > 1:
         small, large = min(by_rows), max(by_rows)
         for kind in args.stores:
