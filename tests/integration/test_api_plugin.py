@@ -6,6 +6,9 @@ registry and monitoring answers come from the real MLflow server and monitoring 
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import uuid
 
 import airflow_client.client as af
@@ -19,6 +22,7 @@ from schemathesis.checks import not_a_server_error
 
 from asgard.features import gold
 from asgard.features import store as feature_store
+from asgard.local import cli
 from asgard.local.cli import CliError, MlopsClient, follow
 from asgard.local.examples import CHURN_MODEL_REQUEST
 from sample_data.gold_layer import GoldSpec, write_gold_layer
@@ -227,6 +231,12 @@ def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedde
     job = client.get(f"/jobs/{monitored['job_id']}")
     assert job["status"] == "failed" and job["tasks"]["alert"] == "upstream_failed"
     assert f"MonitoringError: {model} v{version} has no reference profile" in job["logs"]
+    # The status says why without the logs: the task that failed first and its exception.
+    assert job["error"]["task"] == f"check[{model}]"
+    assert job["error"]["message"].startswith(f"MonitoringError: {model} v{version} has no reference profile")
+    printed = io.StringIO()
+    cli.run(argparse.Namespace(command="job", job_id=monitored["job_id"], logs=False), client, printed)
+    assert json.loads(printed.getvalue())["error"] == job["error"]
 
 
 def test_a_read_only_user_reads_but_every_write_is_a_403(server, viewer):

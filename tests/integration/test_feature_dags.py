@@ -46,6 +46,9 @@ def test_unknown_column_fails_the_run_and_leaves_the_registry_alone(feature_stac
     assert outcome.task_states["validate_request"] == "failed"
     log = api.task_log("register_features", outcome.run_id, "validate_request")
     assert "feature column 'total_orders' is not in gold table 'customer_features'" in log
+    error = api.run_report("register_features", outcome.run_id, logs=False)["error"]
+    assert error["task"] == "validate_request"
+    assert "feature column 'total_orders' is not in gold table 'customer_features'" in error["message"]
     names = [v.name for v in feature_store.open_store(settings).list_feature_views()]
     assert "broken_view" not in names
 

@@ -71,7 +71,7 @@ def test_unknown_framework_is_a_400(train_stack):
     for conf, named in (
         ({**CHURN_MODEL_REQUEST, "framework": "pytorch"}, "pytorch"),
         ({**CHURN_MODEL_REQUEST, "model_type": "ranking"}, "ranking"),
-        ({k: v for k, v in CHURN_MODEL_REQUEST.items() if k != "model_name"}, "model_name"),
+        ({**CHURN_MODEL_REQUEST, "model_name": "churn predictor/../x"}, "churn predictor/../x"),
     ):
         with pytest.raises(AirflowApiError) as error:
             api.trigger("train_model", conf)
@@ -88,4 +88,9 @@ def test_unknown_hyperparameter_fails_the_run_naming_it_and_registers_nothing(tr
     assert outcome.task_states["validate_request"] == "failed"
     log = api.task_log("train_model", outcome.run_id, "validate_request")
     assert "RandomForestClassifier does not accept hyperparameter(s) max_dept" in log
+    # The run's failure names the task and the exception's first line, without reading any log.
+    error = api.run_error("train_model", outcome.run_id)
+    assert error["task"] == "validate_request"
+    assert error["message"].startswith("InputError: RandomForestClassifier does not accept hyperparameter(s) max_dept")
+    assert "validate_request failed with InputError: RandomForestClassifier" in outcome.failure
     assert not MlflowClient(settings.mlflow_url, settings.mlflow_url).search_model_versions(f"name = '{name}'")

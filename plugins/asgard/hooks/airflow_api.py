@@ -154,9 +154,7 @@ class AirflowApi:
         """State of each task (mapped tasks as ``task_id[i]``)."""
         result = {}
         for ti in self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances:
-            label = getattr(ti, "rendered_map_index", None) or ti.map_index
-            key = ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}[{label}]"
-            result[key] = "pending" if ti.state is None else str(getattr(ti.state, "value", ti.state))
+            result[_task_key(ti)] = _task_state(ti)
         return result
 
     def run_report(self, dag_id: str, run_id: str, *, logs: bool = True) -> dict[str, Any]:
@@ -170,22 +168,34 @@ class AirflowApi:
         instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
         tasks, texts = {}, {}
         for ti in instances:
-            label = getattr(ti, "rendered_map_index", None) or ti.map_index
-            key = ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}[{label}]"
-            state = "pending" if ti.state is None else str(getattr(ti.state, "value", ti.state))
-            tasks[key] = state
+            tasks[_task_key(ti)] = state = _task_state(ti)
             if logs and state in ("success", "failed", "up_for_retry") and ti.try_number:
-                texts[key] = self.task_log(dag_id, run_id, ti.task_id, ti.map_index, ti.try_number)
+                texts[_task_key(ti)] = self.task_log(dag_id, run_id, ti.task_id, ti.map_index, ti.try_number)
+        state = str(getattr(run.state, "value", run.state))
         return {
             "dag_id": dag_id,
             "run_id": run_id,
-            "state": str(getattr(run.state, "value", run.state)),
+            "state": state,
             "queued_at": _iso(run.queued_at),
             "started_at": _iso(run.start_date),
             "ended_at": _iso(run.end_date),
             "tasks": tasks,
+            "error": self._first_error(dag_id, run_id, instances) if state == "failed" else None,
             "logs": texts,
         }
+
+    def run_error(self, dag_id: str, run_id: str) -> dict[str, str] | None:
+        """Why a run failed: the task that failed first and the first lines of its exception."""
+        instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
+        return self._first_error(dag_id, run_id, instances)
+
+    def _first_error(self, dag_id: str, run_id: str, instances: list[Any]) -> dict[str, str] | None:
+        failed = [ti for ti in instances if _task_state(ti) == "failed"]  # not the upstream_failed after them
+        if not failed:
+            return None
+        first = min(failed, key=lambda ti: ti.end_date or datetime.max.replace(tzinfo=UTC))
+        content = self._log_content(dag_id, run_id, first.task_id, first.map_index, first.try_number or 1)
+        return {"task": _task_key(first), "message": _exception_of(content)}
 
     def wait_for_run(
         self,
@@ -225,6 +235,8 @@ class AirflowApi:
                         task for task, task_state in states.items() if task_state in ("failed", "upstream_failed")
                     ]
                     failure = f"tasks not successful: {', '.join(failed) or 'none recorded'}"
+                    if error := self.run_error(dag_id, run_id):
+                        failure += f"; {error['task']} failed with {error['message']}"
                 return RunOutcome(dag_id, run_id, state, time.monotonic() - started, states, failure)
             waited = time.monotonic() - started
             # A paused DAG's runs stay queued for ever: say so instead of waiting out the timeout.
@@ -296,6 +308,13 @@ class AirflowApi:
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, try_number: int = 1) -> str:
         """The text of one task try's log, exceptions included (for failure messages)."""
+        content = self._log_content(dag_id, run_id, task_id, map_index, try_number)
+        if isinstance(content, list):
+            return "\n".join(_render_log_line(line) for line in content)
+        return str(content)
+
+    def _log_content(self, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> Any:
+        """One task try's log as Airflow stores it: structured records (or text); empty if it never ran."""
         # Raw JSON: the generated model drops the structured fields (error_detail) of each record.
         response = self.task_instances.get_log_without_preload_content(
             dag_id, run_id, task_id, try_number, map_index=map_index, full_content=True
@@ -309,10 +328,35 @@ class AirflowApi:
                 status=response.status,
                 body=str(body),
             )
-        content = body["content"]
-        if isinstance(content, list):
-            return "\n".join(_render_log_line(line) for line in content)
-        return str(content)
+        return body["content"]
+
+
+def _task_key(ti: Any) -> str:
+    """A task instance's name in reports: ``task_id``, or ``task_id[i]`` for a mapped one."""
+    label = getattr(ti, "rendered_map_index", None) or ti.map_index
+    return ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}[{label}]"
+
+
+def _task_state(ti: Any) -> str:
+    return "pending" if ti.state is None else str(getattr(ti.state, "value", ti.state))
+
+
+# A job's error: the exception's type and the first lines of its message (the rest is in the logs).
+ERROR_LINES = 8
+
+
+def _exception_of(content: Any) -> str:
+    """The exception a task try ended with, from its log's last record that carries one."""
+    records = content if isinstance(content, list) else []
+    for record in reversed(records):
+        details = record.get("error_detail") if isinstance(record, dict) else None
+        if details:  # the raised exception first, then its causes
+            raised = details[0]
+            lines = str(raised.get("exc_value", "")).splitlines()[:ERROR_LINES]
+            return "\n".join([f"{raised.get('exc_type')}: {lines[0] if lines else ''}", *lines[1:]])
+    text = content if isinstance(content, str) else ""
+    last = [line for line in text.splitlines() if line.strip()][-1:]
+    return last[0] if last else "the task failed without an exception in its log (see the job's logs)"
 
 
 def _render_log_line(line: Any) -> str:

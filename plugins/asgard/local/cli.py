@@ -136,9 +136,7 @@ def follow(
             raise CliError(f"job {job_id} still {job['status']} after {timeout:.0f}s")
         sleep(poll)
     if job["status"] == "failed":
-        failed = [task for task, state in job["tasks"].items() if state == "failed"]  # not the ones after them
-        logs = client.get(f"/jobs/{job_id}")["logs"]
-        raise CliError(f"job {job_id} failed in {', '.join(failed) or 'an unknown task'}:\n{_tail(logs)}")
+        raise CliError(failure_message(job, client.get(f"/jobs/{job_id}")["logs"]))
     if job.get("model_version"):
         alias = "@champion" if job["promoted"] else "@challenger"
         progress.say(f"model {job['model_name']} v{job['model_version']} -> {alias}")
@@ -160,6 +158,15 @@ def follow(
     return job
 
 
+def failure_message(job: dict[str, Any], logs: str) -> str:
+    """Why a job failed: the task that failed first, its exception, then the end of the job's logs."""
+    error = job.get("error") or {}
+    failed = [task for task, state in job["tasks"].items() if state == "failed"]  # not the ones after them
+    task = error.get("task") or ", ".join(failed) or "an unknown task"
+    message = error.get("message", "")
+    return f"job {job['job_id']} failed in {task}:\n{message}\n--- the end of its logs ---\n{_tail(logs)}"
+
+
 def _patient(client: MlopsClient, path: str, *, sleep: Callable[[float], None], poll: float, tries: int = 5):
     """A status look-up that rides out a few server errors in a row (an API server restarting)."""
 
@@ -177,7 +184,7 @@ def _patient(client: MlopsClient, path: str, *, sleep: Callable[[float], None], 
     return look
 
 
-def _tail(text: str, lines: int = 40) -> str:
+def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
