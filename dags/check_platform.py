@@ -10,10 +10,11 @@ Conf: `checks` (which services, default all), e.g. `{"checks": ["mlflow"]}`.
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from asgard.api.platform_checks import CHECK_NAMES
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.param_schemas import field
 
 
 @dag(
@@ -23,13 +24,15 @@ from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
     tags=[PLATFORM_TAG, "platform"],
     doc_md=__doc__,
     params={
-        "checks": Param(
+        "checks": field(
             list(CHECK_NAMES),
+            title="Checks",
+            description="The services to check (each answers, with what it needs to work); default: all.",
+            section="Checks",
             type="array",
             items={"type": "string", "enum": list(CHECK_NAMES)},
             minItems=1,
             uniqueItems=True,
-            description="Services to check.",
         ),
     },
 )

@@ -19,10 +19,10 @@ Runs when a promotion emits a model's Asset (the champion), or manually:
 
 from __future__ import annotations
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.core.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, RESOURCES, VERSION
+from asgard.deploy.params import deploy_model_params
 from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
 
@@ -34,16 +34,7 @@ from asgard.registry.models import CHAMPION_MODELS_ALIAS
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "deployment"],
     doc_md=__doc__,
-    params={
-        # Empty when an Asset event starts the run: the event names the model and version.
-        "model_name": Param(None, type=["null", "string"], pattern=MODEL_NAME_PATTERN),
-        "version": Param(None, **VERSION),
-        "alias": Param("champion", type="string", pattern=ALIAS_PATTERN),
-        "target": Param("docker", type="string", enum=["docker", "kubernetes"]),
-        "replicas": Param(2, type="integer", minimum=1, maximum=50),
-        "namespace": Param(None, type=["null", "string"], pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
-        "resources": Param(None, **RESOURCES),
-    },
+    params=deploy_model_params(),
 )
 def deploy_model():
     @task

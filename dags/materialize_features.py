@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.core.param_schemas import TIMESTAMP
+from asgard.features.params import materialize_features_params
 from asgard.features.store import FEATURE_VIEWS_ALIAS
 
 
@@ -30,11 +30,7 @@ from asgard.features.store import FEATURE_VIEWS_ALIAS
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "features"],
     doc_md=__doc__,
-    params={
-        "feature_views": Param([], type="array", items={"type": "string", "minLength": 1}, uniqueItems=True),
-        "start": Param(None, **TIMESTAMP, description="Backfill from (ISO). Default: the run's interval."),
-        "end": Param(None, **TIMESTAMP, description="Backfill until (ISO). Default: the run's interval."),
-    },
+    params=materialize_features_params(),
 )
 def materialize_features():
     @task

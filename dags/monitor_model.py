@@ -22,15 +22,12 @@ cool-down) through the `asgard-retraining-requests` Asset, which schedules `retr
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, AssetAlias, Param, dag, task
+from airflow.sdk import Asset, AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.core.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION
-from asgard.monitoring.thresholds import Thresholds
+from asgard.monitoring.params import monitor_model_params
 from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS
 from asgard.training.retraining import RETRAINING_REQUESTS
-
-DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
 
 
 @dag(
@@ -39,24 +36,7 @@ DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "monitoring"],
     doc_md=__doc__,
-    params={
-        # null: every model whose @champion is serving.
-        "model_name": Param(None, type=["null", "string"], pattern=MODEL_NAME_PATTERN),
-        "model_version": Param(None, **VERSION),
-        "alias": Param("champion", type="string", pattern=ALIAS_PATTERN),
-        "window_start": Param(None, **TIMESTAMP),
-        "window_end": Param(None, **TIMESTAMP),
-        "sources": Param([], type="array", items=DATA_PATH, uniqueItems=True),
-        "labels": Param([], type="array", items=DATA_PATH, uniqueItems=True),
-        "thresholds": Param(
-            {},
-            type="object",
-            properties={name: {"type": ["number", "null"], "minimum": 0} for name in Thresholds().as_dict()},
-            additionalProperties=False,
-        ),
-        "retrain": Param(True, type="boolean"),
-        "aws_conn_id": Param("aws_default", type="string", minLength=1),
-    },
+    params=monitor_model_params(),
 )
 def monitor_model():
     @task

@@ -17,11 +17,10 @@ no-op; a changed definition updates the view.
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.core.param_schemas import IDENTIFIER
-from asgard.features.store import DTYPES
+from asgard.features.params import register_features_params
 
 
 @dag(
@@ -30,33 +29,7 @@ from asgard.features.store import DTYPES
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "features"],
     doc_md=__doc__,
-    params={
-        "name": Param(type="string", pattern=IDENTIFIER["pattern"], maxLength=128, description="Feature view name."),
-        "entities": Param(type="array", items=IDENTIFIER, minItems=1, uniqueItems=True, description="Join keys."),
-        "features": Param(
-            type="array",
-            minItems=1,
-            items={
-                "type": "object",
-                "properties": {"name": IDENTIFIER, "dtype": {"type": "string", "enum": list(DTYPES)}},
-                "required": ["name", "dtype"],
-                "additionalProperties": False,
-            },
-        ),
-        "source": Param(
-            type="object",
-            properties={
-                "table_name": IDENTIFIER,
-                "timestamp_field": IDENTIFIER,
-                "created_timestamp_column": IDENTIFIER,
-            },
-            required=["table_name", "timestamp_field"],
-            additionalProperties=False,
-        ),
-        "ttl_days": Param(365, type="integer", minimum=1, maximum=3650),
-        "description": Param("", type="string"),
-        "tags": Param({}, type="object", additionalProperties={"type": "string"}),
-    },
+    params=register_features_params(),
 )
 def register_features():
     @task

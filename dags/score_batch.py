@@ -21,11 +21,11 @@ rows that already carry the model's features: `"feature_source": "input"`.
 
 from __future__ import annotations
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.core.param_schemas import ALIAS_PATTERN, IDENTIFIER, MODEL_NAME_PATTERN, SCALAR, TIMESTAMP, VERSION
-from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS, FEATURE_SOURCES, OUTPUT_PATTERN
+from asgard.scoring.params import score_batch_params
+from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS
 
 
 @dag(
@@ -34,41 +34,7 @@ from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS, FEATURE_SOURCES, OUTPUT
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "scoring"],
     doc_md=__doc__,
-    params={
-        "model_name": Param(type="string", pattern=MODEL_NAME_PATTERN),
-        "model_version": Param(None, **VERSION),
-        # Used when model_version is not given.
-        "alias": Param("champion", type="string", pattern=ALIAS_PATTERN),
-        "feature_views": Param(None, type=["null", "array"], items=IDENTIFIER, uniqueItems=True),
-        "entities_df": Param(
-            None,
-            type=["null", "object"],
-            minProperties=1,
-            additionalProperties={"type": "array", "items": SCALAR, "minItems": 1, "maxItems": 100_000},
-        ),
-        "entity_source": Param(
-            None,
-            type=["null", "object"],
-            properties={
-                "table": IDENTIFIER,
-                "path": {"type": "string", "pattern": "^(s3://|/)\\S+$"},
-                "timestamp_column": IDENTIFIER,
-            },
-            # A table or a path, not both (null: the entities are inline).
-            anyOf=[
-                {"type": "null"},
-                {"type": "object", "required": ["table"], "not": {"required": ["path"]}},
-                {"type": "object", "required": ["path"], "not": {"required": ["table"]}},
-            ],
-            additionalProperties=False,
-        ),
-        "feature_source": Param("feast", type="string", enum=list(FEATURE_SOURCES)),
-        "output_path": Param(type="string", pattern=OUTPUT_PATTERN),
-        "as_of": Param(None, **TIMESTAMP),
-        "aws_conn_id": Param("aws_default", type="string", minLength=1),
-        "chunk_rows": Param(100_000, type="integer", minimum=1, maximum=5_000_000),
-        "partition_rows": Param(1_000_000, type="integer", minimum=1),
-    },
+    params=score_batch_params(),
 )
 def score_batch():
     @task

@@ -19,13 +19,11 @@ retraining on new features (`retrain_model`).
 
 from __future__ import annotations
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.core.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, RETRAINING_POLICY, SCALAR, promotion
-from asgard.registry.metrics import METRICS
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
-from asgard.training.trainers import ALGORITHMS, FRAMEWORKS, MODEL_TYPES
+from asgard.training.params import train_model_params
 
 
 @dag(
@@ -34,35 +32,7 @@ from asgard.training.trainers import ALGORITHMS, FRAMEWORKS, MODEL_TYPES
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "training"],
     doc_md=__doc__,
-    params={
-        "experiment_name": Param(type="string", minLength=1, maxLength=256),
-        "model_name": Param(type="string", pattern=MODEL_NAME_PATTERN),
-        "framework": Param(type="string", enum=list(FRAMEWORKS)),
-        "model_type": Param(type="string", enum=list(MODEL_TYPES)),
-        "algorithm": Param(None, type=["null", "string"], enum=[None, *ALGORITHMS]),
-        "data_source": Param(
-            type="object",
-            properties={
-                "feature_views": {"type": "array", "items": IDENTIFIER, "minItems": 1, "uniqueItems": True},
-                "entities": {"type": "object", "additionalProperties": {"type": "array", "items": SCALAR}},
-                "target_column": IDENTIFIER,
-                "label_table": IDENTIFIER,
-            },
-            required=["feature_views", "target_column"],
-            additionalProperties=False,
-        ),
-        "hyperparameters": Param(
-            {"params": {}},
-            type="object",
-            properties={"params": {"type": "object"}},
-            additionalProperties=False,
-        ),
-        "tags": Param({}, type="object", additionalProperties={"type": "string"}),
-        "promotion": Param({}, **promotion([metric for names in METRICS.values() for metric in names])),
-        "retraining": Param({}, **RETRAINING_POLICY),  # retrain_model: on new features of its views
-        "test_size": Param(0.2, type="number", minimum=0.05, maximum=0.5),
-        "random_state": Param(42, type="integer"),
-    },
+    params=train_model_params(),
 )
 def train_model():
     @task

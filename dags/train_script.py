@@ -17,12 +17,12 @@ only the injected variables (`MLFLOW_TRACKING_URI`, `MLFLOW_RUN_ID`, `EXPERIMENT
 
 from __future__ import annotations
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
-from asgard.core.param_schemas import IDENTIFIER, MODEL_NAME_PATTERN, REQUIREMENT, promotion
 from asgard.core.settings import get_settings
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
+from asgard.training.params import train_script_params
 
 SETTINGS = get_settings()
 
@@ -33,30 +33,7 @@ SETTINGS = get_settings()
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "training"],
     doc_md=__doc__,
-    params={
-        "script_name": Param(type="string", pattern="^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\\.py$"),
-        "script_content": Param(type="string", minLength=1, description="The script, base64-encoded."),
-        "experiment_name": Param(type="string", minLength=1, maxLength=256),
-        "model_name": Param(type="string", pattern=MODEL_NAME_PATTERN),
-        "requirements": Param([], type="array", items=REQUIREMENT, maxItems=100),
-        # Capped by the operator (ASGARD_SCRIPT_MAX_TIMEOUT, ASGARD_SCRIPT_MAX_MEMORY_MB).
-        "timeout": Param(600, type="integer", minimum=10, maximum=SETTINGS.script_max_timeout, description="Seconds."),
-        "memory_mb": Param(
-            min(4096, SETTINGS.script_max_memory_mb), type="integer", minimum=256, maximum=SETTINGS.script_max_memory_mb
-        ),
-        "env_vars": Param(
-            {},
-            type="object",
-            propertyNames={"pattern": IDENTIFIER["pattern"]},
-            additionalProperties={"type": "string"},
-        ),
-        "use_feast": Param(True, type="boolean"),
-        "feature_view_name": Param("customer_features", **IDENTIFIER),
-        "tags": Param({}, type="object", additionalProperties={"type": "string"}),
-        "promotion": Param({}, **promotion(script=True)),
-        # The label the platform scores the model against on its own holdout (use_feast).
-        "target_column": Param("churned", **IDENTIFIER),
-    },
+    params=train_script_params(),
 )
 def train_script():
     @task

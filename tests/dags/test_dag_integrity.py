@@ -84,6 +84,36 @@ def test_params_are_schemas(dagbag):
             assert "type" in schema, f"{dag_id} param {name!r} has no JSON-schema type: {schema}"
 
 
+def test_every_form_field_says_what_it_is(dagbag):
+    # The trigger form shows each field's title and description, grouped by section.
+    for dag_id, dag in dagbag.dags.items():
+        for name in dag.params:
+            param = dag.params.get_param(name)
+            assert param.schema.get("title") and param.schema.get("section"), f"{dag_id}.{name}: no title/section"
+            assert param.description and len(param.description) > 20, f"{dag_id}.{name}: no description"
+
+
+# What pressing Trigger on an untouched form does on a fresh install (the main job's sample data).
+FILLED_FORMS = {"train_model", "register_features", "materialize_features", "monitor_model", "check_platform"}
+# The forms that wait for what only the user knows: the script, the entities, the model to deploy.
+FORMS_TO_FILL = {"train_script": {"script_name", "script_content", "experiment_name", "model_name"}}
+
+
+def test_forms_open_filled_where_a_default_does_something_useful(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    for dag_id in FILLED_FORMS:
+        params = dagbag.dags[dag_id].params
+        assert ParamsDict(params).validate(), dag_id  # the defaults as they are pass the schemas
+    train = dagbag.dags["train_model"].params
+    assert (train["model_name"], train["framework"]) == ("churn_predictor", "sklearn")
+    assert dagbag.dags["register_features"].params["name"] == "customer_support"
+    assert dagbag.dags["score_batch"].params["model_name"] == "churn_predictor"
+    for dag_id, required in FORMS_TO_FILL.items():
+        params = dagbag.dags[dag_id].params
+        assert {name for name in params if not params.get_param(name).has_value} == required, dag_id
+
+
 def _assets(items) -> set[str]:
     return {item.name for item in items}
 

@@ -1,6 +1,12 @@
-"""JSON-schema pieces shared by the DAGs' Params: one definition of each kind of value a conf carries."""
+"""JSON-schema pieces shared by the DAGs' Params: one definition of each kind of value a conf carries,
+and ``field``, which gives each Param what the trigger form shows."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+from airflow.sdk.definitions.param import NOTSET
 
 # A feature view, column, table or entity name.
 IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
@@ -55,3 +61,9 @@ RESOURCES = {
     "properties": {"requests": _CPU_MEMORY, "limits": _CPU_MEMORY},
     "additionalProperties": False,
 }
+
+
+def field(default: Any = NOTSET, *, title: str, description: str, section: str, **schema: Any) -> Param:
+    """One conf key as the trigger form draws it: its title, what it means (units, default, the seed's
+    name for it) and the section it sits in; ``schema`` is its JSON schema, which the API enforces."""
+    return Param(default, description=description, title=title, section=section, **schema)

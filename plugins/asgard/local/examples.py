@@ -8,20 +8,12 @@ from __future__ import annotations
 import base64
 
 from asgard.core.settings import REPO_ROOT
+from asgard.features.params import EXAMPLE_VIEW
+from asgard.training.params import SAMPLE_DATA_SOURCE, SAMPLE_HYPERPARAMETERS
 from sample_data.models import SEED_PREDICTION
 
 # The seed's POST /feast/features payload, registering a second view over the gold layer.
-SUPPORT_FEATURES_REQUEST = {
-    "name": "customer_support",
-    "entities": ["customer_id"],
-    "features": [
-        {"name": "support_tickets_count", "dtype": "int64"},
-        {"name": "days_since_last_purchase", "dtype": "int64"},
-    ],
-    "source": {"table_name": "customer_features", "timestamp_field": "event_timestamp"},
-    "ttl_days": 365,
-    "tags": {"team": "customer-success"},
-}
+SUPPORT_FEATURES_REQUEST = EXAMPLE_VIEW
 
 # The seed's POST /mlops/models body (without its three-customer entity filter: too few to learn from).
 CHURN_MODEL_REQUEST = {
@@ -29,8 +21,8 @@ CHURN_MODEL_REQUEST = {
     "model_name": "churn_predictor",
     "framework": "sklearn",
     "model_type": "classification",
-    "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
-    "hyperparameters": {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}},
+    "data_source": SAMPLE_DATA_SOURCE,
+    "hyperparameters": SAMPLE_HYPERPARAMETERS,
     "tags": {"team": "data-science"},
     # The champion is retrained whenever its features are materialized again (a real deployment
     # would wait a day between trainings: the default min_interval_hours is 24).

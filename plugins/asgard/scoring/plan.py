@@ -83,6 +83,13 @@ def staging_location(output: Location, batch_id: str) -> Location:
     return output.sibling(f".{name}.staging").child(batch_id)
 
 
+def default_output_path(dag_id: str, run_id: str) -> str:
+    """Where a run that names no output writes: a file of its own, so no two runs overwrite each other."""
+    from asgard.core.settings import get_settings
+
+    return str(get_settings().data_dir / "predictions" / dag_id / f"{batch_id(dag_id, run_id)}.parquet")
+
+
 def batch_id(dag_id: str, run_id: str) -> str:
     """The same for every try and re-run of one DAG run: what makes re-runs replace, not duplicate."""
     return hashlib.sha256(f"{dag_id}\n{run_id}".encode()).hexdigest()[:16]
@@ -95,7 +102,8 @@ def plan_job(params: dict[str, Any], *, dag_id: str, run_id: str, as_of: datetim
     from asgard.hooks.mlflow import MlflowHook
 
     aws_conn_id = checked_connection(params.get("aws_conn_id") or "aws_default")
-    output = Location(checked_data_path(_check_output_path(params["output_path"]), what="output_path"), aws_conn_id)
+    path = params.get("output_path") or default_output_path(dag_id, run_id)
+    output = Location(checked_data_path(_check_output_path(path), what="output_path"), aws_conn_id)
     hook = MlflowHook()
     ref = resolve_model_version(
         hook, params["model_name"], version=_text(params.get("model_version")), alias=params.get("alias")

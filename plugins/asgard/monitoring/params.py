@@ -1,0 +1,102 @@
+"""The trigger form of ``monitor_model``: each conf key with its schema, title and meaning. It opens
+ready to monitor every serving champion over the last day, as the daily schedule does."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param
+
+from asgard.core.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION, field
+from asgard.monitoring.thresholds import Thresholds
+
+MODEL, WINDOW, DATA, POLICY = "Model", "Window", "Extra data", "Thresholds and retraining"
+DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
+
+
+def monitor_model_params() -> dict[str, Param]:
+    defaults = Thresholds().as_dict()
+    return {
+        "model_name": field(
+            None,
+            title="Registered model",
+            description="The model to monitor; empty: every model whose @champion is serving. Seed field: model_name.",
+            section=MODEL,
+            type=["null", "string"],
+            pattern=MODEL_NAME_PATTERN,
+        ),
+        "model_version": field(
+            None,
+            title="Version",
+            description="The version; empty: the one the alias names. Seed field: model_version.",
+            section=MODEL,
+            **VERSION,
+        ),
+        "alias": field(
+            "champion",
+            title="Alias",
+            description="The alias that picks the version when model_version is empty. Default: champion.",
+            section=MODEL,
+            type="string",
+            pattern=ALIAS_PATTERN,
+        ),
+        "window_start": field(
+            None,
+            title="Window start",
+            description="Start of the window of scored data (ISO 8601); empty: the run's data interval "
+            "(the last day on the daily schedule).",
+            section=WINDOW,
+            **TIMESTAMP,
+        ),
+        "window_end": field(
+            None,
+            title="Window end",
+            description="End of the window (ISO 8601); empty: the end of the run's data interval.",
+            section=WINDOW,
+            **TIMESTAMP,
+        ),
+        "sources": field(
+            [],
+            title="Extra scored data",
+            description="Parquet files (absolute paths or s3://) of rows the model scored elsewhere, read "
+            "beside the serving log and the batch outputs.",
+            section=DATA,
+            type="array",
+            items=DATA_PATH,
+            uniqueItems=True,
+        ),
+        "labels": field(
+            [],
+            title="Labels",
+            description="Parquet files of arrived labels (prediction_id, label), for accuracy or RMSE.",
+            section=DATA,
+            type="array",
+            items=DATA_PATH,
+            uniqueItems=True,
+        ),
+        "aws_conn_id": field(
+            "aws_default",
+            title="AWS connection",
+            description="The Airflow connection used for s3:// paths (one of the allowed connections).",
+            section=DATA,
+            type="string",
+            minLength=1,
+        ),
+        "thresholds": field(
+            {},
+            title="Thresholds",
+            description="Overrides of the alert thresholds; the defaults: "
+            + ", ".join(f"{name} {value}" for name, value in defaults.items())
+            + " (drift: PSI; missing, out_of_range, unseen: shares of rows; persistence: windows a breach "
+            "must last before it alerts).",
+            section=POLICY,
+            type="object",
+            properties={name: {"type": ["number", "null"], "minimum": 0} for name in defaults},
+            additionalProperties=False,
+        ),
+        "retrain": field(
+            True,
+            title="Ask for retraining",
+            description="Persistent drift asks retrain_model for a new version (once per cool-down).",
+            section=POLICY,
+            type="boolean",
+        ),
+    }

@@ -1,0 +1,134 @@
+"""The trigger form of ``score_batch``: each conf key with its schema, title and meaning. It opens
+with the sample model and its champion filled in, and writes to a file of the run's own unless told
+where; the entities to score are the one thing to give (inline ``entities_df`` or an
+``entity_source``: exactly one, so neither has a default a request could carry without meaning to)."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param
+
+from asgard.core.param_schemas import ALIAS_PATTERN, IDENTIFIER, MODEL_NAME_PATTERN, SCALAR, TIMESTAMP, VERSION, field
+from asgard.scoring.plan import FEATURE_SOURCES, OUTPUT_PATTERN
+
+MODEL, INPUT, OUTPUT, SCALE = "Model", "Entities and features", "Output", "Scale"
+
+
+def score_batch_params() -> dict[str, Param]:
+    return {
+        "model_name": field(
+            "churn_predictor",
+            title="Registered model",
+            description="The MLflow registered model to score with. Seed field: model_name. Default: "
+            "churn_predictor, the sample model.",
+            section=MODEL,
+            type="string",
+            pattern=MODEL_NAME_PATTERN,
+        ),
+        "model_version": field(
+            None,
+            title="Version",
+            description="The version number; empty: the version the alias names. Seed field: model_version.",
+            section=MODEL,
+            **VERSION,
+        ),
+        "alias": field(
+            "champion",
+            title="Alias",
+            description="The alias that picks the version when model_version is empty. Default: champion.",
+            section=MODEL,
+            type="string",
+            pattern=ALIAS_PATTERN,
+        ),
+        "feature_views": field(
+            None,
+            title="Feature views",
+            description="The Feast views the features are read from; empty: the views the version was "
+            "trained on. Seed field: feature_views.",
+            section=INPUT,
+            type=["null", "array"],
+            items=IDENTIFIER,
+            uniqueItems=True,
+        ),
+        "entities_df": field(
+            None,
+            title="Entities",
+            description='Inline entity keys, e.g. {"customer_id": [1, 2, 3]} for three sample customers (up '
+            "to 100,000 per column). Seed field: entities_df. Give this or entity_source, not both.",
+            section=INPUT,
+            type=["null", "object"],
+            minProperties=1,
+            additionalProperties={"type": "array", "items": SCALAR, "minItems": 1, "maxItems": 100_000},
+        ),
+        "entity_source": field(
+            None,
+            title="Entity source",
+            description='Large jobs: {"table": a gold-layer table} or {"path": a Parquet file or folder, '
+            "local or s3://}, not both; timestamp_column: each row's as-of time. Empty: entities_df.",
+            section=INPUT,
+            type=["null", "object"],
+            properties={
+                "table": IDENTIFIER,
+                "path": {"type": "string", "pattern": "^(s3://|/)\\S+$"},
+                "timestamp_column": IDENTIFIER,
+            },
+            # A table or a path, not both (null: the entities are inline).
+            anyOf=[
+                {"type": "null"},
+                {"type": "object", "required": ["table"], "not": {"required": ["path"]}},
+                {"type": "object", "required": ["path"], "not": {"required": ["table"]}},
+            ],
+            additionalProperties=False,
+        ),
+        "feature_source": field(
+            "feast",
+            title="Feature source",
+            description="feast: features from the Feast offline store, point in time; input: the rows "
+            "already carry the model's features. Default: feast.",
+            section=INPUT,
+            type="string",
+            enum=list(FEATURE_SOURCES),
+        ),
+        "as_of": field(
+            None,
+            title="As of",
+            description="The moment features are read as of (ISO 8601); empty: the run's data interval end.",
+            section=INPUT,
+            **TIMESTAMP,
+        ),
+        "output_path": field(
+            None,
+            title="Output file",
+            description="Where the predictions are written, as one Parquet file: an absolute path under "
+            "the allowed data roots, or s3://bucket/key.parquet. Written whole or not at all; a re-run "
+            "replaces it. Seed field: output_path. Empty: a file of the run's own under the platform's "
+            "data folder (predictions/score_batch/), named in the run's result.",
+            section=OUTPUT,
+            type=["null", "string"],
+            pattern=OUTPUT_PATTERN,
+        ),
+        "aws_conn_id": field(
+            "aws_default",
+            title="AWS connection",
+            description="The Airflow connection used for s3:// paths (one of the allowed connections).",
+            section=OUTPUT,
+            type="string",
+            minLength=1,
+        ),
+        "chunk_rows": field(
+            100_000,
+            title="Rows per chunk",
+            description="Rows scored at once inside a partition (bounds a worker's memory). Default: 100,000.",
+            section=SCALE,
+            type="integer",
+            minimum=1,
+            maximum=5_000_000,
+        ),
+        "partition_rows": field(
+            1_000_000,
+            title="Rows per partition",
+            description="Rows per mapped scoring task (partitions run in parallel). Default: 1,000,000.",
+            section=SCALE,
+            type="integer",
+            minimum=1,
+        ),
+    }
