@@ -307,3 +307,47 @@ def test_no_generated_request_gets_a_server_error(client, mode):
                 assert response.status_code in (200, 422), response.text  # 422: a value the model cannot take
 
         call()
+
+
+@pytest.mark.parametrize("flavor", ["onnx", "native"])
+def test_the_seed_example_verbatim_against_a_model_with_a_column_the_seed_does_not_send(tmp_path, flavor):
+    """The sample model also learns from ``segment``; its pipeline imputes every column, so the
+    signature makes them optional and the seed's six-feature request is answered: the left-out
+    column is missing, filled as in training (identical to the native model on that frame)."""
+    import numpy as np
+    import pandas as pd
+
+    from asgard.registry.versions import prepare_features
+    from asgard.serving.image import signature_columns
+    from sample_data.models import SAMPLE_FEATURES
+
+    features, target = training_frame(customers=3000, features=SAMPLE_FEATURES)
+    spec = trainers.ModelSpec.from_request(
+        {"framework": "sklearn", "model_type": "classification", "hyperparameters": {"params": {"n_estimators": 20}}}
+    )
+    model = spec.fit(features[:2400], target[:2400])
+    columns = signature_columns(trainers.model_signature(model, features.head(5)))
+    assert {c["name"]: c["required"] for c in columns} == dict.fromkeys(SAMPLE_FEATURES, False)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    info = write_bundle(
+        folder,
+        model,
+        columns,
+        "classification",
+        features[2400:] if flavor == "onnx" else None,
+        identity={"model_name": "churn", "version": "4", "run_id": "r2", "source": "models:/m-2"},
+        labels={},
+    )
+    assert info["flavor"] == flavor, info["flavor_reason"]
+    with TestClient(create_app(str(folder))) as test_client:
+        answer = test_client.post("/predict", json=SEED_PAYLOAD)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        # A column outside the signature is still refused, naming it.
+        typo = test_client.post("/predict", json={"inputs": {**SEED_PAYLOAD["inputs"], "segmnt": ["smb", "smb"]}})
+        assert typo.status_code == 422 and "segmnt" in typo.text
+    frame = prepare_features(pd.DataFrame({**SEED_PAYLOAD["inputs"], "segment": [None, None]})[SAMPLE_FEATURES])
+    assert frame["segment"].isna().all()
+    assert body["predictions"] == model.predict(frame).tolist()
+    assert np.abs(np.array(body["probabilities"]) - model.predict_proba(frame)).max() < 1e-6

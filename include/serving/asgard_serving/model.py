@@ -208,7 +208,9 @@ class Predictor:
                 if (frame[column.name].abs() > FLOAT32_MAX).any():
                     raise InputError(f"column {column.name}: a value is beyond the model's float32 range (±3.4e38)")
             elif column.type in STRING_TYPES:
-                frame[column.name] = frame[column.name].astype("object")
+                # NaN, not None, is what scikit-learn's imputers fill (an absent optional column too).
+                values = frame[column.name].astype("object")
+                frame[column.name] = values.where(values.notna(), float("nan"))
         try:
             result: dict[str, Any] = {"predictions": _plain(self.model.predict(frame).tolist())}
             if probabilities and self.bundle.is_classifier and hasattr(self.model, "predict_proba"):

@@ -10,7 +10,6 @@ import base64
 from asgard.core.settings import REPO_ROOT
 from asgard.features.params import EXAMPLE_VIEW
 from asgard.training.params import SAMPLE_DATA_SOURCE, SAMPLE_HYPERPARAMETERS
-from sample_data.models import SEED_PREDICTION
 
 # The seed's POST /feast/features payload, registering a second view over the gold layer.
 SUPPORT_FEATURES_REQUEST = EXAMPLE_VIEW
@@ -62,9 +61,6 @@ BATCH_REQUEST = {
     "feature_views": ["customer_features"],
     "entities_df": {"customer_id": [1, 2, 3]},
 }
-
-# The seed's /predict example, plus the sample model's categorical feature.
-EXAMPLE_PREDICTION = {**SEED_PREDICTION, "inputs": {**SEED_PREDICTION["inputs"], "segment": ["consumer", "smb"]}}
 
 
 def monitoring_windows(folder, *, days: int, rows: int = 2000) -> tuple:

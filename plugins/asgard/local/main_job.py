@@ -26,7 +26,6 @@ from asgard.local.cli import MlopsClient
 from asgard.local.examples import (
     BATCH_REQUEST,
     CHURN_MODEL_REQUEST,
-    EXAMPLE_PREDICTION,
     EXAMPLE_REQUIREMENTS,
     EXAMPLE_SCRIPT,
     FRAMEWORK_PARAMS,
@@ -138,7 +137,7 @@ class MainJob:
                 f"{push['reference']} ({build['model_name']} v{build['version']}, {build['flavor']}, "
                 f"{'built' if build['built'] else 'reused'})"
             )
-            answer = httpx.post(f"{deployed['endpoint']}/predict", json=EXAMPLE_PREDICTION, timeout=30)
+            answer = httpx.post(f"{deployed['endpoint']}/predict", json=SEED_PREDICTION, timeout=30)
             if answer.status_code != 200:
                 raise MainJobError(f"{deployed['endpoint']}/predict answered {answer.status_code}: {answer.text}")
             served = answer.json()

@@ -217,6 +217,12 @@ def categorical_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def prepare_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Numbers as float64 (so a missing value is NaN, in training and in serving), the rest as strings."""
+    """Numbers as float64 and the rest as strings, a missing value NaN in both (None is not missing to
+    scikit-learn's imputers): the same in training, scoring and serving."""
+    import numpy as np
+
     categorical = set(categorical_columns(frame))
-    return frame.astype({column: "object" if column in categorical else "float64" for column in frame.columns})
+    typed = frame.astype({column: "object" if column in categorical else "float64" for column in frame.columns})
+    for column in categorical:
+        typed[column] = typed[column].where(typed[column].notna(), np.nan)
+    return typed

@@ -106,7 +106,7 @@ def export_bundle(hook: MlflowHook, ref: ModelVersionRef, folder: Path, labels: 
             f"{ref.name} version {ref.version} is a {', '.join(sorted(meta.flavors))} model; the serving image "
             "serves MLflow sklearn-flavor models (pipelines of scikit-learn, XGBoost and LightGBM estimators)"
         )
-    columns = _signature_columns(meta.signature)
+    columns = signature_columns(meta.signature)
     sample = _holdout_sample(hook, ref, native, meta, [c["name"] for c in columns])
     request = {
         "pickled_model": f"{MODEL_INSIDE}/{meta.flavors['sklearn']['pickled_model']}",
@@ -167,7 +167,7 @@ def model_requirements(native: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith(("#", "-")) and not line.startswith("mlflow")]
 
 
-def _signature_columns(signature: Any) -> list[dict[str, Any]]:
+def signature_columns(signature: Any) -> list[dict[str, Any]]:
     columns = []
     for spec in signature.inputs.inputs:
         if spec.name is None:

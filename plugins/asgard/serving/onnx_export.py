@@ -100,7 +100,21 @@ def convert(model: Any, columns: list[dict[str, str]], model_type: str, sample: 
         onnx_bytes = _to_onnx(model, columns, model_type)
     except Exception as error:  # skl2onnx raises many types for "cannot convert this"
         return Conversion(None, f"not convertible to ONNX ({type(error).__name__}: {error}): serving the native model")
-    return _check(onnx_bytes, model, columns, model_type, sample)
+    return _check(onnx_bytes, model, columns, model_type, with_optional_columns_left_out(sample, columns))
+
+
+def with_optional_columns_left_out(sample: pd.DataFrame, columns: list[dict[str, Any]], rows: int = 20) -> pd.DataFrame:
+    """The sample, plus for each optional column some of its rows with that column missing: what a
+    request that leaves the column out becomes in the server, so the check covers it too."""
+    import pandas as pd
+
+    gaps = []
+    for column in columns:
+        if not column.get("required", True):
+            rows_without = sample.head(rows).copy()
+            rows_without[column["name"]] = float("nan")  # as the server hands the model a missing value
+            gaps.append(rows_without)
+    return pd.concat([sample, *gaps], ignore_index=True) if gaps else sample
 
 
 def _to_onnx(model: Any, columns: list[dict[str, str]], model_type: str) -> bytes:

@@ -128,7 +128,6 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
     """Fit on the train split, score on the holdout, log model, metrics and reference profile to MLflow."""
     import mlflow
     import pandas as pd
-    from mlflow.models import infer_signature
 
     spec = trainers.ModelSpec.from_request(request)
     hook = MlflowHook()
@@ -162,7 +161,7 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
         info = mlflow.sklearn.log_model(
             model,
             name=MODEL_ARTIFACT,
-            signature=infer_signature(example, model.predict(example)),
+            signature=trainers.model_signature(model, example),
             input_example=example,
             pip_requirements=trainers.pip_requirements(spec.framework),
             # skops, MLflow's default, cannot hold XGBoost/LightGBM estimators and scans every loaded

@@ -16,6 +16,7 @@ from asgard.registry.versions import categorical_columns
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow.models import ModelSignature
     from sklearn.pipeline import Pipeline
 
 FRAMEWORKS = ("sklearn", "xgboost", "lightgbm")
@@ -161,3 +162,29 @@ def pip_requirements(framework: str) -> list[str]:
         else:
             raise RuntimeError(f"none of {', '.join(candidates)} is installed, but a {framework} model needs it")
     return pins
+
+
+def model_signature(model: Pipeline, example: pd.DataFrame) -> ModelSignature:
+    """The model's MLflow signature. The inputs its pipeline imputes are optional (``required=False``):
+    a request may leave such a column out, and the model fills it as it fills a missing value in
+    training (the median, the most frequent category); the serving app sends it as missing."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inferred = infer_signature(example, model.predict(example))
+    imputed = imputed_columns(model)
+    inputs = [ColSpec(spec.type, spec.name, required=spec.name not in imputed) for spec in inferred.inputs.inputs]
+    return ModelSignature(Schema(inputs), inferred.outputs)
+
+
+def imputed_columns(model: Pipeline) -> set[str]:
+    """The input columns whose first step in the fitted pipeline is an imputer."""
+    from sklearn.impute import SimpleImputer
+
+    preprocess = model.named_steps.get("preprocess") if hasattr(model, "named_steps") else None
+    imputed: set[str] = set()
+    for _, transformer, columns in getattr(preprocess, "transformers_", []):
+        first = transformer.steps[0][1] if hasattr(transformer, "steps") else transformer
+        if isinstance(first, SimpleImputer):
+            imputed.update(columns)
+    return imputed
