@@ -1,4 +1,5 @@
-"""Airflow plugin: the seed's REST API (``/mlops``, ``/feast``) inside the Airflow API server."""
+"""Airflow plugin: the seed's REST API (``/mlops``, ``/feast``) inside the Airflow API server, and the
+Models page (served by ``/mlops``) in the Airflow UI's navigation."""
 
 from __future__ import annotations
 
@@ -12,4 +13,15 @@ class AsgardApiPlugin(AirflowPlugin):
     fastapi_apps = [
         {"app": mlops.create_app(), "url_prefix": "/mlops", "name": "Asgard MLOps API"},
         {"app": feast.create_app(), "url_prefix": "/feast", "name": "Asgard Feast API"},
+    ]
+    # Shown inside the UI (an iframe at /plugin/models), behind Airflow's login: the page reads the
+    # UI's session cookie like every /mlops route.
+    external_views = [
+        {
+            "name": "Models",
+            "href": "/mlops/ui/models",
+            "url_route": "models",
+            "destination": "nav",
+            "nav_top_level": True,
+        }
     ]

@@ -17,6 +17,10 @@ die() { printf 'asgard setup: %s\n' "$*" >&2; exit 1; }
 # bubblewrap and the system's python3 run uploaded scripts in sandboxes (asgard.core.sandbox).
 APT_PACKAGES=(git docker-compose docker.io containerd runc iptables debootstrap docker-registry apache2-utils wrk
   bubblewrap python3)
+# With --test-tools (./asgard test): a browser and its driver for the UI tests (selenium drives them).
+if [ "${1:-}" = "--test-tools" ]; then
+  APT_PACKAGES+=(chromium chromium-driver)
+fi
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -6,13 +6,17 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
 
+from asgard.hooks.airflow_api import AirflowApi, fetch_token
 from conftest import free_port
+from e2e.browser import chromium, log_in, open_the_models_page, trigger_with_the_forms_defaults
+from e2e.seed_examples import run_the_seed_examples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,6 +127,14 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         assert password not in out  # printed only on request
         assert f"MLflow UI:   http://127.0.0.1:{env['ASGARD_MLFLOW_PORT']}" in out
 
+        # The seed's own examples against this stack, then the UI in a real browser.
+        airflow = f"http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}"
+        token = fetch_token(airflow, "admin", password)
+        router = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}"
+        seed_output = tmp_path / "data" / "predictions" / "seed-batch.parquet"  # under the data roots
+        run_the_seed_examples(airflow, router, token, seed_output, customers=300)
+        a_user_trains_from_the_form_and_finds_the_champion(airflow, token, password)
+
         status = asgard("status", env=env, timeout=60)
         assert status.returncode == 0 and password not in status.stdout
         assert password in asgard("status", "--show-password", env=env, timeout=60).stdout
@@ -141,3 +153,33 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
     assert stop.returncode == 0, stop.stderr
     assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert "stopped" in asgard("status", env=env, timeout=60).stdout
+
+
+def a_user_trains_from_the_form_and_finds_the_champion(airflow: str, token: str, password: str) -> None:
+    """Log in, press Trigger on train_model's untouched form, see the run succeed; then the Models
+    page inside the UI shows the champion and each feature's drift over time."""
+    from selenium.webdriver.common.by import By
+
+    api = AirflowApi(airflow, token)
+    before = set(api.list_run_ids("train_model"))
+    with chromium() as driver:
+        log_in(driver, airflow, "admin", password)
+        trigger_with_the_forms_defaults(driver, airflow, "train_model")
+        deadline = time.monotonic() + 60
+        while not (started := set(api.list_run_ids("train_model")) - before) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert len(started) == 1, started
+        run_id = started.pop()
+        assert api.runs.get_dag_run("train_model", run_id).conf["model_name"] == "churn_predictor"
+        outcome = api.wait_for_run("train_model", run_id, timeout=600)
+        assert outcome.state == "success", outcome.failure
+
+        heading = open_the_models_page(driver, airflow, "churn_predictor")
+        assert heading.text == "churn_predictor"
+        assert "@champion" in driver.find_element(By.TAG_NAME, "body").text
+        features = {
+            line.get_attribute("data-feature")
+            for line in driver.find_elements(By.CSS_SELECTOR, "svg.drift-chart polyline.drift-series")
+        }
+        assert {"days_since_last_purchase", "total_purchases"} <= features, features
+        assert driver.find_elements(By.LINK_TEXT, "HTML report") and driver.find_elements(By.LINK_TEXT, "MLflow run")

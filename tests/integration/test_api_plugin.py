@@ -206,6 +206,15 @@ def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedde
     assert trained["result"]["reason"] == "no current champion" and "fit_model" in trained["tasks"]
     details = client.get(f"/models/{trained_name}")
     assert details["aliases"] == {"champion": "1"} and details["versions"][0]["metrics"]["roc_auc"] > 0.5
+    assert details["versions"][0]["aliases"] == ["champion"]  # each version's own, not only the model's map
+    # The Models page (the UI's view of the same) lists it, and its page shows the version and its gate.
+    index = httpx.get(f"{server}/mlops/ui/models", headers=auth, timeout=60)
+    assert index.status_code == 200 and f"href='models/{trained_name}'" in index.text
+    page = httpx.get(f"{server}/mlops/ui/models/{trained_name}", headers=auth, timeout=60).text
+    assert "<td>v1</td>" in page and "no current champion" in page and "Not monitored yet" in page
+    assert httpx.get(f"{server}/mlops/ui/models/{trained_name}", timeout=60).status_code == 401
+    for name in ("..%2F..%2Fetc", "v1-x.html"):
+        assert httpx.get(f"{server}/mlops/ui/reports/{trained_name}/{name}", headers=auth).status_code == 404
 
     model = f"api_batch_{uuid.uuid4().hex[:6]}"
     version = register_sample_model(settings.mlflow_url, model, customers=500)

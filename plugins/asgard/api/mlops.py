@@ -216,7 +216,54 @@ def create_app() -> FastAPI:
             limit=body.limit,
         )
 
+    add_models_page(app)
     return app
+
+
+def add_models_page(app: FastAPI) -> None:
+    """The Models page the Airflow UI shows (``asgard_plugin``'s external view), behind Airflow's login."""
+    from fastapi import HTTPException
+    from fastapi.responses import FileResponse, HTMLResponse
+
+    from asgard.api import models_page
+
+    @app.get("/ui/models", include_in_schema=False, dependencies=[requires("GET", "train_model")])
+    @offloaded
+    def models_index() -> HTMLResponse:
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.registry.models import describe_models
+
+        return HTMLResponse(models_page.models_index(describe_models(MlflowHook())))
+
+    @app.get("/ui/models/{model_name}", include_in_schema=False, dependencies=[requires("GET", "train_model")])
+    @offloaded
+    def model_details(model_name: str) -> HTMLResponse:
+        from asgard.core.settings import get_settings
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.monitoring.store import MonitoringStore
+        from asgard.registry.models import describe_model
+
+        hook = MlflowHook()
+        model = describe_model(hook, model_name)
+        history = MonitoringStore(get_settings().monitoring_db_url).history(model_name, limit=1000)
+        return HTMLResponse(models_page.model_page(model, history, mlflow_url=redact_url(hook.tracking_uri)))
+
+    @app.get(
+        "/ui/reports/{model_name}/{report}", include_in_schema=False, dependencies=[requires("GET", "monitor_model")]
+    )
+    def monitoring_report(model_name: str, report: str) -> FileResponse:
+        import re
+
+        from asgard.core.param_schemas import MODEL_NAME_PATTERN
+        from asgard.core.settings import get_settings
+
+        # Both names are checked before they touch a path: no separator, no "..", no other file.
+        if not re.match(MODEL_NAME_PATTERN, model_name) or not models_page.REPORT_NAME.match(report):
+            raise HTTPException(404, detail="no such report")
+        path = get_settings().data_dir / "monitoring" / "reports" / model_name / report
+        if not path.is_file():
+            raise HTTPException(404, detail=f"no report {report} for {model_name}")
+        return FileResponse(path, media_type="text/html")
 
 
 def _job_url(request: Request, job: dict[str, Any]) -> str:

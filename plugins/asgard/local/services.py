@@ -216,10 +216,11 @@ class ServiceManager(ProcessSupervisor):
         s = self.settings
         return Service(
             name="airflow",
-            argv=[str(venv_bin() / "airflow"), "standalone"],
+            # airflow standalone, without the log servers that would listen on every interface
+            argv=[str(venv_bin() / "python"), "-m", "asgard.local.airflow_standalone"],
             health_url=f"{s.airflow_url}/api/v2/monitor/health",
             port=s.airflow_port,
-            env=self.airflow_env(),
+            env={**self.airflow_env(), "PYTHONPATH": str(REPO_ROOT / "plugins")},
             prepare=self._prepare_airflow,
         )
 

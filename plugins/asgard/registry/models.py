@@ -323,7 +323,8 @@ def describe_model(hook: MlflowHook, model_name: str) -> dict[str, Any]:
     )
     return {
         **_model_summary(hook, model),
-        "versions": [_version_details(hook, version) for version in versions],
+        # search_model_versions leaves each version's aliases out: the model's own map has them.
+        "versions": [_version_details(hook, version, model.aliases or {}) for version in versions],
     }
 
 
@@ -341,18 +342,19 @@ def _model_summary(hook: MlflowHook, model: Any) -> dict[str, Any]:
     }
 
 
-def _version_details(hook: MlflowHook, version: ModelVersion) -> dict[str, Any]:
+def _version_details(hook: MlflowHook, version: ModelVersion, aliases: dict[str, Any]) -> dict[str, Any]:
     tags = dict(version.tags or {})
-    logged = hook.client.get_run(version.run_id).data.metrics if version.run_id else {}
+    run = hook.client.get_run(version.run_id) if version.run_id else None
     deployment = prefixed_tags(tags, DEPLOY_TAG_PREFIX)
     return {
         "version": str(version.version),
-        "aliases": list(version.aliases or []),
+        "aliases": sorted(alias for alias, number in aliases.items() if str(number) == str(version.version)),
         "run_id": version.run_id,
+        "experiment_id": run.info.experiment_id if run else None,
         "status": version.status,
         "description": version.description or "",
         "created_at": _millis_iso(version.creation_timestamp),
-        "metrics": logged,
+        "metrics": run.data.metrics if run else {},
         "gate": prefixed_tags(tags, GATE_TAG_PREFIX),
         "deployment": deployment or None,
         "tags": {key: value for key, value in tags.items() if not key.startswith((DEPLOY_TAG_PREFIX, GATE_TAG_PREFIX))},
