@@ -94,8 +94,15 @@ def test_every_form_field_says_what_it_is(dagbag):
 
 
 # What pressing Trigger on an untouched form does on a fresh install (the main job's sample data).
-FILLED_FORMS = {"train_model", "register_features", "materialize_features", "monitor_model", "check_platform"}
-# The forms that wait for what only the user knows: the script, the entities, the model to deploy.
+FILLED_FORMS = {
+    "train_model",
+    "score_batch",
+    "register_features",
+    "materialize_features",
+    "monitor_model",
+    "check_platform",
+}
+# The forms that wait for what only the user knows: the script and what to call its model.
 FORMS_TO_FILL = {"train_script": {"script_name", "script_content", "experiment_name", "model_name"}}
 
 
@@ -108,7 +115,8 @@ def test_forms_open_filled_where_a_default_does_something_useful(dagbag):
     train = dagbag.dags["train_model"].params
     assert (train["model_name"], train["framework"]) == ("churn_predictor", "sklearn")
     assert dagbag.dags["register_features"].params["name"] == "customer_support"
-    assert dagbag.dags["score_batch"].params["model_name"] == "churn_predictor"
+    score = dagbag.dags["score_batch"].params
+    assert (score["model_name"], score["entities_df"]) == ("churn_predictor", {"customer_id": [1, 2, 3]})
     for dag_id, required in FORMS_TO_FILL.items():
         params = dagbag.dags[dag_id].params
         assert {name for name in params if not params.get_param(name).has_value} == required, dag_id

@@ -29,7 +29,7 @@ from asgard.scoring.batch import score_partition
 from asgard.scoring.plan import plan_job
 from asgard.scoring.publish import publish
 from asgard.scoring.scorer import PREDICTION
-from asgard.scoring.sources import ScoringError
+from asgard.scoring.sources import SAMPLE_ENTITIES, ScoringError
 from conftest import sqlite_mlflow_home
 from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
 from sample_data.models import SAMPLE_FEATURES, register_sample_model
@@ -149,6 +149,8 @@ def test_alias_and_gold_table_source_score_every_row_as_of_its_own_timestamp(hom
         {
             "model_name": MODEL,
             "alias": "champion",
+            # As a run's params arrive from the form: its sample entities left as they were, a source given.
+            "entities_df": SAMPLE_ENTITIES,
             "entity_source": {"table": FEATURE_TABLE, "timestamp_column": "event_timestamp"},
             "output_path": str(out),
             "partition_rows": SPEC.customers,  # one partition per daily data file

@@ -1,7 +1,6 @@
 """The trigger form of ``score_batch``: each conf key with its schema, title and meaning. It opens
-with the sample model and its champion filled in, and writes to a file of the run's own unless told
-where; the entities to score are the one thing to give (inline ``entities_df`` or an
-``entity_source``: exactly one, so neither has a default a request could carry without meaning to)."""
+with the sample model's champion and three sample customers, and writes to a file of the run's own
+unless told where, so pressing Trigger on a fresh install scores the sample batch."""
 
 from __future__ import annotations
 
@@ -9,6 +8,7 @@ from airflow.sdk import Param
 
 from asgard.core.param_schemas import ALIAS_PATTERN, IDENTIFIER, MODEL_NAME_PATTERN, SCALAR, TIMESTAMP, VERSION, field
 from asgard.scoring.plan import FEATURE_SOURCES, OUTPUT_PATTERN
+from asgard.scoring.sources import SAMPLE_ENTITIES
 
 MODEL, INPUT, OUTPUT, SCALE = "Model", "Entities and features", "Output", "Scale"
 
@@ -50,10 +50,11 @@ def score_batch_params() -> dict[str, Param]:
             uniqueItems=True,
         ),
         "entities_df": field(
-            None,
+            SAMPLE_ENTITIES,
             title="Entities",
-            description='Inline entity keys, e.g. {"customer_id": [1, 2, 3]} for three sample customers (up '
-            "to 100,000 per column). Seed field: entities_df. Give this or entity_source, not both.",
+            description="Inline entity keys (up to 100,000 per column). Seed field: entities_df. Default: "
+            "three sample customers, which an entity_source replaces; any other entities beside an "
+            "entity_source are refused as ambiguous.",
             section=INPUT,
             type=["null", "object"],
             minProperties=1,

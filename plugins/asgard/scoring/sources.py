@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
+# score_batch's form opens with these inline entities (the sample's first three customers), so that
+# pressing Trigger scores the sample batch. Left as they are beside an entity_source, the source is
+# what the user gave; any other entities_df beside a source is ambiguous, and refused.
+SAMPLE_ENTITIES = {"customer_id": [1, 2, 3]}
+
+
 class ScoringError(InputError):
     """A scoring request names something that does not exist or cannot be used (every problem listed)."""
 
@@ -47,6 +53,8 @@ class EntitySource:
     @classmethod
     def from_params(cls, params: dict[str, Any], aws_conn_id: str) -> EntitySource:
         inline, source = params.get("entities_df"), params.get("entity_source") or {}
+        if source and inline == SAMPLE_ENTITIES:
+            inline = None  # the form's default, left as it was
         if bool(inline) == bool(source):
             raise ScoringError("give exactly one of entities_df (inline rows) and entity_source (a table or a path)")
         if inline:
