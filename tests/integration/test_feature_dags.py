@@ -56,11 +56,11 @@ def test_unknown_column_fails_the_run_and_leaves_the_registry_alone(feature_stac
 @pytest.mark.parametrize(
     ("conf", "named"),
     [
-        ({k: v for k, v in SUPPORT_FEATURES_REQUEST.items() if k != "name"}, "name"),
+        ({**SUPPORT_FEATURES_REQUEST, "name": "support view!"}, "support view!"),
         ({**SUPPORT_FEATURES_REQUEST, "features": [{"name": "x", "dtype": "decimal"}]}, "decimal"),
         ({**SUPPORT_FEATURES_REQUEST, "ttl_days": 0}, "ttl_days"),
     ],
-    ids=["missing-name", "bad-dtype", "bad-ttl"],
+    ids=["bad-name", "bad-dtype", "bad-ttl"],
 )
 def test_bad_register_conf_is_a_400(feature_stack, conf, named):
     api = feature_stack.api

@@ -69,14 +69,14 @@ SEED_BATCH = {
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ({"output_path": None}, "output_path"),
+        ({"output_path": 42}, "output_path"),
         ({"output_path": "predictions/batch.parquet"}, "output_path"),
         ({"feature_source": "spark"}, "feature_source"),
         ({"model_version": "latest"}, "model_version"),
         ({"entities_df": None, "entity_source": {"table": "t", "path": "/p.parquet"}}, "entity_source"),
         ({"entities_df": {"customer_id": []}}, "entities_df"),
     ],
-    ids=["no-output", "relative-output", "unknown-feature-source", "bad-version", "two-sources", "no-rows"],
+    ids=["number-output", "relative-output", "unknown-feature-source", "bad-version", "two-sources", "no-rows"],
 )
 def test_bad_score_batch_conf_is_a_400_and_creates_no_run(embedded_stack, change, named):
     api = embedded_stack.api
