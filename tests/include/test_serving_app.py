@@ -351,3 +351,32 @@ def test_the_seed_example_verbatim_against_a_model_with_a_column_the_seed_does_n
     assert frame["segment"].isna().all()
     assert body["predictions"] == model.predict(frame).tolist()
     assert np.abs(np.array(body["probabilities"]) - model.predict_proba(frame)).max() < 1e-6
+
+
+def test_a_bare_estimator_as_scripts_log_it_is_served_as_onnx(tmp_path):
+    """A script often logs the estimator alone (one numeric matrix in): the exporter puts a passthrough
+    ColumnTransformer in front so its graph takes one input per column, checked like any other."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+
+    features, target = training_frame(customers=3000)
+    features = features.fillna(features.median())
+    model = RandomForestClassifier(n_estimators=30, max_depth=6, random_state=1).fit(features[:2400], target[:2400])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    info = write_bundle(
+        folder,
+        model,
+        COLUMNS,
+        "classification",
+        features[2400:],
+        identity={"model_name": "script", "version": "1", "run_id": "r3", "source": "models:/m-3"},
+        labels={},
+    )
+    assert info["flavor"] == "onnx", info["flavor_reason"]
+    with TestClient(create_app(str(folder))) as test_client:
+        body = test_client.post("/predict", json=SEED_PAYLOAD).json()
+    frame = pd.DataFrame(SEED_PAYLOAD["inputs"]).astype("float64")
+    assert body["predictions"] == model.predict(frame).tolist()
+    assert np.abs(np.array(body["probabilities"]) - model.predict_proba(frame)).max() < 1e-6

@@ -97,10 +97,25 @@ def convert(model: Any, columns: list[dict[str, str]], model_type: str, sample: 
     if sample is None or len(sample) == 0:
         return Conversion(None, "no holdout sample to check an ONNX conversion against: serving the native model")
     try:
-        onnx_bytes = _to_onnx(model, columns, model_type)
+        onnx_bytes = _to_onnx(_with_one_input_per_column(model, columns, sample), columns, model_type)
     except Exception as error:  # skl2onnx raises many types for "cannot convert this"
         return Conversion(None, f"not convertible to ONNX ({type(error).__name__}: {error}): serving the native model")
     return _check(onnx_bytes, model, columns, model_type, with_optional_columns_left_out(sample, columns))
+
+
+def _with_one_input_per_column(model: Any, columns: list[dict[str, Any]], sample: pd.DataFrame) -> Any:
+    """A model that takes one numeric matrix (a bare estimator, as scripts often log it) behind a
+    passthrough ColumnTransformer, so its ONNX graph takes one input per column, as the server feeds
+    them; it predicts exactly what the model does (the check below holds it to that)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    first = model.steps[0][1] if isinstance(model, Pipeline) else model
+    if isinstance(first, ColumnTransformer) or any(column["type"] == "string" for column in columns):
+        return model
+    names = [column["name"] for column in columns]
+    inputs = ColumnTransformer([("inputs", "passthrough", names)]).fit(sample[names])
+    return Pipeline([("inputs", inputs), ("model", model)])
 
 
 def with_optional_columns_left_out(sample: pd.DataFrame, columns: list[dict[str, Any]], rows: int = 20) -> pd.DataFrame:
