@@ -363,17 +363,7 @@ def test_a_bare_estimator_as_scripts_log_it_is_served_as_onnx(tmp_path):
     features, target = training_frame(customers=3000)
     features = features.fillna(features.median())
     model = RandomForestClassifier(n_estimators=30, max_depth=6, random_state=1).fit(features[:2400], target[:2400])
-    folder = tmp_path / "model"
-    folder.mkdir()
-    info = write_bundle(
-        folder,
-        model,
-        COLUMNS,
-        "classification",
-        features[2400:],
-        identity={"model_name": "script", "version": "1", "run_id": "r3", "source": "models:/m-3"},
-        labels={},
-    )
+    folder, info = _bundle(tmp_path, (model, features[2400:]))
     assert info["flavor"] == "onnx", info["flavor_reason"]
     with TestClient(create_app(str(folder))) as test_client:
         body = test_client.post("/predict", json=SEED_PAYLOAD).json()

@@ -67,3 +67,37 @@ def field(default: Any = NOTSET, *, title: str, description: str, section: str, 
     """One conf key as the trigger form draws it: its title, what it means (units, default, the seed's
     name for it) and the section it sits in; ``schema`` is its JSON schema, which the API enforces."""
     return Param(default, description=description, title=title, section=section, **schema)
+
+
+def version_fields(section: str, version_key: str = "model_version", *, alias_note: str = "") -> dict[str, Param]:
+    """A model version by number (``version_key``), else by the alias that names it (default champion)."""
+    seed = f" Seed field: {version_key}." if version_key == "model_version" else ""
+    return {
+        version_key: field(
+            None,
+            title="Version",
+            description=f"The version number; empty: the version the alias names.{seed}",
+            section=section,
+            **VERSION,
+        ),
+        "alias": field(
+            "champion",
+            title="Alias",
+            description=f"The alias that picks the version when {version_key} is empty{alias_note}. Default: champion.",
+            section=section,
+            type="string",
+            pattern=ALIAS_PATTERN,
+        ),
+    }
+
+
+def aws_connection_field(section: str) -> Param:
+    """``aws_conn_id``: the connection s3:// paths are read and written with (only the allowed ones work)."""
+    return field(
+        "aws_default",
+        title="AWS connection",
+        description="The Airflow connection used for s3:// paths (one of the allowed connections).",
+        section=section,
+        type="string",
+        minLength=1,
+    )

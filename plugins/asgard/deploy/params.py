@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from asgard.core.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, RESOURCES, VERSION, field
+from asgard.core.param_schemas import MODEL_NAME_PATTERN, RESOURCES, field, version_fields
 
 MODEL, TARGET = "Model", "Target"
 
@@ -22,22 +22,7 @@ def deploy_model_params() -> dict[str, Param]:
             type=["null", "string"],
             pattern=MODEL_NAME_PATTERN,
         ),
-        "version": field(
-            None,
-            title="Version",
-            description="The version to deploy; empty: the one the alias names.",
-            section=MODEL,
-            **VERSION,
-        ),
-        "alias": field(
-            "champion",
-            title="Alias",
-            description="The alias that picks the version when version is empty; a failed deploy moves it "
-            "back. Default: champion.",
-            section=MODEL,
-            type="string",
-            pattern=ALIAS_PATTERN,
-        ),
+        **version_fields(MODEL, "version", alias_note="; a failed deploy moves it back"),
         "target": field(
             "docker",
             title="Target",

@@ -168,9 +168,10 @@ class AirflowApi:
         instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
         tasks, texts = {}, {}
         for ti in instances:
-            tasks[_task_key(ti)] = state = _task_state(ti)
+            key, state = _task_key(ti), _task_state(ti)
+            tasks[key] = state
             if logs and state in ("success", "failed", "up_for_retry") and ti.try_number:
-                texts[_task_key(ti)] = self.task_log(dag_id, run_id, ti.task_id, ti.map_index, ti.try_number)
+                texts[key] = self.task_log(dag_id, run_id, ti.task_id, ti.map_index, ti.try_number)
         state = str(getattr(run.state, "value", run.state))
         return {
             "dag_id": dag_id,

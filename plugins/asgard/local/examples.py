@@ -9,6 +9,7 @@ import base64
 
 from asgard.core.settings import REPO_ROOT
 from asgard.features.params import EXAMPLE_VIEW
+from asgard.scoring.sources import SAMPLE_ENTITIES
 from asgard.training.params import SAMPLE_DATA_SOURCE, SAMPLE_HYPERPARAMETERS
 
 # The seed's POST /feast/features payload, registering a second view over the gold layer.
@@ -59,7 +60,7 @@ BATCH_REQUEST = {
     "model_name": "churn_predictor",
     "alias": "champion",
     "feature_views": ["customer_features"],
-    "entities_df": {"customer_id": [1, 2, 3]},
+    "entities_df": SAMPLE_ENTITIES,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from asgard.core.param_schemas import ALIAS_PATTERN, MODEL_NAME_PATTERN, TIMESTAMP, VERSION, field
+from asgard.core.param_schemas import MODEL_NAME_PATTERN, TIMESTAMP, aws_connection_field, field, version_fields
 from asgard.monitoring.thresholds import Thresholds
 
 MODEL, WINDOW, DATA, POLICY = "Model", "Window", "Extra data", "Thresholds and retraining"
@@ -23,21 +23,7 @@ def monitor_model_params() -> dict[str, Param]:
             type=["null", "string"],
             pattern=MODEL_NAME_PATTERN,
         ),
-        "model_version": field(
-            None,
-            title="Version",
-            description="The version; empty: the one the alias names. Seed field: model_version.",
-            section=MODEL,
-            **VERSION,
-        ),
-        "alias": field(
-            "champion",
-            title="Alias",
-            description="The alias that picks the version when model_version is empty. Default: champion.",
-            section=MODEL,
-            type="string",
-            pattern=ALIAS_PATTERN,
-        ),
+        **version_fields(MODEL),
         "window_start": field(
             None,
             title="Window start",
@@ -72,14 +58,7 @@ def monitor_model_params() -> dict[str, Param]:
             items=DATA_PATH,
             uniqueItems=True,
         ),
-        "aws_conn_id": field(
-            "aws_default",
-            title="AWS connection",
-            description="The Airflow connection used for s3:// paths (one of the allowed connections).",
-            section=DATA,
-            type="string",
-            minLength=1,
-        ),
+        "aws_conn_id": aws_connection_field(DATA),
         "thresholds": field(
             {},
             title="Thresholds",

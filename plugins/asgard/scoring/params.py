@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from asgard.core.param_schemas import ALIAS_PATTERN, IDENTIFIER, MODEL_NAME_PATTERN, SCALAR, TIMESTAMP, VERSION, field
+from asgard.core.param_schemas import (
+    IDENTIFIER,
+    MODEL_NAME_PATTERN,
+    SCALAR,
+    TIMESTAMP,
+    aws_connection_field,
+    field,
+    version_fields,
+)
 from asgard.scoring.plan import FEATURE_SOURCES, OUTPUT_PATTERN
 from asgard.scoring.sources import SAMPLE_ENTITIES
 
@@ -24,21 +32,7 @@ def score_batch_params() -> dict[str, Param]:
             type="string",
             pattern=MODEL_NAME_PATTERN,
         ),
-        "model_version": field(
-            None,
-            title="Version",
-            description="The version number; empty: the version the alias names. Seed field: model_version.",
-            section=MODEL,
-            **VERSION,
-        ),
-        "alias": field(
-            "champion",
-            title="Alias",
-            description="The alias that picks the version when model_version is empty. Default: champion.",
-            section=MODEL,
-            type="string",
-            pattern=ALIAS_PATTERN,
-        ),
+        **version_fields(MODEL),
         "feature_views": field(
             None,
             title="Feature views",
@@ -107,14 +101,7 @@ def score_batch_params() -> dict[str, Param]:
             type=["null", "string"],
             pattern=OUTPUT_PATTERN,
         ),
-        "aws_conn_id": field(
-            "aws_default",
-            title="AWS connection",
-            description="The Airflow connection used for s3:// paths (one of the allowed connections).",
-            section=OUTPUT,
-            type="string",
-            minLength=1,
-        ),
+        "aws_conn_id": aws_connection_field(OUTPUT),
         "chunk_rows": field(
             100_000,
             title="Rows per chunk",
