@@ -68,3 +68,11 @@ def embedded_services(
         if scratch is not None:
             manager.stop(log=lambda _: None)
             scratch.cleanup()
+
+
+def exit_code(failures: list[str]) -> int:
+    """A benchmark's exit status: 0, or 1 after printing what disagreed."""
+    if failures:
+        print("FAILED: " + "; ".join(failures))
+        return 1
+    return 0

@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
 
-from common import embedded_services, free_port  # noqa: E402
+from common import embedded_services, exit_code, free_port  # noqa: E402
 
 MODELS = {"random_forest": "sklearn", "lightgbm": "lightgbm"}
 
@@ -188,18 +188,28 @@ def mlflow_serve(model_uri: str, tracking_uri: str, workers: int):
 
 
 @contextlib.contextmanager
-def container(client, image: str, workers: int, *, bare: bool = False, prediction_log: bool = True):
-    """The image serving its model (``bare``: serving the bare endpoint instead) on a free loopback port."""
+def container(
+    client,
+    image: str,
+    workers: int,
+    *,
+    bare: bool = False,
+    prediction_log: bool = True,
+    environment: dict[str, str] | None = None,
+    binds: list[str] | None = None,
+):
+    """The image serving its model (``bare``: serving the bare endpoint instead) on a free loopback port;
+    ``environment`` and ``binds`` add to what it gets."""
     port = free_port()
-    environment = {"ASGARD_SERVING_PORT": str(port), "ASGARD_SERVING_WORKERS": str(workers)}
+    environment = {**(environment or {}), "ASGARD_SERVING_PORT": str(port), "ASGARD_SERVING_WORKERS": str(workers)}
     if prediction_log and not bare:
         environment["ASGARD_PREDICTION_LOG"] = "/tmp/predictions"  # written as in production, every 5 s
     options: dict = {}
-    binds = None
+    binds = list(binds or [])
     if bare:
         environment["PYTHONPATH"] = "/opt/asgard/app:/opt/bench"
         options = {"entrypoint": ["python3", "/opt/bench/bare_endpoint.py"]}
-        binds = [f"{REPO / 'bench'}:/opt/bench:ro"]
+        binds.append(f"{REPO / 'bench'}:/opt/bench:ro")
     created = client.create_container(
         image,
         environment=environment,
@@ -381,10 +391,7 @@ def main() -> int:
                 f"(min {min(healthy):.2f}s, max {max(healthy):.2f}s, {args.starts} starts); image {size_mb:.0f} MB",
                 flush=True,
             )
-    if failures:
-        print("FAILED: " + "; ".join(failures))
-        return 1
-    return 0
+    return exit_code(failures)
 
 
 if __name__ == "__main__":

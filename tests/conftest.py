@@ -125,6 +125,27 @@ def sqlite_mlflow_home(path: Path):
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def feature_home(path: Path, spec):
+    """``path`` as this process's ASGARD_HOME, holding ``spec``'s sample gold layer with the feature
+    repo applied to it; the previous ASGARD_HOME is restored after."""
+    from asgard.features import store as feature_store
+    from sample_data.gold_layer import write_gold_layer
+
+    previous = os.environ.get("ASGARD_HOME")
+    os.environ["ASGARD_HOME"] = str(path)
+    try:
+        write_gold_layer(spec, log=lambda _: None)
+        report = feature_store.apply_repo()
+        assert "customer_features" in report
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("ASGARD_HOME")
+        else:
+            os.environ["ASGARD_HOME"] = previous
+
+
 @pytest.fixture(scope="module")
 def moto_server():
     """moto's server (AWS's control plane, S3 and ECR) on a free loopback port: its URL."""

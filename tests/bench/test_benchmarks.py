@@ -69,6 +69,16 @@ def test_serving_bench_smoke(embedded_stack):
     assert out.count("the model alone (ONNX Runtime, same rows, this process)") == 2
 
 
+def test_serving_by_id_bench_smoke(embedded_stack):
+    """One image read by id from SQLite (mounted read-only) and the machine's Redis, a second per load run."""
+    out = run_bench("serving_by_id_bench.py", "--duration", "1", "--customers", "2000", stack=embedded_stack)
+    assert "image without the online reader" in out and "growth" in out
+    for store in ("sqlite", "redis"):
+        for ids in ("  1 id(s)", "100 id(s)"):
+            assert f"{store}, {ids}: by features" in out
+    assert out.count("p99 ratio id / features") == 4 and out.count("answers identical: True") == 4
+
+
 def test_batch_scoring_bench_smoke():
     """Scores a small Parquet file three ways, each in a fresh process, and checks the labels agree."""
     out = run_bench("batch_scoring_bench.py", "--rows", "20000", "--rss-rows", "10000", "20000", "--customers", "2000")

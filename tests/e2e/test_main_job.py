@@ -97,6 +97,9 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         served = deployed.group(1)
         endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v{served}"
         assert re.search(rf"model endpoint: {re.escape(endpoint)}: predictions \[[01], [01]\]", out)
+        by_id = rf"predict by id: {re.escape(endpoint.split(' serves')[0])} customer_id \[1, 2, 3\] -> "
+        by_id += r"predictions \[[01], [01], [01]\], P\(churn\) \[[\d., ]+\], features as of 20\d\d-"
+        assert re.search(by_id, out), out[-3000:]
         batch = re.search(r"batch predictions: (\S+): 3 rows by churn_predictor v\d+; customer 1 -> [01] ", out)
         assert batch, out[-2000:]
         scored = pd.read_parquet(batch.group(1))  # the seed's three customers, with their probabilities
@@ -133,6 +136,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         router = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}"
         seed_output = tmp_path / "data" / "predictions" / "seed-batch.parquet"  # under the data roots
         run_the_seed_examples(airflow, router, token, seed_output, customers=300)
+        the_image_reads_by_id_what_feast_reads(f"{router}/models/churn_predictor", tmp_path, customers=300)
         a_user_trains_from_the_form_and_finds_the_champion(airflow, token, password)
 
         status = asgard("status", env=env, timeout=60)
@@ -153,6 +157,34 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
     assert stop.returncode == 0, stop.stderr
     assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert "stopped" in asgard("status", env=env, timeout=60).stdout
+
+
+def the_image_reads_by_id_what_feast_reads(endpoint: str, home: Path, customers: int) -> None:
+    """Every sample customer by id through the stable endpoint: the features the image read from the
+    online store equal ``get_online_features``'s, and the predictions equal the same rows sent as features."""
+    import httpx
+
+    from asgard.core.settings import Settings
+    from asgard.features import store as feature_store
+
+    ids = list(range(1, customers + 1))
+    body = {"entities": {"customer_id": ids}, "return_features": True, "return_probabilities": True}
+    by_id = httpx.post(f"{endpoint}/predict", json=body, timeout=60)
+    assert by_id.status_code == 200, by_id.text
+    read = by_id.json()
+    names = list(read["features"])
+    store = feature_store.open_store(Settings(home=home))
+    expected = store.get_online_features(
+        features=[f"customer_features:{name}" for name in names], entity_rows=[{"customer_id": i} for i in ids]
+    ).to_dict()
+    assert read["features"] == {name: expected[name] for name in names}
+    sent = httpx.post(
+        f"{endpoint}/predict", json={"inputs": read["features"], "return_probabilities": True}, timeout=60
+    )
+    assert sent.json()["predictions"] == read["predictions"]
+    assert sent.json()["probabilities"] == read["probabilities"]
+    missing = httpx.post(f"{endpoint}/predict", json={"entities": {"customer_id": [customers + 1]}}, timeout=30)
+    assert missing.status_code == 422 and missing.json()["missing"] == {"customer_id": [customers + 1]}
 
 
 def a_user_trains_from_the_form_and_finds_the_champion(airflow: str, token: str, password: str) -> None:

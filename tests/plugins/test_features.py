@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +13,8 @@ import redis
 from asgard.core.settings import Settings
 from asgard.features import gold, materialization, registration
 from asgard.features import store as feature_store
-from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
+from conftest import feature_home
+from sample_data.gold_layer import FEATURE_TABLE, GoldSpec
 from sample_data.models import SAMPLE_FEATURES
 
 SPEC = GoldSpec(customers=150, days=6, end="2026-11-01T00:00:00+00:00", seed=7)
@@ -25,19 +25,8 @@ DATA_END = SPEC.end_time
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """An ASGARD_HOME with a small generated gold layer and the feature repo applied."""
-    path = tmp_path_factory.mktemp("features-home")
-    previous = os.environ.get("ASGARD_HOME")
-    os.environ["ASGARD_HOME"] = str(path)
-    try:
-        write_gold_layer(SPEC, log=lambda _: None)
-        report = feature_store.apply_repo()
-        assert "customer_features" in report
+    with feature_home(tmp_path_factory.mktemp("features-home"), SPEC) as path:
         yield path
-    finally:
-        if previous is None:
-            os.environ.pop("ASGARD_HOME")
-        else:
-            os.environ["ASGARD_HOME"] = previous
 
 
 def sqlite_store(home, name: str | None = None):

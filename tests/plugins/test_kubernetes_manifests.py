@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import kubernetes_validate
 import pytest
 
@@ -30,6 +32,7 @@ def objects():
         replicas=2,
         resources={"limits": {"memory": "2Gi"}},
         prediction_log="s3://predictions/churn",
+        online_store_secret="asgard-online-store",
     )
 
 
@@ -54,6 +57,19 @@ def test_deployment_is_locked_down_probed_bounded_and_pinned(objects):
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert {"name": "ASGARD_PREDICTION_LOG", "value": "s3://predictions/churn"} in container["env"]
+
+
+def test_the_online_store_url_reaches_the_pod_from_a_secret_only(objects):
+    """Entity-id requests read the online store whose URL (a password in it) is in a Secret: the
+    manifest names the Secret, never the URL; without the Secret the pod still starts (entity
+    requests then answer 503, saying why)."""
+    container = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    online = next(variable for variable in container["env"] if variable["name"] == "ASGARD_ONLINE_STORE")
+    assert online == {
+        "name": "ASGARD_ONLINE_STORE",
+        "valueFrom": {"secretKeyRef": {"name": "asgard-online-store", "key": "url", "optional": True}},
+    }
+    assert "redis://" not in json.dumps(objects)
 
 
 def test_lineage_on_every_object_and_service_maps_80_to_8080(objects):

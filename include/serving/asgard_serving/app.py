@@ -17,6 +17,9 @@ Environment:
 ``ASGARD_SERVING_INLINE_ROWS``  requests up to this many rows are predicted on the event loop (default
                                 256); larger ones on a worker thread, so ``/health`` keeps answering
                                 while a large batch is predicted
+``ASGARD_ONLINE_STORE``         where ``{"entities": ...}`` requests read features: ``sqlite:///<path>`` or a
+                                ``redis://`` URL (unset: only requests carrying their features)
+``ASGARD_SERVING_MAX_ENTITIES`` a request naming more entity ids is refused with 422 (default 1,000)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from asgard_serving.model import Bundle, InputError, Predictor, columns_of
+from asgard_serving.online import OnlineFeatures, StoreUnavailable
 
 try:
     import orjson
@@ -47,7 +51,7 @@ except ImportError:  # pragma: no cover - the image always has orjson
     import json
 
     def _dumps(value: Any) -> bytes:
-        return json.dumps(value).encode()
+        return json.dumps(value, default=lambda stamp: stamp.isoformat()).encode()
 
     _loads = json.loads
 
@@ -67,6 +71,9 @@ def _error(status: int, detail: str) -> Reply:
 class State:
     predictor: Predictor | None = None
     prediction_log: Any = None
+    online: OnlineFeatures | None = None
+    # Why this server cannot predict by entity id (None when it can).
+    online_refusal: tuple[int, str] | None = (503, "model not loaded yet")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class Limits:
     max_body_bytes: int = 20_000_000
     max_rows: int = 100_000
     inline_rows: int = 256
+    max_entities: int = 1000
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -81,6 +89,7 @@ class Limits:
             max_body_bytes=int(os.environ.get("ASGARD_SERVING_MAX_BODY_BYTES", cls.max_body_bytes)),
             max_rows=int(os.environ.get("ASGARD_SERVING_MAX_ROWS", cls.max_rows)),
             inline_rows=int(os.environ.get("ASGARD_SERVING_INLINE_ROWS", cls.inline_rows)),
+            max_entities=int(os.environ.get("ASGARD_SERVING_MAX_ENTITIES", cls.max_entities)),
         )
 
 
@@ -93,6 +102,7 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
     async def lifespan(_: FastAPI):
         bundle = Bundle.read(bundle_dir)
         state.predictor = Predictor(bundle)
+        state.online, state.online_refusal = _online_features(bundle, limits)
         log_destination = os.environ.get("ASGARD_PREDICTION_LOG")
         if log_destination:
             from asgard_serving.prediction_log import PredictionLog
@@ -108,6 +118,8 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
         yield
         if state.prediction_log is not None:
             state.prediction_log.close()
+        if state.online is not None:
+            await state.online.close()
 
     api = FastAPI(title="Asgard model server", lifespan=lifespan, docs_url=None, redoc_url=None)
     generated_openapi = api.openapi
@@ -157,6 +169,27 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
     return PredictionPaths(Predictions(state, limits), api)
 
 
+def _online_features(bundle: Bundle, limits: Limits) -> tuple[OnlineFeatures | None, tuple[int, str] | None]:
+    """The version's online-store reader, or why entity requests are refused (status, reason)."""
+    spec = bundle.info.get("online_features")
+    if not spec:
+        reason = bundle.info.get("online_features_reason") or "it was not trained on Feast feature views"
+        return None, (422, f"this model version cannot predict by entity id: {reason}")
+    location = os.environ.get("ASGARD_ONLINE_STORE")
+    if not location:
+        return None, (503, "this server has no online store to read features from (ASGARD_ONLINE_STORE)")
+    return OnlineFeatures(spec, location, max_entities=limits.max_entities), None
+
+
+class EntityAsk(NamedTuple):
+    """A prediction request by entity id that passed its checks: the features are read, then predicted."""
+
+    entities: list[dict[str, Any]]
+    ids: dict[str, list]
+    probabilities: bool
+    features: bool
+
+
 class Ask(NamedTuple):
     """A prediction request that passed its checks: what to predict and how to answer."""
 
@@ -177,9 +210,11 @@ class Predictions:
         self._worker = uuid.uuid4().hex[:16]
         self._requests = itertools.count()
 
-    def predict(self, body: Any) -> Ask | Reply:
+    def predict(self, body: Any) -> Ask | EntityAsk | Reply:
         if isinstance(body, list):  # a bare list of records
             return self._ask(body, False)
+        if isinstance(body, dict) and "entities" in body:
+            return self._entity_ask(body)
         if not isinstance(body, dict) or "inputs" not in body:
             return _error(422, 'body must be {"inputs": ..., "return_probabilities": bool} or a list of records')
         probabilities = body.get("return_probabilities", False)
@@ -233,24 +268,79 @@ class Predictions:
             return _error(413, f"{rows} rows in one request; at most {self.limits.max_rows} (ASGARD_SERVING_MAX_ROWS)")
         return Ask(columns, rows, probabilities, mlflow_shape)
 
+    def _entity_ask(self, body: dict) -> EntityAsk | Reply:
+        unknown = sorted(set(body) - {"entities", "return_probabilities", "return_features"})
+        if unknown:
+            return _error(422, f"unexpected field(s) beside entities: {', '.join(unknown)}")
+        flags = {name: body.get(name, False) for name in ("return_probabilities", "return_features")}
+        wrong = [name for name, value in flags.items() if not isinstance(value, bool)]
+        if wrong:
+            return _error(422, f"{wrong[0]} must be true or false")
+        online = self.state.online
+        if online is None:
+            return _error(*self.state.online_refusal)
+        try:
+            entities, ids = online.entity_values(body["entities"])
+        except InputError as error:
+            return _error(422, str(error))
+        return EntityAsk(entities, ids, flags["return_probabilities"], flags["return_features"])
+
+    async def answer_entities(self, ask: EntityAsk) -> Reply:
+        """Read the entities' features from the online store, then predict and answer. The read stays on
+        the event loop (a local SQLite file; Redis awaited): a hop to a worker thread costs more than it,
+        and threads contending for the interpreter with the loop make every request wait."""
+        online, signature = self.state.online, self.state.predictor.signature
+        try:
+            found = await online.read(ask.entities, [column.name for column in signature.columns])
+        except StoreUnavailable as error:
+            return _error(503, str(error))
+        if found.missing:
+            missing = {name: [ids[row] for row in found.missing] for name, ids in ask.ids.items()}
+            named = "; ".join(f"{name} {', '.join(map(str, values[:20]))}" for name, values in missing.items())
+            more = f" and {len(found.missing) - 20} more" if len(found.missing) > 20 else ""
+            views = ", ".join(view["name"] for view in online.views)
+            detail = f"no features in the online store ({views}) for {named}{more}: not materialized yet, or expired"
+            return 422, _dumps({"detail": detail, "missing": missing})
+        try:  # the stored values against the signature, as a request's own would be
+            rows = signature.check(found.columns)
+        except InputError as error:
+            return _error(422, f"the online store's features do not fit the model: {error}")
+        features = Ask(found.columns, rows, ask.probabilities, False)
+        if rows <= self.limits.inline_rows:
+            status, result = self._predicted(features)
+        else:
+            status, result = await anyio.to_thread.run_sync(self._predicted, features)
+        if status != 200:
+            return status, _dumps(result)
+        result["entities"] = ask.ids
+        result["feature_timestamps"] = found.timestamps  # orjson writes datetimes as RFC 3339, in C
+        if ask.features:
+            result["features"] = found.columns
+        return 200, _dumps(result)
+
     def answer(self, ask: Ask) -> Reply:
         """Predict, log and answer (on the event loop for small asks, on a worker thread for large ones)."""
+        status, result = self._predicted(ask)
+        return status, _dumps(result)
+
+    def _predicted(self, ask: Ask) -> tuple[int, dict[str, Any]]:
+        """The prediction of a checked ask, logged: the answer's status and body (not yet serialized)."""
         predictor = self.state.predictor
         try:
             result = predictor.predict(ask.columns, ask.rows, probabilities=ask.probabilities)
         except InputError as error:  # a value the model's own input types cannot hold
-            return _error(422, str(error))
+            return 422, {"detail": str(error)}
         # One id per request, one suffix per row (``<request_id>-<row>``): unique, and cheap for large
         # requests; the MLflow shape answers no ids, so it never spells them out.
         request_id = f"{self._worker}{next(self._requests):016x}"
         if self.state.prediction_log is not None:
             self.state.prediction_log.record(request_id, ask.columns, result)
         if ask.mlflow_shape:
-            return 200, _dumps({"predictions": result["predictions"]})
+            return 200, {"predictions": result["predictions"]}
         info = predictor.bundle.info
         ids = [f"{request_id}-{row}" for row in range(ask.rows)]
         result.update(prediction_ids=ids, model_name=info["model_name"], model_version=info["version"])
-        return 200, _dumps(result)
+        return 200, result
 
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -282,7 +372,9 @@ class PredictionPaths:
                 status, answer = _error(400, f"body is not valid JSON: {error}")
             else:
                 ask = handler(body)
-                if type(ask) is not Ask:  # a refusal: (status, body)
+                if type(ask) is EntityAsk:
+                    status, answer = await self.predictions.answer_entities(ask)
+                elif type(ask) is not Ask:  # a refusal: (status, body)
                     status, answer = ask
                 elif ask.rows <= self.limits.inline_rows:  # cheaper than a thread hop, and well under a millisecond
                     status, answer = self.predictions.answer(ask)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     eks_cluster_name: str | None = None
     aws_conn_id: str = "aws_default"
     serving_namespace: str = "asgard"
+    # The Secret (in the serving namespace, key ``url``) that holds the online store's Redis URL, which
+    # serving pods read features by entity id from; the platform's operator creates it.
+    serving_online_store_secret: str = "asgard-online-store"
     # Where a request may read or write data files (score_batch's output and entity source, monitor_model's
     # sources and labels): comma-separated local folders and s3:// prefixes. Default: <home>/data (its
     # internal folders, such as the gold layer, stay out of reach either way).

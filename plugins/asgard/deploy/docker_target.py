@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SERVING_UID = 10001
 DEPLOY_LABEL = "io.asgard.deploy.model"
+ONLINE_STORE_INSIDE = "/var/lib/asgard/online-store"
 
 
 def _free_port() -> int:
@@ -45,12 +46,18 @@ def deploy(
     routes: RouteTable,
     router_url: str,
     prediction_log: Path | None = None,
+    online_store: str | None = None,
     timeout: float = 120.0,
     drain_seconds: float = 1.0,
     drain_timeout: float = 600.0,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Serve ``image`` as ``model_name`` behind ``router_url/models/<model_name>``; the outcome."""
+    """Serve ``image`` as ``model_name`` behind ``router_url/models/<model_name>``; the outcome.
+
+    ``online_store`` is where the container reads features by entity id: a SQLite file (its folder is
+    mounted read-only, so the container never writes it; SQLite's journal beside it stays visible) or
+    a Redis URL.
+    """
     import docker
 
     endpoint = f"{router_url}/models/{model_name}"
@@ -73,6 +80,12 @@ def deploy(
             os.chown(prediction_log, SERVING_UID, SERVING_UID)
         binds[str(prediction_log)] = {"bind": "/var/log/asgard/predictions", "mode": "rw"}
         environment["ASGARD_PREDICTION_LOG"] = "/var/log/asgard/predictions"
+    if online_store and online_store.startswith("sqlite:///"):
+        database = Path(online_store.removeprefix("sqlite:///"))
+        binds[str(database.parent)] = {"bind": ONLINE_STORE_INSIDE, "mode": "ro"}
+        environment["ASGARD_ONLINE_STORE"] = f"sqlite:///{ONLINE_STORE_INSIDE}/{database.name}"
+    elif online_store:
+        environment["ASGARD_ONLINE_STORE"] = online_store
     container = client.create_container(
         image,
         name=name,

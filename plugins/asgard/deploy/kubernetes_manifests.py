@@ -43,8 +43,14 @@ def render(
     resources: dict[str, Any] | None = None,
     workers: int = 1,
     prediction_log: str | None = None,
+    online_store_secret: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The objects as dicts, ready for server-side apply."""
+    """The objects as dicts, ready for server-side apply.
+
+    ``online_store_secret`` names the Secret whose ``url`` is the online store the pods read features
+    by entity id from: the URL (a password in it) reaches the pod from the Secret, never from the image
+    or the manifest. It is optional: without it, the server answers entity requests 503, saying so.
+    """
     import jinja2
     import yaml
 
@@ -77,6 +83,7 @@ def render(
         resources=merged,
         workers=workers,
         prediction_log=prediction_log,
+        online_store_secret=online_store_secret,
     )
     objects = [document for document in yaml.safe_load_all(text) if document]
     kinds = [(body.get("kind"), body.get("metadata", {}).get("name")) for body in objects]

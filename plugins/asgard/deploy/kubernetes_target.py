@@ -226,6 +226,7 @@ def deploy(
     replicas: int = 2,
     resources: dict[str, Any] | None = None,
     prediction_log: str | None = None,
+    online_store_secret: str | None = None,
     rollout_timeout: float = 600.0,
     poll_seconds: float = 2.0,
     progress: Callable[[str], None] = log.info,
@@ -242,6 +243,7 @@ def deploy(
         replicas=replicas,
         resources=resources,
         prediction_log=prediction_log,
+        online_store_secret=online_store_secret,
     )
     app = kubernetes_manifests.app_name(model_name)
     cluster = Cluster(hook, namespace)

@@ -119,6 +119,8 @@ def _deploy_docker(request: DeployRequest, build: BuiltImage, push: PushedImage,
     from asgard.core.settings import get_settings
     from asgard.deploy import docker_target
     from asgard.deploy.routes import RouteTable
+    from asgard.features.online_reading import serving_location
+    from asgard.features.store import load_repo_config
     from asgard.hooks.docker import docker_client
 
     settings, name = get_settings(), build.model_name
@@ -131,6 +133,7 @@ def _deploy_docker(request: DeployRequest, build: BuiltImage, push: PushedImage,
         routes=RouteTable(settings.routes_file),
         router_url=settings.router_url,
         prediction_log=settings.prediction_log_folder(name),
+        online_store=serving_location(load_repo_config(settings)),
     )
 
 
@@ -158,6 +161,7 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
             replicas=request.replicas,
             resources=request.resources,
             prediction_log=settings.cluster_prediction_log(name),
+            online_store_secret=settings.serving_online_store_secret,
         )
 
 

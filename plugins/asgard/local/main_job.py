@@ -35,6 +35,9 @@ from asgard.local.examples import (
 from asgard.local.services import ServiceManager
 from sample_data.models import SEED_PREDICTION
 
+# The customers the main job predicts for by id (the online store holds their features).
+BY_ID_CUSTOMERS = [1, 2, 3]
+
 
 class MainJobError(RuntimeError):
     """A stage of the main job failed; the message names the stage and the cause."""
@@ -137,15 +140,13 @@ class MainJob:
                 f"{push['reference']} ({build['model_name']} v{build['version']}, {build['flavor']}, "
                 f"{'built' if build['built'] else 'reused'})"
             )
-            answer = httpx.post(f"{deployed['endpoint']}/predict", json=SEED_PREDICTION, timeout=30)
-            if answer.status_code != 200:
-                raise MainJobError(f"{deployed['endpoint']}/predict answered {answer.status_code}: {answer.text}")
-            served = answer.json()
+            served = _predict(deployed["endpoint"], SEED_PREDICTION)
             self.results["model endpoint"] = (
                 f"{deployed['endpoint']}/predict serves v{served['model_version']}: "
                 f"predictions {served['predictions']}, P(churn) "
                 f"{[round(p[1], 3) for p in served['probabilities']]}"
             )
+            self.predict_by_id(deployed["endpoint"])
 
         with self.stage("score a batch (score_batch)"):
             request = {**BATCH_REQUEST, "output_path": str(self.settings.data_dir / "predictions" / "batch.parquet")}
@@ -187,6 +188,14 @@ class MainJob:
         self.results["retrained on new features"] = (
             f"{decision['model_name']} v{decision['version']} -> @{alias} "
             f"(retrain_model {retrain_run} -> train_model {training_run}; {decision['reason']})"
+        )
+
+    def predict_by_id(self, endpoint: str) -> None:
+        """The feature-serving path: customer ids in, the image reads their features from the online store."""
+        served = _predict(endpoint, {"entities": {"customer_id": BY_ID_CUSTOMERS}, "return_probabilities": True})
+        self.results["predict by id"] = (
+            f"{endpoint}/predict customer_id {BY_ID_CUSTOMERS} -> predictions {served['predictions']}, P(churn) "
+            f"{[round(p[1], 3) for p in served['probabilities']]}, features as of {min(served['feature_timestamps'])}"
         )
 
     def upload_script(self, api: AirflowApi) -> None:
@@ -342,3 +351,11 @@ def _stream(command: list[str], env: dict[str, str]) -> list[str]:
 
 def _progress(states: dict[str, str]) -> None:
     print("    " + "  ".join(f"{task}={state}" for task, state in sorted(states.items())), flush=True)
+
+
+def _predict(endpoint: str, request: dict) -> dict:
+    """``POST /predict``'s answer, or the main job's error quoting the endpoint's."""
+    answer = httpx.post(f"{endpoint}/predict", json=request, timeout=30)
+    if answer.status_code != 200:
+        raise MainJobError(f"{endpoint}/predict answered {answer.status_code} to {request}: {answer.text}")
+    return answer.json()

@@ -28,6 +28,7 @@ from asgard.registry.versions import ModelVersionRef, holdout_frame
 
 if TYPE_CHECKING:
     import docker
+    from feast import FeatureStore
 
     from asgard.hooks.mlflow import MlflowHook
 
@@ -43,6 +44,10 @@ MODEL_INSIDE, INPUT_INSIDE, OUTPUT_INSIDE, CODE_INSIDE = "/model", "/input", "/o
 # boto3: the prediction log may go to S3.
 SERVING_REQUIREMENTS = ["fastapi", "uvicorn", "uvloop", "httptools", "orjson", "numpy", "boto3"]
 ONNX_REQUIREMENTS = ["onnxruntime"]
+# What reading features by entity id adds: Redis's client (the SQLite reader is the standard library's),
+# and what redis-py needs on the image's Python (3.11.2, below 3.11.3) but not on the host's, whose
+# download of the wheels would otherwise leave it out.
+ONLINE_REQUIREMENTS = ["redis", "async-timeout"]
 NATIVE_REQUIREMENTS = ["cloudpickle", "pandas"]
 # Docker's tag grammar: what a model name must fit to name an image tag.
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -194,9 +199,32 @@ def _holdout_sample(hook: MlflowHook, ref: ModelVersionRef, native: Path, meta: 
 # ----------------------------------------------------------------------------- requirements
 def requirements_for(info: dict[str, Any], folder: Path) -> list[str]:
     """What the image installs: the app's needs, plus the model's own pins for a native model."""
+    online = ONLINE_REQUIREMENTS if info.get("online_features") else []
     if info["flavor"] == "onnx":
-        return sorted({*SERVING_REQUIREMENTS, *ONNX_REQUIREMENTS})
-    return sorted({*SERVING_REQUIREMENTS, *NATIVE_REQUIREMENTS, *model_requirements(folder / "native")})
+        return sorted({*SERVING_REQUIREMENTS, *ONNX_REQUIREMENTS, *online})
+    return sorted({*SERVING_REQUIREMENTS, *NATIVE_REQUIREMENTS, *online, *model_requirements(folder / "native")})
+
+
+def add_online_features(
+    ref: ModelVersionRef, info: dict[str, Any], folder: Path, store: FeatureStore | None = None
+) -> dict[str, Any]:
+    """The bundle's ``online_features``: how the image reads the version's features by entity id from
+    the views its lineage names in ``store`` (default: the profile's), or in ``online_features_reason``
+    why it cannot."""
+    from asgard.features import store as feature_store
+    from asgard.features.online_reading import NotReadable, online_read_spec
+
+    inputs = [column["name"] for column in info["signature"]["inputs"]]
+    try:
+        if not ref.feature_views:
+            raise NotReadable("it was not trained on Feast feature views")
+        store = store or feature_store.open_store()
+        info["online_features"] = online_read_spec(store, ref.feature_views, inputs)
+    except NotReadable as reason:
+        info["online_features_reason"] = str(reason)
+        log.info("%s v%s cannot be served by entity id: %s", ref.name, ref.version, reason)
+    (folder / "serving.json").write_text(json.dumps(info, indent=2))
+    return info
 
 
 # ----------------------------------------------------------------------------- the build context
@@ -215,8 +243,10 @@ def render_context(
     *,
     wheelhouse: Wheelhouse | None = None,
     revision: str | None = None,
+    feature_store: FeatureStore | None = None,
 ) -> BuildContext:
-    """Everything the Dockerfile needs, in ``folder`` (emptied first)."""
+    """Everything the Dockerfile needs, in ``folder`` (emptied first); ``feature_store`` is where the
+    version's feature views are looked up for reading by entity id (default: the profile's store)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     labels = image_labels(ref, revision or source_revision())
@@ -226,6 +256,7 @@ def render_context(
     )
     (folder / "model").mkdir()
     info = export_bundle(hook, ref, folder / "model", labels)
+    info = add_online_features(ref, info, folder / "model", feature_store)
     labels["io.asgard.serving.flavor"] = info["flavor"]
     requirements = requirements_for(info, folder / "model")
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
