@@ -288,3 +288,30 @@ def test_redis_urls_come_from_feasts_connection_strings(home):
         online_store={"type": "redis", "connection_string": "cache.internal:6380,db=3,ssl=true,password=p@ss/word"}
     )
     assert serving_location(config) == "rediss://:p%40ss%2Fword@cache.internal:6380/3"
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_no_generated_entity_request_gets_a_server_error(tmp_path, model, sqlite_store, serve, mode):
+    """Schemathesis cases from the app's own OpenAPI, which describes the entity body for this model
+    (its join key, typed): answered (200) or refused naming why (422), never a 5xx."""
+    import hypothesis
+    import schemathesis
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+
+    with serve(bundle(tmp_path / "model", model, sqlite_store), location_of(sqlite_store)) as client:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+        document = client.get("/openapi.json").json()
+        bodies = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert any("entities" in body.get("properties", {}) for body in bodies["oneOf"])
+        operation = next(op.ok() for op in schema.get_all_operations() if op.ok().path == "/predict")
+
+        @hypothesis.settings(max_examples=60, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
+        def call(case):
+            response = case.call(session=client)
+            case.validate_response(response, checks=[not_a_server_error])
+            if mode == "positive":
+                assert response.status_code in (200, 422), response.text
+
+        call()

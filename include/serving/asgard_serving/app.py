@@ -130,8 +130,9 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
             from asgard_serving.openapi import prediction_paths
 
             document = generated_openapi()
-            columns = state.predictor.bundle.columns if state.predictor else Bundle.read(bundle_dir).columns
-            document["paths"].update(prediction_paths(columns))
+            bundle = state.predictor.bundle if state.predictor else Bundle.read(bundle_dir)
+            join_keys = (bundle.info.get("online_features") or {}).get("join_keys")
+            document["paths"].update(prediction_paths(bundle.columns, join_keys))
         return api.openapi_schema
 
     api.openapi = openapi

@@ -31,8 +31,9 @@ SUMMARIES = {
 }
 
 
-def prediction_paths(columns: list[Column]) -> dict[str, dict[str, Any]]:
-    """OpenAPI path items of the prediction paths."""
+def prediction_paths(columns: list[Column], join_keys: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """OpenAPI path items of the prediction paths (``join_keys``: the entity keys ``/predict`` also takes
+    ids by, when the model's features can be read from the online store)."""
     return {
         path: {
             "post": {
@@ -45,11 +46,14 @@ def prediction_paths(columns: list[Column]) -> dict[str, dict[str, Any]]:
                 },
             }
         }
-        for path, body in request_bodies(columns).items()
+        for path, body in request_bodies(columns, join_keys).items()
     }
 
 
-def request_bodies(columns: list[Column]) -> dict[str, dict[str, Any]]:
+ID_TYPES = {"INT32": "integer", "INT64": "integer", "STRING": "string"}
+
+
+def request_bodies(columns: list[Column], join_keys: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """OpenAPI ``requestBody`` objects by path."""
     required = [column.name for column in columns if column.required]
     record = {
@@ -75,6 +79,25 @@ def request_bodies(columns: list[Column]) -> dict[str, dict[str, Any]]:
             records,
         ]
     }
+    if join_keys:
+        entities = {
+            "type": "object",
+            "properties": {
+                name: {"type": "array", "items": {"type": ID_TYPES[kind]}, "minItems": 1}
+                for name, kind in join_keys.items()
+            },
+            "required": sorted(join_keys),
+            "additionalProperties": False,
+        }
+        flags = {name: {"type": "boolean"} for name in ("return_probabilities", "return_features")}
+        predict["oneOf"].append(
+            {
+                "type": "object",
+                "properties": {"entities": entities, **flags},
+                "required": ["entities"],
+                "additionalProperties": False,
+            }
+        )
     names = [column.name for column in columns]
     invocations = {
         "oneOf": [
