@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import pytest
 from mlflow import MlflowClient
 
@@ -110,3 +113,32 @@ def test_bad_monitor_model_conf_is_a_400_and_creates_no_run(embedded_stack, conf
     assert error.value.status == 400
     assert named in error.value.body
     assert set(api.list_run_ids("monitor_model")) == before
+
+
+def test_a_scheduler_that_dies_is_started_again_and_runs_go_on(embedded_stack):
+    """Airflow's standalone starts each component once; the embedded profile's supervises them: the
+    scheduler killed with SIGKILL comes back, and a run triggered after it completes."""
+    import signal
+
+    import psutil
+
+    airflow = next(status for status in embedded_stack.manager.status() if status.name == "airflow")
+
+    def scheduler() -> psutil.Process | None:
+        """The scheduler the standalone process started (its own forks share its command line)."""
+        for child in psutil.Process(airflow.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "scheduler" in child.cmdline():
+                    return child
+        return None
+
+    killed = scheduler()
+    assert killed is not None
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while ((started := scheduler()) is None or started.pid == killed.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert started is not None and started.pid != killed.pid, "no scheduler was started again"
+    outcome = embedded_stack.api.run_and_wait("check_platform", {"checks": ["storage"]}, timeout=300)
+    assert outcome.state == "success", outcome.failure

@@ -182,6 +182,9 @@ def _online_features(bundle: Bundle, limits: Limits) -> tuple[OnlineFeatures | N
     return OnlineFeatures(spec, location, max_entities=limits.max_entities), None
 
 
+ENTITY_FIELDS = frozenset({"entities", "return_probabilities", "return_features"})
+
+
 class EntityAsk(NamedTuple):
     """A prediction request by entity id that passed its checks: the features are read, then predicted."""
 
@@ -270,11 +273,11 @@ class Predictions:
         return Ask(columns, rows, probabilities, mlflow_shape)
 
     def _entity_ask(self, body: dict) -> EntityAsk | Reply:
-        unknown = sorted(set(body) - {"entities", "return_probabilities", "return_features"})
-        if unknown:
+        if not ENTITY_FIELDS.issuperset(body):
+            unknown = sorted(set(body) - ENTITY_FIELDS)
             return _error(422, f"unexpected field(s) beside entities: {', '.join(unknown)}")
         flags = {name: body.get(name, False) for name in ("return_probabilities", "return_features")}
-        wrong = [name for name, value in flags.items() if not isinstance(value, bool)]
+        wrong = [name for name, value in flags.items() if type(value) is not bool]
         if wrong:
             return _error(422, f"{wrong[0]} must be true or false")
         online = self.state.online

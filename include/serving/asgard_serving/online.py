@@ -197,16 +197,8 @@ class OnlineFeatures:
 
     def entity_values(self, entities: Any) -> tuple[list[dict[str, Any]], dict[str, list]]:
         """The request's ``entities`` checked: one dict of join-key values per row, and the columns."""
-        expected = ", ".join(sorted(self.join_keys))
-        keyed_by = f"this model's features are keyed by {expected}"
-        if not isinstance(entities, dict) or not entities:
-            raise InputError(f'entities must be an object of id lists, such as {{"{expected.split(", ")[0]}": [1, 2]}}')
-        unknown = sorted(set(entities) - set(self.join_keys))
-        if unknown:
-            raise InputError(f"unknown entity key(s) {', '.join(unknown)}: {keyed_by}")
-        absent = sorted(set(self.join_keys) - set(entities))
-        if absent:
-            raise InputError(f"missing entity key(s) {', '.join(absent)}: {keyed_by}")
+        if not isinstance(entities, dict) or entities.keys() != self.join_keys.keys():
+            self._refuse_keys(entities)
         columns = {name: value if isinstance(value, list) else [value] for name, value in entities.items()}
         lengths = {len(values) for values in columns.values()}
         if len(lengths) > 1:
@@ -220,6 +212,17 @@ class OnlineFeatures:
         for name, values in columns.items():
             _check_ids(name, self.join_keys[name], values)
         return [{name: columns[name][row] for name in columns} for row in range(rows)], columns
+
+    def _refuse_keys(self, entities: Any) -> None:
+        expected = ", ".join(sorted(self.join_keys))
+        keyed_by = f"this model's features are keyed by {expected}"
+        if not isinstance(entities, dict) or not entities:
+            raise InputError(f'entities must be an object of id lists, such as {{"{expected.split(", ")[0]}": [1, 2]}}')
+        unknown = sorted(set(entities) - set(self.join_keys))
+        if unknown:
+            raise InputError(f"unknown entity key(s) {', '.join(unknown)}: {keyed_by}")
+        absent = sorted(set(self.join_keys) - set(entities))
+        raise InputError(f"missing entity key(s) {', '.join(absent)}: {keyed_by}")
 
     async def close(self) -> None:
         await self.store.close()
@@ -294,6 +297,7 @@ class _SqliteStore(_Store):
         self.views = views
         self.local = threading.local()
         self.connections: list = []
+        self.queries: dict[tuple[str, int], str] = {}  # (view, ids) -> its statement
 
     def _connection(self):
         import sqlite3
@@ -334,11 +338,13 @@ class _SqliteStore(_Store):
             per_key: Stored = {}
             for start in range(0, len(unique), SQLITE_IDS_PER_QUERY):
                 chunk = unique[start : start + SQLITE_IDS_PER_QUERY]
-                query = (
-                    f"SELECT entity_key, feature_name, value, event_ts FROM {table} "
-                    f"WHERE entity_key IN ({','.join('?' * len(chunk))}) "
-                    f"AND feature_name IN ({','.join('?' * len(wanted))})"
-                )
+                query = self.queries.get((table, len(chunk)))
+                if query is None:
+                    query = self.queries[table, len(chunk)] = (
+                        f"SELECT entity_key, feature_name, value, event_ts FROM {table} "
+                        f"WHERE entity_key IN ({','.join('?' * len(chunk))}) "
+                        f"AND feature_name IN ({','.join('?' * len(wanted))})"
+                    )
                 try:
                     rows = connection.execute(query, [*chunk, *wanted]).fetchall()
                 except sqlite3.OperationalError as error:
