@@ -63,8 +63,15 @@ class _Component(standalone_command.SubCommand):
         super().stop()
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     standalone_command.SubCommand = _Component  # what StandaloneCommand.run starts its components with
+    # SIGTERM (how ./asgard stop ends a service) takes standalone's own shutdown path, as Ctrl-C does:
+    # each component is told to stop, and none is started again.
+    signal.signal(signal.SIGTERM, _interrupt)
     standalone_command.StandaloneCommand().run()
 
 

@@ -236,7 +236,6 @@ class ServiceManager(ProcessSupervisor):
             "AIRFLOW__CORE__DAGS_FOLDER": str(s.dags_folder),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(s.plugins_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "asgard.local.airflow_db.CONNECT_ARGS",
             # Two cores: a small parallelism keeps idle memory ~1.8 GiB instead of ~5.6 GiB.
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
