@@ -290,9 +290,9 @@ class Predictions:
         return EntityAsk(entities, ids, flags["return_probabilities"], flags["return_features"])
 
     async def answer_entities(self, ask: EntityAsk) -> Reply:
-        """Read the entities' features from the online store, then predict and answer. The read stays on
-        the event loop (a local SQLite file; Redis awaited): a hop to a worker thread costs more than it,
-        and threads contending for the interpreter with the loop make every request wait."""
+        """Read the entities' features from the online store, then predict and answer. The store decides
+        where its read runs (see ``asgard_serving.online``); the prediction follows ``inline_rows`` as
+        requests carrying their features do."""
         online, signature = self.state.online, self.state.predictor.signature
         try:
             found = await online.read(ask.entities, [column.name for column in signature.columns])

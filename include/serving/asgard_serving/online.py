@@ -17,6 +17,7 @@ file, mounted read-only) or a ``redis://`` /
 
 from __future__ import annotations
 
+import abc
 import struct
 import threading
 from dataclasses import dataclass
@@ -270,15 +271,16 @@ def _check_ids(name: str, value_type: str, values: list) -> None:
 Stored = dict[bytes, tuple[list[bytes | None], datetime | None]]
 
 
-class _Store:
+class _Store(abc.ABC):
     where: str
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Let go of the store's connections."""
 
+    @abc.abstractmethod
     async def read(self, keys: list[bytes]) -> list[Stored]:
         """Per view, what is stored for ``keys``."""
-        raise NotImplementedError
 
 
 class _SqliteStore(_Store):
