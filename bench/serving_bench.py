@@ -20,7 +20,7 @@ model's, and its probabilities be within 1e-6 of the native model's. Then the im
 container start -> /health ok time (target <= 3 s).
 
     python bench/serving_bench.py                               # 10 s per load run (not part of CI)
-    python bench/serving_bench.py --duration 2 --customers 3000  # smoke size
+    python bench/serving_bench.py --duration 1 --customers 3000 --models lightgbm  # smoke size (CI)
 """
 
 from __future__ import annotations
@@ -268,6 +268,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--customers", type=int, default=20_000, help="training rows of the sample models")
     parser.add_argument("--starts", type=int, default=5, help="container starts timed for start -> healthy")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="which sample models")
     parser.add_argument(
         "--reuse-services", action="store_true", help="the running stack ASGARD_* describes (else a fresh one)"
     )
@@ -291,8 +292,8 @@ def main() -> int:
         from asgard.hooks.mlflow import MlflowHook
 
         hook = MlflowHook()
-        for label, framework in MODELS.items():
-            name = f"bench_{label}"
+        for label in args.models:
+            framework, name = MODELS[label], f"bench_{label}"
             version = register_sample_model(settings.mlflow_url, name, framework=framework, customers=args.customers)
             ref = resolve_model_version(hook, name, version)
             started = time.perf_counter()

@@ -42,6 +42,7 @@ APP = "churn-inference"
 PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):http/proxy(/.*)$")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 PODS = kmock.resource("", "v1", "pods")
+ONLINE_REDIS_DB = 13  # the machine's Redis; other tests use 11 and 12, the benchmarks 14 and 15
 
 
 def image(version: str) -> str:
@@ -56,6 +57,9 @@ class ServingCluster(kmock.KubernetesEmulator):
     behaviour: dict[str, str] = attrs.field(factory=dict)
     # version -> its pods: a function (method, path, body) -> (status, body bytes).
     pods: dict[str, object] = attrs.field(factory=dict)
+    # version -> a function (environment) -> its pods, started when the version rolls out with the
+    # environment the kubelet gives its container (values, and Secrets' keys resolved).
+    starts: dict[str, object] = attrs.field(factory=dict)
     serving: str | None = None
     served: list[str] = attrs.field(factory=list)
 
@@ -96,6 +100,9 @@ class ServingCluster(kmock.KubernetesEmulator):
         if behaviour == "ready":
             status |= {"replicas": desired, "updatedReplicas": desired, "availableReplicas": desired}
             self.serving = version
+            if version in self.starts and version not in self.pods:
+                container = spec["template"]["spec"]["containers"][0]
+                self.pods[version] = self.starts[version](self._environment(key[1], container))
         else:  # one surge pod of the new version that never becomes ready; the old pods keep serving
             status |= {"replicas": desired + 1, "updatedReplicas": 1, "availableReplicas": desired}
         if behaviour == "deadline":
@@ -141,6 +148,23 @@ class ServingCluster(kmock.KubernetesEmulator):
             },
         }
 
+    def _environment(self, namespace: str, container: dict) -> dict[str, str]:
+        """The container's environment as the kubelet sets it: a ``secretKeyRef`` reads the Secret's key
+        (an optional one that is missing leaves the variable out; a required one stops the pod)."""
+        environment = {}
+        for variable in container.get("env", []):
+            if "value" in variable:
+                environment[variable["name"]] = variable["value"]
+                continue
+            reference = variable["valueFrom"]["secretKeyRef"]
+            secret = self.current("secrets", reference["name"], namespace)
+            data = (secret or {}).get("data", {})
+            if reference["key"] in data:
+                environment[variable["name"]] = base64.b64decode(data[reference["key"]]).decode()
+            elif not reference.get("optional"):
+                raise RuntimeError(f"CreateContainerConfigError: secret {reference['name']} key {reference['key']}")
+        return environment
+
     async def _proxy(self, request, path: str):
         if self.serving is None:
             return aiohttp.web.json_response({"message": "no endpoints available"}, status=503)
@@ -149,10 +173,15 @@ class ServingCluster(kmock.KubernetesEmulator):
         status, content = await asyncio.to_thread(self.pods[self.serving], request.method.value, path, body)
         return aiohttp.web.Response(status=status, body=content, content_type="application/json")
 
-    def current(self, plural: str) -> dict | None:
-        group = "" if plural in ("services", "pods") else {"deployments": "apps"}.get(plural)
-        for (resource, _namespace, name), stored in self.objects.items():
-            if resource.plural == plural and (group is None or resource.group == group) and name == APP:
+    def current(self, plural: str, name: str = APP, namespace: str | None = None) -> dict | None:
+        group = "" if plural in ("services", "pods", "secrets") else {"deployments": "apps"}.get(plural)
+        for (resource, stored_in, stored_name), stored in self.objects.items():
+            if (
+                resource.plural == plural
+                and (group is None or resource.group == group)
+                and stored_name == name
+                and namespace in (None, stored_in)
+            ):
                 return None if stored.deleted else stored.raw
         return None
 
@@ -191,6 +220,57 @@ def serving_apps(fitted, tmp_path_factory):
 
 def _answer(response) -> tuple[int, bytes]:
     return response.status_code, response.content
+
+
+@pytest.fixture(scope="module")
+def online_version(fitted, tmp_path_factory):
+    """v5 trained on ``customer_features``: its bundle can read them by id (what the image builder writes,
+    made with Feast's functions); the view materialized into the machine's Redis, as production's online
+    store. Yields a start function (environment -> pods, as the emulator calls it) and what
+    ``get_online_features`` reads for customers 1-3."""
+    from datetime import timedelta
+
+    import redis
+
+    from asgard.features import materialization
+    from asgard.features import store as feature_store
+    from asgard.features.online_reading import online_read_spec
+    from conftest import feature_home
+    from sample_data.gold_layer import GoldSpec
+
+    gold = GoldSpec(customers=40, days=1, seed=5)
+    redis.Redis(host="127.0.0.1", port=6379, db=ONLINE_REDIS_DB).flushdb()
+    with feature_home(tmp_path_factory.mktemp("k8s-feast-home"), gold):
+        online = {"type": "redis", "connection_string": f"127.0.0.1:6379,db={ONLINE_REDIS_DB}"}
+        store = feature_store.open_store(online_store=online)
+        window = materialization.Window("customer_features", gold.start_time, gold.end_time + timedelta(seconds=1))
+        materialization.materialize_window(store, window)
+        spec = online_read_spec(store, ["customer_features"], list(SEED_FEATURES))
+        expected = store.get_online_features(
+            features=[f"customer_features:{name}" for name in SEED_FEATURES],
+            entity_rows=[{"customer_id": customer} for customer in (1, 2, 3)],
+        ).to_dict()
+    model, holdout = fitted
+    folder = tmp_path_factory.mktemp("bundle-v5")
+    columns = [{"name": name, "type": "double", "required": True} for name in SEED_FEATURES]
+    identity = {"model_name": "churn", "version": "5", "run_id": "run5", "source": "models:/m"}
+    info = write_bundle(folder, model, columns, "classification", holdout, identity=identity, labels={})
+    (folder / "serving.json").write_text(json.dumps({**info, "online_features": spec}))
+
+    with contextlib.ExitStack() as pods:
+
+        def start(environment: dict[str, str]):
+            # The app reads its environment as it starts (the lifespan): only the container's own.
+            with pytest.MonkeyPatch.context() as patch:
+                for name in [name for name in os.environ if name.startswith("ASGARD_")]:
+                    patch.delenv(name)
+                for name, value in environment.items():
+                    patch.setenv(name, value)
+                client = pods.enter_context(TestClient(create_app(str(folder))))
+            return lambda method, path, body: _answer(client.request(method, path, json=body))
+
+        yield start, expected
+    redis.Redis(host="127.0.0.1", port=6379, db=ONLINE_REDIS_DB).flushdb()
 
 
 @pytest.fixture
@@ -364,6 +444,47 @@ def test_a_deploy_keeps_the_replica_count_the_autoscaler_set(cluster, payload):
     deployment = cluster.current("deployments")
     assert deployment["spec"]["replicas"] == 5 and deployment["status"]["availableReplicas"] == 5
     assert template_image(cluster) == image("2")
+
+
+def test_pods_read_the_online_store_url_from_the_secret_and_predict_by_id(cluster, payload, online_version):
+    """The operator's Secret holds the Redis URL; the Deployment names it, the pods' app reads features
+    by id through the Service, equal to Feast's; the URL is in no manifest."""
+    start, expected = online_version
+    cluster.starts["5"] = start
+    with kubernetes_target.cluster_hook(
+        kubernetes_conn_id="asgard_test_cluster", eks_cluster_name=None, aws_conn_id="aws_default", namespace=NAMESPACE
+    ) as hook:
+        api = kubernetes_target.Cluster(hook, NAMESPACE)
+        url = f"redis://127.0.0.1:6379/{ONLINE_REDIS_DB}"
+        secret = {"metadata": {"name": "asgard-online-store"}, "stringData": {"url": url}, "type": "Opaque"}
+        secret["data"] = {"url": base64.b64encode(url.encode()).decode()}  # what the API server stores
+        api.core.create_namespaced_secret(NAMESPACE, secret)
+
+        deploy("5", payload, online_store_secret="asgard-online-store")
+        status, text = api.service_call(APP)(
+            "POST", "/predict", {"entities": {"customer_id": [1, 2, 3]}, "return_features": True}
+        )
+
+    assert status == 200, text
+    answer = json.loads(text)
+    assert answer["model_version"] == "5" and answer["entities"] == {"customer_id": [1, 2, 3]}
+    assert answer["features"] == {name: expected[name] for name in SEED_FEATURES}
+    assert url not in json.dumps(cluster.current("deployments"))
+    container = cluster.current("deployments")["spec"]["template"]["spec"]["containers"][0]
+    assert {
+        "name": "ASGARD_ONLINE_STORE",
+        "valueFrom": {"secretKeyRef": {"name": "asgard-online-store", "key": "url", "optional": True}},
+    } in container["env"]
+
+
+def test_without_the_secret_pods_still_serve_features_and_say_why_ids_cannot_be_read(cluster, payload, online_version):
+    cluster.starts["5"] = online_version[0]
+    outcome = deploy("5", payload, online_store_secret="asgard-online-store")  # optional: the pods start, verified
+
+    # (asked of the pod itself: the Service proxy's 503 would read as "no endpoint" to the client)
+    status, body = cluster.pods["5"]("POST", "/predict", {"entities": {"customer_id": [1]}})
+    assert outcome["version"] == "5" and cluster.serving == "5"
+    assert status == 503 and "no online store" in json.loads(body)["detail"], body
 
 
 def test_a_rollback_that_does_not_complete_is_reported_beside_the_failure(cluster, payload):
