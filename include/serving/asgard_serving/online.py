@@ -299,7 +299,7 @@ class _SqliteStore(_Store):
         self.views = views
         self.local = threading.local()
         self.connections: list = []
-        self.queries: dict[tuple[str, int], str] = {}  # (view, ids) -> its statement
+        self.queries: dict[tuple[str, int], str] = {}  # (view name, ids) -> its statement
 
     def _connection(self):
         import sqlite3
@@ -334,30 +334,35 @@ class _SqliteStore(_Store):
         connection = self._connection()
         found = []
         for view in self.views:
-            table = '"' + view["sqlite_table"].replace('"', '""') + '"'
             wanted = [feature["name"] for feature in view["features"]]
-            positions, width = {name: position for position, name in enumerate(wanted)}, len(wanted)
             per_key: Stored = {}
             for start in range(0, len(unique), SQLITE_IDS_PER_QUERY):
                 chunk = unique[start : start + SQLITE_IDS_PER_QUERY]
-                query = self.queries.get((table, len(chunk)))
+                query = self.queries.get((view["name"], len(chunk)))
                 if query is None:
-                    query = self.queries[table, len(chunk)] = (
-                        f"SELECT entity_key, feature_name, value, event_ts FROM {table} "
-                        f"WHERE entity_key IN ({','.join('?' * len(chunk))}) "
-                        f"AND feature_name IN ({','.join('?' * len(wanted))})"
-                    )
+                    query = self.queries[view["name"], len(chunk)] = _grouped_query(view, len(chunk))
                 try:
-                    rows = connection.execute(query, [*chunk, *wanted]).fetchall()
+                    rows = connection.execute(query, [*wanted, *chunk, *wanted]).fetchall()
                 except sqlite3.OperationalError as error:
                     raise StoreUnavailable(f"reading view {view['name']} from {self.where}: {error}") from error
-                for key, feature, value, event_ts in rows:
-                    stored = per_key.get(key)
-                    if stored is None:
-                        stored = per_key[key] = ([None] * width, _sqlite_timestamp(event_ts))
-                    stored[0][positions[feature]] = value
+                for key, *values, event_ts in rows:
+                    per_key[key] = (values, _sqlite_timestamp(event_ts))
             found.append(per_key)
         return found
+
+
+def _grouped_query(view: dict[str, Any], ids: int) -> str:
+    """One row per stored entity: its key, the view's features in order (NULL where absent), its event
+    time. Feast keeps a row per feature; grouping them in SQLite (the rows arrive in key order from the
+    primary key, so no sort) hands Python one row per entity instead of one per value."""
+    table = '"' + view["sqlite_table"].replace('"', '""') + '"'
+    features = len(view["features"])
+    columns = ", ".join(["max(CASE WHEN feature_name = ? THEN value END)"] * features)
+    return (
+        f"SELECT entity_key, {columns}, min(event_ts) FROM {table} "
+        f"WHERE entity_key IN ({','.join('?' * ids)}) AND feature_name IN ({','.join('?' * features)}) "
+        "GROUP BY entity_key"
+    )
 
 
 # HMGET of the same fields on each key, in one call (Lua's false is the reply's nil: a missing field).

@@ -24,6 +24,10 @@ from airflow.cli.commands import standalone_command
 
 WITH_LOG_SERVERS = ("scheduler", "triggerer")
 RESTART_DELAY_SECONDS = 2.0
+# How long a component may take to exit once told to stop before its session is killed: a scheduler
+# exits in about 3 s, but one whose executor workers were signalled too (a service manager stopping
+# the whole tree) and a triggerer waiting on its runner can hang until killed.
+STOP_GRACE_SECONDS = 8.0
 
 
 class _Component(standalone_command.SubCommand):
@@ -61,6 +65,16 @@ class _Component(standalone_command.SubCommand):
     def stop(self) -> None:
         self.stopping = True
         super().stop()
+        if self.process is not None:
+            deadline = threading.Timer(STOP_GRACE_SECONDS, self._kill_session, args=(self.process,))
+            deadline.daemon = True  # (the standalone waits for each component's exit anyway)
+            deadline.start()
+
+    @staticmethod
+    def _kill_session(process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _interrupt(*_: object) -> None:

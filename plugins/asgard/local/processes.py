@@ -48,6 +48,11 @@ class Service:
     after_stop: Callable[[], None] | None = None
     # A service answering on a unix socket rather than a TCP port (the Docker engine).
     health_socket: str | None = None
+    # It stops what it started (a Docker engine its containers, then its containerd; Airflow standalone
+    # its components): only it is signalled, its descendants only if they outlive the grace. Signalled
+    # with it, containerd died before dockerd could stop the containers, and LocalExecutor workers
+    # before their scheduler could end them, each stop then waiting out its timeouts.
+    stops_its_children: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class ProcessSupervisor(abc.ABC):
                 log(f"{service.name}: not running")
                 self._pid_file(service.name).unlink(missing_ok=True)
                 continue
-            _stop_tree(process, service.stop_signal)
+            _stop_tree(process, service.stop_signal, whole_tree=not service.stops_its_children)
             self._pid_file(service.name).unlink(missing_ok=True)
             if service.after_stop:
                 service.after_stop()
@@ -257,16 +262,21 @@ def _port_in_use(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _stop_tree(process: psutil.Process, first_signal: int, grace: float = 30.0) -> None:
-    """Signal the process group, then every descendant still alive; escalate to SIGKILL."""
+def _stop_tree(process: psutil.Process, first_signal: int, grace: float = 30.0, *, whole_tree: bool = True) -> None:
+    """Signal the process group (or, not ``whole_tree``, the process alone), then every descendant still
+    alive; escalate to SIGKILL."""
     try:
         family = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, first_signal)
+    if not whole_tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(first_signal)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, first_signal)
     # Descendants that left the group (task runners start sessions of their own) get it directly.
-    for member in family[1:]:
+    for member in family[1:] if whole_tree else []:
         with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
             if os.getpgid(member.pid) != process.pid:
                 member.send_signal(first_signal)

@@ -96,6 +96,7 @@ class ServiceManager(ProcessSupervisor):
             health_socket=str(socket_path),
             port=0,
             stop_signal=signal.SIGTERM,
+            stops_its_children=True,
             start_timeout=60.0,
             prepare=lambda: self.settings.state_dir.mkdir(parents=True, exist_ok=True),
             after_start=self._load_base_image,
@@ -222,6 +223,7 @@ class ServiceManager(ProcessSupervisor):
             port=s.airflow_port,
             env={**self.airflow_env(), "PYTHONPATH": str(REPO_ROOT / "plugins")},
             prepare=self._prepare_airflow,
+            stops_its_children=True,
         )
 
     def airflow_env(self) -> dict[str, str]:
