@@ -8,7 +8,7 @@ container, as the Docker target mounts it) and the machine's real Redis (databas
 
 For each store, and for 1 and 100 ids per request, ``wrk`` drives ``POST /predict`` with
 ``{"entities": {"customer_id": [...]}}`` side by side with the same rows sent as ``{"inputs": ...}``
-(the features the image itself returned for those ids), alternating, the better run of each; the
+(the features the image itself returned for those ids), in turns, the median of each; the
 ratios of p99 (target <= 2x) and requests/s are printed. Before timing, the answers by id must equal
 the answers by features.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -90,18 +91,29 @@ def build(client, hook, ref, folder: Path, store, tag: str, base_image: str) -> 
 
 
 def side_by_side(url: str, bodies: dict[str, str], args: argparse.Namespace) -> dict[str, dict]:
-    """Features and ids alternating (features, ids, features, ids), each half the duration, the better run of each."""
+    """Features and ids alternating (features, ids, features, ids, ...), ``--rounds`` runs of each, each
+    run ``--duration`` / 2 s; each side's median run by p99 (and its median requests/s). One run's p99 is
+    a few slow moments of a noisy machine: a median of several, taken in turns, lands them on both sides."""
     runs: dict[str, list[dict]] = {name: [] for name in bodies}
-    for _ in range(2):
+    for _ in range(args.rounds):
         for name, body in bodies.items():
             runs[name].append(wrk(f"{url}/predict", body, max(1, args.duration // 2), args.connections))
-    return {name: max(results, key=lambda result: result["rps"]) for name, results in runs.items()}
+    return {
+        name: {
+            "rps": statistics.median(run["rps"] for run in results),
+            "p50_ms": statistics.median(run["p50_ms"] for run in results),
+            "p99_ms": statistics.median(run["p99_ms"] for run in results),
+            "p99s": [run["p99_ms"] for run in results],
+        }
+        for name, results in runs.items()
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5, help="load runs of each body, in turns (medians reported)")
     parser.add_argument("--customers", type=int, default=20_000, help="sample customers (training rows, online rows)")
     parser.add_argument(
         "--reuse-services", action="store_true", help="the running stack ASGARD_* describes (else a fresh one)"
@@ -172,13 +184,19 @@ def main() -> int:
                         f"{features['p50_ms']:.2f} ms p99 {features['p99_ms']:.2f} ms | by id {entity['rps']:.0f} "
                         f"req/s p50 {entity['p50_ms']:.2f} ms p99 {entity['p99_ms']:.2f} ms | p99 ratio id / features "
                         f"{entity['p99_ms'] / features['p99_ms']:.2f} (target <= 2), req/s ratio "
-                        f"{entity['rps'] / features['rps']:.2f}; answers identical: {same}",
+                        f"{entity['rps'] / features['rps']:.2f}; answers identical: {same} "
+                        f"(medians of {args.rounds} runs; p99s by features {_listed(features['p99s'])}, "
+                        f"by id {_listed(entity['p99s'])})",
                         flush=True,
                     )
         import redis
 
         redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
     return exit_code(failures)
+
+
+def _listed(values: list[float]) -> str:
+    return "/".join(f"{value:.1f}" for value in values)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ def test_serving_bench_smoke(embedded_stack):
 
 def test_serving_by_id_bench_smoke(embedded_stack):
     """One image read by id from SQLite (mounted read-only) and the machine's Redis, a second per load run."""
-    out = run_bench("serving_by_id_bench.py", "--duration", "1", "--customers", "2000", stack=embedded_stack)
+    out = run_bench(
+        "serving_by_id_bench.py", "--duration", "1", "--rounds", "2", "--customers", "2000", stack=embedded_stack
+    )
     assert "image without the online reader" in out and "growth" in out
     for store in ("sqlite", "redis"):
         for ids in ("  1 id(s)", "100 id(s)"):

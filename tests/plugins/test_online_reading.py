@@ -203,6 +203,34 @@ def test_values_and_timestamps_decode_as_protobuf_reads_them():
         assert decode_timestamp(stamp.SerializeToString()).timestamp() == pytest.approx(seconds + nanos / 1e9)
 
 
+def test_each_types_decoder_answers_as_protobuf_over_and_over_and_remembers_a_bounded_number(monkeypatch):
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from asgard_serving import online
+
+    monkeypatch.setattr(online, "MEMO_ENTRIES", 50)
+    rng = random.Random(5)
+    cases = {
+        "INT64": [
+            Value(int64_val=n) for n in [0, 127, 128, -1, 2**62, *(rng.randrange(-(2**40), 2**40) for _ in range(80))]
+        ],
+        "INT32": [Value(int32_val=n) for n in [0, 300, -(2**31), *(rng.randrange(-(2**31), 2**31) for _ in range(80))]],
+        "DOUBLE": [Value(double_val=x) for x in [0.0, -1.5, *(rng.uniform(-1e9, 1e9) for _ in range(80))]],
+        "STRING": [Value(string_val=f"segment-{n % 70}") for n in range(120)],
+        "BOOL": [Value(bool_val=True), Value(bool_val=False)],
+    }
+    for value_type, protos in cases.items():
+        decode = online.value_decoder(value_type)
+        for proto in protos * 2:  # the second pass answers from memory where it remembers
+            which = proto.WhichOneof("val")
+            assert decode(proto.SerializeToString()) == getattr(proto, which), (value_type, proto)
+        assert decode(Value().SerializeToString()) is None and decode(None) is None
+    remembered = online.memoized(len)
+    for n in range(500):
+        assert remembered(bytes([n % 256, n // 256])) == 2
+    assert len(remembered.answers) <= 50  # bounded: emptied when full
+
+
 # --------------------------------------------------------------------------- refusals
 @pytest.fixture(scope="module")
 def sqlite_store(home, newest_rows):

@@ -79,12 +79,11 @@ def key_serializer(join_keys: dict[str, str]):
 
 # The first byte of each fixed-width value's message (field number << 3 | wire type), and its layout.
 FIXED_WIDTH = {"DOUBLE": (5 << 3 | 1, struct.Struct("<d")), "FLOAT": (6 << 3 | 5, struct.Struct("<f"))}
-VARINT_TAGS = {"INT32": 3 << 3, "INT64": 4 << 3, "BOOL": 7 << 3}
 
 
 def value_decoder(value_type: str):
-    """``decode_value`` for one feature type, with the common shapes of its message decoded directly
-    (a double's nine bytes, a small integer's two) and anything else by the general decoder."""
+    """``decode_value`` for one feature type: a double's or float's common shape decoded directly, any
+    other value decoded once and remembered."""
     if value_type in FIXED_WIDTH:
         tag, layout = FIXED_WIDTH[value_type]
         size, unpack = 1 + layout.size, layout.unpack_from
@@ -95,16 +94,31 @@ def value_decoder(value_type: str):
             return decode_value(data)
 
         return fixed
-    if value_type in VARINT_TAGS:
-        tag, boolean = VARINT_TAGS[value_type], value_type == "BOOL"
+    # Integers, strings and the rest: a feature's values repeat across entities (ages, counts, segments),
+    # and a serialized value always decodes to the same immutable value, so each is decoded once.
+    return memoized(decode_value)
 
-        def small(data: bytes | None) -> Any:
-            if data and len(data) == 2 and data[0] == tag:  # one varint byte: 0..127
-                return bool(data[1]) if boolean else data[1]
-            return decode_value(data)
 
-        return small
-    return decode_value
+# Distinct serialized values remembered per decoder: bounded, emptied when full.
+MEMO_ENTRIES = 65_536
+_UNSEEN = object()
+
+
+def memoized(decode):
+    """``decode`` remembering its answers: for pure functions of bytes (or numbers) to immutable values."""
+    answers: dict = {}
+
+    def remembered(data):
+        value = answers.get(data, _UNSEEN)
+        if value is _UNSEEN:
+            value = decode(data)
+            if len(answers) >= MEMO_ENTRIES:
+                answers.clear()
+            answers[data] = value
+        return value
+
+    remembered.answers = answers  # type: ignore[attr-defined]  # (what it holds, for a test)
+    return remembered
 
 
 def _varint(data: bytes, offset: int) -> tuple[int, int]:
@@ -300,6 +314,7 @@ class _SqliteStore(_Store):
         self.local = threading.local()
         self.connections: list = []
         self.queries: dict[tuple[str, int], str] = {}  # (view name, ids) -> its statement
+        self.timestamp = memoized(_sqlite_timestamp)  # (entities materialized together share one)
 
     def _connection(self):
         import sqlite3
@@ -346,7 +361,7 @@ class _SqliteStore(_Store):
                 except sqlite3.OperationalError as error:
                     raise StoreUnavailable(f"reading view {view['name']} from {self.where}: {error}") from error
                 for key, *values, event_ts in rows:
-                    per_key[key] = (values, _sqlite_timestamp(event_ts))
+                    per_key[key] = (values, self.timestamp(event_ts))
             found.append(per_key)
         return found
 
@@ -394,6 +409,7 @@ class _RedisStore(_Store):
         self.hmget_each = self.client.register_script(HMGET_EACH)  # EVALSHA, loading the script when missing
         self.views = views
         self.project = project.encode()
+        self.timestamp = memoized(decode_timestamp)
         self.fields: list[bytes] = []
         for view in views:
             self.fields += [bytes.fromhex(feature["redis_field"]) for feature in view["features"]]
@@ -419,7 +435,7 @@ class _RedisStore(_Store):
                 values, stamp = reply[offset : offset + width], reply[offset + width]
                 if stamp is None and not any(values):
                     continue  # the entity is not in this view
-                per_key[key] = (values, decode_timestamp(stamp))
+                per_key[key] = (values, self.timestamp(stamp))
             found.append(per_key)
             offset += width + 1
         return found
