@@ -9,10 +9,11 @@ Two axes, each on SQLite and on a real Redis (its own database index, emptied be
   flat (target: < +20% from the smallest to the largest size).
 
 Each path materializes the whole history into its own fresh online store, in a fresh forked process
-so its peak RSS is its own. Feast's run is skipped beyond ``--feast-max-entities`` (its memory grows
-with the entities: several GiB a million). Afterwards Feast's own ``get_online_features`` reads a
-sample of entities back from the project's store, compared value for value with Feast's store
-(or, where Feast did not run, with the newest gold rows).
+so its peak RSS is its own; beside them, the store's own rate for the same rows (the fastest the
+store takes them, made beforehand: what no writer can beat). Feast's run is skipped beyond
+``--feast-max-entities`` (its memory grows with the entities: several GiB a million). Afterwards
+Feast's own ``get_online_features`` reads a sample of entities back from the project's store,
+compared value for value with Feast's store (or, where Feast did not run, with the newest gold rows).
 
     python bench/materialize_bench.py          # entities 100k 1M 4M; rows 1M 4M at 250k customers (not in CI)
     python bench/materialize_bench.py --entities 2000 6000 --rows 2000 6000 --customers 2000 \\
@@ -45,8 +46,8 @@ def online_store(kind: str, home: Path, mode: str, redis: str) -> dict:
     return {"type": "redis", "connection_string": f"{redis},db={REDIS_DB[mode]}"}
 
 
-# One Redis database per path, so the two stores never mix; emptied before each run.
-REDIS_DB = {"dag": 14, "feast": 15}
+# One Redis database per path, so no two stores mix; emptied before each run.
+REDIS_DB = {"dag": 14, "feast": 15, "store": 10}
 
 
 def child(mode: str, home: str, spec: dict, store: dict) -> dict:
@@ -73,6 +74,48 @@ def child(mode: str, home: str, spec: dict, store: dict) -> dict:
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     writer = type(online_writer(feast_store, view)).__name__ if mode == "dag" else "feast"
     return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024, "writer": writer}
+
+
+def store_rate(home: str, spec: dict, store: dict) -> dict:
+    """The store's own rate, in a fresh process: the rows of the project's writer, made beforehand
+    and untimed, then written the fastest way the store takes them.
+
+    SQLite: copied from the project's store (written by the ``dag`` run) into a fresh one by one
+    ``INSERT ... SELECT``, in SQLite's C, in key order. Redis: the writer's pipelines of ``HSET``s,
+    built first, then only sent and their replies read.
+    """
+    import sqlite3
+
+    os.environ.update({"ASGARD_HOME": home, "ASGARD_PROFILE": "embedded"})
+    from asgard.features import materialization
+    from asgard.features import store as feature_store
+    from asgard.features.online_writer import online_writer
+    from sample_data.gold_layer import GoldSpec
+
+    feast_store = feature_store.open_store(online_store=store)
+    view = feast_store.get_feature_view(VIEW)
+    materialization.ensure_online_table(feast_store, view)
+    writer = online_writer(feast_store, view)
+    if store["type"] == "sqlite":
+        table, order = writer.table, "ORDER BY entity_key, feature_name"
+        source = str(Path(store["path"]).with_name("online-dag.db"))
+        connection = sqlite3.connect(store["path"])
+        connection.execute("ATTACH DATABASE ? AS source", (source,))
+        started = time.perf_counter()
+        with connection:
+            connection.execute(f"INSERT INTO main.{table} SELECT * FROM source.{table} {order}")
+        seconds = time.perf_counter() - started
+        connection.close()
+        return {"seconds": seconds, "how": "INSERT ... SELECT in SQLite"}
+    gold_spec = GoldSpec(**spec)
+    latest, _, _ = materialization.read_newest(
+        feast_store, view, gold_spec.start_time, gold_spec.end_time + timedelta(seconds=1), progress=lambda _: None
+    )
+    batches = writer.batches(latest, 50_000)
+    pipelines = [pipeline for batch, keys in batches for pipeline in writer.pipelines(batch, keys)]
+    started = time.perf_counter()
+    writer.send(pipelines)
+    return {"seconds": time.perf_counter() - started, "how": "the writer's pipelines, built beforehand"}
 
 
 def write_layer(home: str, spec: dict) -> None:
@@ -110,6 +153,8 @@ def run_child(processes: ProcessPoolExecutor, mode: str, home: Path, spec: dict,
         Path(store["path"]).unlink(missing_ok=True)
     else:
         empty_redis(store)
+    if mode == "store":
+        return in_fresh_process(processes, store_rate, str(home), spec, store)
     return in_fresh_process(processes, child, mode, str(home), spec, store)
 
 
@@ -162,7 +207,7 @@ def measure(processes: ProcessPoolExecutor, spec: dict, stores: list[str], args:
         home = Path(tmp)
         in_fresh_process(processes, write_layer, str(home), spec)
         for kind in stores:
-            modes = ["dag"] + (["feast"] if spec["customers"] <= args.feast_max_entities else [])
+            modes = ["dag", "store"] + (["feast"] if spec["customers"] <= args.feast_max_entities else [])
             best: dict[str, dict] = {}
             for _ in range(args.repeat):
                 for mode in modes:
@@ -176,6 +221,8 @@ def measure(processes: ProcessPoolExecutor, spec: dict, stores: list[str], args:
                 theirs, against = newest_gold_values(home, spec, ours), "the newest gold rows"
             same = ours == theirs
             for mode in modes:
+                if mode == "store":
+                    continue
                 label = {"dag": f"asgard ({best[mode]['writer']})", "feast": "feast materialize"}[mode]
                 seconds, rss = best[mode]["seconds"], best[mode]["peak_rss_mib"]
                 print(
@@ -192,6 +239,13 @@ def measure(processes: ProcessPoolExecutor, spec: dict, stores: list[str], args:
             )
             if not same:
                 raise SystemExit(f"{kind}: the online values differ from {against} at {spec}")
+            own = best["store"]
+            print(
+                f"{'':>19} {kind}: the store's own rate ({own['how']}): {spec['customers'] / own['seconds']:.0f} "
+                f"entities/s in {own['seconds']:.2f} s; asgard's whole run, reading the gold layer included, "
+                f"at {own['seconds'] / best['dag']['seconds']:.0%} of it",
+                flush=True,
+            )
             if "feast" in best:
                 ratio = best["feast"]["seconds"] / best["dag"]["seconds"]
                 print(

@@ -45,6 +45,8 @@ def test_materialize_bench_smoke():
     assert out.count("identical to feast: True") == 4 and out.count("identical to the newest gold rows: True") == 2
     assert out.count("(the layer measured above)") == 1 and "Materializing" not in out
     assert "asgard (SqliteWriter)" in out and "asgard (RedisWriter)" in out
+    for how in ("INSERT ... SELECT in SQLite", "the writer's pipelines, built beforehand"):
+        assert out.count(f"the store's own rate ({how}):") == 3  # one per layer
 
 
 def test_train_bench_smoke(embedded_stack):

@@ -36,12 +36,14 @@ def sqlite_store(home, name: str | None = None):
 
 
 @contextlib.contextmanager
-def empty_redis_store(db: int):
-    """A store on the machine's Redis database ``db``, emptied before and after."""
+def empty_redis_store(db: int, **options):
+    """A store on the machine's Redis database ``db`` (with Feast's redis ``options``), emptied before
+    and after."""
     client = redis.Redis(host="127.0.0.1", port=6379, db=db)
     client.flushdb()
+    online_store = {"type": "redis", "connection_string": f"127.0.0.1:6379,db={db}", **options}
     try:
-        yield feature_store.open_store(online_store={"type": "redis", "connection_string": f"127.0.0.1:6379,db={db}"})
+        yield feature_store.open_store(online_store=online_store)
     finally:
         client.flushdb()
 
@@ -286,6 +288,22 @@ def test_the_online_writer_stores_exactly_what_feast_stores(home, backend, reque
     assert_same(online(ours), online(theirs))
     missing = frame.set_index("customer_id")["avg_purchase_value"].isna()
     assert online(ours)["avg_purchase_value"].isna().equals(missing.sort_index()) and missing.sum() >= 22
+
+
+def test_the_redis_writer_expires_entities_as_feast_does(home):
+    """With Feast's ``key_ttl_seconds`` every entity's hash gets the same TTL from both writers."""
+    from asgard.features.online_writer import FeastWriter, RedisWriter
+
+    with empty_redis_store(11, key_ttl_seconds=3600) as theirs, empty_redis_store(12, key_ttl_seconds=3600) as ours:
+        view = ours.get_feature_view("customer_features")
+        frame = newest_source_rows(ours)
+        FeastWriter(theirs, view).write(frame)
+        assert RedisWriter(ours, view).write(frame, batch_rows=97) == len(frame)
+        assert stored(ours, "redis") == stored(theirs, "redis")
+        for store in (theirs, ours):
+            client = store._get_provider().online_store._get_client(store.config.online_store)
+            ttls = {client.ttl(key) for key in client.keys("*")}
+            assert len(client.keys("*")) == len(frame) and ttls <= set(range(3500, 3601)), ttls
 
 
 @pytest.mark.parametrize(

@@ -113,14 +113,9 @@ def materialize_window(
     ensure_online_table(store, view)
     watermark = to_utc(view.most_recent_end_time) if view.most_recent_end_time else None
     read_until = max(window.end, watermark) if watermark and window.start < watermark else window.end
-    reader = _SourceReader(store, view)
-    latest: pd.DataFrame | None = None
-    rows_read = chunks = 0
-    for candidates, read in reader.chunks(window.start, read_until, chunk_rows=chunk_rows, period=chunk_period):
-        chunks += 1
-        rows_read += read
-        latest = reader.newest(candidates if latest is None else [latest, candidates])
-        progress(f"{view.name}: chunk {chunks}: {read} rows read ({rows_read} so far, {len(latest)} entities)")
+    latest, chunks, rows_read = read_newest(
+        store, view, window.start, read_until, chunk_rows=chunk_rows, chunk_period=chunk_period, progress=progress
+    )
     rows_written = 0
     if latest is not None:
         rows_written = online_writer(store, view).write(latest, batch_rows=write_rows)
@@ -137,6 +132,29 @@ def materialize_window(
         seconds=round(time.perf_counter() - started, 3),
         watermark=new_watermark.isoformat(),
     )
+
+
+def read_newest(
+    store: FeatureStore,
+    view: FeatureView,
+    start: datetime,
+    end: datetime,
+    *,
+    chunk_rows: int = 500_000,
+    chunk_period: timedelta = timedelta(days=1),
+    progress: Callable[[str], None] = log.info,
+) -> tuple[pd.DataFrame | None, int, int]:
+    """The newest source row per entity of ``view`` in ``[start, end)`` (None if there is none), read
+    a bounded chunk at a time; with the number of chunks and of rows read."""
+    reader = _SourceReader(store, view)
+    latest: pd.DataFrame | None = None
+    rows_read = chunks = 0
+    for candidates, read in reader.chunks(start, end, chunk_rows=chunk_rows, period=chunk_period):
+        chunks += 1
+        rows_read += read
+        latest = reader.newest(candidates if latest is None else [latest, candidates])
+        progress(f"{view.name}: chunk {chunks}: {read} rows read ({rows_read} so far, {len(latest)} entities)")
+    return latest, chunks, rows_read
 
 
 def ensure_online_table(store: FeatureStore, view: FeatureView) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Iterable, Iterator
+from itertools import chain, cycle, repeat
 from typing import TYPE_CHECKING, Any
 
 from asgard.features import encoding
@@ -29,8 +31,8 @@ log = logging.getLogger(__name__)
 
 # How many of a column's values are encoded both ways (numpy and Feast) before numpy is trusted.
 CHECKED_VALUES = 64
-# Redis commands sent down the connection before their replies are read.
-PIPELINE_COMMANDS = 10_000
+# Entities whose commands are sent down the connection at once.
+PIPELINE_ENTITIES = 10_000
 
 
 def online_writer(store: FeatureStore, view: FeatureView) -> OnlineWriter:
@@ -69,12 +71,22 @@ class OnlineWriter(abc.ABC):
         """
         if frame.empty:
             return 0
+        for batch, keys in self.batches(frame, batch_rows):
+            self.write_batch(batch, keys)
+        return len(frame)
+
+    def batches(self, frame: pd.DataFrame, batch_rows: int) -> Iterator[tuple[pd.DataFrame, list[bytes]]]:
+        """``frame`` in batches of ``batch_rows`` rows, with their entity keys (in key order if
+        :attr:`sorted_keys`)."""
         keys = self.entity_keys(frame)
-        order = sorted(range(len(keys)), key=keys.__getitem__) if self.sorted_keys else range(len(keys))
+        if not self.sorted_keys:  # slices of the frame, not copies
+            for start in range(0, len(frame), batch_rows):
+                yield frame.iloc[start : start + batch_rows], keys[start : start + batch_rows]
+            return
+        order = sorted(range(len(keys)), key=keys.__getitem__)
         for start in range(0, len(frame), batch_rows):
             rows = order[start : start + batch_rows]
-            self.write_batch(frame.take(rows), [keys[row] for row in rows])
-        return len(frame)
+            yield frame.take(rows), [keys[row] for row in rows]
 
     @abc.abstractmethod
     def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
@@ -97,8 +109,7 @@ class OnlineWriter(abc.ABC):
             packed = np.zeros(len(numbers), dtype=[("prefix", f"V{len(prefix)}"), ("key", "<i8")])
             packed["prefix"] = np.frombuffer(prefix, dtype=f"V{len(prefix)}")[0]
             packed["key"] = numbers
-            raw, width = packed.tobytes(), len(prefix) + 8
-            keys = [raw[offset : offset + width] for offset in range(0, len(raw), width)]
+            keys = encoding.fixed_width_items(packed.tobytes(), len(prefix) + 8)
             if keys[: len(expected)] == expected:
                 return keys
             log.warning("%s: entity keys differ from Feast's serialization; serializing one by one", self.view.name)
@@ -137,11 +148,10 @@ class OnlineWriter(abc.ABC):
 
     def timestamps(self, frame: pd.DataFrame, column: str | None) -> list[Any]:
         """Naive UTC datetimes (what Feast hands its stores), or Nones without the column."""
-        import pandas as pd
 
         if column is None:
             return [None] * len(frame)
-        stamps = pd.DatetimeIndex(pd.to_datetime(frame[column], utc=True)).tz_localize(None)
+        stamps = utc_stamps(frame[column]).tz_localize(None)
         return stamps.to_pydatetime().tolist()
 
 
@@ -154,7 +164,7 @@ class SqliteWriter(OnlineWriter):
 
         super().__init__(store, view)
         self.online_store = store._get_provider().online_store
-        table = _quote_id(_table_id(store.config.project, view))
+        self.table = table = _quote_id(_table_id(store.config.project, view))
         columns = ["entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"]
         updates = ", ".join(f"{column} = excluded.{column}" for column in columns[2:])
         self.upsert = (
@@ -165,22 +175,67 @@ class SqliteWriter(OnlineWriter):
     sorted_keys = True  # each row lands beside the previous one in the table's B-trees: several times faster
 
     def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
-        event = _stored_timestamps(self.timestamps(frame, self.ts))
-        created = _stored_timestamps(self.timestamps(frame, self.created))
-        columns = [(name, *self.encoded_values(name, frame[name], texts=True)) for name in sorted(self.features)]
-        rows = (
-            (keys[row], name, values[row], texts[row], event[row], created[row])
-            for row in range(len(keys))
-            for name, values, texts in columns
-        )
         connection = self.online_store._get_conn(self.store.config)
         with connection:
-            connection.executemany(self.upsert, rows)
+            connection.executemany(self.upsert, self.rows(frame, keys))
+
+    def rows(self, frame: pd.DataFrame, keys: list[bytes]) -> Iterator[tuple]:
+        """The table rows of ``frame``'s entities, entity by entity and feature by feature."""
+        event = self.stored_timestamps(frame, self.ts)
+        created = self.stored_timestamps(frame, self.created)
+        columns = [(name, *self.encoded_values(name, frame[name], texts=True)) for name in sorted(self.features)]
+        # Zipped from the columns by iterators that run in C: executemany pulls a row per feature
+        # and entity, and no bytecode runs per row. (cycle() never ends: the other columns end it.)
+        per_feature = len(columns)
+
+        def each_entity(items: list) -> Iterator:
+            return chain.from_iterable(map(repeat, items, repeat(per_feature)))
+
+        return zip(
+            each_entity(keys),
+            cycle([name for name, _, _ in columns]),
+            chain.from_iterable(zip(*(values for _, values, _ in columns), strict=True)),
+            chain.from_iterable(zip(*(texts for _, _, texts in columns), strict=True)),
+            each_entity(event),
+            each_entity(created),
+        )
+
+    def stored_timestamps(self, frame: pd.DataFrame, column: str | None) -> list:
+        """What SQLite stores for each row's ``column``: the adapter Feast registers for datetimes
+        (whole epoch seconds), computed for the column at once and checked against the adapter
+        on its first rows; Nones without the column."""
+        import sqlite3
+        from datetime import datetime
+
+        import numpy as np
+
+        if column is None:
+            return [None] * len(frame)
+        adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol))
+        stamps = utc_stamps(frame[column])
+        if adapt is not None and not stamps.hasnans:
+            nanos = stamps.as_unit("ns").asi8
+            seconds, fraction = np.divmod(nanos, 1_000_000_000)
+            seconds += (fraction != 0) & (nanos < 0)  # int() of a negative timestamp truncates toward zero
+            epoch = seconds.tolist()
+            sample = self.timestamps(frame.iloc[:CHECKED_VALUES], column)
+            if epoch[: len(sample)] == [adapt(stamp) for stamp in sample]:
+                return epoch
+        return _stored_timestamps(self.timestamps(frame, column))
+
+
+def utc_stamps(values: pd.Series) -> pd.DatetimeIndex:
+    """A column of times as UTC; one already of datetimes is converted as a whole (``to_datetime``
+    looks at every value first, to decide whether to cache its parsing)."""
+    import pandas as pd
+
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return pd.DatetimeIndex(values).tz_convert("UTC")
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True))
 
 
 def _stored_timestamps(stamps: list) -> list:
-    """What SQLite stores for each datetime: the adapter Feast registers, applied once per entity
-    rather than once per feature row."""
+    """What SQLite stores for each datetime: the adapter Feast registers, value by value."""
     import sqlite3
     from datetime import datetime
 
@@ -205,44 +260,61 @@ class RedisWriter(OnlineWriter):
         self.ttl = store.config.online_store.key_ttl_seconds
 
     def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
-        stamps = self.timestamp_protos(frame)
-        columns = [(self.fields[name], self.encoded_values(name, frame[name])[0]) for name in self.features]
-        # RESP, the protocol itself: the fixed parts of every command once, the values per row.
-        head = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (1 + len(columns)))
-        ts_field = _bulk(self.ts_field)
-        commands = []
-        for row, key in enumerate(keys):
-            redis_key = key + self.project
-            parts = [head, b"$%d\r\n" % len(redis_key), redis_key, b"\r\n", ts_field, _bulk(stamps[row])]
-            for field, values in columns:
-                value = values[row]
-                parts += (field, b"$%d\r\n" % len(value), value, b"\r\n")
-            commands.append(b"".join(parts))
-            if self.ttl:
-                commands.append(_resp([b"EXPIRE", redis_key, str(self.ttl).encode()]))
+        self.send(self.pipelines(frame, keys))
+
+    def pipelines(self, frame: pd.DataFrame, keys: list[bytes]) -> Iterator[tuple[bytes, int]]:
+        """The commands of ``frame``'s entities in RESP, the protocol itself, a pipeline's worth at a
+        time, with the number of replies each pipeline gets.
+
+        Each command's parts are columns (the fixed parts repeated), zipped and joined in C: no
+        bytecode runs per entity.
+        """
+        redis_keys = list(map(bytes.__add__, keys, repeat(self.project)))
+        key_parts = _bulk_items(redis_keys)
+        parts = [repeat(b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(self.features))), *key_parts]
+        parts += [repeat(_bulk(self.ts_field)), *_bulk_items(self.timestamp_protos(frame))]
+        for name in self.features:
+            parts += [repeat(self.fields[name]), *_bulk_items(self.encoded_values(name, frame[name])[0])]
+        commands_per_entity = 1
+        if self.ttl:
+            parts += [repeat(b"*3\r\n$6\r\nEXPIRE\r\n"), *key_parts, repeat(_bulk(str(self.ttl).encode()))]
+            commands_per_entity = 2
+        for start in range(0, len(keys), PIPELINE_ENTITIES):
+            stop = start + PIPELINE_ENTITIES
+            window = [part if isinstance(part, repeat) else part[start:stop] for part in parts]
+            # The repeated parts never end: the columns' slices end each pipeline.
+            payload = b"".join(chain.from_iterable(zip(*window, strict=False)))
+            yield payload, len(redis_keys[start:stop]) * commands_per_entity
+
+    def send(self, pipelines: Iterable[tuple[bytes, int]]) -> None:
+        """Send the pipelines down one of redis-py's connections (its pipeline packs each command in
+        Python); each one's replies are read after the next is sent, so Redis works meanwhile."""
         client = self.online_store._get_client(self.store.config.online_store)
-        # redis-py's pipeline spends tens of microseconds packing each command in Python: the commands
-        # are packed above and sent down one of its connections at once.
         connection = client.connection_pool.get_connection()
         try:
-            for start in range(0, len(commands), PIPELINE_COMMANDS):
-                sent = commands[start : start + PIPELINE_COMMANDS]
-                connection.send_packed_command([b"".join(sent)])
-                for _ in sent:
-                    connection.read_response()  # an error reply raises, naming it
+            unread = 0
+            for payload, replies in pipelines:
+                connection.send_packed_command([payload])
+                self._read_replies(connection, unread)
+                unread = replies
+            self._read_replies(connection, unread)
         except BaseException:
             connection.disconnect()  # replies may be left unread: never hand this connection out again
             raise
         finally:
             client.connection_pool.release(connection)
 
+    @staticmethod
+    def _read_replies(connection: Any, count: int) -> None:
+        for _ in range(count):
+            connection.read_response()  # an error reply raises, naming it
+
     def timestamp_protos(self, frame: pd.DataFrame) -> list[bytes]:
         """Each row's event time as the serialized ``Timestamp`` Feast stores (seconds, then nanos
         when not zero, both varints): a column at a time, checked against protobuf's on the first rows."""
-        import pandas as pd
         from google.protobuf.timestamp_pb2 import Timestamp
 
-        stamps = pd.DatetimeIndex(pd.to_datetime(frame[self.ts], utc=True))
+        stamps = utc_stamps(frame[self.ts])
         encoded = encoding.timestamps(stamps)
         expected = []
         for stamp in stamps[:CHECKED_VALUES].to_pydatetime():
@@ -264,12 +336,18 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _resp(parts: list[bytes]) -> bytes:
-    """One Redis command in RESP: an array of bulk strings."""
-    chunks = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        chunks += (b"$%d\r\n" % len(part), part, b"\r\n")
-    return b"".join(chunks)
+# The header of a bulk string of each length up to 1 KiB, looked up rather than formatted.
+BULK_HEADERS = [b"$%d\r\n" % length for length in range(1024)]
+
+
+def _bulk_items(values: list[bytes]) -> list:
+    """The RESP bulk strings of ``values`` as three columns to zip: headers, values, line ends."""
+    lengths = list(map(len, values))
+    if max(lengths, default=0) < len(BULK_HEADERS):
+        headers = list(map(BULK_HEADERS.__getitem__, lengths))
+    else:
+        headers = [b"$%d\r\n" % length for length in lengths]
+    return [headers, values, repeat(b"\r\n")]
 
 
 class FeastWriter(OnlineWriter):
