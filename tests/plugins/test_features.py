@@ -290,6 +290,35 @@ def test_the_online_writer_stores_exactly_what_feast_stores(home, backend, reque
     assert online(ours)["avg_purchase_value"].isna().equals(missing.sort_index()) and missing.sum() >= 22
 
 
+def test_the_sqlite_writer_stores_created_times_as_feast_does(home):
+    """A view with a created-time column: its created_ts column (NULL without one) is Feast's too."""
+    from asgard.features.online_writer import FeastWriter, SqliteWriter
+
+    theirs, ours = sqlite_store(home), sqlite_store(home)
+    source = {"table_name": FEATURE_TABLE, "timestamp_field": "event_timestamp"}
+    registration.register_feature_view(
+        seed_request(source={**source, "created_timestamp_column": "created_timestamp"}), ours
+    )
+    view = ours.get_feature_view("customer_support")
+    rows = gold.load_table(FEATURE_TABLE).scan().to_pandas().drop_duplicates("customer_id", keep="last")
+    frame = rows[
+        ["customer_id", "support_tickets_count", "days_since_last_purchase", "event_timestamp", "created_timestamp"]
+    ]
+    for store in (theirs, ours):
+        materialization.ensure_online_table(store, view)
+    FeastWriter(theirs, view).write(frame)
+    assert SqliteWriter(ours, view).write(frame) == len(frame) == SPEC.customers
+
+    def table(store) -> list:
+        connection = store._get_provider().online_store._get_conn(store.config)
+        return connection.execute(
+            'SELECT * FROM "asgard_customer_support" ORDER BY entity_key, feature_name'
+        ).fetchall()
+
+    assert table(ours) == table(theirs)
+    assert all(row[-1] is not None for row in table(ours))  # created_ts written, not NULL
+
+
 def test_the_redis_writer_expires_entities_as_feast_does(home):
     """With Feast's ``key_ttl_seconds`` every entity's hash gets the same TTL from both writers."""
     from asgard.features.online_writer import FeastWriter, RedisWriter
