@@ -216,6 +216,7 @@ def test_each_types_decoder_answers_as_protobuf_over_and_over_and_remembers_a_bo
         ],
         "INT32": [Value(int32_val=n) for n in [0, 300, -(2**31), *(rng.randrange(-(2**31), 2**31) for _ in range(80))]],
         "DOUBLE": [Value(double_val=x) for x in [0.0, -1.5, *(rng.uniform(-1e9, 1e9) for _ in range(80))]],
+        "FLOAT": [Value(float_val=x) for x in [0.0, -1.5, 3.1, *(rng.uniform(-1e9, 1e9) for _ in range(80))]],
         "STRING": [Value(string_val=f"segment-{n % 70}") for n in range(120)],
         "BOOL": [Value(bool_val=True), Value(bool_val=False)],
     }
@@ -225,7 +226,11 @@ def test_each_types_decoder_answers_as_protobuf_over_and_over_and_remembers_a_bo
             which = proto.WhichOneof("val")
             assert decode(proto.SerializeToString()) == getattr(proto, which), (value_type, proto)
         assert decode(Value().SerializeToString()) is None and decode(None) is None
-    remembered = online.memoized(len)
+        # A column at once (numpy for a column of doubles), with and without missing values in it.
+        present = [proto.SerializeToString() for proto in protos]
+        for column in (present, [*present, b"", None]):
+            assert decode.column(column) == [decode(data) for data in column], value_type
+    remembered = online.Memoized(len)
     for n in range(500):
         assert remembered(bytes([n % 256, n // 256])) == 2
     assert len(remembered.answers) <= 50  # bounded: emptied when full
