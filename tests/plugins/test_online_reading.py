@@ -316,6 +316,35 @@ def test_the_sqlite_store_is_opened_read_only(tmp_path, model, sqlite_store, ser
     assert os.stat(path).st_mtime_ns == before
 
 
+def test_the_sqlite_reader_remembers_entities_until_the_store_changes(tmp_path, model, newest_rows, serve):
+    """Entities read are answered from memory while the file is unchanged; a write to the store (a
+    materialization, here Feast's own) is seen by the very next request."""
+    store = feature_store.open_store(online_store={"type": "sqlite", "path": str(tmp_path / "online-cached.db")})
+    materialization.ensure_online_table(store, store.get_feature_view("customer_features"))
+    store.write_to_online_store("customer_features", newest_rows)
+    ids, unknown = IDS[:40], SPEC.customers + 7
+
+    def read(client) -> list:
+        answer = client.post("/predict", json={"entities": {"customer_id": ids}, "return_features": True})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["features"]["total_purchases"]
+
+    with serve(bundle(tmp_path / "model", model, store), location_of(store)) as client:
+        reader = client.app.predictions.state.online.store
+        first = read(client)
+        assert first == newest_rows.set_index("customer_id").loc[ids, "total_purchases"].tolist()
+        assert len(reader.cache) == len(ids)
+        assert read(client) == first  # answered from memory
+        assert client.post("/predict", json={"entities": {"customer_id": [unknown]}}).status_code == 422
+        assert len(reader.cache) == len(ids)  # an id the store does not hold is not remembered
+
+        changed = newest_rows[newest_rows["customer_id"].isin(ids)].assign(
+            total_purchases=lambda rows: rows["total_purchases"] + 1000
+        )
+        store.write_to_online_store("customer_features", changed)
+        assert read(client) == [value + 1000 for value in first]
+
+
 def test_redis_urls_come_from_feasts_connection_strings(home):
     config = feature_store.load_repo_config(
         online_store={"type": "redis", "connection_string": "cache.internal:6380,db=3,ssl=true,password=p@ss/word"}

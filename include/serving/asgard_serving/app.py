@@ -20,6 +20,8 @@ Environment:
 ``ASGARD_ONLINE_STORE``         where ``{"entities": ...}`` requests read features: ``sqlite:///<path>`` or a
                                 ``redis://`` URL (unset: only requests carrying their features)
 ``ASGARD_SERVING_MAX_ENTITIES`` a request naming more entity ids is refused with 422 (default 1,000)
+``ASGARD_SERVING_FEATURE_CACHE``  entities whose SQLite rows are remembered until the store's file changes
+                                (default 50,000; 0: none)
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Limits:
     max_rows: int = 100_000
     inline_rows: int = 256
     max_entities: int = 1000
+    feature_cache: int = 50_000
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -90,6 +93,7 @@ class Limits:
             max_rows=int(os.environ.get("ASGARD_SERVING_MAX_ROWS", cls.max_rows)),
             inline_rows=int(os.environ.get("ASGARD_SERVING_INLINE_ROWS", cls.inline_rows)),
             max_entities=int(os.environ.get("ASGARD_SERVING_MAX_ENTITIES", cls.max_entities)),
+            feature_cache=int(os.environ.get("ASGARD_SERVING_FEATURE_CACHE", cls.feature_cache)),
         )
 
 
@@ -179,7 +183,8 @@ def _online_features(bundle: Bundle, limits: Limits) -> tuple[OnlineFeatures | N
     location = os.environ.get("ASGARD_ONLINE_STORE")
     if not location:
         return None, (503, "this server has no online store to read features from (ASGARD_ONLINE_STORE)")
-    return OnlineFeatures(spec, location, max_entities=limits.max_entities), None
+    reader = OnlineFeatures(spec, location, max_entities=limits.max_entities, cache_entities=limits.feature_cache)
+    return reader, None
 
 
 ENTITY_FIELDS = frozenset({"entities", "return_probabilities", "return_features"})

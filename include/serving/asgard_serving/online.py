@@ -225,7 +225,9 @@ def _sqlite_timestamp(value: Any) -> datetime | None:
 class OnlineFeatures:
     """One model version's features in the online store: entities in, model input columns out."""
 
-    def __init__(self, spec: dict[str, Any], location: str, *, max_entities: int = 1000) -> None:
+    def __init__(
+        self, spec: dict[str, Any], location: str, *, max_entities: int = 1000, cache_entities: int = 0
+    ) -> None:
         self.spec = spec
         self.join_keys: dict[str, str] = spec["join_keys"]
         self.views: list[dict[str, Any]] = spec["views"]
@@ -240,7 +242,8 @@ class OnlineFeatures:
                     "the store: refusing to read keys that would never match"
                 )
         if location.startswith("sqlite:///"):
-            self.store: _Store = _SqliteStore(location.removeprefix("sqlite:///"), self.views)
+            path = location.removeprefix("sqlite:///")
+            self.store: _Store = _SqliteStore(path, self.views, cache_entities=cache_entities)
         elif location.startswith(("redis://", "rediss://", "unix://")):
             self.store = _RedisStore(location, self.views, spec["project"])
         else:
@@ -334,9 +337,16 @@ class _SqliteStore(_Store):
     A few ids are read on the event loop: a hop to a worker thread would cost more than the read.
     More are read on a worker thread, with a connection of its own: SQLite searches its B-trees with
     the interpreter lock released, so the loop keeps answering other requests meanwhile.
+
+    What was read is remembered per entity (up to ``cache_entities``; 0 remembers nothing) until the
+    file changes: SQLite's ``PRAGMA data_version``, asked on every request (microseconds), moves
+    when any other connection commits, such as a materialization. So an answer is never older than
+    the store, and between materializations (the store does not change) an entity costs a dict
+    lookup rather than seven rows' B-tree searches. A read that was in flight when a change was seen
+    is answered but not remembered.
     """
 
-    def __init__(self, path: str, views: list[dict[str, Any]]) -> None:
+    def __init__(self, path: str, views: list[dict[str, Any]], *, cache_entities: int) -> None:
         import pathlib
 
         self.path = pathlib.Path(path).resolve()
@@ -346,6 +356,10 @@ class _SqliteStore(_Store):
         self.connections: list = []
         self.queries: dict[tuple[str, int], str] = {}  # (view name, ids) -> its statement
         self.timestamp = Memoized(_sqlite_timestamp)  # (entities materialized together share one)
+        self.cache_entities = cache_entities
+        self.cache: dict[bytes, tuple] = {}  # entity key -> per view: (values, event time) or None
+        self.data_version: int | None = None
+        self.generation = 0  # moves when the cache is emptied for a change
 
     def _connection(self):
         import sqlite3
@@ -366,13 +380,44 @@ class _SqliteStore(_Store):
         self.connections.clear()
         self.local = threading.local()
 
-    async def read(self, keys: list[bytes]) -> list[Stored]:
-        unique = list(dict.fromkeys(keys))
-        if len(unique) <= SQLITE_INLINE_IDS:
-            return self._read(unique)
-        import anyio.to_thread
+    def _forget_if_changed(self) -> None:
+        """Empty the cache if the store changed since the last request (asked on the loop's connection:
+        data_version compares only with itself on one connection)."""
+        import sqlite3
 
-        return await anyio.to_thread.run_sync(self._read, unique)
+        try:
+            (version,) = self._connection().execute("PRAGMA data_version").fetchone()
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"reading {self.where}: {error}") from error
+        if version != self.data_version:
+            self.data_version = version
+            self.cache = {}
+            self.generation += 1
+
+    async def read(self, keys: list[bytes]) -> list[Stored]:
+        if self.cache_entities:
+            self._forget_if_changed()
+        generation, cache = self.generation, self.cache
+        entries = {key: cache[key] for key in keys if key in cache}
+        unseen = [key for key in dict.fromkeys(keys) if key not in entries]
+        if unseen:
+            if len(unseen) <= SQLITE_INLINE_IDS:
+                per_view = self._read(unseen)
+            else:
+                import anyio.to_thread
+
+                per_view = await anyio.to_thread.run_sync(self._read, unseen)
+            read = {key: tuple(stored.get(key) for stored in per_view) for key in unseen}
+            entries.update(read)
+            if self.cache_entities and generation == self.generation:
+                if len(cache) + len(read) > self.cache_entities:
+                    cache.clear()  # bounded: emptied when full
+                # (an id the store does not hold is not remembered: a caller cannot fill the cache with them)
+                cache.update((key, entry) for key, entry in read.items() if any(entry))
+        return [
+            {key: entry[view] for key, entry in entries.items() if entry[view] is not None}
+            for view in range(len(self.views))
+        ]
 
     def _read(self, unique: list[bytes]) -> list[Stored]:
         import sqlite3
