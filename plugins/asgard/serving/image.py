@@ -44,10 +44,11 @@ MODEL_INSIDE, INPUT_INSIDE, OUTPUT_INSIDE, CODE_INSIDE = "/model", "/input", "/o
 # boto3: the prediction log may go to S3.
 SERVING_REQUIREMENTS = ["fastapi", "uvicorn", "uvloop", "httptools", "orjson", "numpy", "boto3"]
 ONNX_REQUIREMENTS = ["onnxruntime"]
-# What reading features by entity id adds: Redis's client (the SQLite reader is the standard library's),
+# What reading features by entity id adds: Redis's client (the SQLite reader is the standard library's)
+# with its C reply parser (redis-py's own, in Python, took longer over a 100-id reply than the read),
 # and what redis-py needs on the image's Python (3.11.2, below 3.11.3) but not on the host's, whose
 # download of the wheels would otherwise leave it out.
-ONLINE_REQUIREMENTS = ["redis", "async-timeout"]
+ONLINE_REQUIREMENTS = ["redis", "hiredis", "async-timeout"]
 NATIVE_REQUIREMENTS = ["cloudpickle", "pandas"]
 # Docker's tag grammar: what a model name must fit to name an image tag.
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
