@@ -97,6 +97,16 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         served = deployed.group(1)
         endpoint = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor/predict serves v{served}"
         assert re.search(rf"model endpoint: {re.escape(endpoint)}: predictions \[[01], [01]\]", out)
+        # The champion met live traffic as a canary beside an earlier version: promoted, no caller failed.
+        canary = re.search(
+            rf"canary: v{served} took 20% of live traffic beside v(\d+): promoted \((\d+) requests, 0 errors, "
+            r"p99 [\d.]+ ms vs [\d.]+ ms\); callers saw (.*)",
+            out,
+        )
+        assert canary and canary.group(1) != served and int(canary.group(2)) >= 50, out[-3000:]
+        statuses = re.findall(r"\d+ x (\S+) from v", canary.group(3))
+        assert statuses and set(statuses) == {"200"}, canary.group(0)
+        assert f"from v{served}" in canary.group(3) and f"from v{canary.group(1)}" in canary.group(3), canary.group(0)
         by_id = rf"predict by id: {re.escape(endpoint.split(' serves')[0])} customer_id \[1, 2, 3\] -> "
         by_id += r"predictions \[[01], [01], [01]\], P\(churn\) \[[\d., ]+\], features as of 20\d\d-"
         assert re.search(by_id, out), out[-3000:]

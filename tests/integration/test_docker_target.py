@@ -68,20 +68,29 @@ class LoadLoop(threading.Thread):
 def register_broken_version(tracking_uri: str, name: str) -> str:
     """A model that starts and reports its version, but whose every prediction fails: its pipeline inverts
     the input matrix (which is not square). It cannot be converted to ONNX, so its native model serves."""
-    import mlflow
     import numpy as np
-    from mlflow.models import infer_signature
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
+
+    def broken(features, target):
+        forest = RandomForestClassifier(n_estimators=5).fit(features, target)
+        return Pipeline([("broken", FunctionTransformer(np.linalg.inv)), ("model", forest)])
+
+    return register_version(tracking_uri, name, broken)
+
+
+def register_version(tracking_uri: str, name: str, make_model) -> str:
+    """Log and register ``make_model(features, target)`` with a holdout sample, as training does."""
+    import mlflow
+    from mlflow.models import infer_signature
 
     from asgard.registry.versions import HOLDOUT_ARTIFACT, ORIGIN_TAG, PLATFORM_ORIGIN
     from asgard.training import trainers
     from sample_data.models import training_frame
 
     features, target = training_frame(customers=500, features=SEED_FEATURES)
-    forest = RandomForestClassifier(n_estimators=5).fit(features, target)
-    model = Pipeline([("broken", FunctionTransformer(np.linalg.inv)), ("model", forest)])
+    model = make_model(features, target)
     client = MlflowClient(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -167,3 +176,142 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     engine = docker.APIClient(base_url=settings.docker_url, version="auto")
     running = engine.containers(filters={"label": f"io.asgard.deploy.model={name}"})
     assert [c["Labels"]["io.asgard.deploy.version"] for c in running] == [v2]
+
+
+class TrafficLoop(threading.Thread):
+    """Live traffic for a trial: 1-row requests for customers of every purchase count, each answer kept
+    with the version the router says gave it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.stop, self.answers = url, threading.Event(), []
+
+    def run(self) -> None:
+        purchases = 0
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                purchases = (purchases + 7) % 100
+                body = {"inputs": {**ROW, "total_purchases": [purchases]}, "return_probabilities": True}
+                try:
+                    answer = client.post(self.url, json=body)
+                    self.answers.append((answer.status_code, answer.headers.get("x-asgard-model-version")))
+                except httpx.HTTPError as error:
+                    self.answers.append((repr(error), None))
+                time.sleep(0.01)
+
+    def seen(self, since: int = 0, until: int | None = None) -> dict:
+        """Answers by (status, version), from the ``since``-th to the ``until``-th."""
+        from collections import Counter
+
+        return dict(Counter(self.answers[since:until]))
+
+
+def fails_every_fourth_customer(features, target):
+    """A version that verifies (the holdout's 20-row batch) and then fails every 1-row request of a
+    customer whose purchase count is a multiple of 4: a quarter of live traffic."""
+    import numpy as np
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    def fail_some(matrix):
+        values = np.asarray(matrix, dtype=float)
+        if len(values) == 1 and int(values[0, 0]) % 4 == 0:
+            raise ValueError("this version cannot score a customer whose purchases are a multiple of 4")
+        return values
+
+    return Pipeline(
+        [("fail_some", FunctionTransformer(fail_some)), ("model", RandomForestClassifier(n_estimators=5))]
+    ).fit(features, target)
+
+
+def answers_the_opposite(features, target):
+    """A healthy version whose predictions disagree with the sample model's."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=10, random_state=0).fit(features, 1 - target)
+
+
+def test_canary_and_shadow_are_decided_by_live_traffic(stack):
+    api, settings = stack.api, stack.settings
+    name = f"trial_{uuid.uuid4().hex[:6]}"
+    client = MlflowClient(settings.mlflow_url)
+    endpoint = f"{settings.router_url}/models/{name}"
+    trial = {"min_requests": 40, "duration": 120, "max_p99_ratio": 20}
+
+    v1 = register_sample_model(settings.mlflow_url, name, customers=3000)
+    first = api.run_and_wait("deploy_model", {"model_name": name, "version": v1}, timeout=900)
+    assert first.state == "success", first.failure
+
+    loop = TrafficLoop(f"{endpoint}/predict")
+    loop.start()
+    try:
+        # A shadow that disagrees: callers keep v1's answers; its agreement breaches the limit asked for.
+        v2 = register_version(settings.mlflow_url, name, answers_the_opposite)
+        conf = {"model_name": name, "version": v2, "strategy": "shadow", "percent": 50, "min_agreement": 0.9}
+        shadow = api.run_and_wait("deploy_model", {**conf, **trial}, timeout=900)
+        after_shadow = len(loop.answers)
+
+        # A good canary (a retrained v1) takes 20% of live traffic, then all of it.
+        v3 = register_sample_model(settings.mlflow_url, name, customers=3000)
+        conf = {"model_name": name, "version": v3, "strategy": "canary", "percent": 20}
+        good = api.run_and_wait("deploy_model", {**conf, **trial}, timeout=900)
+        after_good = len(loop.answers)
+
+        # A canary failing a quarter of its requests, deployed through the champion alias: rolled back
+        # within its window, the alias moved back.
+        v4 = register_version(settings.mlflow_url, name, fails_every_fourth_customer)
+        client.set_registered_model_alias(name, "champion", v4)
+        conf = {"model_name": name, "alias": "champion", "strategy": "canary", "percent": 20, "max_error_rate": 0.05}
+        bad = api.run_and_wait("deploy_model", {**conf, **trial, "min_requests": 200}, timeout=900)
+        time.sleep(1)
+    finally:
+        loop.stop.set()
+        loop.join(timeout=60)
+
+    assert shadow.state == "failed", shadow.failure
+    log = api.task_log("deploy_model", shadow.run_id, "deploy_image")
+    assert "the shadow breached min_agreement: agreement" in log
+    shadow_tags = client.get_model_version(name, v2).tags
+    assert shadow_tags["deploy.shadow.decision"] == "rolled_back" and shadow_tags["deploy.status"] == "rolled_back"
+    assert float(shadow_tags["deploy.shadow.agreement"]) < 0.9
+    assert int(shadow_tags["deploy.shadow.requests"]) >= 40 and int(shadow_tags["deploy.shadow.compared_rows"]) >= 30
+    assert float(shadow_tags["deploy.shadow.mean_abs_probability_diff"]) > 0
+    # Never a caller's answer from the shadow, never a failure.
+    assert after_shadow > 40 and loop.seen(0, after_shadow) == {(200, v1): after_shadow}
+
+    assert good.state == "success", good.failure
+    result = api.task_result("deploy_model", good.run_id, "deploy_image")
+    assert result["strategy"] == "canary" and result["trial"]["decision"] == "promoted"
+    assert result["trial"]["requests"] >= 40 and result["trial"]["errors"] == 0
+    during_good = loop.seen(after_shadow, after_good)
+    assert set(during_good) == {(200, v1), (200, v3)}, during_good  # 0 failed requests
+
+    assert bad.state == "failed" and bad.task_states["deploy_image"] == "failed"
+    log = api.task_log("deploy_model", bad.run_id, "deploy_image")
+    assert "the canary breached max_error_rate:" in log, log[-2000:]
+    assert httpx.get(f"{endpoint}/metadata").json()["model_version"] == v3
+    assert client.get_model_version_by_alias(name, "champion").version == v3
+    bad_tags = client.get_model_version(name, v4).tags
+    assert bad_tags["deploy.canary.decision"] == "rolled_back" and bad_tags["deploy.canary.limit"] == "max_error_rate"
+    # Rolled back within its window: the errors were caught before the 200 requests it asked for.
+    assert int(bad_tags["deploy.canary.requests"]) < 200
+    during_bad = loop.seen(after_good)
+    failed = {key: count for key, count in during_bad.items() if key[0] != 200}
+    # Callers saw failures only from the canary's share, and about a quarter of it.
+    assert failed and set(failed) == {(500, v4)}, during_bad
+    assert sum(failed.values()) == int(bad_tags["deploy.canary.errors"])
+    canary_share = during_bad.get((200, v4), 0) + sum(failed.values())
+    assert canary_share <= 0.2 * sum(during_bad.values()) + 1, during_bad
+
+    auth = {"Authorization": f"Bearer {api.token}"}
+    models = httpx.get(f"{api.base_url}/mlops/models/{name}", headers=auth, timeout=60).json()
+    shown = {version["version"]: version["deployment"] for version in models["versions"]}
+    assert shown[v3]["canary"]["decision"] == "promoted" and shown[v4]["canary"]["limit"] == "max_error_rate"
+    assert shown[v2]["shadow"]["decision"] == "rolled_back"
+
+    import docker
+
+    engine = docker.APIClient(base_url=settings.docker_url, version="auto")
+    running = engine.containers(filters={"label": f"io.asgard.deploy.model={name}"})
+    assert [c["Labels"]["io.asgard.deploy.version"] for c in running] == [v3]

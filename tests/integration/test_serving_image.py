@@ -146,6 +146,10 @@ def test_bad_conf_is_a_400_and_an_unknown_model_fails_naming_it(stack):
     with pytest.raises(AirflowApiError) as error:
         api.trigger("deploy_model", {"model_name": "m", "target": "mainframe"})
     assert error.value.status == 400 and "mainframe" in error.value.body
+    for bad, named in (({"strategy": "blue"}, "blue"), ({"strategy": "canary", "percent": 80}, "80")):
+        with pytest.raises(AirflowApiError) as error:
+            api.trigger("deploy_model", {"model_name": "m", **bad})
+        assert error.value.status == 400 and named in error.value.body, error.value.body
     outcome = api.run_and_wait("deploy_model", {"model_name": "no_such_model_here"}, timeout=300)
     assert outcome.state == "failed" and outcome.task_states["build_image"] == "failed"
     log = api.task_log("deploy_model", outcome.run_id, "build_image")

@@ -605,6 +605,8 @@ def test_deploy_model_on_kubernetes_records_the_outcome_and_moves_the_alias_back
             "digest": image("2").split("@")[1],
             "changed": True,
             "previous_version": "1",
+            "strategy": "replace",
+            "trial": None,
         }
         assert str(failure.value).startswith(
             "churn v3 failed verification on kubernetes and was rolled back (v2 keeps serving): pod churn-inference-v3"

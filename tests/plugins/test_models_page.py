@@ -81,6 +81,12 @@ def test_versions_show_the_gate_the_deployment_and_the_links():
             "target": "docker",
             "endpoint": "http://r/models/churn",
             "digest": "sha256:1",
+            "canary": {
+                "decision": "promoted",
+                "reason": "within every limit over 100 requests",
+                "requests": "100",
+                "p99_ms": "4.2",
+            },
         },
         "tags": {
             "framework": "sklearn",
@@ -94,6 +100,7 @@ def test_versions_show_the_gate_the_deployment_and_the_links():
     assert "promoted" in page and "serving on docker" in page and "sha256:1" in page
     assert "href='http://mlflow/#/experiments/7/runs/abc'" in page
     assert re.search(r"href='/dags/train_model/runs/manual__2026-12-02T00%3A00%3A00%2B00%3A00'", page)
+    assert "canary: promoted<br><small>within every limit over 100 requests; requests 100, p99_ms 4.2" in page
     assert "Not monitored yet" in page
     summary = {"model_name": "churn", "aliases": {"champion": "3"}, "latest_version": "3", "updated_at": None}
     index = models_page.models_index([summary])

@@ -96,6 +96,13 @@ def _versions(model: dict[str, Any], mlflow_url: str) -> str:
             if deployment
             else "not deployed"
         )
+        for strategy in ("canary", "shadow"):
+            trial = deployment.get(strategy)
+            if isinstance(trial, dict):
+                shown = ("requests", "errors", "p99_ms", "stable_p99_ms", "agreement", "mean_abs_probability_diff")
+                figures = ", ".join(f"{key} {_e(trial[key])}" for key in shown if key in trial)
+                decision, reason = _e(trial.get("decision")), _e(trial.get("reason"))
+                serving += f"<br>{strategy}: {decision}<br><small>{reason}; {figures}</small>"
         rows.append(
             f"<tr><td>v{_e(version['version'])}</td><td>{_aliases(version['aliases'])}</td>"
             f"<td>{_e(tags.get('framework'))} {_e(tags.get('algorithm'))}</td><td>{_e(metrics)}</td>"

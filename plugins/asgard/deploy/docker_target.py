@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asgard.deploy.routes import RouteTable
+from asgard.deploy.strategies import CANARY, REPLACING, Rollout, watch
 from asgard.serving.checks import DeployError, http_call, verify
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def deploy(
     router_url: str,
     prediction_log: Path | None = None,
     online_store: str | None = None,
+    rollout: Rollout = REPLACING,
     timeout: float = 120.0,
     drain_seconds: float = 1.0,
     drain_timeout: float = 600.0,
@@ -57,6 +59,10 @@ def deploy(
     ``online_store`` is where the container reads features by entity id: a SQLite file (its folder is
     mounted read-only, so the container never writes it; SQLite's journal beside it stays visible) or
     a Redis URL.
+
+    With a canary or shadow ``rollout`` and a version serving, the verified container first meets its
+    share of live traffic through the router; the outcome's ``trial`` holds the verdict's figures. A
+    breach is a DeployError (with those figures), after the route is back and the candidate drained.
     """
     import docker
 
@@ -114,10 +120,15 @@ def deploy(
         return None
 
     route = {"upstream": upstream, "version": version, "image": image, "container": name}
-    switched = False
+    switched, trial = False, None
     try:
         client.start(container)
         verify(http_call(upstream), version, payload, where=upstream, timeout=timeout, exited=exited)
+        if rollout.trial and previous:
+            switched = True  # from here on, a failure puts the previous route back
+            trial = _trial(routes, model_name, previous, route, rollout, router_url, drain_timeout, progress)
+        elif rollout.trial:
+            progress(f"nothing serves {model_name} yet: no live traffic to {rollout.strategy} against, replacing")
         routes.set(model_name, route)
         switched = True
         verify(http_call(endpoint), version, payload, where=endpoint, timeout=30)
@@ -139,7 +150,46 @@ def deploy(
         with contextlib.suppress(docker.errors.NotFound):
             client.remove_container(previous["container"], force=True)
         progress(f"stopped the previous version v{previous.get('version')} ({previous['container']})")
-    return {**route, "endpoint": endpoint, "changed": True, "previous": previous}
+    return {**route, "endpoint": endpoint, "changed": True, "previous": previous, "trial": trial}
+
+
+def _trial(
+    routes: RouteTable,
+    model_name: str,
+    previous: dict[str, Any],
+    route: dict[str, Any],
+    rollout: Rollout,
+    router_url: str,
+    drain_timeout: float,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The candidate meets its share of live traffic behind the stable endpoint; the verdict's figures.
+
+    On a breach the stable route is put back and the candidate's requests in flight are let finish
+    before the caller removes it, so a canary's callers are not cut off mid-answer.
+    """
+    import httpx
+
+    def traffic() -> dict[str, Any] | None:
+        try:
+            return httpx.get(f"{router_url}/traffic/{model_name}", timeout=10).json()
+        except httpx.HTTPError as error:
+            raise DeployError(f"cannot read the trial's traffic from the router: {error}") from error
+
+    candidate = {**route, "strategy": rollout.strategy, "percent": rollout.percent}
+    routes.set(model_name, {**previous, "candidate": candidate})
+    share = "of the prediction requests" if rollout.strategy == CANARY else "of the prediction requests mirrored"
+    progress(
+        f"{rollout.strategy}: v{route['version']} takes {rollout.percent}% {share} beside v{previous.get('version')} "
+        f"(window: {rollout.min_requests} requests or {rollout.duration:.0f}s)"
+    )
+    verdict = watch(rollout, traffic, progress=progress)
+    progress(f"{rollout.strategy} of v{route['version']}: {verdict.state}, {verdict.reason}; {verdict.figures}")
+    if verdict.state == "pass":
+        return verdict.figures
+    routes.set(model_name, previous)
+    _drain(router_url, route["upstream"], 1.0, drain_timeout, progress)
+    raise DeployError(f"the {rollout.strategy} breached {verdict.reason}", figures=verdict.figures)
 
 
 def _drain(router_url: str, upstream: str, settle: float, timeout: float, progress: Callable[[str], None]) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from asgard.core.param_schemas import MODEL_NAME_PATTERN, RESOURCES, field, version_fields
+from asgard.deploy.strategies import STRATEGIES
 
-MODEL, TARGET = "Model", "Target"
+MODEL, TARGET, ROLLOUT = "Model", "Target", "Rollout"
 
 
 def deploy_model_params() -> dict[str, Param]:
@@ -56,5 +57,73 @@ def deploy_model_params() -> dict[str, Param]:
             "what is left out takes the platform's defaults.",
             section=TARGET,
             **RESOURCES,
+        ),
+        "strategy": field(
+            "replace",
+            title="Strategy",
+            description="replace: the verified switch; canary: the new version answers a share of live "
+            "prediction requests first; shadow: a share is mirrored to it, callers always get the serving "
+            "version's answer. A trial that stays within its limits is promoted to all traffic (the old "
+            "version retired); a breach rolls it back and fails the run naming the limit. Docker target.",
+            section=ROLLOUT,
+            type="string",
+            enum=list(STRATEGIES),
+        ),
+        "percent": field(
+            None,
+            title="Traffic share (%)",
+            description="The share of prediction requests the canary answers or the shadow sees (1 to 50). "
+            "Default: 10.",
+            section=ROLLOUT,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=50,
+        ),
+        "min_requests": field(
+            None,
+            title="Requests to decide on",
+            description="The trial ends once the new version has answered this many requests (0: it ends "
+            "after the duration). Default: 100.",
+            section=ROLLOUT,
+            type=["null", "integer"],
+            minimum=0,
+            maximum=1_000_000,
+        ),
+        "duration": field(
+            None,
+            title="Longest trial (s)",
+            description="Seconds the trial may last; too few requests by then is a breach. Default: 300.",
+            section=ROLLOUT,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=86_400,
+        ),
+        "max_error_rate": field(
+            None,
+            title="Highest error rate",
+            description="The share of the new version's requests that may fail (5xx or unreachable), 0 to 1. "
+            "Default: 0.01.",
+            section=ROLLOUT,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+        ),
+        "max_p99_ratio": field(
+            None,
+            title="Highest p99 ratio",
+            description="The new version's p99 latency over the serving version's, in the same window. Default: 2.",
+            section=ROLLOUT,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+        ),
+        "min_agreement": field(
+            None,
+            title="Lowest agreement (shadow)",
+            description="The share of rows whose shadow prediction equals the serving one, 0 to 1; empty: "
+            "reported, not enforced.",
+            section=ROLLOUT,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
         ),
     }

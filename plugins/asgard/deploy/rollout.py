@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
 from asgard.core.xcom import XComRecord
+from asgard.deploy.strategies import REPLACING, Rollout
 from asgard.registry.versions import CHAMPION, DEPLOY_TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -28,6 +29,12 @@ class DeployRequest(XComRecord):
     replicas: int
     namespace: str | None = None
     resources: dict[str, Any] | None = None
+    # ``strategies.Rollout`` as a dict: replace, or a canary/shadow trial with its window and limits.
+    rollout: dict[str, Any] | None = None
+
+    @property
+    def rollout_plan(self) -> Rollout:
+        return Rollout.from_dict(self.rollout) if self.rollout else REPLACING
 
 
 def deployment_request(params: dict[str, Any], triggering_asset_events: Any = None) -> DeployRequest:
@@ -45,14 +52,21 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
         model_name, version = newest.extra.get("model_name"), newest.extra.get("version")
         if not model_name:
             raise InputError(f"the model Asset event {newest.extra} names no model_name")
+    target = params.get("target") or "docker"
+    rollout = Rollout.from_params(params)
+    if rollout.trial and target != "docker":
+        raise InputError(
+            f"strategy {rollout.strategy!r} runs on the docker target only for now; on {target} use replace"
+        )
     return DeployRequest(
         model_name=model_name,
         version=str(version) if version else None,
         alias=params.get("alias") or CHAMPION,
-        target=params.get("target") or "docker",
+        target=target,
         replicas=int(params.get("replicas") or 2),
         namespace=params.get("namespace"),
         resources=params.get("resources"),
+        rollout=rollout.to_dict(),
     )
 
 
@@ -93,6 +107,7 @@ def deploy_to_target(
             reason = f"{name} v{version} failed verification on {target} and was rolled back ({kept}): {error}"
             status = "rolled_back"
         _record(hook, name, version, {"status": status, "reason": reason[:4000], "digest": push.digest})
+        _record_trial(hook, name, version, request.rollout_plan, error.figures)
         if error.serving and not error.rollback_problem and not request.version:
             _restore_alias(hook, name, request.alias, version, error.serving)
         raise AirflowFailException(reason) from error
@@ -102,6 +117,7 @@ def deploy_to_target(
         version,
         {"status": "serving", "endpoint": outcome["endpoint"], "digest": push.digest, "target": target},
     )
+    _record_trial(hook, name, version, request.rollout_plan, outcome.get("trial"))
     log.info("%s v%s serves at %s (image %s)", name, version, outcome["endpoint"], push.reference)
     return {
         "model_name": name,
@@ -111,6 +127,8 @@ def deploy_to_target(
         "digest": push.digest,
         "changed": outcome["changed"],
         "previous_version": (outcome["previous"] or {}).get("version"),
+        "strategy": request.rollout_plan.strategy if outcome.get("trial") else "replace",
+        "trial": outcome.get("trial"),
     }
 
 
@@ -134,6 +152,7 @@ def _deploy_docker(request: DeployRequest, build: BuiltImage, push: PushedImage,
         router_url=settings.router_url,
         prediction_log=settings.prediction_log_folder(name),
         online_store=serving_location(load_repo_config(settings)),
+        rollout=request.rollout_plan,
     )
 
 
@@ -168,6 +187,14 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
 def _record(hook: MlflowHook, name: str, version: str, values: dict[str, str]) -> None:
     for key, value in values.items():
         hook.client.set_model_version_tag(name, version, f"{DEPLOY_TAG_PREFIX}{key}", str(value))
+
+
+def _record_trial(hook: MlflowHook, name: str, version: str, rollout: Rollout, figures: dict[str, Any] | None) -> None:
+    """A canary's or shadow's verdict and figures as ``deploy.canary.*`` / ``deploy.shadow.*`` tags."""
+    if not figures:
+        return
+    values = {key: value for key, value in figures.items() if value is not None}
+    _record(hook, name, version, {f"{rollout.strategy}.{key}": str(value)[:4000] for key, value in values.items()})
 
 
 def _restore_alias(hook: MlflowHook, name: str, alias: str, failed: str, serving: str) -> None:

@@ -5,15 +5,22 @@ old one, verifies it, then switches the model's route in ``routes.json`` (one at
 only then stops the old container. Every request is forwarded on its own, so requests after the
 switch reach the new version and requests in flight finish on the old one: clients of the stable
 endpoint never see the deploy. A connection refused by an upstream that just went away is retried
-once against a freshly read table.
+once against a freshly read table (on the stable version).
+
+During a trial the route also names a candidate (``asgard.deploy.strategies``): a canary answers its
+share of the prediction requests; a shadow gets a copy of its share, in the background, and its
+answers are only compared with the stable ones. ``GET /traffic/<name>`` reports the trial's counts,
+which the deploy decides on; every answer names the version that gave it (``x-asgard-model-version``).
 
 Run as ``python -m asgard.local.router ROUTES_FILE HOST PORT`` (a service of ``./asgard start``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +31,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from asgard.deploy.routes import RouteTable
+from asgard.deploy.strategies import CANARY, SHADOW, TrafficWindow
 
+PREDICTION_PATHS = frozenset({"predict", "invocations"})
+# Which version answered: callers (and load tests) can tell a canary's answers from the stable ones.
+VERSION_HEADER = "x-asgard-model-version"
+# Shadow requests outstanding at once; beyond this a mirror is dropped (and counted), not queued.
+MIRRORS_IN_FLIGHT = 32
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization", "host"}
 
 
@@ -34,28 +47,80 @@ def create_app(routes_file: Path) -> Starlette:
     # Requests forwarded to each upstream and not yet answered: a deploy stops the old container only
     # once its count is 0 (``GET /inflight``), so no request in flight is cut at a switch.
     inflight: Counter[str] = Counter()
+    trials = Trials()
+    mirrors = asyncio.Semaphore(MIRRORS_IN_FLIGHT)
+    background: set[asyncio.Task] = set()
+
+    async def send(upstream: str, request: Request, path: str, body: bytes, headers: dict) -> httpx.Response:
+        inflight[upstream] += 1
+        try:
+            return await client.request(
+                request.method, f"{upstream}/{path}", content=body, headers=headers, params=request.query_params
+            )
+        finally:
+            inflight[upstream] -= 1
+
+    async def mirror(window: TrafficWindow, upstream: str, request: Request, path: str, body: bytes, headers: dict):
+        """The shadow's copy of a request: timed and compared, never answered, never awaited by the caller."""
+        async with mirrors:
+            started = time.perf_counter()
+            try:
+                answer = await send(upstream, request, path, body, headers)
+            except httpx.HTTPError:
+                window.tried.record(None, time.perf_counter() - started)
+                return None
+            window.tried.record(answer.status_code, time.perf_counter() - started)
+            return answer
+
+    async def compare(window: TrafficWindow, shadow: asyncio.Task, stable: httpx.Response) -> None:
+        answer = await shadow
+        if answer is not None and answer.status_code == 200 and stable.status_code == 200:
+            window.compare(stable.content, answer.content)
+
+    def in_background(coroutine) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return task
 
     async def forward(request: Request) -> Response:
         name, path = request.path_params["name"], request.path_params["path"]
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        predicting = request.method == "POST" and path in PREDICTION_PATHS
         for attempt in (1, 2):
             route = table.routes().get(name)
             if route is None:
                 return JSONResponse({"detail": f"no model named {name!r} is deployed here"}, status_code=404)
-            upstream = route["upstream"]
-            inflight[upstream] += 1
+            candidate = route.get("candidate")
+            window = trials.window(name, candidate) if predicting else None
+            target, side, shadow = route, None, None
+            if window is not None:
+                side = window.stable
+                # A retry (after a canary went away) goes to the stable version and is not offered again.
+                chosen = attempt == 1 and window.choose()
+                if candidate["strategy"] == CANARY and chosen:
+                    target, side = candidate, window.tried
+                elif candidate["strategy"] == SHADOW and chosen:
+                    if mirrors.locked():
+                        window.mirrors_dropped += 1  # the stable path never waits for the shadow
+                    else:
+                        shadow = in_background(mirror(window, candidate["upstream"], request, path, body, headers))
+            started = time.perf_counter()
             try:
-                answer = await client.request(
-                    request.method, f"{upstream}/{path}", content=body, headers=headers, params=request.query_params
-                )
+                answer = await send(target["upstream"], request, path, body, headers)
             except httpx.ConnectError:
+                if window is not None and side is window.tried:
+                    side.record(None, time.perf_counter() - started)  # a canary that went away: its error
                 if attempt == 2:
                     return JSONResponse({"detail": f"model {name!r} is not answering"}, status_code=502)
-                continue  # the route may have just switched away from a stopped container
-            finally:
-                inflight[upstream] -= 1
+                continue  # the route may have just switched away from a stopped container (or the canary)
+            if side is not None:
+                side.record(answer.status_code, time.perf_counter() - started)
+            if shadow is not None:
+                in_background(compare(window, shadow, answer))
             kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-length"}}
+            kept[VERSION_HEADER] = str(target.get("version"))
             return Response(answer.content, status_code=answer.status_code, headers=kept)
         raise AssertionError("unreachable")
 
@@ -68,6 +133,11 @@ def create_app(routes_file: Path) -> Starlette:
     async def in_flight(_: Request) -> Response:
         return JSONResponse({upstream: count for upstream, count in inflight.items() if count})
 
+    async def traffic(request: Request) -> Response:
+        name = request.path_params["name"]
+        window = trials.window(name, (table.routes().get(name) or {}).get("candidate"))
+        return JSONResponse(window.summary() if window is not None else None)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
         yield
@@ -78,10 +148,29 @@ def create_app(routes_file: Path) -> Starlette:
             Route("/health", health),
             Route("/routes", routes),
             Route("/inflight", in_flight),
+            Route("/traffic/{name}", traffic),
             Route("/models/{name}/{path:path}", forward, methods=["GET", "POST"]),
         ],
         lifespan=lifespan,
     )
+
+
+class Trials:
+    """The traffic window of each model's trial in progress, for the candidate its route names now."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, TrafficWindow] = {}
+
+    def window(self, name: str, candidate: dict | None) -> TrafficWindow | None:
+        if not candidate:
+            self._windows.pop(name, None)
+            return None
+        window = self._windows.get(name)
+        if window is None or window.candidate != candidate["upstream"]:
+            window = self._windows[name] = TrafficWindow(
+                candidate["upstream"], candidate["strategy"], int(candidate["percent"])
+            )
+        return window
 
 
 def main(argv: list[str]) -> None:

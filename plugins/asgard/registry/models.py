@@ -345,7 +345,14 @@ def _model_summary(hook: MlflowHook, model: Any) -> dict[str, Any]:
 def _version_details(hook: MlflowHook, version: ModelVersion, aliases: dict[str, Any]) -> dict[str, Any]:
     tags = dict(version.tags or {})
     run = hook.client.get_run(version.run_id) if version.run_id else None
-    deployment = prefixed_tags(tags, DEPLOY_TAG_PREFIX)
+    deployment: dict[str, Any] = {}
+    for key, value in prefixed_tags(tags, DEPLOY_TAG_PREFIX).items():
+        # A canary's or shadow's figures (``deploy.canary.p99_ms``) are shown together, under its name.
+        group, _, figure = key.partition(".")
+        if figure:
+            deployment.setdefault(group, {})[figure] = value
+        else:
+            deployment[key] = value
     return {
         "version": str(version.version),
         "aliases": sorted(alias for alias, number in aliases.items() if str(number) == str(version.version)),

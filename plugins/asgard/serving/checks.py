@@ -22,13 +22,22 @@ class DeployError(RuntimeError):
     """The new version did not prove it serves; the message says how it failed.
 
     ``serving`` is the version the target still serves after rolling back (None: none);
-    ``rollback_problem`` says what went wrong while rolling back (None: the old state is back).
+    ``rollback_problem`` says what went wrong while rolling back (None: the old state is back);
+    ``figures``: a canary's or shadow's verdict, when live traffic decided.
     """
 
-    def __init__(self, message: str, *, serving: str | None = None, rollback_problem: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        serving: str | None = None,
+        rollback_problem: str | None = None,
+        figures: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.serving = serving
         self.rollback_problem = rollback_problem
+        self.figures = figures
 
 
 def http_call(base_url: str) -> Call:
