@@ -370,3 +370,49 @@ def test_a_bare_estimator_as_scripts_log_it_is_served_as_onnx(tmp_path):
     frame = pd.DataFrame(SEED_PAYLOAD["inputs"]).astype("float64")
     assert body["predictions"] == model.predict(frame).tolist()
     assert np.abs(np.array(body["probabilities"]) - model.predict_proba(frame)).max() < 1e-6
+
+
+def test_metrics_count_the_prediction_paths_answers_by_class_and_latency(client):
+    for _ in range(3):
+        assert client.post("/predict", json=SEED_PAYLOAD).status_code == 200
+    assert client.post("/predict", json={"inputs": {"nope": [1]}}).status_code == 422
+    client.get("/metadata")  # not a prediction: not counted
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = answer.text
+    assert 'asgard_prediction_requests_total{code="2xx"} 3' in text
+    assert 'asgard_prediction_requests_total{code="4xx"} 1' in text
+    assert 'asgard_prediction_requests_total{code="5xx"} 0' in text
+    assert 'asgard_prediction_seconds_bucket{le="+Inf"} 4' in text and "asgard_prediction_seconds_count 4" in text
+
+    from asgard.deploy.strategies import parse_metrics, side_summary
+
+    counts = parse_metrics(text)
+    assert (counts["requests"], counts["errors"]) == (4, 0)
+    summary = side_summary(counts)
+    assert summary["requests"] == 4 and 0 < summary["p99_ms"] < 10_000
+
+
+def test_a_model_that_fails_is_a_500_naming_the_error_and_counted(tmp_path, fitted):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    model, _ = fitted
+    failing = Pipeline([("refuse", FunctionTransformer(_refuse_single_rows)), ("model", model)])
+    folder = tmp_path / "failing"
+    folder.mkdir()
+    identity = {"model_name": "churn", "version": "9", "run_id": "r9", "source": "models:/m-9"}
+    write_bundle(folder, failing, COLUMNS, "classification", None, identity=identity, labels={})
+    with TestClient(create_app(str(folder))) as failing_client:
+        single = {"inputs": {name: values[:1] for name, values in SEED_PAYLOAD["inputs"].items()}}
+        answer = failing_client.post("/predict", json=single)
+        assert answer.status_code == 500
+        assert answer.json() == {"detail": "the model failed on this request: ValueError: one row is not enough"}
+        assert failing_client.post("/predict", json=SEED_PAYLOAD).status_code == 200
+        assert 'asgard_prediction_requests_total{code="5xx"} 1' in failing_client.get("/metrics").text
+
+
+def _refuse_single_rows(matrix):
+    if len(matrix) == 1:
+        raise ValueError("one row is not enough")
+    return matrix

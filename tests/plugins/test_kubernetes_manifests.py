@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 
 from asgard.core.errors import InputError
-from asgard.deploy.kubernetes_manifests import app_name, render
+from asgard.deploy.kubernetes_manifests import app_name, canary_deployment, canary_replicas, render
 
 # The Kubernetes versions the manifests are checked against (EKS's standard-support window).
 SUPPORTED = ["1.33.0", "1.34.0", "1.35.0"]
@@ -41,6 +41,32 @@ def test_every_object_is_valid_and_current(objects, kubernetes_version):
     assert {o["kind"]: o["apiVersion"] for o in objects} == CURRENT_API_VERSIONS
     for manifest in objects:
         kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+
+
+@pytest.mark.parametrize("kubernetes_version", SUPPORTED)
+def test_a_canary_is_a_valid_deployment_whose_pods_the_service_selects_and_the_stable_one_does_not(
+    objects, kubernetes_version
+):
+    deployment, service = objects[0], objects[1]
+    canary = canary_deployment(deployment, canary_replicas(2, 10))
+    kubernetes_validate.validate(canary, kubernetes_version, strict=True)
+    assert canary["metadata"]["name"] == "churn-predictor-inference-canary" and canary["spec"]["replicas"] == 1
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+    # The Service sends it traffic; its own selector matches its pods only, not the stable ones.
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert canary["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    stable_pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert not canary["spec"]["selector"]["matchLabels"].items() <= stable_pod_labels.items()
+    # Everything else is the stable pod's spec: locked down, probed, pinned by digest.
+    assert canary["spec"]["template"]["spec"] == deployment["spec"]["template"]["spec"]
+    assert deployment["metadata"]["name"] == "churn-predictor-inference"  # the stable body is not changed
+
+
+@pytest.mark.parametrize(
+    ("stable", "percent", "replicas"), [(2, 10, 1), (2, 30, 1), (4, 20, 1), (10, 20, 2), (6, 50, 6)]
+)
+def test_canary_replicas_approximate_the_share_with_at_least_one_pod(stable, percent, replicas):
+    assert canary_replicas(stable, percent) == replicas
 
 
 def test_deployment_is_locked_down_probed_bounded_and_pinned(objects):

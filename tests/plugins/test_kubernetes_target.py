@@ -18,6 +18,8 @@ import json
 import os
 import re
 import sys
+import threading
+import time
 from pathlib import Path
 
 import aiohttp.web
@@ -27,9 +29,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from asgard.core.errors import InputError
 from asgard.deploy import kubernetes_target
+from asgard.deploy.strategies import CANARY, Rollout
 from asgard.serving.bundle import write_bundle
 from asgard.serving.checks import DeployError, holdout_payload
 from asgard.training import trainers
@@ -40,6 +45,7 @@ from sample_data.models import SEED_FEATURES, register_sample_model, training_fr
 NAMESPACE = "models"
 APP = "churn-inference"
 PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):http/proxy(/.*)$")
+POD_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/:]+):8080/proxy(/.*)$")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 PODS = kmock.resource("", "v1", "pods")
 ONLINE_REDIS_DB = 13  # the machine's Redis; other tests use 11 and 12, the benchmarks 14 and 15
@@ -62,11 +68,25 @@ class ServingCluster(kmock.KubernetesEmulator):
     starts: dict[str, object] = attrs.field(factory=dict)
     serving: str | None = None
     served: list[str] = attrs.field(factory=list)
+    # The canary Deployment's version and replicas, while one is ready beside the serving version.
+    canary: tuple[str, int] | None = None
+    _spread: int = 0
 
     async def _handle(self, request):
         proxied = PROXY.match(request.url.path)
         if proxied:
             return await self._proxy(request, proxied.group(3))
+        to_pod = POD_PROXY.match(request.url.path)
+        if to_pod:
+            return await self._pod_proxy(request, to_pod.group(1), to_pod.group(2), to_pod.group(3))
+        if request.resource == DEPLOYMENTS and request.action == kmock.action.DELETE and request.name:
+            async with self._lock:
+                if request.name.endswith("-canary") and self.canary is not None:
+                    # The controller removes the canary's pods: they leave the Service's endpoints.
+                    pod = (PODS, request.namespace, f"{request.name}-v{self.canary[0]}-x1")
+                    if pod in self.objects:
+                        self.objects[pod].delete()
+                    self.canary = None
         key = spec_before = None
         if request.resource is not None and request.action == kmock.action.UPDATE and request.name:
             key = (request.resource, request.namespace, request.name)
@@ -97,9 +117,13 @@ class ServingCluster(kmock.KubernetesEmulator):
         version = spec["template"]["metadata"]["annotations"]["asgard.io/model-version"]
         desired, behaviour = spec["replicas"], self.behaviour.get(version, "ready")
         status = {"observedGeneration": generation, "conditions": []}
+        is_canary = key[2].endswith("-canary")
         if behaviour == "ready":
             status |= {"replicas": desired, "updatedReplicas": desired, "availableReplicas": desired}
-            self.serving = version
+            if is_canary:
+                self.canary = (version, desired)
+            else:
+                self.serving = version
             if version in self.starts and version not in self.pods:
                 container = spec["template"]["spec"]["containers"][0]
                 self.pods[version] = self.starts[version](self._environment(key[1], container))
@@ -122,14 +146,14 @@ class ServingCluster(kmock.KubernetesEmulator):
             "stall": {"reason": "ContainerCreating"},
             "deadline": {"reason": "ContainerCreating"},
         }[behaviour]
-        pod_key = (PODS, key[1], f"{APP}-v{version}-x1")
-        if pod_key in self.objects:
+        pod_key = (PODS, key[1], f"{key[2]}-v{version}-x1")
+        if pod_key in self.objects and not self.objects[pod_key].deleted:
             return
         self.objects[pod_key] = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{APP}-v{version}-x1",
+                "name": f"{key[2]}-v{version}-x1",
                 "namespace": key[1],
                 "labels": spec["template"]["metadata"]["labels"],
                 "annotations": spec["template"]["metadata"]["annotations"],
@@ -168,9 +192,27 @@ class ServingCluster(kmock.KubernetesEmulator):
     async def _proxy(self, request, path: str):
         if self.serving is None:
             return aiohttp.web.json_response({"message": "no endpoints available"}, status=503)
-        self.served.append(self.serving)
+        version = self.serving
+        if self.canary is not None:
+            # kube-proxy spreads over every ready endpoint: the canary's pods among the stable ones.
+            stable = (self.current("deployments") or {}).get("spec", {}).get("replicas", 1)
+            canary, replicas = self.canary
+            endpoints, self._spread = stable + replicas, self._spread + 1
+            if (self._spread * replicas) // endpoints != ((self._spread - 1) * replicas) // endpoints:
+                version = canary
+        self.served.append(version)
+        return await self._call(self.pods[version], request, path)
+
+    async def _pod_proxy(self, request, namespace: str, name: str, path: str):
+        pod = self.current("pods", name, namespace)
+        if pod is None:
+            return aiohttp.web.json_response({"message": f'pods "{name}" not found'}, status=404)
+        return await self._call(self.pods[pod["metadata"]["annotations"]["asgard.io/model-version"]], request, path)
+
+    @staticmethod
+    async def _call(pod, request, path: str):
         body = json.loads(request.body) if request.body else None
-        status, content = await asyncio.to_thread(self.pods[self.serving], request.method.value, path, body)
+        status, content = await asyncio.to_thread(pod, request.method.value, path, body)
         return aiohttp.web.Response(status=status, body=content, content_type="application/json")
 
     def current(self, plural: str, name: str = APP, namespace: str | None = None) -> dict | None:
@@ -206,6 +248,12 @@ def serving_apps(fitted, tmp_path_factory):
         identity = {"model_name": "churn", "version": version, "run_id": f"run{version}", "source": "models:/m"}
         write_bundle(folder, model, columns, "classification", holdout, identity=identity, labels={})
         apps[version] = stack.enter_context(TestClient(create_app(str(folder))))
+    # v6: a real server whose model fails every 1-row request (the holdout's batch verifies).
+    folder = tmp_path_factory.mktemp("bundle-v6")
+    identity = {"model_name": "churn", "version": "6", "run_id": "run6", "source": "models:/m"}
+    failing = Pipeline([("fail_single_rows", FunctionTransformer(_refuse_single_rows)), ("model", model)])
+    write_bundle(folder, failing, columns, "classification", None, identity=identity, labels={})
+    apps["6"] = stack.enter_context(TestClient(create_app(str(folder))))
     broken = FastAPI()
     broken.get("/health")(lambda: {"status": "ok", "model_loaded": True})
     broken.get("/metadata")(lambda: {"model_name": "churn", "model_version": "4"})
@@ -216,6 +264,12 @@ def serving_apps(fitted, tmp_path_factory):
             version: (lambda method, path, body, client=client: _answer(client.request(method, path, json=body)))
             for version, client in apps.items()
         }
+
+
+def _refuse_single_rows(matrix):
+    if len(matrix) == 1:
+        raise ValueError("this version cannot score a single row")
+    return matrix
 
 
 def _answer(response) -> tuple[int, bytes]:
@@ -355,6 +409,73 @@ def test_a_new_version_rolls_out_and_serves(cluster, payload):
     assert cluster.current("deployments")["metadata"]["generation"] == 2
     assert template_image(cluster) == image("2") and set(lineage(cluster).values()) == {"2"}
     assert cluster.serving == "2"
+
+
+class ServiceTraffic:
+    """Callers of the model's Service while a deploy runs: 1-row requests through the service proxy."""
+
+    def __init__(self, row: dict) -> None:
+        self.row, self.answers, self.stop = row, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with kubernetes_target.cluster_hook(
+            kubernetes_conn_id="asgard_test_cluster", eks_cluster_name=None, aws_conn_id="", namespace=NAMESPACE
+        ) as hook:
+            call = kubernetes_target.Cluster(hook, NAMESPACE).service_call(APP)
+            while not self.stop.is_set():
+                status, text = call("POST", "/predict", {"inputs": self.row})
+                self.answers.append((status, json.loads(text).get("model_version")))
+                time.sleep(0.005)
+
+    def __enter__(self) -> ServiceTraffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def one_row(payload) -> dict:
+    return {name: values[:1] for name, values in payload["inputs"].items()}
+
+
+def test_a_canary_takes_its_share_of_the_service_and_is_promoted(cluster, payload):
+    deploy("1", payload)
+    canary = Rollout(strategy=CANARY, percent=30, min_requests=15, duration=60, max_p99_ratio=50)
+    with ServiceTraffic(one_row(payload)) as traffic:
+        outcome = deploy("2", payload, rollout=canary)
+
+    trial = outcome["trial"]
+    assert trial["decision"] == "promoted" and trial["requests"] >= 15 and trial["errors"] == 0, trial
+    # 2 stable pods and round(2 * 30 / 70) = 1 canary pod: a third of the Service's endpoints.
+    assert (trial["replicas"], trial["endpoint_share"]) == (1, 33.3)
+    assert trial["stable_requests"] >= trial["requests"] and trial["p99_ms"] > 0
+    assert {status for status, _ in traffic.answers} == {200}  # no caller failed
+    assert {"1", "2"} <= {version for _, version in traffic.answers}
+    # Promoted: the stable Deployment serves v2 on every pod, the canary Deployment is gone.
+    assert template_image(cluster) == image("2") and cluster.serving == "2" and cluster.canary is None
+    assert cluster.current("deployments", f"{APP}-canary", NAMESPACE) is None
+
+
+def test_a_canary_failing_its_share_is_removed_and_the_stable_version_never_changed(cluster, payload):
+    deploy("1", payload)
+    generation = cluster.current("deployments")["metadata"]["generation"]
+    canary = Rollout(strategy=CANARY, percent=30, min_requests=50, duration=60, max_error_rate=0.1)
+    with ServiceTraffic(one_row(payload)) as traffic, pytest.raises(DeployError) as failure:
+        deploy("6", payload, rollout=canary)
+
+    breached = r"the canary breached max_error_rate: (\d+) of the new version's first \1 requests"
+    assert re.match(breached, str(failure.value)), str(failure.value)
+    assert failure.value.serving == "1" and failure.value.rollback_problem is None
+    assert failure.value.figures["limit"] == "max_error_rate" and failure.value.figures["replicas"] == 1
+    # Callers saw failures only from the canary's pods; the stable Deployment was never touched.
+    assert {answer for answer in traffic.answers if answer[0] != 200} == {(500, None)}
+    assert {version for status, version in traffic.answers if status == 200} == {"1"}
+    assert cluster.current("deployments")["metadata"]["generation"] == generation
+    assert template_image(cluster) == image("1") and cluster.canary is None
+    assert cluster.current("deployments", f"{APP}-canary", NAMESPACE) is None
 
 
 @pytest.mark.parametrize(

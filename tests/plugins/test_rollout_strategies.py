@@ -267,5 +267,6 @@ def test_a_deploy_request_carries_its_rollout_and_refuses_a_trial_where_it_canno
     again = DeployRequest.from_dict(request.to_dict())  # through XCom
     assert again.rollout_plan == Rollout(strategy=CANARY, percent=20, min_requests=50)
     assert deployment_request({"model_name": "churn"}).rollout_plan.strategy == "replace"
+    assert deployment_request({"model_name": "churn", "target": "kubernetes", "strategy": "canary"}).rollout_plan.trial
     with pytest.raises(InputError, match="strategy 'shadow' runs on the docker target only for now"):
         deployment_request({"model_name": "churn", "target": "kubernetes", "strategy": "shadow"})

@@ -1,4 +1,4 @@
-"""The serving app: ``/health``, ``/metadata``, ``/predict`` and MLflow's ``/invocations``.
+"""The serving app: ``/health``, ``/metadata``, ``/predict``, MLflow's ``/invocations`` and ``/metrics``.
 
 The two prediction paths are answered on bare ASGI, in front of FastAPI: a 1-row request costs
 about as much as the model itself, and FastAPI's request, routing and response objects would
@@ -29,16 +29,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import anyio
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from asgard_serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from asgard_serving.metrics import RequestMetrics
 from asgard_serving.model import Bundle, InputError, Predictor, columns_of
 from asgard_serving.online import OnlineFeatures, StoreUnavailable
 
@@ -56,6 +60,8 @@ except ImportError:  # pragma: no cover - the image always has orjson
         return json.dumps(value, default=lambda stamp: stamp.isoformat()).encode()
 
     _loads = json.loads
+
+log = logging.getLogger("asgard_serving")
 
 # An answer to a prediction request: its status and JSON body.
 Reply = tuple[int, bytes]
@@ -171,7 +177,13 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
             },
         )
 
-    return PredictionPaths(Predictions(state, limits), api)
+    metrics = RequestMetrics()
+
+    @api.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    return PredictionPaths(Predictions(state, limits), api, metrics)
 
 
 def _online_features(bundle: Bundle, limits: Limits) -> tuple[OnlineFeatures | None, tuple[int, str] | None]:
@@ -339,6 +351,9 @@ class Predictions:
             result = predictor.predict(ask.columns, ask.rows, probabilities=ask.probabilities)
         except InputError as error:  # a value the model's own input types cannot hold
             return 422, {"detail": str(error)}
+        except Exception as error:  # the model itself failed: the caller's request was valid
+            log.exception("the model failed on a request of %d row(s)", ask.rows)
+            return 500, {"detail": f"the model failed on this request: {type(error).__name__}: {str(error)[:300]}"}
         # One id per request, one suffix per row (``<request_id>-<row>``): unique, and cheap for large
         # requests; the MLflow shape answers no ids, so it never spells them out.
         request_id = f"{self._worker}{next(self._requests):016x}"
@@ -358,17 +373,19 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 class PredictionPaths:
     """ASGI in front of ``api``: a POST to one of ``paths`` goes to its handler, all else to ``api``."""
 
-    def __init__(self, predictions: Predictions, api: FastAPI) -> None:
+    def __init__(self, predictions: Predictions, api: FastAPI, metrics: RequestMetrics) -> None:
         self.paths = {"/predict": predictions.predict, "/invocations": predictions.invocations}
         self.predictions = predictions
         self.api = api
         self.limits = predictions.limits
+        self.metrics = metrics
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         handler = self.paths.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if handler is None:
             await self.api(scope, receive, send)
             return
+        started = perf_counter()
         raw = await self._body(scope, receive)
         if raw is None:  # the client went away
             return
@@ -392,6 +409,7 @@ class PredictionPaths:
         headers = [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
+        self.metrics.observe(status, perf_counter() - started)
 
     async def _body(self, scope: dict, receive: Callable) -> bytes | Reply | None:
         """The request body; a 413 past the limit, declared or counted as it arrives (a body without a

@@ -113,3 +113,30 @@ def checked_resources(resources: dict[str, Any] | None) -> dict[str, dict[str, s
                 )
         merged[kind] = {**defaults, **given}
     return merged
+
+
+CANARY_SUFFIX = "-canary"
+TRACK_LABEL = "asgard.io/track"
+
+
+def canary_replicas(stable_replicas: int, percent: int) -> int:
+    """Pods the canary needs beside ``stable_replicas`` for about ``percent`` of the Service's traffic
+    (kube-proxy spreads connections over ready endpoints evenly): at least one."""
+    return max(1, round(stable_replicas * percent / (100 - percent)))
+
+
+def canary_deployment(deployment: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The new version's Deployment as a canary beside the stable one: its own name and selector, and
+    pods the model's Service selects too (their ``app.kubernetes.io/name``), so they take their share
+    of its traffic without a mesh. The stable Deployment does not adopt them: they are owned."""
+    import copy
+
+    canary = copy.deepcopy(deployment)
+    app = deployment["metadata"]["name"]
+    canary["metadata"]["name"] = f"{app}{CANARY_SUFFIX}"
+    canary["metadata"]["labels"] = {**canary["metadata"]["labels"], TRACK_LABEL: "canary"}
+    canary["spec"]["replicas"] = replicas
+    canary["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": app, TRACK_LABEL: "canary"}}
+    template = canary["spec"]["template"]["metadata"]
+    template["labels"] = {**template["labels"], TRACK_LABEL: "canary"}
+    return canary

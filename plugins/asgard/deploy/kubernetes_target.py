@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
-from asgard.deploy import kubernetes_manifests
+from asgard.deploy import kubernetes_canary, kubernetes_manifests
+from asgard.deploy.strategies import REPLACING, Rollout
 from asgard.serving.checks import Call, DeployError, verify
 
 if TYPE_CHECKING:
@@ -153,10 +154,22 @@ class Cluster:
 
     def service_call(self, service: str) -> Call:
         """Reach the Service's pods through the API server's service proxy."""
+        return self._proxy_call(
+            f"/api/v1/namespaces/{self.namespace}/services/{service}:http/proxy", f"service {service}"
+        )
+
+    def pod_call(self, pod: str) -> Call:
+        """Reach one pod's server through the API server's pod proxy."""
+        return self._proxy_call(f"/api/v1/namespaces/{self.namespace}/pods/{pod}:8080/proxy", f"pod {pod}")
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        """The pods ``selector`` matches, as plain JSON."""
+        found = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        return [self.api_client.sanitize_for_serialization(pod) for pod in found]
+
+    def _proxy_call(self, base: str, what: str) -> Call:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
-
-        base = f"/api/v1/namespaces/{self.namespace}/services/{service}:http/proxy"
 
         def call(method: str, path: str, body: dict[str, Any] | None) -> tuple[int, str]:
             try:
@@ -171,8 +184,8 @@ class Cluster:
                     _request_timeout=30,
                 )
             except ApiException as error:
-                if error.status in (502, 503):  # no ready endpoint behind the Service (yet)
-                    raise ConnectionError(f"service {service}: {error.status} {error.reason}") from error
+                if error.status in (502, 503):  # no ready endpoint behind it (yet)
+                    raise ConnectionError(f"{what}: {error.status} {error.reason}") from error
                 text = error.body.decode(errors="replace") if isinstance(error.body, bytes) else str(error.body or "")
                 return error.status, text
             except HTTPError as error:
@@ -227,11 +240,17 @@ def deploy(
     resources: dict[str, Any] | None = None,
     prediction_log: str | None = None,
     online_store_secret: str | None = None,
+    rollout: Rollout = REPLACING,
     rollout_timeout: float = 600.0,
     poll_seconds: float = 2.0,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Serve ``image`` (by digest) as the model's workload in ``namespace``; the outcome."""
+    """Serve ``image`` (by digest) as the model's workload in ``namespace``; the outcome.
+
+    A ``canary`` rollout with a version serving first runs the new version as a canary Deployment
+    behind the same Service (``kubernetes_canary``); within its limits, the stable Deployment rolls out the new
+    version and the canary is removed; past one, the canary is removed and the run fails.
+    """
     from kubernetes.client.exceptions import ApiException
 
     objects = kubernetes_manifests.render(
@@ -260,19 +279,40 @@ def deploy(
     previous = _served(before["Deployment"])
     endpoint = f"http://{app}.{namespace}.svc.cluster.local"
     where = f"service {namespace}/{app}"
+    canary, trial = f"{app}{kubernetes_manifests.CANARY_SUFFIX}", None
     try:
+        if rollout.trial and previous is not None:
+            trial = kubernetes_canary.run(
+                cluster, objects[0], version, payload, rollout, rollout_timeout, poll_seconds, progress
+            )
+        elif rollout.trial:
+            progress(f"nothing serves {app} yet: no live traffic to {rollout.strategy} against, replacing")
         for body in objects:
             cluster.apply(body)
         progress(f"applied {', '.join(body['kind'] for body in objects)} {namespace}/{app} for v{version} ({image})")
         cluster.wait_for_rollout(app, timeout=rollout_timeout, poll_seconds=poll_seconds)
         progress(f"deployment {namespace}/{app} rolled out v{version}")
         verify(cluster.service_call(app), version, payload, where=where, timeout=60)
+        if trial is not None:
+            cluster.delete("Deployment", canary)
+            progress(f"removed the canary {namespace}/{canary}: {where} serves v{version} on every pod")
     except (DeployError, ApiException) as error:
         reason = (
             str(error) if isinstance(error, DeployError) else f"the API server refused: {error.status} {error.reason}"
         )
-        problem = _roll_back(cluster, app, before, objects, rollout_timeout, poll_seconds, progress)
-        raise DeployError(reason, serving=(previous or {}).get("version"), rollback_problem=problem) from error
+        if rollout.trial and previous is not None:
+            with contextlib.suppress(ApiException):
+                cluster.delete("Deployment", canary)
+        problem = None
+        if trial is not None or not rollout.trial or previous is None:
+            # The stable objects changed (a promoted canary, or a replace): put them back.
+            problem = _roll_back(cluster, app, before, objects, rollout_timeout, poll_seconds, progress)
+        raise DeployError(
+            reason,
+            serving=(previous or {}).get("version"),
+            rollback_problem=problem,
+            figures=getattr(error, "figures", None),
+        ) from error
     progress(f"{where} serves {model_name} v{version}")
     return {
         "endpoint": endpoint,
@@ -281,6 +321,7 @@ def deploy(
         "namespace": namespace,
         "changed": previous is None or previous["image"] != image,
         "previous": previous,
+        "trial": trial,
     }
 
 

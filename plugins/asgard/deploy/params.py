@@ -64,7 +64,8 @@ def deploy_model_params() -> dict[str, Param]:
             description="replace: the verified switch; canary: the new version answers a share of live "
             "prediction requests first; shadow: a share is mirrored to it, callers always get the serving "
             "version's answer. A trial that stays within its limits is promoted to all traffic (the old "
-            "version retired); a breach rolls it back and fails the run naming the limit. Docker target.",
+            "version retired); a breach rolls it back and fails the run naming the limit. Shadow: docker "
+            "target only; a kubernetes canary is a second Deployment behind the Service.",
             section=ROLLOUT,
             type="string",
             enum=list(STRATEGIES),
@@ -72,8 +73,8 @@ def deploy_model_params() -> dict[str, Param]:
         "percent": field(
             None,
             title="Traffic share (%)",
-            description="The share of prediction requests the canary answers or the shadow sees (1 to 50). "
-            "Default: 10.",
+            description="The share of prediction requests the canary answers or the shadow sees (1 to 50; on "
+            "kubernetes, the nearest share of the Service's pods). Default: 10.",
             section=ROLLOUT,
             type=["null", "integer"],
             minimum=1,

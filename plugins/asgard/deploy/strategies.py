@@ -253,3 +253,63 @@ def watch(
 
 def _empty(rollout: Rollout) -> dict[str, Any]:
     return TrafficWindow("", rollout.strategy, rollout.percent).summary()
+
+
+# --- counts read from pods (the kubernetes target, which has no router to count at) ------------------
+
+
+def parse_metrics(exposition: str) -> dict[str, Any]:
+    """A serving pod's ``/metrics`` (``asgard_serving.metrics``): requests, server errors, latency buckets."""
+    requests = errors = 0.0
+    buckets: dict[str, float] = {}
+    for line in exposition.splitlines():
+        if line.startswith("asgard_prediction_requests_total{"):
+            value = float(line.rsplit(" ", 1)[1])
+            requests += value
+            if 'code="5xx"' in line:
+                errors += value
+        elif line.startswith("asgard_prediction_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[bound] = float(line.rsplit(" ", 1)[1])
+    return {"requests": requests, "errors": errors, "buckets": buckets}
+
+
+def combine(counts: list[dict[str, Any]], minus: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Several pods' counts summed, less ``minus`` (what they had counted when the trial began)."""
+    total: dict[str, Any] = {"requests": 0.0, "errors": 0.0, "buckets": {}}
+    for one in counts:
+        total["requests"] += one["requests"]
+        total["errors"] += one["errors"]
+        for bound, value in one["buckets"].items():
+            total["buckets"][bound] = total["buckets"].get(bound, 0.0) + value
+    if minus:
+        total["requests"] -= minus["requests"]
+        total["errors"] -= minus["errors"]
+        for bound, value in minus["buckets"].items():
+            total["buckets"][bound] = total["buckets"].get(bound, 0.0) - value
+    return total
+
+
+def side_summary(counts: dict[str, Any]) -> dict[str, Any]:
+    """``Side.summary``'s shape from pod counts: p99 read from the histogram as Prometheus'
+    ``histogram_quantile`` does (linear within the bucket it falls in)."""
+    requests, errors = int(counts["requests"]), int(counts["errors"])
+    bounds = sorted(((float(bound), value) for bound, value in counts["buckets"].items()), key=lambda pair: pair[0])
+    p99 = None
+    if bounds and bounds[-1][1] > 0:
+        rank, lower, below = 0.99 * bounds[-1][1], 0.0, 0.0
+        for bound, cumulative in bounds:
+            if cumulative >= rank:
+                if bound == float("inf"):
+                    p99 = lower
+                else:
+                    within = cumulative - below
+                    p99 = lower + (bound - lower) * ((rank - below) / within if within else 1.0)
+                break
+            lower, below = bound, cumulative
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else None,
+        "p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
+    }

@@ -1,0 +1,49 @@
+"""What the prediction paths answered, in Prometheus' text format (``GET /metrics``).
+
+Requests by status class and a latency histogram, counted in this process. A deploy with no service
+mesh reads them from each pod (through the API server's pod proxy) to judge a canary against the
+stable version; a Prometheus scraping the pods gets the same series. Counting costs a bisect and
+three additions per request.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+# Upper bounds in seconds, 1.25x apart from 0.5 ms to ~30 s: a p99 read from them is within 12% of the
+# true one, fine enough to compare two versions' latencies.
+BOUNDS = tuple(round(0.0005 * 1.25**step, 7) for step in range(50))
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RequestMetrics:
+    def __init__(self) -> None:
+        self.by_class = [0] * 6  # index: status // 100
+        self.buckets = [0] * (len(BOUNDS) + 1)  # the last: above every bound
+        self.seconds = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        self.by_class[min(status // 100, 5)] += 1
+        self.buckets[bisect.bisect_left(BOUNDS, seconds)] += 1
+        self.seconds += seconds
+
+    def exposition(self) -> bytes:
+        lines = [
+            "# HELP asgard_prediction_requests_total Prediction requests answered, by status class.",
+            "# TYPE asgard_prediction_requests_total counter",
+        ]
+        lines += [
+            f'asgard_prediction_requests_total{{code="{index}xx"}} {count}'
+            for index, count in enumerate(self.by_class)
+            if index >= 2
+        ]
+        lines += [
+            "# HELP asgard_prediction_seconds Time from a prediction request's arrival to its answer.",
+            "# TYPE asgard_prediction_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, count in zip((*BOUNDS, "+Inf"), self.buckets, strict=True):
+            cumulative += count
+            lines.append(f'asgard_prediction_seconds_bucket{{le="{bound}"}} {cumulative}')
+        lines += [f"asgard_prediction_seconds_sum {self.seconds}", f"asgard_prediction_seconds_count {cumulative}"]
+        return ("\n".join(lines) + "\n").encode()
