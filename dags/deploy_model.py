@@ -11,8 +11,8 @@ are server-side applied, the rollout watched, the same checks run through the Se
 failure re-applies what served before. A failed version never keeps serving, and the alias the run
 deployed moves back.
 `strategy` may also be `canary` (the new version answers `percent` of the live prediction requests
-first; on kubernetes, as a second Deployment behind the Service) or `shadow` (docker target: it sees
-a copy of them; callers keep the serving answers):
+first; on kubernetes, as a second Deployment behind the Service) or `shadow` (it sees a copy of
+them, sent by the router or, on kubernetes, by the serving pods; callers keep the serving answers):
 within its limits it is promoted to all traffic, past one it is rolled back and the run fails naming
 the limit; the figures are tagged `deploy.canary.*` / `deploy.shadow.*`.
 Runs when a promotion emits a model's Asset (the champion), or manually:

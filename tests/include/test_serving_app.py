@@ -416,3 +416,28 @@ def _refuse_single_rows(matrix):
     if len(matrix) == 1:
         raise ValueError("one row is not enough")
     return matrix
+
+
+def test_a_mirror_file_that_is_absent_or_unusable_copies_nothing(tmp_path, caplog):
+    from asgard_serving import mirror as mirror_module
+
+    config = tmp_path / "mirror.json"
+    mirror = mirror_module.Mirror(str(config))
+    mirror._reload()
+    assert mirror.url is None  # absent: no shadow
+    for text, named in (
+        ("{not json", "unusable"),
+        ('{"url": "file:///etc/passwd", "percent": 10}', "file:///etc/passwd"),
+        ('{"url": "http://shadow", "percent": 0}', "0"),
+    ):
+        config.write_text(text)
+        mirror._stamp = None
+        mirror._reload()
+        assert mirror.url is None and named in caplog.text, text
+    config.write_text('{"url": "http://shadow.models.svc.cluster.local/", "percent": 25}')
+    mirror._stamp = None
+    mirror._reload()
+    assert (mirror.url, mirror.percent) == ("http://shadow.models.svc.cluster.local", 25)
+    config.unlink()
+    mirror._reload()
+    assert mirror.url is None

@@ -8,7 +8,14 @@ import kubernetes_validate
 import pytest
 
 from asgard.core.errors import InputError
-from asgard.deploy.kubernetes_manifests import app_name, canary_deployment, canary_replicas, render
+from asgard.deploy.kubernetes_manifests import (
+    app_name,
+    canary_deployment,
+    canary_replicas,
+    mirror_config_map,
+    render,
+    shadow_workload,
+)
 
 # The Kubernetes versions the manifests are checked against (EKS's standard-support window).
 SUPPORTED = ["1.33.0", "1.34.0", "1.35.0"]
@@ -60,6 +67,32 @@ def test_a_canary_is_a_valid_deployment_whose_pods_the_service_selects_and_the_s
     # Everything else is the stable pod's spec: locked down, probed, pinned by digest.
     assert canary["spec"]["template"]["spec"] == deployment["spec"]["template"]["spec"]
     assert deployment["metadata"]["name"] == "churn-predictor-inference"  # the stable body is not changed
+
+
+@pytest.mark.parametrize("kubernetes_version", SUPPORTED)
+def test_a_shadow_has_its_own_service_the_models_service_does_not_reach_and_mirrors_nothing(
+    objects, kubernetes_version
+):
+    deployment, service = objects[0], objects[1]
+    shadow, front = shadow_workload(deployment, service, 1)
+    mirror = mirror_config_map(deployment, 15)
+    for manifest in (shadow, front, mirror):
+        kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+    pod = shadow["spec"]["template"]
+    assert not service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert front["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert front["metadata"]["name"] == shadow["metadata"]["name"] == "churn-predictor-inference-shadow"
+    # The serving pods read the mirror from an optional ConfigMap; the shadow's own pods do not.
+    stable_pod = deployment["spec"]["template"]["spec"]
+    mirror_volume = {"name": "mirror", "configMap": {"name": "churn-predictor-inference-mirror", "optional": True}}
+    assert mirror_volume in stable_pod["volumes"]
+    assert "ASGARD_MIRROR_CONFIG" in {variable["name"] for variable in stable_pod["containers"][0]["env"]}
+    assert "mirror" not in {volume["name"] for volume in pod["spec"]["volumes"]}
+    assert "ASGARD_MIRROR_CONFIG" not in {variable["name"] for variable in pod["spec"]["containers"][0]["env"]}
+    assert json.loads(mirror["data"]["mirror.json"]) == {
+        "url": "http://churn-predictor-inference-shadow.asgard.svc.cluster.local",
+        "percent": 15,
+    }
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from asgard.core.errors import InputError
 from asgard.deploy import kubernetes_target
-from asgard.deploy.strategies import CANARY, Rollout
+from asgard.deploy.strategies import CANARY, SHADOW, Rollout
 from asgard.serving.bundle import write_bundle
 from asgard.serving.checks import DeployError, holdout_payload
 from asgard.training import trainers
@@ -45,6 +45,7 @@ from sample_data.models import SEED_FEATURES, register_sample_model, training_fr
 NAMESPACE = "models"
 APP = "churn-inference"
 PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):http/proxy(/.*)$")
+CONFIG_MAPS = kmock.resource("", "v1", "configmaps")
 POD_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/:]+):8080/proxy(/.*)$")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 PODS = kmock.resource("", "v1", "pods")
@@ -71,16 +72,29 @@ class ServingCluster(kmock.KubernetesEmulator):
     # The canary Deployment's version and replicas, while one is ready beside the serving version.
     canary: tuple[str, int] | None = None
     _spread: int = 0
+    # The shadow Deployment's version while it is ready; the file the serving pods see the mirror
+    # ConfigMap as (the kubelet's projection), and cluster DNS names -> where those Services answer.
+    shadow: str | None = None
+    mirror_file: Path | None = None
+    dns: dict[str, str] = attrs.field(factory=dict)
 
     async def _handle(self, request):
         proxied = PROXY.match(request.url.path)
+        if proxied and proxied.group(2).endswith("-shadow"):
+            if self.shadow is None:
+                return aiohttp.web.json_response({"message": "no endpoints available"}, status=503)
+            return await self._call(self.pods[self.shadow], request, proxied.group(3))
         if proxied:
             return await self._proxy(request, proxied.group(3))
         to_pod = POD_PROXY.match(request.url.path)
         if to_pod:
             return await self._pod_proxy(request, to_pod.group(1), to_pod.group(2), to_pod.group(3))
+        if request.resource == CONFIG_MAPS and request.name == f"{APP}-mirror" and self.mirror_file is not None:
+            self._project_mirror(request)
         if request.resource == DEPLOYMENTS and request.action == kmock.action.DELETE and request.name:
             async with self._lock:
+                if request.name.endswith("-shadow"):
+                    self.shadow = None
                 if request.name.endswith("-canary") and self.canary is not None:
                     # The controller removes the canary's pods: they leave the Service's endpoints.
                     pod = (PODS, request.namespace, f"{request.name}-v{self.canary[0]}-x1")
@@ -122,6 +136,8 @@ class ServingCluster(kmock.KubernetesEmulator):
             status |= {"replicas": desired, "updatedReplicas": desired, "availableReplicas": desired}
             if is_canary:
                 self.canary = (version, desired)
+            elif key[2].endswith("-shadow"):
+                self.shadow = version
             else:
                 self.serving = version
             if version in self.starts and version not in self.pods:
@@ -202,6 +218,17 @@ class ServingCluster(kmock.KubernetesEmulator):
                 version = canary
         self.served.append(version)
         return await self._call(self.pods[version], request, path)
+
+    def _project_mirror(self, request) -> None:
+        """The ConfigMap as the serving pods see it: a file (gone when the ConfigMap is), its Service's
+        cluster DNS name resolved to where that Service answers here."""
+        if request.action == kmock.action.DELETE:
+            self.mirror_file.unlink(missing_ok=True)
+            return
+        text = request.data["data"]["mirror.json"]
+        for name, address in self.dns.items():
+            text = text.replace(name, address)
+        self.mirror_file.write_text(text)
 
     async def _pod_proxy(self, request, namespace: str, name: str, path: str):
         pod = self.current("pods", name, namespace)
@@ -424,7 +451,7 @@ class ServiceTraffic:
         ) as hook:
             call = kubernetes_target.Cluster(hook, NAMESPACE).service_call(APP)
             while not self.stop.is_set():
-                status, text = call("POST", "/predict", {"inputs": self.row})
+                status, text = call("POST", "/predict", {"inputs": self.row, "return_probabilities": True})
                 self.answers.append((status, json.loads(text).get("model_version")))
                 time.sleep(0.005)
 
@@ -476,6 +503,104 @@ def test_a_canary_failing_its_share_is_removed_and_the_stable_version_never_chan
     assert cluster.current("deployments")["metadata"]["generation"] == generation
     assert template_image(cluster) == image("1") and cluster.canary is None
     assert cluster.current("deployments", f"{APP}-canary", NAMESPACE) is None
+
+
+@pytest.fixture
+def shadow_cluster(fitted, tmp_path, monkeypatch):
+    """v1 serving with the mirror file its pods would see; v7, a version that predicts the opposite, as
+    a real server on loopback (where the shadow Service's cluster DNS name resolves here)."""
+    import uvicorn
+
+    from conftest import free_port
+
+    model, _ = fitted
+    columns = [{"name": name, "type": "double", "required": True} for name in SEED_FEATURES]
+    folders = {}
+    for version, served in (("1", model), ("7", _Opposite(model))):
+        folders[version] = tmp_path / f"bundle-v{version}"
+        folders[version].mkdir()
+        identity = {"model_name": "churn", "version": version, "run_id": f"run{version}", "source": "models:/m"}
+        write_bundle(folders[version], served, columns, "classification", None, identity=identity, labels={})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(str(folders["7"])), host="127.0.0.1", port=port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    shadow_url = f"http://127.0.0.1:{port}"
+    mirror_file = tmp_path / "mirror" / "mirror.json"
+    mirror_file.parent.mkdir()
+
+    def shadow_pod(method, path, body):
+        import httpx
+
+        answer = httpx.request(method, f"{shadow_url}{path}", json=body, timeout=30)
+        return answer.status_code, answer.content
+
+    with contextlib.ExitStack() as pods:
+
+        def start_v1(environment):
+            # The pod's mounted ConfigMap folder, as the kubelet projects it, is this test's file.
+            assert environment["ASGARD_MIRROR_CONFIG"] == "/etc/asgard/mirror/mirror.json"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("ASGARD_MIRROR_CONFIG", str(mirror_file))
+                client = pods.enter_context(TestClient(create_app(str(folders["1"]))))
+            return lambda method, path, body: _answer(client.request(method, path, json=body))
+
+        emulator = ServingCluster(
+            pods={"7": shadow_pod},
+            starts={"1": start_v1},
+            mirror_file=mirror_file,
+            dns={f"http://{APP}-shadow.{NAMESPACE}.svc.cluster.local": shadow_url},
+        )
+        with emulated_cluster(emulator) as (emulator, kubeconfig):
+            connection = {"conn_type": "kubernetes", "extra": {"kube_config": kubeconfig}}
+            monkeypatch.setenv("AIRFLOW_CONN_ASGARD_TEST_CLUSTER", json.dumps(connection))
+            yield emulator
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+class _Opposite:
+    """A classifier that answers the other class, with the probabilities swapped."""
+
+    def __init__(self, model) -> None:
+        self.model, self.classes_ = model, model.classes_
+
+    def predict(self, frame):
+        return 1 - self.model.predict(frame)
+
+    def predict_proba(self, frame):
+        return self.model.predict_proba(frame)[:, ::-1]
+
+
+def test_a_shadow_is_copied_requests_by_the_serving_pods_and_never_answers_a_caller(shadow_cluster, payload):
+    deploy("1", payload)
+    generation = shadow_cluster.current("deployments")["metadata"]["generation"]
+    strict = Rollout(strategy=SHADOW, percent=50, min_requests=20, duration=60, max_p99_ratio=50, min_agreement=0.9)
+    with ServiceTraffic(one_row(payload)) as traffic, pytest.raises(DeployError) as failure:
+        deploy("7", payload, rollout=strict)
+
+    figures = failure.value.figures
+    assert str(failure.value).startswith("the shadow breached min_agreement: agreement 0.00% < 90.00%"), failure.value
+    assert figures["agreement"] == 0.0 and figures["compared_rows"] >= 15 and figures["requests"] >= 20
+    assert figures["mean_abs_probability_diff"] > 0 and figures["stable_requests"] >= figures["requests"]
+    # Every caller got the serving version's answer; the stable Deployment was never touched.
+    assert traffic.answers and set(traffic.answers) == {(200, "1")}
+    assert shadow_cluster.current("deployments")["metadata"]["generation"] == generation
+    # The mirror, the shadow Deployment and its Service are gone: the serving pods copy nothing more.
+    assert not shadow_cluster.mirror_file.exists() and shadow_cluster.shadow is None
+    for plural in ("deployments", "services"):
+        assert shadow_cluster.current(plural, f"{APP}-shadow", NAMESPACE) is None
+    assert shadow_cluster.current("configmaps", f"{APP}-mirror", NAMESPACE) is None
+
+    # Without an agreement limit the disagreement is reported, and the version promoted.
+    reported = Rollout(strategy=SHADOW, percent=50, min_requests=20, duration=60, max_p99_ratio=50)
+    with ServiceTraffic(one_row(payload)) as traffic:
+        outcome = deploy("7", payload, rollout=reported)
+    assert outcome["trial"]["decision"] == "promoted" and outcome["trial"]["agreement"] == 0.0
+    assert template_image(shadow_cluster) == image("7") and shadow_cluster.serving == "7"
+    assert not shadow_cluster.mirror_file.exists()
 
 
 @pytest.mark.parametrize(

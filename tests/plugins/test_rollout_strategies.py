@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from asgard.core.errors import InputError
 from asgard.deploy.routes import RouteTable
-from asgard.deploy.strategies import CANARY, SHADOW, Rollout, TrafficWindow, decide, watch
-from asgard.local.router import VERSION_HEADER, create_app
+from asgard.deploy.strategies import CANARY, SHADOW, Rollout, decide, watch
+from asgard.local.router import VERSION_HEADER, TrafficWindow, create_app
 
 
 def traffic(requests=0, errors=0, p99=5.0, stable_requests=900, stable_p99=5.0, **shadow):
@@ -132,8 +132,8 @@ def test_shadow_answers_are_compared_row_by_row():
     window = TrafficWindow("x", SHADOW, 10)
     stable = json.dumps({"predictions": [0, 1, 1, 0], "probabilities": [[1, 0], [0.2, 0.8], [0.4, 0.6], [0.9, 0.1]]})
     other = json.dumps({"predictions": [0, 1, 0, 0], "probabilities": [[1, 0], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]})
-    window.compare(stable.encode(), other.encode())
-    window.compare(b"not json", other.encode())
+    window.agreement.compare(stable.encode(), other.encode())
+    window.agreement.compare(b"not json", other.encode())
     summary = window.summary()
     assert summary["compared_rows"] == 4 and summary["agreement"] == 0.75
     assert summary["mean_abs_probability_diff"] == pytest.approx((0.4 + 0.4) / 8)
@@ -260,13 +260,13 @@ def test_a_canary_that_went_away_costs_callers_nothing(router):
     assert seen["candidate_side"] == {**seen["candidate_side"], "requests": 5, "errors": 5}
 
 
-def test_a_deploy_request_carries_its_rollout_and_refuses_a_trial_where_it_cannot_run():
+def test_a_deploy_request_carries_its_rollout_to_either_target():
     from asgard.deploy.rollout import DeployRequest, deployment_request
 
     request = deployment_request({"model_name": "churn", "strategy": "canary", "percent": 20, "min_requests": 50})
     again = DeployRequest.from_dict(request.to_dict())  # through XCom
     assert again.rollout_plan == Rollout(strategy=CANARY, percent=20, min_requests=50)
     assert deployment_request({"model_name": "churn"}).rollout_plan.strategy == "replace"
-    assert deployment_request({"model_name": "churn", "target": "kubernetes", "strategy": "canary"}).rollout_plan.trial
-    with pytest.raises(InputError, match="strategy 'shadow' runs on the docker target only for now"):
-        deployment_request({"model_name": "churn", "target": "kubernetes", "strategy": "shadow"})
+    for strategy in ("canary", "shadow"):
+        on_kubernetes = deployment_request({"model_name": "churn", "target": "kubernetes", "strategy": strategy})
+        assert on_kubernetes.rollout_plan.strategy == strategy

@@ -22,6 +22,8 @@ Environment:
 ``ASGARD_SERVING_MAX_ENTITIES`` a request naming more entity ids is refused with 422 (default 1,000)
 ``ASGARD_SERVING_FEATURE_CACHE``  entities whose SQLite rows are remembered until the store's file changes
                                 (default 50,000; 0: none)
+``ASGARD_MIRROR_CONFIG``        a file that, while it exists, names a shadow to copy a share of the prediction
+                                requests to (``mirror``; the Kubernetes target mounts it from a ConfigMap)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from fastapi.responses import Response
 
 from asgard_serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asgard_serving.metrics import RequestMetrics
+from asgard_serving.mirror import Mirror
 from asgard_serving.model import Bundle, InputError, Predictor, columns_of
 from asgard_serving.online import OnlineFeatures, StoreUnavailable
 
@@ -80,6 +83,7 @@ class State:
     predictor: Predictor | None = None
     prediction_log: Any = None
     online: OnlineFeatures | None = None
+    mirror: Mirror | None = None
     # Why this server cannot predict by entity id (None when it can).
     online_refusal: tuple[int, str] | None = (503, "model not loaded yet")
 
@@ -122,12 +126,16 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
                 model={"model_name": bundle.info["model_name"], "model_version": bundle.info["version"]},
                 flush_seconds=float(os.environ.get("ASGARD_PREDICTION_LOG_FLUSH_SECONDS", "5")),
             )
+        if os.environ.get("ASGARD_MIRROR_CONFIG"):
+            state.mirror = Mirror(os.environ["ASGARD_MIRROR_CONFIG"])
         # What is loaded now lives as long as the server: out of the collector's way, so collections
         # (which requests' short-lived objects set off) walk only those.
         gc.freeze()
         yield
         if state.prediction_log is not None:
             state.prediction_log.close()
+        if state.mirror is not None:
+            await state.mirror.close()
         if state.online is not None:
             await state.online.close()
 
@@ -181,7 +189,8 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
 
     @api.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
-        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+        lines = metrics.lines() + (state.mirror.lines() if state.mirror is not None else [])
+        return Response(("\n".join(lines) + "\n").encode(), media_type=METRICS_CONTENT_TYPE)
 
     return PredictionPaths(Predictions(state, limits), api, metrics)
 
@@ -410,6 +419,9 @@ class PredictionPaths:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
         self.metrics.observe(status, perf_counter() - started)
+        mirror = self.predictions.state.mirror
+        if mirror is not None and type(raw) is bytes:
+            mirror.offer(scope["path"], raw, status, answer)
 
     async def _body(self, scope: dict, receive: Callable) -> bytes | Reply | None:
         """The request body; a 413 past the limit, declared or counted as it arrives (a body without a

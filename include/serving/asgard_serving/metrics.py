@@ -17,7 +17,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RequestMetrics:
-    def __init__(self) -> None:
+    """Requests by status class and their latencies, as ``<prefix>_requests_total`` and ``<prefix>_seconds``."""
+
+    def __init__(self, prefix: str = "asgard_prediction", what: str = "Prediction requests answered") -> None:
+        self.prefix, self.what = prefix, what
         self.by_class = [0] * 6  # index: status // 100
         self.buckets = [0] * (len(BOUNDS) + 1)  # the last: above every bound
         self.seconds = 0.0
@@ -27,23 +30,21 @@ class RequestMetrics:
         self.buckets[bisect.bisect_left(BOUNDS, seconds)] += 1
         self.seconds += seconds
 
-    def exposition(self) -> bytes:
+    def lines(self) -> list[str]:
+        prefix = self.prefix
         lines = [
-            "# HELP asgard_prediction_requests_total Prediction requests answered, by status class.",
-            "# TYPE asgard_prediction_requests_total counter",
+            f"# HELP {prefix}_requests_total {self.what}, by status class.",
+            f"# TYPE {prefix}_requests_total counter",
         ]
         lines += [
-            f'asgard_prediction_requests_total{{code="{index}xx"}} {count}'
+            f'{prefix}_requests_total{{code="{index}xx"}} {count}'
             for index, count in enumerate(self.by_class)
             if index >= 2
         ]
-        lines += [
-            "# HELP asgard_prediction_seconds Time from a prediction request's arrival to its answer.",
-            "# TYPE asgard_prediction_seconds histogram",
-        ]
+        lines += [f"# HELP {prefix}_seconds {self.what}: seconds to the answer.", f"# TYPE {prefix}_seconds histogram"]
         cumulative = 0
         for bound, count in zip((*BOUNDS, "+Inf"), self.buckets, strict=True):
             cumulative += count
-            lines.append(f'asgard_prediction_seconds_bucket{{le="{bound}"}} {cumulative}')
-        lines += [f"asgard_prediction_seconds_sum {self.seconds}", f"asgard_prediction_seconds_count {cumulative}"]
-        return ("\n".join(lines) + "\n").encode()
+            lines.append(f'{prefix}_seconds_bucket{{le="{bound}"}} {cumulative}')
+        lines += [f"{prefix}_seconds_sum {self.seconds}", f"{prefix}_seconds_count {cumulative}"]
+        return lines

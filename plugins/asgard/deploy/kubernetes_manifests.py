@@ -140,3 +140,54 @@ def canary_deployment(deployment: dict[str, Any], replicas: int) -> dict[str, An
     template = canary["spec"]["template"]["metadata"]
     template["labels"] = {**template["labels"], TRACK_LABEL: "canary"}
     return canary
+
+
+SHADOW_SUFFIX = "-shadow"
+MIRROR_SUFFIX = "-mirror"
+MIRROR_FILE = "mirror.json"
+
+
+def shadow_workload(deployment: dict[str, Any], service: dict[str, Any], replicas: int) -> list[dict[str, Any]]:
+    """The new version as a shadow: a Deployment whose pods the model's Service does not select (their
+    own ``app.kubernetes.io/name``), and a Service of their own for the serving pods to copy requests
+    to. Its pods mirror nothing themselves: the mirror file is the stable pods' alone."""
+    import copy
+
+    app = deployment["metadata"]["name"]
+    name = f"{app}{SHADOW_SUFFIX}"
+    labels = {**deployment["metadata"]["labels"], "app.kubernetes.io/name": name, TRACK_LABEL: "shadow"}
+    shadow = copy.deepcopy(deployment)
+    shadow["metadata"]["name"] = name
+    shadow["metadata"]["labels"] = labels
+    shadow["spec"]["replicas"] = replicas
+    shadow["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": name}}
+    template = shadow["spec"]["template"]
+    template["metadata"]["labels"] = labels
+    pod = template["spec"]
+    pod["volumes"] = [volume for volume in pod["volumes"] if volume["name"] != "mirror"]
+    for container in pod["containers"]:
+        container["env"] = [variable for variable in container["env"] if variable["name"] != "ASGARD_MIRROR_CONFIG"]
+        container["volumeMounts"] = [mount for mount in container["volumeMounts"] if mount["name"] != "mirror"]
+    front = copy.deepcopy(service)
+    front["metadata"]["name"] = name
+    front["metadata"]["labels"] = labels
+    front["spec"]["selector"] = {"app.kubernetes.io/name": name}
+    return [shadow, front]
+
+
+def mirror_config_map(deployment: dict[str, Any], percent: int) -> dict[str, Any]:
+    """What makes the serving pods copy ``percent`` of their prediction requests to the shadow's Service."""
+    import json
+
+    app, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
+    url = f"http://{app}{SHADOW_SUFFIX}.{namespace}.svc.cluster.local"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{app}{MIRROR_SUFFIX}",
+            "namespace": namespace,
+            "labels": {**deployment["metadata"]["labels"], TRACK_LABEL: "shadow"},
+        },
+        "data": {MIRROR_FILE: json.dumps({"url": url, "percent": percent})},
+    }

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
-from asgard.deploy import kubernetes_canary, kubernetes_manifests
+from asgard.deploy import kubernetes_manifests, kubernetes_trials
 from asgard.deploy.strategies import REPLACING, Rollout
 from asgard.serving.checks import Call, DeployError, verify
 
@@ -41,6 +41,7 @@ KINDS = {
     "Service": ("CoreV1Api", "service"),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
     "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
+    "ConfigMap": ("CoreV1Api", "config_map"),  # a shadow's mirror settings
 }
 # Pod states that will not heal by waiting: the rollout fails at once, naming the pod.
 STUCK_REASONS = {
@@ -247,9 +248,10 @@ def deploy(
 ) -> dict[str, Any]:
     """Serve ``image`` (by digest) as the model's workload in ``namespace``; the outcome.
 
-    A ``canary`` rollout with a version serving first runs the new version as a canary Deployment
-    behind the same Service (``kubernetes_canary``); within its limits, the stable Deployment rolls out the new
-    version and the canary is removed; past one, the canary is removed and the run fails.
+    A ``canary`` or ``shadow`` rollout with a version serving first tries the new version against live
+    traffic (``kubernetes_trials``); within its limits, the stable Deployment rolls out the new version
+    and the trial's objects are removed; past one, they are removed and the run fails, the stable
+    Deployment untouched.
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -279,11 +281,18 @@ def deploy(
     previous = _served(before["Deployment"])
     endpoint = f"http://{app}.{namespace}.svc.cluster.local"
     where = f"service {namespace}/{app}"
-    canary, trial = f"{app}{kubernetes_manifests.CANARY_SUFFIX}", None
+    trying, trial = rollout.trial and previous is not None, None
     try:
-        if rollout.trial and previous is not None:
-            trial = kubernetes_canary.run(
-                cluster, objects[0], version, payload, rollout, rollout_timeout, poll_seconds, progress
+        if trying:
+            trial = kubernetes_trials.run(
+                cluster,
+                objects,
+                version,
+                payload,
+                rollout,
+                rollout_timeout=rollout_timeout,
+                poll_seconds=poll_seconds,
+                progress=progress,
             )
         elif rollout.trial:
             progress(f"nothing serves {app} yet: no live traffic to {rollout.strategy} against, replacing")
@@ -293,19 +302,18 @@ def deploy(
         cluster.wait_for_rollout(app, timeout=rollout_timeout, poll_seconds=poll_seconds)
         progress(f"deployment {namespace}/{app} rolled out v{version}")
         verify(cluster.service_call(app), version, payload, where=where, timeout=60)
-        if trial is not None:
-            cluster.delete("Deployment", canary)
-            progress(f"removed the canary {namespace}/{canary}: {where} serves v{version} on every pod")
+        if trying:
+            kubernetes_trials.remove(cluster, app)
+            progress(f"removed the {rollout.strategy}'s objects: {where} serves v{version} on every pod")
     except (DeployError, ApiException) as error:
         reason = (
             str(error) if isinstance(error, DeployError) else f"the API server refused: {error.status} {error.reason}"
         )
-        if rollout.trial and previous is not None:
-            with contextlib.suppress(ApiException):
-                cluster.delete("Deployment", canary)
+        if trying:
+            kubernetes_trials.remove(cluster, app)
         problem = None
-        if trial is not None or not rollout.trial or previous is None:
-            # The stable objects changed (a promoted canary, or a replace): put them back.
+        if trial is not None or not trying:
+            # The stable objects changed (a promoted trial, or a replace): put them back.
             problem = _roll_back(cluster, app, before, objects, rollout_timeout, poll_seconds, progress)
         raise DeployError(
             reason,

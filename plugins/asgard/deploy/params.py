@@ -64,8 +64,8 @@ def deploy_model_params() -> dict[str, Param]:
             description="replace: the verified switch; canary: the new version answers a share of live "
             "prediction requests first; shadow: a share is mirrored to it, callers always get the serving "
             "version's answer. A trial that stays within its limits is promoted to all traffic (the old "
-            "version retired); a breach rolls it back and fails the run naming the limit. Shadow: docker "
-            "target only; a kubernetes canary is a second Deployment behind the Service.",
+            "version retired); a breach rolls it back and fails the run naming the limit. On kubernetes a "
+            "canary is a second Deployment behind the Service; a shadow is copied requests by the serving pods.",
             section=ROLLOUT,
             type="string",
             enum=list(STRATEGIES),

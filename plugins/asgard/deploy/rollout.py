@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
 from asgard.core.xcom import XComRecord
-from asgard.deploy.strategies import REPLACING, SHADOW, Rollout
+from asgard.deploy.strategies import REPLACING, Rollout
 from asgard.registry.versions import CHAMPION, DEPLOY_TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -54,8 +54,6 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
             raise InputError(f"the model Asset event {newest.extra} names no model_name")
     target = params.get("target") or "docker"
     rollout = Rollout.from_params(params)
-    if rollout.strategy == SHADOW and target != "docker":
-        raise InputError(f"strategy 'shadow' runs on the docker target only for now; on {target} use replace or canary")
     return DeployRequest(
         model_name=model_name,
         version=str(version) if version else None,

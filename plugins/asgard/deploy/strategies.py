@@ -11,9 +11,7 @@ traffic. The decision and its figures are tagged on the version (``deploy.canary
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +20,6 @@ from asgard.core.xcom import XComRecord
 
 REPLACE, CANARY, SHADOW = "replace", "canary", "shadow"
 STRATEGIES = (REPLACE, CANARY, SHADOW)
-# Latencies kept per side for its p99: enough for any trial window, bounded for a router that runs for weeks.
-LATENCIES_KEPT = 50_000
 
 
 @dataclass(frozen=True)
@@ -64,89 +60,6 @@ class Rollout(XComRecord):
 
 REPLACING = Rollout()
 ROLLOUT_KEYS = ("percent", "min_requests", "duration", "max_error_rate", "max_p99_ratio", "min_agreement")
-
-
-class Side:
-    """One side of a trial (the stable version or the candidate): requests, server errors, latencies."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)
-
-    def record(self, status: int | None, seconds: float) -> None:
-        """``status`` None: the version could not be reached. A 4xx is the caller's mistake, not an error."""
-        self.requests += 1
-        if status is None or status >= 500:
-            self.errors += 1
-        else:
-            self.latencies.append(seconds)
-
-    def summary(self) -> dict[str, Any]:
-        latencies = sorted(self.latencies)
-        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": self.errors / self.requests if self.requests else None,
-            "p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
-        }
-
-
-class TrafficWindow:
-    """What the router saw of one trial: both sides and, for a shadow, how the answers compared.
-
-    Kept by the router in memory, per model, for the candidate upstream in the route; a new candidate
-    starts a new window.
-    """
-
-    def __init__(self, candidate: str, strategy: str, percent: int) -> None:
-        self.candidate, self.strategy, self.percent = candidate, strategy, percent
-        self.stable, self.tried = Side(), Side()
-        self.offered = 0
-        self.compared_rows = self.agreed_rows = 0
-        self.probability_diff_sum, self.probability_values = 0.0, 0
-        self.mirrors_dropped = 0
-
-    def choose(self) -> bool:
-        """Whether this request goes to (or is mirrored to) the candidate: exactly ``percent`` of every
-        100 in turn, evenly spread, so a small window still sees its share."""
-        self.offered += 1
-        return (self.offered * self.percent) // 100 != ((self.offered - 1) * self.percent) // 100
-
-    def compare(self, stable_answer: bytes, candidate_answer: bytes) -> None:
-        """A shadow's two answers to one request: rows whose predictions agree, and the mean absolute
-        difference of their class probabilities (when both returned them)."""
-        try:
-            stable, candidate = json.loads(stable_answer), json.loads(candidate_answer)
-            left, right = stable["predictions"], candidate["predictions"]
-        except (ValueError, KeyError, TypeError):
-            return
-        if len(left) != len(right):
-            return
-        self.compared_rows += len(left)
-        self.agreed_rows += sum(a == b for a, b in zip(left, right, strict=True))
-        mine, theirs = stable.get("probabilities"), candidate.get("probabilities")
-        if isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs):
-            for a, b in zip(mine, theirs, strict=True):
-                if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-                    self.probability_diff_sum += sum(abs(float(x) - float(y)) for x, y in zip(a, b, strict=True))
-                    self.probability_values += len(a)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "strategy": self.strategy,
-            "percent": self.percent,
-            "candidate": self.candidate,
-            "stable": self.stable.summary(),
-            "candidate_side": self.tried.summary(),
-            "compared_rows": self.compared_rows,
-            "agreement": self.agreed_rows / self.compared_rows if self.compared_rows else None,
-            "mean_abs_probability_diff": (
-                self.probability_diff_sum / self.probability_values if self.probability_values else None
-            ),
-            "mirrors_dropped": self.mirrors_dropped,
-        }
 
 
 @dataclass(frozen=True)
@@ -252,41 +165,50 @@ def watch(
 
 
 def _empty(rollout: Rollout) -> dict[str, Any]:
-    return TrafficWindow("", rollout.strategy, rollout.percent).summary()
+    nothing = {"requests": 0, "errors": 0, "error_rate": None, "p99_ms": None}
+    return {
+        "stable": nothing,
+        "candidate_side": nothing,
+        "compared_rows": 0,
+        "agreement": None,
+        "mean_abs_probability_diff": None,
+        "mirrors_dropped": 0,
+    }
 
 
 # --- counts read from pods (the kubernetes target, which has no router to count at) ------------------
 
 
-def parse_metrics(exposition: str) -> dict[str, Any]:
-    """A serving pod's ``/metrics`` (``asgard_serving.metrics``): requests, server errors, latency buckets."""
+def parse_metrics(exposition: str, prefix: str = "asgard_prediction") -> dict[str, Any]:
+    """A serving pod's ``/metrics`` (``asgard_serving.metrics``): ``prefix``'s requests, server errors and
+    latency buckets, and every plain counter (``asgard_shadow_agreed_rows_total 12``) by name."""
     requests = errors = 0.0
     buckets: dict[str, float] = {}
+    counters: dict[str, float] = {}
     for line in exposition.splitlines():
-        if line.startswith("asgard_prediction_requests_total{"):
+        if line.startswith(f"{prefix}_requests_total{{"):
             value = float(line.rsplit(" ", 1)[1])
             requests += value
             if 'code="5xx"' in line:
                 errors += value
-        elif line.startswith("asgard_prediction_seconds_bucket{"):
+        elif line.startswith(f"{prefix}_seconds_bucket{{"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[bound] = float(line.rsplit(" ", 1)[1])
-    return {"requests": requests, "errors": errors, "buckets": buckets}
+        elif line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            counters[name] = float(value)
+    return {"requests": requests, "errors": errors, "buckets": buckets, "counters": counters}
 
 
 def combine(counts: list[dict[str, Any]], minus: dict[str, Any] | None = None) -> dict[str, Any]:
     """Several pods' counts summed, less ``minus`` (what they had counted when the trial began)."""
-    total: dict[str, Any] = {"requests": 0.0, "errors": 0.0, "buckets": {}}
-    for one in counts:
-        total["requests"] += one["requests"]
-        total["errors"] += one["errors"]
-        for bound, value in one["buckets"].items():
-            total["buckets"][bound] = total["buckets"].get(bound, 0.0) + value
-    if minus:
-        total["requests"] -= minus["requests"]
-        total["errors"] -= minus["errors"]
-        for bound, value in minus["buckets"].items():
-            total["buckets"][bound] = total["buckets"].get(bound, 0.0) - value
+    total: dict[str, Any] = {"requests": 0.0, "errors": 0.0, "buckets": {}, "counters": {}}
+    for one, sign in [*((one, 1) for one in counts), *([(minus, -1)] if minus else [])]:
+        total["requests"] += sign * one["requests"]
+        total["errors"] += sign * one["errors"]
+        for group in ("buckets", "counters"):
+            for name, value in one.get(group, {}).items():
+                total[group][name] = total[group].get(name, 0.0) + sign * value
     return total
 
 

@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -31,11 +32,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from asgard.deploy.routes import RouteTable
-from asgard.deploy.strategies import CANARY, SHADOW, TrafficWindow
+from asgard.deploy.strategies import CANARY, SHADOW
+from asgard_serving.agreement import Agreement
 
 PREDICTION_PATHS = frozenset({"predict", "invocations"})
 # Which version answered: callers (and load tests) can tell a canary's answers from the stable ones.
 VERSION_HEADER = "x-asgard-model-version"
+# Latencies kept per side for its p99: enough for any trial window, bounded for a router that runs for weeks.
+LATENCIES_KEPT = 50_000
 # Shadow requests outstanding at once; beyond this a mirror is dropped (and counted), not queued.
 MIRRORS_IN_FLIGHT = 32
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization", "host"}
@@ -75,7 +79,7 @@ def create_app(routes_file: Path) -> Starlette:
     async def compare(window: TrafficWindow, shadow: asyncio.Task, stable: httpx.Response) -> None:
         answer = await shadow
         if answer is not None and answer.status_code == 200 and stable.status_code == 200:
-            window.compare(stable.content, answer.content)
+            window.agreement.compare(stable.content, answer.content)
 
     def in_background(coroutine) -> asyncio.Task:
         task = asyncio.create_task(coroutine)
@@ -153,6 +157,67 @@ def create_app(routes_file: Path) -> Starlette:
         ],
         lifespan=lifespan,
     )
+
+
+class Side:
+    """One side of a trial (the stable version or the candidate): requests, server errors, latencies."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)
+
+    def record(self, status: int | None, seconds: float) -> None:
+        """``status`` None: the version could not be reached. A 4xx is the caller's mistake, not an error."""
+        self.requests += 1
+        if status is None or status >= 500:
+            self.errors += 1
+        else:
+            self.latencies.append(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        latencies = sorted(self.latencies)
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.errors / self.requests if self.requests else None,
+            "p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
+        }
+
+
+class TrafficWindow:
+    """What the router saw of one trial: both sides and, for a shadow, how the answers compared.
+
+    Kept by the router in memory, per model, for the candidate upstream in the route; a new candidate
+    starts a new window.
+    """
+
+    def __init__(self, candidate: str, strategy: str, percent: int) -> None:
+        self.candidate, self.strategy, self.percent = candidate, strategy, percent
+        self.stable, self.tried = Side(), Side()
+        self.offered = 0
+        self.agreement = Agreement()
+        self.mirrors_dropped = 0
+
+    def choose(self) -> bool:
+        """Whether this request goes to (or is mirrored to) the candidate: exactly ``percent`` of every
+        100 in turn, evenly spread, so a small window still sees its share."""
+        self.offered += 1
+        return (self.offered * self.percent) // 100 != ((self.offered - 1) * self.percent) // 100
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "percent": self.percent,
+            "candidate": self.candidate,
+            "stable": self.stable.summary(),
+            "candidate_side": self.tried.summary(),
+            "compared_rows": self.agreement.compared_rows,
+            "agreement": self.agreement.rate,
+            "mean_abs_probability_diff": self.agreement.mean_abs_probability_diff,
+            "mirrors_dropped": self.mirrors_dropped,
+        }
 
 
 class Trials:

@@ -207,7 +207,8 @@ class ServiceManager(ProcessSupervisor):
             argv=[sys.executable, "-m", "asgard.local.router", str(s.routes_file), s.bind_host, str(s.router_port)],
             health_url=f"{s.router_url}/health",
             port=s.router_port,
-            env={"PYTHONPATH": str(REPO_ROOT / "plugins")},
+            # The serving app's package too: the router compares a shadow's answers as the image does.
+            env={"PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT / 'include' / 'serving'}"},
             stop_signal=signal.SIGTERM,
             start_timeout=30.0,
             prepare=lambda: s.state_dir.mkdir(parents=True, exist_ok=True),

@@ -42,7 +42,8 @@ BUNDLER_REQUIREMENTS = ("cloudpickle", "numpy", "pandas", "pyarrow", "onnx", "on
 # Where the bundler's inputs and output are inside its sandbox.
 MODEL_INSIDE, INPUT_INSIDE, OUTPUT_INSIDE, CODE_INSIDE = "/model", "/input", "/output", "/platform"
 # boto3: the prediction log may go to S3.
-SERVING_REQUIREMENTS = ["fastapi", "uvicorn", "uvloop", "httptools", "orjson", "numpy", "boto3"]
+# httpx: a shadow's copies (``asgard_serving.mirror``), sent only while a shadow deploy runs.
+SERVING_REQUIREMENTS = ["fastapi", "uvicorn", "uvloop", "httptools", "orjson", "numpy", "boto3", "httpx"]
 ONNX_REQUIREMENTS = ["onnxruntime"]
 # What reading features by entity id adds: Redis's client (the SQLite reader is the standard library's)
 # with its C reply parser (redis-py's own, in Python, took longer over a 100-id reply than the read),
