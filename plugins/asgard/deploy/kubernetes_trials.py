@@ -47,7 +47,10 @@ def run(
     replicas = manifests.canary_replicas(stable_replicas, rollout.percent)
     trial = _shadow if rollout.strategy == SHADOW else _canary
     figures = trial(cluster, objects, version, payload, rollout, replicas, rollout_timeout, poll_seconds, progress)
+    # A canary's share is its pods among the Service's endpoints; a shadow's pods sit behind their own.
     figures["replicas"] = replicas
+    if rollout.strategy != SHADOW:
+        figures["endpoint_share"] = round(100 * replicas / (replicas + stable_replicas), 1)
     if figures["decision"] != "promoted":
         raise DeployError(f"the {rollout.strategy} breached {figures['reason']}", figures=figures)
     return figures
@@ -95,11 +98,7 @@ def _canary(cluster, objects, version, payload, rollout, replicas, rollout_timeo
         return combine(stable), combine(tried)
 
     stable_start, canary_start = counts()
-    stable_replicas = int(cluster.read("Deployment", app)["spec"].get("replicas") or 1)
-    share = round(100 * replicas / (replicas + stable_replicas), 1)
-    progress(
-        f"canary: {replicas} pod(s) of v{version} are {share}% of the Service's endpoints (asked {rollout.percent}%)"
-    )
+    progress(f"canary: {replicas} pod(s) of v{version} beside the serving ones (asked {rollout.percent}%)")
 
     def traffic() -> dict[str, Any]:
         stable, tried = counts()
@@ -107,7 +106,7 @@ def _canary(cluster, objects, version, payload, rollout, replicas, rollout_timeo
 
     verdict = watch(rollout, traffic, progress=progress, poll=max(poll_seconds, 0.05))
     progress(f"canary of v{version}: {verdict.state}, {verdict.reason}")
-    return {**verdict.figures, "endpoint_share": share}
+    return dict(verdict.figures)
 
 
 def _shadow(cluster, objects, version, payload, rollout, replicas, rollout_timeout, poll_seconds, progress) -> dict:

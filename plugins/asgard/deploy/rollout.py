@@ -52,17 +52,15 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
         model_name, version = newest.extra.get("model_name"), newest.extra.get("version")
         if not model_name:
             raise InputError(f"the model Asset event {newest.extra} names no model_name")
-    target = params.get("target") or "docker"
-    rollout = Rollout.from_params(params)
     return DeployRequest(
         model_name=model_name,
         version=str(version) if version else None,
         alias=params.get("alias") or CHAMPION,
-        target=target,
+        target=params.get("target") or "docker",
         replicas=int(params.get("replicas") or 2),
         namespace=params.get("namespace"),
         resources=params.get("resources"),
-        rollout=rollout.to_dict(),
+        rollout=Rollout.from_params(params).to_dict(),
     )
 
 
