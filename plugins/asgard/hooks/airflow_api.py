@@ -147,8 +147,9 @@ class AirflowApi:
             body=failure.body,
         ) from failure
 
-    def list_run_ids(self, dag_id: str) -> list[str]:
-        return [run.dag_run_id for run in self.runs.get_dag_runs(dag_id, limit=100).dag_runs]
+    def list_run_ids(self, dag_id: str, *, newest_first: bool = False) -> list[str]:
+        order = ["-id"] if newest_first else ["id"]
+        return [run.dag_run_id for run in self.runs.get_dag_runs(dag_id, limit=100, order_by=order).dag_runs]
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         """State of each task (mapped tasks as ``task_id[i]``)."""

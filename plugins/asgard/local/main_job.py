@@ -199,13 +199,32 @@ class MainJob:
             self._require_success(retrained)
         finally:
             api.pause("retrain_model")  # the later stages train and deploy by hand
-        triggers = api.task_result("retrain_model", retrain_run, "requests")
-        training_run = next(t["trigger_run_id"] for t in triggers if t["conf"]["model_name"] == "churn_predictor")
+        retrain_run, training_run = self._churn_retraining(api, retrain_run)
         decision = api.task_result("train_model", training_run, "gate_model")
         alias = "champion" if decision["promoted"] else "challenger"
         self.results["retrained on new features"] = (
             f"{decision['model_name']} v{decision['version']} -> @{alias} "
             f"(retrain_model {retrain_run} -> train_model {training_run}; {decision['reason']})"
+        )
+
+    @staticmethod
+    def _churn_retraining(api: AirflowApi, retrain_run: str) -> tuple[str, str]:
+        """The retrain_model run that retrained the churn champion, and its train_model run.
+
+        Usually the run these features started. But materialize_features is also scheduled hourly:
+        when an hour strikes during this stage, that run's retrain_model run goes first (one at a
+        time), trains the champion, and the run these features started rightly finds a version
+        newer than them: the retraining to report is the earlier one.
+        """
+        runs = api.list_run_ids("retrain_model", newest_first=True)
+        for run_id in runs[runs.index(retrain_run) :] if retrain_run in runs else [retrain_run]:
+            triggers = api.task_result("retrain_model", run_id, "requests") or []
+            for trigger in triggers:
+                if trigger["conf"]["model_name"] == CHURN_MODEL_REQUEST["model_name"]:
+                    return run_id, trigger["trigger_run_id"]
+        raise MainJobError(
+            f"retrain_model {retrain_run} requested no {CHURN_MODEL_REQUEST['model_name']} training, nor did an "
+            "earlier retrain_model run (its requests task log says why)"
         )
 
     def _earlier_version(self, name: str) -> str:

@@ -98,10 +98,11 @@ def feature_requests(materialized: dict[str, datetime], run_id: str, *, now: dat
         )[0]
         trained = datetime.fromtimestamp(newest.creation_timestamp / 1000, UTC)
         interval = timedelta(hours=float(policy.get("min_interval_hours", DEFAULT_MIN_INTERVAL_HOURS)))
-        if trained >= max(materialized[view] for view in fresh) or now - trained < interval:
+        features_at = max(materialized[view] for view in fresh)
+        if trained >= features_at or now - trained < interval:
             log.info(
-                "%s: new features in %s, but v%s was trained at %s (minimum interval %s)",
-                champion.name, ", ".join(fresh), newest.version, trained.isoformat(), interval,
+                "%s: new features in %s (materialized at %s), but v%s was trained at %s (minimum interval %s)",
+                champion.name, ", ".join(fresh), features_at.isoformat(), newest.version, trained.isoformat(), interval,
             )  # fmt: skip
             continue
         requests.append(
