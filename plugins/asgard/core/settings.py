@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     preload: bool = True
     # How long ``./asgard``'s set-up took before this command ran (the main job reports it).
     setup_seconds: float | None = None
+    # The production profile on one machine (``./asgard start --profile production``): the PostgreSQL
+    # server it creates its role and databases in (a login allowed to create them; only the command
+    # that starts the services reads it), the prefix of their names (two installations can share a
+    # server), Redis, the S3 API's port (moto's server) and bucket, and how many Celery workers run.
+    postgres_admin_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    database_prefix: str = "asgard"
+    redis_url: str = "redis://127.0.0.1:6379"
+    broker_redis_db: int = 5
+    s3_port: int = 5055
+    s3_bucket: str = "asgard"
+    celery_workers: int = 2
     # The ``./asgard`` client of the /mlops API: where it is, and who calls it.
     api_url: str | None = None
     api_token: SecretStr | None = None
@@ -95,6 +106,14 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.resolve()
+
+    @field_validator("database_prefix")
+    @classmethod
+    def _identifier(cls, prefix: str) -> str:
+        # Role and database names are built from it: a plain lower-case identifier, nothing to quote.
+        if not prefix.isidentifier() or not prefix.islower() or len(prefix) > 40:
+            raise ValueError(f"must be a lower-case identifier of at most 40 characters, got {prefix!r}")
+        return prefix
 
     @field_validator("prediction_log_uri")
     @classmethod
@@ -185,6 +204,11 @@ class Settings(BaseSettings):
     @property
     def registry_address(self) -> str:
         return f"{self.bind_host}:{self.registry_port}"
+
+    @property
+    def s3_url(self) -> str:
+        """The production profile's S3 API on this machine (moto's server)."""
+        return f"http://{self.bind_host}:{self.s3_port}"
 
     @property
     def router_url(self) -> str:

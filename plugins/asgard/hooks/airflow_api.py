@@ -17,6 +17,10 @@ from urllib3.util.retry import Retry
 TERMINAL_STATES = {"success", "failed"}
 # How long a queued run waits before its DAG is checked for being paused (the scheduler needs a few seconds).
 PAUSED_CHECK_AFTER = 30.0
+# How long a finished task's log may take to reach remote storage (its worker uploads it after the
+# state), and what the API server says until then.
+REMOTE_LOG_WAIT_SECONDS = 30.0
+UNREAD_SERVED_LOG = "Could not read served logs"
 # (connect, read) seconds: a call the API server cannot answer in time fails, rather than hanging its caller.
 REQUEST_TIMEOUT = (10.0, 120.0)
 
@@ -317,11 +321,18 @@ class AirflowApi:
 
     def _log_content(self, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> Any:
         """One task try's log as Airflow stores it: structured records (or text); empty if it never ran."""
-        # Raw JSON: the generated model drops the structured fields (error_detail) of each record.
-        response = self.task_instances.get_log_without_preload_content(
-            dag_id, run_id, task_id, try_number, map_index=map_index, full_content=True
-        )
-        body = json.loads(response.read())
+        deadline = time.monotonic() + REMOTE_LOG_WAIT_SECONDS
+        while True:
+            # Raw JSON: the generated model drops the structured fields (error_detail) of each record.
+            response = self.task_instances.get_log_without_preload_content(
+                dag_id, run_id, task_id, try_number, map_index=map_index, full_content=True
+            )
+            body = json.loads(response.read())
+            # With remote logging (the production profile) a worker uploads the log just after it
+            # reports the task's state: until then the API server finds it in neither place.
+            if UNREAD_SERVED_LOG not in json.dumps(body.get("content"))[:4000] or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
         if "content" not in body:
             if response.status == 404:  # the task never ran (upstream failed): it has no log
                 return ""

@@ -7,34 +7,47 @@ models, history as a client of the ``/mlops`` API (``asgard.local.cli``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from asgard.core.settings import Settings
+from asgard.core.settings import PROFILES, Settings
 from asgard.hooks.airflow_api import AirflowApiError
 from asgard.local import cli
 from asgard.local.services import ServiceError, ServiceManager
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asgard", description="Asgard MLOps on the embedded default.")
+    parser = argparse.ArgumentParser(prog="asgard", description="Asgard MLOps on the embedded default or production.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="start the services and run the pipeline through the Airflow REST API")
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument(
+        "--profile", choices=PROFILES, help="embedded (default) or production (ASGARD_PROFILE); stop/status/logs "
+        "need the profile the services were started with"
+    )  # fmt: skip
+    run = commands.add_parser(
+        "run", parents=[profile], help="start the services and run the pipeline through the Airflow REST API"
+    )
     run.add_argument("--customers", type=int, default=2000, help="size of the sample gold layer")
     run.add_argument("--days", type=int, default=14, help="days of daily snapshots in the sample gold layer")
-    start = commands.add_parser("start", help="start the embedded services (all, or the named ones)")
+    start = commands.add_parser("start", parents=[profile], help="start the services (all, or the named ones)")
     start.add_argument("services", nargs="*")
-    stop = commands.add_parser("stop", help="stop the embedded services and everything they started")
+    stop = commands.add_parser("stop", parents=[profile], help="stop the services and everything they started")
     stop.add_argument("services", nargs="*")
-    status = commands.add_parser("status", help="show each service, its PID and URL, and the Airflow login")
+    status = commands.add_parser(
+        "status", parents=[profile], help="show each service, its PID and URL, and the Airflow login"
+    )
     status.add_argument("--show-password", action="store_true", help="print the Airflow admin password too")
-    logs = commands.add_parser("logs", help="print the end of a service's log")
+    logs = commands.add_parser("logs", parents=[profile], help="print the end of a service's log")
     logs.add_argument("service")
     logs.add_argument("-n", "--lines", type=int, default=80)
     cli.add_commands(commands)
     args = parser.parse_args(argv)
 
+    if getattr(args, "profile", None):
+        # The services and the main job read the profile from the environment, as every setting.
+        os.environ["ASGARD_PROFILE"] = args.profile
     settings = Settings.from_env()
-    manager = ServiceManager(settings)
+    manager = ServiceManager.for_settings(settings)
     try:
         if args.command in cli.COMMANDS:
             return cli.run(args, cli.client_for(args, settings, manager.admin_credentials))

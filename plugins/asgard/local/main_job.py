@@ -68,7 +68,7 @@ class MainJob:
         print(f"    done in {self.timings[-1][1]:.1f}s", flush=True)
 
     def run(self) -> None:
-        manager = ServiceManager(self.settings)
+        manager = ServiceManager.for_settings(self.settings)
         with self.stage("start embedded services"):
             manager.start()
         api = AirflowApi.login(self.settings.airflow_url, *manager.admin_credentials())

@@ -46,6 +46,8 @@ class Service:
     after_start: Callable[[], None] | None = None
     # Run once the service has stopped (e.g. release the mounts a Docker engine leaves behind).
     after_stop: Callable[[], None] | None = None
+    # How to tell it is up when a GET of health_url cannot (a Celery worker answers over its broker).
+    health_check: Callable[[], bool] | None = None
     # A service answering on a unix socket rather than a TCP port (the Docker engine).
     health_socket: str | None = None
     # It stops what it started (a Docker engine its containers, then its containerd; Airflow standalone
@@ -66,7 +68,7 @@ class ServiceStatus:
     def describe(self) -> str:
         state = "healthy" if self.healthy else ("starting/unhealthy" if self.running else "stopped")
         pid = f"pid {self.pid}" if self.pid else "-"
-        return f"{self.name:<8} {state:<18} {pid:<12} {self.url}"
+        return f"{self.name:<13} {state:<18} {pid:<12} {self.url}"
 
 
 class ProcessSupervisor(abc.ABC):
@@ -166,6 +168,8 @@ class ProcessSupervisor(abc.ABC):
     def _url(self, service: Service) -> str:
         if service.health_socket:
             return f"unix://{service.health_socket}"
+        if service.health_check is not None or not service.port:
+            return service.health_url
         return f"http://{self.settings.bind_host}:{service.port}"
 
     def _pid_file(self, name: str) -> Path:
@@ -237,6 +241,8 @@ class ProcessSupervisor(abc.ABC):
 def _healthy(service: Service) -> bool:
     import httpx
 
+    if service.health_check is not None:
+        return service.health_check()
     url = service.health_url
     transport = httpx.HTTPTransport(uds=service.health_socket) if service.health_socket else None
     try:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from asgard.core.settings import LOCAL_BASE_IMAGE, REPO_ROOT
+from asgard.core.settings import LOCAL_BASE_IMAGE, REPO_ROOT, Settings
 from asgard.local.processes import ProcessSupervisor, Service, ServiceError, write_private
 
 ADMIN_USER = "admin"
@@ -34,6 +34,15 @@ def venv_bin() -> Path:
 
 class ServiceManager(ProcessSupervisor):
     """The embedded services of one :class:`Settings`: what they are, and how they are started."""
+
+    @staticmethod
+    def for_settings(settings: Settings, *, base_env: dict[str, str] | None = None) -> ServiceManager:
+        """The services of the settings' profile (production: :mod:`asgard.local.production`)."""
+        if settings.profile == "production":
+            from asgard.local.production import ProductionServices
+
+            return ProductionServices(settings, base_env=base_env)
+        return ServiceManager(settings, base_env=base_env)
 
     # ----------------------------------------------------------------- definitions
     def services(self) -> list[Service]:

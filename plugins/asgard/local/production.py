@@ -1,0 +1,340 @@
+"""The production profile on one machine: Airflow on the CeleryExecutor, PostgreSQL, Redis and S3.
+
+What runs (``./asgard start --profile production``), each a service of its own:
+
+- ``s3``: moto's server, the S3 API this machine can run; everything reaches it through the
+  ``aws_default`` connection's ``endpoint_url``, so real S3 is a change of connection.
+- ``mlflow``: its backend store in PostgreSQL, its artifacts in S3, served through the server.
+- ``docker``, ``registry``, ``router``: as in the embedded profile (in the cloud: Kaniko and ECR).
+- Airflow's components as separate processes, as separate hosts would run them: ``api-server``,
+  ``scheduler``, ``dag-processor``, ``triggerer`` and ``worker-1`` … ``worker-N`` (Celery), the
+  metadata database in PostgreSQL, the broker on Redis (its own db index), the task logs in S3
+  (remote logging: no component reads another's log folder). Each worker has its own HOME,
+  scratch folder and host name (the task instances show which worker ran them).
+
+PostgreSQL and Redis are the machine's (or a managed service's): the profile creates its own role
+and databases in the server ``ASGARD_POSTGRES_ADMIN_URL`` names, idempotently, and keeps the role's
+password in its state folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from asgard.local.processes import Service, ServiceError, write_private
+from asgard.local.services import ServiceManager, venv_bin
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# The components /api/v2/monitor/health reports on, by service name.
+HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
+DATABASES = ("airflow", "mlflow", "feast", "gold", "monitoring")
+WORKER_NAME_VARIABLE = "ASGARD_WORKER_NAME"
+# Slots per Celery worker: with two workers, the embedded profile's parallelism of four.
+WORKER_CONCURRENCY = 2
+
+
+def worker_hostname() -> str:
+    """Airflow's ``hostname_callable`` here: each worker is a host of its own, named for it."""
+    return os.environ.get(WORKER_NAME_VARIABLE) or socket.getfqdn()
+
+
+class ProductionServices(ServiceManager):
+    """The production profile's services of one :class:`Settings`."""
+
+    def services(self) -> list[Service]:
+        return [
+            self._s3(),
+            self._mlflow(),
+            self._docker(),
+            self._registry(),
+            self._router(),
+            *(self._airflow_component(name) for name in AIRFLOW_COMPONENTS),
+            *(self._worker(index) for index in range(1, self.settings.celery_workers + 1)),
+        ]
+
+    def start(self, names: Iterable[str] | None = None, *, log: Callable[[str], None] = print) -> None:
+        self.prepare_databases(log=log)
+        super().start(names, log=log)
+
+    # ----------------------------------------------------------------- PostgreSQL
+    @property
+    def role(self) -> str:
+        return self.settings.database_prefix
+
+    def database_name(self, purpose: str) -> str:
+        return f"{self.settings.database_prefix}_{purpose}"
+
+    def database_url(self, purpose: str, driver: str = "postgresql+psycopg2") -> str:
+        """The SQLAlchemy URL of one of the profile's databases, with the role's login."""
+        from sqlalchemy.engine import make_url
+
+        server = make_url(self.settings.postgres_admin_url.get_secret_value())
+        url = server.set(
+            drivername=driver, username=self.role, password=self._secrets()["postgres_password"],
+            database=self.database_name(purpose),
+        )  # fmt: skip
+        return url.render_as_string(hide_password=False)
+
+    def prepare_databases(self, *, log: Callable[[str], None] = print) -> None:
+        """The profile's role and databases in the PostgreSQL server (created when missing)."""
+        import psycopg
+        from psycopg import sql
+
+        password = self._secrets()["postgres_password"]
+        try:
+            connection = psycopg.connect(self._admin_url(), autocommit=True)
+        except psycopg.OperationalError as error:
+            raise ServiceError(
+                f"postgres: cannot connect with ASGARD_POSTGRES_ADMIN_URL ({error}); is PostgreSQL running?"
+            ) from None
+        with connection:
+            role = sql.Identifier(self.role)
+            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            # The password follows the state folder: a role whose password file was lost is given the new one.
+            connection.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+            created = []
+            for purpose in DATABASES:
+                name = self.database_name(purpose)
+                if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                    continue
+                connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), role))
+                created.append(name)
+        log(f"postgres: role {self.role}, databases {', '.join(self.database_name(p) for p in DATABASES)}"
+            + (f" (created {', '.join(created)})" if created else ""))  # fmt: skip
+
+    def drop_databases(self) -> None:
+        """Remove the profile's databases and role (``./asgard`` never does; tests clean up with it)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self._admin_url(), autocommit=True) as connection:
+            for purpose in DATABASES:
+                name = sql.Identifier(self.database_name(purpose))
+                connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+            connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.role)))
+
+    def _admin_url(self) -> str:
+        """The admin login as libpq takes it (an SQLAlchemy driver suffix, if given, dropped)."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.settings.postgres_admin_url.get_secret_value()).set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
+
+    def _secrets(self) -> dict[str, str]:
+        """The profile's generated credentials (the role's password, the S3 API's keys), created once."""
+        path = self.settings.state_dir / "production-secrets.json"
+        if not path.exists():
+            write_private(
+                path,
+                json.dumps(
+                    {
+                        "postgres_password": secrets.token_urlsafe(18),
+                        "s3_access_key": f"ASGARD{secrets.token_hex(7).upper()}",
+                        "s3_secret_key": secrets.token_urlsafe(30),
+                    }
+                ),
+            )
+        return json.loads(path.read_text())
+
+    # ----------------------------------------------------------------- S3
+    def _s3(self) -> Service:
+        s = self.settings
+        return Service(
+            name="s3",
+            argv=[str(venv_bin() / "moto_server"), "-H", s.bind_host, "-p", str(s.s3_port)],
+            health_url=f"{s.s3_url}/moto-api/",
+            port=s.s3_port,
+            stop_signal=signal.SIGTERM,
+            start_timeout=60.0,
+            after_start=self._create_bucket,
+        )
+
+    def aws_environment(self) -> dict[str, str]:
+        """What a client of the S3 API outside Airflow (the MLflow server) is given."""
+        keys = self._secrets()
+        return {
+            "AWS_ACCESS_KEY_ID": keys["s3_access_key"],
+            "AWS_SECRET_ACCESS_KEY": keys["s3_secret_key"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_url,
+        }
+
+    def aws_connection(self) -> str:
+        """``aws_default``: the S3 API's keys and endpoint, as an AIRFLOW_CONN_* value."""
+        keys = self._secrets()
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": keys["s3_access_key"],
+                "password": keys["s3_secret_key"],
+                "extra": {"endpoint_url": self.settings.s3_url, "region_name": "us-east-1"},
+            }
+        )
+
+    def _create_bucket(self) -> None:
+        import boto3
+
+        env = self.aws_environment()
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.settings.s3_url,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
+        buckets = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
+        if self.settings.s3_bucket not in buckets:
+            client.create_bucket(Bucket=self.settings.s3_bucket)
+
+    # ----------------------------------------------------------------- MLflow
+    def _mlflow(self) -> Service:
+        s = self.settings
+        return Service(
+            name="mlflow",
+            argv=[
+                str(venv_bin() / "mlflow"),
+                "server",
+                "--artifacts-destination",
+                f"s3://{s.s3_bucket}/mlflow",
+                "--serve-artifacts",
+                "--host",
+                s.bind_host,
+                "--port",
+                str(s.mlflow_port),
+                "--workers",
+                "1",
+            ],
+            health_url=f"{s.mlflow_url}/health",
+            port=s.mlflow_port,
+            env={
+                # Through the environment, not the command line: no password in the process list.
+                "MLFLOW_BACKEND_STORE_URI": self.database_url("mlflow"),
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                **self.aws_environment(),
+            },
+            stop_signal=signal.SIGTERM,
+            start_timeout=120.0,
+        )
+
+    # ----------------------------------------------------------------- Airflow
+    def airflow_env(self) -> dict[str, str]:
+        """The embedded profile's Airflow environment, on Celery, PostgreSQL, Redis and S3."""
+        s = self.settings
+        return {
+            **super().airflow_env(),
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url("airflow"),
+            "AIRFLOW__CELERY__BROKER_URL": f"{s.redis_url.rstrip('/')}/{s.broker_redis_db}",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.database_url("airflow", driver="postgresql"),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+            # Task logs go to S3 when a task ends: the API server reads them there, not from a worker.
+            "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+            "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{s.s3_bucket}/airflow-logs",
+            "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": s.aws_conn_id,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            f"AIRFLOW_CONN_{s.aws_conn_id.upper()}": self.aws_connection(),
+        }
+
+    def _airflow_component(self, name: str) -> Service:
+        s = self.settings
+        command = [name, *(["--skip-serve-logs"] if name in ("scheduler", "triggerer") else [])]
+        return Service(
+            name=name,
+            argv=[str(venv_bin() / "airflow"), *command],
+            health_url=f"{s.airflow_url}/api/v2/monitor/health",
+            health_check=None if name == "api-server" else self._component_check(HEALTH_COMPONENTS[name]),
+            port=s.airflow_port if name == "api-server" else 0,
+            env=self._component_env(name),
+            stop_signal=signal.SIGTERM,
+            prepare=self._migrate if name == "api-server" else None,
+        )
+
+    def _worker(self, index: int) -> Service:
+        name = f"worker-{index}"
+        return Service(
+            name=name,
+            argv=[
+                str(venv_bin() / "airflow"),
+                "celery",
+                "worker",
+                "--celery-hostname",
+                self.celery_node(name),
+                "--skip-serve-logs",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            health_url=f"celery://{self.celery_node(name)}",
+            health_check=lambda: self.celery_node_answers(name),
+            port=0,
+            env={**self._component_env(name), WORKER_NAME_VARIABLE: name},
+            # Celery's warm shutdown: running tasks finish (within the grace), none is taken.
+            stop_signal=signal.SIGTERM,
+            start_timeout=120.0,
+        )
+
+    def celery_node(self, worker: str) -> str:
+        return f"{worker}@{self.settings.database_prefix}"
+
+    def celery_node_answers(self, worker: str) -> bool:
+        """Whether a worker answers a ping over the broker (it consumes tasks)."""
+        from celery import Celery
+
+        app = Celery(broker=self.airflow_env()["AIRFLOW__CELERY__BROKER_URL"])
+        try:
+            replies = app.control.ping(destination=[self.celery_node(worker)], timeout=1.0)
+        except Exception:  # the broker not answering is an unhealthy worker, whatever the error
+            return False
+        finally:
+            app.close()
+        return bool(replies)
+
+    def _component_env(self, name: str) -> dict[str, str]:
+        """A component's environment: its own HOME, scratch folder and log folder, as on a host of its own."""
+        host = self.host_dir(name)
+        for folder in ("home", "tmp", "logs"):
+            (host / folder).mkdir(parents=True, exist_ok=True)
+        return {
+            **self.airflow_env(),
+            "PYTHONPATH": str(self.settings.plugins_folder),
+            "HOME": str(host / "home"),
+            "TMPDIR": str(host / "tmp"),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(host / "logs"),
+        }
+
+    def host_dir(self, name: str) -> Path:
+        return self.settings.home / "hosts" / name
+
+    def _component_check(self, component: str) -> Callable[[], bool]:
+        def healthy() -> bool:
+            import httpx
+
+            try:
+                body = httpx.get(f"{self.settings.airflow_url}/api/v2/monitor/health", timeout=3.0).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            return (body.get(component) or {}).get("status") == "healthy"
+
+        return healthy
+
+    def _migrate(self) -> None:
+        """``airflow db migrate`` (idempotent) before the API server starts, then the logins."""
+        self._prepare_airflow()
+        result = subprocess.run(
+            [str(venv_bin() / "airflow"), "db", "migrate"],
+            env={**self.base_env, **self._component_env("api-server")},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"airflow db migrate failed:\n{(result.stdout + result.stderr)[-3000:]}")
