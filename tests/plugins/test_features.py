@@ -97,7 +97,7 @@ def test_many_small_chunks_fold_into_the_same_state(home):
 
 def test_pushed_down_path_gives_the_same_state(home, monkeypatch):
     """The path other offline stores take (Trino in production), run here by Feast's DuckDB store."""
-    monkeypatch.setattr(materialization, "_is_local_iceberg", lambda source: False)
+    monkeypatch.setattr(materialization, "_is_gold_iceberg", lambda source: False)
     store = sqlite_store(home)
     result = materialization.materialize_window(store, window(DATA_START, DATA_END), chunk_period=timedelta(hours=12))
     assert result.chunks == 2 * SPEC.days
@@ -222,9 +222,17 @@ def test_all_problems_are_reported_at_once(home):
 
 
 def test_profiles_pick_the_source():
-    production = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", airflow_port=1, mlflow_port=2)
-    source = feature_store.gold_source("customer_features", "event_timestamp", settings=production)
+    trino = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", offline_store="trino", airflow_port=1)
+    source = feature_store.gold_source("customer_features", "event_timestamp", settings=trino)
     assert type(source).__name__ == "TrinoSource" and source.table == "iceberg.gold.customer_features"
+    # Production without Trino: the same Iceberg tables, through the configured catalog, nothing secret stored.
+    native = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", s3_bucket="lake", airflow_port=1)
+    source = feature_store.gold_source("customer_features", "event_timestamp", settings=native)
+    assert type(source).__name__ == "IcebergSource"
+    assert (source.catalog_type, source.catalog_name, source.warehouse, source.endpoint) == (
+        "sql", "gold", "s3://lake/gold", ""
+    )  # fmt: skip
+    assert feature_store.load_repo_config(native).offline_store.type == "duckdb"
     embedded = Settings(home=DATA_HOME_PLACEHOLDER, profile="embedded", airflow_port=1, mlflow_port=2)
     source = feature_store.gold_source("customer_features", "event_timestamp", settings=embedded)
     assert type(source).__name__ == "IcebergSource" and source.catalog_type == "sql"

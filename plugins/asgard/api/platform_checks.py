@@ -7,7 +7,6 @@ training.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import uuid
@@ -52,23 +51,22 @@ def check_mlflow(*, dag_id: str, run_id: str, mlflow_conn_id: str = "mlflow_defa
     }
 
 
-def check_storage(data_dir: Path | None = None) -> dict[str, Any]:
-    """The platform's data folder is writable, with atomic renames (what every output relies on)."""
-    data_dir = data_dir or get_settings().data_dir
+def check_storage(root: str | None = None) -> dict[str, Any]:
+    """Where runs pass files between their tasks (production: S3) takes an atomic write and reads it back."""
+    from asgard.core.storage import Location
+
+    settings = get_settings()
+    probe = Location(root or settings.runs_root, settings.aws_conn_id).child(".checks", uuid.uuid4().hex)
     started = time.perf_counter()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        final = data_dir / f".check-{uuid.uuid4().hex}"
-        with tempfile.NamedTemporaryFile("w", dir=data_dir, delete=False) as handle:
-            handle.write("ok")
-        os.replace(handle.name, final)
-        content = final.read_text()
-        final.unlink()
+        probe.write_bytes(b"ok")
+        content = probe.read_bytes()
+        probe.filesystem().delete_file(probe.path)
     except OSError as error:
-        raise PlatformCheckError(f"data folder {data_dir} is not usable: {error}") from error
-    if content != "ok":
-        raise PlatformCheckError(f"data folder {data_dir} returned {content!r} for what was written")
-    return {"service": "storage", "path": str(data_dir), "seconds": round(time.perf_counter() - started, 3)}
+        raise PlatformCheckError(f"run storage {probe.uri} is not usable: {error}") from error
+    if content != b"ok":
+        raise PlatformCheckError(f"run storage {probe.uri} returned {content!r} for what was written")
+    return {"service": "storage", "path": probe.uri, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def check_sandbox() -> dict[str, Any]:

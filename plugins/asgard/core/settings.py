@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     s3_port: int = 5055
     s3_bucket: str = "asgard"
     celery_workers: int = 2
+    # The gold layer's Iceberg catalog: its kind (pyiceberg's sql, rest or glue; its uri and credentials
+    # come from PYICEBERG_CATALOG__GOLD__* in the environment) and warehouse (production default:
+    # s3://<s3_bucket>/gold). Embedded: a SQLite catalog over a local folder, whatever these say.
+    gold_catalog: Literal["sql", "rest", "glue"] = "sql"
+    gold_warehouse: str | None = None
+    # How Feast reads the gold layer offline in production: Trino (iceberg.gold.*), or the same Iceberg
+    # tables through DuckDB (one machine without Trino).
+    offline_store: Literal["duckdb", "trino"] = "duckdb"
+    # The Redis db index of Feast's online store in production (the broker has its own).
+    online_redis_db: int = 6
+    # Where a DAG run's files that pass between its tasks go (production default: s3://<s3_bucket>/runs,
+    # since tasks run on different workers; embedded: <home>/data/runs).
+    runs_uri: str | None = None
     # The ``./asgard`` client of the /mlops API: where it is, and who calls it.
     api_url: str | None = None
     api_token: SecretStr | None = None
@@ -204,6 +217,25 @@ class Settings(BaseSettings):
     @property
     def registry_address(self) -> str:
         return f"{self.bind_host}:{self.registry_port}"
+
+    @property
+    def runs_root(self) -> str:
+        if self.runs_uri:
+            return self.runs_uri.rstrip("/")
+        return f"s3://{self.s3_bucket}/runs" if self.profile == "production" else str(self.data_dir / "runs")
+
+    @property
+    def gold_warehouse_uri(self) -> str:
+        return self.gold_warehouse or f"s3://{self.s3_bucket}/gold"
+
+    @property
+    def online_redis_connection(self) -> str:
+        """Feast's Redis connection string (``host:port,db=N``) of ``redis_url`` and ``online_redis_db``."""
+        from urllib.parse import urlparse
+
+        url = urlparse(self.redis_url)
+        options = [f"db={self.online_redis_db}", *([f"password={url.password}"] if url.password else [])]
+        return ",".join([f"{url.hostname or '127.0.0.1'}:{url.port or 6379}", *options])
 
     @property
     def s3_url(self) -> str:

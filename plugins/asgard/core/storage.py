@@ -61,6 +61,36 @@ class Location:
 
         return s3_filesystem(self.aws_conn_id) if self.is_s3 else pafs.LocalFileSystem()
 
+    def write_bytes(self, data: bytes) -> Location:
+        """Write ``data`` here atomically: readers see the old content or the whole new one."""
+        if self.is_s3:
+            with self.filesystem().open_output_stream(self.path) as stream:  # the object appears at close
+                stream.write(data)
+            return self
+        target = Path(self.uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = partial_path(target)
+        partial.write_bytes(data)
+        os.replace(partial, target)
+        return self
+
+    def read_bytes(self) -> bytes:
+        with self.filesystem().open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def write_parquet(self, frame: pd.DataFrame) -> Location:
+        """Write ``frame`` here as Parquet, atomically."""
+        import io
+
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return self.write_bytes(buffer.getvalue())
+
+    def read_parquet(self) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path, filesystem=self.filesystem()).to_pandas()
+
     def s3_hook(self) -> S3Hook:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 

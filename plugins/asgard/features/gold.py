@@ -1,8 +1,10 @@
 """The gold layer: the curated Iceberg tables every feature is computed from.
 
 Embedded default: a pyiceberg SQL catalog (SQLite) over a local warehouse folder. Production: the
-same tables as ``iceberg.gold.*`` read through Trino. Callers ask this module for a table's
-columns, its current snapshot, or a time slice of its rows; they never open a catalog themselves.
+catalog the settings name (pyiceberg's SQL catalog in PostgreSQL, which Trino's Iceberg JDBC catalog
+reads; or REST, or Glue) over a warehouse on S3, read by Trino as ``iceberg.gold.*``. Callers ask
+this module for a table's columns, its current snapshot, or a time slice of its rows; they never
+open a catalog themselves.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from asgard.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
 GOLD_NAMESPACE = "gold"
 CATALOG_NAME = "asgard_gold"
+# Production's catalog is configured through PYICEBERG_CATALOG__GOLD__* (pyiceberg cannot find a
+# name with an underscore in its environment variables).
+PRODUCTION_CATALOG_NAME = "gold"
 
 
 class GoldLayerError(InputError, LookupError):
@@ -30,33 +35,47 @@ class GoldLayerError(InputError, LookupError):
 
 @dataclass(frozen=True)
 class GoldLocation:
-    """Where the embedded gold layer lives: the catalog database and the warehouse folder."""
+    """Where the gold layer lives: its catalog's kind, its warehouse and (embedded) its catalog database.
 
-    catalog_uri: str
+    Nothing here is a secret, so it may be stored (Feast's registry keeps it in each data source):
+    production's catalog uri and credentials come from ``PYICEBERG_CATALOG__GOLD__*`` in the
+    environment of the process that opens the catalog.
+    """
+
+    catalog_type: str
     warehouse: str
+    catalog_uri: str | None = None
+    catalog_name: str = CATALOG_NAME
 
     @classmethod
     def for_settings(cls, settings: Settings | None = None) -> GoldLocation:
         settings = settings or get_settings()
+        if settings.profile == "production":
+            return cls(settings.gold_catalog, settings.gold_warehouse_uri, catalog_name=PRODUCTION_CATALOG_NAME)
         root = settings.data_dir / "gold"
-        return cls(catalog_uri=f"sqlite:///{root / 'catalog.db'}", warehouse=f"file://{root / 'warehouse'}")
+        return cls("sql", warehouse=f"file://{root / 'warehouse'}", catalog_uri=f"sqlite:///{root / 'catalog.db'}")
 
     def catalog_properties(self) -> dict[str, str]:
         """Properties for ``pyiceberg.catalog.load_catalog`` (and Feast's ``IcebergSource``)."""
-        return {"uri": self.catalog_uri, "warehouse": self.warehouse}
+        return {"type": self.catalog_type, "warehouse": self.warehouse} | (
+            {"uri": self.catalog_uri} if self.catalog_uri else {}
+        )
 
 
-def load_catalog(location: GoldLocation | None = None) -> SqlCatalog:
-    """The gold layer's catalog (created on first use)."""
-    from pyiceberg.catalog.sql import SqlCatalog
+def load_catalog(location: GoldLocation | None = None) -> Catalog:
+    """The gold layer's catalog (an embedded one is created on first use)."""
+    from pyiceberg.catalog import load_catalog as open_catalog
+    from pyiceberg.utils.config import Config
 
     location = location or GoldLocation.for_settings()
-    if location.catalog_uri.startswith("sqlite:///"):
+    if location.catalog_uri and location.catalog_uri.startswith("sqlite:///"):
         from pathlib import Path
 
         Path(location.catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         Path(location.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(CATALOG_NAME, **location.catalog_properties())
+    # The environment's catalog settings as they are now (pyiceberg reads its own at import).
+    configured = Config().get_catalog_config(location.catalog_name) or {}
+    return open_catalog(location.catalog_name, **{**configured, **location.catalog_properties()})
 
 
 def load_table(table_name: str, location: GoldLocation | None = None) -> Table:

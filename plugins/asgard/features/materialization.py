@@ -189,8 +189,14 @@ class _SourceReader:
         self, start: datetime, end: datetime, *, chunk_rows: int, period: timedelta
     ) -> Iterator[tuple[pd.DataFrame, int]]:
         """Per chunk of the source rows in ``[start, end)``: the newest row per entity, and the rows read."""
-        if _is_local_iceberg(self.source):
-            location = gold.GoldLocation(catalog_uri=self.source.endpoint, warehouse=self.source.warehouse)
+        if _is_gold_iceberg(self.source):
+            source = self.source
+            location = gold.GoldLocation(
+                source.catalog_type,
+                source.warehouse,
+                catalog_uri=source.endpoint or None,
+                catalog_name=source.catalog_name,
+            )
             table = gold.load_table(self.source.iceberg_table, location)
             for chunk in gold.scan_chunks(table, self.ts, start, end, self.columns, chunk_rows=chunk_rows):
                 yield self.newest(chunk.to_pandas()), chunk.num_rows
@@ -220,8 +226,9 @@ class _SourceReader:
         return frame.reset_index(drop=True)
 
 
-def _is_local_iceberg(source: DataSource) -> bool:
-    return getattr(source, "catalog_type", None) == "sql" and hasattr(source, "iceberg_table")
+def _is_gold_iceberg(source: DataSource) -> bool:
+    """A gold table Feast reads through a pyiceberg catalog (not Trino): scanned here, file by file."""
+    return hasattr(source, "iceberg_table") and hasattr(source, "catalog_type")
 
 
 def _periods(start: datetime, end: datetime, size: timedelta) -> Iterator[tuple[datetime, datetime]]:

@@ -55,14 +55,28 @@ def feature_view_asset_uri(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- the store
+def store_yaml(settings: Settings | None = None) -> str:
+    """The active profile's ``feature_store.yaml`` as Feast is to read it: ASGARD_HOME resolved, every
+    other ``${VAR}`` (endpoints, credentials) left for the reading process's environment."""
+    import yaml
+
+    settings = settings or get_settings()
+    text = (FEATURE_REPO / STORE_YAML[settings.profile]).read_text().replace("${ASGARD_HOME}", str(settings.home))
+    if settings.profile == "production" and settings.offline_store == "duckdb":
+        # One machine without Trino: the same Iceberg tables, read through pyiceberg into DuckDB.
+        raw = yaml.safe_load(text)
+        raw["offline_store"] = {"type": "duckdb"}
+        text = yaml.safe_dump(raw, sort_keys=False)
+    return text
+
+
 def load_repo_config(settings: Settings | None = None, *, online_store: dict[str, Any] | None = None) -> RepoConfig:
     """The Feast configuration of the active profile (``${VAR}`` expanded; ASGARD_HOME from the settings)."""
     import yaml
     from feast.repo_config import RepoConfig
 
     settings = settings or get_settings()
-    text = (FEATURE_REPO / STORE_YAML[settings.profile]).read_text()
-    raw = yaml.safe_load(os.path.expandvars(text.replace("${ASGARD_HOME}", str(settings.home))))
+    raw = yaml.safe_load(os.path.expandvars(store_yaml(settings)))
     if online_store is not None:
         raw["online_store"] = online_store
     for path in (raw.get("online_store", {}).get("path"), raw.get("registry", {}).get("path")):
@@ -76,16 +90,14 @@ def load_repo_config(settings: Settings | None = None, *, online_store: dict[str
 def write_script_repo(folder: Path, settings: Settings | None = None) -> Path:
     """A Feast repo folder for a user script: the active profile's ``feature_store.yaml``, and nothing else.
 
-    Embedded: paths resolved (the script does not get ASGARD_HOME). Production: the file as it is,
-    its ``${VAR}`` placeholders unexpanded, so no platform credential reaches the script.
+    Embedded: paths resolved (the script does not get ASGARD_HOME). Production: its ``${VAR}``
+    placeholders unexpanded, so no platform credential reaches the script.
     """
     settings = settings or get_settings()
     folder.mkdir(parents=True, exist_ok=True)
-    text = (FEATURE_REPO / STORE_YAML[settings.profile]).read_text()
     if settings.profile == "embedded":
         load_repo_config(settings)  # creates the store folders the paths point into
-        text = text.replace("${ASGARD_HOME}", str(settings.home))
-    (folder / "feature_store.yaml").write_text(text)
+    (folder / "feature_store.yaml").write_text(store_yaml(settings))
     return folder
 
 
@@ -118,6 +130,7 @@ def apply_repo(settings: Settings | None = None) -> str:
     """
     import subprocess
     import sys
+    import tempfile
 
     settings = settings or get_settings()
     env = {
@@ -128,8 +141,12 @@ def apply_repo(settings: Settings | None = None) -> str:
     }
     load_repo_config(settings)  # fails early, naming the file, on a broken configuration
     feast = os.path.join(os.path.dirname(sys.executable), "feast")
-    command = [feast, "-c", str(FEATURE_REPO), "-f", str(FEATURE_REPO / STORE_YAML[settings.profile]), "apply"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory(prefix="asgard-feast-") as folder:
+        # The profile's configuration as Feast is to read it (no secret in it: Feast expands them).
+        config = Path(folder) / "feature_store.yaml"
+        config.write_text(store_yaml(settings))
+        command = [feast, "-c", str(FEATURE_REPO), "-f", str(config), "apply"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"feast apply failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
     return result.stdout
@@ -145,7 +162,7 @@ def gold_source(
     """The Feast data source over a gold table, for the active profile."""
     settings = settings or get_settings()
     name = f"gold_{table_name}"
-    if settings.profile == "production":
+    if settings.profile == "production" and settings.offline_store == "trino":
         from feast.infra.offline_stores.contrib.trino_offline_store.trino_source import TrinoSource
 
         return TrinoSource(
@@ -159,9 +176,9 @@ def gold_source(
     location = gold.GoldLocation.for_settings(settings)
     return IcebergSource(
         name=name,
-        catalog_type="sql",
-        catalog_name=gold.CATALOG_NAME,
-        endpoint=location.catalog_uri,
+        catalog_type=location.catalog_type,
+        catalog_name=location.catalog_name,
+        endpoint=location.catalog_uri or "",
         warehouse=location.warehouse,
         namespace=gold.GOLD_NAMESPACE,
         table=table_name,

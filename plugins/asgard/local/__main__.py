@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_main_job(settings: Settings, args: argparse.Namespace) -> int:
     # Only the main job imports the platform (and Airflow with it): the client commands start fast.
-    from asgard.local.main_job import MainJob, MainJobError
+    from asgard.local.main_job import MainJob
+    from asgard.local.stages import MainJobError
 
     try:
         MainJob(settings, customers=args.customers, days=args.days).run()

@@ -36,6 +36,18 @@ FRAMEWORK_PARAMS = {
     "lightgbm": {"n_estimators": 200, "num_leaves": 15, "learning_rate": 0.05},
 }
 
+
+def framework_request(framework: str, params: dict) -> dict:
+    """The churn model's train_model conf, trained with ``framework``."""
+    return {**CHURN_MODEL_REQUEST, "framework": framework, "hyperparameters": {"params": params}}
+
+
+# The customers the main job predicts for by id (the online store holds their features).
+BY_ID_CUSTOMERS = [1, 2, 3]
+# The champion's canary: a fifth of live traffic until it has answered 50 requests. Its p99 is the
+# slowest of ~50 requests against the stable version's p99 of ~200 on a shared machine: a wide ratio.
+CANARY_TRIAL = {"strategy": "canary", "percent": 20, "min_requests": 50, "duration": 300, "max_p99_ratio": 5}
+
 EXAMPLE_SCRIPT = REPO_ROOT / "include" / "examples" / "train_with_feast.py"
 # What the example script needs with USE_FEAST=true (pinned to the platform's versions by the runner).
 EXAMPLE_REQUIREMENTS = ["scikit-learn", "pandas", "feast[duckdb]", "pyiceberg[sql-sqlite,pyarrow]"]

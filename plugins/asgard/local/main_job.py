@@ -1,4 +1,4 @@
-"""The main job: the pipeline on the embedded default, driven through the real Airflow REST API.
+"""The main job: the pipeline on a profile's services, driven through the real Airflow REST API.
 
 Each stage prints its progress and its time; the summary at the end says where to look.
 """
@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,26 +23,20 @@ from asgard.hooks.airflow_api import AirflowApi, RunOutcome
 from asgard.local.cli import MlopsClient
 from asgard.local.examples import (
     BATCH_REQUEST,
+    BY_ID_CUSTOMERS,
+    CANARY_TRIAL,
     CHURN_MODEL_REQUEST,
     EXAMPLE_REQUIREMENTS,
     EXAMPLE_SCRIPT,
     FRAMEWORK_PARAMS,
     SUPPORT_FEATURES_REQUEST,
+    framework_request,
     monitoring_windows,
 )
 from asgard.local.live_traffic import LiveTraffic
 from asgard.local.services import ServiceManager
+from asgard.local.stages import MainJobError, StageClock
 from sample_data.models import SEED_PREDICTION
-
-# The customers the main job predicts for by id (the online store holds their features).
-BY_ID_CUSTOMERS = [1, 2, 3]
-# The champion's canary: a fifth of live traffic until it has answered 50 requests. Its p99 is the
-# slowest of ~50 requests against the stable version's p99 of ~200 on a shared machine: a wide ratio.
-CANARY_TRIAL = {"strategy": "canary", "percent": 20, "min_requests": 50, "duration": 300, "max_p99_ratio": 5}
-
-
-class MainJobError(RuntimeError):
-    """A stage of the main job failed; the message names the stage and the cause."""
 
 
 @dataclass
@@ -52,25 +44,19 @@ class MainJob:
     settings: Settings
     customers: int = 2000
     days: int = 14
-    timings: list[tuple[str, float]] = field(default_factory=list)
+    clock: StageClock = field(default_factory=StageClock)
     results: dict[str, str] = field(default_factory=dict)
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        print(f"\n==> {name}", flush=True)
-        started = time.perf_counter()
-        try:
-            yield
-        except Exception as error:
-            raise MainJobError(f"stage '{name}' failed: {error}") from error
-        finally:
-            self.timings.append((name, time.perf_counter() - started))
-        print(f"    done in {self.timings[-1][1]:.1f}s", flush=True)
+    def stage(self, name: str) -> AbstractContextManager[None]:
+        return self.clock.stage(name)
 
     def run(self) -> None:
         manager = ServiceManager.for_settings(self.settings)
-        with self.stage("start embedded services"):
+        with self.stage(f"start {self.settings.profile} services"):
             manager.start()
+            # The main job reads and writes the stores too (the gold layer, feast apply): it gets what
+            # the platform's processes get.
+            os.environ.update(manager.platform_env())
         api = AirflowApi.login(self.settings.airflow_url, *manager.admin_credentials())
 
         with self.stage("check the platform (check_platform)"):
@@ -341,44 +327,16 @@ class MainJob:
     def print_summary(self, manager: ServiceManager) -> None:
         user, _ = manager.admin_credentials()
         print("\n==> summary", flush=True)
-        if self.settings.setup_seconds is not None:
-            print(f"    {'set-up (./asgard setup)':<45} {self.settings.setup_seconds:7.1f}s")
-        for name, seconds in self.timings:
-            print(f"    {name:<45} {seconds:7.1f}s")
-        print(f"    {'total':<45} {sum(s for _, s in self.timings):7.1f}s")
-        report = self.write_timings()
+        self.clock.print_timings(self.settings.setup_seconds)
+        report = self.clock.write(
+            self.settings.home, profile=self.settings.profile, customers=self.customers, days=self.days
+        )
         print(f"    stage timings: {report}")
         for key, value in self.results.items():
             print(f"    {key}: {value}")
         print(f"    Airflow UI:  {self.settings.airflow_url}  (login {user}; ./asgard status --show-password)")
         print(f"    MLflow UI:   {self.settings.mlflow_url}")
         print("    Stop everything with: ./asgard stop", flush=True)
-
-    def write_timings(self) -> Path:
-        """The run's stage timings as JSON (``<home>/main-job.json``, and one line per run in
-        ``main-job-history.jsonl``), so runs can be compared."""
-        import json
-
-        from asgard.core.storage import write_text
-
-        record = {
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "profile": self.settings.profile,
-            "customers": self.customers,
-            "days": self.days,
-            "setup_seconds": self.settings.setup_seconds,
-            "stages": [{"name": name, "seconds": round(seconds, 1)} for name, seconds in self.timings],
-            "pipeline_seconds": round(sum(seconds for _, seconds in self.timings), 1),
-        }
-        path = write_text(self.settings.home / "main-job.json", json.dumps(record, indent=2))
-        with (self.settings.home / "main-job-history.jsonl").open("a") as history:
-            history.write(json.dumps(record) + "\n")
-        return path
-
-
-def framework_request(framework: str, params: dict) -> dict:
-    """The churn model's train_model conf, trained with ``framework``."""
-    return {**CHURN_MODEL_REQUEST, "framework": framework, "hyperparameters": {"params": params}}
 
 
 def _say(line: str) -> None:

@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from asgard.features.gold import PRODUCTION_CATALOG_NAME
 from asgard.local.processes import Service, ServiceError, write_private
 from asgard.local.services import ServiceManager, venv_bin
 
@@ -179,6 +180,23 @@ class ProductionServices(ServiceManager):
             }
         )
 
+    def platform_env(self) -> dict[str, str]:
+        """Where the stores are and how to log in, as their clients read it from the environment: every
+        Airflow component's (and so every task's) and the main job's. Never a user script's."""
+        s, keys = self.settings, self._secrets()
+        gold = f"PYICEBERG_CATALOG__{PRODUCTION_CATALOG_NAME.upper()}__"
+        return {
+            f"{gold}URI": self.database_url("gold", driver="postgresql+psycopg"),
+            f"{gold}S3__ENDPOINT": s.s3_url,
+            f"{gold}S3__ACCESS_KEY_ID": keys["s3_access_key"],
+            f"{gold}S3__SECRET_ACCESS_KEY": keys["s3_secret_key"],
+            f"{gold}S3__REGION": "us-east-1",
+            "ASGARD_FEAST_REGISTRY_URI": self.database_url("feast", driver="postgresql+psycopg"),
+            "ASGARD_FEAST_REDIS": s.online_redis_connection,
+            "ASGARD_MONITORING_DATABASE_URL": self.database_url("monitoring"),
+            f"AIRFLOW_CONN_{s.aws_conn_id.upper()}": self.aws_connection(),
+        }
+
     def _create_bucket(self) -> None:
         import boto3
 
@@ -241,7 +259,7 @@ class ProductionServices(ServiceManager):
             "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": s.aws_conn_id,
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            f"AIRFLOW_CONN_{s.aws_conn_id.upper()}": self.aws_connection(),
+            **self.platform_env(),
         }
 
     def _airflow_component(self, name: str) -> Service:

@@ -236,6 +236,10 @@ class ServiceManager(ProcessSupervisor):
             stops_its_children=True,
         )
 
+    def platform_env(self) -> dict[str, str]:
+        """Where the stores are and how to log in, beyond the settings (embedded: all in the settings)."""
+        return {}
+
     def airflow_env(self) -> dict[str, str]:
         """The environment of every Airflow component (and so of every task) in the embedded profile."""
         s = self.settings

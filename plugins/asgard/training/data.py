@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
 from asgard.core.settings import Settings, get_settings
+from asgard.core.storage import Location
 from asgard.features import gold
 
 if TYPE_CHECKING:
@@ -29,11 +30,19 @@ class TrainingDataError(InputError):
 
 # --------------------------------------------------------------------------- run-scoped files
 def run_folder(dag_id: str, run_id: str, settings: Settings | None = None) -> Path:
-    """The folder holding one DAG run's intermediate files (created on first use)."""
+    """A local scratch folder for one DAG run (created on first use): for what one task writes and
+    reads itself; what another task reads goes to :func:`run_storage`."""
     settings = settings or get_settings()
     folder = settings.data_dir / "runs" / _safe(dag_id) / _safe(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def run_storage(dag_id: str, run_id: str, settings: Settings | None = None) -> Location:
+    """Where one DAG run's files that pass between its tasks live: under ``runs_uri`` (production: S3,
+    since the next task may run on another worker; embedded: the data folder)."""
+    settings = settings or get_settings()
+    return Location(settings.runs_root, settings.aws_conn_id).child(_safe(dag_id), _safe(run_id))
 
 
 def _safe(name: str) -> str:

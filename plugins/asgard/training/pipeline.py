@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
-from asgard.core.storage import write_parquet
+from asgard.core.storage import Location
 from asgard.features import store as feature_store
 from asgard.hooks.mlflow import MlflowHook
 from asgard.registry import metrics
@@ -36,6 +36,9 @@ from asgard.registry.versions import (
 )
 from asgard.training import data as training_data
 from asgard.training import evaluation, trainers
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +89,11 @@ def build_training_set(request: dict[str, Any], *, dag_id: str, run_id: str) -> 
         test_size=float(request.get("test_size", 0.2)),
         seed=int(request.get("random_state", 42)),
     )
-    folder = training_data.run_folder(dag_id, run_id)
+    # The next tasks may run on another worker: the splits go to the run's shared storage.
+    storage = training_data.run_storage(dag_id, run_id)
     paths = {
-        "train_path": str(write_parquet(train, folder / "train.parquet")),
-        "holdout_path": str(write_parquet(holdout, folder / "holdout.parquet")),
+        "train_path": storage.child("train.parquet").write_parquet(train).uri,
+        "holdout_path": storage.child("holdout.parquet").write_parquet(holdout).uri,
     }
     hook = MlflowHook()
     run = hook.get_or_create_run(
@@ -127,7 +131,6 @@ def build_training_set(request: dict[str, Any], *, dag_id: str, run_id: str) -> 
 def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
     """Fit on the train split, score on the holdout, log model, metrics and reference profile to MLflow."""
     import mlflow
-    import pandas as pd
 
     spec = trainers.ModelSpec.from_request(request)
     hook = MlflowHook()
@@ -136,7 +139,7 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
         log.info("model already logged by an earlier try: %s", earlier["model_uri"])
         return earlier
     source = training_data.DataSource.from_dict(request["data_source"])
-    train, holdout = pd.read_parquet(dataset["train_path"]), pd.read_parquet(dataset["holdout_path"])
+    train, holdout = _split(dataset, "train_path"), _split(dataset, "holdout_path")
     x_train = prepare_features(train[source.feature_names])
     x_holdout = prepare_features(holdout[source.feature_names])
     y_train, y_holdout = train[source.target_column], holdout[source.target_column]
@@ -170,6 +173,12 @@ def fit_model(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any
         )
     log.info("logged %s to MLflow run %s", info.model_uri, dataset["mlflow_run_id"])
     return {"model_uri": info.model_uri, "model_id": info.model_id, "metrics": scores, "baseline": baseline}
+
+
+def _split(dataset: dict[str, Any], key: str) -> pd.DataFrame:
+    from asgard.core.settings import get_settings
+
+    return Location(dataset[key], get_settings().aws_conn_id).read_parquet()
 
 
 def _log_frame(frame: Any, artifact: str) -> None:
@@ -214,10 +223,9 @@ def gate_model(
     request: dict[str, Any], dataset: dict[str, Any], fitted: dict[str, Any], registered: dict[str, Any]
 ) -> GateDecision:
     """Evaluate the current champion on this run's holdout and promote the new version or not."""
-    import pandas as pd
 
     source = training_data.DataSource.from_dict(request["data_source"])
-    holdout = pd.read_parquet(dataset["holdout_path"])
+    holdout = _split(dataset, "holdout_path")
     promotion = request["promotion"]
     hook = MlflowHook()
     features, target = prepare_features(holdout[source.feature_names]), holdout[source.target_column]

@@ -14,7 +14,7 @@ from asgard.core import sandbox
 from asgard.core.errors import InputError
 from asgard.core.sandbox import Bind
 from asgard.core.settings import get_settings
-from asgard.core.storage import write_text
+from asgard.core.storage import Location
 from asgard.features import store as feature_store
 from asgard.hooks.mlflow import MlflowHook
 from asgard.hooks.mlflow_gateway import Gateway, RunScope
@@ -38,10 +38,11 @@ def check_upload(params: dict[str, Any], *, dag_id: str, run_id: str) -> dict[st
     script = runner.decode_script(params["script_name"], params["script_content"])
     runner.check_env_vars(params.get("env_vars") or {})
     check_tags(params.get("tags") or {})
-    folder = training_data.run_folder(dag_id, run_id)
-    path = write_text(folder / "script" / script.name, script.source)
+    # The task that runs it may be on another worker: the script goes to the run's shared storage.
+    stored = training_data.run_storage(dag_id, run_id).child("script", script.name)
+    stored.write_bytes(script.source.encode())
     log.info("script %s: %d bytes, sha256 %s", script.name, len(script.source), script.sha256)
-    return {"script_name": script.name, "script_path": str(path), "sha256": script.sha256}
+    return {"script_name": script.name, "script_path": stored.uri, "sha256": script.sha256}
 
 
 def prepare_environment(params: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +77,8 @@ def run_uploaded_script(
     python = Path(environment["python"])
     injected = runner.injected_variables(params, runner.mlflow_uri_inside(), run.info.run_id, FEATURE_REPO_INSIDE)
     env = runner.script_environment(python, injected, params.get("env_vars") or {})
-    script = runner.UserScript(upload["script_name"], Path(upload["script_path"]).read_text())
+    stored = Location(upload["script_path"], settings.aws_conn_id)
+    script = runner.UserScript(upload["script_name"], stored.read_bytes().decode())
     limits = sandbox.Limits(
         timeout_seconds=int(params.get("timeout", 600)),
         memory_mb=int(params.get("memory_mb", 4096)),
