@@ -93,11 +93,20 @@ def write_script_repo(folder: Path, settings: Settings | None = None) -> Path:
     Embedded: paths resolved (the script does not get ASGARD_HOME). Production: its ``${VAR}``
     placeholders unexpanded, so no platform credential reaches the script.
     """
+    import yaml
+
     settings = settings or get_settings()
     folder.mkdir(parents=True, exist_ok=True)
+    text = store_yaml(settings)
     if settings.profile == "embedded":
         load_repo_config(settings)  # creates the store folders the paths point into
-    (folder / "feature_store.yaml").write_text(store_yaml(settings))
+    else:
+        # A script trains offline and has no door to the online store: its file names none (Feast's
+        # default, unused), so the script needs no client for it either.
+        raw = yaml.safe_load(text)
+        raw.pop("online_store", None)
+        text = yaml.safe_dump(raw, sort_keys=False)
+    (folder / "feature_store.yaml").write_text(text)
     return folder
 
 

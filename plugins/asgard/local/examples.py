@@ -51,6 +51,8 @@ CANARY_TRIAL = {"strategy": "canary", "percent": 20, "min_requests": 50, "durati
 EXAMPLE_SCRIPT = REPO_ROOT / "include" / "examples" / "train_with_feast.py"
 # What the example script needs with USE_FEAST=true (pinned to the platform's versions by the runner).
 EXAMPLE_REQUIREMENTS = ["scikit-learn", "pandas", "feast[duckdb]", "pyiceberg[sql-sqlite,pyarrow]"]
+# In production the feature store's registry and catalog are PostgreSQL: the script needs its driver.
+PRODUCTION_EXAMPLE_REQUIREMENTS = [*EXAMPLE_REQUIREMENTS, "psycopg[binary]"]
 
 
 def example_upload(customers: int = 2000, **changes) -> dict:

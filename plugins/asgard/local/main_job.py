@@ -29,6 +29,7 @@ from asgard.local.examples import (
     EXAMPLE_REQUIREMENTS,
     EXAMPLE_SCRIPT,
     FRAMEWORK_PARAMS,
+    PRODUCTION_EXAMPLE_REQUIREMENTS,
     SUPPORT_FEATURES_REQUEST,
     framework_request,
     monitoring_windows,
@@ -236,11 +237,13 @@ class MainJob:
     def upload_script(self, api: AirflowApi) -> None:
         """The seed's ``upload_and_deploy.py`` as the CLI does it: upload the example script through the
         ``/mlops`` plugin, follow training and the gate, then the deployment the promotion starts."""
+        production = self.settings.profile == "production"
+        requirements = PRODUCTION_EXAMPLE_REQUIREMENTS if production else EXAMPLE_REQUIREMENTS
         command = [
             sys.executable, "-m", "asgard.local", "upload", str(EXAMPLE_SCRIPT),
             "--model-name", "churn_predictor_feast", "--experiment", "feast_deployment", "--timeout", "900",
             "--env", f"N_CUSTOMERS={self.customers}", "--url", self.settings.airflow_url,
-            *[argument for requirement in EXAMPLE_REQUIREMENTS for argument in ("-r", requirement)],
+            *[argument for requirement in requirements for argument in ("-r", requirement)],
         ]  # fmt: skip
         api.unpause("deploy_model")  # as in production: a promotion deploys itself
         try:

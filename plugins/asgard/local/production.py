@@ -31,11 +31,14 @@ from pathlib import Path
 from asgard.features.gold import PRODUCTION_CATALOG_NAME
 from asgard.local.processes import Service, ServiceError, write_private
 from asgard.local.services import ServiceManager, venv_bin
+from asgard.training.scripts.store_doors import STORE_ACCESS_VARIABLE, StoreAccess
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # The components /api/v2/monitor/health reports on, by service name.
 HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 DATABASES = ("airflow", "mlflow", "feast", "gold", "monitoring")
+# What a user script reading the feature store may read, as the profile's reader role.
+READER_DATABASES = ("feast", "gold")
 WORKER_NAME_VARIABLE = "ASGARD_WORKER_NAME"
 # Slots per Celery worker: with two workers, the embedded profile's parallelism of four.
 WORKER_CONCURRENCY = 2
@@ -101,6 +104,11 @@ class ProductionServices(ServiceManager):
             verb = "ALTER" if exists else "CREATE"
             # The password follows the state folder: a role whose password file was lost is given the new one.
             connection.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+            reader = sql.Identifier(self.reader_role)
+            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.reader_role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            reader_password = sql.Literal(self._secrets()["reader_password"])
+            connection.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(reader, reader_password))
             created = []
             for purpose in DATABASES:
                 name = self.database_name(purpose)
@@ -108,8 +116,48 @@ class ProductionServices(ServiceManager):
                     continue
                 connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), role))
                 created.append(name)
+        for purpose in READER_DATABASES:
+            self._grant_reading(purpose)
         log(f"postgres: role {self.role}, databases {', '.join(self.database_name(p) for p in DATABASES)}"
             + (f" (created {', '.join(created)})" if created else ""))  # fmt: skip
+
+    @property
+    def reader_role(self) -> str:
+        return f"{self.settings.database_prefix}_reader"
+
+    def _grant_reading(self, purpose: str) -> None:
+        """The reader may SELECT in one database: in the tables there and in those its owner creates later."""
+        import psycopg
+        from psycopg import sql
+
+        url = self._admin_url().rsplit("/", 1)[0] + "/" + self.database_name(purpose)
+        owner, reader = sql.Identifier(self.role), sql.Identifier(self.reader_role)
+        with psycopg.connect(url, autocommit=True) as connection:
+            for statement in (
+                "GRANT CONNECT ON DATABASE {database} TO {reader}",
+                "GRANT USAGE ON SCHEMA public TO {reader}",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}",
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader}",
+            ):
+                database = sql.Identifier(self.database_name(purpose))
+                connection.execute(sql.SQL(statement).format(database=database, owner=owner, reader=reader))
+
+    def store_access(self) -> StoreAccess:
+        """The reader's login that a user script reading the feature store is given (through doors)."""
+        from sqlalchemy.engine import make_url
+
+        server, keys = make_url(self._admin_url()), self._secrets()
+        return StoreAccess(
+            postgres_host=server.host or "127.0.0.1",
+            postgres_port=server.port or 5432,
+            user=self.reader_role,
+            password=keys["reader_password"],
+            registry_database=self.database_name("feast"),
+            gold_database=self.database_name("gold"),
+            s3_endpoint=self.settings.s3_url,
+            s3_access_key=keys["s3_reader_access_key"],
+            s3_secret_key=keys["s3_reader_secret_key"],
+        )
 
     def drop_databases(self) -> None:
         """Remove the profile's databases and role (``./asgard`` never does; tests clean up with it)."""
@@ -120,7 +168,8 @@ class ProductionServices(ServiceManager):
             for purpose in DATABASES:
                 name = sql.Identifier(self.database_name(purpose))
                 connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-            connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.role)))
+            for role in (self.reader_role, self.role):
+                connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
     def _admin_url(self) -> str:
         """The admin login as libpq takes it (an SQLAlchemy driver suffix, if given, dropped)."""
@@ -132,18 +181,20 @@ class ProductionServices(ServiceManager):
     def _secrets(self) -> dict[str, str]:
         """The profile's generated credentials (the role's password, the S3 API's keys), created once."""
         path = self.settings.state_dir / "production-secrets.json"
-        if not path.exists():
-            write_private(
-                path,
-                json.dumps(
-                    {
-                        "postgres_password": secrets.token_urlsafe(18),
-                        "s3_access_key": f"ASGARD{secrets.token_hex(7).upper()}",
-                        "s3_secret_key": secrets.token_urlsafe(30),
-                    }
-                ),
-            )
-        return json.loads(path.read_text())
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {
+            "postgres_password": lambda: secrets.token_urlsafe(18),
+            "reader_password": lambda: secrets.token_urlsafe(18),
+            "s3_access_key": lambda: f"ASGARD{secrets.token_hex(7).upper()}",
+            "s3_secret_key": lambda: secrets.token_urlsafe(30),
+            "s3_reader_access_key": lambda: f"ASGARDR{secrets.token_hex(6).upper()}",
+            "s3_reader_secret_key": lambda: secrets.token_urlsafe(30),
+        }
+        missing = {name: make() for name, make in wanted.items() if name not in kept}
+        if missing:
+            kept.update(missing)
+            write_private(path, json.dumps(kept))
+        return kept
 
     # ----------------------------------------------------------------- S3
     def _s3(self) -> Service:
@@ -293,7 +344,12 @@ class ProductionServices(ServiceManager):
             health_url=f"celery://{self.celery_node(name)}",
             health_check=lambda: self.celery_node_answers(name),
             port=0,
-            env={**self._component_env(name), WORKER_NAME_VARIABLE: name},
+            # Only workers run user scripts: only they hold the reader's login those are given.
+            env={
+                **self._component_env(name),
+                WORKER_NAME_VARIABLE: name,
+                STORE_ACCESS_VARIABLE: self.store_access().as_env_value(),
+            },
             # Celery's warm shutdown: running tasks finish (within the grace), none is taken.
             stop_signal=signal.SIGTERM,
             start_timeout=120.0,

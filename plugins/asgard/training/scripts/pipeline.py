@@ -4,6 +4,7 @@ register, gate and promote its model with the same code as ``train_model``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -23,7 +24,7 @@ from asgard.registry.versions import SCRIPT_ORIGIN, SCRIPT_REQUIREMENTS_TAG, lin
 from asgard.training import data as training_data
 from asgard.training import evaluation
 from asgard.training.pipeline import check_tags
-from asgard.training.scripts import runner
+from asgard.training.scripts import runner, store_doors
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ def run_uploaded_script(
     python = Path(environment["python"])
     injected = runner.injected_variables(params, runner.mlflow_uri_inside(), run.info.run_id, FEATURE_REPO_INSIDE)
     env = runner.script_environment(python, injected, params.get("env_vars") or {})
+    # Production's feature store is network services: a reader's login to them, through doors.
+    access = store_doors.StoreAccess.from_env() if params.get("use_feast", True) else None
+    if access is not None:
+        env.update(access.script_variables())
     stored = Location(upload["script_path"], settings.aws_conn_id)
     script = runner.UserScript(upload["script_name"], stored.read_bytes().decode())
     limits = sandbox.Limits(
@@ -88,7 +93,10 @@ def run_uploaded_script(
     # A short path: a unix socket's may not exceed 107 bytes.
     with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets:
         Path(sockets).chmod(0o755)
-        with Gateway(hook.tracking_uri, scope, Path(sockets) / "mlflow.sock").serving():
+        with (
+            Gateway(hook.tracking_uri, scope, Path(sockets) / "mlflow.sock").serving(),
+            store_doors.opened(access, Path(sockets)) if access else contextlib.nullcontext({}) as doors,
+        ):
             outcome = runner.run_script(
                 script,
                 python,
@@ -97,6 +105,7 @@ def run_uploaded_script(
                 limits,
                 binds=binds,
                 sockets=Path(sockets),
+                doors=doors,
                 output=lambda line: log.info("| %s", line),
             )
     log.info("%s finished in %.1fs (%d bytes of output)", script.name, outcome.seconds, outcome.output_bytes)

@@ -167,6 +167,7 @@ def run_script(
     *,
     binds: list[Bind] = (),
     sockets: Path | None = None,
+    doors: dict[int, str] | None = None,
     output: Callable[[str], None] = log.info,
 ) -> ScriptOutcome:
     """Run ``script`` in a sandbox with ``python`` (a script environment); fail naming the cause unless
@@ -174,8 +175,9 @@ def run_script(
 
     The sandbox sees ``workdir`` (writable) as ``/work``, the environment and ``binds`` read-only, and
     nothing else of this host; ``sockets`` (a folder holding ``mlflow.sock``) is its one way out:
-    ``MLFLOW_TRACKING_URI`` inside points at a relay to it. ``env`` is the whole environment the
-    script sees (see :func:`script_environment`).
+    ``MLFLOW_TRACKING_URI`` inside points at a relay to it; ``doors`` (port inside -> another socket
+    in that folder) are the others. ``env`` is the whole environment the script sees (see
+    :func:`script_environment`).
     """
     environment_root = python.parent.parent
     binds = [
@@ -187,7 +189,8 @@ def run_script(
     forwards: list[str] = []
     if sockets is not None:
         binds.append(Bind(sockets, SOCKETS_INSIDE))
-        forwards = ["--forward", f"{MLFLOW_PORT_INSIDE}={SOCKETS_INSIDE}/mlflow.sock"]
+        for port, name in {MLFLOW_PORT_INSIDE: "mlflow.sock", **(doors or {})}.items():
+            forwards += ["--forward", f"{port}={SOCKETS_INSIDE}/{name}"]
     command = [str(python), LAUNCHER_INSIDE, *forwards, "--", str(python), "-u", f"{WORKDIR}/{script.name}"]
     with owned_by_sandbox(workdir):
         (workdir / script.name).write_text(script.source)
