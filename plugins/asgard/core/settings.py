@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     serving_online_store_secret: str = "asgard-online-store"
     # Where a request may read or write data files (score_batch's output and entity source, monitor_model's
     # sources and labels): comma-separated local folders and s3:// prefixes. Default: <home>/data (its
-    # internal folders, such as the gold layer, stay out of reach either way).
+    # internal folders, such as the gold layer, stay out of reach either way; production: s3://<s3_bucket>/data).
     data_roots: str = ""
     # The AWS connections a request may name (aws_conn_id): comma-separated connection ids.
     allowed_aws_conn_ids: str = "aws_default"
@@ -155,7 +155,10 @@ class Settings(BaseSettings):
     @property
     def data_root_list(self) -> list[str]:
         roots = [root.strip() for root in self.data_roots.split(",") if root.strip()]
-        return roots or [str(self.data_dir)]
+        if roots:
+            return roots
+        # Production's tasks run on workers that share no folder: its data lives on S3.
+        return [f"s3://{self.s3_bucket}/data"] if self.profile == "production" else [str(self.data_dir)]
 
     @property
     def protected_data_dirs(self) -> list[Path]:

@@ -162,6 +162,15 @@ class AirflowApi:
             result[_task_key(ti)] = _task_state(ti)
         return result
 
+    def task_hosts(self, dag_id: str, run_id: str, task_id: str | None = None) -> dict[str, str]:
+        """The host (worker) each task instance ran on (mapped ones as ``task_id[i]``)."""
+        instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
+        return {
+            _task_key(ti): ti.hostname or "-"
+            for ti in sorted(instances, key=lambda ti: (ti.task_id, ti.map_index))
+            if task_id in (None, ti.task_id)
+        }
+
     def run_report(self, dag_id: str, run_id: str, *, logs: bool = True) -> dict[str, Any]:
         """One run as a job: its state and times, each task's state, and the finished tasks' logs."""
         try:

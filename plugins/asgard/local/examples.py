@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 
 from asgard.core.settings import REPO_ROOT
+from asgard.core.storage import Location
 from asgard.features.params import EXAMPLE_VIEW
 from asgard.scoring.sources import SAMPLE_ENTITIES
 from asgard.training.params import SAMPLE_DATA_SOURCE, SAMPLE_HYPERPARAMETERS
@@ -76,10 +77,26 @@ BATCH_REQUEST = {
     "feature_views": ["customer_features"],
     "entities_df": SAMPLE_ENTITIES,
 }
+# Production's batch: every sample customer, in eight partitions that the Celery workers share.
+PRODUCTION_BATCH_PARTITIONS = 8
 
 
-def monitoring_windows(folder, *, days: int, rows: int = 2000) -> tuple:
-    """Two Parquet windows of sample customers with their labels: as in training, and drifted.
+def production_batch_request(customers: int, folder: Location) -> dict:
+    """score_batch over every sample customer: an entity file in ``folder`` of eight row groups, one
+    partition each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = -(-customers // PRODUCTION_BATCH_PARTITIONS)
+    entities = folder.child("entities.parquet")
+    with entities.filesystem().open_output_stream(entities.path) as stream:
+        pq.write_table(pa.table({"customer_id": list(range(1, customers + 1))}), stream, row_group_size=rows)
+    request = {key: value for key, value in BATCH_REQUEST.items() if key != "entities_df"}
+    return {**request, "entity_source": {"path": entities.uri}, "partition_rows": rows}
+
+
+def monitoring_windows(folder: Location, *, days: int, rows: int = 2000) -> tuple[Location, Location]:
+    """Two Parquet windows of sample customers with their labels, in ``folder``: as in training, and drifted.
 
     Other customers of the same simulation (same number of days: recency grows with them), on its last day.
     """
@@ -87,11 +104,11 @@ def monitoring_windows(folder, *, days: int, rows: int = 2000) -> tuple:
 
     snapshots, labels = simulate(GoldSpec(customers=rows, days=days, seed=2026))
     frame = snapshots[-1].to_pandas().merge(labels.to_pandas()[["customer_id", "churned"]], on="customer_id")
-    normal, drifted = folder / "normal.parquet", folder / "drifted.parquet"
-    frame.to_parquet(normal, index=False)
+    normal, drifted = folder.child("normal.parquet"), folder.child("drifted.parquet")
+    normal.write_parquet(frame)
     shifted = frame.copy()
     # Customers go quiet: longer since their last purchase, fewer purchases.
     shifted["days_since_last_purchase"] = shifted["days_since_last_purchase"] * 2 + 10
     shifted["total_purchases"] = (shifted["total_purchases"] * 0.5).round()
-    shifted.to_parquet(drifted, index=False)
+    drifted.write_parquet(shifted)
     return normal, drifted

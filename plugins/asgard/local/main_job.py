@@ -11,12 +11,11 @@ import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
-import pandas as pd
 
 from asgard.core.settings import Settings
+from asgard.core.storage import Location
 from asgard.features import gold
 from asgard.features import store as feature_store
 from asgard.hooks.airflow_api import AirflowApi, RunOutcome
@@ -33,6 +32,7 @@ from asgard.local.examples import (
     SUPPORT_FEATURES_REQUEST,
     framework_request,
     monitoring_windows,
+    production_batch_request,
 )
 from asgard.local.live_traffic import LiveTraffic
 from asgard.local.services import ServiceManager
@@ -154,17 +154,23 @@ class MainJob:
             self.predict_by_id(deployed["endpoint"])
 
         with self.stage("score a batch (score_batch)"):
-            request = {**BATCH_REQUEST, "output_path": str(self.settings.data_dir / "predictions" / "batch.parquet")}
-            outcome = api.run_and_wait("score_batch", request, on_progress=_progress)
+            production = self.settings.profile == "production"
+            output = self.data_root.child("predictions", "batch.parquet")
+            entities = self.data_root.child("entities")
+            request = production_batch_request(self.customers, entities) if production else BATCH_REQUEST
+            outcome = api.run_and_wait("score_batch", {**request, "output_path": output.uri}, on_progress=_progress)
             self._require_success(outcome)
             published = api.task_result("score_batch", outcome.run_id, "publish")
-            scored = pd.read_parquet(published["output_path"])
+            scored = Location(published["output_path"], self.settings.aws_conn_id).read_parquet()
             first = scored.iloc[0]
             self.results["batch predictions"] = (
                 f"{published['output_path']}: {published['rows']} rows by {first['model_name']} "
                 f"v{first['model_version']}; customer {first['customer_id']} -> {first['prediction']} "
                 f"(P(churn) {first['probability_1']:.3f})"
             )
+            if production:  # which worker scored which partition: they share no folder
+                hosts = api.task_hosts("score_batch", outcome.run_id, "score_partition")
+                self.results["batch partitions"] = ", ".join(f"{key} on {host}" for key, host in hosts.items())
 
         with self.stage("monitor a normal and a drifted window (monitor_model)"):
             self.monitor(api)
@@ -213,6 +219,12 @@ class MainJob:
             f"retrain_model {retrain_run} requested no {CHURN_MODEL_REQUEST['model_name']} training, nor did an "
             "earlier retrain_model run (its requests task log says why)"
         )
+
+    @property
+    def data_root(self) -> Location:
+        """Where the job's own inputs and outputs go: the data folder, or S3 in production (the
+        tasks that read them run on other workers)."""
+        return Location(self.settings.data_root_list[0], self.settings.aws_conn_id)
 
     def _earlier_version(self, name: str) -> str:
         """The newest version of ``name`` that the champion alias does not name."""
@@ -274,9 +286,7 @@ class MainJob:
         Persistence is one window here so a single drifted window shows the whole path; the daily
         schedule keeps the default (two windows).
         """
-        folder = self.settings.data_dir / "monitoring" / "windows"
-        folder.mkdir(parents=True, exist_ok=True)
-        normal, drifted = monitoring_windows(folder, days=self.days)
+        normal, drifted = monitoring_windows(self.data_root.child("monitoring", "windows"), days=self.days)
         # Rounded up to the second: the batch scored just before (its Asset event) falls in the last window.
         now = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
         checks = {}
@@ -291,7 +301,9 @@ class MainJob:
                 f"{checks['normal']['alerts']} and {checks['drifted']['alerts']}"
             )
 
-    def _monitor_windows(self, api: AirflowApi, now: datetime, normal: Path, drifted: Path, checks: dict) -> None:
+    def _monitor_windows(
+        self, api: AirflowApi, now: datetime, normal: Location, drifted: Location, checks: dict
+    ) -> None:
         for label, path, start in (
             ("normal", normal, now - timedelta(hours=2)),
             ("drifted", drifted, now - timedelta(hours=1)),
@@ -300,7 +312,7 @@ class MainJob:
                 "model_name": CHURN_MODEL_REQUEST["model_name"],
                 "window_start": start.isoformat(),
                 "window_end": (start + timedelta(hours=1)).isoformat(),
-                "sources": [str(path)],
+                "sources": [path.uri],
                 "thresholds": {"persistence": 1},
             }
             outcome = api.run_and_wait("monitor_model", request, on_progress=_progress)
