@@ -17,6 +17,7 @@ from asgard.hooks.airflow_api import AirflowApi, fetch_token
 from conftest import free_port
 from e2e.browser import chromium, log_in, open_the_models_page, trigger_with_the_forms_defaults
 from e2e.seed_examples import run_the_seed_examples
+from e2e.stages import PIPELINE_STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,20 +47,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         out = run.stdout
         # Progress and per-stage timings while it runs, then where to look.
-        for stage in (
-            "start embedded services",
-            "check the platform",
-            "generate the sample gold layer",
-            "apply the feature repo",
-            "register features",
-            "materialize features",
-            "train three frameworks; the gate picks the champion (train_model)",
-            "new features retrain the champion (materialize_features -> retrain_model)",
-            "upload a script, follow it to serving (./asgard upload)",
-            "build, push and deploy the champion",
-            "score a batch (score_batch)",
-            "monitor a normal and a drifted window (monitor_model)",
-        ):
+        for stage in ("start embedded services", *PIPELINE_STAGES):
             assert f"==> {stage}" in out, stage
         assert "gold layer: 300 customers x 5 days" in out
         assert "materialize=success" in out or "materialize[customer_features]=success" in out

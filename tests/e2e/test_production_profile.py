@@ -1,23 +1,29 @@
-"""The production profile on this machine, as a user starts it: ./asgard start --profile production.
+"""The production profile on this machine, as a user runs it: ./asgard run --profile production.
 
 Airflow's components as separate processes on the CeleryExecutor (two workers that share no
-folder), the metadata database and MLflow's store in PostgreSQL, the broker on Redis, MLflow's
-artifacts and the task logs in S3 (moto's server): runs driven over the REST API land on both
-workers, and a stop leaves nothing running.
+folder), the metadata database, MLflow's store, Feast's registry and the gold catalog in PostgreSQL,
+the broker and the online store on Redis, MLflow's artifacts, the gold warehouse, the runs' files
+and the task logs in S3 (moto's server): the main job passes with the same stages, the batch's
+partitions land on both workers, and a stop leaves nothing running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
+from asgard.local.examples import BATCH_REQUEST, FRAMEWORK_PARAMS, framework_request
 from conftest import free_port
+from e2e.stages import PIPELINE_STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +51,7 @@ def production_env(tmp_path, machine_to_itself):
         registry_port=free_port(),
         router_port=free_port(),
         s3_port=free_port(),
+        data_roots="",  # production's own (S3), not the suite's temporary folders
     )
     # What the user's shell holds: these settings, none of the suite's own Airflow configuration.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASGARD"))} | settings.as_env()
@@ -56,8 +63,8 @@ def production_env(tmp_path, machine_to_itself):
         services.drop_databases()
 
 
-@pytest.mark.timeout(900)
-def test_production_profile_runs_on_celery_workers_postgres_redis_and_s3(production_env):
+@pytest.mark.timeout(1500)
+def test_the_main_job_runs_on_the_production_profile(production_env):
     import boto3
     import psycopg
     import redis
@@ -65,51 +72,90 @@ def test_production_profile_runs_on_celery_workers_postgres_redis_and_s3(product
     from asgard.hooks.airflow_api import AirflowApi
 
     env, services = production_env
-    started = asgard("start", "--profile", "production", env=env)
-    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-    assert f"postgres: role {services.settings.database_prefix}" in started.stdout
+    run = asgard("run", "--profile", "production", "--customers", "200", "--days", "4", env=env, timeout=1200)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert f"postgres: role {services.settings.database_prefix}" in out
+    for stage in ("start production services", *PIPELINE_STAGES):
+        assert f"==> {stage}" in out, stage
+    # Eight partitions scored by both workers, published once to S3.
+    bucket = services.settings.s3_bucket
+    assert f"batch predictions: s3://{bucket}/data/predictions/batch.parquet: 200 rows" in out, out[-3000:]
+    partitions = re.search(r"batch partitions: (.*)", out).group(1)
+    assert len(re.findall(r"score_partition\[partition \d", partitions)) == 8, partitions
+    assert "on worker-1" in partitions and "on worker-2" in partitions, partitions
+    # The user script trained through Feast, with the reader's login through its doors.
+    assert re.search(r"script model: churn_predictor_feast v\d+ -> @champion", out), out[-3000:]
 
     status = asgard("status", "--profile", "production", env=env)
     expected = ("s3", "mlflow", "docker", "registry", "router", "api-server", "scheduler", "dag-processor",
                 "triggerer", "worker-1", "worker-2")  # fmt: skip
     lines = {line.split()[0]: line for line in status.stdout.splitlines() if line and not line.startswith("Airflow")}
-    assert set(expected) <= set(lines), status.stdout
     assert all(" healthy " in lines[name] for name in expected), status.stdout
     pids = [int(lines[name].split("pid ")[1].split()[0]) for name in expected]
     family = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
 
     api = AirflowApi.login(services.settings.airflow_url, *services.admin_credentials())
-    api.wait_for_dag("check_platform")
-    api.unpause("check_platform")
-    # Two runs at once: more tasks than one worker's slots, so the scheduler's batch spreads over both.
-    runs = [api.trigger("check_platform", {"checks": ["mlflow", "sandbox"]}) for _ in range(2)]
-    hosts = set()
-    for run_id in runs:
-        outcome = api.wait_for_run("check_platform", run_id, timeout=300)
-        assert outcome.state == "success", outcome
-        for ti in api.task_instances.get_task_instances("check_platform", run_id).task_instances:
-            hosts.add(ti.hostname)
-    assert hosts == {"worker-1", "worker-2"}, hosts
-
+    run_id = api.list_run_ids("score_batch", newest_first=True)[0]
     # Task logs come from S3, not from a worker's folder.
-    log = api.task_log("check_platform", runs[0], "run_check", map_index=0)
-    assert f"s3://{services.settings.s3_bucket}/airflow-logs/dag_id=check_platform" in log, log[:2000]
-    # The mlflow check's run: its store is PostgreSQL, its artifacts are in S3.
-    mlflow_run_id = api.task_result("check_platform", runs[0], "run_check", map_index=0)["mlflow_run_id"]
-    with psycopg.connect(services.database_url("mlflow", driver="postgresql")) as connection:
-        assert connection.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (mlflow_run_id,)).fetchone() == (1,)
+    log = api.task_log("score_batch", run_id, "score_partition", map_index=0)
+    assert f"s3://{bucket}/airflow-logs/dag_id=score_batch" in log, log[:2000]
+    # Airflow's metadata and MLflow's store are PostgreSQL; MLflow's artifacts and the runs' files, S3.
     with psycopg.connect(services.database_url("airflow", driver="postgresql")) as connection:
-        stored = connection.execute("SELECT count(*) FROM dag_run WHERE dag_id = 'check_platform'").fetchone()[0]
-        assert stored == 2
+        assert connection.execute("SELECT count(*) FROM dag_run WHERE dag_id = 'train_model'").fetchone()[0] >= 4
+    with psycopg.connect(services.database_url("mlflow", driver="postgresql")) as connection:
+        assert connection.execute("SELECT count(*) FROM model_versions").fetchone()[0] >= 5
     keys = services.aws_environment()
     s3 = boto3.client(
         "s3", endpoint_url=services.settings.s3_url, region_name="us-east-1",
         aws_access_key_id=keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
     )  # fmt: skip
-    objects = s3.list_objects_v2(Bucket=services.settings.s3_bucket, Prefix="airflow-logs/")
-    assert objects["KeyCount"] >= 6  # 2 runs x (list_checks + 2 checks)
-    # The broker is the profile's own Redis db.
+    for prefix in ("mlflow/", "runs/train_model/", "gold/", "airflow-logs/"):
+        assert s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] > 0, prefix
+    # The broker is the profile's own Redis db; the reader role may read, not write.
     assert redis.Redis.from_url(f"{services.settings.redis_url}/13").ping()
+    reader = services.store_access()
+    server = f"{reader.postgres_host}:{reader.postgres_port}"
+    url = f"postgresql://{reader.user}:{reader.password}@{server}/{reader.gold_database}"
+    with psycopg.connect(url) as connection:
+        assert connection.execute("SELECT count(*) FROM iceberg_tables").fetchone()[0] == 2
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            connection.execute("DELETE FROM iceberg_tables")
+    # A worker host lost mid-task (its whole process tree killed): the task is retried on the other worker,
+    # and the run ends with one MLflow run and one model version.
+    api.unpause("train_model")
+    training = api.trigger("train_model", framework_request("sklearn", FRAMEWORK_PARAMS["sklearn"]))
+    victim = wait_for_running(api, "train_model", training, "fit_model")
+    kill_host(lines[victim])
+    outcome = api.wait_for_run("train_model", training, timeout=600)
+    assert outcome.state == "success", outcome
+    fit = next(ti for ti in api.task_instances.get_task_instances("train_model", training).task_instances
+               if ti.task_id == "fit_model")  # fmt: skip
+    assert fit.try_number == 2 and fit.hostname != victim, (fit.try_number, fit.hostname)
+    with psycopg.connect(services.database_url("mlflow", driver="postgresql")) as connection:
+        runs = connection.execute(
+            "SELECT count(*) FROM tags WHERE key = 'airflow.run_id' AND value = %s", (training,)
+        ).fetchone()[0]
+        assert runs == 1
+    decision = api.task_result("train_model", training, "gate_model")
+    assert decision["version"]
+    restarted = asgard("start", "--profile", "production", victim, env=env)
+    assert restarted.returncode == 0, restarted.stderr
+
+    # The scheduler restarted mid-run: the run completes.
+    batch = api.trigger("score_batch", {**BATCH_REQUEST, "output_path": f"s3://{bucket}/data/restart/out.parquet"})
+    wait_for_running(api, "score_batch", batch, None)
+    assert asgard("stop", "--profile", "production", "scheduler", env=env).returncode == 0
+    assert asgard("start", "--profile", "production", "scheduler", env=env).returncode == 0
+    assert api.wait_for_run("score_batch", batch, timeout=300).state == "success"
+    objects = s3.list_objects_v2(Bucket=bucket, Prefix="data/restart/")
+    assert [item["Key"] for item in objects["Contents"]] == ["data/restart/out.parquet"]
+
+    status = asgard("status", "--profile", "production", env=env)
+    lines = {line.split()[0]: line for line in status.stdout.splitlines() if line and not line.startswith("Airflow")}
+    pids = [int(lines[name].split("pid ")[1].split()[0]) for name in expected]
+    family += [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
+
     # No password on a command line.
     secrets_ = json.loads((services.settings.state_dir / "production-secrets.json").read_text())
     for process in family:
@@ -120,3 +166,25 @@ def test_production_profile_runs_on_celery_workers_postgres_redis_and_s3(product
     assert stopped.returncode == 0, stopped.stderr
     survivors = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not survivors, f"processes left running after stop: {survivors}"
+
+
+def wait_for_running(api, dag_id: str, run_id: str, task_id: str | None, timeout: float = 300) -> str:
+    """The worker running ``task_id`` (any task when None) of the run, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ti in api.task_instances.get_task_instances(dag_id, run_id).task_instances:
+            state = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+            if task_id in (None, ti.task_id) and state == "running" and ti.hostname:
+                return ti.hostname
+        time.sleep(0.5)
+    raise AssertionError(f"{dag_id}/{run_id}: {task_id} did not start within {timeout}s")
+
+
+def kill_host(status_line: str) -> None:
+    """SIGKILL a service's whole process tree, as a lost host would end it."""
+    process = psutil.Process(int(status_line.split("pid ")[1].split()[0]))
+    family = [process, *process.children(recursive=True)]
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(family, timeout=10)

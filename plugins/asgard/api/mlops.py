@@ -223,7 +223,7 @@ def create_app() -> FastAPI:
 def add_models_page(app: FastAPI) -> None:
     """The Models page the Airflow UI shows (``asgard_plugin``'s external view), behind Airflow's login."""
     from fastapi import HTTPException
-    from fastapi.responses import FileResponse, HTMLResponse
+    from fastapi.responses import HTMLResponse
 
     from asgard.api import models_page
 
@@ -251,19 +251,21 @@ def add_models_page(app: FastAPI) -> None:
     @app.get(
         "/ui/reports/{model_name}/{report}", include_in_schema=False, dependencies=[requires("GET", "monitor_model")]
     )
-    def monitoring_report(model_name: str, report: str) -> FileResponse:
+    def monitoring_report(model_name: str, report: str) -> HTMLResponse:
         import re
 
         from asgard.core.param_schemas import MODEL_NAME_PATTERN
         from asgard.core.settings import get_settings
+        from asgard.monitoring.run import report_location
 
         # Both names are checked before they touch a path: no separator, no "..", no other file.
         if not re.match(MODEL_NAME_PATTERN, model_name) or not models_page.REPORT_NAME.match(report):
             raise HTTPException(404, detail="no such report")
-        path = get_settings().data_dir / "monitoring" / "reports" / model_name / report
-        if not path.is_file():
-            raise HTTPException(404, detail=f"no report {report} for {model_name}")
-        return FileResponse(path, media_type="text/html")
+        try:
+            content = report_location(model_name, report, get_settings()).read_bytes()
+        except OSError:  # missing (locally or on S3)
+            raise HTTPException(404, detail=f"no report {report} for {model_name}") from None
+        return HTMLResponse(content.decode(), media_type="text/html")
 
 
 def _job_url(request: Request, job: dict[str, Any]) -> str:

@@ -228,6 +228,13 @@ class Settings(BaseSettings):
         return f"s3://{self.s3_bucket}/runs" if self.profile == "production" else str(self.data_dir / "runs")
 
     @property
+    def reports_root(self) -> str:
+        """Where monitoring reports go: S3 in production (a worker writes one, the API server serves it)."""
+        if self.profile == "production":
+            return f"s3://{self.s3_bucket}/monitoring/reports"
+        return str(self.data_dir / "monitoring" / "reports")
+
+    @property
     def gold_warehouse_uri(self) -> str:
         return self.gold_warehouse or f"s3://{self.s3_bucket}/gold"
 

@@ -17,8 +17,7 @@ from urllib3.util.retry import Retry
 TERMINAL_STATES = {"success", "failed"}
 # How long a queued run waits before its DAG is checked for being paused (the scheduler needs a few seconds).
 PAUSED_CHECK_AFTER = 30.0
-# How long a finished task's log may take to reach remote storage (its worker uploads it after the
-# state), and what the API server says until then.
+# How long a finished task's log may take to reach remote storage (uploaded after its state is set).
 REMOTE_LOG_WAIT_SECONDS = 30.0
 UNREAD_SERVED_LOG = "Could not read served logs"
 # (connect, read) seconds: a call the API server cannot answer in time fails, rather than hanging its caller.
@@ -165,11 +164,8 @@ class AirflowApi:
     def task_hosts(self, dag_id: str, run_id: str, task_id: str | None = None) -> dict[str, str]:
         """The host (worker) each task instance ran on (mapped ones as ``task_id[i]``)."""
         instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
-        return {
-            _task_key(ti): ti.hostname or "-"
-            for ti in sorted(instances, key=lambda ti: (ti.task_id, ti.map_index))
-            if task_id in (None, ti.task_id)
-        }
+        chosen = sorted((ti for ti in instances if task_id in (None, ti.task_id)), key=lambda ti: ti.map_index)
+        return {_task_key(ti): ti.hostname or "-" for ti in chosen}
 
     def run_report(self, dag_id: str, run_id: str, *, logs: bool = True) -> dict[str, Any]:
         """One run as a job: its state and times, each task's state, and the finished tasks' logs."""

@@ -6,6 +6,7 @@ Tests and benchmarks send the same bodies, so what the main job shows is what th
 from __future__ import annotations
 
 import base64
+import io
 
 from asgard.core.settings import REPO_ROOT
 from asgard.core.storage import Location
@@ -88,9 +89,9 @@ def production_batch_request(customers: int, folder: Location) -> dict:
     import pyarrow.parquet as pq
 
     rows = -(-customers // PRODUCTION_BATCH_PARTITIONS)
-    entities = folder.child("entities.parquet")
-    with entities.filesystem().open_output_stream(entities.path) as stream:
-        pq.write_table(pa.table({"customer_id": list(range(1, customers + 1))}), stream, row_group_size=rows)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"customer_id": list(range(1, customers + 1))}), buffer, row_group_size=rows)
+    entities = folder.child("entities.parquet").write_bytes(buffer.getvalue())
     request = {key: value for key, value in BATCH_REQUEST.items() if key != "entities_df"}
     return {**request, "entity_source": {"path": entities.uri}, "partition_rows": rows}
 

@@ -19,16 +19,20 @@ password in its state folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from asgard.features.gold import PRODUCTION_CATALOG_NAME
+from asgard.local.postgres import ProfileDatabases
 from asgard.local.processes import Service, ServiceError, write_private
 from asgard.local.services import ServiceManager, venv_bin
 from asgard.training.scripts.store_doors import STORE_ACCESS_VARIABLE, StoreAccess
@@ -36,9 +40,6 @@ from asgard.training.scripts.store_doors import STORE_ACCESS_VARIABLE, StoreAcce
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # The components /api/v2/monitor/health reports on, by service name.
 HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
-DATABASES = ("airflow", "mlflow", "feast", "gold", "monitoring")
-# What a user script reading the feature store may read, as the profile's reader role.
-READER_DATABASES = ("feast", "gold")
 WORKER_NAME_VARIABLE = "ASGARD_WORKER_NAME"
 # Slots per Celery worker: with two workers, the embedded profile's parallelism of four.
 WORKER_CONCURRENCY = 2
@@ -67,116 +68,42 @@ class ProductionServices(ServiceManager):
         self.prepare_databases(log=log)
         super().start(names, log=log)
 
+    def stop(self, names: Iterable[str] | None = None, *, log: Callable[[str], None] = print) -> None:
+        super().stop(names, log=log)
+        if names is None:  # everything stopped: the components' scratch folders go too
+            shutil.rmtree(self.scratch_dir("-").parent, ignore_errors=True)
+
     # ----------------------------------------------------------------- PostgreSQL
     @property
-    def role(self) -> str:
-        return self.settings.database_prefix
-
-    def database_name(self, purpose: str) -> str:
-        return f"{self.settings.database_prefix}_{purpose}"
+    def databases(self) -> ProfileDatabases:
+        return ProfileDatabases(self.settings, self._secrets)
 
     def database_url(self, purpose: str, driver: str = "postgresql+psycopg2") -> str:
-        """The SQLAlchemy URL of one of the profile's databases, with the role's login."""
-        from sqlalchemy.engine import make_url
-
-        server = make_url(self.settings.postgres_admin_url.get_secret_value())
-        url = server.set(
-            drivername=driver, username=self.role, password=self._secrets()["postgres_password"],
-            database=self.database_name(purpose),
-        )  # fmt: skip
-        return url.render_as_string(hide_password=False)
+        return self.databases.url(purpose, driver)
 
     def prepare_databases(self, *, log: Callable[[str], None] = print) -> None:
-        """The profile's role and databases in the PostgreSQL server (created when missing)."""
-        import psycopg
-        from psycopg import sql
+        self.databases.prepare(log=log)
 
-        password = self._secrets()["postgres_password"]
-        try:
-            connection = psycopg.connect(self._admin_url(), autocommit=True)
-        except psycopg.OperationalError as error:
-            raise ServiceError(
-                f"postgres: cannot connect with ASGARD_POSTGRES_ADMIN_URL ({error}); is PostgreSQL running?"
-            ) from None
-        with connection:
-            role = sql.Identifier(self.role)
-            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.role,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            # The password follows the state folder: a role whose password file was lost is given the new one.
-            connection.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
-            reader = sql.Identifier(self.reader_role)
-            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.reader_role,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            reader_password = sql.Literal(self._secrets()["reader_password"])
-            connection.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(reader, reader_password))
-            created = []
-            for purpose in DATABASES:
-                name = self.database_name(purpose)
-                if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-                    continue
-                connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), role))
-                created.append(name)
-        for purpose in READER_DATABASES:
-            self._grant_reading(purpose)
-        log(f"postgres: role {self.role}, databases {', '.join(self.database_name(p) for p in DATABASES)}"
-            + (f" (created {', '.join(created)})" if created else ""))  # fmt: skip
-
-    @property
-    def reader_role(self) -> str:
-        return f"{self.settings.database_prefix}_reader"
-
-    def _grant_reading(self, purpose: str) -> None:
-        """The reader may SELECT in one database: in the tables there and in those its owner creates later."""
-        import psycopg
-        from psycopg import sql
-
-        url = self._admin_url().rsplit("/", 1)[0] + "/" + self.database_name(purpose)
-        owner, reader = sql.Identifier(self.role), sql.Identifier(self.reader_role)
-        with psycopg.connect(url, autocommit=True) as connection:
-            for statement in (
-                "GRANT CONNECT ON DATABASE {database} TO {reader}",
-                "GRANT USAGE ON SCHEMA public TO {reader}",
-                "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}",
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader}",
-            ):
-                database = sql.Identifier(self.database_name(purpose))
-                connection.execute(sql.SQL(statement).format(database=database, owner=owner, reader=reader))
+    def drop_databases(self) -> None:
+        self.databases.drop()
 
     def store_access(self) -> StoreAccess:
         """The reader's login that a user script reading the feature store is given (through doors)."""
         from sqlalchemy.engine import make_url
 
-        server, keys = make_url(self._admin_url()), self._secrets()
+        databases, keys = self.databases, self._secrets()
+        server = make_url(databases.admin_url())
         return StoreAccess(
             postgres_host=server.host or "127.0.0.1",
             postgres_port=server.port or 5432,
-            user=self.reader_role,
+            user=databases.reader_role,
             password=keys["reader_password"],
-            registry_database=self.database_name("feast"),
-            gold_database=self.database_name("gold"),
+            registry_database=databases.name("feast"),
+            gold_database=databases.name("gold"),
             s3_endpoint=self.settings.s3_url,
             s3_access_key=keys["s3_reader_access_key"],
             s3_secret_key=keys["s3_reader_secret_key"],
         )
-
-    def drop_databases(self) -> None:
-        """Remove the profile's databases and role (``./asgard`` never does; tests clean up with it)."""
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(self._admin_url(), autocommit=True) as connection:
-            for purpose in DATABASES:
-                name = sql.Identifier(self.database_name(purpose))
-                connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-            for role in (self.reader_role, self.role):
-                connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
-    def _admin_url(self) -> str:
-        """The admin login as libpq takes it (an SQLAlchemy driver suffix, if given, dropped)."""
-        from sqlalchemy.engine import make_url
-
-        url = make_url(self.settings.postgres_admin_url.get_secret_value()).set(drivername="postgresql")
-        return url.render_as_string(hide_password=False)
 
     def _secrets(self) -> dict[str, str]:
         """The profile's generated credentials (the role's password, the S3 API's keys), created once."""
@@ -310,6 +237,9 @@ class ProductionServices(ServiceManager):
             "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": s.aws_conn_id,
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # A worker that stops heartbeating (a lost host) has its tasks failed, so retried on another
+            # worker, after a minute rather than Airflow's five.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
             **self.platform_env(),
         }
 
@@ -373,19 +303,25 @@ class ProductionServices(ServiceManager):
 
     def _component_env(self, name: str) -> dict[str, str]:
         """A component's environment: its own HOME, scratch folder and log folder, as on a host of its own."""
-        host = self.host_dir(name)
-        for folder in ("home", "tmp", "logs"):
-            (host / folder).mkdir(parents=True, exist_ok=True)
+        host, scratch = self.host_dir(name), self.scratch_dir(name)
+        for folder in (host / "home", host / "logs", scratch):
+            folder.mkdir(parents=True, exist_ok=True)
         return {
             **self.airflow_env(),
             "PYTHONPATH": str(self.settings.plugins_folder),
             "HOME": str(host / "home"),
-            "TMPDIR": str(host / "tmp"),
+            "TMPDIR": str(scratch),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(host / "logs"),
         }
 
     def host_dir(self, name: str) -> Path:
         return self.settings.home / "hosts" / name
+
+    def scratch_dir(self, name: str) -> Path:
+        """A component's temporary folder: short and outside ASGARD_HOME, since the unix sockets of a
+        script's doors live in it (at most 107 bytes a path); one per home (a hash of its path)."""
+        digest = hashlib.sha256(str(self.settings.home).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"asgard-{digest}" / name
 
     def _component_check(self, component: str) -> Callable[[], bool]:
         def healthy() -> bool:

@@ -17,13 +17,15 @@ it has held for ``persistence`` consecutive windows (a schema change alerts at o
 from __future__ import annotations
 
 import logging
+import posixpath
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from asgard.core.storage import checked_connection, checked_data_path, write_text
+from asgard.core.storage import Location, checked_connection, checked_data_path
 from asgard.monitoring.alerts import decide_alerts, retrain_reason
 from asgard.monitoring.evaluation import evaluate
 from asgard.monitoring.reference import Reference, load_reference
@@ -104,12 +106,11 @@ def monitor_version(
     store.replace_run(source_run, name, version, records)
 
     summary = {"start": start.isoformat(), "end": end.isoformat(), "rows": window.rows, "batch_outputs": published}
-    report = write_text(
-        settings.data_dir / "monitoring" / "reports" / name / f"v{version}-{end:%Y%m%dT%H%M%SZ}.html",
-        render(name, version, records, skipped, summary),
-    )
-    _log_to_mlflow(hook, reference.run_id, records, report, end)
-    log.info("report: file://%s", report)
+    report = report_location(name, f"v{version}-{end:%Y%m%dT%H%M%SZ}.html", settings)
+    html = render(name, version, records, skipped, summary)
+    report.write_bytes(html.encode())
+    _log_to_mlflow(hook, reference.run_id, records, report, html, end)
+    log.info("report: %s", report.asset_uri)
     reason = retrain_reason(alerts)
     retrain = None
     conf = _retrain_conf(hook, reference) if reason and params.get("retrain", True) else None
@@ -133,7 +134,7 @@ def monitor_version(
         "breaches": sum(record.breached for record in records),
         "alerts": [text for record in alerts for text in record.alerts],
         "skipped": skipped,
-        "report": str(report),
+        "report": report.uri,
         "retrain": retrain,
     }
 
@@ -151,7 +152,12 @@ def _retrain_conf(hook: Any, reference: Reference) -> dict[str, Any] | None:
     return request
 
 
-def _log_to_mlflow(hook: Any, run_id: str, records: list[Record], report: Path, end: datetime) -> None:
+def report_location(model_name: str, report_name: str, settings: Any) -> Location:
+    """Where one monitoring report lives (local, or S3 in production)."""
+    return Location(settings.reports_root, settings.aws_conn_id).child(model_name, report_name)
+
+
+def _log_to_mlflow(hook: Any, run_id: str, records: list[Record], report: Location, html: str, end: datetime) -> None:
     """Monitoring metrics on the version's training run (one point per window) and the report beside them."""
     from mlflow.entities import Metric
 
@@ -164,4 +170,7 @@ def _log_to_mlflow(hook: Any, run_id: str, records: list[Record], report: Path, 
     ]
     for offset in range(0, len(metrics), 1000):
         hook.client.log_batch(run_id, metrics=metrics[offset : offset + 1000])
-    hook.client.log_artifact(run_id, str(report), "monitoring")
+    with tempfile.TemporaryDirectory() as folder:  # MLflow logs a local file, under its own name
+        copy = Path(folder) / posixpath.basename(report.uri)
+        copy.write_text(html)
+        hook.client.log_artifact(run_id, str(copy), "monitoring")
