@@ -3,13 +3,13 @@
 
 Builds the serving image of a registered model version (tag `<model_name>-v<version>`, the model
 baked in, ONNX when proven faithful on the holdout sample, else the native model) on the Docker
-engine, pushes it to the registry (ECR in production, the local OCI registry in the embedded
-default) and deploys that digest: on the `docker` target beside the version serving, verified
-(health, `/metadata` version, `/predict` on holdout rows) before the stable endpoint
-`/models/<model_name>/…` switches to it; on the `kubernetes` target (EKS in production) its objects
-are server-side applied, the rollout watched, the same checks run through the Service, and a
-failure re-applies what served before. A failed version never keeps serving, and the alias the run
-deployed moves back.
+engine (or in a Kaniko pod: `ASGARD_IMAGE_BUILDER=kaniko`), pushes it to the registry (ECR in
+production, the local OCI registry in the embedded default) and deploys that digest: on the `docker`
+target beside the version serving, verified (health, `/metadata` version, `/predict` on holdout
+rows) before the stable endpoint `/models/<model_name>/…` switches to it; on the `kubernetes` target
+(EKS in production) its objects are server-side applied, the rollout watched, the same checks run
+through the Service, and a failure re-applies what served before. A failed version never keeps
+serving, and the alias the run deployed moves back.
 `strategy` may also be `canary` (the new version answers `percent` of the live prediction requests
 first; on kubernetes, as a second Deployment behind the Service) or `shadow` (it sees a copy of
 them, sent by the router or, on kubernetes, by the serving pods; callers keep the serving answers):
@@ -29,7 +29,7 @@ from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.deploy.params import deploy_model_params
-from asgard.operators.serving_image import DockerBuildServingImageOperator, RegistryPushImageOperator
+from asgard.operators.serving_image import serving_image_tasks
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
 
 
@@ -50,15 +50,11 @@ def deploy_model():
         return deployment_request(params, triggering_asset_events).to_dict()
 
     request = resolve_request()
-    build = DockerBuildServingImageOperator(
-        task_id="build_image",
+    # The Docker engine, or a Kaniko pod in the cluster (ASGARD_IMAGE_BUILDER): the same results.
+    build, push = serving_image_tasks(
         model_name="{{ ti.xcom_pull(task_ids='resolve_request')['model_name'] }}",
         version="{{ ti.xcom_pull(task_ids='resolve_request')['version'] or '' }}",
         alias="{{ ti.xcom_pull(task_ids='resolve_request')['alias'] }}",
-    )
-    push = RegistryPushImageOperator(
-        task_id="push_image",
-        image="{{ ti.xcom_pull(task_ids='build_image')['image'] }}",
     )
 
     @task

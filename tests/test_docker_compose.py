@@ -109,6 +109,19 @@ def test_airflow_services_share_production_settings(resolved):
         assert not unknown, f"{name} sets ASGARD_ variables the settings do not read: {unknown}"
 
 
+def test_compose_sets_what_the_native_production_profile_hands_its_processes(resolved, tmp_path):
+    """One set of settings: every store variable ./asgard run --profile production gives Airflow's
+    components, compose gives its Airflow services too."""
+    from asgard.core.settings import Settings
+    from asgard.local.production import ProductionServices
+
+    native = ProductionServices(Settings(home=tmp_path, profile="production")).platform_env()
+    for name in AIRFLOW_SERVICES:
+        env = resolved["services"][name]["environment"]
+        missing = sorted(set(native) - set(env))
+        assert not missing, f"{name} lacks {missing}"
+
+
 def test_ports_agree(resolved):
     services = resolved["services"]
     scheduler_env = services["airflow-scheduler"]["environment"]

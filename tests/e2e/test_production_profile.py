@@ -119,8 +119,14 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
     url = f"postgresql://{reader.user}:{reader.password}@{server}/{reader.gold_database}"
     with psycopg.connect(url) as connection:
         assert connection.execute("SELECT count(*) FROM iceberg_tables").fetchone()[0] == 2
+        catalogs = {row[0] for row in connection.execute("SELECT catalog_name FROM iceberg_tables")}
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             connection.execute("DELETE FROM iceberg_tables")
+    # Trino's JDBC catalog, made from the same settings, finds those tables: same database, same catalog name.
+    trino = asgard("trino-catalog", "--profile", "production", env=env)
+    properties = dict(line.split("=", 1) for line in trino.stdout.splitlines())
+    assert properties["iceberg.jdbc-catalog.connection-url"].endswith(f"/{reader.gold_database}")
+    assert {properties["iceberg.jdbc-catalog.catalog-name"]} == catalogs
     # A worker host lost mid-task (its whole process tree killed): the task is retried on the other worker,
     # and the run ends with one MLflow run and one model version.
     api.unpause("train_model")
@@ -139,6 +145,10 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
         assert runs == 1
     decision = api.task_result("train_model", training, "gate_model")
     assert decision["version"]
+    # The run's files on S3 are one of each (a retry rewrites, never adds).
+    folder = f"runs/train_model/{re.sub(r'[^A-Za-z0-9_.-]', '_', training)}/"
+    stored = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=folder)["Contents"])
+    assert stored == [f"{folder}holdout.parquet", f"{folder}train.parquet"], stored
     restarted = asgard("start", "--profile", "production", victim, env=env)
     assert restarted.returncode == 0, restarted.stderr
 

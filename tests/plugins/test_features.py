@@ -238,6 +238,40 @@ def test_profiles_pick_the_source():
     assert type(source).__name__ == "IcebergSource" and source.catalog_type == "sql"
 
 
+def test_trinos_catalog_is_made_from_the_settings_pyiceberg_reads(monkeypatch):
+    """Trino's iceberg catalog over production's gold layer: the same PostgreSQL database, catalog name and
+    warehouse as pyiceberg's, its secrets left to Trino's environment; the Feast configuration that reads it
+    (feature_store.production.yaml, offline store trino) names the same catalog."""
+    monkeypatch.setenv(
+        "PYICEBERG_CATALOG__GOLD__URI", "postgresql+psycopg://asgard:s3cret-pw@db.internal:6432/asgard_gold"
+    )
+    monkeypatch.setenv("PYICEBERG_CATALOG__GOLD__S3__ENDPOINT", "http://127.0.0.1:5055")
+    monkeypatch.setenv("PYICEBERG_CATALOG__GOLD__S3__SECRET_ACCESS_KEY", "s3-secret")
+    settings = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", s3_bucket="lake", offline_store="trino")
+    properties = dict(line.split("=", 1) for line in gold.trino_catalog(settings).splitlines())
+    assert properties["connector.name"] == "iceberg" and properties["iceberg.catalog.type"] == "jdbc"
+    assert properties["iceberg.jdbc-catalog.connection-url"] == "jdbc:postgresql://db.internal:6432/asgard_gold"
+    assert properties["iceberg.jdbc-catalog.connection-user"] == "asgard"
+    assert properties["iceberg.jdbc-catalog.catalog-name"] == gold.PRODUCTION_CATALOG_NAME
+    assert properties["iceberg.jdbc-catalog.default-warehouse-dir"] == "s3://lake/gold"
+    assert properties["s3.endpoint"] == "http://127.0.0.1:5055"
+    text = gold.trino_catalog(settings)
+    assert "s3cret-pw" not in text and "s3-secret" not in text
+    assert properties["iceberg.jdbc-catalog.connection-password"].startswith("${ENV:")
+
+    for name, value in {"TRINO_HOST": "trino", "TRINO_PORT": "8080", "TRINO_USER": "asgard",
+                        "ASGARD_FEAST_REGISTRY_URI": "postgresql+psycopg://asgard@db/asgard_feast",
+                        "ASGARD_FEAST_REDIS": "redis:6379,db=6"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    config = feature_store.load_repo_config(settings)
+    assert config.offline_store.type == "trino" and config.offline_store.catalog == "iceberg"
+    source = feature_store.gold_source("customer_features", "event_timestamp", settings=settings)
+    assert source.table == f"iceberg.{gold.GOLD_NAMESPACE}.customer_features"
+    # The embedded catalog (SQLite) is not one Trino can read: said so.
+    with pytest.raises(gold.GoldLayerError, match="PostgreSQL"):
+        gold.trino_catalog(Settings(home=DATA_HOME_PLACEHOLDER, profile="embedded"))
+
+
 DATA_HOME_PLACEHOLDER = __import__("pathlib").Path("/nonexistent-asgard-home")
 
 

@@ -108,3 +108,43 @@ def test_digest_comes_from_the_termination_message():
     )
     assert _termination_message(pod) == digest
     assert _termination_message(None) is None
+
+
+def test_deploy_model_builds_with_kaniko_when_the_settings_say_so(monkeypatch):
+    """ASGARD_IMAGE_BUILDER=kaniko: deploy_model's build_image is the Kaniko pod (configured from the
+    settings, valid against the schemas) and push_image pins what it pushed; the deploy is unchanged."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from asgard.core.settings import REPO_ROOT
+    from asgard.operators.serving_image import KanikoPushedImageOperator
+
+    monkeypatch.setenv("ASGARD_IMAGE_BUILDER", "kaniko")
+    monkeypatch.setenv("ASGARD_S3_BUCKET", "platform-builds")
+    monkeypatch.setenv("ASGARD_KANIKO_NAMESPACE", "builds")
+    monkeypatch.setenv("ASGARD_KANIKO_REGISTRY_SECRET", "registry-login")
+    dag = DagBag(str(REPO_ROOT / "dags" / "deploy_model.py")).dags["deploy_model"]
+    build, push = dag.get_task("build_image"), dag.get_task("push_image")
+    assert isinstance(build, KanikoBuildServingImageOperator) and isinstance(push, KanikoPushedImageOperator)
+    assert (build.context_bucket, build.namespace) == ("platform-builds", "builds")
+    assert push.upstream_task_ids == {"build_image"}
+    assert dag.get_task("deploy_image").upstream_task_ids == {"resolve_request", "build_image", "push_image"}
+    build.configure("s3://platform-builds/ctx.tar.gz", "registry.example:5000/asgard/models:churn-v4", {}, {})
+    pod = ApiClient().sanitize_for_serialization(build.build_pod_request_obj(dry_run=True))
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    assert (
+        pod["metadata"]["namespace"] == "builds"
+        and pod["spec"]["volumes"][0]["secret"]["secretName"] == "registry-login"
+    )
+
+
+def test_what_kaniko_pushed_is_deployed_by_its_digest():
+    from asgard.operators.serving_image import pushed_by_builder
+    from asgard.serving.image import BuiltImage
+
+    fields = {"model_name": "churn", "version": "4", "run_id": "r", "source": "s", "built": True, "flavor": "onnx"}
+    digest = "sha256:" + "a" * 64
+    built = BuiltImage("registry.example:5000/asgard/models:churn-v4", **fields, digest=digest)
+    pushed = pushed_by_builder(built)
+    assert pushed.reference == f"registry.example:5000/asgard/models@{digest}" and pushed.digest == digest
+    with pytest.raises(RuntimeError, match="reported no digest"):
+        pushed_by_builder(BuiltImage("registry.example:5000/asgard/models:churn-v4", **fields, digest=None))

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # The Docker engine that builds serving images (embedded: the one `./asgard start` runs).
     docker_host: str | None = None
     registry_port: int = 5000
+    # What builds serving images: the Docker engine (docker_host), or Kaniko pods in the cluster
+    # (kubernetes_conn_id) from build contexts uploaded to s3_bucket, for clusters without a Docker socket.
+    image_builder: Literal["docker", "kaniko"] = "docker"
+    kaniko_namespace: str = "asgard-builds"
+    # Kaniko's login to a basic-auth registry (a dockerconfigjson Secret there); none for ECR (IRSA).
+    kaniko_registry_secret: str | None = None
     # How to log in to the image registry: a Docker connection (basic auth), or ECR's token.
     registry_type: Literal["docker", "ecr"] = "docker"
     image_repository: str | None = None
@@ -96,6 +102,10 @@ class Settings(BaseSettings):
     s3_port: int = 5055
     s3_bucket: str = "asgard"
     celery_workers: int = 2
+    # Feast's registry database and online store (Redis connection string) in production: what
+    # feature_store.production.yaml's ${ASGARD_FEAST_REGISTRY_URI} and ${ASGARD_FEAST_REDIS} expand to.
+    feast_registry_uri: SecretStr | None = None
+    feast_redis: SecretStr | None = None
     # The gold layer's Iceberg catalog: its kind (pyiceberg's sql, rest or glue; its uri and credentials
     # come from PYICEBERG_CATALOG__GOLD__* in the environment) and warehouse (production default:
     # s3://<s3_bucket>/gold). Embedded: a SQLite catalog over a local folder, whatever these say.

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from asgard.core.errors import InputError
-from asgard.core.settings import Settings, get_settings
+from asgard.core.settings import Settings, get_settings, redact_url
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -145,3 +145,49 @@ def scan_chunks(
             group, rows = [], 0
     if group:
         yield reader.to_table(group)
+
+
+def trino_catalog(settings: Settings | None = None) -> str:
+    """Trino's ``iceberg`` catalog (``etc/catalog/iceberg.properties``) over the same gold layer, made from
+    the same settings and catalog configuration pyiceberg reads: Trino then serves ``iceberg.gold.*``.
+
+    Secrets stay out of the file: Trino reads them from its own environment (``${ENV:…}``).
+    """
+    from pyiceberg.utils.config import Config
+    from sqlalchemy.engine import make_url
+
+    settings = settings or get_settings()
+    location = GoldLocation.for_settings(settings)
+    configured = Config().get_catalog_config(location.catalog_name) or {}
+    lines = ["connector.name=iceberg"]
+    if location.catalog_type == "sql":
+        uri = configured.get("uri") or location.catalog_uri
+        if not uri or not str(uri).startswith("postgresql"):
+            raise GoldLayerError(
+                f"Trino's JDBC catalog needs the gold catalog in PostgreSQL; PYICEBERG_CATALOG__"
+                f"{location.catalog_name.upper()}__URI is {redact_url(str(uri)) if uri else 'unset'}"
+            )
+        database = make_url(str(uri))
+        lines += [
+            "iceberg.catalog.type=jdbc",
+            f"iceberg.jdbc-catalog.catalog-name={location.catalog_name}",
+            "iceberg.jdbc-catalog.driver-class=org.postgresql.Driver",
+            f"iceberg.jdbc-catalog.connection-url=jdbc:postgresql://{database.host}:{database.port or 5432}/"
+            f"{database.database}",
+            f"iceberg.jdbc-catalog.connection-user={database.username}",
+            "iceberg.jdbc-catalog.connection-password=${ENV:ASGARD_GOLD_CATALOG_PASSWORD}",
+            f"iceberg.jdbc-catalog.default-warehouse-dir={location.warehouse}",
+        ]
+    elif location.catalog_type == "rest":
+        lines += ["iceberg.catalog.type=rest", f"iceberg.rest-catalog.uri={configured.get('uri', '')}"]
+    else:
+        lines += ["iceberg.catalog.type=glue"]
+    endpoint = configured.get("s3.endpoint")
+    lines += [
+        "fs.native-s3.enabled=true",
+        f"s3.region={configured.get('s3.region', 'us-east-1')}",
+        *([f"s3.endpoint={endpoint}", "s3.path-style-access=true"] if endpoint else []),
+        "s3.aws-access-key=${ENV:AWS_ACCESS_KEY_ID}",
+        "s3.aws-secret-key=${ENV:AWS_SECRET_ACCESS_KEY}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         "status", parents=[profile], help="show each service, its PID and URL, and the Airflow login"
     )
     status.add_argument("--show-password", action="store_true", help="print the Airflow admin password too")
+    commands.add_parser(
+        "trino-catalog", parents=[profile], help="print Trino's iceberg catalog over this profile's gold layer"
+    )
     logs = commands.add_parser("logs", parents=[profile], help="print the end of a service's log")
     logs.add_argument("service")
     logs.add_argument("-n", "--lines", type=int, default=80)
@@ -64,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                 user, password = manager.admin_credentials()
                 shown = password if args.show_password else "(./asgard status --show-password prints it)"
                 print(f"Airflow login: {user} / {shown}  (kept in {manager.passwords_file})")
+        elif args.command == "trino-catalog":
+            from asgard.features.gold import GoldLayerError, trino_catalog
+
+            os.environ.update(manager.platform_env())  # the catalog configuration the platform's processes get
+            try:
+                print(trino_catalog(settings), end="")
+            except GoldLayerError as error:
+                print(f"asgard: {error}", file=sys.stderr)
+                return 1
         elif args.command == "logs":
             print(manager.tail(args.service, args.lines))
     except (ServiceError, cli.CliError, AirflowApiError) as error:

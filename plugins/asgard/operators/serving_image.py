@@ -5,6 +5,9 @@
 engine, or pushed by another worker) is reused, not rebuilt. ``RegistryPushImageOperator`` logs in
 through the provider hooks (a Docker connection's basic auth, or the amazon provider's ECR token),
 pushes with retries on transient failures and returns the digest the registry recorded.
+:func:`serving_image_tasks` picks the builder by setting (``ASGARD_IMAGE_BUILDER``): these two, or
+a Kaniko pod (``asgard.operators.kaniko``) that pushes as it builds, then
+``KanikoPushedImageOperator`` pinning what it pushed.
 """
 
 from __future__ import annotations
@@ -181,3 +184,55 @@ class RegistryPushImageOperator(BaseOperator):
         repository = self.image.rsplit(":", 1)[0]
         self.log.info("pushed %s as %s", self.image, digest)
         return PushedImage(self.image, digest, f"{repository}@{digest}").to_dict()
+
+
+class KanikoPushedImageOperator(BaseOperator):
+    """What a Kaniko build pushed, pinned by the digest it reported: the push step's result when the
+    builder pushed already (the deploy reads the same :class:`PushedImage` either way).
+
+    :param build_task_id: the Kaniko task whose result (a ``BuiltImage`` with its digest) to pin
+    """
+
+    def __init__(self, *, build_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.build_task_id = build_task_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from asgard.serving.image import BuiltImage
+
+        built = BuiltImage.from_dict(context["ti"].xcom_pull(task_ids=self.build_task_id))
+        return pushed_by_builder(built).to_dict()
+
+
+def pushed_by_builder(built: Any) -> Any:
+    """The :class:`PushedImage` of an image its builder pushed (Kaniko), from the digest it reported."""
+    from asgard.serving.image import PushedImage
+
+    if not built.digest or not built.digest.startswith("sha256:"):
+        raise RuntimeError(f"the builder of {built.image} reported no digest ({built.digest!r}): nothing to deploy")
+    repository = built.image.rsplit(":", 1)[0]
+    return PushedImage(built.image, built.digest, f"{repository}@{built.digest}")
+
+
+def serving_image_tasks(*, model_name: str, version: str, alias: str) -> tuple[BaseOperator, BaseOperator]:
+    """``build_image`` and ``push_image`` for the configured builder (read when the DAG is parsed)."""
+    settings = get_settings()
+    if settings.image_builder == "kaniko":
+        from asgard.operators.kaniko import KanikoBuildServingImageOperator
+
+        build = KanikoBuildServingImageOperator(
+            task_id="build_image",
+            model_name=model_name,
+            version=version,
+            alias=alias,
+            base_image=settings.serving_base_image,
+            context_bucket=settings.s3_bucket,
+            aws_conn_id=settings.aws_conn_id,
+            registry_secret=settings.kaniko_registry_secret,
+            namespace=settings.kaniko_namespace,
+            kubernetes_conn_id=settings.kubernetes_conn_id,
+        )
+        return build, KanikoPushedImageOperator(task_id="push_image", build_task_id="build_image")
+    build = DockerBuildServingImageOperator(task_id="build_image", model_name=model_name, version=version, alias=alias)
+    push = RegistryPushImageOperator(task_id="push_image", image="{{ ti.xcom_pull(task_ids='build_image')['image'] }}")
+    return build, push
