@@ -74,6 +74,30 @@ class Forward:
     socket: Path
 
 
+@contextlib.contextmanager
+def serving_door(app, socket_path: Path, name: str) -> Iterator[Path]:
+    """An ASGI ``app`` served on the unix socket ``socket_path`` (a door a :class:`Forward` reaches) by
+    uvicorn in a thread of this process, for the length of a ``with`` block."""
+    import asyncio
+
+    import uvicorn
+
+    config = uvicorn.Config(app, uds=str(socket_path), log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name=name, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise SandboxError(f"the {name} door did not start on {socket_path}")
+            time.sleep(0.02)
+        socket_path.chmod(0o666)  # the sandbox's uid connects to it
+        yield socket_path
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @dataclass(frozen=True)
 class Limits:
     timeout_seconds: float = 600

@@ -12,16 +12,15 @@ TCP relay on its own loopback (``include/sandbox/launch.py``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import re
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from asgard.core.sandbox import serving_door
 
 log = logging.getLogger(__name__)
 
@@ -153,27 +152,5 @@ class Gateway:
     def __init__(self, tracking_uri: str, scope: RunScope, socket_path: Path) -> None:
         self.tracking_uri, self.scope, self.socket_path = tracking_uri, scope, socket_path
 
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[Path]:
-        import uvicorn
-
-        config = uvicorn.Config(
-            create_app(self.tracking_uri, self.scope),
-            uds=str(self.socket_path),
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="mlflow-gateway", daemon=True)
-        thread.start()
-        try:
-            while not server.started:
-                if not thread.is_alive():
-                    raise RuntimeError(f"the MLflow gateway did not start on {self.socket_path}")
-                threading.Event().wait(0.02)
-            self.socket_path.chmod(0o666)  # the sandbox's uid connects to it
-            yield self.socket_path
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+    def serving(self) -> contextlib.AbstractContextManager[Path]:
+        return serving_door(create_app(self.tracking_uri, self.scope), self.socket_path, "mlflow-gateway")

@@ -1,8 +1,9 @@
 """The production profile's roles and databases in a PostgreSQL server, created idempotently.
 
-An owner role (``ASGARD_DATABASE_PREFIX``) owns one database per store; a reader role
-(``<prefix>_reader``) may only SELECT in the feature store's two (Feast's registry and the gold
-catalog), in the tables there now and in those the owner creates later. Their passwords are the
+An owner role (``ASGARD_DATABASE_PREFIX``) owns one database per store, which no other role may
+connect to (PostgreSQL's default lets every role in); a reader role (``<prefix>_reader``) may
+connect to the feature store's two (Feast's registry and the gold catalog) and only SELECT there, in
+the tables there now and in those the owner creates later. Their passwords are the
 caller's (kept in the profile's state folder).
 """
 
@@ -81,6 +82,10 @@ class ProfileDatabases:
                 owner = sql.Identifier(self.role)
                 connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), owner))
                 created.append(name)
+            for purpose in DATABASES:  # PostgreSQL lets every role connect and make temp tables: not here
+                connection.execute(
+                    sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(self.name(purpose)))
+                )
         for purpose in READER_DATABASES:
             self._grant_reading(purpose)
         log(f"postgres: role {self.role}, databases {', '.join(self.name(p) for p in DATABASES)}"
@@ -101,6 +106,7 @@ class ProfileDatabases:
         with psycopg.connect(url, autocommit=True) as connection:
             for statement in (
                 "GRANT CONNECT ON DATABASE {database} TO {reader}",
+                "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
                 "GRANT USAGE ON SCHEMA public TO {reader}",
                 "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}",
                 "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader}",

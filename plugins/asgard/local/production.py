@@ -103,6 +103,7 @@ class ProductionServices(ServiceManager):
             s3_endpoint=self.settings.s3_url,
             s3_access_key=keys["s3_reader_access_key"],
             s3_secret_key=keys["s3_reader_secret_key"],
+            s3_readable=self.settings.gold_warehouse_uri.removeprefix("s3://"),
         )
 
     def _secrets(self) -> dict[str, str]:
@@ -191,34 +192,8 @@ class ProductionServices(ServiceManager):
             client.create_bucket(Bucket=self.settings.s3_bucket)
 
     # ----------------------------------------------------------------- MLflow
-    def _mlflow(self) -> Service:
-        s = self.settings
-        return Service(
-            name="mlflow",
-            argv=[
-                str(venv_bin() / "mlflow"),
-                "server",
-                "--artifacts-destination",
-                f"s3://{s.s3_bucket}/mlflow",
-                "--serve-artifacts",
-                "--host",
-                s.bind_host,
-                "--port",
-                str(s.mlflow_port),
-                "--workers",
-                "1",
-            ],
-            health_url=f"{s.mlflow_url}/health",
-            port=s.mlflow_port,
-            env={
-                # Through the environment, not the command line: no password in the process list.
-                "MLFLOW_BACKEND_STORE_URI": self.database_url("mlflow"),
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                **self.aws_environment(),
-            },
-            stop_signal=signal.SIGTERM,
-            start_timeout=120.0,
-        )
+    def mlflow_stores(self) -> tuple[str, str, dict[str, str]]:
+        return self.database_url("mlflow"), f"s3://{self.settings.s3_bucket}/mlflow", self.aws_environment()
 
     # ----------------------------------------------------------------- Airflow
     def airflow_env(self) -> dict[str, str]:

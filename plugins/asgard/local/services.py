@@ -51,17 +51,16 @@ class ServiceManager(ProcessSupervisor):
 
     def _mlflow(self) -> Service:
         s = self.settings
+        backend, artifacts, stores_env = self.mlflow_stores()
         return Service(
             name="mlflow",
             argv=[
                 str(venv_bin() / "mlflow"),
                 "server",
-                "--backend-store-uri",
-                f"sqlite:///{s.mlflow_dir / 'mlflow.db'}",
                 # Artifacts go through the server (mlflow-artifacts:/), as they do in production,
                 # so clients never need the artifact store's own credentials.
                 "--artifacts-destination",
-                str(s.mlflow_dir / "artifacts"),
+                artifacts,
                 "--serve-artifacts",
                 "--host",
                 s.bind_host,
@@ -72,12 +71,22 @@ class ServiceManager(ProcessSupervisor):
             ],
             health_url=f"{s.mlflow_url}/health",
             port=s.mlflow_port,
-            # MLflow's job runner (four huey consumer processes, for GenAI scorers and trace archival)
-            # does nothing for the platform and costs ~20 s of CPU at start on a two-core machine.
-            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={
+                # Through the environment, not the command line: no password in the process list.
+                "MLFLOW_BACKEND_STORE_URI": backend,
+                # MLflow's job runner (four huey consumer processes, for GenAI scorers and trace archival)
+                # does nothing for the platform and costs ~20 s of CPU at start on a two-core machine.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                **stores_env,
+            },
             stop_signal=signal.SIGTERM,
             prepare=lambda: s.mlflow_dir.mkdir(parents=True, exist_ok=True),
         )
+
+    def mlflow_stores(self) -> tuple[str, str, dict[str, str]]:
+        """MLflow's backend store URI, its artifacts' destination, and what else its process needs to reach them."""
+        s = self.settings
+        return f"sqlite:///{s.mlflow_dir / 'mlflow.db'}", str(s.mlflow_dir / "artifacts"), {}
 
     def _docker(self) -> Service:
         """A private Docker engine: its own socket, data and exec roots; host networking left alone."""

@@ -7,8 +7,11 @@ PostgreSQL role that may only SELECT in those two databases, and S3 keys for rea
 a read-only IAM user's). ``ASGARD_SCRIPT_STORE_ACCESS`` (JSON) holds that login, in the
 environment of Airflow's workers only.
 
-A script run gets one door per store: a unix socket the task relays to the store's address,
-which the sandbox's launcher forwards from a port on the sandbox's loopback. The script's
+A script run gets one door per store: a unix socket the task serves, which the sandbox's launcher
+forwards from a port on the sandbox's loopback. PostgreSQL's door is a plain relay (the server holds
+the reader to SELECT). S3's is a read-only HTTP door: it passes on GET and HEAD of objects in the gold
+warehouse, and listings within it, and answers everything else AccessDenied itself, whatever the keys
+may do (an S3-compatible server may not enforce them; moto does not). The script's
 ``feature_store.yaml`` keeps its placeholders; the script's environment fills them with the
 reader's login and those loopback addresses.
 """
@@ -17,15 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
+from xml.sax.saxutils import escape
 
+from asgard.core.sandbox import serving_door
 from asgard.features.gold import PRODUCTION_CATALOG_NAME
+
+log = logging.getLogger(__name__)
 
 STORE_ACCESS_VARIABLE = "ASGARD_SCRIPT_STORE_ACCESS"
 # The ports the stores answer on inside the sandbox (its own loopback).
@@ -46,6 +54,8 @@ class StoreAccess:
     s3_endpoint: str
     s3_access_key: str
     s3_secret_key: str
+    # What the S3 door lets the script read: "<bucket>/<prefix>" (the gold warehouse).
+    s3_readable: str
     s3_region: str = "us-east-1"
 
     @classmethod
@@ -71,34 +81,97 @@ class StoreAccess:
             f"{catalog}S3__REGION": self.s3_region,
         }
 
-    def doors(self) -> dict[str, tuple[str, int, int]]:
-        """Door name -> (host, port) outside and the port inside."""
-        s3 = urlparse(self.s3_endpoint)
-        return {
-            "postgres": (self.postgres_host, self.postgres_port, POSTGRES_PORT_INSIDE),
-            "s3": (s3.hostname or "127.0.0.1", s3.port or (443 if s3.scheme == "https" else 80), S3_PORT_INSIDE),
-        }
-
 
 @contextlib.contextmanager
 def opened(access: StoreAccess, sockets: Path) -> Iterator[dict[int, str]]:
-    """The doors to ``access``'s stores, as unix sockets in ``sockets`` relayed while open; yields
+    """The doors to ``access``'s stores, as unix sockets in ``sockets`` served while open; yields
     port inside -> socket file name, for the launcher's forwards."""
-    relays = []
+    relay = _Relay(sockets / "postgres.sock", access.postgres_host, access.postgres_port)
     try:
-        forwards = {}
-        for name, (host, port, inside) in access.doors().items():
-            relay = _Relay(sockets / f"{name}.sock", host, port)
-            relays.append(relay)
-            forwards[inside] = f"{name}.sock"
-        yield forwards
+        app = s3_reading_app(access.s3_endpoint, access.s3_readable)
+        with serving_door(app, sockets / "s3.sock", "s3-reader"):
+            yield {POSTGRES_PORT_INSIDE: "postgres.sock", S3_PORT_INSIDE: "s3.sock"}
     finally:
-        for relay in relays:
-            relay.close()
+        relay.close()
+
+
+# Query parameters of a listing (ListObjects v1/v2); a GET on the bucket with any other is refused.
+LISTING_PARAMETERS = {
+    "list-type", "prefix", "delimiter", "max-keys", "continuation-token", "start-after", "marker",
+    "encoding-type", "fetch-owner",
+}  # fmt: skip
+
+
+def s3_refusal(method: str, path: str, query: dict[str, str], readable: str) -> str | None:
+    """Why a request through the S3 door is refused (None: it reads within ``readable``).
+
+    ``path`` is the decoded path of a path-style request (``/<bucket>/<key>``)."""
+    if method not in ("GET", "HEAD"):
+        return f"{method} is not open to user scripts: the feature store is theirs to read, not to change"
+    bucket, _, prefix = readable.strip("/").partition("/")
+    parts = path.split("/")
+    if any(part in (".", "..") for part in parts):
+        return f"{path} has a relative segment"
+    if path.rstrip("/") == f"/{bucket}":  # the bucket itself, or a listing: only of keys within the prefix
+        if not query or list(query) == ["location"]:  # HeadBucket, GetBucketLocation: clients' probes
+            return None
+        unknown = sorted(set(query) - LISTING_PARAMETERS)
+        if unknown:
+            return f"bucket request with {', '.join(unknown)} is not open to user scripts"
+        listed = query.get("prefix", "")
+        return None if _within(listed, prefix) else f"listing {listed!r} is outside {readable}"
+    key = path.removeprefix(f"/{bucket}/") if path.startswith(f"/{bucket}/") else None
+    if key is None or not _within(key, prefix):
+        return f"{path} is outside {readable}, the part of S3 user scripts may read"
+    return None
+
+
+def _within(key: str, prefix: str) -> bool:
+    return not prefix or key.startswith(prefix.rstrip("/") + "/")
+
+
+def s3_reading_app(endpoint: str, readable: str):
+    """The S3 door: an ASGI app passing on to ``endpoint`` the requests :func:`s3_refusal` allows, as
+    they came (path, query and headers byte for byte, ``Host`` included: a signature covers them),
+    and streaming back the answer."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    client = httpx.AsyncClient(base_url=endpoint.rstrip("/"), timeout=httpx.Timeout(300.0, connect=10.0))
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
+
+    async def forward(request: Request) -> Response:
+        scope = request.scope
+        refusal = s3_refusal(request.method, scope["path"], dict(request.query_params), readable)
+        if refusal is None and (await request.body() or "transfer-encoding" in request.headers):
+            refusal = "a read has no body"
+        if refusal is not None:
+            log.warning("refused a user script's S3 %s %s: %s", request.method, scope["path"], refusal)
+            error = f"<Error><Code>AccessDenied</Code><Message>{escape(refusal)}</Message></Error>"
+            return Response(error, status_code=403, media_type="application/xml")
+        query = scope["query_string"].decode("latin-1")
+        target = scope["raw_path"].decode("latin-1") + (f"?{query}" if query else "")
+        headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in hop_by_hop]
+        upstream = await client.send(client.build_request(request.method, target, headers=headers), stream=True)
+        kept = {k: v for k, v in upstream.headers.items() if k.lower() not in hop_by_hop}
+        background = BackgroundTask(upstream.aclose)
+        return StreamingResponse(upstream.aiter_raw(), upstream.status_code, headers=kept, background=background)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        await client.aclose()
+
+    methods = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
 class _Relay:
-    """A unix socket whose connections are piped to ``host:port`` (one pair of threads each)."""
+    """A unix socket whose connections are piped to ``host:port`` (one pair of threads each): PostgreSQL's door."""
 
     def __init__(self, path: Path, host: str, port: int) -> None:
         self.address = (host, port)

@@ -1,0 +1,149 @@
+"""A user script's doors to the production feature store: what they let through, for real.
+
+The S3 door is checked from inside a real sandbox against moto's S3 (which, like some S3-compatible
+servers, enforces no keys: the door is what stops a script). The reader role is checked on the
+machine's PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+import uuid
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+
+from asgard.core.sandbox import Limits
+from asgard.core.settings import Settings, get_settings
+from asgard.local.postgres import DATABASES, ProfileDatabases
+from asgard.training.scripts import runner, store_doors
+from asgard.training.scripts.store_doors import StoreAccess, s3_refusal
+
+READABLE = "asgard/gold"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "allowed"),
+    [
+        ("GET", "/asgard/gold/db/t/data/0.parquet", {}, True),
+        ("HEAD", "/asgard/gold/db/t/metadata/v1.json", {}, True),
+        ("GET", "/asgard", {"list-type": "2", "prefix": "gold/db/"}, True),
+        ("HEAD", "/asgard", {}, True),
+        ("PUT", "/asgard/gold/db/t/data/0.parquet", {}, False),
+        ("DELETE", "/asgard/gold/db/t/data/0.parquet", {}, False),
+        ("POST", "/asgard", {"delete": ""}, False),
+        ("GET", "/asgard/runs/secret.json", {}, False),
+        ("GET", "/asgard/gold/../runs/secret.json", {}, False),
+        ("GET", "/asgard/golden/x", {}, False),
+        ("GET", "/asgard", {"list-type": "2", "prefix": "runs/"}, False),
+        ("GET", "/asgard", {"list-type": "2"}, False),
+        ("GET", "/asgard", {"policy": ""}, False),
+        ("GET", "/other/gold/x", {}, False),
+    ],
+)
+def test_the_s3_door_reads_the_gold_warehouse_only(method, path, query, allowed):
+    assert (s3_refusal(method, path, query, READABLE) is None) is allowed
+
+
+# Plain HTTP from inside the sandbox, unsigned (the bucket is open to anyone, so what is refused is
+# refused by the door); each request's status and body, by name.
+PROBE = """
+import json, urllib.request, urllib.error
+requests = {
+    "read": ("GET", "/asgard/gold/db/t/data/0.parquet", None),
+    "list gold": ("GET", "/asgard?list-type=2&prefix=gold/", None),
+    "overwrite": ("PUT", "/asgard/gold/db/t/data/0.parquet", b"garbage"),
+    "write beside": ("PUT", "/asgard/gold/db/t/data/new.parquet", b"garbage"),
+    "delete": ("DELETE", "/asgard/gold/db/t/data/0.parquet", None),
+    "read a run's file": ("GET", "/asgard/runs/secret.json", None),
+    "list runs": ("GET", "/asgard?list-type=2&prefix=runs/", None),
+    "climb out": ("GET", "/asgard/gold/%2E%2E/runs/secret.json", None),
+}
+answers = {}
+for name, (method, path, body) in requests.items():
+    request = urllib.request.Request("http://127.0.0.1:9000" + path, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            answers[name] = [answer.status, answer.read().decode(errors="replace")]
+    except urllib.error.HTTPError as error:
+        answers[name] = [error.code, error.read().decode(errors="replace")]
+print(json.dumps(answers))
+"""
+
+
+def test_a_sandboxed_script_reads_gold_through_the_s3_door_and_changes_nothing(moto_server, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                      aws_access_key_id="platform", aws_secret_access_key="platform")  # fmt: skip
+    # Open to anyone, as a misconfigured bucket would be: the door alone must keep the script to reading gold.
+    s3.create_bucket(Bucket="asgard", ACL="public-read-write")
+    s3.put_object(Bucket="asgard", Key="gold/db/t/data/0.parquet", Body=b"gold rows", ACL="public-read-write")
+    s3.put_object(Bucket="asgard", Key="runs/secret.json", Body=b"another user's run", ACL="public-read-write")
+    access = StoreAccess(
+        postgres_host="127.0.0.1", postgres_port=5432, user="reader", password="unused",
+        registry_database="r", gold_database="g", s3_endpoint=moto_server,
+        s3_access_key="reader", s3_secret_key="reader", s3_readable=READABLE,
+    )  # fmt: skip
+    python = Path(get_settings().script_python)
+    env = runner.script_environment(python, {name: "x" for name in runner.INJECTED}, {})
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="asgard-doors-") as folder:
+        sockets = Path(folder)
+        sockets.chmod(0o755)
+        with store_doors.opened(access, sockets) as doors:
+            (sockets / "mlflow.sock").touch()  # the run's MLflow door is not under test here
+            script = runner.UserScript("probe.py", PROBE)
+            runner.run_script(script, python, tmp_path / "work", env, Limits(timeout_seconds=60),
+                              sockets=sockets, doors=doors, output=lines.append)  # fmt: skip
+    answers = json.loads(lines[-1])
+    assert answers["read"] == [200, "gold rows"]
+    assert answers["list gold"][0] == 200 and "gold/db/t/data/0.parquet" in answers["list gold"][1]
+    for refused in ("overwrite", "write beside", "delete", "read a run's file", "list runs", "climb out"):
+        status, body = answers[refused]
+        assert status == 403 and "<Code>AccessDenied</Code>" in body, (refused, answers[refused])
+    assert "not open to user scripts" in answers["delete"][1]
+    assert "outside asgard/gold" in answers["read a run's file"][1]
+    # Nothing changed in the bucket.
+    keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket="asgard")["Contents"])
+    assert keys == ["gold/db/t/data/0.parquet", "runs/secret.json"]
+    assert s3.get_object(Bucket="asgard", Key="gold/db/t/data/0.parquet")["Body"].read() == b"gold rows"
+
+
+@pytest.fixture
+def databases():
+    prefix = f"asgard_doors_{uuid.uuid4().hex[:8]}"
+    passwords = {"postgres_password": secrets.token_urlsafe(12), "reader_password": secrets.token_urlsafe(12)}
+    profile = ProfileDatabases(Settings(database_prefix=prefix), lambda: passwords)
+    profile.prepare(log=lambda message: None)
+    try:
+        yield profile, passwords
+    finally:
+        profile.drop()
+
+
+def test_the_reader_role_selects_in_the_feature_store_and_reaches_nothing_else(databases):
+    profile, passwords = databases
+
+    def connect(role: str, password: str, purpose: str) -> psycopg.Connection:
+        return psycopg.connect(host="127.0.0.1", port=5432, user=role, password=password,
+                               dbname=profile.name(purpose), autocommit=True)  # fmt: skip
+
+    with connect(profile.role, passwords["postgres_password"], "gold") as owner:
+        owner.execute("CREATE TABLE rows (id int)")
+        owner.execute("INSERT INTO rows VALUES (1)")
+    reader = (profile.reader_role, passwords["reader_password"])
+    with connect(*reader, "gold") as connection:
+        assert connection.execute("SELECT id FROM rows").fetchall() == [(1,)]
+        for statement in ("DELETE FROM rows", "CREATE TABLE mine (id int)", "CREATE TEMP TABLE mine (id int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement)
+    for purpose in sorted(set(DATABASES) - {"feast", "gold"}):  # Airflow's, MLflow's, monitoring's
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            connect(*reader, purpose)
+    # Preparing again (every start does) keeps it so.
+    profile.prepare(log=lambda message: None)
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        connect(*reader, "airflow")
