@@ -146,12 +146,15 @@ def feature_home(path: Path, spec):
             os.environ["ASGARD_HOME"] = previous
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    """moto's server (AWS's control plane, S3 and ECR) on a free loopback port: its URL."""
+@contextlib.contextmanager
+def running_moto(environment: dict[str, str] | None = None):
+    """moto's server (AWS's control plane, S3 and ECR) on a free loopback port, with ``environment``
+    added to its own (``INITIAL_NO_AUTH_ACTION_COUNT``: keys and signatures checked after that many
+    requests): its URL."""
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **(environment or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -167,6 +170,13 @@ def moto_server():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    """moto's server on a free loopback port, checking no keys: its URL."""
+    with running_moto() as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -8,12 +8,13 @@ a read-only IAM user's). ``ASGARD_SCRIPT_STORE_ACCESS`` (JSON) holds that login,
 environment of Airflow's workers only.
 
 A script run gets one door per store: a unix socket the task serves, which the sandbox's launcher
-forwards from a port on the sandbox's loopback. PostgreSQL's door is a plain relay (the server holds
-the reader to SELECT). S3's is a read-only HTTP door: it passes on GET and HEAD of objects in the gold
-warehouse, and listings within it, and answers everything else AccessDenied itself, whatever the keys
-may do (an S3-compatible server may not enforce them; moto does not). The script's
-``feature_store.yaml`` keeps its placeholders; the script's environment fills them with the
-reader's login and those loopback addresses.
+forwards from a port on the sandbox's loopback. PostgreSQL's door is a plain relay: the script logs
+in as the reader, and the server holds it to SELECT. S3's is a read-only HTTP door: it passes on GET
+and HEAD of objects in the gold warehouse, and listings within it, signed with the reader's keys,
+which never enter the sandbox (the script signs with keys that open nothing); it answers everything
+else AccessDenied itself, whatever the keys may do (an S3-compatible server may not enforce them;
+moto does not). The script's ``feature_store.yaml`` keeps its placeholders; the script's
+environment fills them with the reader's PostgreSQL login and the doors' loopback addresses.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ STORE_ACCESS_VARIABLE = "ASGARD_SCRIPT_STORE_ACCESS"
 # The ports the stores answer on inside the sandbox (its own loopback).
 POSTGRES_PORT_INSIDE = 5432
 S3_PORT_INSIDE = 9000
+# The S3 keys a script signs with: the door checks and re-signs each request, so they need open nothing.
+DOOR_KEY = "asgard-s3-door"
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,9 @@ class StoreAccess:
             "ASGARD_FEAST_REGISTRY_URI": f"{database}/{self.registry_database}",
             f"{catalog}URI": f"{database}/{self.gold_database}",
             f"{catalog}S3__ENDPOINT": f"http://127.0.0.1:{S3_PORT_INSIDE}",
-            f"{catalog}S3__ACCESS_KEY_ID": self.s3_access_key,
-            f"{catalog}S3__SECRET_ACCESS_KEY": self.s3_secret_key,
+            # Keys that open nothing: the S3 door signs what it passes on with the reader's own.
+            f"{catalog}S3__ACCESS_KEY_ID": DOOR_KEY,
+            f"{catalog}S3__SECRET_ACCESS_KEY": DOOR_KEY,
             f"{catalog}S3__REGION": self.s3_region,
         }
 
@@ -88,7 +92,7 @@ def opened(access: StoreAccess, sockets: Path) -> Iterator[dict[int, str]]:
     port inside -> socket file name, for the launcher's forwards."""
     relay = _Relay(sockets / "postgres.sock", access.postgres_host, access.postgres_port)
     try:
-        app = s3_reading_app(access.s3_endpoint, access.s3_readable)
+        app = s3_reading_app(access)
         with serving_door(app, sockets / "s3.sock", "s3-reader"):
             yield {POSTGRES_PORT_INSIDE: "postgres.sock", S3_PORT_INSIDE: "s3.sock"}
     finally:
@@ -130,23 +134,30 @@ def _within(key: str, prefix: str) -> bool:
     return not prefix or key.startswith(prefix.rstrip("/") + "/")
 
 
-def s3_reading_app(endpoint: str, readable: str):
-    """The S3 door: an ASGI app passing on to ``endpoint`` the requests :func:`s3_refusal` allows, as
-    they came (path, query and headers byte for byte, ``Host`` included: a signature covers them),
-    and streaming back the answer."""
+def s3_reading_app(access: StoreAccess):
+    """The S3 door: an ASGI app passing on to ``access``'s endpoint the requests :func:`s3_refusal`
+    allows, signed with the reader's keys (the script's own signature, made with keys that open
+    nothing, is dropped), and streaming back the answer."""
     import httpx
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
     from starlette.requests import Request
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
-    client = httpx.AsyncClient(base_url=endpoint.rstrip("/"), timeout=httpx.Timeout(300.0, connect=10.0))
+    endpoint = access.s3_endpoint.rstrip("/")
+    signer = S3SigV4Auth(Credentials(access.s3_access_key, access.s3_secret_key), "s3", access.s3_region)
+    client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0))
     hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
+    # What the script's signature made or covered: the door signs anew for the endpoint.
+    resigned = {"host", "authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "content-length"}
 
     async def forward(request: Request) -> Response:
         scope = request.scope
-        refusal = s3_refusal(request.method, scope["path"], dict(request.query_params), readable)
+        refusal = s3_refusal(request.method, scope["path"], dict(request.query_params), access.s3_readable)
         if refusal is None and (await request.body() or "transfer-encoding" in request.headers):
             refusal = "a read has no body"
         if refusal is not None:
@@ -154,9 +165,12 @@ def s3_reading_app(endpoint: str, readable: str):
             error = f"<Error><Code>AccessDenied</Code><Message>{escape(refusal)}</Message></Error>"
             return Response(error, status_code=403, media_type="application/xml")
         query = scope["query_string"].decode("latin-1")
-        target = scope["raw_path"].decode("latin-1") + (f"?{query}" if query else "")
-        headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in hop_by_hop]
-        upstream = await client.send(client.build_request(request.method, target, headers=headers), stream=True)
+        url = endpoint + scope["raw_path"].decode("latin-1") + (f"?{query}" if query else "")
+        passed = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop | resigned}
+        signed = AWSRequest(method=request.method, url=url, headers=passed)
+        signer.add_auth(signed)
+        outgoing = client.build_request(request.method, url, headers=dict(signed.headers.items()))
+        upstream = await client.send(outgoing, stream=True)
         kept = {k: v for k, v in upstream.headers.items() if k.lower() not in hop_by_hop}
         background = BackgroundTask(upstream.aclose)
         return StreamingResponse(upstream.aiter_raw(), upstream.status_code, headers=kept, background=background)
