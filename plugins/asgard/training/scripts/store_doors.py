@@ -154,6 +154,7 @@ def s3_reading_app(access: StoreAccess):
     hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
     # What the script's signature made or covered: the door signs anew for the endpoint.
     resigned = {"host", "authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "content-length"}
+    not_passed = hop_by_hop | resigned
 
     async def forward(request: Request) -> Response:
         scope = request.scope
@@ -166,7 +167,7 @@ def s3_reading_app(access: StoreAccess):
             return Response(error, status_code=403, media_type="application/xml")
         query = scope["query_string"].decode("latin-1")
         url = endpoint + scope["raw_path"].decode("latin-1") + (f"?{query}" if query else "")
-        passed = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop | resigned}
+        passed = {k: v for k, v in request.headers.items() if k.lower() not in not_passed}
         signed = AWSRequest(method=request.method, url=url, headers=passed)
         signer.add_auth(signed)
         outgoing = client.build_request(request.method, url, headers=dict(signed.headers.items()))
