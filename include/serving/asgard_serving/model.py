@@ -14,16 +14,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
+INTEGER_TYPES = {"long", "integer"}
 STRING_TYPES = {"string"}
 BOOLEAN_TYPES = {"boolean"}
 FLOAT32_MAX = 3.4028234663852886e38
 # How scikit-learn's check_array words a refusal of the input's values (NaN, infinity, too large).
 SKLEARN_INPUT_REFUSALS = ("Input X contains", "Input contains", "Input y contains")
+
+
+# A number beyond float32 becomes infinity when a request is converted for the model, which refuses it
+# by name (``Predictor._predict_onnx``): numpy's warning about the cast would only repeat that, and
+# ``np.errstate`` around every conversion costs more than the conversion itself.
+warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
 
 
 class InputError(ValueError):
@@ -86,7 +95,13 @@ class Signature:
         self.columns = columns
         self.known = frozenset(column.name for column in columns)
         self.required = [column.name for column in columns if column.required]
-        self.checked = [(column, ALLOWED_TYPES[column.type]) for column in columns if column.type in ALLOWED_TYPES]
+        # Columns grouped by the value types they take: a request's values are checked one group at a
+        # time, in one pass in C over all of its columns' values.
+        groups: dict[frozenset, list[Column]] = {}
+        for column in columns:
+            if column.type in ALLOWED_TYPES:
+                groups.setdefault(ALLOWED_TYPES[column.type], []).append(column)
+        self.groups = list(groups.items())
 
     def check(self, columns: dict[str, list]) -> int:
         """Names, lengths and value types of a request's columns; its row count."""
@@ -104,10 +119,12 @@ class Signature:
         rows = lengths.pop() if lengths else 0
         if rows == 0:
             raise InputError("no rows to predict")
-        for column, allowed in self.checked:
-            values = columns.get(column.name)
-            if values is not None:
-                _check_values(column, values, allowed)
+        for allowed, group in self.groups:
+            sent = [column for column in group if column.name in columns]
+            kinds = set(map(type, chain.from_iterable([columns[column.name] for column in sent])))
+            if not kinds <= allowed or (float in kinds and any(column.type in INTEGER_TYPES for column in sent)):
+                for column in sent:  # name the column, row and value
+                    _check_values(column, columns[column.name], allowed)
         return rows
 
 
@@ -126,7 +143,7 @@ def _check_values(column: Column, values: list, allowed: frozenset) -> None:
             if type(value) not in allowed:
                 kind = {"string": "a string column", "boolean": "boolean"}.get(column.type, column.type)
                 raise InputError(f"column {column.name!r} is {kind}: row {row} holds {value!r}")
-    if column.type in ("long", "integer"):
+    if column.type in INTEGER_TYPES:
         for row, value in enumerate(values):
             if isinstance(value, float) and not value.is_integer():
                 raise InputError(f"column {column.name!r} is {column.type}: row {row} holds {value!r}")
@@ -174,14 +191,12 @@ class Predictor:
         if self.numeric:
             # Every numeric column in one conversion (null becomes NaN, what the imputer fills); each
             # feed is a row of it, a view: one allocation and one range check per request.
-            with np.errstate(over="ignore"):
-                matrix = np.array([columns.get(name, missing) for name in self.numeric], dtype=np.float32)
+            matrix = np.array([columns.get(name, missing) for name in self.numeric], dtype=np.float32)
             # JSON has no infinity: an infinite input is a number beyond what the model's float32 holds.
             if np.isinf(matrix).any():
                 beyond = self.numeric[int(np.isinf(matrix).any(axis=1).argmax())]
                 raise InputError(f"column {beyond}: a value is beyond the model's float32 range (±3.4e38)")
-            for index, name in enumerate(self.numeric):
-                feeds[name] = matrix[index].reshape(-1, 1)
+            feeds = dict(zip(self.numeric, matrix[:, :, np.newaxis], strict=True))
         for name in self.strings:
             values = columns.get(name, missing)
             feeds[name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(-1, 1)
@@ -235,7 +250,8 @@ def label_indices(probabilities: Any) -> Any:
     """
     import numpy as np
 
-    return np.argmax(np.rint(probabilities * 1e6), axis=1)
+    scaled = probabilities * 1e6
+    return np.rint(scaled, out=scaled).argmax(axis=1)
 
 
 def _plain(values: list) -> list:
