@@ -70,7 +70,7 @@ def wait_answering(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} not answering after {timeout:.0f}s")
 
 
-def model_alone(model_file: Path, columns: list[dict], frame, seconds: float = 2.0) -> float:
+def model_alone(model_file: Path, info: dict, frame, seconds: float = 2.0) -> float:
     """Seconds per call of ONNX Runtime on ``frame``'s rows, with the serving image's session options."""
     import onnxruntime
 
@@ -80,7 +80,7 @@ def model_alone(model_file: Path, columns: list[dict], frame, seconds: float = 2
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-    inputs = feeds(frame, columns)
+    inputs = feeds(frame, info["signature"]["inputs"], info["onnx"].get("numeric_input"))
     outputs = [output.name for output in session.get_outputs()][-1:]  # probabilities, or a regressor's values
     for _ in range(50):
         session.run(outputs, inputs)
@@ -357,8 +357,7 @@ def main() -> int:
                     )
             if context.info["flavor"] == "onnx":
                 model_file = context.folder / "model" / "model.onnx"
-                columns = context.info["signature"]["inputs"]
-                seconds = model_alone(model_file, columns, sample_rows(100))
+                seconds = model_alone(model_file, context.info, sample_rows(100))
                 measured, yardstick = one_worker[100]
                 with_stack = 1 / (1 / yardstick["rps"] + seconds)
                 print(

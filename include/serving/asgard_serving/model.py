@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -27,12 +26,6 @@ BOOLEAN_TYPES = {"boolean"}
 FLOAT32_MAX = 3.4028234663852886e38
 # How scikit-learn's check_array words a refusal of the input's values (NaN, infinity, too large).
 SKLEARN_INPUT_REFUSALS = ("Input X contains", "Input contains", "Input y contains")
-
-
-# A number beyond float32 becomes infinity when a request is converted for the model, which refuses it
-# by name (``Predictor._predict_onnx``): numpy's warning about the cast would only repeat that, and
-# ``np.errstate`` around every conversion costs more than the conversion itself.
-warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
 
 
 class InputError(ValueError):
@@ -172,6 +165,8 @@ class Predictor:
             onnx_info = bundle.info["onnx"]
             self.label_output = onnx_info["label_output"]
             self.probability_output = onnx_info.get("probability_output")
+            # The numeric columns' one input (asgard.serving.onnx_export), or None: one input per column.
+            self.numeric_input = onnx_info.get("numeric_input")
         else:
             import cloudpickle
 
@@ -189,14 +184,18 @@ class Predictor:
         missing = [None] * rows
         feeds = {}
         if self.numeric:
-            # Every numeric column in one conversion (null becomes NaN, what the imputer fills); each
-            # feed is a row of it, a view: one allocation and one range check per request.
-            matrix = np.array([columns.get(name, missing) for name in self.numeric], dtype=np.float32)
+            # Every numeric column in one conversion (null becomes NaN, what the imputer fills): one
+            # allocation and one range check per request.
+            with np.errstate(over="ignore"):  # a number beyond float32 becomes infinity, refused by name below
+                matrix = np.array([columns.get(name, missing) for name in self.numeric], dtype=np.float32)
             # JSON has no infinity: an infinite input is a number beyond what the model's float32 holds.
             if np.isinf(matrix).any():
                 beyond = self.numeric[int(np.isinf(matrix).any(axis=1).argmax())]
                 raise InputError(f"column {beyond}: a value is beyond the model's float32 range (±3.4e38)")
-            feeds = dict(zip(self.numeric, matrix[:, :, np.newaxis], strict=True))
+            if self.numeric_input is not None:  # rows by columns, as the graph's one numeric input takes them
+                feeds[self.numeric_input] = np.ascontiguousarray(matrix.T)
+            else:
+                feeds.update(zip(self.numeric, matrix[:, :, np.newaxis], strict=True))
         for name in self.strings:
             values = columns.get(name, missing)
             feeds[name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(-1, 1)

@@ -50,7 +50,11 @@ def write_bundle(
     native = folder / "native"
     if conversion.faithful:
         (folder / "model.onnx").write_bytes(conversion.onnx_bytes)
-        info["onnx"] = {"label_output": conversion.label_output, "probability_output": conversion.probability_output}
+        info["onnx"] = {
+            "label_output": conversion.label_output,
+            "probability_output": conversion.probability_output,
+            "numeric_input": conversion.numeric_input,
+        }
         shutil.rmtree(native, ignore_errors=True)
     else:
         native.mkdir(exist_ok=True)
