@@ -132,7 +132,13 @@ def write_layer(home: str, spec: dict) -> None:
 # Each run gets a fresh process, forked from a server that has imported Feast and the project once:
 # a forked child's peak RSS starts at its size at the fork (the imports), so each run's peak is its own,
 # and no run pays the seconds of importing Feast again.
-PRELOAD = ["feast", "asgard.features.materialization", "asgard.features.online_writer", "sample_data.gold_layer"]
+PRELOAD = [
+    "feast",
+    "asgard.features.materialization",
+    "asgard.features.online_writer",
+    "asgard.features.sqlite_writer",
+    "sample_data.gold_layer",
+]
 
 
 def fresh_processes() -> ProcessPoolExecutor:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -309,7 +311,8 @@ def stored(store, backend: str) -> list:
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_the_online_writer_stores_exactly_what_feast_stores(home, backend, request):
-    from asgard.features.online_writer import FeastWriter, RedisWriter, SqliteWriter, online_writer
+    from asgard.features.online_writer import FeastWriter, RedisWriter, online_writer
+    from asgard.features.sqlite_writer import SqliteWriter
 
     if backend == "sqlite":
         theirs, ours = sqlite_store(home), sqlite_store(home)
@@ -334,7 +337,8 @@ def test_the_online_writer_stores_exactly_what_feast_stores(home, backend, reque
 
 def test_the_sqlite_writer_stores_created_times_as_feast_does(home):
     """A view with a created-time column: its created_ts column (NULL without one) is Feast's too."""
-    from asgard.features.online_writer import FeastWriter, SqliteWriter
+    from asgard.features.online_writer import FeastWriter
+    from asgard.features.sqlite_writer import SqliteWriter
 
     theirs, ours = sqlite_store(home), sqlite_store(home)
     source = {"table_name": FEATURE_TABLE, "timestamp_field": "event_timestamp"}
@@ -359,6 +363,37 @@ def test_the_sqlite_writer_stores_created_times_as_feast_does(home):
 
     assert table(ours) == table(theirs)
     assert all(row[-1] is not None for row in table(ours))  # created_ts written, not NULL
+
+
+def test_a_failed_sqlite_batch_keeps_the_batches_before_it_and_leaves_no_staging_behind(home):
+    """Each batch is its own transaction: a batch that cannot be encoded stops the write, the batches
+    spread before it stay whole, and the staging databases are detached and removed."""
+    from asgard.features.online_writer import FeastWriter
+    from asgard.features.sqlite_writer import SqliteWriter
+
+    ours = sqlite_store(home)
+    view = ours.get_feature_view("customer_features")
+    materialization.ensure_online_table(ours, view)
+    frame = newest_source_rows(ours)
+    writer = SqliteWriter(ours, view)
+    batches = [batch["customer_id"].tolist() for batch, _ in writer.batches(frame, 50)]
+    assert len(batches) == 3
+    broken = frame.astype({"total_purchases": object})
+    broken.loc[broken["customer_id"] == batches[2][0], "total_purchases"] = "many"
+    with pytest.raises((TypeError, ValueError)):
+        writer.write(broken, batch_rows=50)
+
+    connection = ours._get_provider().online_store._get_conn(ours.config)
+    kept = connection.execute('SELECT entity_key, count(*) FROM "asgard_customer_features" GROUP BY 1').fetchall()
+    assert len(kept) == 100 and {count for _, count in kept} == {len(view.features)}
+    assert [name for _, name, _ in connection.execute("PRAGMA database_list")] == ["main"]
+    assert not connection.in_transaction
+    assert not list(Path(tempfile.gettempdir()).glob("asgard-sqlite-staging-*"))
+    assert writer.write(frame, batch_rows=50) == len(frame)  # the same connection writes on
+    theirs = sqlite_store(home)
+    materialization.ensure_online_table(theirs, view)
+    FeastWriter(theirs, view).write(frame)
+    assert stored(ours, "sqlite") == stored(theirs, "sqlite")
 
 
 def test_the_redis_writer_expires_entities_as_feast_does(home):

@@ -4,10 +4,11 @@ Feast's ``write_to_online_store`` turns every value into a Python protobuf messa
 SQL statement (SQLite) or two Redis round trips' worth of commands per entity: a few thousand
 entities a second, whatever the store can take. The writers here produce the very same bytes —
 entity keys through Feast's ``serialize_entity_key``, values as Feast's ``ValueProto`` — but encode
-whole columns at once and hand the store one batch: one ``executemany`` in one transaction
-(SQLite), one pipeline of ``HSET``s (Redis). Columns of numbers are encoded with numpy; every
-column's encoding is first checked against Feast's own on its first values, and a column that does
-not match (a type this module does not know) is encoded value by value with Feast's functions.
+whole columns at once and hand the store a batch at a time: staged a row per entity and spread by
+SQLite itself (:mod:`asgard.features.sqlite_writer`), or one pipeline of ``HSET``s (Redis). Columns
+of numbers are encoded with numpy; every column's encoding is first checked against Feast's own on
+its first values, and a column that does not match (a type this module does not know) is encoded
+value by value with Feast's functions.
 
 Anything else — another online store, vector columns, versioned tables, a Redis cluster — is written
 by Feast itself (:class:`FeastWriter`), so the choice is never between fast and right.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Iterable, Iterator
-from itertools import chain, cycle, repeat
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
 
 from asgard.features import encoding
@@ -44,6 +45,8 @@ def online_writer(store: FeatureStore, view: FeatureView) -> OnlineWriter:
     if versioned:
         return FeastWriter(store, view)
     if kind == "sqlite" and not online.vector_enabled and not getattr(online, "enable_openai_compatible_store", False):
+        from asgard.features.sqlite_writer import SqliteWriter
+
         return SqliteWriter(store, view)
     if kind == "redis" and str(getattr(online, "redis_type", "redis")).endswith("redis"):
         return RedisWriter(store, view)
@@ -83,7 +86,7 @@ class OnlineWriter(abc.ABC):
             for start in range(0, len(frame), batch_rows):
                 yield frame.iloc[start : start + batch_rows], keys[start : start + batch_rows]
             return
-        order = sorted(range(len(keys)), key=keys.__getitem__)
+        order = key_order(keys)
         for start in range(0, len(frame), batch_rows):
             rows = order[start : start + batch_rows]
             yield frame.take(rows), [keys[row] for row in rows]
@@ -155,78 +158,15 @@ class OnlineWriter(abc.ABC):
         return stamps.to_pydatetime().tolist()
 
 
-class SqliteWriter(OnlineWriter):
-    """Feast's SQLite table (``entity_key, feature_name, value, value_text, event_ts, created_ts``),
-    upserted with Feast's own statement, one ``executemany`` per frame in one transaction."""
+def key_order(keys: list[bytes]) -> list[int]:
+    """The positions of ``keys`` in byte order (SQLite's order for blobs); keys of one width (the
+    common case) sorted by numpy, which compares fixed-width byte strings as memcmp does."""
+    import numpy as np
 
-    def __init__(self, store: FeatureStore, view: FeatureView) -> None:
-        from feast.infra.online_stores.sqlite import _quote_id, _table_id
-
-        super().__init__(store, view)
-        self.online_store = store._get_provider().online_store
-        self.table = table = _quote_id(_table_id(store.config.project, view))
-        columns = ["entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"]
-        updates = ", ".join(f"{column} = excluded.{column}" for column in columns[2:])
-        # Without a created column every created_ts is NULL: written in the statement, not bound per row.
-        values = ", ".join(["?"] * 5 + ["?" if self.created else "NULL"])
-        self.upsert = (
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
-            f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates};"
-        )
-
-    sorted_keys = True  # each row lands beside the previous one in the table's B-trees: several times faster
-
-    def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
-        connection = self.online_store._get_conn(self.store.config)
-        with connection:
-            connection.executemany(self.upsert, self.rows(frame, keys))
-
-    def rows(self, frame: pd.DataFrame, keys: list[bytes]) -> Iterator[tuple]:
-        """The table rows of ``frame``'s entities, entity by entity and feature by feature."""
-        event = self.stored_timestamps(frame, self.ts)
-        columns = [(name, *self.encoded_values(name, frame[name], texts=True)) for name in sorted(self.features)]
-        # Zipped from the columns by iterators that run in C: executemany pulls a row per feature
-        # and entity, and no bytecode runs per row. (cycle() never ends: the other columns end it.)
-        # Blobs go as bytearrays: sqlite3 binds those as they are, while each bytes object is first
-        # offered to its adapters (two failed attribute lookups, a fifth of a row's cost).
-        per_feature = len(columns)
-
-        def each_entity(items: Iterable) -> Iterator:
-            return chain.from_iterable(map(repeat, items, repeat(per_feature)))
-
-        rows = [
-            each_entity(map(bytearray, keys)),
-            cycle([name for name, _, _ in columns]),
-            map(bytearray, chain.from_iterable(zip(*(values for _, values, _ in columns), strict=True))),
-            chain.from_iterable(zip(*(texts for _, _, texts in columns), strict=True)),
-            each_entity(event),
-        ]
-        if self.created:
-            rows.append(each_entity(self.stored_timestamps(frame, self.created)))
-        return zip(*rows, strict=False)  # cycle() never ends
-
-    def stored_timestamps(self, frame: pd.DataFrame, column: str | None) -> list:
-        """What SQLite stores for each row's ``column``: the adapter Feast registers for datetimes
-        (whole epoch seconds), computed for the column at once and checked against the adapter
-        on its first rows; Nones without the column."""
-        import sqlite3
-        from datetime import datetime
-
-        import numpy as np
-
-        if column is None:
-            return [None] * len(frame)
-        adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol))
-        stamps = utc_stamps(frame[column])
-        if adapt is not None and not stamps.hasnans:
-            nanos = stamps.as_unit("ns").asi8
-            seconds, fraction = np.divmod(nanos, 1_000_000_000)
-            seconds += (fraction != 0) & (nanos < 0)  # int() of a negative timestamp truncates toward zero
-            epoch = seconds.tolist()
-            sample = self.timestamps(frame.iloc[:CHECKED_VALUES], column)
-            if epoch[: len(sample)] == [adapt(stamp) for stamp in sample]:
-                return epoch
-        return _stored_timestamps(self.timestamps(frame, column))
+    widths = set(map(len, keys))
+    if len(widths) == 1 and 0 not in widths:
+        return np.argsort(np.frombuffer(b"".join(keys), dtype=f"S{widths.pop()}"), kind="stable").tolist()
+    return sorted(range(len(keys)), key=keys.__getitem__)
 
 
 def utc_stamps(values: pd.Series) -> pd.DatetimeIndex:
@@ -237,17 +177,6 @@ def utc_stamps(values: pd.Series) -> pd.DatetimeIndex:
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return pd.DatetimeIndex(values).tz_convert("UTC")
     return pd.DatetimeIndex(pd.to_datetime(values, utc=True))
-
-
-def _stored_timestamps(stamps: list) -> list:
-    """What SQLite stores for each datetime: the adapter Feast registers, value by value."""
-    import sqlite3
-    from datetime import datetime
-
-    adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol))
-    if adapt is None:
-        return stamps
-    return [None if stamp is None else adapt(stamp) for stamp in stamps]
 
 
 class RedisWriter(OnlineWriter):
