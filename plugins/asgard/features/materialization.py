@@ -222,7 +222,9 @@ class _SourceReader:
         import pandas as pd
 
         frame = pd.concat(frames, ignore_index=True) if isinstance(frames, list) else frames
-        frame = frame.sort_values(self.order, kind="stable").drop_duplicates(self.join_keys, keep="last")
+        # Rows of distinct entities (a chunk of one snapshot) are their own newest: nothing to sort.
+        if frame.duplicated(self.join_keys).any():
+            frame = frame.sort_values(self.order, kind="stable").drop_duplicates(self.join_keys, keep="last")
         return frame.reset_index(drop=True)
 
 
