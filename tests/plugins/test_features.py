@@ -365,6 +365,23 @@ def test_the_sqlite_writer_stores_created_times_as_feast_does(home):
     assert all(row[-1] is not None for row in table(ours))  # created_ts written, not NULL
 
 
+def test_a_new_sqlite_online_store_gets_large_pages_and_an_existing_one_keeps_its_own(home):
+    import sqlite3
+
+    def page_size(path) -> int:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            return connection.execute("PRAGMA page_size").fetchone()[0]
+
+    new, existing = home / f"online-{uuid.uuid4().hex}.db", home / f"online-{uuid.uuid4().hex}.db"
+    with contextlib.closing(sqlite3.connect(existing)) as connection:
+        connection.execute("CREATE TABLE kept (x)")
+    for path in (new, existing):
+        store = feature_store.open_store(online_store={"type": "sqlite", "path": str(path)})
+        materialization.ensure_online_table(store, store.get_feature_view("customer_features"))
+    assert page_size(new) == feature_store.SQLITE_PAGE_SIZE == 16_384
+    assert page_size(existing) == 4096  # SQLite's default, as the file was made
+
+
 def test_a_failed_sqlite_batch_keeps_the_batches_before_it_and_leaves_no_staging_behind(home):
     """Each batch is its own transaction: a batch that cannot be encoded stops the write, the batches
     spread before it stay whole, and the staging databases are detached and removed."""

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from asgard.features import gold
 from asgard.features.online_writer import online_writer
-from asgard.features.store import FeatureRequestError, feature_view_asset_uri, open_store, to_utc
+from asgard.features.store import (
+    FeatureRequestError,
+    create_sqlite_online_store,
+    feature_view_asset_uri,
+    open_store,
+    to_utc,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,6 +168,7 @@ def ensure_online_table(store: FeatureStore, view: FeatureView) -> None:
 
     It may be missing in a new online store, or for a view registered from another machine.
     """
+    create_sqlite_online_store(store.config)
     store._get_provider().update_infra(
         project=store.project,
         tables_to_delete=[],

@@ -131,6 +131,31 @@ def open_store(settings: Settings | None = None, *, online_store: dict[str, Any]
     return FeatureStore(config=load_repo_config(settings, online_store=online_store))
 
 
+# The page size of a new SQLite online store. Feast's rows are small and a materialization writes
+# them in key order: 16 KiB pages (SQLite's default is 4) hold four times as many, and the same
+# writes take about a quarter less time (bench/materialize_bench.py).
+SQLITE_PAGE_SIZE = 16_384
+
+
+def create_sqlite_online_store(config: RepoConfig) -> None:
+    """Create the SQLite online store's file, with :data:`SQLITE_PAGE_SIZE` pages, if it does not
+    exist yet (Feast would create it with SQLite's default); an existing one is left as it is."""
+    import contextlib
+    import sqlite3
+
+    if getattr(config.online_store, "type", "") != "sqlite":
+        return
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    path = Path(SqliteOnlineStore._get_db_path(config))
+    if path.exists() and path.stat().st_size > 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+        connection.execute("VACUUM")  # writes the header: the page size is the file's from now on
+
+
 def apply_repo(settings: Settings | None = None) -> str:
     """``feast apply`` of ``include/feature_repo`` for the active profile; returns Feast's report.
 
@@ -148,7 +173,8 @@ def apply_repo(settings: Settings | None = None) -> str:
         "ASGARD_PROFILE": settings.profile,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.plugins_folder), os.environ.get("PYTHONPATH")])),
     }
-    load_repo_config(settings)  # fails early, naming the file, on a broken configuration
+    # Fails early, naming the file, on a broken configuration; Feast then creates the online tables.
+    create_sqlite_online_store(load_repo_config(settings))
     feast = os.path.join(os.path.dirname(sys.executable), "feast")
     with tempfile.TemporaryDirectory(prefix="asgard-feast-") as folder:
         # The profile's configuration as Feast is to read it (no secret in it: Feast expands them).
