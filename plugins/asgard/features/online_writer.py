@@ -193,6 +193,23 @@ class RedisWriter(OnlineWriter):
         self.project = store.config.project.encode()
         self.ttl = store.config.online_store.key_ttl_seconds
 
+    def write(self, frame: pd.DataFrame, *, batch_rows: int = 50_000) -> int:
+        """Write ``frame`` in batches, each built while the one before is sent and Redis works on it
+        (one in flight: memory holds two batches' commands at most)."""
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        if frame.empty:
+            return 0
+        with ThreadPoolExecutor(1, thread_name_prefix="redis-send") as sender:
+            sending: Future | None = None
+            for batch, keys in self.batches(frame, batch_rows):
+                pipelines = list(self.pipelines(batch, keys))
+                if sending is not None:
+                    sending.result()
+                sending = sender.submit(self.send, pipelines)
+            sending.result()
+        return len(frame)
+
     def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
         self.send(self.pipelines(frame, keys))
 
