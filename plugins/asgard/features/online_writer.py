@@ -17,6 +17,7 @@ by Feast itself (:class:`FeastWriter`), so the choice is never between fast and 
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
@@ -69,14 +70,38 @@ class OnlineWriter(abc.ABC):
     def write(self, frame: pd.DataFrame, *, batch_rows: int = 50_000) -> int:
         """Write ``frame``'s rows (one per entity) in batches of ``batch_rows``; the number written.
 
-        The keys of the whole frame are serialized first (tens of bytes an entity); values are
-        encoded a batch at a time, so memory holds one batch's encodings, not the frame's.
+        The keys of the whole frame are serialized first (tens of bytes an entity). Each batch is
+        prepared here (encoded: the Python work) while the one before is stored by a thread of its
+        own (socket I/O, SQLite's C: both without the GIL), so the store works while Python encodes.
+        One batch is in flight: memory holds two batches' encodings, not the frame's.
         """
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         if frame.empty:
             return 0
-        for batch, keys in self.batches(frame, batch_rows):
-            self.write_batch(batch, keys)
+        with self.session() as session, ThreadPoolExecutor(1, thread_name_prefix="online-writer") as storer:
+            storing: Future | None = None
+            for number, (batch, keys) in enumerate(self.batches(frame, batch_rows)):
+                prepared = self.prepare(session, number, batch, keys)
+                if storing is not None:
+                    storing.result()
+                storing = storer.submit(self.store_batch, session, prepared)
+            storing.result()
         return len(frame)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Any]:
+        """What one write holds for all its batches (none unless a writer needs it)."""
+        yield None
+
+    @abc.abstractmethod
+    def prepare(self, session: Any, number: int, frame: pd.DataFrame, keys: list[bytes]) -> Any:
+        """Batch ``number`` (``frame``'s rows and their serialized entity keys) made ready to store.
+        Batch ``number - 2`` has been stored by then; ``number - 1`` may be storing meanwhile."""
+
+    @abc.abstractmethod
+    def store_batch(self, session: Any, prepared: Any) -> None:
+        """Store one prepared batch (in the storing thread)."""
 
     def batches(self, frame: pd.DataFrame, batch_rows: int) -> Iterator[tuple[pd.DataFrame, list[bytes]]]:
         """``frame`` in batches of ``batch_rows`` rows, with their entity keys (in key order if
@@ -90,10 +115,6 @@ class OnlineWriter(abc.ABC):
         for start in range(0, len(frame), batch_rows):
             rows = order[start : start + batch_rows]
             yield frame.take(rows), [keys[row] for row in rows]
-
-    @abc.abstractmethod
-    def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
-        """Write one batch: ``frame``'s rows and their serialized entity keys."""
 
     # ------------------------------------------------------------------ Feast's format, by column
     def entity_keys(self, frame: pd.DataFrame) -> list[bytes]:
@@ -193,25 +214,11 @@ class RedisWriter(OnlineWriter):
         self.project = store.config.project.encode()
         self.ttl = store.config.online_store.key_ttl_seconds
 
-    def write(self, frame: pd.DataFrame, *, batch_rows: int = 50_000) -> int:
-        """Write ``frame`` in batches, each built while the one before is sent and Redis works on it
-        (one in flight: memory holds two batches' commands at most)."""
-        from concurrent.futures import Future, ThreadPoolExecutor
+    def prepare(self, session: Any, number: int, frame: pd.DataFrame, keys: list[bytes]) -> list[tuple[bytes, int]]:
+        return list(self.pipelines(frame, keys))
 
-        if frame.empty:
-            return 0
-        with ThreadPoolExecutor(1, thread_name_prefix="redis-send") as sender:
-            sending: Future | None = None
-            for batch, keys in self.batches(frame, batch_rows):
-                pipelines = list(self.pipelines(batch, keys))
-                if sending is not None:
-                    sending.result()
-                sending = sender.submit(self.send, pipelines)
-            sending.result()
-        return len(frame)
-
-    def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
-        self.send(self.pipelines(frame, keys))
+    def store_batch(self, session: Any, prepared: list[tuple[bytes, int]]) -> None:
+        self.send(prepared)
 
     def pipelines(self, frame: pd.DataFrame, keys: list[bytes]) -> Iterator[tuple[bytes, int]]:
         """The commands of ``frame``'s entities in RESP, the protocol itself, a pipeline's worth at a
@@ -305,9 +312,13 @@ class FeastWriter(OnlineWriter):
     """Feast's own ``write_to_online_store``, for what the writers above do not cover."""
 
     def write(self, frame: pd.DataFrame, *, batch_rows: int = 50_000) -> int:
+        """In slices of ``batch_rows``, one after the other, and without entity keys (Feast makes its own)."""
         for start in range(0, len(frame), batch_rows):
-            self.write_batch(frame.iloc[start : start + batch_rows], [])
+            self.store_batch(None, frame.iloc[start : start + batch_rows])
         return len(frame)
 
-    def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
-        self.store.write_to_online_store(self.view.name, frame)
+    def prepare(self, session: Any, number: int, frame: pd.DataFrame, keys: list[bytes]) -> pd.DataFrame:
+        return frame
+
+    def store_batch(self, session: Any, prepared: pd.DataFrame) -> None:
+        self.store.write_to_online_store(self.view.name, prepared)

@@ -6,7 +6,7 @@ sqlite3 binding layer, holding the GIL: more than SQLite takes to store it. So a
 row per entity (every feature's value and text side by side) into a staging database, and SQLite
 spreads it into Feast's rows itself — one ``INSERT ... SELECT`` with Feast's conflict clause, in C,
 without the GIL. Two staging databases take turns: while the spread of one batch runs (on Feast's
-connection, in a thread of its own), the next batch is encoded and staged into the other. The
+connection, in the writer's storing thread), the next batch is encoded and staged into the other. The
 store's time is the run's time.
 """
 
@@ -16,7 +16,6 @@ import contextlib
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,35 +66,11 @@ class SqliteWriter(OnlineWriter):
             for stage in STAGES
         }
 
-    def write(self, frame: pd.DataFrame, *, batch_rows: int = 50_000) -> int:
-        """Write ``frame`` a batch per transaction, staging each batch while the one before is spread
-        (one in flight: memory holds two batches' encodings at most)."""
-        if frame.empty:
-            return 0
-        connection = self.online_store._get_conn(self.store.config)
-        with self.staging(connection) as stages, ThreadPoolExecutor(1, thread_name_prefix="sqlite-spread") as spreader:
-            spreading: Future | None = None
-            for number, (batch, keys) in enumerate(self.batches(frame, batch_rows)):
-                # This stage was spread two batches ago: the spread before this one has waited on it.
-                stage, staging = stages[number % 2]
-                self.stage(staging, batch, keys)
-                if spreading is not None:
-                    spreading.result()
-                spreading = spreader.submit(self.spread, connection, stage)
-            spreading.result()
-        return len(frame)
-
-    def write_batch(self, frame: pd.DataFrame, keys: list[bytes]) -> None:
-        connection = self.online_store._get_conn(self.store.config)
-        with self.staging(connection) as stages:
-            stage, staging = stages[0]
-            self.stage(staging, frame, keys)
-            self.spread(connection, stage)
-
     @contextlib.contextmanager
-    def staging(self, connection: sqlite3.Connection) -> Iterator[list[tuple[str, sqlite3.Connection]]]:
-        """The two staging databases — scratch files, without a journal, removed afterwards — each
-        with its own connection, and both attached to Feast's connection for the spreads."""
+    def session(self) -> Iterator[tuple[sqlite3.Connection, list[tuple[str, sqlite3.Connection]]]]:
+        """Feast's connection, with the two staging databases — scratch files without a journal,
+        removed afterwards — each with its own connection and both attached to Feast's."""
+        connection = self.online_store._get_conn(self.store.config)
         with tempfile.TemporaryDirectory(prefix="asgard-sqlite-staging-") as scratch, contextlib.ExitStack() as stack:
             stages = []
             for stage in STAGES:
@@ -112,18 +87,26 @@ class SqliteWriter(OnlineWriter):
                 stages.append((stage, staging))
             # First out: a failed spread's transaction, if one is open (DETACH refuses inside one).
             stack.callback(connection.rollback)
-            yield stages
+            yield connection, stages
+
+    def prepare(self, session: tuple, number: int, frame: pd.DataFrame, keys: list[bytes]) -> str:
+        """Stage the batch into the staging database the spread of batch ``number - 2`` has freed."""
+        _, stages = session
+        stage, staging = stages[number % 2]
+        self.stage(staging, frame, keys)
+        return stage
+
+    def store_batch(self, session: tuple, prepared: str) -> None:
+        """Spread a staged batch into Feast's table, a row per entity and feature, in one transaction."""
+        connection, _ = session
+        with connection:
+            connection.execute(self.spreads[prepared])
 
     def stage(self, staging: sqlite3.Connection, frame: pd.DataFrame, keys: list[bytes]) -> None:
         """``frame``'s entities, a row each, in place of the batch staged before."""
         with staging:
             staging.execute("DELETE FROM entities")
             staging.executemany(self.insert_staged, self.staged_rows(frame, keys))
-
-    def spread(self, connection: sqlite3.Connection, stage: str) -> None:
-        """One staged batch into Feast's table, a row per entity and feature, in one transaction."""
-        with connection:
-            connection.execute(self.spreads[stage])
 
     def staged_rows(self, frame: pd.DataFrame, keys: list[bytes]) -> Iterator[tuple]:
         """A staging row per entity: its key, timestamps, then each feature's value and each one's text.
