@@ -13,6 +13,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from asgard.serving import onnx_export
 from asgard.serving.bundle import write_bundle
 from asgard.training import trainers
 from asgard_serving.app import create_app
@@ -340,6 +341,9 @@ def test_the_seed_example_verbatim_against_a_model_with_a_column_the_seed_does_n
         labels={},
     )
     assert info["flavor"] == flavor, info["flavor_reason"]
+    if flavor == "onnx":  # the numeric columns arrive as one matrix, the string column on its own
+        inputs, operators = _graph(folder)
+        assert inputs == [onnx_export.NUMERIC_INPUT, "segment"] and "Split" not in operators, operators
     with TestClient(create_app(str(folder))) as test_client:
         answer = test_client.post("/predict", json=SEED_PAYLOAD)
         assert answer.status_code == 200, answer.text
@@ -365,11 +369,46 @@ def test_a_bare_estimator_as_scripts_log_it_is_served_as_onnx(tmp_path):
     model = RandomForestClassifier(n_estimators=30, max_depth=6, random_state=1).fit(features[:2400], target[:2400])
     folder, info = _bundle(tmp_path, (model, features[2400:]))
     assert info["flavor"] == "onnx", info["flavor_reason"]
+    # The passthrough's gathering of the columns is the one numeric input itself: no Split, no Concat.
+    inputs, operators = _graph(folder)
+    assert inputs == [onnx_export.NUMERIC_INPUT] and not {"Split", "Concat"} & set(operators), operators
     with TestClient(create_app(str(folder))) as test_client:
         body = test_client.post("/predict", json=SEED_PAYLOAD).json()
     frame = pd.DataFrame(SEED_PAYLOAD["inputs"]).astype("float64")
     assert body["predictions"] == model.predict(frame).tolist()
     assert np.abs(np.array(body["probabilities"]) - model.predict_proba(frame)).max() < 1e-6
+
+
+def test_columns_a_pipeline_treats_apart_still_arrive_as_one_matrix_split_inside_the_graph(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    features, target = training_frame(customers=3000)
+    features = features[SEED_FEATURES].fillna(0.0)
+    scaled, rest = SEED_FEATURES[:2], SEED_FEATURES[2:]
+    columns = ColumnTransformer([("scaled", StandardScaler(), scaled), ("rest", "passthrough", rest)])
+    model = Pipeline([("columns", columns), ("tree", DecisionTreeClassifier(max_depth=5, random_state=0))])
+    folder, info = _bundle(tmp_path, (model.fit(features[:2400], target[:2400]), features[2400:]))
+    assert info["flavor"] == "onnx", info["flavor_reason"]
+    inputs, operators = _graph(folder)
+    assert inputs == [onnx_export.NUMERIC_INPUT] and operators[0] == "Split", operators
+    with TestClient(create_app(str(folder))) as test_client:
+        body = test_client.post("/predict", json={**SEED_PAYLOAD, "return_probabilities": True}).json()
+    frame = pd.DataFrame(SEED_PAYLOAD["inputs"]).astype("float64")
+    assert body["predictions"] == model.predict(frame).tolist()
+    assert np.abs(np.array(body["probabilities"]) - model.predict_proba(frame)).max() < 1e-6
+
+
+def _graph(folder) -> tuple[list[str], list[str]]:
+    """A bundle's ONNX graph: its input names and its operators, in order."""
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    return [graph_input.name for graph_input in graph.input], [node.op_type for node in graph.node]
 
 
 def test_metrics_count_the_prediction_paths_answers_by_class_and_latency(client):
