@@ -403,6 +403,54 @@ def test_columns_a_pipeline_treats_apart_still_arrive_as_one_matrix_split_inside
     assert np.abs(np.array(body["probabilities"]) - model.predict_proba(frame)).max() < 1e-6
 
 
+@pytest.mark.parametrize("model_type", ["classification", "regression"])
+def test_one_row_requests_answer_what_the_same_rows_answer_in_one_batch_also_when_concurrent(tmp_path, model_type):
+    """A 1-row request is predicted through ONNX Runtime's buffers bound once (``OneRow``); one that
+    finds them in use, on a worker thread, through ``session.run``. Every row's answer is the batch's,
+    which is the native model's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from asgard_serving.model import Bundle, Predictor
+
+    features, target = training_frame(customers=3000)
+    features = features[SEED_FEATURES]
+    if model_type == "regression":
+        target = features["customer_lifetime_value"].fillna(0.0) * 0.01 + target
+    spec = trainers.ModelSpec.from_request(
+        {"framework": "sklearn", "model_type": model_type, "hyperparameters": {"params": {"n_estimators": 20}}}
+    )
+    model = spec.fit(features[:2400], target[:2400])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    identity = {"model_name": "churn", "version": "5", "run_id": "r5", "source": "models:/m-5"}
+    info = write_bundle(folder, model, COLUMNS, model_type, features[2400:], identity=identity, labels={})
+    assert info["flavor"] == "onnx", info["flavor_reason"]
+    rows = features[2400:2480]
+    records = rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
+    with TestClient(create_app(str(folder))) as test_client:
+        assert test_client.app.predictions.state.predictor.one_row is not None
+        batch = test_client.post("/predict", json={"inputs": records, "return_probabilities": True}).json()
+        single = [
+            test_client.post("/predict", json={"inputs": [record], "return_probabilities": True}).json()
+            for record in records
+        ]
+    assert [answer["predictions"][0] for answer in single] == batch["predictions"]
+    native = model.predict(rows).tolist()
+    if model_type == "classification":
+        assert batch["predictions"] == native
+        assert [answer["probabilities"][0] for answer in single] == batch["probabilities"]
+    else:
+        assert np.abs(np.array(batch["predictions"]) - native).max() < 1e-5 * np.abs(native).max()
+
+    predictor = Predictor(Bundle.read(folder))
+    columns = [{name: [record[name]] for name in SEED_FEATURES} for record in records]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda one: predictor.predict(one, 1, probabilities=False), columns * 5))
+    assert [answer["predictions"][0] for answer in concurrent] == batch["predictions"] * 5
+
+
 def _graph(folder) -> tuple[list[str], list[str]]:
     """A bundle's ONNX graph: its input names and its operators, in order."""
     import onnx
