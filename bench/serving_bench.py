@@ -11,7 +11,9 @@ its prediction log on, side by side with:
   better of two each: 1-row requests >= 0.8x its requests/s and p99 <= 1.5x its p99;
 - the model alone: ONNX Runtime on the same 100 rows in this process, with the image's session
   options (100-row requests >= 0.8x the requests/s it allows); also printed against the bare
-  endpoint's 100-row cost plus the model's, the limit of stack and model together;
+  endpoint's 100-row cost plus the model's, the limit of stack and model together, and beside the
+  seconds the model took inside the server under the same load (its ``/metrics``): its share of the
+  worker's time, the rest being the work around it;
 - itself with two workers (target >= 1.7x one worker), beside the bare endpoint's own scaling, which
   says what the machine allows when the load generator shares its cores.
 
@@ -228,13 +230,27 @@ def container(
         client.remove_container(created, force=True)
 
 
+def model_time(url: str) -> tuple[float, float]:
+    """The image's ``asgard_prediction_model_seconds`` so far: (seconds, predictions)."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    value = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("asgard_")}
+    return value["asgard_prediction_model_seconds_sum"], value["asgard_prediction_model_seconds_count"]
+
+
 def side_by_side(bare: str, ours: str, body: str, args: argparse.Namespace) -> tuple[dict, dict]:
     """The bare endpoint and the image, alternating (bare, image, bare, image), each run half the
-    duration, the better run of each: a slow spell of a noisy machine then lands on both, not on one."""
+    duration, the better run of each: a slow spell of a noisy machine then lands on both, not on one.
+    The image's runs also say the seconds its model took per request, inside the server (``model_s``)."""
     runs: dict[str, list[dict]] = {"bare": [], "ours": []}
     for _ in range(2):
         for name, url in (("bare", bare), ("ours", ours)):
+            before = model_time(url) if name == "ours" else None
             runs[name].append(wrk(f"{url}/invocations", body, max(1, args.duration // 2), args.connections))
+            if before is not None:
+                seconds, predictions = (now - then for now, then in zip(model_time(url), before, strict=True))
+                runs[name][-1]["model_s"] = seconds / max(predictions, 1)
     best = {name: max(results, key=lambda result: result["rps"]) for name, results in runs.items()}
     return best["bare"], best["ours"]
 
@@ -352,7 +368,9 @@ def main() -> int:
                         f"      vs the bare endpoint (same image, no model): {yardstick['rps']:.0f} req/s "
                         f"p99 {yardstick['p99_ms']:.2f} ms | bare ratio req/s {measured['rps'] / yardstick['rps']:.2f} "
                         f"(target >= 0.8 at 1 row), p99 {measured['p99_ms'] / yardstick['p99_ms']:.2f} "
-                        f"(target <= 1.5 at 1 row)",
+                        f"(target <= 1.5 at 1 row) | the model inside the server "
+                        f"{measured['model_s'] * 1e3:.3f} ms per request, "
+                        f"{measured['rps'] * measured['model_s'] / args.workers:.2f} of the worker's time",
                         flush=True,
                     )
             if context.info["flavor"] == "onnx":
@@ -364,6 +382,15 @@ def main() -> int:
                     f"  100 rows, the model alone (ONNX Runtime, same rows, this process): {seconds * 1e3:.3f} ms "
                     f"= {1 / seconds:.0f} req/s | model ratio {measured['rps'] * seconds:.2f} (target >= 0.8) | "
                     f"bare endpoint + model {with_stack:.0f} req/s, ratio {measured['rps'] / with_stack:.2f}",
+                    flush=True,
+                )
+                # The same model inside the server under load (its /metrics): what share of the worker's
+                # time the model had, the rest being the work around it.
+                inside = measured["model_s"]
+                print(
+                    f"      the model inside the server, under this load: {inside * 1e3:.3f} ms per request "
+                    f"({inside / seconds:.2f}x the model alone) | its share of the worker's time "
+                    f"{measured['rps'] * inside / args.workers:.2f}",
                     flush=True,
                 )
             with (

@@ -471,6 +471,10 @@ def test_metrics_count_the_prediction_paths_answers_by_class_and_latency(client)
     assert 'asgard_prediction_requests_total{code="4xx"} 1' in text
     assert 'asgard_prediction_requests_total{code="5xx"} 0' in text
     assert 'asgard_prediction_seconds_bucket{le="+Inf"} 4' in text and "asgard_prediction_seconds_count 4" in text
+    # The model's own seconds, of the three requests it predicted: a share of the requests' seconds.
+    assert "asgard_prediction_model_seconds_count 3" in text
+    model_seconds = float(text.split("asgard_prediction_model_seconds_sum ")[1].split()[0])
+    assert 0 < model_seconds < float(text.split("asgard_prediction_seconds_sum ")[1].split()[0])
 
     from asgard.deploy.strategies import parse_metrics, side_summary
 

@@ -44,7 +44,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from asgard_serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from asgard_serving.metrics import RequestMetrics
+from asgard_serving.metrics import ModelTime, RequestMetrics
 from asgard_serving.mirror import Mirror
 from asgard_serving.model import Bundle, InputError, Predictor, columns_of
 from asgard_serving.online import OnlineFeatures, StoreUnavailable
@@ -185,14 +185,14 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
             },
         )
 
-    metrics = RequestMetrics()
+    metrics, model_time = RequestMetrics(), ModelTime()
 
     @api.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
-        lines = metrics.lines() + (state.mirror.lines() if state.mirror is not None else [])
+        lines = metrics.lines() + model_time.lines() + (state.mirror.lines() if state.mirror is not None else [])
         return Response(("\n".join(lines) + "\n").encode(), media_type=METRICS_CONTENT_TYPE)
 
-    return PredictionPaths(Predictions(state, limits), api, metrics)
+    return PredictionPaths(Predictions(state, limits, model_time), api, metrics)
 
 
 def _online_features(bundle: Bundle, limits: Limits) -> tuple[OnlineFeatures | None, tuple[int, str] | None]:
@@ -233,9 +233,10 @@ class Ask(NamedTuple):
 class Predictions:
     """The two prediction paths: a parsed body in, an :class:`Ask` (or a refusal) out; an Ask answered."""
 
-    def __init__(self, state: State, limits: Limits) -> None:
+    def __init__(self, state: State, limits: Limits, model_time: ModelTime) -> None:
         self.state = state
         self.limits = limits
+        self.model_time = model_time
         # Request ids: this worker's random prefix and a counter, as unique as a uuid4 per request
         # without a system call for each.
         self._worker = uuid.uuid4().hex[:16]
@@ -366,7 +367,9 @@ class Predictions:
         """The prediction of a checked ask, logged: the answer's status and body (not yet serialized)."""
         predictor = self.state.predictor
         try:
+            started = perf_counter()
             result = predictor.predict(ask.columns, ask.rows, probabilities=ask.probabilities)
+            self.model_time.observe(perf_counter() - started)
         except InputError as error:  # a value the model's own input types cannot hold
             return 422, {"detail": str(error)}
         except Exception as error:  # the model itself failed: the caller's request was valid

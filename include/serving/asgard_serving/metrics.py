@@ -9,6 +9,7 @@ three additions per request.
 from __future__ import annotations
 
 import bisect
+import threading
 
 # Upper bounds in seconds, 1.25x apart from 0.5 ms to ~30 s: a p99 read from them is within 12% of the
 # true one, fine enough to compare two versions' latencies.
@@ -48,3 +49,28 @@ class RequestMetrics:
             lines.append(f'{prefix}_seconds_bucket{{le="{bound}"}} {cumulative}')
         lines += [f"{prefix}_seconds_sum {self.seconds}", f"{prefix}_seconds_count {cumulative}"]
         return lines
+
+
+class ModelTime:
+    """Seconds the model took (the request's columns in, its answer out), as ``<prefix>_seconds``, a
+    summary: beside the requests' own seconds it says what share of serving is the model, and what is
+    the work around it. Large requests are predicted on worker threads, hence the lock."""
+
+    def __init__(self, prefix: str = "asgard_prediction_model") -> None:
+        self.prefix = prefix
+        self.seconds, self.count = 0.0, 0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+            self.count += 1
+
+    def lines(self) -> list[str]:
+        prefix = self.prefix
+        return [
+            f"# HELP {prefix}_seconds Seconds in the model: the columns of a prediction request in, its answer out.",
+            f"# TYPE {prefix}_seconds summary",
+            f"{prefix}_seconds_sum {self.seconds}",
+            f"{prefix}_seconds_count {self.count}",
+        ]

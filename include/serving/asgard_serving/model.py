@@ -98,7 +98,10 @@ class Signature:
         for column in columns:
             if column.type in ALLOWED_TYPES:
                 groups.setdefault(ALLOWED_TYPES[column.type], []).append(column)
-        self.groups = list(groups.items())
+        # Per group: its allowed types, its columns, and whether any of them takes integers only.
+        self.groups = [
+            (allowed, group, any(column.type in INTEGER_TYPES for column in group)) for allowed, group in groups.items()
+        ]
 
     def check(self, columns: dict[str, list]) -> int:
         """Names, lengths and value types of a request's columns; its row count."""
@@ -116,11 +119,12 @@ class Signature:
         rows = lengths.pop() if lengths else 0
         if rows == 0:
             raise InputError("no rows to predict")
-        for allowed, group in self.groups:
-            sent = [column for column in group if column.name in columns]
+        every_column = len(columns) == len(self.known)  # the names are known: all sent, none left out
+        for allowed, group, integers in self.groups:
+            sent = group if every_column else [column for column in group if column.name in columns]
             kinds = set(map(type, chain.from_iterable([columns[column.name] for column in sent])))
-            if not kinds <= allowed or (float in kinds and any(column.type in INTEGER_TYPES for column in sent)):
-                for column in sent:  # name the column, row and value
+            if not kinds <= allowed or (integers and float in kinds):
+                for column in sent:  # name the column, row and value (the float may be in another column)
                     _check_values(column, columns[column.name], allowed)
         return rows
 
