@@ -451,6 +451,93 @@ def test_one_row_requests_answer_what_the_same_rows_answer_in_one_batch_also_whe
     assert [answer["predictions"][0] for answer in concurrent] == batch["predictions"] * 5
 
 
+def _answered_together(app, requests: list[tuple[str, dict]]) -> tuple[list[tuple[int, dict]], list[int]]:
+    """Start ``app`` (its lifespan), then hand it ``requests`` (path, JSON body) at once, each in its own
+    task, as uvicorn does with the requests it reads in one turn of the loop: their answers (status,
+    body), and the row counts of the model's calls."""
+    import asyncio
+
+    async def run() -> tuple[list[tuple[int, dict]], list[int]]:
+        started, lifespan = asyncio.Event(), asyncio.Queue()
+        await lifespan.put({"type": "lifespan.startup"})
+
+        async def lifespan_send(message: dict) -> None:
+            started.set()
+
+        serving = asyncio.ensure_future(app({"type": "lifespan"}, lifespan.get, lifespan_send))
+        await started.wait()
+        predictor = app.predictions.state.predictor
+        calls, predict = [], predictor.predict
+
+        def counted(columns: dict, rows: int, **options) -> dict:
+            calls.append(rows)
+            return predict(columns, rows, **options)
+
+        predictor.predict = counted
+
+        async def one(path: str, body: dict) -> tuple[int, dict]:
+            raw = json.dumps(body).encode()
+            scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", b"%d" % len(raw))]}
+            sent: list[dict] = []
+
+            async def receive() -> dict:
+                return {"type": "http.request", "body": raw, "more_body": False}
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)
+            return sent[0]["status"], json.loads(sent[1]["body"])
+
+        answers = await asyncio.gather(*(one(path, body) for path, body in requests))
+        await lifespan.put({"type": "lifespan.shutdown"})
+        await serving
+        return answers, calls
+
+    return asyncio.run(run())
+
+
+def test_requests_read_in_the_same_turn_are_predicted_in_one_call_and_answered_each_as_if_alone(tmp_path, fitted):
+    from asgard_serving.app import Limits
+
+    folder, _ = _bundle(tmp_path, fitted)
+    _, holdout = fitted
+    rows = holdout.head(30).astype(float).fillna(0.0)
+    requests = [
+        ("/predict", {"inputs": {c: rows[c].tolist()[i : i + 2] for c in SEED_FEATURES}, "return_probabilities": True})
+        for i in range(0, 8, 2)
+    ]
+    requests += [("/predict", {"inputs": [rows.iloc[i].to_dict()]}) for i in range(8, 12)]
+    split = {"columns": SEED_FEATURES, "data": rows.iloc[12:15].values.tolist()}
+    requests += [("/invocations", {"dataframe_split": split})]
+    with TestClient(create_app(str(folder))) as client:
+        alone = [client.post(path, json=body).json() for path, body in requests]
+        metrics_before = client.get("/metrics").text
+
+    answers, calls = _answered_together(create_app(str(folder)), requests)
+    assert calls == [15]  # 9 requests, 15 rows: one call
+    assert [status for status, _ in answers] == [200] * 9
+    for (_, together), by_itself, (path, _) in zip(answers, alone, requests, strict=True):
+        if path == "/predict":  # ids are each request's own
+            assert len(together.pop("prediction_ids")) == len(by_itself.pop("prediction_ids"))
+        assert together == by_itself
+    assert "asgard_prediction_model_seconds_count 9" in metrics_before  # one per request, alone
+
+    # A value the model cannot hold fails the call: each request is then predicted alone, and only
+    # that one is refused.
+    bad = {"inputs": {**{c: [1.0] for c in SEED_FEATURES}, "total_purchases": [1e39]}}
+    answers, calls = _answered_together(create_app(str(folder)), [*requests[:3], ("/predict", bad), *requests[3:]])
+    assert calls == [15 + 1, 2, 2, 2, 1, 2, 1, 1, 1, 1, 3]
+    assert [status for status, _ in answers] == [200] * 3 + [422] + [200] * 6
+    assert "total_purchases" in answers[3][1]["detail"] and "float32" in answers[3][1]["detail"]
+    assert [body["predictions"] for _, body in answers[:3] + answers[4:]] == [a["predictions"] for a in alone]
+
+    # At most inline_rows rows per call.
+    answers, calls = _answered_together(create_app(str(folder), Limits(inline_rows=5)), requests)
+    assert calls == [2 + 2, 2 + 2 + 1, 1 + 1 + 1, 3]
+    assert [body["predictions"] for _, body in answers] == [answer["predictions"] for answer in alone]
+
+
 def _graph(folder) -> tuple[list[str], list[str]]:
     """A bundle's ONNX graph: its input names and its operators, in order."""
     import onnx

@@ -4,7 +4,8 @@ The two prediction paths are answered on bare ASGI, in front of FastAPI: a 1-row
 about as much as the model itself, and FastAPI's request, routing and response objects would
 cost more than both (``bench/serving_bench.py`` runs a bare FastAPI endpoint beside the image to
 hold this). Bodies are parsed and answered as raw JSON bytes: the signature check is the
-validation. FastAPI serves everything else: health, metadata and the OpenAPI document, which
+validation. Requests read in the same turn of the event loop are predicted in one call of the model
+(``batching``). FastAPI serves everything else: health, metadata and the OpenAPI document, which
 describes the prediction paths from the served model's signature (``openapi``).
 
 Environment:
@@ -43,6 +44,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from asgard_serving.batching import TurnBatch
 from asgard_serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asgard_serving.metrics import ModelTime, RequestMetrics
 from asgard_serving.mirror import Mirror
@@ -363,6 +365,33 @@ class Predictions:
         status, result = self._predicted(ask)
         return status, _dumps(result)
 
+    def answer_together(self, asks: list[Ask]) -> list[Reply]:
+        """Asks read together (``batching``), predicted in one call of an ONNX model (its graph works row
+        by row: a row's answer is the same in any batch) and answered each as if alone. When that call
+        fails, each ask is predicted alone, so that only the one at fault gets the refusal."""
+        predictor = self.state.predictor
+        if len(asks) == 1 or predictor.flavor != "onnx":  # a native model may not work row by row
+            return [self.answer(ask) for ask in asks]
+        chain = itertools.chain.from_iterable
+        names = dict.fromkeys(chain(ask.columns for ask in asks))  # an optional column some asks leave out
+        columns = {name: list(chain(ask.columns.get(name) or [None] * ask.rows for ask in asks)) for name in names}
+        rows = sum(ask.rows for ask in asks)
+        try:
+            started = perf_counter()
+            result = predictor.predict(columns, rows, probabilities=any(ask.probabilities for ask in asks))
+            self.model_time.observe(perf_counter() - started, len(asks))
+        except Exception:
+            return [self.answer(ask) for ask in asks]
+        replies, end = [], 0
+        for ask in asks:
+            start, end = end, end + ask.rows
+            part = {"predictions": result["predictions"][start:end]}
+            if ask.probabilities and "probabilities" in result:
+                part.update(probabilities=result["probabilities"][start:end], classes=result["classes"])
+            status, body = self._answered(ask, part)
+            replies.append((status, _dumps(body)))
+        return replies
+
     def _predicted(self, ask: Ask) -> tuple[int, dict[str, Any]]:
         """The prediction of a checked ask, logged: the answer's status and body (not yet serialized)."""
         predictor = self.state.predictor
@@ -375,6 +404,10 @@ class Predictions:
         except Exception as error:  # the model itself failed: the caller's request was valid
             log.exception("the model failed on a request of %d row(s)", ask.rows)
             return 500, {"detail": f"the model failed on this request: {type(error).__name__}: {str(error)[:300]}"}
+        return self._answered(ask, result)
+
+    def _answered(self, ask: Ask, result: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A predicted ask's answer, logged."""
         # One id per request, one suffix per row (``<request_id>-<row>``): unique, and cheap for large
         # requests; the MLflow shape answers no ids, so it never spells them out.
         request_id = f"{self._worker}{next(self._requests):016x}"
@@ -382,7 +415,7 @@ class Predictions:
             self.state.prediction_log.record(request_id, ask.columns, result)
         if ask.mlflow_shape:
             return 200, {"predictions": result["predictions"]}
-        info = predictor.bundle.info
+        info = self.state.predictor.bundle.info
         ids = [f"{request_id}-{row}" for row in range(ask.rows)]
         result.update(prediction_ids=ids, model_name=info["model_name"], model_version=info["version"])
         return 200, result
@@ -397,6 +430,7 @@ class PredictionPaths:
     def __init__(self, predictions: Predictions, api: FastAPI, metrics: RequestMetrics) -> None:
         self.paths = {"/predict": predictions.predict, "/invocations": predictions.invocations}
         self.predictions = predictions
+        self.batch = TurnBatch(predictions.answer_together, max_rows=predictions.limits.inline_rows)
         self.api = api
         self.limits = predictions.limits
         self.metrics = metrics
@@ -426,7 +460,7 @@ class PredictionPaths:
                 elif type(ask) is not Ask:  # a refusal: (status, body)
                     status, answer = ask
                 elif ask.rows <= self.limits.inline_rows:  # cheaper than a thread hop, and well under a millisecond
-                    status, answer = self.predictions.answer(ask)
+                    status, answer = await self.batch.answer(ask)  # with the asks read in the same turn
                 else:  # off the event loop, so /health keeps answering while a large batch is predicted
                     status, answer = await anyio.to_thread.run_sync(self.predictions.answer, ask)
         headers = [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())]

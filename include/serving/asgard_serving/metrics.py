@@ -52,19 +52,21 @@ class RequestMetrics:
 
 
 class ModelTime:
-    """Seconds the model took (the request's columns in, its answer out), as ``<prefix>_seconds``, a
-    summary: beside the requests' own seconds it says what share of serving is the model, and what is
-    the work around it. Large requests are predicted on worker threads, hence the lock."""
+    """Seconds the model took (the requests' columns in, their answers out), as ``<prefix>_seconds``, a
+    summary counting requests: beside the requests' own seconds it says what share of serving is the
+    model, and what is the work around it. Large requests are predicted on worker threads, hence the
+    lock."""
 
     def __init__(self, prefix: str = "asgard_prediction_model") -> None:
         self.prefix = prefix
         self.seconds, self.count = 0.0, 0
         self._lock = threading.Lock()
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, seconds: float, requests: int = 1) -> None:
+        """One call of the model, for ``requests`` requests (``asgard_serving.batching``)."""
         with self._lock:
             self.seconds += seconds
-            self.count += 1
+            self.count += requests
 
     def lines(self) -> list[str]:
         prefix = self.prefix
