@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from asgard.local.examples import BATCH_REQUEST, FRAMEWORK_PARAMS, framework_request
 from conftest import free_port
@@ -45,7 +46,10 @@ def production_env(tmp_path, machine_to_itself):
         home=tmp_path / "home",
         profile="production",
         database_prefix=f"asgard_t{uuid.uuid4().hex[:8]}",
-        broker_redis_db=13,
+        # Databases of the machine's Redis no other test uses: this test runs beside the rest of the
+        # suite (./asgard test), whose tests empty theirs.
+        broker_redis_db=10,
+        online_redis_db=9,
         airflow_port=free_port(),
         mlflow_port=free_port(),
         registry_port=free_port(),
@@ -56,6 +60,8 @@ def production_env(tmp_path, machine_to_itself):
     # What the user's shell holds: these settings, none of the suite's own Airflow configuration.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASGARD"))} | settings.as_env()
     services = ProductionServices(settings, base_env=env)
+    for database in (settings.broker_redis_db, settings.online_redis_db):  # nothing left by an earlier run
+        redis.Redis.from_url(f"{settings.redis_url}/{database}").flushdb()
     try:
         yield env, services
     finally:
@@ -67,7 +73,6 @@ def production_env(tmp_path, machine_to_itself):
 def test_the_main_job_runs_on_the_production_profile(production_env):
     import boto3
     import psycopg
-    import redis
 
     from asgard.hooks.airflow_api import AirflowApi
 
@@ -113,7 +118,7 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
     for prefix in ("mlflow/", "runs/train_model/", "gold/", "airflow-logs/"):
         assert s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] > 0, prefix
     # The broker is the profile's own Redis db; the reader role may read, not write.
-    assert redis.Redis.from_url(f"{services.settings.redis_url}/13").ping()
+    assert redis.Redis.from_url(f"{services.settings.redis_url}/{services.settings.broker_redis_db}").ping()
     reader = services.store_access()
     server = f"{reader.postgres_host}:{reader.postgres_port}"
     url = f"postgresql://{reader.user}:{reader.password}@{server}/{reader.gold_database}"
