@@ -384,6 +384,13 @@ def main() -> int:
                     f"bare endpoint + model {with_stack:.0f} req/s, ratio {measured['rps'] / with_stack:.2f}",
                     flush=True,
                 )
+                # A server on this stack that added nothing to the bare endpoint but the model would reach
+                # this model ratio: the bound the stack's own cost per request sets, whatever the server does.
+                print(
+                    f"      the model ratio of the bare endpoint + model: {with_stack * seconds:.2f} (the most one "
+                    f"worker on this stack reaches: its parsing and the model run one after the other)",
+                    flush=True,
+                )
                 # The same model inside the server under load (its /metrics): what share of the worker's
                 # time the model had, the rest being the work around it.
                 inside = measured["model_s"]
