@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (./asgard test with no arguments), in two pytest processes at once: the
 # end-to-end tests (tests/e2e: whole stacks started by ./asgard run, mostly waiting on Airflow's
-# scheduling and process starts) beside all the others. A serial run kept two cores about a third
-# busy. The two streams share nothing a test writes: each test has its own ASGARD_HOME, ports,
+# scheduling and process starts) beside all the others: each stream then fills time the other
+# spends waiting. The two streams share nothing a test writes: each test has its own ASGARD_HOME, ports,
 # Docker engine, Postgres databases (a prefix of its own) and Redis databases (by number; see
 # tests/plugins/test_kubernetes_target.py), and the machine-level build caches take a lock per key
 # (asgard.core.build_cache).
