@@ -48,7 +48,7 @@ def production_env(tmp_path, machine_to_itself):
         database_prefix=f"asgard_t{uuid.uuid4().hex[:8]}",
         # Databases of the machine's Redis no other test uses: this test runs beside the rest of the
         # suite (./asgard test), whose tests empty theirs.
-        broker_redis_db=10,
+        broker_redis_db=8,
         online_redis_db=9,
         airflow_port=free_port(),
         mlflow_port=free_port(),

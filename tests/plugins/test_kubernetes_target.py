@@ -49,7 +49,8 @@ CONFIG_MAPS = kmock.resource("", "v1", "configmaps")
 POD_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/:]+):8080/proxy(/.*)$")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 PODS = kmock.resource("", "v1", "pods")
-# A database of the machine's Redis: other tests use 11 and 12, the production e2e 9 and 10, the benchmarks 14 and 15.
+# A database of the machine's Redis: other tests use 11 and 12, the production e2e 8 and 9, the benchmarks
+# 10, 14 and 15.
 ONLINE_REDIS_DB = 13
 
 
