@@ -46,8 +46,7 @@ def production_env(tmp_path, machine_to_itself):
         home=tmp_path / "home",
         profile="production",
         database_prefix=f"asgard_t{uuid.uuid4().hex[:8]}",
-        # Databases of the machine's Redis no other test uses: this test runs beside the rest of the
-        # suite (./asgard test), whose tests empty theirs.
+        # Databases of the machine's Redis that no other test or benchmark uses (they empty theirs).
         broker_redis_db=8,
         online_redis_db=9,
         airflow_port=free_port(),
