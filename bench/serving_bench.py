@@ -415,6 +415,15 @@ def main() -> int:
                         f"with wrk allow)",
                         flush=True,
                     )
+                    # The bare endpoint's workers do the least a server can per request: when the image's
+                    # one worker is already faster than it, their rate is about the most the machine and
+                    # wrk (on the same cores) let any two workers reach, so this ratio bounds the one above.
+                    print(
+                        f"      the bound: the bare endpoint's {2 * args.workers} workers over asgard's "
+                        f"{args.workers} worker(s): {yardstick['rps'] / one_worker[rows][0]['rps']:.2f} | asgard "
+                        f"at {measured['rps'] / yardstick['rps']:.2f} of the bare endpoint's rate",
+                        flush=True,
+                    )
 
             healthy = []
             for _ in range(args.starts):
