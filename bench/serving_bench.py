@@ -419,9 +419,10 @@ def main() -> int:
                     # one worker is already faster than it, their rate is about the most the machine and
                     # wrk (on the same cores) let any two workers reach, so this ratio bounds the one above.
                     print(
-                        f"      the bound: the bare endpoint's {2 * args.workers} workers over asgard's "
-                        f"{args.workers} worker(s): {yardstick['rps'] / one_worker[rows][0]['rps']:.2f} | asgard "
-                        f"at {measured['rps'] / yardstick['rps']:.2f} of the bare endpoint's rate",
+                        f"      the bare endpoint's {2 * args.workers} workers over asgard's {args.workers} worker(s): "
+                        f"{yardstick['rps'] / one_worker[rows][0]['rps']:.2f} (the most the workers ratio reaches "
+                        f"here when asgard's one worker outruns the bare endpoint's) | asgard at "
+                        f"{measured['rps'] / yardstick['rps']:.2f} of the bare endpoint's rate",
                         flush=True,
                     )
 
