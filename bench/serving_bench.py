@@ -15,7 +15,9 @@ its prediction log on, side by side with:
   seconds the model took inside the server under the same load (its ``/metrics``): its share of the
   worker's time, the rest being the work around it;
 - itself with two workers (target >= 1.7x one worker), beside the bare endpoint's own scaling, which
-  says what the machine allows when the load generator shares its cores.
+  says what the machine allows when the load generator shares its cores, and the image's CPU seconds
+  per request with two workers and with one (read from the engine), which ``wrk``'s share of the cores
+  does not cap.
 
 Before timing, the image's labels on 100 rows must equal ``mlflow models serve``'s and the native
 model's, and its probabilities be within 1e-6 of the native model's. Then the image size and
@@ -38,7 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
@@ -132,6 +136,7 @@ def wrk(url: str, body: str, duration: int, connections: int) -> dict[str, float
     if errors:
         raise RuntimeError(f"{url} answered {errors.group(1)} errors under load:\n{out}")
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1)),
         "p99_ms": _ms(re.search(r"\s99%\s+([\d.]+\w+)", out).group(1)),
@@ -189,6 +194,14 @@ def mlflow_serve(model_uri: str, tracking_uri: str, workers: int):
         os.unlink(log.name)
 
 
+class Served(NamedTuple):
+    """A container serving on the loopback: its URL, its start -> healthy seconds, its CPU seconds so far."""
+
+    url: str
+    start_seconds: float
+    cpu_seconds: Callable[[], float]  # every process of the container (its cgroup), as the engine counts it
+
+
 @contextlib.contextmanager
 def container(
     client,
@@ -225,7 +238,13 @@ def container(
             wait_answering(f"http://127.0.0.1:{port}/invocations")
         else:
             wait_healthy(f"http://127.0.0.1:{port}/health")
-        yield f"http://127.0.0.1:{port}", time.perf_counter() - started
+        ready = time.perf_counter() - started
+
+        def cpu_seconds() -> float:
+            stats = client.stats(created, stream=False, one_shot=True)
+            return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+
+        yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds)
     finally:
         client.remove_container(created, force=True)
 
@@ -239,18 +258,21 @@ def model_time(url: str) -> tuple[float, float]:
     return value["asgard_prediction_model_seconds_sum"], value["asgard_prediction_model_seconds_count"]
 
 
-def side_by_side(bare: str, ours: str, body: str, args: argparse.Namespace) -> tuple[dict, dict]:
+def side_by_side(bare: Served, ours: Served, body: str, args: argparse.Namespace) -> tuple[dict, dict]:
     """The bare endpoint and the image, alternating (bare, image, bare, image), each run half the
     duration, the better run of each: a slow spell of a noisy machine then lands on both, not on one.
-    The image's runs also say the seconds its model took per request, inside the server (``model_s``)."""
+    The image's runs also say the seconds its model took per request, inside the server (``model_s``),
+    and the CPU seconds the container took per request, all its workers together (``cpu_s``)."""
     runs: dict[str, list[dict]] = {"bare": [], "ours": []}
     for _ in range(2):
-        for name, url in (("bare", bare), ("ours", ours)):
-            before = model_time(url) if name == "ours" else None
-            runs[name].append(wrk(f"{url}/invocations", body, max(1, args.duration // 2), args.connections))
+        for name, served in (("bare", bare), ("ours", ours)):
+            before = (model_time(served.url), served.cpu_seconds()) if name == "ours" else None
+            run = wrk(f"{served.url}/invocations", body, max(1, args.duration // 2), args.connections)
+            runs[name].append(run)
             if before is not None:
-                seconds, predictions = (now - then for now, then in zip(model_time(url), before, strict=True))
-                runs[name][-1]["model_s"] = seconds / max(predictions, 1)
+                seconds, predictions = (now - then for now, then in zip(model_time(served.url), before[0], strict=True))
+                run["model_s"] = seconds / max(predictions, 1)
+                run["cpu_s"] = (served.cpu_seconds() - before[1]) / max(run["requests"], 1)
     best = {name: max(results, key=lambda result: result["rps"]) for name, results in runs.items()}
     return best["bare"], best["ours"]
 
@@ -333,11 +355,11 @@ def main() -> int:
 
             native = hook.load_model(f"models:/{name}/{version}")
             with (
-                container(client, image, args.workers) as (ours, _),
-                container(client, image, args.workers, bare=True) as (bare, _),
+                container(client, image, args.workers) as ours,
+                container(client, image, args.workers, bare=True) as bare,
                 mlflow_serve(f"models:/{name}/{version}", settings.mlflow_url, args.workers) as theirs,
             ):
-                checked = check_predictions(native, ours, sample_rows(100))
+                checked = check_predictions(native, ours.url, sample_rows(100))
                 their_labels = post(f"{theirs}/invocations", bodies[100])["predictions"]
                 same = [int(a) for a in checked["labels"]] == [int(b) for b in their_labels]
                 print(f"  100-row request: labels identical to mlflow models serve: {same}", flush=True)
@@ -401,8 +423,8 @@ def main() -> int:
                     flush=True,
                 )
             with (
-                container(client, image, 2 * args.workers) as (ours, _),
-                container(client, image, 2 * args.workers, bare=True) as (bare, _),
+                container(client, image, 2 * args.workers) as ours,
+                container(client, image, 2 * args.workers, bare=True) as bare,
             ):
                 for rows, body in bodies.items():
                     yardstick, measured = side_by_side(bare, ours, body, args)
@@ -420,16 +442,26 @@ def main() -> int:
                     # wrk (on the same cores) let any two workers reach, so this ratio bounds the one above.
                     print(
                         f"      the bare endpoint's {2 * args.workers} workers over asgard's {args.workers} worker(s): "
-                        f"{yardstick['rps'] / one_worker[rows][0]['rps']:.2f} (the most the workers ratio reaches "
+                        f"{yardstick['rps'] / one_worker[rows][0]['rps']:.2f} (the most two workers can show "
                         f"here when asgard's one worker outruns the bare endpoint's) | asgard at "
                         f"{measured['rps'] / yardstick['rps']:.2f} of the bare endpoint's rate",
+                        flush=True,
+                    )
+                    # CPU per request is not capped by what wrk leaves the server, as req/s is (though sharing
+                    # cores with wrk still costs some: switches, cold caches). The same with two workers as
+                    # with one: the workers share nothing that costs, and would scale on cores of their own.
+                    alone = one_worker[rows][0]["cpu_s"]
+                    print(
+                        f"      the image's CPU per request (all its processes): {alone * 1e6:.1f} us with "
+                        f"{args.workers} worker(s), {measured['cpu_s'] * 1e6:.1f} us with {2 * args.workers} | "
+                        f"CPU ratio {measured['cpu_s'] / alone:.2f} (1.00: the workers add no cost per request)",
                         flush=True,
                     )
 
             healthy = []
             for _ in range(args.starts):
-                with container(client, image, args.workers) as (_, seconds):
-                    healthy.append(seconds)
+                with container(client, image, args.workers) as served:
+                    healthy.append(served.start_seconds)
             print(
                 f"  container start -> /health ok: median {statistics.median(healthy):.2f}s "
                 f"(min {min(healthy):.2f}s, max {max(healthy):.2f}s, {args.starts} starts); image {size_mb:.0f} MB",

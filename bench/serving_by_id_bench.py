@@ -167,7 +167,8 @@ def main() -> int:
             "redis": ({"ASGARD_ONLINE_STORE": f"redis://127.0.0.1:6379/{REDIS_DB}"}, []),
         }
         for store_name, (environment, binds) in wiring.items():
-            with container(client, online, 1, environment=environment, binds=binds) as (url, _):
+            with container(client, online, 1, environment=environment, binds=binds) as served:
+                url = served.url
                 for rows in (1, 100):
                     ids = list(range(7, 7 + rows))
                     by_id = {"entities": {"customer_id": ids}, "return_probabilities": True}

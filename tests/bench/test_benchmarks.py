@@ -71,6 +71,7 @@ def test_serving_bench_smoke(embedded_stack):
     assert out.count("the model alone (ONNX Runtime, same rows, this process)") == 1
     assert out.count("the model ratio of the bare endpoint + model:") == 1  # the bound the stack sets
     assert out.count("workers over asgard's 1 worker(s):") == 2  # the bound wrk on the same cores sets
+    assert out.count("the image's CPU per request (all its processes):") == 2
     assert out.count("the model inside the server") == 3  # its /metrics, at 1 and 100 rows
 
 
