@@ -258,21 +258,31 @@ def model_time(url: str) -> tuple[float, float]:
     return value["asgard_prediction_model_seconds_sum"], value["asgard_prediction_model_seconds_count"]
 
 
+def loaded(served: Served, body: str, duration: int, connections: int) -> dict:
+    """``wrk``'s figures for ``served`` under this load, and the CPU seconds its container took per request,
+    all its processes together (``cpu_s``)."""
+    before = served.cpu_seconds()
+    run = wrk(f"{served.url}/invocations", body, duration, connections)
+    run["cpu_s"] = (served.cpu_seconds() - before) / max(run["requests"], 1)
+    return run
+
+
 def side_by_side(bare: Served, ours: Served, body: str, args: argparse.Namespace) -> tuple[dict, dict]:
     """The bare endpoint and the image, alternating (bare, image, bare, image), each run half the
     duration, the better run of each: a slow spell of a noisy machine then lands on both, not on one.
-    The image's runs also say the seconds its model took per request, inside the server (``model_s``),
-    and the CPU seconds the container took per request, all its workers together (``cpu_s``)."""
+    Each run says the CPU seconds its container took per request, all its workers together (``cpu_s``);
+    the image's, also the seconds its model took per request, inside the server (``model_s``)."""
     runs: dict[str, list[dict]] = {"bare": [], "ours": []}
     for _ in range(2):
         for name, served in (("bare", bare), ("ours", ours)):
-            before = (model_time(served.url), served.cpu_seconds()) if name == "ours" else None
-            run = wrk(f"{served.url}/invocations", body, max(1, args.duration // 2), args.connections)
+            model_before = model_time(served.url) if name == "ours" else None
+            run = loaded(served, body, max(1, args.duration // 2), args.connections)
             runs[name].append(run)
-            if before is not None:
-                seconds, predictions = (now - then for now, then in zip(model_time(served.url), before[0], strict=True))
+            if model_before is not None:
+                seconds, predictions = (
+                    now - then for now, then in zip(model_time(served.url), model_before, strict=True)
+                )
                 run["model_s"] = seconds / max(predictions, 1)
-                run["cpu_s"] = (served.cpu_seconds() - before[1]) / max(run["requests"], 1)
     best = {name: max(results, key=lambda result: result["rps"]) for name, results in runs.items()}
     return best["bare"], best["ours"]
 
@@ -376,7 +386,9 @@ def main() -> int:
                 for rows, body in bodies.items():
                     baseline = wrk(f"{theirs}/invocations", body, args.duration, args.connections)
                     yardstick, measured = side_by_side(bare, ours, body, args)
-                    one_worker[rows] = (measured, yardstick)
+                    # The load two workers will share, on one: each of them reads half the connections.
+                    half = loaded(ours, body, max(1, args.duration // 2), args.connections // 2)
+                    one_worker[rows] = (measured, yardstick, half)
                     print(
                         f"  {rows:>3} row(s), {args.workers} worker(s): "
                         f"mlflow models serve {baseline['rps']:.0f} req/s "
@@ -398,7 +410,7 @@ def main() -> int:
             if context.info["flavor"] == "onnx":
                 model_file = context.folder / "model" / "model.onnx"
                 seconds = model_alone(model_file, context.info, sample_rows(100))
-                measured, yardstick = one_worker[100]
+                measured, yardstick, _ = one_worker[100]
                 with_stack = 1 / (1 / yardstick["rps"] + seconds)
                 print(
                     f"  100 rows, the model alone (ONNX Runtime, same rows, this process): {seconds * 1e3:.3f} ms "
@@ -448,13 +460,20 @@ def main() -> int:
                         flush=True,
                     )
                     # CPU per request is not capped by what wrk leaves the server, as req/s is (though sharing
-                    # cores with wrk still costs some: switches, cold caches). The same with two workers as
-                    # with one: the workers share nothing that costs, and would scale on cores of their own.
-                    alone = one_worker[rows][0]["cpu_s"]
+                    # cores with wrk still costs some: switches, cold caches). A worker's cost per request
+                    # falls with the requests it reads at once, so two workers are held against one worker
+                    # reading as many connections as each of them does: the same cost means the workers share
+                    # nothing that costs, and would scale on cores of their own.
+                    alone, bare_alone, half = (result["cpu_s"] for result in one_worker[rows])
+                    connections = args.connections
                     print(
-                        f"      the image's CPU per request (all its processes): {alone * 1e6:.1f} us with "
-                        f"{args.workers} worker(s), {measured['cpu_s'] * 1e6:.1f} us with {2 * args.workers} | "
-                        f"CPU ratio {measured['cpu_s'] / alone:.2f} (1.00: the workers add no cost per request)",
+                        f"      the image's CPU per request (all its processes): {args.workers} worker(s) at "
+                        f"{connections} connections {alone * 1e6:.1f} us, at {connections // 2} {half * 1e6:.1f} us; "
+                        f"{2 * args.workers} workers at {connections} ({connections // 2} each) "
+                        f"{measured['cpu_s'] * 1e6:.1f} us | CPU ratio {measured['cpu_s'] / half:.2f} against "
+                        f"one worker at {connections // 2} (1.00: the workers add no cost per request) | the bare "
+                        f"endpoint's CPU per request, {2 * args.workers} workers over 1: "
+                        f"{yardstick['cpu_s'] / bare_alone:.2f}",
                         flush=True,
                     )
 
