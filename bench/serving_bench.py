@@ -16,8 +16,8 @@ its prediction log on, side by side with:
   worker's time, the rest being the work around it;
 - itself with two workers (target >= 1.7x one worker), beside the bare endpoint's own scaling, which
   says what the machine allows when the load generator shares its cores, and the image's CPU seconds
-  per request with two workers and with one (read from the engine), which ``wrk``'s share of the cores
-  does not cap.
+  per request (read from the engine) with two workers and with one worker reading as many connections
+  as each of them, which ``wrk``'s share of the cores does not cap.
 
 Before timing, the image's labels on 100 rows must equal ``mlflow models serve``'s and the native
 model's, and its probabilities be within 1e-6 of the native model's. Then the image size and
