@@ -223,6 +223,23 @@ def test_all_problems_are_reported_at_once(home):
     assert "'a'" in str(error.value) and "'b'" in str(error.value)
 
 
+def test_a_second_run_keeps_the_gold_layer_and_another_spec_replaces_it(tmp_path):
+    """What a second ``./asgard run`` relies on: the same spec writes nothing (the tables' snapshots stay);
+    another spec replaces both tables."""
+    from sample_data.gold_layer import LABEL_TABLE, write_gold_layer
+
+    location = gold.GoldLocation.for_settings(Settings(home=tmp_path, airflow_port=1, mlflow_port=2))
+    spec, said = GoldSpec(customers=50, days=2, seed=3), []
+    assert write_gold_layer(spec, location, log=said.append)
+    written = {table: gold.snapshot_id(table, location) for table in (FEATURE_TABLE, LABEL_TABLE)}
+    assert not write_gold_layer(spec, location, log=said.append)
+    assert said[-1] == f"gold layer already generated with {spec.fingerprint()}"
+    assert {table: gold.snapshot_id(table, location) for table in written} == written
+    bigger = GoldSpec(customers=60, days=2, seed=3)
+    assert write_gold_layer(bigger, location, log=said.append)
+    assert gold.load_table(LABEL_TABLE, location).scan().to_arrow().num_rows == 60
+
+
 def test_profiles_pick_the_source():
     trino = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", offline_store="trino", airflow_port=1)
     source = feature_store.gold_source("customer_features", "event_timestamp", settings=trino)
