@@ -55,6 +55,9 @@ def production_env(tmp_path, machine_to_itself):
         router_port=free_port(),
         s3_port=free_port(),
         data_roots="",  # production's own (S3), not the suite's temporary folders
+        # The lost worker's task fails (and is retried) half a minute after its last heartbeat, not a
+        # whole one: heartbeats come every 5 s, so a busy machine still has room.
+        lost_task_timeout=30,
     )
     # What the user's shell holds: these settings, none of the suite's own Airflow configuration.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASGARD"))} | settings.as_env()
@@ -153,8 +156,12 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
     folder = f"runs/train_model/{re.sub(r'[^A-Za-z0-9_.-]', '_', training)}/"
     stored = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=folder)["Contents"])
     assert stored == [f"{folder}holdout.parquet", f"{folder}train.parquet"], stored
-    restarted = asgard("start", "--profile", "production", victim, env=env)
-    assert restarted.returncode == 0, restarted.stderr
+    # The lost worker comes back while the scheduler's restart is tried: two ./asgard start commands at
+    # once, as two operators would run them (their database set-up takes turns).
+    restarting = subprocess.Popen(
+        [str(REPO / "asgard"), "start", "--profile", "production", victim],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
     # The scheduler restarted mid-run: the run completes.
     batch = api.trigger("score_batch", {**BATCH_REQUEST, "output_path": f"s3://{bucket}/data/restart/out.parquet"})
@@ -164,6 +171,8 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
     assert api.wait_for_run("score_batch", batch, timeout=300).state == "success"
     objects = s3.list_objects_v2(Bucket=bucket, Prefix="data/restart/")
     assert [item["Key"] for item in objects["Contents"]] == ["data/restart/out.parquet"]
+    _, errors = restarting.communicate(timeout=300)
+    assert restarting.returncode == 0, errors
 
     status = asgard("status", "--profile", "production", env=env)
     lines = {line.split()[0]: line for line in status.stdout.splitlines() if line and not line.startswith("Airflow")}

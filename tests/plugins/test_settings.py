@@ -65,3 +65,17 @@ def test_the_kubernetes_deploy_target_reads_its_cluster_from_the_environment(mon
     monkeypatch.setenv("ASGARD_SERVING_NAMESPACE", "models")
     settings = Settings.from_env()
     assert (settings.eks_cluster_name, settings.serving_namespace) == ("prod-serving", "models")
+
+
+def test_a_lost_tasks_timeout_is_the_schedulers_and_too_short_a_one_is_named(monkeypatch, tmp_path):
+    from asgard.local.production import ProductionServices
+
+    monkeypatch.setenv("ASGARD_HOME", str(tmp_path))
+    monkeypatch.setenv("ASGARD_PROFILE", "production")
+    monkeypatch.setenv("ASGARD_LOST_TASK_TIMEOUT", "45")
+    env = ProductionServices(Settings.from_env()).airflow_env()
+    assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "45"
+    # Tasks heartbeat every 5 s: a few seconds would fail healthy tasks on a busy worker.
+    monkeypatch.setenv("ASGARD_LOST_TASK_TIMEOUT", "3")
+    with pytest.raises(ValueError, match="ASGARD_LOST_TASK_TIMEOUT"):
+        Settings.from_env()

@@ -178,3 +178,14 @@ def test_the_reader_role_selects_in_the_feature_store_and_reaches_nothing_else(d
     profile.prepare(log=lambda message: None)
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
         connect(*reader, "airflow")
+
+
+def test_two_starts_at_once_prepare_the_databases_one_after_the_other(databases):
+    """Every ./asgard start prepares the roles and grants: two at once (a worker and the scheduler
+    started side by side) must not collide on PostgreSQL's catalog rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    profile, _ = databases
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda _: profile.prepare(log=lambda message: None), range(8)))
+    assert outcomes == [None] * 8

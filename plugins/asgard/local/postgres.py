@@ -69,6 +69,10 @@ class ProfileDatabases:
             ) from None
         passwords = self.passwords()
         with connection:
+            # One installation's set-up at a time (two ./asgard start commands at once): concurrent
+            # ALTER ROLE or GRANT on the same catalog rows fail with "tuple concurrently updated".
+            # The lock goes with the connection, after the grants below.
+            connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"asgard-prepare:{self.role}",))
             # A password follows the state folder: a role whose password file was lost is given the new one.
             for role, password in ((self.role, "postgres_password"), (self.reader_role, "reader_password")):
                 exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
@@ -86,8 +90,8 @@ class ProfileDatabases:
                 connection.execute(
                     sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(self.name(purpose)))
                 )
-        for purpose in READER_DATABASES:
-            self._grant_reading(purpose)
+            for purpose in READER_DATABASES:
+                self._grant_reading(purpose)
         log(f"postgres: role {self.role}, databases {', '.join(self.name(p) for p in DATABASES)}"
             + (f" (created {', '.join(created)})" if created else ""))  # fmt: skip
 

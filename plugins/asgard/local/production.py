@@ -213,8 +213,8 @@ class ProductionServices(ServiceManager):
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             # A worker that stops heartbeating (a lost host) has its tasks failed, so retried on another
-            # worker, after a minute rather than Airflow's five.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+            # worker, after a minute (ASGARD_LOST_TASK_TIMEOUT) rather than Airflow's five.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(s.lost_task_timeout),
             **self.platform_env(),
         }
 
