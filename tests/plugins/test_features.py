@@ -16,7 +16,7 @@ from asgard.core.settings import Settings
 from asgard.features import gold, materialization, registration
 from asgard.features import store as feature_store
 from conftest import feature_home
-from sample_data.gold_layer import FEATURE_TABLE, GoldSpec
+from sample_data.gold_layer import FEATURE_TABLE, LABEL_TABLE, GoldSpec, write_gold_layer
 from sample_data.models import SAMPLE_FEATURES
 
 SPEC = GoldSpec(customers=150, days=6, end="2026-11-01T00:00:00+00:00", seed=7)
@@ -226,8 +226,6 @@ def test_all_problems_are_reported_at_once(home):
 def test_a_second_run_keeps_the_gold_layer_and_another_spec_replaces_it(tmp_path):
     """What a second ``./asgard run`` relies on: the same spec writes nothing (the tables' snapshots stay);
     another spec replaces both tables."""
-    from sample_data.gold_layer import LABEL_TABLE, write_gold_layer
-
     location = gold.GoldLocation.for_settings(Settings(home=tmp_path, airflow_port=1, mlflow_port=2))
     spec, said = GoldSpec(customers=50, days=2, seed=3), []
     assert write_gold_layer(spec, location, log=said.append)
