@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import pytest
@@ -142,3 +143,16 @@ def test_a_scheduler_that_dies_is_started_again_and_runs_go_on(embedded_stack):
     assert started is not None and started.pid != killed.pid, "no scheduler was started again"
     outcome = embedded_stack.api.run_and_wait("check_platform", {"checks": ["storage"]}, timeout=300)
     assert outcome.state == "success", outcome.failure
+
+
+def test_an_edited_dag_file_is_parsed_again_at_once(embedded_stack):
+    """Unchanged DAG files are parsed every 10 minutes (AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL),
+    which must not delay an edit: a file modified since its last parse is parsed within seconds."""
+    api = embedded_stack.api
+    assert embedded_stack.manager.airflow_env()["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "600"
+    before = api.dags.get_dag("check_platform").last_parsed_time
+    os.utime(embedded_stack.settings.dags_folder / "check_platform.py")  # edited, its content kept
+    deadline = time.monotonic() + 60
+    while api.dags.get_dag("check_platform").last_parsed_time == before:
+        assert time.monotonic() < deadline, f"check_platform.py not parsed again since {before}"
+        time.sleep(0.5)
