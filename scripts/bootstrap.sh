@@ -17,10 +17,17 @@ die() { printf 'asgard setup: %s\n' "$*" >&2; exit 1; }
 # bubblewrap and the system's python3 run uploaded scripts in sandboxes (asgard.core.sandbox).
 APT_PACKAGES=(git docker-compose docker.io containerd runc iptables debootstrap docker-registry apache2-utils wrk
   bubblewrap python3)
-# With --test-tools (./asgard test): a browser and its driver for the UI tests (selenium drives them).
-if [ "${1:-}" = "--test-tools" ]; then
-  APT_PACKAGES+=(chromium chromium-driver)
-fi
+# Options: --test-tools (./asgard test): a browser and its driver for the UI tests (selenium drives
+# them); --system-services (setup, test, the production profile): the machine's PostgreSQL and Redis,
+# installed and started by scripts/system_services.sh (the embedded default needs neither).
+system_services=0
+for option in "$@"; do
+  case "$option" in
+    --test-tools) APT_PACKAGES+=(chromium chromium-driver) ;;
+    --system-services) system_services=1 ;;
+    *) die "unknown option: $option" ;;
+  esac
+done
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -58,6 +65,7 @@ finish_base_image() {
   wait "$base_image_pid" || status=$?
   cat .cache/base-image.log
   [ "$status" = 0 ] || die "could not build the serving base image (see above)"
+  if [ "$system_services" = 1 ]; then bash scripts/system_services.sh; fi
 }
 
 # The venv is rebuilt only when a requirements file changes.

@@ -43,6 +43,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.nodeid.startswith("tests/e2e/"))
 
 
+def postgres_url(database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
+    """The machine's PostgreSQL (what ``./asgard setup`` installed and started) as its admin, in ``database``."""
+    from sqlalchemy.engine import make_url
+
+    from asgard.core.settings import Settings
+
+    url = make_url(Settings().postgres_admin_url.get_secret_value())
+    return url.set(drivername=driver, database=database).render_as_string(hide_password=False)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

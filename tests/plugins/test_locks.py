@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from asgard.core import locks
 from asgard.deploy.routes import RouteTable
 from asgard.monitoring.store import MonitoringStore
+from conftest import postgres_url
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+POSTGRES = postgres_url()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

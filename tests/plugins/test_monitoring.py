@@ -25,10 +25,10 @@ from asgard.registry.versions import prepare_features
 from asgard.scoring.scorer import Scorer
 from asgard.training import data as training_data
 from asgard.training import trainers
+from conftest import postgres_url
 from sample_data.gold_layer import GoldSpec, simulate
 from sample_data.models import SAMPLE_FEATURES, SEED_MONITORING_REQUEST
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 START = datetime(2026, 10, 1, tzinfo=UTC)
 
 
@@ -68,10 +68,10 @@ def store(request, tmp_path):
         yield MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
         return
     name = f"asgard_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES + "postgres", isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    created = MonitoringStore(POSTGRES + name)
+    created = MonitoringStore(postgres_url(name))
     try:
         yield created
     finally:

@@ -79,3 +79,27 @@ def test_a_lost_tasks_timeout_is_the_schedulers_and_too_short_a_one_is_named(mon
     monkeypatch.setenv("ASGARD_LOST_TASK_TIMEOUT", "3")
     with pytest.raises(ValueError, match="ASGARD_LOST_TASK_TIMEOUT"):
         Settings.from_env()
+
+
+def test_the_postgres_admin_login_is_the_one_the_set_up_kept_on_the_machine(monkeypatch, tmp_path):
+    monkeypatch.delenv("ASGARD_POSTGRES_ADMIN_URL", raising=False)
+    monkeypatch.setenv("ASGARD_MACHINE_DIR", str(tmp_path))
+    # A machine whose set-up did not run: Debian's own postgres role.
+    assert Settings.from_env().postgres_admin_url.get_secret_value() == "postgresql://postgres@127.0.0.1:5432/postgres"
+    (tmp_path / "postgres-admin-url").write_text("postgresql://asgard_admin:kept@127.0.0.1:5432/postgres\n")
+    assert Settings.from_env().postgres_admin_url.get_secret_value() == (
+        "postgresql://asgard_admin:kept@127.0.0.1:5432/postgres"
+    )
+    # A server named in the environment wins, and the password never shows in the settings' repr.
+    monkeypatch.setenv("ASGARD_POSTGRES_ADMIN_URL", "postgresql://ops:named@db.internal:5432/postgres")
+    settings = Settings.from_env()
+    assert settings.postgres_admin_url.get_secret_value().startswith("postgresql://ops:named@db.internal")
+    assert "named" not in repr(settings) and "kept" not in repr(settings)
+
+
+def test_the_machines_postgres_admin_login_answers():
+    """What ./asgard setup installed and started (scripts/system_services.sh) takes the admin's login over TCP."""
+    import psycopg
+
+    with psycopg.connect(Settings().postgres_admin_url.get_secret_value(), connect_timeout=5) as connection:
+        assert connection.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (True,)

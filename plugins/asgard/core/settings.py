@@ -23,6 +23,16 @@ SCRIPT_RUNNERS = ("local", "kubernetes")
 # What the project builds when no public base image can be pulled (see scripts/base_image.sh).
 LOCAL_BASE_IMAGE = "asgard/python-base:bookworm"
 ENV_PREFIX = "ASGARD_"
+# Debian's own cluster on a machine whose set-up did not run (its `postgres` role, no password).
+FALLBACK_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def machine_postgres_admin_url(machine_dir: Path) -> SecretStr:
+    """The admin login the set-up keeps for the machine's PostgreSQL, or Debian's ``postgres`` role."""
+    try:
+        return SecretStr((machine_dir / "postgres-admin-url").read_text().strip() or FALLBACK_POSTGRES_ADMIN_URL)
+    except OSError:
+        return SecretStr(FALLBACK_POSTGRES_ADMIN_URL)
 
 
 class Settings(BaseSettings):
@@ -95,7 +105,11 @@ class Settings(BaseSettings):
     # server it creates its role and databases in (a login allowed to create them; only the command
     # that starts the services reads it), the prefix of their names (two installations can share a
     # server), Redis, the S3 API's port (moto's server) and bucket, and how many Celery workers run.
-    postgres_admin_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    # What the project's set-up made on this machine for every checkout on it (scripts/system_services.sh
+    # reads the same variable): the admin login of the PostgreSQL server it installed and started, 0600.
+    machine_dir: Path = Path("/var/lib/asgard")
+    # Default: the login scripts/system_services.sh made in the PostgreSQL it installed (machine_dir).
+    postgres_admin_url: SecretStr = Field(default_factory=lambda data: machine_postgres_admin_url(data["machine_dir"]))
     database_prefix: str = "asgard"
     redis_url: str = "redis://127.0.0.1:6379"
     broker_redis_db: int = 5
