@@ -8,6 +8,12 @@ reaching MLflow. The platform, not the script, registers and gates the model aft
 
 The door is an HTTP app served on a unix socket (:class:`Gateway`); the sandbox reaches it through a
 TCP relay on its own loopback (``include/sandbox/launch.py``).
+
+The door checks the path it forwards, byte for byte: a request target with a dot segment, an empty
+segment, a backslash, or an escape that decodes to a dot, a slash, a backslash, ``%`` or a control character
+(any case, so doubly encoded ones too) is refused before the scope is consulted, and what passes is
+sent upstream exactly as it came. So the path MLflow routes is the one the scope allowed: no client
+library or server on the way can turn ``…/artifacts/%2e%2e/…`` into another run's or the registry's.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ RUN_WRITES = {
 }
 RUN_READS = {"runs/get", "metrics/get-history"}
 LOGGED_MODEL = re.compile(r"^logged-models/(?P<model_id>m-[0-9a-f]+)(/.*)?$")
+# A percent escape, and what a checked path's escapes may not decode to (see the module's docstring).
+ESCAPE = re.compile(rb"%(?P<hex>[0-9A-Fa-f]{2})?")
+UNSAFE_ESCAPED = {ord("."), ord("/"), ord("\\"), ord("%"), 0x7F, *range(0x20)}
 RUN_ARTIFACT = re.compile(r"^(artifacts|mpu/[a-z-]+)/(?P<experiment>\d+)/(?P<run>[0-9a-f]{32})/artifacts(/.*)?$")
 MODEL_ARTIFACT = re.compile(r"^(artifacts|mpu/[a-z-]+)/(?P<experiment>\d+)/models/(?P<model_id>m-[0-9a-f]+)/.*$")
 
@@ -104,6 +113,25 @@ class RunScope:
         return None if given == allowed else f"{what} {given!r} is not this run's {what} ({allowed})"
 
 
+def path_refusal(raw_path: bytes) -> str | None:
+    """Why a raw request path is refused before any scope check (None: it means exactly what it says)."""
+    from urllib.parse import unquote_to_bytes
+
+    if not raw_path.startswith(b"/"):
+        return "the path is not absolute"
+    if any(byte < 0x21 or byte > 0x7E or byte == ord("\\") for byte in raw_path):
+        return "the path holds a backslash, a space, a control or a non-ASCII byte"
+    for escape in ESCAPE.finditer(raw_path):
+        if escape["hex"] is None:
+            return "the path holds a % that is no escape"
+        if int(escape["hex"], 16) in UNSAFE_ESCAPED:
+            return f"the path escapes a character that changes its meaning ({escape[0].decode()})"
+    segments = unquote_to_bytes(raw_path).split(b"/")[1:]
+    if any(segment in (b"", b".", b"..") for segment in segments):
+        return "the path has an empty, '.' or '..' segment"
+    return None
+
+
 def _json(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body or b"{}")
@@ -120,18 +148,29 @@ def create_app(tracking_uri: str, scope: RunScope):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    client = httpx.AsyncClient(base_url=tracking_uri.rstrip("/"), timeout=httpx.Timeout(300.0, connect=10.0))
+    client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0))
     hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
 
+    upstream = httpx.URL(tracking_uri.rstrip("/"))
+
     async def forward(request: Request) -> Response:
-        body = await request.body()
-        path, query = request.url.path, dict(request.query_params)
-        refusal = scope.refusal(request.method, path, query, body)
+        raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+        refusal = path_refusal(raw_path)
+        path = request.url.path  # what the router decoded: with the checks above, the raw path's meaning
+        if not refusal:
+            body = await request.body()
+            refusal = scope.refusal(request.method, path, dict(request.query_params), body)
         if refusal:
-            log.warning("refused a user script's %s %s: %s", request.method, path, refusal)
+            log.warning("refused a user script's %s %r: %s", request.method, raw_path[:300], refusal)
             return JSONResponse({"error_code": "PERMISSION_DENIED", "message": refusal}, status_code=403)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop}
-        answer = await client.request(request.method, path, params=request.query_params, content=body, headers=headers)
+        # Upstream gets the very bytes that were checked (an httpx URL built from a decoded path would
+        # be normalized again on the way).
+        query = request.scope.get("query_string") or b""
+        target = upstream.copy_with(
+            raw_path=upstream.raw_path.rstrip(b"/") + raw_path + (b"?" + query if query else b"")
+        )
+        answer = await client.request(request.method, target, content=body, headers=headers)
         if answer.status_code == 200:
             scope.learn(request.method, path, answer.content)
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop | {"content-encoding"}}
