@@ -243,3 +243,46 @@ def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_ex
             "retrain__fresh_churn__asset_triggered__3",
             "retrain__slow_churn__asset_triggered__3",
         ]
+
+
+def test_only_a_version_the_platform_trained_has_a_training_request_to_run_again(registry, caplog):
+    """A user script logs into its own run, so a ``training/request.json`` there is whatever the script
+    wrote: a forged one (another model's name, retrain on every materialization) starts nothing."""
+    from asgard.features.store import feature_view_asset_uri
+    from asgard.monitoring.run import _retrain_conf
+    from asgard.registry.versions import ORIGIN_TAG, REQUEST_ARTIFACT, SCRIPT_ORIGIN, training_request
+    from asgard.training import retraining
+
+    hook, name = registry["hook"], "scripted_churn"
+    forged = {
+        "model_name": "victims_churn",
+        "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
+        "retraining": {"on_new_features": True, "min_interval_hours": 0},
+    }
+    with sqlite_mlflow_home(registry["path"]) as tracking_uri:
+        version = register_sample_model(tracking_uri, name, customers=300)
+        hook.client.set_model_version_tag(name, version, ORIGIN_TAG, SCRIPT_ORIGIN)  # as train_script registers
+        hook.client.log_dict(hook.client.get_model_version(name, version).run_id, forged, REQUEST_ARTIFACT)
+        hook.client.set_registered_model_alias(name, "champion", version)
+        script_version = hook.client.get_model_version(name, version)
+        assert training_request(hook, script_version) is None
+        now = datetime.now(UTC)
+        materialized = {"features": [_event(feature_view_asset_uri("customer_features"), {}, now)]}
+        triggers = retraining.requests_for(materialized, "asset_triggered__forged", now=now)
+        assert [
+            t for t in triggers if name in t["trigger_run_id"] or t["conf"].get("model_name") == "victims_churn"
+        ] == []
+        reference = type("Ref", (), {"model_name": name, "model_version": version})()
+        assert _retrain_conf(hook, reference) is None
+        assert f"{name} v{version} drifted, but it has no training request to run again (origin train_script" in (
+            caplog.text
+        )
+        # The platform's own version of a model whose request names another model is not trusted either.
+        own = register_sample_model(tracking_uri, "platform_churn", customers=300)
+        run_id = hook.client.get_model_version("platform_churn", own).run_id
+        hook.client.log_dict(run_id, forged, REQUEST_ARTIFACT)
+        assert training_request(hook, hook.client.get_model_version("platform_churn", own)) is None
+        hook.client.log_dict(run_id, {**forged, "model_name": "platform_churn"}, REQUEST_ARTIFACT)
+        assert training_request(hook, hook.client.get_model_version("platform_churn", own))["model_name"] == (
+            "platform_churn"
+        )

@@ -32,7 +32,14 @@ from asgard.monitoring.reference import Reference, load_reference
 from asgard.monitoring.store import Record
 from asgard.monitoring.thresholds import MonitoringError, Thresholds
 from asgard.monitoring.windows import assemble_window, batch_outputs, default_window, read_prediction_log, read_sources
-from asgard.registry.versions import DEPLOY_TAG_PREFIX, PROFILE_ARTIFACT, REQUEST_ARTIFACT, champions
+from asgard.registry.versions import (
+    DEPLOY_TAG_PREFIX,
+    ORIGIN_TAG,
+    PROFILE_ARTIFACT,
+    REQUEST_ARTIFACT,
+    champions,
+    training_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +147,15 @@ def monitor_version(
 
 
 def _retrain_conf(hook: Any, reference: Reference) -> dict[str, Any] | None:
-    request = hook.logged_json(reference.run_id, REQUEST_ARTIFACT)
+    version = hook.client.get_model_version(reference.model_name, str(reference.model_version))
+    request = training_request(hook, version)
     if request is None:
         log.warning(
-            "%s v%s drifted, but its run has no %s (not trained by train_model): retrain it by hand",
-            reference.model_name,
-            reference.model_version,
+            "%s v%s drifted, but it has no training request to run again (origin %s; only train_model's "
+            "own %s is trusted): retrain it by hand",
+            reference.model_name, reference.model_version, (version.tags or {}).get(ORIGIN_TAG, "unknown"),
             REQUEST_ARTIFACT,
-        )
-        return None
+        )  # fmt: skip
     return request
 
 

@@ -96,6 +96,16 @@ def trusted(tags: dict[str, str] | None) -> bool:
     return (tags or {}).get(ORIGIN_TAG) == PLATFORM_ORIGIN
 
 
+def training_request(hook: MlflowHook, version: ModelVersion) -> dict[str, Any] | None:
+    """The train_model conf that trained ``version`` (what retraining runs again), or None when it has none
+    to trust. Only a version the platform trained has one: a user script's run holds whatever the script
+    logged into it, a ``training/request.json`` naming another team's model included."""
+    if not trusted(version.tags):
+        return None
+    request = hook.logged_json(version.run_id, REQUEST_ARTIFACT)
+    return request if isinstance(request, dict) and request.get("model_name") == version.name else None
+
+
 def prefixed_tags(tags: dict[str, str] | None, prefix: str) -> dict[str, str]:
     """The tags under ``prefix``, without it (``deploy.status`` -> ``status``)."""
     return {key.removeprefix(prefix): value for key, value in (tags or {}).items() if key.startswith(prefix)}

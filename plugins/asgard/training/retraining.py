@@ -83,12 +83,12 @@ def feature_requests(materialized: dict[str, datetime], run_id: str, *, now: dat
     """Champions that asked to be retrained on new features of the ``materialized`` views and have
     no version trained since (nor within their minimum interval)."""
     from asgard.hooks.mlflow import MlflowHook
-    from asgard.registry.versions import REQUEST_ARTIFACT, champions
+    from asgard.registry.versions import champions, training_request
 
     hook = MlflowHook()
     requests = []
     for champion in champions(hook):
-        conf = hook.logged_json(champion.run_id, REQUEST_ARTIFACT) or {}
+        conf = training_request(hook, champion) or {}
         policy = conf.get("retraining") or {}
         fresh = sorted(set(materialized) & set((conf.get("data_source") or {}).get("feature_views") or []))
         if not policy.get("on_new_features") or not fresh:
