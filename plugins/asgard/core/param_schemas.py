@@ -27,6 +27,30 @@ TIMESTAMP = {
 # A pip requirement: a name with extras and version specifiers, never a pip option ("-e", "--index-url").
 REQUIREMENT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-\\[\\], <>=!~*]*$", "maxLength": 200}
 
+
+def plain_requirements(lines: list[str], source: str) -> list[str]:
+    """The requirements of an untrusted file (a model's ``requirements.txt``) held to the ``requirements``
+    Param's own rule, comments and blank lines left out; a URL (``x @ https://…``), a path or a pip option
+    is refused, naming the line and ``source``."""
+    import re
+
+    from asgard.core.errors import InputError
+
+    pattern = re.compile(REQUIREMENT["pattern"])
+    kept = []
+    for line in lines:
+        requirement = line.split("#", 1)[0].strip()
+        if not requirement:
+            continue
+        if len(requirement) > REQUIREMENT["maxLength"] or not pattern.match(requirement):
+            raise InputError(
+                f"{source} has a line that is not a plain requirement (a name, extras and version "
+                f"specifiers; no URL, path or pip option): {requirement[:120]!r}"
+            )
+        kept.append(requirement)
+    return kept
+
+
 # train_model's retraining policy: retrain the version, while it is @champion, when one of its
 # feature views is materialized again (at most once per interval). See asgard.training.retraining.
 RETRAINING_POLICY = {

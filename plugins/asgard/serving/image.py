@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from asgard.core import sandbox
 from asgard.core.build_cache import PythonEnvironments, Wheelhouse
 from asgard.core.errors import InputError
+from asgard.core.param_schemas import plain_requirements
 from asgard.core.sandbox import Bind, owned_by_sandbox
 from asgard.core.settings import REPO_ROOT
 from asgard.core.xcom import XComRecord
@@ -170,8 +171,9 @@ def model_requirements(native: Path) -> list[str]:
     path = native / "requirements.txt"
     if not path.exists():
         return []
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line and not line.startswith(("#", "-")) and not line.startswith("mlflow")]
+    # The file is the model's, so whoever logged it: installed only as plain pins from the index.
+    pins = plain_requirements(path.read_text().splitlines(), "the model's requirements.txt")
+    return [pin for pin in pins if not pin.startswith("mlflow")]
 
 
 def signature_columns(signature: Any) -> list[dict[str, Any]]:
