@@ -53,6 +53,26 @@ def postgres_url(database: str = "postgres", driver: str = "postgresql+psycopg")
     return url.set(drivername=driver, database=database).render_as_string(hide_password=False)
 
 
+@pytest.fixture
+def profile_databases():
+    """The production profile's roles and databases under a fresh prefix in the machine's PostgreSQL
+    (dropped after); yields the profile and the roles' passwords."""
+    import secrets
+    import uuid
+
+    from asgard.core.settings import Settings
+    from asgard.local.postgres import ProfileDatabases
+
+    prefix = f"asgard_doors_{uuid.uuid4().hex[:8]}"
+    passwords = {"postgres_password": secrets.token_urlsafe(12), "reader_password": secrets.token_urlsafe(12)}
+    profile = ProfileDatabases(Settings(database_prefix=prefix), lambda: passwords)
+    profile.prepare(log=lambda message: None)
+    try:
+        yield profile, passwords
+    finally:
+        profile.drop()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -8,9 +8,7 @@ checked on the machine's PostgreSQL.
 from __future__ import annotations
 
 import json
-import secrets
 import tempfile
-import uuid
 from pathlib import Path
 
 import boto3
@@ -18,8 +16,8 @@ import psycopg
 import pytest
 
 from asgard.core.sandbox import Limits
-from asgard.core.settings import Settings, get_settings
-from asgard.local.postgres import DATABASES, ProfileDatabases
+from asgard.core.settings import get_settings
+from asgard.local.postgres import DATABASES
 from asgard.training.scripts import runner, store_doors
 from asgard.training.scripts.store_doors import StoreAccess, s3_refusal
 from conftest import running_moto
@@ -143,20 +141,8 @@ def test_a_sandboxed_script_reads_gold_through_the_s3_door_and_changes_nothing(s
     assert s3.get_object(Bucket="asgard", Key="gold/db/t/data/0.parquet")["Body"].read() == b"gold rows"
 
 
-@pytest.fixture
-def databases():
-    prefix = f"asgard_doors_{uuid.uuid4().hex[:8]}"
-    passwords = {"postgres_password": secrets.token_urlsafe(12), "reader_password": secrets.token_urlsafe(12)}
-    profile = ProfileDatabases(Settings(database_prefix=prefix), lambda: passwords)
-    profile.prepare(log=lambda message: None)
-    try:
-        yield profile, passwords
-    finally:
-        profile.drop()
-
-
-def test_the_reader_role_selects_in_the_feature_store_and_reaches_nothing_else(databases):
-    profile, passwords = databases
+def test_the_reader_role_selects_in_the_feature_store_and_reaches_nothing_else(profile_databases):
+    profile, passwords = profile_databases
 
     def connect(role: str, password: str, purpose: str) -> psycopg.Connection:
         return psycopg.connect(host="127.0.0.1", port=5432, user=role, password=password,
@@ -180,12 +166,12 @@ def test_the_reader_role_selects_in_the_feature_store_and_reaches_nothing_else(d
         connect(*reader, "airflow")
 
 
-def test_two_starts_at_once_prepare_the_databases_one_after_the_other(databases):
+def test_two_starts_at_once_prepare_the_databases_one_after_the_other(profile_databases):
     """Every ./asgard start prepares the roles and grants: two at once (a worker and the scheduler
     started side by side) must not collide on PostgreSQL's catalog rows."""
     from concurrent.futures import ThreadPoolExecutor
 
-    profile, _ = databases
+    profile, _ = profile_databases
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = list(pool.map(lambda _: profile.prepare(log=lambda message: None), range(8)))
     assert outcomes == [None] * 8

@@ -1,0 +1,139 @@
+"""PostgreSQL's door lets through exactly the reader, into the feature store's two databases.
+
+A script in a real sandbox speaks PostgreSQL's wire protocol to the door (its loopback port 5432)
+with hostile startups — the superuser, the admin login, another database, a replication connection,
+``options``, a cancel request, a huge or malformed packet — and each gets the door's own FATAL error
+(or a closed connection) without reaching the server; the reader's honest startup reaches the real
+server, which asks it for its password, and a psycopg client through the door reads gold as before.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from asgard.core.sandbox import Limits
+from asgard.core.settings import get_settings
+from asgard.training.scripts import runner, store_doors
+from asgard.training.scripts.store_doors import StoreAccess
+
+PROBE = r"""
+import json, socket, struct, sys
+
+def startup(params, code=196608, raw=None):
+    pairs = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
+    body = struct.pack("!i", code) + pairs + b"\0"
+    packet = raw if raw is not None else struct.pack("!i", len(body) + 4) + body
+    s = socket.create_connection(("127.0.0.1", 5432), timeout=20)
+    try:
+        s.sendall(packet)
+        answer = b""
+        while len(answer) < 2048:
+            chunk = s.recv(2048)
+            if not chunk:
+                break
+            answer += chunk
+            if answer[:1] in (b"R", b"N"):
+                break
+    except OSError as error:
+        return ["error", str(error)]
+    finally:
+        s.close()
+    if not answer:
+        return ["closed", ""]
+    return [answer[:1].decode(), answer[5:].replace(b"\0", b"|").decode(errors="replace")]
+
+cases = json.loads(sys.argv[1]) if len(sys.argv) > 1 else json.load(open("cases.json"))
+results = {}
+for name, case in cases.items():
+    raw = bytes.fromhex(case["raw"]) if "raw" in case else None
+    results[name] = startup(case.get("params", {}), case.get("code", 196608), raw)
+print(json.dumps(results))
+"""
+
+
+def cases(profile, reader: str) -> dict[str, dict]:
+    gold, airflow = profile.name("gold"), profile.name("airflow")
+    cancel = (16).to_bytes(4, "big") + (80877102).to_bytes(4, "big") + bytes(8)
+    return {
+        "reader into gold": {"params": {"user": reader, "database": gold}},
+        "the superuser": {"params": {"user": "postgres", "database": gold}},
+        "the admin login": {"params": {"user": "asgard_admin", "database": "postgres"}},
+        "the owner": {"params": {"user": profile.role, "database": gold}},
+        "reader into airflow's": {"params": {"user": reader, "database": airflow}},
+        "reader with no database (its own name)": {"params": {"user": reader}},
+        "a replication connection": {"params": {"user": reader, "database": gold, "replication": "database"}},
+        "options": {"params": {"user": reader, "database": gold, "options": "-c default_transaction_read_only=off"}},
+        "a repeated user": {"raw": _packet([("user", "postgres"), ("user", reader), ("database", gold)])},
+        "a cancel request": {"raw": cancel.hex()},
+        "a huge packet": {"raw": ((1 << 30).to_bytes(4, "big") + bytes(4)).hex()},
+        "protocol 2": {"params": {"user": reader, "database": gold}, "code": 131072},
+    }
+
+
+def _packet(pairs: list[tuple[str, str]]) -> str:
+    body = (196608).to_bytes(4, "big") + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in pairs) + b"\0"
+    return ((len(body) + 4).to_bytes(4, "big") + body).hex()
+
+
+def test_only_the_reader_into_the_feature_store_passes_the_door(profile_databases, tmp_path):
+    profile, passwords = profile_databases
+    reader = profile.reader_role
+    access = StoreAccess(
+        postgres_host="127.0.0.1", postgres_port=5432, user=reader, password=passwords["reader_password"],
+        registry_database=profile.name("feast"), gold_database=profile.name("gold"), s3_endpoint="http://127.0.0.1:1",
+        s3_access_key="-", s3_secret_key="-", s3_readable="asgard/gold",
+    )  # fmt: skip
+    python = Path(get_settings().script_python)
+    env = runner.script_environment(python, {name: "x" for name in runner.INJECTED}, {})
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "cases.json").write_text(json.dumps(cases(profile, reader)))
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="asgard-doors-") as folder:
+        sockets = Path(folder)
+        sockets.chmod(0o755)
+        with store_doors.opened(access, sockets) as doors:
+            (sockets / "mlflow.sock").touch()  # the run's MLflow door is not under test here
+            outcome = runner.run_script(
+                runner.UserScript("probe.py", PROBE), python, tmp_path / "work", env, Limits(timeout_seconds=120),
+                sockets=sockets, doors=doors, output=lines.append,
+            )  # fmt: skip
+            # A client of the platform's own kind, through the same door from this side: it reads gold.
+            (sockets / ".s.PGSQL.5432").symlink_to(sockets / "postgres.sock")
+            with psycopg.connect(
+                host=str(sockets), port=5432, user=reader, password=passwords["reader_password"],
+                dbname=profile.name("gold"), connect_timeout=10,
+            ) as connection:  # fmt: skip
+                assert connection.execute("SELECT current_user").fetchone() == (reader,)
+            for user, password in (("postgres", ""), (profile.role, passwords["postgres_password"])):
+                try:
+                    psycopg.connect(host=str(sockets), port=5432, user=user, password=password,
+                                    dbname=profile.name("gold"), connect_timeout=10).close()  # fmt: skip
+                except psycopg.OperationalError as error:
+                    assert f"asgard door: the feature store's door lets in only {reader}" in str(error)
+                else:
+                    raise AssertionError(f"{user} passed the door")
+    assert outcome.exit_code == 0, lines[-20:]
+    answers = json.loads(lines[-1])
+    # The reader's startup reached the real server, which asks for the password (R: authentication).
+    assert answers["reader into gold"][0] == "R"
+    refused = {
+        "the superuser": "lets in only",
+        "the admin login": "lets in only",
+        "the owner": "lets in only",
+        "reader into airflow's": "is not one of the feature store's databases",
+        "reader with no database (its own name)": "is not one of the feature store's databases",
+        "a replication connection": "startup parameters replication are not open",
+        "options": "startup parameters options are not open",
+        "a repeated user": "an empty or repeated parameter",
+        "a cancel request": "cancel requests are not relayed",
+        "a huge packet": "a startup packet of 1073741824 bytes",
+        "protocol 2": "protocol 2.0 is not spoken here",
+    }
+    for name, reason in refused.items():
+        kind, text = answers[name]
+        assert kind == "E" and "SFATAL" in text and "C28000" in text and "asgard door: " in text, (name, answers[name])
+        assert reason in text, (name, text)
