@@ -15,10 +15,11 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -28,6 +29,7 @@ STRING_TYPES = {"string"}
 BOOLEAN_TYPES = {"boolean"}
 FLOAT32_MAX = 3.4028234663852886e38
 ONE_MISSING = [None]  # the value of a column a 1-row request leaves out
+DICT_TYPE = frozenset({dict})
 # How scikit-learn's check_array words a refusal of the input's values (NaN, infinity, too large).
 SKLEARN_INPUT_REFUSALS = ("Input X contains", "Input contains", "Input y contains")
 
@@ -62,19 +64,21 @@ class Bundle:
         return self.info["model_type"] == "classification"
 
 
-def columns_of(payload: Any) -> dict[str, list]:
-    """Columnar form of ``{"col": [..]}`` or ``[{"col": v}, ...]`` (a list of records)."""
+def columns_of(payload: Any, signature: Signature) -> dict[str, list]:
+    """Columnar form of ``{"col": [..]}`` or ``[{"col": v}, ...]`` (a list of records).
+
+    Each record's keys are checked against the signature as the records are walked (in C), before
+    any column is built: a column per distinct key of all records would cost rows times keys (a 1 MB
+    body of records with a key each took minutes), while the model's columns are known and few."""
     if isinstance(payload, dict):
-        columns = {}
-        for name, values in payload.items():
-            columns[name] = values if isinstance(values, list) else [values]
-        return columns
+        return {name: values if isinstance(values, list) else [values] for name, values in payload.items()}
     if isinstance(payload, list):
-        if not all(isinstance(record, dict) for record in payload):
+        if not set(map(type, payload)) <= DICT_TYPE:
             raise InputError("a list of records must hold JSON objects, one per row")
-        names: dict[str, None] = {}
-        for record in payload:
-            names.update(dict.fromkeys(record))
+        if not all(map(signature.known.issuperset, payload)):  # stops at the first record with an unknown key
+            row = next(row for row, record in enumerate(payload) if not signature.known.issuperset(record))
+            signature.refuse_unexpected(payload[row], row)
+        names = dict.fromkeys(chain.from_iterable(payload))  # the signature's, each once
         return {name: [record.get(name) for record in payload] for name in names}
     raise InputError('inputs must be an object of columns ({"col": [values]}) or a list of records')
 
@@ -88,8 +92,9 @@ def check_columns(columns: dict[str, list], expected: list[Column] | Signature) 
 class Signature:
     """A model's input columns, with what checking a request against them needs worked out once."""
 
-    def __init__(self, columns: list[Column]) -> None:
+    def __init__(self, columns: list[Column], *, max_string_chars: int = 10_000) -> None:
         self.columns = columns
+        self.max_string_chars = max_string_chars
         self.known = frozenset(column.name for column in columns)
         self.required = [column.name for column in columns if column.required]
         # Columns grouped by the value types they take: a request's values are checked one group at a
@@ -109,10 +114,7 @@ class Signature:
         if missing:
             raise InputError(f"missing column(s): {', '.join(missing)}")
         if not self.known.issuperset(columns):
-            extra = [name for name in columns if name not in self.known]
-            raise InputError(
-                f"unexpected column(s): {', '.join(extra)}; the model takes {', '.join(sorted(self.known))}"
-            )
+            self.refuse_unexpected(columns)
         lengths = {len(values) for values in columns.values()}
         if len(lengths) > 1:
             raise InputError(f"columns have different lengths: {sorted(lengths)}")
@@ -126,7 +128,25 @@ class Signature:
             if not kinds <= allowed or (integers and float in kinds):
                 for column in sent:  # name the column, row and value (the float may be in another column)
                     _check_values(column, columns[column.name], allowed)
+            if str in allowed:  # one pass in C per string column; numbers need none
+                for column in sent:
+                    self._check_lengths(column, columns[column.name])
         return rows
+
+    def refuse_unexpected(self, names: Iterable[str], row: int | None = None) -> NoReturn:
+        """Refuse names outside the signature (a request's, or row ``row``'s), naming the first few."""
+        extra = listed_names([name for name in names if name not in self.known])
+        where = "" if row is None else f" in row {row}"
+        raise InputError(f"unexpected column(s){where}: {extra}; the model takes {', '.join(sorted(self.known))}")
+
+    def _check_lengths(self, column: Column, values: list) -> None:
+        limit = self.max_string_chars
+        if max(map(len, filter(None, values)), default=0) > limit:  # (null and "" are filtered out)
+            row = next(row for row, value in enumerate(values) if value is not None and len(value) > limit)
+            raise InputError(
+                f"column {column.name!r}: row {row} holds {len(values[row])} characters; "
+                f"at most {limit} (ASGARD_SERVING_MAX_STRING_CHARS)"
+            )
 
 
 ALLOWED_TYPES = {
@@ -141,21 +161,55 @@ def _check_values(column: Column, values: list, allowed: frozenset) -> None:
     # (bool is not allowed for numbers: true/false is not a number a client meant to send.)
     if not set(map(type, values)) <= allowed:
         for row, value in enumerate(values):
+            if type(value) is NonFinite:
+                raise InputError(
+                    f"column {column.name!r}: row {row} holds {value}, not a finite number "
+                    "(send null for a missing value)"
+                )
             if type(value) not in allowed:
                 kind = {"string": "a string column", "boolean": "boolean"}.get(column.type, column.type)
-                raise InputError(f"column {column.name!r} is {kind}: row {row} holds {value!r}")
+                raise InputError(f"column {column.name!r} is {kind}: row {row} holds {shown_value(value)}")
     if column.type in INTEGER_TYPES:
         for row, value in enumerate(values):
             if isinstance(value, float) and not value.is_integer():
                 raise InputError(f"column {column.name!r} is {column.type}: row {row} holds {value!r}")
 
 
+class NonFinite:
+    """A ``NaN``, ``Infinity`` or ``-Infinity`` literal of a request body (not JSON, though some clients
+    write it: Python's ``json.dumps``, pandas): kept as itself through parsing so that the column check
+    refuses it, naming the column, rather than taking it for a missing value or a number."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+    def __repr__(self) -> str:
+        return self.literal
+
+
+def shown_value(value: Any, width: int = 60) -> str:
+    """A value as an error message shows it: short, and without walking a nested one (whose repr could
+    be as large as the body, or deeper than the interpreter's recursion limit)."""
+    if isinstance(value, list | dict):
+        return "a JSON array" if isinstance(value, list) else "a JSON object"
+    shown = repr(value)
+    return shown if len(shown) <= width else f"{shown[:width]}... ({len(shown)} characters)"
+
+
+def listed_names(names: list[str], first: int = 10) -> str:
+    """The first few names, each cut short: a refusal is never as large as the body that caused it."""
+    shown = ", ".join(name if len(name) <= 60 else f"{name[:60]}..." for name in names[:first])
+    return shown if len(names) <= first else f"{shown} and {len(names) - first} more"
+
+
 class Predictor:
     """Loads the bundle's model once and predicts on checked columns."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, *, max_string_chars: int = 10_000) -> None:
         self.bundle = bundle
-        self.signature = Signature(bundle.columns)
+        self.signature = Signature(bundle.columns, max_string_chars=max_string_chars)
         self.flavor = bundle.info["flavor"]
         self.classes = bundle.info.get("classes")
         self.numeric = [column.name for column in self.signature.columns if column.type not in STRING_TYPES]

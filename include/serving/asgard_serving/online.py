@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any
 
-from asgard_serving.model import InputError
+from asgard_serving.model import InputError, listed_names, shown_value
 
 # Feast's ValueType numbers (feast.value_type.ValueType), as entity keys carry them.
 VALUE_TYPES = {"STRING": 2, "INT32": 3, "INT64": 4}
@@ -275,7 +275,7 @@ class OnlineFeatures:
             raise InputError(f'entities must be an object of id lists, such as {{"{expected.split(", ")[0]}": [1, 2]}}')
         unknown = sorted(set(entities) - set(self.join_keys))
         if unknown:
-            raise InputError(f"unknown entity key(s) {', '.join(unknown)}: {keyed_by}")
+            raise InputError(f"unknown entity key(s) {listed_names(unknown)}: {keyed_by}")
         absent = sorted(set(self.join_keys) - set(entities))
         raise InputError(f"missing entity key(s) {', '.join(absent)}: {keyed_by}")
 
@@ -306,12 +306,12 @@ def _check_ids(name: str, value_type: str, values: list) -> None:
     if value_type == "STRING":
         wrong = next((v for v in values if not isinstance(v, str)), None)
         if wrong is not None:
-            raise InputError(f"entity key {name} takes strings: got {wrong!r}")
+            raise InputError(f"entity key {name} takes strings: got {shown_value(wrong)}")
         return
     low, high = INTEGER_RANGES[value_type]
     for value in values:
         if type(value) is not int or not low <= value <= high:
-            raise InputError(f"entity key {name} takes {value_type.lower()} integers: got {value!r}")
+            raise InputError(f"entity key {name} takes {value_type.lower()} integers: got {shown_value(value)}")
 
 
 # What a store returns for one view: each stored key's serialized values (in the view's feature order,

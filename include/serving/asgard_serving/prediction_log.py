@@ -12,8 +12,11 @@ One background thread drains the queue every ``flush_seconds`` into a JSON-lines
 in a local folder (written under a temporary name and renamed) or under an ``s3://bucket/prefix``
 (one PUT per batch; S3 never shows half an object), so a reader never sees half a batch. When the
 queue is full the newest requests are dropped and counted: serving never waits for the log. The
-queue is bounded in rows (a request of 100,000 rows weighs what it holds), so the memory the log
-takes is bounded whatever the requests. ``asgard.monitoring.windows`` reads the lines back as rows.
+queue is bounded in bytes and in rows, so the memory the log takes, and what one batch writes, are
+bounded whatever the requests; a request holding a string value longer than ``max_value_chars`` is
+not logged either (a category is short; a long string is a payload that would fill the disk). What is
+not logged is counted by reason (``lines``: ``asgard_prediction_log_dropped_requests_total`` in
+``/metrics``), never written in part. ``asgard.monitoring.windows`` reads the lines back as rows.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 log = logging.getLogger("asgard_serving.prediction_log")
+
+# Why a request was not logged: the queue is full (or its line alone is larger than the queue), a
+# string value is longer than the log takes, or its batch could not be written (disk, bucket).
+DROP_REASONS = ("queue_full", "value_too_long", "write_failed")
 
 
 class PredictionLog:
@@ -40,6 +48,9 @@ class PredictionLog:
         flush_seconds: float = 5.0,
         max_rows: int = 10_000,
         max_queued_rows: int = 100_000,
+        max_queued_bytes: int = 64_000_000,
+        max_value_chars: int = 1000,
+        string_columns: Iterable[str] = (),
     ) -> None:
         destination = str(destination)
         if destination.startswith("s3://"):
@@ -56,9 +67,15 @@ class PredictionLog:
         self.model = model
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
-        self.dropped = 0
         self.max_queued_rows = max_queued_rows
+        self.max_queued_bytes = max_queued_bytes
+        self.max_value_chars = max_value_chars
+        self.string_columns = tuple(string_columns)  # the only columns whose values can be long
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)  # requests not logged, since the start
+        self.written_bytes = 0
+        self._unreported = 0  # requests not logged since the last warning
         self._queued_rows = 0
+        self._queued_requests = 0
         self._lock = threading.Lock()
         self._lines = bytearray()  # the queued lines, each ending in a newline
         self._stop = threading.Event()
@@ -69,7 +86,7 @@ class PredictionLog:
         """Queue one request's inputs and outputs as one line (no I/O), unless the queue is full."""
         rows = len(result["predictions"])
         if self._queued_rows + rows > self.max_queued_rows:  # read without the lock: a hint is enough here
-            self.dropped += 1
+            self._drop("queue_full")
             return
         line = {
             "logged_at": time.time(),
@@ -82,9 +99,42 @@ class PredictionLog:
         if "probabilities" in result:
             line["probabilities"] = result["probabilities"]
         serialized = orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+        # A line no longer than the limit holds no longer value: most lines are not looked into.
+        if len(serialized) > self.max_value_chars and self._longest_string(columns) > self.max_value_chars:
+            self._drop("value_too_long")
+            return
         with self._lock:
+            if len(self._lines) + len(serialized) > self.max_queued_bytes:
+                self._drop_locked("queue_full")
+                return
             self._lines += serialized
             self._queued_rows += rows
+            self._queued_requests += 1
+
+    def lines(self) -> list[str]:
+        """The log's counters, in Prometheus' text format (``/metrics``)."""
+        dropped = "asgard_prediction_log_dropped_requests_total"
+        written = "asgard_prediction_log_written_bytes_total"
+        return [
+            f"# HELP {dropped} Prediction requests answered but not logged, by reason.",
+            f"# TYPE {dropped} counter",
+            *(f'{dropped}{{reason="{reason}"}} {count}' for reason, count in self.dropped.items()),
+            f"# HELP {written} Bytes of prediction log written (files or S3 objects).",
+            f"# TYPE {written} counter",
+            f"{written} {self.written_bytes}",
+        ]
+
+    def _longest_string(self, columns: dict[str, list]) -> int:
+        lengths = (max(map(len, filter(None, columns.get(name, ()))), default=0) for name in self.string_columns)
+        return max(lengths, default=0)
+
+    def _drop(self, reason: str, requests: int = 1) -> None:
+        with self._lock:
+            self._drop_locked(reason, requests)
+
+    def _drop_locked(self, reason: str, requests: int = 1) -> None:
+        self.dropped[reason] += requests
+        self._unreported += requests
 
     def close(self) -> None:
         self._stop.set()
@@ -96,15 +146,16 @@ class PredictionLog:
             self._stop.wait(self.flush_seconds)
             self._flush(self._drain())
 
-    def _drain(self) -> tuple[int, bytes]:
+    def _drain(self) -> tuple[int, int, bytes]:
         with self._lock:
-            rows, lines = self._queued_rows, self._lines
-            self._queued_rows, self._lines = 0, bytearray()
-        return rows, bytes(lines)
+            requests, rows, lines = self._queued_requests, self._queued_rows, self._lines
+            self._queued_requests, self._queued_rows, self._lines = 0, 0, bytearray()
+        return requests, rows, bytes(lines)
 
-    def _flush(self, batch: tuple[int, bytes]) -> None:
-        rows, body = batch
+    def _flush(self, batch: tuple[int, int, bytes]) -> None:
+        requests, rows, body = batch
         if not body:
+            self._report_drops()
             return
         name = f"predictions-{int(time.time() * 1000)}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         try:
@@ -120,6 +171,14 @@ class PredictionLog:
                     partial.unlink(missing_ok=True)
         except Exception as error:  # a full disk or an unreachable bucket must not take serving down
             log.error("could not write %d logged predictions: %s", rows, error)
-        if self.dropped:
-            log.warning("prediction log queue was full: %d requests were not logged", self.dropped)
-            self.dropped = 0
+            self._drop("write_failed", requests)
+        else:
+            self.written_bytes += len(body)
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        with self._lock:
+            unreported, self._unreported = self._unreported, 0
+        if unreported:
+            counts = ", ".join(f"{reason} {count}" for reason, count in self.dropped.items())
+            log.warning("%d prediction requests were not logged (since the start: %s)", unreported, counts)
