@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI, Request
 from asgard.api import jobs
 from asgard.api.mlops import add_error_handlers
 from asgard.api.schemas import FeatureRegistration, JobSubmitted
-from asgard.api.security import CallerAirflow, caller, limit_body_size, offloaded, requires
+from asgard.api.security import BodyLimit, CallerAirflow, caller, offloaded, requires
 
 
 def create_app() -> FastAPI:
@@ -20,7 +20,7 @@ def create_app() -> FastAPI:
         dependencies=[Depends(caller)],
     )
     add_error_handlers(app)
-    app.middleware("http")(limit_body_size)
+    app.add_middleware(BodyLimit)
 
     @app.get(
         "/status",

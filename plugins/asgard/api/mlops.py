@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from asgard.api import jobs
@@ -19,11 +22,11 @@ from asgard.api.schemas import (
     TrainModelRequest,
 )
 from asgard.api.security import (
+    BodyLimit,
     CallerAirflow,
     CallerIdentity,
     authorize,
     caller,
-    limit_body_size,
     offloaded,
     requires,
 )
@@ -44,7 +47,7 @@ def create_app() -> FastAPI:
         dependencies=[Depends(caller)],
     )
     add_error_handlers(app)
-    app.middleware("http")(limit_body_size)
+    app.add_middleware(BodyLimit)
 
     @app.get("/health", summary="The API answers and the caller is authenticated")
     def health() -> dict[str, str]:
@@ -268,12 +271,25 @@ def add_models_page(app: FastAPI) -> None:
         return HTMLResponse(content.decode(), media_type="text/html")
 
 
+def _json_number(number: float) -> float | str:
+    if math.isfinite(number):
+        return number
+    return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
+
+
 def _job_url(request: Request, job: dict[str, Any]) -> str:
     return str(request.url_for("job", job_id=job["job_id"]))
 
 
 def add_error_handlers(app: FastAPI) -> None:
     """Named errors of the platform as HTTP answers: unknown → 404, refused input → 422."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, but a refused Infinity or NaN is quoted back as text: JSON has no such
+        # number, and FastAPI's encoder would fail on it (a 500 instead of the 422).
+        detail = jsonable_encoder(error.errors(), custom_encoder={float: _json_number})
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(ModelNotFoundError)
     @app.exception_handler(jobs.JobNotFoundError)

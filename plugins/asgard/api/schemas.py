@@ -3,6 +3,11 @@
 Requests that start a DAG run declare the seed's keys (for the OpenAPI docs and a 422 naming a
 missing or mistyped field) and pass any other key through as conf: the DAG's Params are the one
 full schema of each conf, and a value they refuse is a 422 naming the param too.
+
+Numbers are finite everywhere: JSON parsing turns ``Infinity``, ``NaN`` and ``1e999`` into
+non-finite floats, which no measurement, threshold or conf can mean (a conf would reach the DAG with
+them as null). Declared floats are ``FiniteFloat``; free-form values (``FiniteJson``), extra conf
+keys included, are searched for one, and either way it is a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic_core import PydanticCustomError
 
 from asgard.core.param_schemas import MODEL_NAME_PATTERN
+from asgard.monitoring.store import non_finite
 
 ModelName = Field(pattern=MODEL_NAME_PATTERN, max_length=128, description="A registered model's name.")
 # Bounds on what one request may carry (the body as a whole is capped too: asgard.api.security).
@@ -20,10 +27,30 @@ Name = Field(min_length=1, max_length=256)
 Tags = Field(default_factory=dict, max_length=50, description="String tags (at most 50).")
 
 
-class DagConf(BaseModel):
-    """A conf for a DAG: the declared fields, plus any other key the DAG's Params accept."""
+def _finite(value: Any) -> Any:
+    for path, number in non_finite(value):
+        where = f" (at {path})" if path else ""
+        raise PydanticCustomError(
+            "finite_number", "Input should be a finite number, not {number}{where}", {"number": number, "where": where}
+        )
+    return value
+
+
+# Any JSON value without Infinity or NaN in it, however deep.
+FiniteJson = Annotated[Any, AfterValidator(_finite)]
+# Inline rows, a list of values per column.
+Columns = Annotated[dict[str, list[Any]], AfterValidator(_finite)]
+
+
+class OpenModel(BaseModel):
+    """A body that passes keys it does not declare through (to a DAG's Params), finite like the rest."""
 
     model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, FiniteJson] = Field(init=False)
+
+
+class DagConf(OpenModel):
+    """A conf for a DAG: the declared fields, plus any other key the DAG's Params accept."""
 
     def conf(self) -> dict[str, Any]:
         """What the caller sent (unsent optional keys keep the DAG's defaults)."""
@@ -42,11 +69,9 @@ class TrainingUpload(DagConf):
     )
 
 
-class DataSource(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class DataSource(OpenModel):
     feature_views: list[str] = Field(max_length=20)
-    entities: dict[str, list[Any]] | None = None
+    entities: Columns | None = None
     target_column: str = Field(max_length=128)
 
 
@@ -56,9 +81,9 @@ class TrainModelRequest(DagConf):
     framework: Literal["sklearn", "xgboost", "lightgbm"]
     model_type: Literal["classification", "regression"]
     data_source: DataSource
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, max_length=10)
+    hyperparameters: dict[str, FiniteJson] = Field(default_factory=dict, max_length=10)
     tags: dict[str, str] = Tags
-    retraining: dict[str, Any] | None = Field(
+    retraining: dict[str, FiniteJson] | None = Field(
         None,
         description="Retrain the champion when its feature views are materialized again: "
         '`{"on_new_features": true, "min_interval_hours": 24}`.',
@@ -69,7 +94,7 @@ class BatchScoringRequest(DagConf):
     model_name: str = ModelName
     model_version: str | int | None = Field(None, description="A version number; else `alias` (default champion).")
     feature_views: list[str] | None = Field(None, max_length=20)
-    entities_df: dict[str, list[Any]] | None = Field(None, max_length=50)
+    entities_df: Columns | None = Field(None, max_length=50)
     output_path: str = Field(max_length=1024, description="Local path or s3:// URI of the Parquet output.")
 
 
@@ -78,9 +103,7 @@ class FeatureField(BaseModel):
     dtype: str = Field(max_length=32)
 
 
-class FeatureSource(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class FeatureSource(OpenModel):
     table_name: str = Field(max_length=128)
     timestamp_field: str = Field(max_length=128)
 
@@ -109,11 +132,11 @@ class MonitoringRecordRequest(BaseModel):
     model_version: Annotated[str, Field(max_length=32)] | Annotated[int, Field(strict=True, ge=0, le=10**12)]
     # The store keeps 32 characters: a longer name is a 422 here, not a database error.
     metric_type: str = Field(min_length=1, max_length=32)
-    metrics: dict[str, float] = Field(max_length=200)
-    reference_data: dict[str, Any] | None = Field(None, max_length=200)
-    current_data: dict[str, Any] | None = Field(None, max_length=200)
+    metrics: dict[str, FiniteFloat] = Field(max_length=200)
+    reference_data: dict[str, FiniteJson] | None = Field(None, max_length=200)
+    current_data: dict[str, FiniteJson] | None = Field(None, max_length=200)
     tags: dict[str, str] = Tags
-    thresholds: dict[str, float] | None = Field(None, description="Overrides of the default alert thresholds.")
+    thresholds: dict[str, FiniteFloat] | None = Field(None, description="Overrides of the default alert thresholds.")
 
 
 class MonitoringHistoryRequest(BaseModel):

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgard.hooks.airflow_api import AirflowApi
 
@@ -35,7 +36,7 @@ bearer = HTTPBearer(
 )
 # Threads the endpoints' work may take at once (the API server's own pool is 40 by default).
 WORKERS = 8
-# A request body larger than this is refused before it is read (the largest is a script upload).
+# A request body larger than this is refused (BodyLimit) before the app reads it: the largest is a script upload.
 MAX_BODY_BYTES = 2_000_000
 VERBS = {"GET": "read", "POST": "start", "PUT": "change", "DELETE": "delete"}
 
@@ -135,9 +136,60 @@ def airflow_as_caller(who: CallerIdentity) -> AirflowApi:
 CallerAirflow = Annotated[AirflowApi, Depends(airflow_as_caller)]
 
 
-async def limit_body_size(request: Request, call_next: Callable) -> Any:
-    """Refuse a body over MAX_BODY_BYTES (413) before reading it."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        return JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
-    return await call_next(request)
+class BodyLimit:
+    """Pure ASGI middleware: a request body over ``max_bytes`` is a 413 before the app sees the request.
+
+    It runs before routing, so before the routes' auth and body parsing: an unauthenticated oversized
+    body is a 413 too. A declared ``Content-Length`` over the limit is refused without reading a byte;
+    a body without one (chunked) is counted as it arrives and refused as soon as the count passes the
+    limit, so no more than the limit is ever held. The 413 closes the connection: the server stops
+    reading the rest instead of parsing it for nobody. A body within the limit is handed to the app
+    whole. (Not Starlette's ``BaseHTTPMiddleware``: it sees the body only as the app reads it, after
+    routing, and runs the app in a task of its own.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = [value for name, value in scope["headers"] if name == b"content-length"]
+        if any(not value.isdigit() or int(value) > self.max_bytes for value in declared):
+            await self._refuse(send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
+            chunk = message.get("body", b"")
+            if len(body) + len(chunk) > self.max_bytes:
+                await self._refuse(send)
+                return
+            body += chunk
+            if not message.get("more_body", False):
+                break
+        whole: Message | None = {"type": "http.request", "body": bytes(body), "more_body": False}
+        del body
+
+        async def replay() -> Message:
+            nonlocal whole
+            if whole is None:  # after the body: what the server says next (a disconnect)
+                return await receive()
+            message, whole = whole, None
+            return message
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        answer = json.dumps({"detail": f"the request body is larger than {self.max_bytes} bytes"}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(answer)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})

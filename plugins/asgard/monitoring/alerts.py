@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from asgard.monitoring.store import MonitoringStore, Record
-from asgard.monitoring.thresholds import DRIFT_TYPES, Thresholds
+from asgard.monitoring.thresholds import DRIFT_TYPES, MonitoringError, Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ def _alert_text(record: Record, thresholds: Thresholds) -> str:
 def external_record(request: dict[str, Any], thresholds: Thresholds) -> Record:
     """A ``POST /mlops/monitoring`` body as a record, its alerts decided by the same thresholds (no persistence)."""
     metrics = {key: float(value) for key, value in (request.get("metrics") or {}).items()}
+    odd = sorted(key for key, value in metrics.items() if not math.isfinite(value))
+    if odd:  # the API refuses them already (422); no other caller gets an "inf" alert either
+        raise MonitoringError(f"metrics {', '.join(odd)} must be finite numbers")
     alerts = []
     for key, value in metrics.items():
         if (

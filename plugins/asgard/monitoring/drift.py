@@ -37,7 +37,7 @@ class NumericReference:
 
     @classmethod
     def from_values(cls, values: np.ndarray, *, bins: int = 10) -> NumericReference:
-        present = np.sort(values[~np.isnan(values)])
+        present = np.sort(values[np.isfinite(values)])
         if not len(present):
             raise ValueError("a numeric reference needs at least one value")
         edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)))
@@ -135,17 +135,22 @@ def ks_p_value(statistic: float, reference_rows: int, current_rows: int) -> floa
 
 
 def numeric_statistics(values: np.ndarray, reference: NumericReference) -> ColumnStatistics:
+    """Drift and range of a numeric window. NaN is missing; ±inf is a value out of range, left out of the
+    distributions (it would make Wasserstein and the drift score infinite, and say nothing more)."""
     missing = np.isnan(values)
-    present = np.sort(values[~missing])
     stats = ColumnStatistics("numeric", len(values), float(missing.mean()) if len(values) else 0.0)
+    given = np.sort(values[~missing])
+    present = given[np.isfinite(given)]
     if not len(present):
+        if len(given):  # only infinities: all out of range, no distribution to compare
+            stats.metrics = {"out_of_range_rate": 1.0}
         return stats
     proportions = bin_proportions(present, reference.bin_edges)
     expected = reference.bin_counts / reference.bin_counts.sum()
     ks, wasserstein = ks_and_wasserstein(reference.sorted_sample, present)
     p_value = ks_p_value(ks, len(reference.sorted_sample), len(present))
-    outside = np.searchsorted(present, reference.minimum, side="left") + (
-        len(present) - np.searchsorted(present, reference.maximum, side="right")
+    outside = np.searchsorted(given, reference.minimum, side="left") + (
+        len(given) - np.searchsorted(given, reference.maximum, side="right")
     )
     stats.metrics = {
         "psi": psi(expected, proportions),
@@ -153,7 +158,7 @@ def numeric_statistics(values: np.ndarray, reference: NumericReference) -> Colum
         "ks_statistic": ks,
         "ks_p_value": p_value,
         "wasserstein": wasserstein,
-        "out_of_range_rate": float(outside / len(present)),
+        "out_of_range_rate": float(outside / len(given)),
     }
     stats.drift_score = wasserstein / reference.std if reference.std > 0 else float(ks)
     stats.p_value = p_value

@@ -1,11 +1,14 @@
 """One window against its reference: drift, data quality and performance, each as a record.
 
 No crying wolf: below ``min_samples`` rows there is no drift verdict; whether a breach alerts is
-decided later (:mod:`asgard.monitoring.alerts`), once it has lasted.
+decided later (:mod:`asgard.monitoring.alerts`), once it has lasted. A statistic that came out
+infinite or NaN is no verdict either: it is left out of its record, which is not judged.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -13,11 +16,13 @@ import pandas as pd
 
 from asgard.monitoring import drift
 from asgard.monitoring.reference import Reference
-from asgard.monitoring.store import Record
+from asgard.monitoring.store import Record, non_finite
 from asgard.monitoring.thresholds import Thresholds
 from asgard.monitoring.windows import Window
 
 PREDICTION_SUBJECT = "prediction"
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(reference: Reference, window: Window, thresholds: Thresholds) -> tuple[list[Record], list[str]]:
@@ -69,7 +74,7 @@ def evaluate(reference: Reference, window: Window, thresholds: Thresholds) -> tu
                 **base,
             )
         )
-        if stats.rows - round(stats.missing_rate * stats.rows) < thresholds.min_samples:
+        if stats.drift_score is None or stats.rows - round(stats.missing_rate * stats.rows) < thresholds.min_samples:
             continue
         records.append(
             Record(
@@ -110,7 +115,42 @@ def evaluate(reference: Reference, window: Window, thresholds: Thresholds) -> tu
         skipped.append(performance)
     else:
         records.append(Record(**base, **performance))
+    for record in records:
+        _set_aside_non_finite(record, skipped)
     return records, skipped
+
+
+def _set_aside_non_finite(record: Record, skipped: list[str]) -> None:
+    """Drop a record's infinite or NaN statistics and leave it unjudged: no alert says "inf".
+
+    In the distributions' summaries (shown, never judged) such a number is null: not computable.
+    """
+    record.reference_data = _nulled(record.reference_data)
+    record.current_data = _nulled(record.current_data)
+    odd = {key: value for key, value in record.metrics.items() if not math.isfinite(value)}
+    if not odd:
+        return
+    subject = f" {record.subject}" if record.subject else ""
+    reason = (
+        f"{record.metric_type}{subject}: not judged, "
+        + ", ".join(f"{key} came out {value}" for key, value in odd.items())
+        + " (left out of the record)"
+    )
+    log.warning("%s v%s: %s", record.model_name, record.model_version, reason)
+    skipped.append(reason)
+    record.metrics = {key: value for key, value in record.metrics.items() if key not in odd}
+    record.breached = record.alert_triggered = False
+    record.alerts = []
+
+
+def _nulled(value: Any) -> Any:
+    if next(non_finite(value), None) is None:
+        return value
+    if isinstance(value, dict):
+        return {key: _nulled(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulled(item) for item in value]
+    return None
 
 
 def _drifted(stats: drift.ColumnStatistics, thresholds: Thresholds) -> bool:

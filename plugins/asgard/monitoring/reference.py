@@ -65,7 +65,7 @@ def feature_references(profile: dict[str, Any], sample: pd.DataFrame) -> dict[st
             features[name] = drift.NumericReference(
                 np.asarray(summary["bin_edges"], dtype=float),
                 np.asarray(summary["bin_counts"], dtype=float),
-                np.sort(values[~np.isnan(values)]),
+                np.sort(values[np.isfinite(values)]),
                 float(summary["std"] or 0.0),
                 float(summary["min"]),
                 float(summary["max"]),

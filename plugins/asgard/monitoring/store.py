@@ -9,8 +9,9 @@ cool-down is read from them.
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -247,7 +248,23 @@ class MonitoringStore:
             return True
 
 
+def non_finite(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    """Each infinite or NaN number in ``value`` (a number, or lists and dicts of them), and where it is."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield path, value
+    elif isinstance(value, dict | list | tuple):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            yield from non_finite(item, f"{path}.{key}" if path else str(key))
+
+
 def _row(record: Record) -> dict[str, Any]:
+    # JSON has no Infinity or NaN: PostgreSQL refuses them, SQLite would keep a token no JSON reader takes.
+    values = {name: getattr(record, name) for name in ("metrics", "reference_data", "current_data")}
+    odd = [where for where, _ in non_finite(values)]
+    if odd:
+        raise ValueError(f"{record.metric_type} record of {record.model_name}: {', '.join(odd)} not finite")
     return {name: getattr(record, name) for name in (column.name for column in records_table.c)}
 
 

@@ -6,6 +6,7 @@ every time its file is parsed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -39,7 +40,12 @@ class Thresholds:
         unknown = sorted(set(values or {}) - known)
         if unknown:
             raise MonitoringError(f"unknown threshold(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**{key: value for key, value in (values or {}).items() if value is not None})
+        given = {key: value for key, value in (values or {}).items() if value is not None}
+        # NaN compares false with everything (never alerts), inf is always under or over: neither is a threshold.
+        odd = sorted(key for key, value in given.items() if isinstance(value, float) and not math.isfinite(value))
+        if odd:
+            raise MonitoringError(f"threshold(s) {', '.join(odd)} must be finite numbers")
+        return cls(**given)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
