@@ -16,7 +16,7 @@ die() { printf 'asgard setup: %s\n' "$*" >&2; exit 1; }
 # debootstrap makes their base where no public image can be pulled; wrk drives the benchmarks;
 # bubblewrap and the system's python3 run uploaded scripts in sandboxes (asgard.core.sandbox).
 APT_PACKAGES=(git docker-compose docker.io containerd runc iptables debootstrap docker-registry apache2-utils wrk
-  bubblewrap python3)
+  bubblewrap python3 python3-seccomp)
 # Options: --test-tools (./asgard test): a browser and its driver for the UI tests (selenium drives
 # them); --system-services (setup, test, the production profile): the machine's PostgreSQL and Redis,
 # installed and started by scripts/system_services.sh (the embedded default needs neither).

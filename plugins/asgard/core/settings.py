@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # The most a train_script request may ask for (a request above is refused, naming the cap).
     script_max_memory_mb: int = 8192
     script_max_timeout: int = 7200
+    # What a sandboxed script may write: its /work and its /tmp hold at most this much each (in
+    # memory, inside its memory cap); a write beyond fails with ENOSPC, the host's disk untouched.
+    script_max_disk_mb: int = Field(2048, ge=16)
     # The image repository holding one image per requirements set, tagged with its environment key
     # (default: asgard/script-env on the platform's registry).
     script_image_repository: str | None = None
@@ -75,6 +78,11 @@ class Settings(BaseSettings):
     serving_base_image: str = LOCAL_BASE_IMAGE
     # The embedded profile's stable model endpoint (/models/<name>/...) in front of the containers.
     router_port: int = 8700
+    # What one serving container of the Docker target may use (a model's code runs in it): memory (MB,
+    # no swap beyond it), CPUs, processes. A model needing more asks its operator to raise them.
+    serving_memory_mb: int = Field(2048, ge=128)
+    serving_cpus: float = Field(1.0, gt=0)
+    serving_max_processes: int = Field(256, ge=16)
     # Where monitoring results go (SQLAlchemy URL); embedded: a SQLite file under home.
     monitoring_database_url: str | None = None
     # Where serving pods in a cluster ship their prediction logs (``s3://bucket/prefix``, one prefix
@@ -264,6 +272,16 @@ class Settings(BaseSettings):
     @property
     def gold_warehouse_uri(self) -> str:
         return self.gold_warehouse or f"s3://{self.s3_bucket}/gold"
+
+    @property
+    def online_door_folder(self) -> Path:
+        """Where the router serves the online store's door (``redis.sock``) that serving containers mount."""
+        return self.state_dir / "online-door"
+
+    @property
+    def online_redis_url(self) -> str:
+        """``redis_url`` at the online store's database (``ASGARD_ONLINE_REDIS_DB``)."""
+        return f"{self.redis_url.rstrip('/')}/{self.online_redis_db}"
 
     @property
     def online_redis_connection(self) -> str:
