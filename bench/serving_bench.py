@@ -19,6 +19,10 @@ its prediction log on, side by side with:
   per request (read from the engine) with two workers and with one worker reading as many connections
   as each of them, which ``wrk``'s share of the cores does not cap.
 
+- itself as the Docker deploy target runs it (``asgard.deploy.docker_target.create_serving_container``:
+  a network namespace and bridge of its own, its port published on 127.0.0.1, non-root, read-only,
+  capped) against the same image on the host's network, 1 row, the two alternating (target >= 0.9x).
+
 Before timing, the image's labels on 100 rows must equal ``mlflow models serve``'s and the native
 model's, and its probabilities be within 1e-6 of the native model's. Then the image size and
 container start -> /health ok time (target <= 3 s).
@@ -249,6 +253,31 @@ def container(
         client.remove_container(created, force=True)
 
 
+@contextlib.contextmanager
+def isolated_container(client, image: str, workers: int, settings):
+    """The image as the Docker deploy target holds a model's container (its own network, limits)."""
+    import uuid
+
+    from asgard.deploy.docker_target import create_serving_container, remove_serving_container
+
+    name = f"asgard-bench-isolated-{uuid.uuid4().hex[:8]}"
+    environment = {"ASGARD_SERVING_WORKERS": str(workers), "ASGARD_PREDICTION_LOG": "/tmp/predictions"}
+    created, port = create_serving_container(client, name, image, environment, {}, {}, settings=settings, restart=False)
+    started = time.perf_counter()
+    client.start(created)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health")
+        ready = time.perf_counter() - started
+
+        def cpu_seconds() -> float:
+            stats = client.stats(created, stream=False, one_shot=True)
+            return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+
+        yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds)
+    finally:
+        remove_serving_container(client, name)
+
+
 def model_time(url: str) -> tuple[float, float]:
     """The image's ``asgard_prediction_model_seconds`` so far: (seconds, predictions)."""
     import httpx
@@ -407,6 +436,21 @@ def main() -> int:
                         f"{measured['rps'] * measured['model_s'] / args.workers:.2f} of the worker's time",
                         flush=True,
                     )
+            # The deploy target's own network (a bridge of its own, the port published through the engine's
+            # proxy) against the host's, same image and load, alternating.
+            with (
+                container(client, image, args.workers) as host,
+                isolated_container(client, image, args.workers, settings) as isolated,
+            ):
+                on_host, held = side_by_side(host, isolated, bodies[1], args)
+                ratio = held["rps"] / on_host["rps"]
+                print(
+                    f"    1 row, as the deploy target runs it (own network, published port, limits): "
+                    f"{held['rps']:.0f} req/s p99 {held['p99_ms']:.2f} ms | on the host's network "
+                    f"{on_host['rps']:.0f} req/s p99 {on_host['p99_ms']:.2f} ms | network ratio {ratio:.2f} "
+                    f"(target >= 0.9)",
+                    flush=True,
+                )
             if context.info["flavor"] == "onnx":
                 model_file = context.folder / "model" / "model.onnx"
                 seconds = model_alone(model_file, context.info, sample_rows(100))

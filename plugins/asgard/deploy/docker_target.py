@@ -4,6 +4,13 @@ The new version's container starts beside the one serving; it must become health
 intended version in ``/metadata`` and answer ``/predict`` on holdout rows, first directly and then
 through the stable endpoint. Only then is the old container stopped (after a short drain). Any
 failure removes the new container and leaves the route — and so the old version — untouched.
+
+A serving container runs a model's own code (it deserializes the model and calls it on every request),
+so it is held like one: its own network namespace on a bridge of its own (no masquerading, and the
+engine forwards nothing between bridges, so it reaches no other container and nothing beyond this
+host; the platform's services listen on loopback only, which is not its loopback), only its port
+published on 127.0.0.1 (the router's way in), a non-root user, a read-only root filesystem, no new
+privileges, no capabilities, and memory, CPU and process limits (``ASGARD_SERVING_*``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ log = logging.getLogger(__name__)
 SERVING_UID = 10001
 DEPLOY_LABEL = "io.asgard.deploy.model"
 ONLINE_STORE_INSIDE = "/var/lib/asgard/online-store"
+ONLINE_DOOR_INSIDE = "/run/asgard-online"
+# The port the serving app listens on inside its own network namespace.
+PORT_INSIDE = 8080
 
 
 def _free_port() -> int:
@@ -48,6 +58,7 @@ def deploy(
     router_url: str,
     prediction_log: Path | None = None,
     online_store: str | None = None,
+    online_door: Path | None = None,
     rollout: Rollout = REPLACING,
     timeout: float = 120.0,
     drain_seconds: float = 1.0,
@@ -58,13 +69,15 @@ def deploy(
 
     ``online_store`` is where the container reads features by entity id: a SQLite file (its folder is
     mounted read-only, so the container never writes it; SQLite's journal beside it stays visible) or
-    a Redis URL.
+    a Redis URL, which the container reaches through the door in ``online_door`` (default: the settings').
 
     With a canary or shadow ``rollout`` and a version serving, the verified container first meets its
     share of live traffic through the router; the outcome's ``trial`` holds the verdict's figures. A
     breach is a DeployError (with those figures), after the route is back and the candidate drained.
     """
     import docker
+
+    from asgard.core.settings import get_settings
 
     endpoint = f"{router_url}/models/{model_name}"
     previous = routes.routes().get(model_name)
@@ -73,11 +86,9 @@ def deploy(
             verify(http_call(endpoint), version, payload, where=endpoint, timeout=10)
             progress(f"{model_name} v{version} already serves at {endpoint} from {image}")
             return {**previous, "endpoint": endpoint, "changed": False, "previous": previous}
-    port = _free_port()
     name = f"asgard-serving-{model_name.replace('_', '-')}-v{version}-{uuid.uuid4().hex[:6]}"
     binds = {}
-    # Host networking: the container listens on loopback only (the router is its one way in).
-    environment = {"ASGARD_SERVING_PORT": str(port), "ASGARD_SERVING_HOST": "127.0.0.1"}
+    environment = {}
     if prediction_log is not None:
         prediction_log.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(PermissionError):
@@ -91,24 +102,18 @@ def deploy(
         binds[str(database.parent)] = {"bind": ONLINE_STORE_INSIDE, "mode": "ro"}
         environment["ASGARD_ONLINE_STORE"] = f"sqlite:///{ONLINE_STORE_INSIDE}/{database.name}"
     elif online_store:
-        environment["ASGARD_ONLINE_STORE"] = online_store
-    container = client.create_container(
-        image,
-        name=name,
-        environment=environment,
-        labels={DEPLOY_LABEL: model_name, "io.asgard.deploy.version": version},
-        host_config=client.create_host_config(
-            network_mode="host",
-            # tini as PID 1: it forwards the stop signal and reaps, so a stopped container leaves nothing.
-            init=True,
-            read_only=True,
-            tmpfs={"/tmp": "size=64m"},
-            binds=binds,
-            restart_policy={"Name": "unless-stopped"},
-            security_opt=["no-new-privileges"],
-            cap_drop=["ALL"],
-        ),
-    )
+        # Redis listens where the container cannot reach (and holds the broker): the router's door
+        # passes on the serving reader's commands only, logged in with a login the container never sees.
+        door = online_door or get_settings().online_door_folder
+        if not (door / "redis.sock").exists():
+            raise DeployError(
+                f"the online store is Redis, but its door for serving containers is not open at {door}/redis.sock "
+                "(the router opens it: ./asgard start router)"
+            )
+        binds[str(door)] = {"bind": ONLINE_DOOR_INSIDE, "mode": "ro"}
+        environment["ASGARD_ONLINE_STORE"] = f"unix://{ONLINE_DOOR_INSIDE}/redis.sock?protocol=2"  # RESP2 only
+    labels = {DEPLOY_LABEL: model_name, "io.asgard.deploy.version": version}
+    container, port = create_serving_container(client, name, image, environment, binds, labels)
     upstream = f"http://127.0.0.1:{port}"
     progress(f"started {name} from {image} at {upstream}")
 
@@ -136,7 +141,7 @@ def deploy(
         if switched:
             routes.set(model_name, previous)
         with contextlib.suppress(docker.errors.APIError):
-            client.remove_container(container, force=True)
+            remove_serving_container(client, name)
         serving = (previous or {}).get("version")
         if isinstance(error, DeployError):
             error.serving = serving
@@ -147,10 +152,77 @@ def deploy(
     progress(f"{endpoint} now serves {model_name} v{version}")
     if previous and previous.get("container") and previous["container"] != name:
         _drain(router_url, previous["upstream"], drain_seconds, drain_timeout, progress)
-        with contextlib.suppress(docker.errors.NotFound):
-            client.remove_container(previous["container"], force=True)
+        remove_serving_container(client, previous["container"])
         progress(f"stopped the previous version v{previous.get('version')} ({previous['container']})")
     return {**route, "endpoint": endpoint, "changed": True, "previous": previous, "trial": trial}
+
+
+def create_serving_container(
+    client: docker.APIClient,
+    name: str,
+    image: str,
+    environment: dict[str, str],
+    binds: dict[str, dict[str, str]],
+    labels: dict[str, str],
+    *,
+    settings: Any = None,
+    restart: bool = True,
+) -> tuple[str, int]:
+    """A serving container of ``image`` held as the module's docstring says, on a bridge network of its own
+    (both named ``name``); its id and the loopback port its app is published on."""
+    from asgard.core.settings import get_settings
+
+    settings = settings or get_settings()
+    client.create_network(
+        name,
+        driver="bridge",
+        options={
+            "com.docker.network.bridge.enable_ip_masquerade": "false",
+            "com.docker.network.bridge.enable_icc": "false",
+        },
+        labels=labels,
+    )
+    port = _free_port()
+    memory = f"{settings.serving_memory_mb}m"
+    try:
+        container = client.create_container(
+            image,
+            name=name,
+            user=f"{SERVING_UID}:{SERVING_UID}",
+            environment={**environment, "ASGARD_SERVING_PORT": str(PORT_INSIDE), "ASGARD_SERVING_HOST": "0.0.0.0"},
+            labels=labels,
+            ports=[PORT_INSIDE],
+            host_config=client.create_host_config(
+                network_mode=name,
+                port_bindings={PORT_INSIDE: ("127.0.0.1", port)},
+                # tini as PID 1: it forwards the stop signal and reaps, so a stopped container leaves nothing.
+                init=True,
+                read_only=True,
+                tmpfs={"/tmp": "size=64m"},
+                binds=binds,
+                restart_policy={"Name": "unless-stopped"} if restart else None,
+                security_opt=["no-new-privileges"],
+                cap_drop=["ALL"],
+                mem_limit=memory,
+                memswap_limit=memory,  # no swap beyond the limit
+                nano_cpus=int(settings.serving_cpus * 1e9),
+                pids_limit=settings.serving_max_processes,
+            ),
+        )["Id"]
+    except BaseException:
+        remove_serving_container(client, name)
+        raise
+    return container, port
+
+
+def remove_serving_container(client: docker.APIClient, name: str) -> None:
+    """Remove a serving container and its network (either may be gone already)."""
+    import docker
+
+    with contextlib.suppress(docker.errors.NotFound):
+        client.remove_container(name, force=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        client.remove_network(name)
 
 
 def _trial(

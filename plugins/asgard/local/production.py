@@ -73,6 +73,13 @@ class ProductionServices(ServiceManager):
         if names is None:  # everything stopped: the components' scratch folders go too
             shutil.rmtree(self.scratch_dir("-").parent, ignore_errors=True)
 
+    def online_door_environment(self) -> dict[str, str]:
+        """Serving containers read Feast's Redis through the router's door, never with this login."""
+        from asgard.local.online_door import DOOR_FOLDER_VARIABLE, DOOR_UPSTREAM_VARIABLE
+
+        s = self.settings
+        return {DOOR_FOLDER_VARIABLE: str(s.online_door_folder), DOOR_UPSTREAM_VARIABLE: s.online_redis_url}
+
     # ----------------------------------------------------------------- PostgreSQL
     @property
     def databases(self) -> ProfileDatabases:

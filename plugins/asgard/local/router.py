@@ -239,9 +239,19 @@ class Trials:
 
 
 def main(argv: list[str]) -> None:
+    import os
+
     import uvicorn
 
     routes_file, host, port = Path(argv[0]), argv[1], int(argv[2])
+    from asgard.local.online_door import DOOR_FOLDER_VARIABLE, DOOR_UPSTREAM_VARIABLE
+
+    # The online store's door, when the profile's store is Redis (its login leaves the environment here).
+    upstream = os.environ.pop(DOOR_UPSTREAM_VARIABLE, None)
+    if upstream:
+        from asgard.local.online_door import OnlineStoreDoor, Policy, reader_script
+
+        OnlineStoreDoor(Path(os.environ[DOOR_FOLDER_VARIABLE]), upstream, Policy(reader_script())).serve_forever()
     uvicorn.run(create_app(routes_file), host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -217,6 +217,11 @@ class ServiceManager(ProcessSupervisor):
             ),
         )
 
+    def online_door_environment(self) -> dict[str, str]:
+        """What makes the router open the online store's door: nothing here (the embedded store is a
+        SQLite file, mounted read-only into serving containers); the production profile's is Redis."""
+        return {}
+
     def _router(self) -> Service:
         """The stable model endpoint the Docker deploy target switches between containers."""
         s = self.settings
@@ -226,7 +231,10 @@ class ServiceManager(ProcessSupervisor):
             health_url=f"{s.router_url}/health",
             port=s.router_port,
             # The serving app's package too: the router compares a shadow's answers as the image does.
-            env={"PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT / 'include' / 'serving'}"},
+            env={
+                "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT / 'include' / 'serving'}",
+                **self.online_door_environment(),
+            },
             stop_signal=signal.SIGTERM,
             start_timeout=30.0,
             prepare=lambda: s.state_dir.mkdir(parents=True, exist_ok=True),

@@ -1,0 +1,121 @@
+"""The online store's door for serving containers: the serving app's reader works through it; nothing
+else a model could send does, and the door's Redis login never reaches the model.
+
+A real door (the router's, ``asgard.local.online_door``) in front of the machine's Redis, logged in as an
+ACL user made for the test; clients on its unix socket as a container's would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+
+import pytest
+import redis
+
+from asgard.local.online_door import SOCKET_NAME, OnlineStoreDoor, Policy, reader_script
+from asgard_serving.online import HMGET_EACH, _RedisStore
+
+STORE_DB, BROKER_DB = 12, 13
+
+
+@pytest.fixture
+def door(tmp_path):
+    admin = redis.Redis(host="127.0.0.1", port=6379)
+    user, password = f"asgard_door_{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(12)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"])
+    store, broker = redis.Redis(db=STORE_DB), redis.Redis(db=BROKER_DB)
+    store.flushdb()
+    broker.flushdb()
+    store.hset(b"entity-1asgard", mapping={b"f1": b"v1", b"_ts:view": b"\x08\x01"})
+    broker.hset(b"entity-1asgard", mapping={b"f1": b"the broker's"})
+    broker.set(b"celery-task", b"secret")
+    folder = tmp_path / "door"
+    OnlineStoreDoor(
+        folder, f"redis://{user}:{password}@127.0.0.1:6379/{STORE_DB}", Policy(reader_script())
+    ).serve_forever()
+    try:
+        yield folder / SOCKET_NAME, password
+    finally:
+        admin.acl_deluser(user)
+        store.flushdb()
+        broker.flushdb()
+
+
+def test_the_serving_readers_script_reads_features_through_the_door(door):
+    socket_path, _ = door
+    client = redis.Redis(unix_socket_path=str(socket_path), protocol=2)
+    assert client.ping() is True
+    hmget_each = client.register_script(HMGET_EACH)
+    assert hmget_each(keys=[b"entity-1asgard", b"nobody-asgard"], args=[b"f1", b"_ts:view"]) == [
+        [b"v1", b"\x08\x01"],
+        [None, None],
+    ]
+    assert client.hmget(b"entity-1asgard", [b"f1"]) == [b"v1"]  # the store's database, not the broker's
+
+
+def test_the_serving_apps_reader_itself_works_through_the_door(door):
+    socket_path, _ = door
+    views = [{"features": [{"redis_field": b"f1".hex()}], "redis_ts_field": "_ts:view"}]
+
+    async def read():
+        store = _RedisStore(f"unix://{socket_path}?protocol=2", views, "asgard")
+        try:
+            return await store.read([b"entity-1", b"nobody-"])
+        finally:
+            await store.close()
+
+    (found,) = asyncio.run(read())
+    assert list(found) == [b"entity-1"] and found[b"entity-1"][0] == [b"v1"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("SELECT", BROKER_DB),
+        ("GET", "celery-task"),
+        ("KEYS", "*"),
+        ("SCAN", 0),
+        ("SET", "x", "1"),
+        ("HSET", "entity-1asgard", "f1", "forged"),
+        ("DEL", "entity-1asgard"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "*"),
+        ("ACL", "LIST"),
+        ("AUTH", "default", "x"),
+        ("EVAL", "return redis.call('select', 13)", 0),
+        ("EVALSHA", "0" * 40, 0),
+        ("SCRIPT", "LOAD", "return redis.call('flushall')"),
+        ("SCRIPT", "FLUSH"),
+        ("MODULE", "LIST"),
+        ("DEBUG", "SLEEP", 0),
+        ("SHUTDOWN",),
+        ("CLIENT", "KILL", "TYPE", "normal"),
+        ("MONITOR",),
+        ("HELLO", 3),
+    ],
+)
+def test_every_other_command_is_answered_by_the_door_and_never_reaches_redis(door, command):
+    socket_path, _ = door
+    client = redis.Redis(unix_socket_path=str(socket_path), protocol=2)
+    with pytest.raises(redis.ResponseError, match=r"asgard door: .* is not open to models"):
+        client.execute_command(*command)
+    # The connection goes on, and nothing changed.
+    assert client.ping() is True
+    assert redis.Redis(db=STORE_DB).hget(b"entity-1asgard", b"f1") == b"v1"
+    assert redis.Redis(db=BROKER_DB).get(b"celery-task") == b"secret"
+
+
+def test_what_is_not_redis_protocol_ends_the_connection(door):
+    import socket
+
+    socket_path, password = door
+    for garbage in (b"GET celery-task\r\n", b"*1\r\n:5\r\n", b"*99999999999\r\n", b"*1\r\n$999999999999\r\n"):
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.settimeout(10)
+            raw.connect(str(socket_path))
+            raw.sendall(garbage)
+            answer = raw.recv(4096)
+            assert answer.startswith(b"-ERR asgard door: ") and password.encode() not in answer, answer
+            assert raw.recv(4096) == b""  # closed
