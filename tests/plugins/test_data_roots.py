@@ -49,3 +49,19 @@ def test_only_allowed_connections_may_be_named():
     assert checked_connection("aws_batch", settings=settings) == "aws_batch"
     with pytest.raises(InputError, match="aws_conn_id 'aws_admin' is not one a request may use"):
         checked_connection("aws_admin", settings=settings)
+
+
+def test_prediction_logs_are_the_platforms_own_and_no_model_name_reaches_batch_outputs(settings):
+    """A model named ``score_batch`` gets its own log folder, which no request path may name; score_batch's
+    default outputs stay where its runs write them."""
+    from asgard.scoring.plan import default_output_path
+
+    log = settings.prediction_log_folder("score_batch")
+    assert log == settings.data_dir / "prediction-logs" / "score_batch"
+    with pytest.raises(InputError, match="inside the platform's own folder"):
+        checked_data_path(str(log / "2026-12-05.jsonl"), what="sources", settings=settings)
+    with pytest.raises(InputError, match="inside the platform's own folder"):
+        checked_data_path(str(log / "x.parquet"), what="output_path", settings=settings)
+    output = default_output_path("score_batch", "manual__2026-12-05T00:00:00+00:00", settings=settings)
+    assert not output.startswith(str(settings.prediction_logs_dir))
+    assert checked_data_path(output, what="output_path", settings=settings)

@@ -199,7 +199,15 @@ class Settings(BaseSettings):
     def protected_data_dirs(self) -> list[Path]:
         """The platform's own folders: no request reads or writes in them, whatever the roots say."""
         data = self.data_dir
-        return [data / "gold", data / "feast", data / "runs", self.state_dir, self.airflow_home, self.mlflow_dir]
+        folders = [data / "gold", data / "feast", data / "runs", self.prediction_logs_dir]
+        return [*folders, self.state_dir, self.airflow_home, self.mlflow_dir]
+
+    @property
+    def prediction_logs_dir(self) -> Path:
+        """The serving containers' prediction logs, one folder per model: the platform's own, so that no
+        request's path names one (a model named ``score_batch`` logs beside the others, never into the
+        folder of score_batch's outputs)."""
+        return self.data_dir / "prediction-logs"
 
     @property
     def monitoring_db_url(self) -> str:
@@ -207,7 +215,7 @@ class Settings(BaseSettings):
 
     def prediction_log_folder(self, model_name: str) -> Path:
         """Where the embedded Docker target's containers log the predictions they serve."""
-        return self.data_dir / "predictions" / model_name
+        return self.prediction_logs_dir / model_name
 
     def cluster_prediction_log(self, model_name: str) -> str | None:
         """Where a model's pods in a cluster ship their prediction log (None: they keep none)."""

@@ -83,11 +83,12 @@ def staging_location(output: Location, batch_id: str) -> Location:
     return output.sibling(f".{name}.staging").child(batch_id)
 
 
-def default_output_path(dag_id: str, run_id: str) -> str:
+def default_output_path(dag_id: str, run_id: str, *, settings: Any = None) -> str:
     """Where a run that names no output writes: a file of its own, so no two runs overwrite each other."""
     from asgard.core.settings import get_settings
 
-    return str(get_settings().data_dir / "predictions" / dag_id / f"{batch_id(dag_id, run_id)}.parquet")
+    data_dir = (settings or get_settings()).data_dir
+    return str(data_dir / "predictions" / dag_id / f"{batch_id(dag_id, run_id)}.parquet")
 
 
 def batch_id(dag_id: str, run_id: str) -> str:
