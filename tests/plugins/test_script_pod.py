@@ -17,7 +17,7 @@ from airflow.models import DagBag
 from kubernetes.client import ApiClient
 
 from asgard.core.settings import Settings
-from asgard.operators.script_pod import SCRIPT_MOUNT, UserScriptPodOperator
+from asgard.operators.script_pod import RUN_LABEL, SCRIPT_MOUNT, UserScriptPodOperator
 from asgard.training.scripts import runner as user_scripts
 from conftest import emulated_cluster
 
@@ -36,10 +36,14 @@ PARAMS = {
 }
 
 
+DOOR = ("10.20.30.40", 41234)
+
+
 def _pod_operator(settings: Settings, params: dict) -> UserScriptPodOperator:
     operator = UserScriptPodOperator(task_id="run_script", settings=settings)
-    injected = user_scripts.injected_variables(params, "http://mlflow:5050", "0123abcd", "/work/feature_repo")
-    operator.configure(params, injected)
+    door_url = f"http://{DOOR[0]}:{DOOR[1]}"
+    injected = user_scripts.injected_variables(params, door_url, "0123abcd", "/work/feature_repo")
+    operator.configure(params, injected, door=DOOR)
     return operator
 
 
@@ -68,9 +72,15 @@ def config_map(operator):
     return ApiClient().sanitize_for_serialization(operator.script_config_map)
 
 
-def test_pod_spec_is_valid_against_the_kubernetes_schemas(pod, config_map):
+@pytest.fixture
+def policy(operator):
+    return ApiClient().sanitize_for_serialization(operator.network_policy)
+
+
+def test_pod_spec_is_valid_against_the_kubernetes_schemas(pod, config_map, policy):
     kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
     kubernetes_validate.validate(config_map, KUBERNETES_VERSION, strict=True)
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
     assert pod["apiVersion"] == "v1" and pod["kind"] == "Pod"
     volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
     assert volumes["script"]["configMap"]["name"] == config_map["metadata"]["name"] == "train-script-0123abcd"
@@ -138,6 +148,42 @@ def test_the_pod_command_rebuilds_a_script_too_big_for_an_environment_variable(o
     assert len(operator.script_config_map.binary_data["script.py.gz"]) < 1_000_000  # a ConfigMap's limit is 1 MiB
 
 
+def test_the_pods_one_way_out_is_the_runs_mlflow_door(pod, policy):
+    """Its tracking URI is the worker's door, never the tracking server; its NetworkPolicy selects exactly
+    this run's pod, takes no connection in, and lets it out to the door's address and port only."""
+    (container,) = pod["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == f"http://{DOOR[0]}:{DOOR[1]}"
+    assert "mlflow:5050" not in str(pod)
+    assert pod["metadata"]["labels"][RUN_LABEL] == "0123abcd"
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {RUN_LABEL: "0123abcd"}}
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []
+    assert spec["egress"] == [
+        {"to": [{"ipBlock": {"cidr": f"{DOOR[0]}/32"}}], "ports": [{"protocol": "TCP", "port": DOOR[1]}]}
+    ]
+
+
+def test_the_door_on_tcp_refuses_what_is_not_the_runs_before_reaching_mlflow():
+    """The pod's door is the local sandbox's (tested against a real MLflow in tests/security), served on
+    TCP: a climbing path is refused by the door itself (its upstream here answers nothing at all)."""
+    import socket
+
+    from asgard.hooks.mlflow_gateway import RunScope, serving_on_tcp
+
+    scope = RunScope("a" * 32, "1", "feast_deployment")
+    with (
+        serving_on_tcp("http://127.0.0.1:9", scope, "127.0.0.1") as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+    ):
+        target = b"/api/2.0/mlflow-artifacts/artifacts/1/" + b"a" * 32 + b"/artifacts/%2e%2e/%2e%2e/x"
+        raw.sendall(b"PUT " + target + b" HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403") and b"PERMISSION_DENIED" in answer
+
+
 def test_the_script_config_map_is_created_once_per_run_and_removed(operator, monkeypatch):
     """Against the Kubernetes API emulator: a retry finds its ConfigMap; removal tolerates a second try."""
     import json
@@ -149,12 +195,14 @@ def test_the_script_config_map_is_created_once_per_run_and_removed(operator, mon
         monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(connection))
         operator.publish_script()
         operator.publish_script()  # a retried task
-        (stored,) = [obj.raw for obj in emulator.objects.values() if not obj.deleted]
-        assert stored["metadata"]["name"] == "train-script-0123abcd"
-        assert stored["metadata"]["namespace"] == operator.namespace == "asgard-training"
-        assert stored["binaryData"] == operator.script_config_map.binary_data
+        stored = {obj.raw["kind"]: obj.raw for obj in emulator.objects.values() if not obj.deleted}
+        assert sorted(stored) == ["ConfigMap", "NetworkPolicy"]
+        assert stored["ConfigMap"]["metadata"]["name"] == "train-script-0123abcd"
+        assert stored["ConfigMap"]["metadata"]["namespace"] == operator.namespace == "asgard-training"
+        assert stored["ConfigMap"]["binaryData"] == operator.script_config_map.binary_data
+        assert stored["NetworkPolicy"]["spec"]["podSelector"] == {"matchLabels": {RUN_LABEL: "0123abcd"}}
         creates = [request for request in emulator if request.method == "POST"]
-        assert len(creates) == 2
+        assert len(creates) == 4
         operator.remove_script()
         operator.remove_script()
         assert all(obj.deleted for obj in emulator.objects.values())

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # (default: asgard/script-env on the platform's registry).
     script_image_repository: str | None = None
     training_namespace: str = "asgard-training"
+    # The address script pods in the cluster reach a worker's MLflow door at (default: the worker's own).
+    script_door_host: str | None = None
     # The Docker engine that builds serving images (embedded: the one `./asgard start` runs).
     docker_host: str | None = None
     registry_port: int = 5000

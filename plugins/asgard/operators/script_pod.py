@@ -1,4 +1,11 @@
-"""train_script's production runner: the uploaded script as a locked-down Kubernetes pod."""
+"""train_script's production runner: the uploaded script as a locked-down Kubernetes pod.
+
+The pod's one way out is the same MLflow door the local sandbox has (``asgard.hooks.mlflow_gateway``,
+scoped to the run), served by the task on the worker's address; the pod's ``MLFLOW_TRACKING_URI`` is
+that door, and a NetworkPolicy of the run's own lets the pod reach that address and port and nothing
+else (no ingress at all), so the real tracking server, the platform's services and the cluster's
+other pods are out of its reach.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ RUN_COMMAND = (
     'exec python -u "$WORKDIR/$SCRIPT_NAME"'
 )
 NON_ROOT_UID = 10001
+# The label that ties a run's pod to its NetworkPolicy.
+RUN_LABEL = "asgard.io/script-run"
 
 
 class UserScriptPodOperator(KubernetesPodOperator):
@@ -76,8 +85,10 @@ class UserScriptPodOperator(KubernetesPodOperator):
             **kwargs,
         )
 
-    def configure(self, params: dict[str, Any], injected: dict[str, str]) -> None:
-        """Set the image, environment and limits of this run's pod from its conf."""
+    def configure(self, params: dict[str, Any], injected: dict[str, str], door: tuple[str, int] | None = None) -> None:
+        """Set the image, environment and limits of this run's pod from its conf; ``door`` (the MLflow
+        door's address and port, which ``injected``'s tracking URI names) is all its NetworkPolicy lets
+        it reach."""
         if not self.image:  # not given: the image of the requirements set, by its tag
             key = runner.environment_key(list(params.get("requirements") or []))
             self.image = f"{self.settings.script_repository}:{key}"
@@ -124,28 +135,45 @@ class UserScriptPodOperator(KubernetesPodOperator):
         )
         self.active_deadline_seconds = int(params.get("timeout", 600))
         self.annotations = {"asgard.io/script-sha256": digest}
+        run_label = injected["MLFLOW_RUN_ID"].lower()[:63]
+        self.labels = {**self.labels, RUN_LABEL: run_label}
+        self.network_policy = network_policy(self.script_config_map.metadata.name, self.namespace, run_label, door)
 
     def publish_script(self) -> None:
-        """Create the run's script ConfigMap (a retry finds its own, with the same content, and keeps it)."""
+        """Create the run's NetworkPolicy and script ConfigMap (a retry finds its own and keeps them)."""
+        from kubernetes.client import NetworkingV1Api
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            self.hook.core_v1_client.create_namespaced_config_map(self.namespace, self.script_config_map)
-        except ApiException as error:
-            if error.status != 409:
-                raise
+        networking = NetworkingV1Api(self.hook.api_client)
+        for create, body in (
+            (networking.create_namespaced_network_policy, self.network_policy),
+            (self.hook.core_v1_client.create_namespaced_config_map, self.script_config_map),
+        ):
+            try:
+                create(self.namespace, body)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
 
     def remove_script(self) -> None:
+        from kubernetes.client import NetworkingV1Api
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            self.hook.core_v1_client.delete_namespaced_config_map(self.script_config_map.metadata.name, self.namespace)
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        networking = NetworkingV1Api(self.hook.api_client)
+        name = self.script_config_map.metadata.name
+        for delete in (
+            self.hook.core_v1_client.delete_namespaced_config_map,
+            networking.delete_namespaced_network_policy,
+        ):
+            try:
+                delete(name, self.namespace)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
     def execute(self, context: Any) -> dict[str, str]:
         from asgard.hooks.mlflow import MlflowHook
+        from asgard.hooks.mlflow_gateway import RunScope, serving_on_tcp
 
         params, dag_run = context["params"], context["dag_run"]
         hook = MlflowHook()
@@ -156,16 +184,52 @@ class UserScriptPodOperator(KubernetesPodOperator):
             tags=params.get("tags") or {},
         )
         repo = f"{WORKDIR}/feature_repo"
-        self.configure(params, runner.injected_variables(params, hook.tracking_uri, run.info.run_id, repo))
-        self.publish_script()
-        try:
-            super().execute(context)
-        finally:
-            self.remove_script()
+        scope = RunScope(run.info.run_id, run.info.experiment_id, params["experiment_name"])
+        host = door_address(self.settings)
+        with serving_on_tcp(hook.tracking_uri, scope, host) as port:
+            injected = runner.injected_variables(params, f"http://{host}:{port}", run.info.run_id, repo)
+            self.configure(params, injected, door=(host, port))
+            self.publish_script()
+            try:
+                super().execute(context)
+            finally:
+                self.remove_script()
         # The pod operator's own XCom is the sidecar's; the run id is what train_script passes on.
         result = {"mlflow_run_id": run.info.run_id}
         context["ti"].xcom_push(key="return_value", value=result)
         return result
+
+
+def door_address(settings: Settings) -> str:
+    """The IP address script pods reach this worker's MLflow door at (``ASGARD_SCRIPT_DOOR_HOST``, else
+    this host's own address), as an IP: the NetworkPolicy names it as a /32."""
+    import socket
+
+    return socket.gethostbyname(settings.script_door_host or socket.gethostname())
+
+
+def network_policy(name: str, namespace: str, run_label: str, door: tuple[str, int] | None) -> k8s.V1NetworkPolicy:
+    """The run's pod may reach the door (``door``: address, port) and nothing else, and takes no connection."""
+    egress = []
+    if door is not None:
+        host, port = door
+        egress.append(
+            k8s.V1NetworkPolicyEgressRule(
+                to=[k8s.V1NetworkPolicyPeer(ip_block=k8s.V1IPBlock(cidr=f"{host}/32"))],
+                ports=[k8s.V1NetworkPolicyPort(protocol="TCP", port=port)],
+            )
+        )
+    return k8s.V1NetworkPolicy(
+        api_version="networking.k8s.io/v1",
+        kind="NetworkPolicy",
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "asgard"}),
+        spec=k8s.V1NetworkPolicySpec(
+            pod_selector=k8s.V1LabelSelector(match_labels={RUN_LABEL: run_label}),
+            policy_types=["Ingress", "Egress"],
+            ingress=[],
+            egress=egress,
+        ),
+    )
 
 
 def _b64(data: bytes) -> str:
