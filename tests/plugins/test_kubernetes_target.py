@@ -682,6 +682,40 @@ def test_a_model_whose_name_maps_to_another_models_workload_is_refused(cluster, 
     assert template_image(cluster) == image("1")
 
 
+def test_an_object_asgard_did_not_create_is_never_taken_over(cluster, payload):
+    """Another team's (or a hand-made) Service of the workload's name: the deploy is refused, nothing applied."""
+    with kubernetes_target.cluster_hook(
+        kubernetes_conn_id="asgard_test_cluster", eks_cluster_name=None, aws_conn_id="x", namespace=NAMESPACE
+    ) as hook:
+        theirs = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "churn-inference", "namespace": NAMESPACE, "labels": {"team": "payments"}},
+            "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80}]},
+        }
+        hook.core_v1_client.create_namespaced_service(NAMESPACE, theirs)
+        with pytest.raises(InputError, match=r"models/churn-inference exists as a Service that Asgard did not create"):
+            kubernetes_target.deploy(
+                hook,
+                model_name="churn",
+                version="1",
+                run_id="r1",
+                image=image("1"),
+                payload=payload,
+                namespace=NAMESPACE,
+            )
+    assert not [request for request in cluster if request.method == "PATCH"]
+    assert cluster.current("services")["metadata"]["labels"] == {"team": "payments"}
+
+
+def test_only_the_allowed_namespaces_take_a_deploy(monkeypatch):
+    from asgard.core.settings import Settings
+
+    assert Settings().allowed_serving_namespaces == ["asgard"]
+    monkeypatch.setenv("ASGARD_SERVING_NAMESPACES", "team-a-models, team-b-models")
+    assert Settings().allowed_serving_namespaces == ["team-a-models", "team-b-models"]
+
+
 def test_a_deploy_keeps_the_replica_count_the_autoscaler_set(cluster, payload):
     deploy("1", payload, replicas=2)
     # The HorizontalPodAutoscaler scaled the workload out under load.

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     eks_cluster_name: str | None = None
     aws_conn_id: str = "aws_default"
     serving_namespace: str = "asgard"
+    # The namespaces a deploy_model request may name (comma-separated; default: serving_namespace only).
+    serving_namespaces: str = ""
     # The Secret (in the serving namespace, key ``url``) that holds the online store's Redis URL, which
     # serving pods read features by entity id from; the platform's operator creates it.
     serving_online_store_secret: str = "asgard-online-store"
@@ -282,6 +284,12 @@ class Settings(BaseSettings):
     @property
     def gold_warehouse_uri(self) -> str:
         return self.gold_warehouse or f"s3://{self.s3_bucket}/gold"
+
+    @property
+    def allowed_serving_namespaces(self) -> list[str]:
+        """The namespaces deploy_model may deploy to: ``ASGARD_SERVING_NAMESPACES``, else the default one."""
+        named = [name.strip() for name in self.serving_namespaces.split(",") if name.strip()]
+        return named or [self.serving_namespace]
 
     @property
     def online_door_folder(self) -> Path:

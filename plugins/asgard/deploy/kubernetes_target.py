@@ -269,6 +269,14 @@ def deploy(
     app = kubernetes_manifests.app_name(model_name)
     cluster = Cluster(hook, namespace)
     before = {body["kind"]: cluster.read(body["kind"], app) for body in objects}
+    # Objects of that name that Asgard did not make (another team's, a hand-made Service) are never taken
+    # over: a forced server-side apply would silently make them this model's.
+    foreign = [kind for kind, body in before.items() if body and _labels(body).get(PART_OF) != "asgard"]
+    if foreign:
+        raise InputError(
+            f"{namespace}/{app} exists as a {', '.join(foreign)} that Asgard did not create (no {PART_OF}=asgard "
+            "label): it is never overwritten; remove it, or deploy this model to another namespace"
+        )
     owner = (before["Deployment"] or {}).get("metadata", {}).get("annotations", {}).get("asgard.io/model-name")
     if owner is not None and owner != model_name:
         raise InputError(
@@ -331,6 +339,13 @@ def deploy(
         "previous": previous,
         "trial": trial,
     }
+
+
+PART_OF = "app.kubernetes.io/part-of"
+
+
+def _labels(body: dict[str, Any]) -> dict[str, str]:
+    return (body.get("metadata") or {}).get("labels") or {}
 
 
 def _served(deployment: dict[str, Any] | None) -> dict[str, Any] | None:

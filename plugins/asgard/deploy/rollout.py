@@ -157,6 +157,11 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
 
     settings, name = get_settings(), build.model_name
     namespace = request.namespace or settings.serving_namespace
+    if namespace not in settings.allowed_serving_namespaces:
+        raise InputError(
+            f"namespace {namespace!r} is not one models may be deployed to "
+            f"({', '.join(settings.allowed_serving_namespaces)}; ASGARD_SERVING_NAMESPACES)"
+        )
     with kubernetes_target.cluster_hook(
         kubernetes_conn_id=settings.kubernetes_conn_id,
         eks_cluster_name=settings.eks_cluster_name,
