@@ -159,6 +159,8 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     assert client.get_model_version_by_alias(name, "champion").version == v2
     assert client.get_model_version(name, v3).tags["deploy.status"] == "rolled_back"
     assert client.get_model_version(name, v2).tags["deploy.status"] == "serving"
+    assert client.get_model_version(name, v1).tags["deploy.status"] == "replaced"
+    assert client.get_model_version(name, v1).tags["deploy.replaced_by"] == v2
     assert client.get_model_version(name, v2).tags["deploy.endpoint"] == endpoint
 
     assert loop.failures == [], loop.failures[:5]

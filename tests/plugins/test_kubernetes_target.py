@@ -898,6 +898,9 @@ def test_deploy_model_on_kubernetes_records_the_outcome_and_moves_the_alias_back
         assert tags["2"]["deploy.status"] == "serving" and tags["2"]["deploy.target"] == "kubernetes"
         assert tags["2"]["deploy.endpoint"] == outcome["endpoint"]
         assert tags["3"]["deploy.status"] == "rolled_back" and "CrashLoopBackOff" in tags["3"]["deploy.reason"]
+        # The version switched away from no longer says it serves: by what, and when.
+        assert tags["1"]["deploy.status"] == "replaced" and tags["1"]["deploy.replaced_by"] == "2"
+        assert tags["1"]["deploy.replaced_at"].startswith("20")
         assert template_image(cluster) == image("2")
         # The pods ship their predictions where monitor_model reads them.
         container = cluster.current("deployments")["spec"]["template"]["spec"]["containers"][0]

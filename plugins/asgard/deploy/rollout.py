@@ -112,6 +112,10 @@ def deploy_to_target(
         {"status": "serving", "endpoint": outcome["endpoint"], "digest": push.digest, "target": target},
     )
     _record_trial(hook, name, version, request.rollout_plan, outcome.get("trial"))
+    replaced = (outcome["previous"] or {}).get("version")
+    if outcome["changed"] and replaced and str(replaced) != str(version):
+        # The version switched away from serves no more: its tags say so, and by what and when.
+        _record_replaced(hook, name, str(replaced), version, target)
     log.info("%s v%s serves at %s (image %s)", name, version, outcome["endpoint"], push.reference)
     return {
         "model_name": name,
@@ -182,6 +186,22 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
             online_store_secret=settings.serving_online_store_secret,
             rollout=request.rollout_plan,
         )
+
+
+def _record_replaced(hook: MlflowHook, name: str, replaced: str, by: str, target: str) -> None:
+    """Mark ``replaced`` (the version that served before ``by`` on ``target``) as no longer serving."""
+    from datetime import UTC, datetime
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = hook.client.get_model_version(name, replaced).tags or {}
+    except MlflowException:  # the version is gone from the registry: nothing to mark
+        return
+    if tags.get(f"{DEPLOY_TAG_PREFIX}status") != "serving" or tags.get(f"{DEPLOY_TAG_PREFIX}target", target) != target:
+        return
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    _record(hook, name, replaced, {"status": "replaced", "replaced_by": by, "replaced_at": when})
 
 
 def _record(hook: MlflowHook, name: str, version: str, values: dict[str, str]) -> None:
