@@ -5,6 +5,7 @@ register, gate and promote its model with the same code as ``train_model``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import tempfile
@@ -24,7 +25,7 @@ from asgard.registry.versions import SCRIPT_ORIGIN, SCRIPT_REQUIREMENTS_TAG, lin
 from asgard.training import data as training_data
 from asgard.training import evaluation
 from asgard.training.pipeline import check_tags
-from asgard.training.scripts import runner, store_doors
+from asgard.training.scripts import run_folders, runner, store_doors
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,30 @@ DEFAULT_METRICS = ("roc_auc", "accuracy", "f1", "r2", "rmse", "mae")
 
 
 def check_upload(params: dict[str, Any], *, dag_id: str, run_id: str) -> dict[str, Any]:
-    """Decode and check the script (no side effect but storing it in the run's folder)."""
+    """Decode and check the script (no side effect but storing it in the run's folder); its sha256 is
+    recorded beside it, and ``run_script`` runs only those bytes."""
     script = runner.decode_script(params["script_name"], params["script_content"])
     runner.check_env_vars(params.get("env_vars") or {})
     check_tags(params.get("tags") or {})
     # The task that runs it may be on another worker: the script goes to the run's shared storage.
-    stored = training_data.run_storage(dag_id, run_id).child("script", script.name)
+    stored = run_folders.script_storage(dag_id, run_id).child(script.name)
     stored.write_bytes(script.source.encode())
-    log.info("script %s: %d bytes, sha256 %s", script.name, len(script.source), script.sha256)
+    log.info("script %s: %d bytes, sha256 %s, stored at %s", script.name, len(script.source), script.sha256, stored.uri)
     return {"script_name": script.name, "script_path": stored.uri, "sha256": script.sha256}
+
+
+def stored_script(upload: dict[str, Any], aws_conn_id: str) -> runner.UserScript:
+    """The script ``check_upload`` stored, refused unless its bytes still have the sha256 recorded then."""
+    stored = Location(upload["script_path"], aws_conn_id)
+    with stored.filesystem().open_input_stream(stored.path) as stream:
+        raw = stream.read(runner.MAX_SCRIPT_BYTES + 1)  # more than that cannot match what was checked
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != upload["sha256"]:
+        raise runner.ScriptError(
+            f"the stored script {upload['script_name']} has sha256 {digest}, not the {upload['sha256']} recorded "
+            f"when check_upload checked and stored it ({stored.uri}): it changed since, and does not run"
+        )
+    return runner.UserScript(upload["script_name"], raw.decode())
 
 
 def prepare_environment(params: dict[str, Any]) -> dict[str, Any]:
@@ -66,14 +82,36 @@ def run_uploaded_script(
 ) -> dict[str, Any]:
     """Run the script in a sandbox against the DAG run's MLflow run; its output goes to this task's log.
 
-    It sees its working folder, its environment, the feature store's configuration and (embedded)
-    data read-only, and reaches MLflow only through a door scoped to its own run.
+    It sees its working folder (new for each attempt: a retry never finds what the last one left),
+    its environment, the feature store's configuration and (embedded) data read-only, and reaches
+    MLflow only through a door scoped to its own run.
     """
+    task_id, map_index, try_number = _this_attempt()
+    with run_folders.fresh_attempt(run_folders.task_folder(dag_id, run_id, task_id, map_index), try_number) as folder:
+        return _run_in(folder, params, upload, environment, dag_id=dag_id, run_id=run_id)
+
+
+def _this_attempt() -> tuple[str, int, int]:
+    """This task instance's id, map index and try number (a retry, or a cleared task, is a new try)."""
+    from airflow.sdk import get_current_context
+
+    ti = get_current_context()["ti"]
+    return ti.task_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
+
+
+def _run_in(
+    folder: Path,
+    params: dict[str, Any],
+    upload: dict[str, Any],
+    environment: dict[str, Any],
+    *,
+    dag_id: str,
+    run_id: str,
+) -> dict[str, Any]:
     settings, hook = get_settings(), MlflowHook()
     run = hook.get_or_create_run(
         experiment_name=params["experiment_name"], dag_id=dag_id, run_id=run_id, tags=params.get("tags") or {}
     )
-    folder = training_data.run_folder(dag_id, run_id)
     repo = feature_store.write_script_repo(folder / "feature_repo")
     python = Path(environment["python"])
     injected = runner.injected_variables(params, runner.mlflow_uri_inside(), run.info.run_id, FEATURE_REPO_INSIDE)
@@ -82,14 +120,13 @@ def run_uploaded_script(
     access = store_doors.StoreAccess.from_env() if params.get("use_feast", True) else None
     if access is not None:
         env.update(access.script_variables())
-    stored = Location(upload["script_path"], settings.aws_conn_id)
-    script = runner.UserScript(upload["script_name"], stored.read_bytes().decode())
     limits = sandbox.Limits(
         timeout_seconds=int(params.get("timeout", 600)),
         memory_mb=int(params.get("memory_mb", 4096)),
     )
     binds = [Bind(repo, FEATURE_REPO_INSIDE), *(Bind(path) for path in feature_store.script_data_paths(settings))]
     scope = RunScope(run.info.run_id, run.info.experiment_id, params["experiment_name"])
+    script = stored_script(upload, settings.aws_conn_id)  # checked right before it runs
     # A short path: a unix socket's may not exceed 107 bytes.
     with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets:
         Path(sockets).chmod(0o755)

@@ -27,6 +27,7 @@ from asgard.core.build_cache import BuildCacheError, PythonEnvironments
 from asgard.core.errors import InputError
 from asgard.core.sandbox import Bind, owned_by_sandbox
 from asgard.core.settings import REPO_ROOT, Settings, get_settings
+from asgard.training.scripts import run_folders
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,11 @@ def run_script(
     """Run ``script`` in a sandbox with ``python`` (a script environment); fail naming the cause unless
     it exits 0 within its limits.
 
-    The sandbox sees ``workdir`` (writable) as ``/work``, the environment and ``binds`` read-only, and
-    nothing else of this host; ``sockets`` (a folder holding ``mlflow.sock``) is its one way out:
-    ``MLFLOW_TRACKING_URI`` inside points at a relay to it; ``doors`` (port inside -> another socket
-    in that folder) are the others. ``env`` is the whole environment the script sees (see
-    :func:`script_environment`).
+    The sandbox sees ``workdir`` (writable, and new: whatever was there is removed first) as ``/work``,
+    the environment and ``binds`` read-only, and nothing else of this host; ``sockets`` (a folder
+    holding ``mlflow.sock``) is its one way out: ``MLFLOW_TRACKING_URI`` inside points at a relay to
+    it; ``doors`` (port inside -> another socket in that folder) are the others. ``env`` is the whole
+    environment the script sees (see :func:`script_environment`).
     """
     environment_root = python.parent.parent
     binds = [
@@ -192,8 +193,11 @@ def run_script(
         for port, name in {MLFLOW_PORT_INSIDE: "mlflow.sock", **(doors or {})}.items():
             forwards += ["--forward", f"{port}={SOCKETS_INSIDE}/{name}"]
     command = [str(python), LAUNCHER_INSIDE, *forwards, "--", str(python), "-u", f"{WORKDIR}/{script.name}"]
+    # /work is the script's for this run only: made anew (what an earlier run left, links included, is
+    # removed without being followed) and the script written into it before the sandbox's uid owns it.
+    run_folders.make_fresh(workdir)
+    run_folders.write_new_file(workdir / script.name, script.source.encode())
     with owned_by_sandbox(workdir):
-        (workdir / script.name).write_text(script.source)
         outcome = sandbox.run(
             command,
             binds=binds,
