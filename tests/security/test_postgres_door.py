@@ -21,7 +21,7 @@ from asgard.training.scripts import runner, store_doors
 from asgard.training.scripts.store_doors import StoreAccess
 
 PROBE = r"""
-import json, socket, struct, sys
+import json, os, socket, struct
 
 def startup(params, code=196608, raw=None):
     pairs = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
@@ -46,7 +46,7 @@ def startup(params, code=196608, raw=None):
         return ["closed", ""]
     return [answer[:1].decode(), answer[5:].replace(b"\0", b"|").decode(errors="replace")]
 
-cases = json.loads(sys.argv[1]) if len(sys.argv) > 1 else json.load(open("cases.json"))
+cases = json.loads(os.environ["PROBE_CASES"])
 results = {}
 for name, case in cases.items():
     raw = bytes.fromhex(case["raw"]) if "raw" in case else None
@@ -89,8 +89,7 @@ def test_only_the_reader_into_the_feature_store_passes_the_door(profile_database
     )  # fmt: skip
     python = Path(get_settings().script_python)
     env = runner.script_environment(python, {name: "x" for name in runner.INJECTED}, {})
-    (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "cases.json").write_text(json.dumps(cases(profile, reader)))
+    env["PROBE_CASES"] = json.dumps(cases(profile, reader))  # the run's folder is made anew for each run
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="asgard-doors-") as folder:
         sockets = Path(folder)

@@ -35,7 +35,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asgard.core.cgroups import CGROUP_ROOT, ProcessTreeLimits
+from asgard.core.sandbox_output import OutputReader
 from asgard.core.settings import REPO_ROOT, get_settings
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,6 @@ SECCOMP_FILTER = REPO_ROOT / "include" / "sandbox" / "seccomp_filter.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 # A writable folder with less room than this left is full (tmpfs gives out whole pages).
 FULL_BELOW_BYTES = 1024 * 1024
-# Read from the sandbox's output at most this much before a line counts as complete.
-MAX_LINE_BYTES = 16_384
 # What a sandbox always gets: the system's programs and libraries (Debian keeps them all in /usr).
 SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 ETC_FILES = {
@@ -90,30 +88,6 @@ class Forward:
 
     port: int
     socket: Path
-
-
-@contextlib.contextmanager
-def serving_door(app, socket_path: Path, name: str) -> Iterator[Path]:
-    """An ASGI ``app`` served on the unix socket ``socket_path`` (a door a :class:`Forward` reaches) by
-    uvicorn in a thread of this process, for the length of a ``with`` block."""
-    import asyncio
-
-    import uvicorn
-
-    config = uvicorn.Config(app, uds=str(socket_path), log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name=name, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise SandboxError(f"the {name} door did not start on {socket_path}")
-            time.sleep(0.02)
-        socket_path.chmod(0o666)  # the sandbox's uid connects to it
-        yield socket_path
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _operator_disk_cap() -> int:
@@ -324,7 +298,7 @@ def run(
             start_new_session=True,
             pass_fds=(seccomp_fd,),
         )
-        reader = _OutputReader(process, limits.max_output_bytes, output, on_overflow=group.kill_all)
+        reader = OutputReader(process, limits.max_output_bytes, output, on_overflow=group.kill_all)
         reader.start()
         try:
             process.wait(timeout=limits.timeout_seconds)
@@ -361,58 +335,6 @@ def _full_folders(binds: list[Bind], report: Path) -> list[str]:
     writable = [bind.inside for bind in binds if bind.writable]
     free = {inside: row[0] * row[-1] for inside, row in zip(writable, rows, strict=False) if len(row) == 2}
     return [inside for inside, room in free.items() if room < FULL_BELOW_BYTES]
-
-
-class _OutputReader(threading.Thread):
-    """Streams the sandbox's output line by line (a line longer than MAX_LINE_BYTES in pieces), up to a
-    cap on the bytes read, newline or not; keeps a tail for error messages."""
-
-    def __init__(
-        self, process: subprocess.Popen, cap: int, output: Callable[[str], None], *, on_overflow: Callable[[], None]
-    ) -> None:
-        super().__init__(daemon=True)
-        self.process, self.cap, self.output, self.on_overflow = process, cap, output, on_overflow
-        self.total = 0
-        self.overflowed = False
-        self.lines: list[str] = []
-
-    def run(self) -> None:
-        stream = self.process.stdout
-        pending = b""
-        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
-            self.total += len(chunk)
-            if self.total > self.cap:
-                self.overflowed = True
-                self.on_overflow()
-                chunk = chunk[: max(0, len(chunk) - (self.total - self.cap))]
-            pending += chunk
-            pending = self._emit(pending)
-            if self.overflowed:
-                break
-        if pending:
-            self._line(pending)
-        stream.close()
-
-    def _emit(self, pending: bytes) -> bytes:
-        while True:
-            newline = pending.find(b"\n")
-            if newline < 0 and len(pending) < MAX_LINE_BYTES:
-                return pending
-            cut = newline if 0 <= newline < MAX_LINE_BYTES else MAX_LINE_BYTES
-            self._line(pending[:cut])
-            pending = pending[cut + 1 :] if cut == newline else pending[cut:]
-
-    def _line(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace")
-        self.output(line)
-        self.lines = [*self.lines[-39:], line]
-
-    def note(self, line: str) -> None:
-        """A line of the platform's own after the command's output (in the log and the tail)."""
-        self._line(line.encode())
-
-    def tail(self) -> list[str]:
-        return self.lines[-20:]
 
 
 @contextlib.contextmanager

@@ -22,12 +22,11 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asgard.core.sandbox import serving_door
+from asgard.core.doors import serving_door, serving_door_on_tcp
 
 log = logging.getLogger(__name__)
 
@@ -196,28 +195,7 @@ class Gateway:
         return serving_door(create_app(self.tracking_uri, self.scope), self.socket_path, "mlflow-gateway")
 
 
-@contextlib.contextmanager
-def serving_on_tcp(tracking_uri: str, scope: RunScope, host: str) -> Iterator[int]:
+def serving_on_tcp(tracking_uri: str, scope: RunScope, host: str) -> contextlib.AbstractContextManager[int]:
     """The same door on ``host`` at a free TCP port (yielded), for a script pod in a cluster, whose
     NetworkPolicy lets it reach this address and port only (``asgard.operators.script_pod``)."""
-    import asyncio
-    import threading
-    import time
-
-    import uvicorn
-
-    config = uvicorn.Config(
-        create_app(tracking_uri, scope), host=host, port=0, log_level="warning", access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="mlflow-gateway-tcp", daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError(f"the MLflow door did not start on {host}")
-            time.sleep(0.02)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return serving_door_on_tcp(create_app(tracking_uri, scope), host, "mlflow-gateway-tcp")

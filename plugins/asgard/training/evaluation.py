@@ -7,6 +7,7 @@ is never unpickled in a worker, and nothing it runs can reach the platform.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -20,6 +21,7 @@ from asgard.core.settings import REPO_ROOT
 from asgard.registry import metrics
 from asgard.registry.versions import SCRIPT_REQUIREMENTS_TAG, load_platform_model, trusted
 from asgard.serving.image import model_requirements
+from asgard.training.scripts.run_folders import read_left_file
 from asgard.training.scripts.runner import ScriptEnvironments
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCORER = REPO_ROOT / "include" / "sandbox" / "score.py"
+# The most a sandboxed scoring's predictions file may hold (the holdout's predictions: far less).
+PREDICTIONS_MAX_BYTES = 512 * 1024 * 1024
 
 
 def predict(hook: MlflowHook, version: ModelVersion, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
@@ -112,7 +116,10 @@ def predict_in_sandbox(
                     f"{version.name} v{version.version} could not be scored in its sandbox ({why}):\n"
                     + "\n".join(outcome.tail)
                 )
-            scored = pd.read_parquet(output / "predictions.parquet")
+            # The sandbox ran the model's own code: what it left is read as a plain file only (a link, a
+            # fifo or a giant is refused, naming it), never followed.
+            left = read_left_file(output, "predictions.parquet", max_bytes=PREDICTIONS_MAX_BYTES)
+            scored = pd.read_parquet(io.BytesIO(left))
     log.info("%s v%s scored %d rows in a sandbox", version.name, version.version, len(scored))
     probability_columns = sorted(column for column in scored.columns if column.startswith("probability_"))
     probabilities = scored[probability_columns].to_numpy() if probability_columns else None

@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from asgard.core.sandbox import serving_door
+from asgard.core.doors import serving_door
 from asgard.features.gold import PRODUCTION_CATALOG_NAME
 
 log = logging.getLogger(__name__)
