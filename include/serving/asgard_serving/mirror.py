@@ -110,17 +110,10 @@ class Mirror:
             self._in_flight -= 1
 
     def lines(self) -> list[str]:
-        counters = {
-            "asgard_shadow_compared_rows_total": self.agreement.compared_rows,
-            "asgard_shadow_agreed_rows_total": self.agreement.agreed_rows,
-            "asgard_shadow_probability_abs_diff_sum": self.agreement.probability_diff_sum,
-            "asgard_shadow_probability_values_total": self.agreement.probability_values,
-            "asgard_shadow_dropped_total": self.dropped,
-        }
-        lines = self.shadow.lines()
-        for name, value in counters.items():
-            lines += [f"# TYPE {name} counter", f"{name} {value}"]
-        return lines
+        # The comparison's own counters (agreement for classes; the difference histogram and the stable
+        # version's spread for numbers), as the router reports them: Kubernetes trials read these.
+        lines = self.shadow.lines() + self.agreement.lines()
+        return [*lines, "# TYPE asgard_shadow_dropped_total counter", f"asgard_shadow_dropped_total {self.dropped}"]
 
     async def close(self) -> None:
         if self._tasks:

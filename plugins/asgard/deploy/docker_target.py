@@ -114,8 +114,7 @@ def deploy(
         environment["ASGARD_ONLINE_STORE"] = f"unix://{ONLINE_DOOR_INSIDE}/redis.sock?protocol=2"  # RESP2 only
     labels = {DEPLOY_LABEL: model_name, "io.asgard.deploy.version": version}
     container, port = create_serving_container(client, name, image, environment, binds, labels)
-    upstream = f"http://127.0.0.1:{port}"
-    progress(f"started {name} from {image} at {upstream}")
+    progress(f"created {name} from {image}, published on 127.0.0.1:{port}")
 
     def exited() -> str | None:
         state = client.inspect_container(container)["State"]
@@ -124,10 +123,14 @@ def deploy(
             return f"the new container exited with code {state['ExitCode']} during start-up:\n{tail}"
         return None
 
+    switched, trial, upstream = False, None, f"http://127.0.0.1:{port}"
     route = {"upstream": upstream, "version": version, "image": image, "container": name}
-    switched, trial = False, None
     try:
         client.start(container)
+        # The router reaches it on its bridge: no proxy between them (the published port stays for users).
+        upstream = serving_upstream(client.inspect_container(container)) or upstream
+        route["upstream"] = upstream
+        progress(f"started {name} at {upstream}")
         verify(http_call(upstream), version, payload, where=upstream, timeout=timeout, exited=exited)
         if rollout.trial and previous:
             switched = True  # from here on, a failure puts the previous route back
@@ -215,6 +218,14 @@ def create_serving_container(
     return container, port
 
 
+def serving_upstream(info: dict[str, Any]) -> str | None:
+    """Where a running serving container's app answers on its own bridge (from the engine's inspect), the
+    router's way in without the engine's userland proxy; None when it has no address there."""
+    networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    address = (networks.get(info.get("HostConfig", {}).get("NetworkMode", "")) or {}).get("IPAddress")
+    return f"http://{address}:{PORT_INSIDE}" if address else None
+
+
 def remove_serving_container(client: docker.APIClient, name: str) -> None:
     """Remove a serving container and its network (either may be gone already)."""
     import docker
@@ -248,7 +259,15 @@ def _trial(
         except httpx.HTTPError as error:
             raise DeployError(f"cannot read the trial's traffic from the router: {error}") from error
 
-    candidate = {**route, "strategy": rollout.strategy, "percent": rollout.percent}
+    from asgard.deploy.strategies import served_model_type
+
+    # The router compares a shadow's answers by the kind of model, which the version's /metadata names.
+    candidate = {
+        **route,
+        "strategy": rollout.strategy,
+        "percent": rollout.percent,
+        "model_type": served_model_type(http_call(route["upstream"])),
+    }
     routes.set(model_name, {**previous, "candidate": candidate})
     share = "of the prediction requests" if rollout.strategy == CANARY else "of the prediction requests mirrored"
     progress(

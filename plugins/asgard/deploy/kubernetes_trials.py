@@ -5,7 +5,9 @@
 - shadow: a Deployment and Service of its own (``<app>-shadow``) that the model's Service does not
   select, and the mirror ConfigMap, which the serving pods have mounted: while it exists they copy
   ``percent`` of their prediction requests to the shadow after answering, in the background
-  (``asgard_serving.mirror``), and compare the answers.
+  (``asgard_serving.mirror``), and compare the answers with ``asgard_serving.agreement``, as the
+  router does on the Docker target; the deploy reads the version's ``model_type`` from the shadow's
+  ``/metadata`` to judge the counts as a classifier's (agreement) or a regressor's (difference).
 
 Either way the counts are the serving pods' own ``/metrics``, read through the API server's pod
 proxy when the trial starts and at every poll, and the verdict is ``strategies.decide``'s, as on the
@@ -19,7 +21,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from asgard.deploy import kubernetes_manifests as manifests
-from asgard.deploy.strategies import SHADOW, Rollout, combine, parse_metrics, side_summary, watch
+from asgard.deploy.strategies import (
+    SHADOW,
+    Rollout,
+    combine,
+    comparison,
+    parse_metrics,
+    served_model_type,
+    side_summary,
+    watch,
+)
 from asgard.serving.checks import DeployError, verify
 
 if TYPE_CHECKING:
@@ -102,7 +113,7 @@ def _canary(cluster, objects, version, payload, rollout, replicas, rollout_timeo
 
     def traffic() -> dict[str, Any]:
         stable, tried = counts()
-        return _traffic(combine([stable], minus=stable_start), combine([tried], minus=canary_start), None)
+        return _traffic(combine([stable], minus=stable_start), combine([tried], minus=canary_start))
 
     verdict = watch(rollout, traffic, progress=progress, poll=max(poll_seconds, 0.05))
     progress(f"canary of v{version}: {verdict.state}, {verdict.reason}")
@@ -118,6 +129,7 @@ def _shadow(cluster, objects, version, payload, rollout, replicas, rollout_timeo
         cluster.apply(body)
     cluster.wait_for_rollout(name, timeout=rollout_timeout, poll_seconds=poll_seconds)
     verify(cluster.service_call(name), version, payload, where=f"service {namespace}/{name}", timeout=60)
+    model_type = served_model_type(cluster.service_call(name))
 
     def counts() -> tuple[dict[str, Any], dict[str, Any]]:
         texts = [_metrics(cluster, pod) for pod, track, _ in _serving_pods(cluster, app) if not track]
@@ -132,7 +144,7 @@ def _shadow(cluster, objects, version, payload, rollout, replicas, rollout_timeo
     def traffic() -> dict[str, Any]:
         stable, shadow = counts()
         stable = combine([stable], minus=stable_start)
-        return _traffic(stable, combine([shadow], minus=shadow_start), stable["counters"])
+        return _traffic(stable, combine([shadow], minus=shadow_start), stable["counters"], model_type)
 
     try:
         verdict = watch(rollout, traffic, progress=progress, poll=max(poll_seconds, 0.05))
@@ -164,18 +176,18 @@ def _metrics(cluster: Cluster, pod: str) -> str:
     return text
 
 
-def _traffic(stable: dict[str, Any], tried: dict[str, Any], counters: dict[str, float] | None) -> dict[str, Any]:
-    """``TrafficWindow.summary``'s shape, from pod counts."""
+def _traffic(
+    stable: dict[str, Any],
+    tried: dict[str, Any],
+    counters: dict[str, float] | None = None,
+    model_type: str | None = None,
+) -> dict[str, Any]:
+    """``TrafficWindow.summary``'s shape, from pod counts: the serving pods' ``asgard_shadow_*`` counters
+    (``Agreement.counters``, summed over the pods) compared as the router's are."""
     counters = counters or {}
-    compared = int(counters.get("asgard_shadow_compared_rows_total", 0))
-    values = counters.get("asgard_shadow_probability_values_total", 0)
     return {
         "stable": side_summary(stable),
         "candidate_side": side_summary(tried),
-        "compared_rows": compared,
-        "agreement": counters.get("asgard_shadow_agreed_rows_total", 0) / compared if compared else None,
-        "mean_abs_probability_diff": (
-            counters.get("asgard_shadow_probability_abs_diff_sum", 0) / values if values else None
-        ),
+        **comparison(counters, model_type),
         "mirrors_dropped": int(counters.get("asgard_shadow_dropped_total", 0)),
     }

@@ -119,12 +119,23 @@ def deploy_model_params() -> dict[str, Param]:
         ),
         "min_agreement": field(
             None,
-            title="Lowest agreement (shadow)",
-            description="The share of rows whose shadow prediction equals the serving one, 0 to 1; empty: "
-            "reported, not enforced.",
+            title="Lowest agreement (shadow, classifier)",
+            description="A classifier's shadow: the share of rows whose predicted class equals the serving "
+            "one, 0 to 1; empty: reported, not enforced. A regressor is judged by the highest difference instead.",
             section=ROLLOUT,
             type=["null", "number"],
             minimum=0,
             maximum=1,
+        ),
+        "max_difference": field(
+            None,
+            title="Highest difference (shadow, regressor)",
+            description="A regressor's shadow: the p95 absolute difference between its predictions and the "
+            "serving ones, in standard deviations of the serving predictions seen in the window (the mean "
+            "difference is reported too). Default: 1 — a retrained model may move, a shifted, rescaled or "
+            "constant one (about 2) may not.",
+            section=ROLLOUT,
+            type=["null", "number"],
+            exclusiveMinimum=0,
         ),
     }

@@ -9,8 +9,11 @@ once against a freshly read table (on the stable version).
 
 During a trial the route also names a candidate (``asgard.deploy.strategies``): a canary answers its
 share of the prediction requests; a shadow gets a copy of its share, in the background, and its
-answers are only compared with the stable ones. ``GET /traffic/<name>`` reports the trial's counts,
-which the deploy decides on; every answer names the version that gave it (``x-asgard-model-version``).
+answers are only compared with the stable ones, by the kind of model the candidate names (its
+``model_type``, from the deploy): a classifier's classes agree or not, a regressor's predictions are
+some distance apart (mean and p95, and both over the stable predictions' spread), counted in a
+bounded histogram however long the trial. ``GET /traffic/<name>`` reports the trial's counts, which
+the deploy decides on; every answer names the version that gave it (``x-asgard-model-version``).
 
 Run as ``python -m asgard.local.router ROUTES_FILE HOST PORT`` (a service of ``./asgard start``).
 """
@@ -32,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from asgard.deploy.routes import RouteTable
-from asgard.deploy.strategies import CANARY, SHADOW
+from asgard.deploy.strategies import CANARY, SHADOW, comparison
 from asgard_serving.agreement import Agreement
 
 PREDICTION_PATHS = frozenset({"predict", "invocations"})
@@ -190,11 +193,13 @@ class TrafficWindow:
     """What the router saw of one trial: both sides and, for a shadow, how the answers compared.
 
     Kept by the router in memory, per model, for the candidate upstream in the route; a new candidate
-    starts a new window.
+    starts a new window. ``model_type`` (``classification``, ``regression``) decides which comparison
+    is reported; None (a route written before the deploy named it): told by the answers' shape.
     """
 
-    def __init__(self, candidate: str, strategy: str, percent: int) -> None:
+    def __init__(self, candidate: str, strategy: str, percent: int, model_type: str | None = None) -> None:
         self.candidate, self.strategy, self.percent = candidate, strategy, percent
+        self.model_type = model_type
         self.stable, self.tried = Side(), Side()
         self.offered = 0
         self.agreement = Agreement()
@@ -213,9 +218,7 @@ class TrafficWindow:
             "candidate": self.candidate,
             "stable": self.stable.summary(),
             "candidate_side": self.tried.summary(),
-            "compared_rows": self.agreement.compared_rows,
-            "agreement": self.agreement.rate,
-            "mean_abs_probability_diff": self.agreement.mean_abs_probability_diff,
+            **comparison(self.agreement.counters(), self.model_type),
             "mirrors_dropped": self.mirrors_dropped,
         }
 
@@ -233,7 +236,7 @@ class Trials:
         window = self._windows.get(name)
         if window is None or window.candidate != candidate["upstream"]:
             window = self._windows[name] = TrafficWindow(
-                candidate["upstream"], candidate["strategy"], int(candidate["percent"])
+                candidate["upstream"], candidate["strategy"], int(candidate["percent"]), candidate.get("model_type")
             )
         return window
 
