@@ -258,7 +258,7 @@ def isolated_container(client, image: str, workers: int, settings):
     """The image as the Docker deploy target holds a model's container (its own network, limits)."""
     import uuid
 
-    from asgard.deploy.docker_target import create_serving_container, remove_serving_container
+    from asgard.deploy.docker_target import create_serving_container, remove_serving_container, serving_upstream
 
     name = f"asgard-bench-isolated-{uuid.uuid4().hex[:8]}"
     environment = {"ASGARD_SERVING_WORKERS": str(workers), "ASGARD_PREDICTION_LOG": "/tmp/predictions"}
@@ -266,14 +266,16 @@ def isolated_container(client, image: str, workers: int, settings):
     started = time.perf_counter()
     client.start(created)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health")
+        # As the router reaches it: on its own bridge (the published port is the users' way in).
+        url = serving_upstream(client.inspect_container(created)) or f"http://127.0.0.1:{port}"
+        wait_healthy(f"{url}/health")
         ready = time.perf_counter() - started
 
         def cpu_seconds() -> float:
             stats = client.stats(created, stream=False, one_shot=True)
             return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
 
-        yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds)
+        yield Served(url, ready, cpu_seconds)
     finally:
         remove_serving_container(client, name)
 
@@ -445,7 +447,7 @@ def main() -> int:
                 on_host, held = side_by_side(host, isolated, bodies[1], args)
                 ratio = held["rps"] / on_host["rps"]
                 print(
-                    f"    1 row, as the deploy target runs it (own network, published port, limits): "
+                    f"    1 row, as the deploy target runs it (own network and bridge, limits; the router's way in): "
                     f"{held['rps']:.0f} req/s p99 {held['p99_ms']:.2f} ms | on the host's network "
                     f"{on_host['rps']:.0f} req/s p99 {on_host['p99_ms']:.2f} ms | network ratio {ratio:.2f} "
                     f"(target >= 0.9)",

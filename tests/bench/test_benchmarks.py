@@ -73,7 +73,7 @@ def test_serving_bench_smoke(embedded_stack):
     assert out.count("workers over asgard's 1 worker(s):") == 2  # the bound wrk on the same cores sets
     assert out.count("the image's CPU per request (all its processes):") == 2
     assert out.count("the model inside the server") == 3  # its /metrics, at 1 and 100 rows
-    assert out.count("as the deploy target runs it (own network, published port, limits):") == 1
+    assert out.count("as the deploy target runs it (own network and bridge, limits; the router's way in):") == 1
     assert out.count("network ratio") == 1
 
 

@@ -58,6 +58,8 @@ def test_start_is_idempotent_and_stop_leaves_no_process(settings, tmp_path):
         (status,) = manager.status()
         assert status.running and status.healthy
         first_pid = status.pid
+        supervisor = manager._supervisor("tiny")  # the long-lived keeper that restarts it on a crash
+        assert supervisor is not None and first_pid in [child.pid for child in supervisor.children()]
         manager.start(log=lambda _: None)  # second start: nothing new
         assert manager.status()[0].pid == first_pid
         child_pid = int(child_pid_file.read_text())
@@ -66,6 +68,7 @@ def test_start_is_idempotent_and_stop_leaves_no_process(settings, tmp_path):
     finally:
         manager.stop(log=lambda _: None)
     assert not psutil.pid_exists(first_pid)
+    assert not supervisor.is_running() or supervisor.status() == psutil.STATUS_ZOMBIE
     assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
     (status,) = manager.status()
     assert not status.running and status.pid is None

@@ -1,8 +1,11 @@
-"""Supervising local service processes: start, wait until healthy, stop with every descendant.
+"""Supervising local service processes: start, wait until healthy, restart on a crash, stop with every descendant.
 
-Each service is a process group of its own, recorded in a PID file with its start time (so a
-recycled PID is never mistaken for ours). ``stop`` signals the whole group and every descendant
-it can find, waits, then escalates: a clean stop leaves no orphan processes.
+Each service runs under a supervisor of its own (:mod:`asgard.local.supervisor`, detached: it outlives
+``./asgard start``) that starts it as a process group, adopts whatever it orphans, restarts it with
+backoff when it dies, and keeps its state in a PID file with the start times (so a recycled PID is
+never mistaken for ours). ``stop`` asks the supervisor to stop the service, then ends whatever of the
+supervisor's tree and the service's group is left: a clean stop leaves no orphan processes, even after
+a crash.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from asgard.core.settings import Settings
+from asgard.core.settings import REPO_ROOT, Settings
+from asgard.local.supervisor import end_processes, group_members, stop_tree
 
 
 class ServiceError(RuntimeError):
@@ -55,6 +60,10 @@ class Service:
     # with it, containerd died before dockerd could stop the containers, and LocalExecutor workers
     # before their scheduler could end them, each stop then waiting out its timeouts.
     stops_its_children: bool = False
+    # Run by the supervisor once the service is healthy after each start, then every reconcile_interval
+    # seconds while it runs (the Docker engine: every routed serving container running and answering).
+    reconcile: Callable[[], None] | None = None
+    reconcile_interval: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -64,11 +73,16 @@ class ServiceStatus:
     healthy: bool
     pid: int | None
     url: str
+    # healthy, starting/unhealthy, stopped, crashed (its leader died), restarting (waiting out the backoff)
+    state: str = ""
+    restarts: int = 0
+    last_exit: str | None = None
 
     def describe(self) -> str:
-        state = "healthy" if self.healthy else ("starting/unhealthy" if self.running else "stopped")
+        state = self.state or ("healthy" if self.healthy else ("starting/unhealthy" if self.running else "stopped"))
         pid = f"pid {self.pid}" if self.pid else "-"
-        return f"{self.name:<13} {state:<18} {pid:<12} {self.url}"
+        history = f"  (restarts {self.restarts}, last exit: {self.last_exit})" if self.last_exit else ""
+        return f"{self.name:<13} {state:<18} {pid:<12} {self.url}{history}"
 
 
 class ProcessSupervisor(abc.ABC):
@@ -96,31 +110,56 @@ class ProcessSupervisor(abc.ABC):
 
         Every service is launched before any is waited for: they start side by side, so the slowest
         one sets the pace rather than their sum. (Nothing needs another to be up to start; only the
-        tasks that run later talk to them.)
+        tasks that run later talk to them.) A service whose supervisor is restarting it is waited for.
         """
-        starting = []
+        starting, launched = [], set()
         for service in self._select(names):
-            if self._running_process(service.name):
-                if _healthy(service):
+            if self._running_process(service.name) or self._supervisor(service.name):
+                if healthy(service):
                     log(f"{service.name}: already running at {self._url(service)}")
                     continue
             else:
+                self._end_leftovers(service.name)  # what a crash left behind, when nothing supervised it
                 self._launch(service, log=log)
+                launched.add(service.name)
             starting.append(service)
         for service in starting:
-            self._wait_healthy(service, log=log)
+            try:
+                self._wait_healthy(service, fresh=service.name in launched, log=log)
+            except ServiceError:
+                if service.name in launched:  # not left restarting a service that cannot start
+                    self.stop([service.name], log=lambda _: None)
+                raise
             if service.after_start:
                 service.after_start()
 
     def stop(self, names: Iterable[str] | None = None, *, log: Callable[[str], None] = print) -> None:
-        """Stop the named services (all by default), children included. Idempotent."""
+        """Stop the named services (all by default), children included, even after a crash. Idempotent."""
         for service in reversed(self._select(names)):
-            process = self._running_process(service.name)
-            if process is None:
+            record = self._record(service.name)
+            supervisor, leader = self._supervisor(service.name), self._running_process(service.name)
+            group = group_members(record["pgid"]) if record.get("pgid") else []
+            if supervisor is None and leader is None and not group:
                 log(f"{service.name}: not running")
                 self._pid_file(service.name).unlink(missing_ok=True)
                 continue
-            _stop_tree(process, service.stop_signal, whole_tree=not service.stops_its_children)
+            family = {p.pid: p for p in (supervisor, leader, *group) if p is not None}
+            for process in (supervisor, leader):
+                with contextlib.suppress(psutil.NoSuchProcess, AttributeError):
+                    family.update({child.pid: child for child in process.children(recursive=True)})
+            if supervisor is not None:
+                # It stops the service with the service's own signal and grace, then every descendant.
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+                    supervisor.terminate()
+                    supervisor.wait(timeout=60.0)
+            elif leader is not None:
+                stop_tree(leader, service.stop_signal, whole_tree=not service.stops_its_children)
+            # Whatever outlived its keeper: the rest of the group, adopted orphans, the supervisor itself.
+            leftovers = [p for p in [*family.values(), *group_members(record.get("pgid") or -1)] if _alive(p)]
+            try:
+                end_processes(leftovers, grace=5.0)
+            except RuntimeError as error:
+                raise ServiceError(f"{service.name}: {error}") from None
             self._pid_file(service.name).unlink(missing_ok=True)
             if service.after_stop:
                 service.after_stop()
@@ -129,14 +168,29 @@ class ProcessSupervisor(abc.ABC):
     def status(self) -> list[ServiceStatus]:
         result = []
         for service in self.services():
-            process = self._running_process(service.name)
+            record = self._record(service.name)
+            process, supervisor = self._running_process(service.name), self._supervisor(service.name)
+            if process is not None:
+                is_healthy = healthy(service)
+                state = "healthy" if is_healthy else "starting/unhealthy"
+                if record.get("supervisor") and supervisor is None:
+                    state += " (unsupervised)"
+            else:
+                is_healthy = False
+                # A leader gone with its PID file kept was never stopped: it crashed (an orphan answering
+                # its health check is not the service).
+                kept = record.get("state")
+                state = "stopped" if not record else (kept if kept in ("restarting", "stopping") else "crashed")
             result.append(
                 ServiceStatus(
                     name=service.name,
                     running=process is not None,
-                    healthy=process is not None and _healthy(service),
+                    healthy=is_healthy,
                     pid=process.pid if process else None,
                     url=self._url(service),
+                    state=state,
+                    restarts=int(record.get("restarts") or 0),
+                    last_exit=record.get("last_exit"),
                 )
             )
         return result
@@ -175,21 +229,31 @@ class ProcessSupervisor(abc.ABC):
     def _pid_file(self, name: str) -> Path:
         return self.settings.state_dir / f"{name}.pid"
 
-    def _running_process(self, name: str) -> psutil.Process | None:
-        path = self._pid_file(name)
-        if not path.exists():
-            return None
+    def _record(self, name: str) -> dict:
+        """What the service's supervisor last recorded ({} when nothing runs it)."""
         try:
-            record = json.loads(path.read_text())
-            process = psutil.Process(record["pid"])
-            # A recycled PID belongs to someone else: only a matching start time is ours.
-            if abs(process.create_time() - record["create_time"]) > 1.0 or not process.is_running():
-                return None
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return process
-        except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
-            return None
+            record = json.loads(self._pid_file(name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _running_process(self, name: str) -> psutil.Process | None:
+        """The service's leader process, when alive."""
+        record = self._record(name)
+        return _process(record.get("pid"), record.get("create_time"))
+
+    def _supervisor(self, name: str) -> psutil.Process | None:
+        """The service's supervisor, when alive."""
+        record = self._record(name).get("supervisor") or {}
+        return _process(record.get("pid"), record.get("create_time"))
+
+    def _end_leftovers(self, name: str) -> None:
+        """End what is left of a service nothing supervises any more (its group outlived its leader)."""
+        pgid = self._record(name).get("pgid")
+        if pgid:
+            with contextlib.suppress(RuntimeError):
+                end_processes(group_members(pgid), grace=5.0)
+        self._pid_file(name).unlink(missing_ok=True)
 
     def _launch(self, service: Service, *, log: Callable[[str], None]) -> None:
         if service.port and _port_in_use(self.settings.bind_host, service.port):
@@ -203,30 +267,58 @@ class ProcessSupervisor(abc.ABC):
             service.prepare()
         for folder in (self.settings.state_dir, self.settings.logs_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        env = {**self.base_env, **service.env}
-        log_path = self.log_file(service.name)
+        pid_file, log_path = self._pid_file(service.name), self.log_file(service.name)
+        pid_file.unlink(missing_ok=True)
+        hooks = service.after_start or service.after_stop or service.reconcile
+        spec = {
+            "name": service.name,
+            "argv": service.argv,
+            "env": {**self.base_env, **service.env},
+            "cwd": str(self.settings.home),
+            "log": str(log_path),
+            "state_file": str(pid_file),
+            "stop_signal": int(service.stop_signal),
+            "stops_its_children": service.stops_its_children,
+            # Where the supervisor finds the hooks again (they are code, not data).
+            "manager": f"{type(self).__module__}:{type(self).__qualname__}" if hooks else None,
+        }
+        spec_file = self.settings.state_dir / f".{service.name}.supervise.json"
+        write_private(spec_file, json.dumps(spec))  # the environment holds secrets: never a command line
+        env = {
+            **self.base_env,
+            **self.settings.as_env(),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "plugins"), self.base_env.get("PYTHONPATH")])),
+        }
         with log_path.open("ab") as log_handle:
-            process = subprocess.Popen(
-                service.argv,
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "asgard.local.supervisor", str(spec_file)],
                 env=env,
                 cwd=self.settings.home,
                 stdin=subprocess.DEVNULL,
                 stdout=log_handle,
                 stderr=subprocess.STDOUT,
-                # Its own process group, so stop can signal every child it spawns.
+                # Detached: it outlives this command, and a Ctrl-C here does not reach it.
                 start_new_session=True,
             )
-        record = {"pid": process.pid, "create_time": psutil.Process(process.pid).create_time()}
-        write_private(self._pid_file(service.name), json.dumps(record))
-        log(f"{service.name}: started (pid {process.pid}), log {log_path}")
+        deadline = time.monotonic() + 30.0
+        while not self._record(service.name).get("pid"):
+            if supervisor.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{service.name}: its supervisor did not start it; last lines of {log_path}:\n"
+                    + self.tail(service.name, 30)
+                )
+            time.sleep(0.05)
+        log(f"{service.name}: started (pid {self._record(service.name)['pid']}), log {log_path}")
 
-    def _wait_healthy(self, service: Service, *, log: Callable[[str], None]) -> None:
+    def _wait_healthy(self, service: Service, *, fresh: bool, log: Callable[[str], None]) -> None:
+        """Until ``service`` answers its health check; a ``fresh`` start that crashes even once has failed."""
         deadline = time.monotonic() + service.start_timeout
         while time.monotonic() < deadline:
-            if _healthy(service):
+            if healthy(service):
                 log(f"{service.name}: healthy at {self._url(service)}")
                 return
-            if self._running_process(service.name) is None:
+            gone = self._running_process(service.name) is None and self._supervisor(service.name) is None
+            if gone or (fresh and self._record(service.name).get("last_exit")):
                 raise ServiceError(
                     f"{service.name}: exited during start-up; last lines of {self.log_file(service.name)}:\n"
                     + self.tail(service.name, 30)
@@ -238,7 +330,28 @@ class ProcessSupervisor(abc.ABC):
         )
 
 
-def _healthy(service: Service) -> bool:
+def _process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    """The live, non-zombie process ``pid`` started at ``create_time`` (a recycled PID is someone else's)."""
+    if not pid or create_time is None:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - create_time) > 1.0 or process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def healthy(service: Service) -> bool:
+    """Whether ``service`` answers its health check."""
     import httpx
 
     if service.health_check is not None:
@@ -266,37 +379,6 @@ def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
         return probe.connect_ex((host, port)) == 0
-
-
-def _stop_tree(process: psutil.Process, first_signal: int, grace: float = 30.0, *, whole_tree: bool = True) -> None:
-    """Signal the process group (or, not ``whole_tree``, the process alone), then every descendant still
-    alive; escalate to SIGKILL."""
-    try:
-        family = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    if not whole_tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(first_signal)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, first_signal)
-    # Descendants that left the group (task runners start sessions of their own) get it directly.
-    for member in family[1:] if whole_tree else []:
-        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-            if os.getpgid(member.pid) != process.pid:
-                member.send_signal(first_signal)
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for escalation in (signal.SIGTERM, signal.SIGKILL):
-        if not alive:
-            return
-        # Children that moved to a group of their own (task runners, gunicorn workers) too.
-        for straggler in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                straggler.send_signal(escalation)
-        _, alive = psutil.wait_procs(alive, timeout=10.0)
-    if alive:
-        raise ServiceError(f"could not stop pids {[p.pid for p in alive]}")
 
 
 def write_private(path: Path, content: str) -> None:

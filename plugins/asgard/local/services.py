@@ -119,7 +119,16 @@ class ServiceManager(ProcessSupervisor):
             prepare=lambda: self.settings.state_dir.mkdir(parents=True, exist_ok=True),
             after_start=self._load_base_image,
             after_stop=self._release_docker_mounts,
+            # Run by its supervisor after every (re)start and on a timer: an engine that came back
+            # finds its routed serving containers exited.
+            reconcile=self.reconcile_serving,
         )
+
+    def reconcile_serving(self) -> None:
+        """Every serving container the route table names running and answering (:mod:`asgard.local.reconcile`)."""
+        from asgard.local.reconcile import reconcile_serving
+
+        reconcile_serving(self.settings)
 
     @property
     def docker_exec_root(self) -> Path:
