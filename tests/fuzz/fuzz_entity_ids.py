@@ -31,6 +31,7 @@ SEEDS = (
     b'{"customer_id": 9223372036854775807, "region": "x"}',
     b'{"customer_id": [1.5], "region": [null]}',
     b'{"customer_id": [], "region": []}',
+    b'{"customer_id": [15], "region": [null]}',  # the fuzzer's first find: a null string id crashed the key encoding
 )
 
 

@@ -19,7 +19,7 @@ RUNS = {
 
 
 @pytest.mark.parametrize("harness", list(RUNS), ids=lambda harness: "-".join(harness).removesuffix(".py"))
-def test_a_bounded_fuzzing_run_finds_no_crash(harness):
+def test_a_bounded_fuzzing_run_finds_no_crash(harness, tmp_path):
     script, *options = harness
     paths = [REPO / "plugins", REPO / "include", REPO / "include" / "serving"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths))}
@@ -30,6 +30,7 @@ def test_a_bounded_fuzzing_run_finds_no_crash(harness):
             *options,
             f"-runs={RUNS[harness]}",
             "-rss_limit_mb=4096",
+            f"-artifact_prefix={tmp_path}/",  # a crash's input lands here (and is printed), not in the checkout
         ],
         env=env,
         capture_output=True,

@@ -304,9 +304,10 @@ class OnlineFeatures:
 
 def _check_ids(name: str, value_type: str, values: list) -> None:
     if value_type == "STRING":
-        wrong = next((v for v in values if not isinstance(v, str)), None)
-        if wrong is not None:
-            raise InputError(f"entity key {name} takes strings: got {shown_value(wrong)}")
+        # (Not ``next(..., None)``: a null id is itself what must be refused; it crashed the key's encoding.)
+        wrong = [v for v in values if not isinstance(v, str)][:1]
+        if wrong:
+            raise InputError(f"entity key {name} takes strings: got {shown_value(wrong[0])}")
         return
     low, high = INTEGER_RANGES[value_type]
     for value in values:
