@@ -619,3 +619,25 @@ def test_a_mirror_file_that_is_absent_or_unusable_copies_nothing(tmp_path, caplo
     config.unlink()
     mirror._reload()
     assert mirror.url is None
+
+
+def test_a_native_bundle_is_read_as_its_serving_json_says_it_was_written(tmp_path, fitted):
+    """The bundler writes the native model with cloudpickle whatever MLflow logged it as, and says so;
+    a bundle from before that note is cloudpickle too, and a format this image cannot read is refused."""
+    from asgard_serving.model import Bundle, Predictor
+
+    folder, info = _bundle(tmp_path, fitted, sample=False)
+    assert info["native"] == {"pickled_model": "model.pkl", "format": "cloudpickle"}
+    model, holdout = fitted
+    rows = holdout.head(5)
+    columns = {name: rows[name].tolist() for name in SEED_FEATURES}
+    answer = Predictor(Bundle.read(folder)).predict(columns, 5, probabilities=False)
+    assert answer["predictions"] == model.predict(rows).tolist()
+    older = {**info, "native": {"pickled_model": "model.pkl"}}
+    (folder / "serving.json").write_text(json.dumps(older))
+    assert Predictor(Bundle.read(folder)).predict(columns, 5, probabilities=False) == answer
+    (folder / "serving.json").write_text(
+        json.dumps({**info, "native": {"pickled_model": "model.skops", "format": "skops"}})
+    )
+    with pytest.raises(ValueError, match="reads cloudpickle only"):
+        Predictor(Bundle.read(folder))

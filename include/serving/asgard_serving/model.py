@@ -4,7 +4,7 @@ A bundle is a folder written at image-build time by the platform:
 
 ``serving.json``  name, version, run id, model type, classes, signature, flavor, image labels
 ``model.onnx``    the model converted to ONNX (flavor ``onnx``, checked against the native model), or
-``native/``       the MLflow model folder (flavor ``native``), loaded with cloudpickle
+``native/``       the model's estimator (flavor ``native``), written by the platform with cloudpickle
 
 No Airflow, no MLflow: the image carries only what answering a request needs.
 """
@@ -204,6 +204,20 @@ def listed_names(names: list[str], first: int = 10) -> str:
     return shown if len(names) <= first else f"{shown} and {len(names) - first} more"
 
 
+def load_native_model(bundle: Bundle) -> Any:
+    """A native bundle's estimator. The platform's bundler wrote it with cloudpickle, whatever format
+    MLflow logged the version in (skops, pickle, XGBoost's own...): it loaded it with MLflow's loader
+    of the version's flavor, in a sandbox. Bundles made before ``native.format`` existed are cloudpickle too."""
+    native = bundle.info["native"]
+    written = native.get("format", "cloudpickle")
+    if written != "cloudpickle":
+        raise ValueError(f"the bundle's native model is written as {written!r}; this image reads cloudpickle only")
+    import cloudpickle
+
+    with (bundle.folder / "native" / native["pickled_model"]).open("rb") as handle:
+        return cloudpickle.load(handle)
+
+
 class Predictor:
     """Loads the bundle's model once and predicts on checked columns."""
 
@@ -234,10 +248,7 @@ class Predictor:
             if self.numeric_input is not None and not self.strings:
                 self.one_row = OneRow(self.session, self.numeric_input, len(self.numeric), self.output)
         else:
-            import cloudpickle
-
-            with (bundle.folder / "native" / bundle.info["native"]["pickled_model"]).open("rb") as handle:
-                self.model = cloudpickle.load(handle)
+            self.model = load_native_model(bundle)
 
     def predict(self, columns: dict[str, list], rows: int, *, probabilities: bool) -> dict[str, Any]:
         if self.flavor == "onnx":

@@ -121,7 +121,8 @@ def script_data_paths(settings: Settings | None = None) -> list[Path]:
     if settings.profile != "embedded":
         return []
     load_repo_config(settings)  # creates the folders the paths point into
-    return [settings.data_dir / "feast", settings.data_dir / "gold"]
+    # A fresh install has no gold layer until one is written: a script that reads none runs all the same.
+    return [path for path in (settings.data_dir / "feast", settings.data_dir / "gold") if path.exists()]
 
 
 def open_store(settings: Settings | None = None, *, online_store: dict[str, Any] | None = None) -> FeatureStore:

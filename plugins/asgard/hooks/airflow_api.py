@@ -14,6 +14,8 @@ import httpx
 from airflow_client.client.exceptions import ApiException
 from urllib3.util.retry import Retry
 
+from asgard.hooks.task_errors import exception_summary, render_log_record
+
 TERMINAL_STATES = {"success", "failed"}
 # How long a queued run waits before its DAG is checked for being paused (the scheduler needs a few seconds).
 PAUSED_CHECK_AFTER = 30.0
@@ -196,7 +198,7 @@ class AirflowApi:
         }
 
     def run_error(self, dag_id: str, run_id: str) -> dict[str, str] | None:
-        """Why a run failed: the task that failed first and the first lines of its exception."""
+        """Why a run failed: the task that failed first, its exception's first lines and the last exception line."""
         instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
         return self._first_error(dag_id, run_id, instances)
 
@@ -206,7 +208,7 @@ class AirflowApi:
             return None
         first = min(failed, key=lambda ti: ti.end_date or datetime.max.replace(tzinfo=UTC))
         content = self._log_content(dag_id, run_id, first.task_id, first.map_index, first.try_number or 1)
-        return {"task": _task_key(first), "message": _exception_of(content)}
+        return {"task": _task_key(first), "message": exception_summary(content)}
 
     def wait_for_run(
         self,
@@ -321,7 +323,7 @@ class AirflowApi:
         """The text of one task try's log, exceptions included (for failure messages)."""
         content = self._log_content(dag_id, run_id, task_id, map_index, try_number)
         if isinstance(content, list):
-            return "\n".join(_render_log_line(line) for line in content)
+            return "\n".join(render_log_record(line) for line in content)
         return str(content)
 
     def _log_content(self, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> Any:
@@ -357,34 +359,6 @@ def _task_key(ti: Any) -> str:
 
 def _task_state(ti: Any) -> str:
     return "pending" if ti.state is None else str(getattr(ti.state, "value", ti.state))
-
-
-# A job's error: the exception's type and the first lines of its message (the rest is in the logs).
-ERROR_LINES = 8
-
-
-def _exception_of(content: Any) -> str:
-    """The exception a task try ended with, from its log's last record that carries one."""
-    records = content if isinstance(content, list) else []
-    for record in reversed(records):
-        details = record.get("error_detail") if isinstance(record, dict) else None
-        if details:  # the raised exception first, then its causes
-            raised = details[0]
-            lines = str(raised.get("exc_value", "")).splitlines()[:ERROR_LINES]
-            return "\n".join([f"{raised.get('exc_type')}: {lines[0] if lines else ''}", *lines[1:]])
-    text = content if isinstance(content, str) else ""
-    last = [line for line in text.splitlines() if line.strip()][-1:]
-    return last[0] if last else "the task failed without an exception in its log (see the job's logs)"
-
-
-def _render_log_line(line: Any) -> str:
-    """One structured log record as text, with the exception it carries (type and message)."""
-    if not isinstance(line, dict):
-        return str(line)
-    text = str(line.get("event", ""))
-    for detail in line.get("error_detail") or []:
-        text += f"\n{detail.get('exc_type')}: {detail.get('exc_value')}"
-    return text
 
 
 def _iso(moment: Any) -> str | None:

@@ -26,6 +26,7 @@ from asgard.core.settings import REPO_ROOT
 from asgard.core.xcom import XComRecord
 from asgard.hooks.docker import local_image_labels
 from asgard.registry.versions import ModelVersionRef, holdout_frame
+from asgard.serving.bundle import SERVED_FLAVORS
 
 if TYPE_CHECKING:
     import docker
@@ -37,9 +38,13 @@ log = logging.getLogger(__name__)
 
 SERVING_APP = REPO_ROOT / "include" / "serving"
 LABEL_PREFIX = "io.asgard.model."
-# The bundler (asgard.serving.bundle) and what it needs besides the model's own requirements.
+# The bundler (asgard.serving.bundle) and what it needs besides the model's own requirements: MLflow's
+# flavor loaders (mlflow-skinny), the converters, and cloudpickle to write a native bundle's model.
 PLATFORM_PACKAGE = REPO_ROOT / "plugins" / "asgard"
-BUNDLER_REQUIREMENTS = ("cloudpickle", "numpy", "pandas", "pyarrow", "onnx", "onnxruntime", "skl2onnx", "onnxmltools")
+BUNDLER_REQUIREMENTS = (
+    *("mlflow-skinny", "cloudpickle", "numpy", "pandas", "pyarrow"),
+    *("onnx", "onnxruntime", "skl2onnx", "onnxmltools"),
+)
 # Where the bundler's inputs and output are inside its sandbox.
 MODEL_INSIDE, INPUT_INSIDE, OUTPUT_INSIDE, CODE_INSIDE = "/model", "/input", "/output", "/platform"
 # boto3: the prediction log may go to S3.
@@ -93,9 +98,10 @@ def source_revision() -> str:
 def export_bundle(hook: MlflowHook, ref: ModelVersionRef, folder: Path, labels: dict[str, str]) -> dict[str, Any]:
     """Write the bundle the serving app loads (``serving.json`` + ONNX or native model) into ``folder``.
 
-    The worker only downloads files and reads the model's metadata; the model itself is unpickled,
-    converted and checked by :mod:`asgard.serving.bundle` in a sandbox (no network, nothing of this
-    host but its inputs), with an environment of the model's own requirements and the converters.
+    The worker only downloads files and reads the model's metadata; the model itself is loaded (by
+    MLflow's loader of its flavor), converted and checked by :mod:`asgard.serving.bundle` in a sandbox
+    (no network, nothing of this host but its inputs), with an environment of the model's own
+    requirements, MLflow's loaders and the converters.
     """
     import mlflow
     from mlflow.models import Model
@@ -109,15 +115,17 @@ def export_bundle(hook: MlflowHook, ref: ModelVersionRef, folder: Path, labels: 
             f"{ref.name} version {ref.version} has no input signature: log the model with a signature "
             "(mlflow.models.infer_signature) so the server can check requests"
         )
-    if "sklearn" not in meta.flavors:
+    flavor = next((name for name in SERVED_FLAVORS if name in meta.flavors), None)
+    if flavor is None:
         raise InputError(
             f"{ref.name} version {ref.version} is a {', '.join(sorted(meta.flavors))} model; the serving image "
-            "serves MLflow sklearn-flavor models (pipelines of scikit-learn, XGBoost and LightGBM estimators)"
+            f"serves MLflow {', '.join(SERVED_FLAVORS)} models (scikit-learn-API estimators and pipelines of them)"
         )
     columns = signature_columns(meta.signature)
     sample = _holdout_sample(hook, ref, native, meta, [c["name"] for c in columns])
     request = {
-        "pickled_model": f"{MODEL_INSIDE}/{meta.flavors['sklearn']['pickled_model']}",
+        "model_dir": MODEL_INSIDE,
+        "flavor": flavor,
         "model_type": ref.tags.get("model_type"),
         "columns": columns,
         "identity": ref.to_dict(),
@@ -125,7 +133,14 @@ def export_bundle(hook: MlflowHook, ref: ModelVersionRef, folder: Path, labels: 
         "output": OUTPUT_INSIDE,
         "sample": f"{INPUT_INSIDE}/sample.parquet" if sample is not None else None,
     }
-    return _bundle_in_sandbox(native, folder, request, sample, model_requirements(native))
+    requirements = [*model_requirements(native), *serializer_requirements(meta.flavors[flavor])]
+    return _bundle_in_sandbox(native, folder, request, sample, requirements)
+
+
+def serializer_requirements(flavor_conf: dict[str, Any]) -> list[str]:
+    """What reading the model file needs beyond its flavor's library: skops, when MLflow saved it so
+    (its default) and the version's requirements were given without it."""
+    return ["skops"] if flavor_conf.get("serialization_format") == "skops" else []
 
 
 def _bundle_in_sandbox(native: Path, folder: Path, request: dict, sample: Any, requirements: list[str]) -> dict:
@@ -147,7 +162,16 @@ def _bundle_in_sandbox(native: Path, folder: Path, request: dict, sample: Any, r
                     Bind(output, OUTPUT_INSIDE, writable=True),
                     Bind(PLATFORM_PACKAGE, f"{CODE_INSIDE}/asgard"),
                 ],
-                env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": CODE_INSIDE, "LANG": "C.UTF-8"},
+                env={
+                    "PATH": "/usr/bin:/bin",
+                    "HOME": "/tmp",
+                    "PYTHONPATH": CODE_INSIDE,
+                    "LANG": "C.UTF-8",
+                    # MLflow's loaders refuse every format (skops too) without it: this sandbox is where
+                    # the model may be deserialized. No telemetry: there is no network to send it to.
+                    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+                    "MLFLOW_DISABLE_TELEMETRY": "true",
+                },
                 cwd="/tmp",
                 limits=sandbox.Limits(timeout_seconds=900, memory_mb=4096, max_output_bytes=1_000_000),
                 scratch=Path(scratch),

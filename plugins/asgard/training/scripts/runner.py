@@ -45,8 +45,9 @@ INJECTED = (
     "FEATURE_VIEW_NAME",
 )
 # Every script environment can log to MLflow (the platform's own client, pinned) and be scored by the
-# platform (a model loaded and predicting on Parquet rows in the same sandbox).
-PLATFORM_REQUIREMENTS = ("mlflow-skinny", "pandas", "pyarrow")
+# platform (a model loaded and predicting on Parquet rows in the same sandbox); skops is what MLflow
+# saves scikit-learn models with by default, so an ordinary script's log_model works as it is.
+PLATFORM_REQUIREMENTS = ("mlflow-skinny", "pandas", "pyarrow", "skops")
 CONSTRAINTS = REPO_ROOT / "constraints.txt"
 
 
