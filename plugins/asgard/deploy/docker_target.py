@@ -176,6 +176,7 @@ def create_serving_container(
     from asgard.core.settings import get_settings
 
     settings = settings or get_settings()
+    _remove_networks(client, name)  # one a failed attempt left (the engine allows two of one name)
     client.create_network(
         name,
         driver="bridge",
@@ -232,8 +233,17 @@ def remove_serving_container(client: docker.APIClient, name: str) -> None:
 
     with contextlib.suppress(docker.errors.NotFound):
         client.remove_container(name, force=True)
-    with contextlib.suppress(docker.errors.NotFound):
-        client.remove_network(name)
+    _remove_networks(client, name)
+
+
+def _remove_networks(client: docker.APIClient, name: str) -> None:
+    """Every network named ``name``, by id (the engine allows two of one name, and refuses a name then)."""
+    import docker
+
+    for network in client.networks(names=[name]):
+        if network["Name"] == name:  # the engine's filter matches names by part too
+            with contextlib.suppress(docker.errors.NotFound):
+                client.remove_network(network["Id"])
 
 
 def _trial(

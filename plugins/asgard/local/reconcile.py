@@ -12,6 +12,7 @@ alone: only what the table still names is touched.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -33,19 +34,23 @@ def reconcile_serving(settings: Settings, *, health_timeout: float = 60.0) -> li
     import docker
 
     client = docker.APIClient(base_url=settings.docker_url, version="auto", timeout=60)
-    table = RouteTable(settings.routes_file)
     done = []
-    for model, route in table.routes().items():
-        for entry, stable in ((route, True), (route.get("candidate"), False)):
-            if not entry or not entry.get("container"):
-                continue
-            try:
-                action = _reconcile_one(client, settings, model, entry, stable=stable, timeout=health_timeout)
-            except (docker.errors.APIError, OSError) as error:
-                action = f"could not bring back {entry['container']}: {error}"
-            if action:
-                log.warning("%s: %s", model, action)
-                done.append(f"{model}: {action}")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # One reconcile at a time (the supervisor's timer, a restart, a caller): two would both re-create a
+    # missing container, and the second would find its name taken.
+    with open(settings.state_dir / "reconcile.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for model, route in RouteTable(settings.routes_file).routes().items():
+            for entry, stable in ((route, True), (route.get("candidate"), False)):
+                if not entry or not entry.get("container"):
+                    continue
+                try:
+                    action = _reconcile_one(client, settings, model, entry, stable=stable, timeout=health_timeout)
+                except (docker.errors.APIError, OSError) as error:
+                    action = f"could not bring back {entry['container']}: {error}"
+                if action:
+                    log.warning("%s: %s", model, action)
+                    done.append(f"{model}: {action}")
     return done
 
 

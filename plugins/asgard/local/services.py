@@ -105,10 +105,15 @@ class ServiceManager(ProcessSupervisor):
                 str(exec_root),
                 "--pidfile",
                 str(s.state_dir / "dockerd.pid"),
-                # No bridge, no iptables: builds and containers use the host network (loopback).
+                # No default bridge, no iptables, no forwarding: builds use the host network (loopback);
+                # each serving container gets a bridge of its own (asgard.deploy.docker_target).
                 "--iptables=false",
                 "--ip-forward=false",
                 "--bridge=none",
+                # A /28 per serving network from a /13: an engine's default pools hold 31 networks, and
+                # bridges an engine leaves behind when it is killed keep their subnets from the next one.
+                "--default-address-pool",
+                "base=172.24.0.0/13,size=28",
             ],
             health_url="http://docker/_ping",
             health_socket=str(socket_path),
