@@ -42,7 +42,7 @@ def test_bad_profile_is_named(monkeypatch):
 def test_prediction_logs_are_the_local_folder_and_the_clusters_prefix(monkeypatch, tmp_path):
     monkeypatch.setenv("ASGARD_HOME", str(tmp_path))
     monkeypatch.delenv("ASGARD_PREDICTION_LOG_URI", raising=False)
-    assert Settings.from_env().prediction_logs("churn") == [str(tmp_path / "data" / "predictions" / "churn")]
+    assert Settings.from_env().prediction_logs("churn") == [str(tmp_path / "data" / "prediction-logs" / "churn")]
     monkeypatch.setenv("ASGARD_PREDICTION_LOG_URI", "s3://serving-logs/prod/")
     assert Settings.from_env().prediction_logs("churn")[1] == "s3://serving-logs/prod/churn"
     # What the kubernetes deploy target hands its pods is what monitoring reads.
