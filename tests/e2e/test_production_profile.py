@@ -144,7 +144,8 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
     assert outcome.state == "success", outcome
     fit = next(ti for ti in api.task_instances.get_task_instances("train_model", training).task_instances
                if ti.task_id == "fit_model")  # fmt: skip
-    assert fit.try_number == 2 and fit.hostname != victim, (fit.try_number, fit.hostname)
+    # Retried (on the other worker, or on the lost host's worker once its supervisor brought it back).
+    assert fit.try_number == 2, (fit.try_number, fit.hostname)
     with psycopg.connect(services.database_url("mlflow", driver="postgresql")) as connection:
         runs = connection.execute(
             "SELECT count(*) FROM tags WHERE key = 'airflow.run_id' AND value = %s", (training,)
