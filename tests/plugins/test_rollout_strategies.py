@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -66,9 +67,23 @@ def test_a_canary_is_rolled_back_as_soon_as_its_errors_cannot_fit_the_window():
 
 
 def test_a_slow_canary_breaches_the_p99_ratio():
-    verdict = decide(CANARY_10, traffic(requests=100, p99=12.0), elapsed=9)
+    verdict = decide(CANARY_10, traffic(requests=100, p99=120.0), elapsed=9)
     assert verdict.state == "breach" and verdict.figures["limit"] == "max_p99_ratio"
-    assert "p99 12.0 ms against the stable version's 5.0 ms (2.40x > 2x)" in verdict.reason
+    assert "p99 120.0 ms against the stable version's 5.0 ms (24.00x > 2x, 115.0 ms slower > the 50 ms" in (
+        verdict.reason
+    )
+
+
+def test_a_p99_above_the_ratio_by_less_than_the_tolerance_is_jitter_not_a_breach():
+    """A few milliseconds' p99 over a small window is its slowest request: 12 ms against 5 is 2.4x, and
+    7 ms a caller does not feel. With no tolerance the ratio alone decides."""
+    jitter = traffic(requests=100, p99=12.0)
+    verdict = decide(CANARY_10, jitter, elapsed=9)
+    assert verdict.state == "pass" and verdict.figures["p99_ratio"] == 2.4, verdict
+    strict = dataclasses.replace(CANARY_10, p99_tolerance_ms=0)
+    verdict = decide(strict, jitter, elapsed=9)
+    assert verdict.state == "breach" and verdict.figures["limit"] == "max_p99_ratio"
+    assert "(2.40x > 2x, 7.0 ms slower > the 0 ms tolerance)" in verdict.reason
 
 
 def test_too_little_traffic_by_the_duration_is_not_promoted():

@@ -117,6 +117,17 @@ def deploy_model_params() -> dict[str, Param]:
             type=["null", "number"],
             exclusiveMinimum=0,
         ),
+        "p99_tolerance_ms": field(
+            None,
+            title="p99 tolerance (ms)",
+            description="A p99 above the ratio breaches only when it is also this many milliseconds slower than "
+            "the serving version's (a small window's p99 is its slowest request or two). 0: the ratio alone "
+            "decides. Default: 50.",
+            section=ROLLOUT,
+            type=["null", "number"],
+            minimum=0,
+            maximum=60_000,
+        ),
         "min_agreement": field(
             None,
             title="Lowest agreement (shadow, classifier)",

@@ -48,6 +48,7 @@ class Rollout(XComRecord):
     duration: float = 300.0
     max_error_rate: float = 0.01
     max_p99_ratio: float = 2.0
+    p99_tolerance_ms: float = 50.0
     min_agreement: float | None = None
     max_difference: float = 1.0
 
@@ -80,6 +81,7 @@ ROLLOUT_KEYS = (
     "duration",
     "max_error_rate",
     "max_p99_ratio",
+    "p99_tolerance_ms",
     "min_agreement",
     "max_difference",
 )
@@ -127,12 +129,18 @@ def decide(rollout: Rollout, traffic: dict[str, Any], elapsed: float) -> Verdict
             f"{errors} of {requests} requests failed ({errors / requests:.2%} > {rollout.max_error_rate:.2%})",
         )
     ratio = figures.get("p99_ratio")
+    # A p99 over a window of tens of requests is its slowest one or two: at a few milliseconds a
+    # scheduler hiccup multiplies it. A latency regression is one a caller feels, slower by a ratio
+    # *and* by more than the tolerance (as absolute latency thresholds do in Flagger's analysis).
     if ratio is not None and ratio > rollout.max_p99_ratio:
-        return breach(
-            "max_p99_ratio",
-            f"p99 {tried['p99_ms']:.1f} ms against the stable version's {stable['p99_ms']:.1f} ms "
-            f"({ratio:.2f}x > {rollout.max_p99_ratio:g}x)",
-        )
+        slower_ms = tried["p99_ms"] - stable["p99_ms"]
+        if slower_ms > rollout.p99_tolerance_ms:
+            return breach(
+                "max_p99_ratio",
+                f"p99 {tried['p99_ms']:.1f} ms against the stable version's {stable['p99_ms']:.1f} ms "
+                f"({ratio:.2f}x > {rollout.max_p99_ratio:g}x, {slower_ms:.1f} ms slower > the "
+                f"{rollout.p99_tolerance_ms:g} ms tolerance)",
+            )
     if rollout.strategy == SHADOW and figures["model_type"] == REGRESSION:
         relative = figures["relative_p95_abs_difference"]
         if relative is None or relative > rollout.max_difference:
