@@ -37,9 +37,9 @@ os.environ["ASGARD_DATA_ROOTS"] = TEST_DATA_ROOTS
 
 
 def pytest_collection_modifyitems(items):
-    """The end-to-end main job runs last: a failure anywhere else shows within minutes, and it finds
-    the machine-level caches (uv's downloads, script environments, wheelhouses) the others filled,
-    as a second user of a machine does."""
+    """In one pytest process the end-to-end tests run last: a failure anywhere else shows within
+    minutes. (The whole suite, ./asgard test, runs them in a stream of their own beside the rest:
+    scripts/test_suite.sh.)"""
     items.sort(key=lambda item: item.nodeid.startswith("tests/e2e/"))
 
 
