@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,10 +31,19 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 # Never let a developer's running stack leak into tests through the environment.
-os.environ.setdefault("ASGARD_HOME", str(Path(tempfile.mkdtemp(prefix="asgard-test-home-"))))
+_asgard_home = None if "ASGARD_HOME" in os.environ else Path(tempfile.mkdtemp(prefix="asgard-test-home-"))
+if _asgard_home is not None:
+    os.environ["ASGARD_HOME"] = str(_asgard_home)
 # Tests write their inputs and outputs in temporary folders and moto's buckets: those are their data roots.
 TEST_DATA_ROOTS = f"{tempfile.gettempdir()},s3://"
 os.environ["ASGARD_DATA_ROOTS"] = TEST_DATA_ROOTS
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The throwaway homes this process made go with it (pytest keeps its own tmp_path folders)."""
+    for folder in (_airflow_home, _asgard_home):
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -22,7 +22,9 @@ RUNS = {
 def test_a_bounded_fuzzing_run_finds_no_crash(harness, tmp_path):
     script, *options = harness
     paths = [REPO / "plugins", REPO / "include", REPO / "include" / "serving"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths))}
+    # TMPDIR: the harnesses' scratch folders (a model bundle, an online store, the seed corpus) land in
+    # the test's own folder, which pytest cleans up.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths)), "TMPDIR": str(tmp_path)}
     result = subprocess.run(
         [
             sys.executable,
