@@ -11,6 +11,15 @@ from airflow.sdk.definitions.param import NOTSET
 # A feature view, column, table or entity name.
 IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
 # One value of an entity column.
+# Environment variable names a user's script may not be given: the platform's own, every family that
+# carries secrets, and those that change how programs load or find code (the loader's, Python's, the
+# shells' and libc's). The Param refuses them (a 400); the runner again, whatever the conf's way in.
+RESERVED_ENV_PATTERN = (
+    "^(AIRFLOW|AWS_|ASGARD_|MLFLOW_|AZURE_|GOOGLE_|GCP_|KUBE|PG|REDIS|DATABASE|SQL"
+    "|LD_|PYTHON|GCONV_PATH$|LOCPATH$|NLSPATH$|HOSTALIASES$|RESOLV_|BASH_ENV$|ENV$|SHELLOPTS$|IFS$"
+    "|PATH$|HOME$|TMPDIR$|USER$|LANG$|EXPERIMENT_NAME$|MODEL_NAME$|USE_FEAST$|FEAST_|FEATURE_VIEW_NAME$)"
+)
+
 SCALAR = {"type": ["string", "integer", "number", "boolean"]}
 # MLflow registered model names as the platform accepts them (also image tags and URL path segments).
 MODEL_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"

@@ -235,6 +235,21 @@ def launch_script(
     return "\n".join(lines), staged[1:], staged[0]
 
 
+# The root set-up's whole environment: the system's tools, found where the system keeps them.
+LAUNCHER_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+def environment_arguments(env: dict[str, str]) -> bytes:
+    """bubblewrap's ``--args`` payload that gives the command exactly ``env``: NUL-separated arguments,
+    so a value may hold anything but a NUL (which no environment can hold)."""
+    arguments = ["--clearenv"]
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise SandboxError(f"an environment variable's name or value cannot be passed: {name[:40]!r}")
+        arguments += ["--setenv", name, value]
+    return b"".join(argument.encode() + b"\0" for argument in arguments)
+
+
 def stage_root() -> Path:
     """An empty folder every sandbox mounts its private stage on (in its own mount namespace)."""
     base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
@@ -281,22 +296,28 @@ def run(
     drop = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
     # bubblewrap reads the compiled filter from this descriptor, inherited through the set-up.
     seccomp_fd = os.memfd_create("asgard-seccomp")
+    # ...and the command's environment from this one: only the command gets it, never the root set-up
+    # (its shell, mount, cp, setpriv: an LD_PRELOAD there runs as root), and never on a command line.
+    environment_fd = os.memfd_create("asgard-environment")
     started = time.monotonic()
     try:
         os.write(seccomp_fd, seccomp_program())
         os.lseek(seccomp_fd, 0, os.SEEK_SET)
+        os.write(environment_fd, environment_arguments(env))
+        os.lseek(environment_fd, 0, os.SEEK_SET)
         bubblewrap = bwrap_arguments(
             binds, staged, cwd=cwd, etc=staged_etc, seccomp_fd=seccomp_fd, tmp_bytes=disk_bytes
         )
+        bubblewrap[1:1] = ["--args", str(environment_fd)]
         launcher = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", setup, "sandbox"]
         process = subprocess.Popen(
             [*launcher, *drop, *bubblewrap, *command],
-            env=env,
+            env=LAUNCHER_ENVIRONMENT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            pass_fds=(seccomp_fd,),
+            pass_fds=(seccomp_fd, environment_fd),
         )
         reader = OutputReader(process, limits.max_output_bytes, output, on_overflow=group.kill_all)
         reader.start()
@@ -321,6 +342,7 @@ def run(
         return Outcome(process.returncode, time.monotonic() - started, reader.total, reader.tail(), stopped_by)
     finally:
         os.close(seccomp_fd)
+        os.close(environment_fd)
         group.remove()
         shutil.rmtree(etc, ignore_errors=True)
         report.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from asgard.core.param_schemas import (
     IDENTIFIER,
     MODEL_NAME_PATTERN,
     REQUIREMENT,
+    RESERVED_ENV_PATTERN,
     RETRAINING_POLICY,
     SCALAR,
     field,
@@ -211,12 +212,13 @@ def train_script_params() -> dict[str, Param]:
         "env_vars": field(
             {},
             title="Environment variables",
-            description="Variables the script reads (names: letters, digits, '_'; the platform's own "
-            "are set by the platform). Seed field: env_vars.",
+            description="Variables the script reads (names: letters, digits, '_'; not the platform's own, "
+            "secrets' families such as AWS_ or PG, nor what changes how programs load: LD_*, PYTHON*, "
+            "PATH, ...). Seed field: env_vars.",
             section=SCRIPT,
             type="object",
-            propertyNames={"pattern": IDENTIFIER["pattern"]},
-            additionalProperties={"type": "string"},
+            propertyNames={"pattern": IDENTIFIER["pattern"], "not": {"pattern": RESERVED_ENV_PATTERN}},
+            additionalProperties={"type": "string", "pattern": "^[^\\u0000]*$"},
         ),
         **_model_fields(MODEL),
         "use_feast": field(

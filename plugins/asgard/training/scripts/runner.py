@@ -25,6 +25,7 @@ from typing import Any
 from asgard.core import sandbox
 from asgard.core.build_cache import BuildCacheError, PythonEnvironments
 from asgard.core.errors import InputError
+from asgard.core.param_schemas import RESERVED_ENV_PATTERN
 from asgard.core.sandbox import Bind, owned_by_sandbox
 from asgard.core.settings import REPO_ROOT, Settings, get_settings
 from asgard.training.scripts import run_folders
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_SCRIPT_BYTES = 1_000_000
 SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.py$")
-# Variable names a user may not set: the platform's own, and every family that carries secrets.
-FORBIDDEN_ENV = re.compile(r"^(AIRFLOW|AWS_|ASGARD_|MLFLOW_|AZURE_|GOOGLE_|GCP_|KUBE|PG|REDIS|DATABASE|SQL)")
+# Variable names a user may not set (the Param's pattern; the base below is the platform's too).
+FORBIDDEN_ENV = re.compile(RESERVED_ENV_PATTERN)
 INJECTED = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_RUN_ID",
@@ -98,6 +99,9 @@ def check_env_vars(env_vars: dict[str, str]) -> dict[str, str]:
     refused = sorted(key for key in env_vars if key in INJECTED or FORBIDDEN_ENV.match(key))
     if refused:
         raise ScriptError(f"env_vars may not set {', '.join(refused)} (reserved for the platform)")
+    nul = sorted(key for key, value in env_vars.items() if "\0" in str(value))
+    if nul:
+        raise ScriptError(f"env_vars value of {', '.join(nul)} holds a NUL character, which no environment can")
     return {key: str(value) for key, value in env_vars.items()}
 
 
@@ -236,7 +240,7 @@ def script_environment(python: Path, injected: dict[str, str], env_vars: dict[st
         "PYTHONUNBUFFERED": "1",
         "PYTHONNOUSERSITE": "1",
     }
-    return {**base, **check_env_vars(env_vars), **injected}
+    return {**base, **check_env_vars(env_vars), **injected}  # env_vars may not name a base variable
 
 
 def mlflow_uri_inside() -> str:
