@@ -8,6 +8,7 @@ pass, and upstream receives exactly the path that was checked.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import uuid
@@ -56,14 +57,29 @@ class RecordingRelay:
         self.server.server_close()
 
 
-def raw_request(socket_path: Path, method: str, target: bytes, body: bytes = b"") -> tuple[int, bytes]:
+# What the door's run may upload in all, in these tests (the platform gives a run its script's disk cap).
+ALLOWANCE = 1024 * 1024
+
+
+def with_length(body: bytes) -> bytes:
+    return b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+
+
+def raw_request(
+    socket_path: Path,
+    method: str,
+    target: bytes,
+    body: bytes = b"",
+    content_type: bytes = b"application/octet-stream",
+    framing=with_length,
+) -> tuple[int, bytes]:
     """Send ``target`` exactly as given (no normalization) and return the status and body."""
     with socket.socket(socket.AF_UNIX) as connection:
         connection.settimeout(60)
         connection.connect(str(socket_path))
         connection.sendall(
             method.encode() + b" " + target + b" HTTP/1.1\r\nHost: mlflow\r\nConnection: close\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            b"Content-Type: " + content_type + b"\r\n" + framing(body) + body
         )
         answer = b""
         while chunk := connection.recv(65536):
@@ -85,7 +101,7 @@ def door(embedded_stack, tmp_path_factory):
     victim_file.write_bytes(b"the champion's pickle")
     client.log_artifact(victim.info.run_id, str(victim_file))
     relay = RecordingRelay(embedded_stack.settings.mlflow_url)
-    scope = RunScope(own.info.run_id, experiment, name)
+    scope = RunScope(own.info.run_id, experiment, name, max_artifact_bytes=ALLOWANCE)
     sockets = Path(tmp_path_factory.mktemp("sock", numbered=True))
     with Gateway(relay.url, scope, sockets / "mlflow.sock").serving() as socket_path:
         yield {
@@ -94,6 +110,7 @@ def door(embedded_stack, tmp_path_factory):
             "client": client,
             "own": f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{own.info.run_id}/artifacts".encode(),
             "victim_run": victim.info.run_id,
+            "own_run": own.info.run_id,
             "experiment": experiment,
         }
     relay.close()
@@ -176,3 +193,81 @@ def test_the_runs_own_requests_pass_exactly_as_they_were_checked(door):
 )
 def test_path_rules(raw, refused):
     assert (path_refusal(raw) is not None) == refused
+
+
+def test_a_script_may_not_forge_the_platforms_run_tags(door):
+    """The platform finds a DAG run's MLflow run, and trusts what it logged, by tags a script may not
+    write: a train_script run relabelled as a train_model run would have its pickle registered as
+    platform-trained and loaded by the gate (found by a hostile review)."""
+    relay, own = door["relay"], door["own_run"]
+    api = b"/api/2.0/mlflow/runs/"
+    forged = {
+        "set-tag airflow.run_id": (b"set-tag", {"run_id": own, "key": "airflow.run_id", "value": "manual__x"}),
+        "set-tag airflow.dag_id": (b"set-tag", {"run_id": own, "key": "airflow.dag_id", "value": "train_model"}),
+        "delete-tag airflow.dag_id": (b"delete-tag", {"run_id": own, "key": "airflow.dag_id"}),
+        "log-batch asgard.origin": (
+            b"log-batch",
+            {"run_id": own, "tags": [{"key": "ok", "value": "1"}, {"key": "asgard.origin", "value": "train_model"}]},
+        ),
+        "set-tag gate.decision": (b"set-tag", {"run_id": own, "key": "gate.decision", "value": "promoted"}),
+        "a key that is no string": (b"set-tag", {"run_id": own, "key": ["airflow.dag_id"], "value": "x"}),
+    }
+    before = len(relay.targets)
+    for name, (call, body) in forged.items():
+        status, answer = raw_request(door["socket"], "POST", api + call, json.dumps(body).encode(), b"application/json")
+        assert status == 403 and b"PERMISSION_DENIED" in answer, f"{name}: {status} {answer[:200]!r}"
+    assert relay.targets[before:] == []
+    # The run's own tags pass, and the forged ones are not on it.
+    status, _ = raw_request(
+        door["socket"], "POST", api + b"set-tag", json.dumps({"run_id": own, "key": "note", "value": "mine"}).encode(),
+        b"application/json",
+    )  # fmt: skip
+    assert status == 200
+    tags = door["client"].get_run(own).data.tags
+    assert tags["note"] == "mine" and not [key for key in tags if key.startswith(("airflow.", "asgard.", "gate."))]
+
+
+def test_a_repeated_query_key_is_refused(door):
+    """Checked here with one value and read upstream with another (MLflow takes the first): refused."""
+    relay, own, victim = door["relay"], door["own_run"], door["victim_run"]
+    before = len(relay.targets)
+    for target in (
+        f"/api/2.0/mlflow/runs/get?run_id={victim}&run_id={own}",
+        f"/api/2.0/mlflow/runs/get?run_id={own}&run_id={victim}",
+        f"/api/2.0/mlflow/experiments/get?experiment_id=0&experiment_id={door['experiment']}",
+    ):
+        status, answer = raw_request(door["socket"], "GET", target.encode())
+        assert status == 403 and b"given more than once" in answer, (target, status, answer[:200])
+    assert relay.targets[before:] == []
+    status, _ = raw_request(door["socket"], "GET", f"/api/2.0/mlflow/runs/get?run_id={own}".encode())
+    assert status == 200
+
+
+def test_a_runs_artifacts_hold_no_more_than_its_allowance(door):
+    """Artifacts stream to MLflow counted against the run's allowance; an upload that would pass it is a
+    413, whether it says its length (refused before a byte is read) or is chunked (stopped at the byte
+    that passes it); the tracking API's bodies are capped too."""
+    own, relay = door["own"], door["relay"]
+
+    def declared_only(body: bytes) -> bytes:  # says its length, sends nothing: the door must not wait for it
+        return b"Content-Length: " + str(ALLOWANCE + 1).encode() + b"\r\n\r\n"
+
+    def chunked(body: bytes) -> bytes:
+        return b"Transfer-Encoding: chunked\r\n\r\n"
+
+    status, answer = raw_request(door["socket"], "PUT", own + b"/big.bin", framing=declared_only)
+    assert status == 413 and b"more than 1048576 bytes" in answer, (status, answer[:200])
+    status, _ = raw_request(door["socket"], "PUT", own + b"/half.bin", b"y" * (ALLOWANCE // 2))
+    assert status == 200
+    rest = ALLOWANCE // 2 + 1
+    body = hex(rest)[2:].encode() + b"\r\n" + b"z" * rest + b"\r\n0\r\n\r\n"
+    status, answer = raw_request(door["socket"], "PUT", own + b"/other-half.bin", body, framing=chunked)
+    assert status == 413 and b"more than 1048576 bytes" in answer, (status, answer[:200])
+    run_id = own.split(b"/")[-2].decode()
+    assert "big.bin" not in [item.path for item in door["client"].list_artifacts(run_id)]
+    before = len(relay.targets)
+    oversized = b"{" + b" " * (16 * 1024 * 1024 - 1) + b"}"  # one byte over: read whole, then refused
+    status, answer = raw_request(
+        door["socket"], "POST", b"/api/2.0/mlflow/runs/log-batch", oversized, b"application/json"
+    )
+    assert status == 413 and relay.targets[before:] == [], (status, answer[:200])

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 # "one MLflow run per DAG run" hold across task retries.
 AIRFLOW_DAG_ID_TAG = "airflow.dag_id"
 AIRFLOW_RUN_ID_TAG = "airflow.run_id"
+# Tags only the platform writes (lineage, the gate's and the deploy's records): how the platform finds
+# a DAG run's MLflow run and trusts a version. A caller's or a script's own tags never set them.
+PLATFORM_TAG_PREFIXES = ("airflow.", "asgard.", "feast.", "gold.", "gate.", "deploy.")
 ALLOW_DESERIALIZATION = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 

@@ -22,11 +22,13 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from asgard.core.doors import serving_door, serving_door_on_tcp
+from asgard.hooks.mlflow import PLATFORM_TAG_PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ RUN_WRITES = {
     "runs/log-model",
 }
 RUN_READS = {"runs/get", "metrics/get-history"}
+# The tracking API's bodies are small JSON (MLflow's own log-batch limit is about 1 MB); artifacts
+# stream, each no larger than the run's disk, and all of a run's together no larger either.
+MAX_API_BODY_BYTES = 16 * 1024 * 1024
 LOGGED_MODEL = re.compile(r"^logged-models/(?P<model_id>m-[0-9a-f]+)(/.*)?$")
 # A percent escape, and what a checked path's escapes may not decode to (see the module's docstring).
 ESCAPE = re.compile(rb"%(?P<hex>[0-9A-Fa-f]{2})?")
@@ -61,6 +66,9 @@ class RunScope:
     experiment_id: str
     experiment_name: str
     model_ids: set[str] = field(default_factory=set)
+    # What the run's artifacts may hold in all (the script's disk cap); and what they hold so far.
+    max_artifact_bytes: int = 4096 * 1024 * 1024
+    artifact_bytes: int = 0
 
     def refusal(self, method: str, path: str, query: dict[str, str], body: bytes) -> str | None:
         """Why the request is refused (None: it is within the scope)."""
@@ -79,7 +87,9 @@ class RunScope:
         if call in RUN_READS and method == "GET":
             return self._mismatch("run", query.get("run_id") or query.get("run_uuid"), self.run_id)
         if call in RUN_WRITES and method == "POST":
-            return self._mismatch("run", data.get("run_id") or data.get("run_uuid"), self.run_id)
+            return self._mismatch("run", data.get("run_id") or data.get("run_uuid"), self.run_id) or (
+                _platform_tag_refusal(call, data)
+            )
         if call == "logged-models" and method == "POST":
             return self._mismatch("run", data.get("source_run_id"), self.run_id) or self._mismatch(
                 "experiment", str(data.get("experiment_id")), self.experiment_id
@@ -111,6 +121,29 @@ class RunScope:
     @staticmethod
     def _mismatch(what: str, given: str | None, allowed: str) -> str | None:
         return None if given == allowed else f"{what} {given!r} is not this run's {what} ({allowed})"
+
+
+def _platform_tag_refusal(call: str, data: dict[str, Any]) -> str | None:
+    """A run tag the platform owns (how it finds a DAG run's MLflow run and trusts what it logged) is
+    not the script's to set or delete."""
+    keys = [data.get("key")] if call in ("runs/set-tag", "runs/delete-tag") else []
+    if call == "runs/log-batch":
+        tags = data.get("tags")
+        keys = [tag.get("key") if isinstance(tag, dict) else None for tag in tags] if isinstance(tags, list) else []
+    for key in keys:
+        if not isinstance(key, str):
+            return "a tag's key must be a string"
+        if key.startswith(PLATFORM_TAG_PREFIXES):
+            return f"tag {key[:100]!r} is the platform's ({', '.join(PLATFORM_TAG_PREFIXES)} tags are set by it)"
+    return None
+
+
+def query_refusal(items: list[tuple[str, str]]) -> str | None:
+    """A query key given twice means one thing here and maybe another upstream (the first value or the
+    last): refused."""
+    keys = [key for key, _ in items]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    return f"query key(s) given more than once: {', '.join(repeated)[:200]}" if repeated else None
 
 
 def path_refusal(raw_path: bytes) -> str | None:
@@ -153,24 +186,52 @@ def create_app(tracking_uri: str, scope: RunScope):
 
     upstream = httpx.URL(tracking_uri.rstrip("/"))
 
+    def refused(request: Request, raw_path: bytes, why: str, status_code: int = 403) -> Response:
+        log.warning("refused a user script's %s %r: %s", request.method, raw_path[:300], why)
+        code = "PERMISSION_DENIED" if status_code == 403 else "RESOURCE_EXHAUSTED"
+        return JSONResponse({"error_code": code, "message": why}, status_code=status_code)
+
     async def forward(request: Request) -> Response:
         raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-        refusal = path_refusal(raw_path)
-        path = request.url.path  # what the router decoded: with the checks above, the raw path's meaning
-        if not refusal:
-            body = await request.body()
-            refusal = scope.refusal(request.method, path, dict(request.query_params), body)
+        path = request.url.path  # what the router decoded: with the checks below, the raw path's meaning
+        refusal = path_refusal(raw_path) or query_refusal(request.query_params.multi_items())
         if refusal:
-            log.warning("refused a user script's %s %r: %s", request.method, raw_path[:300], refusal)
-            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": refusal}, status_code=403)
+            return refused(request, raw_path, refusal)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop}
+        if ARTIFACTS.match(path):
+            # An artifact's bytes stream upstream, counted against the run's allowance; its path is the check.
+            refusal = scope.refusal(request.method, path, dict(request.query_params), b"")
+            if refusal:
+                return refused(request, raw_path, refusal)
+            if request.method in ("GET", "HEAD", "DELETE"):
+                body: bytes | AsyncIterator[bytes] = b""  # nothing to send, not even an empty chunked body
+            else:
+                length = request.headers.get("content-length")
+                if length is not None:
+                    if not length.isdigit() or scope.artifact_bytes + int(length) > scope.max_artifact_bytes:
+                        return refused(request, raw_path, allowance_exceeded(scope), 413)
+                    headers["content-length"] = length  # so the body streams as sent, not re-chunked
+                body = counted(request, scope)
+        else:
+            received = bytearray()
+            async for chunk in request.stream():
+                received += chunk
+                if len(received) > MAX_API_BODY_BYTES:
+                    return refused(request, raw_path, f"a tracking API body over {MAX_API_BODY_BYTES} bytes", 413)
+            body = bytes(received)
+            refusal = scope.refusal(request.method, path, dict(request.query_params), body)
+            if refusal:
+                return refused(request, raw_path, refusal)
         # Upstream gets the very bytes that were checked (an httpx URL built from a decoded path would
         # be normalized again on the way).
         query = request.scope.get("query_string") or b""
         target = upstream.copy_with(
             raw_path=upstream.raw_path.rstrip(b"/") + raw_path + (b"?" + query if query else b"")
         )
-        answer = await client.request(request.method, target, content=body, headers=headers)
+        try:
+            answer = await client.request(request.method, target, content=body, headers=headers)
+        except ArtifactAllowanceExceeded as error:
+            return refused(request, raw_path, str(error), 413)
         if answer.status_code == 200:
             scope.learn(request.method, path, answer.content)
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop | {"content-encoding"}}
@@ -183,6 +244,30 @@ def create_app(tracking_uri: str, scope: RunScope):
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+
+
+class ArtifactAllowanceExceeded(Exception):
+    """The run's artifacts would hold more than its allowance."""
+
+
+def counted(request: Any, scope: RunScope) -> AsyncIterator[bytes]:
+    """The request's body as it streams, stopped once the run's artifacts would exceed their allowance."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            scope.artifact_bytes += len(chunk)
+            if scope.artifact_bytes > scope.max_artifact_bytes:
+                raise ArtifactAllowanceExceeded(allowance_exceeded(scope))
+            yield chunk
+
+    return chunks()
+
+
+def allowance_exceeded(scope: RunScope) -> str:
+    return (
+        f"the run's artifacts would hold more than {scope.max_artifact_bytes} bytes (what the script's disk "
+        "may hold, ASGARD_SCRIPT_MAX_DISK_MB)"
+    )
 
 
 class Gateway:

@@ -184,7 +184,12 @@ class UserScriptPodOperator(KubernetesPodOperator):
             tags=params.get("tags") or {},
         )
         repo = f"{WORKDIR}/feature_repo"
-        scope = RunScope(run.info.run_id, run.info.experiment_id, params["experiment_name"])
+        scope = RunScope(
+            run.info.run_id,
+            run.info.experiment_id,
+            params["experiment_name"],
+            max_artifact_bytes=self.settings.script_max_disk_mb * 1024 * 1024,
+        )
         host = door_address(self.settings)
         with serving_on_tcp(hook.tracking_uri, scope, host) as port:
             injected = runner.injected_variables(params, f"http://{host}:{port}", run.info.run_id, repo)

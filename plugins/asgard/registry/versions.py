@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
-from asgard.hooks.mlflow import AIRFLOW_DAG_ID_TAG, AIRFLOW_RUN_ID_TAG
+from asgard.hooks.mlflow import AIRFLOW_DAG_ID_TAG, AIRFLOW_RUN_ID_TAG, PLATFORM_TAG_PREFIXES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,7 +63,7 @@ REGISTERED_ORIGIN = "registered"
 # What a script-trained version's environment was built from (its sandboxed scoring rebuilds it).
 SCRIPT_REQUIREMENTS_TAG = "script.requirements"
 # Tags only the platform writes: a caller's own tags never set them.
-RESERVED_TAG_PREFIXES = ("airflow.", "asgard.", "feast.", "gold.", GATE_TAG_PREFIX, DEPLOY_TAG_PREFIX)
+RESERVED_TAG_PREFIXES = PLATFORM_TAG_PREFIXES
 
 
 def lineage_tags(

@@ -15,7 +15,7 @@ from typing import Any
 from asgard.core import sandbox
 from asgard.core.errors import InputError
 from asgard.core.sandbox import Bind
-from asgard.core.settings import get_settings
+from asgard.core.settings import get_settings, redact_url
 from asgard.core.storage import Location
 from asgard.features import store as feature_store
 from asgard.hooks.mlflow import MlflowHook
@@ -125,8 +125,17 @@ def _run_in(
         memory_mb=int(params.get("memory_mb", 4096)),
     )
     binds = [Bind(repo, FEATURE_REPO_INSIDE), *(Bind(path) for path in feature_store.script_data_paths(settings))]
-    scope = RunScope(run.info.run_id, run.info.experiment_id, params["experiment_name"])
+    scope = RunScope(
+        run.info.run_id,
+        run.info.experiment_id,
+        params["experiment_name"],
+        max_artifact_bytes=settings.script_max_disk_mb * 1024 * 1024,
+    )
     script = stored_script(upload, settings.aws_conn_id)  # checked right before it runs
+    # MLflow prints its run links from the URI it was given (the door, port 5000 inside the sandbox):
+    # the task log shows them at the tracking server users reach instead.
+    shown = redact_url(hook.tracking_uri) if hook.tracking_uri.startswith("http") else "<the MLflow server>"
+    links = (f"{runner.mlflow_uri_inside()}/#/", f"{shown.rstrip('/')}/#/")
     # A short path: a unix socket's may not exceed 107 bytes.
     with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets:
         Path(sockets).chmod(0o755)
@@ -143,7 +152,7 @@ def _run_in(
                 binds=binds,
                 sockets=Path(sockets),
                 doors=doors,
-                output=lambda line: log.info("| %s", line),
+                output=lambda line: log.info("| %s", line.replace(*links)),
             )
     log.info("%s finished in %.1fs (%d bytes of output)", script.name, outcome.seconds, outcome.output_bytes)
     return {"mlflow_run_id": run.info.run_id}
