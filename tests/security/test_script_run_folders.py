@@ -20,12 +20,12 @@ from pathlib import Path
 import airflow_client.client as af
 import pytest
 
+from asgard.core.leftovers import LeftoverError, read_left_file
 from asgard.core.sandbox import Limits
 from asgard.core.settings import REPO_ROOT, Settings, get_settings
 from asgard.local.examples import example_upload
 from asgard.training.scripts import run_folders
 from asgard.training.scripts import runner as user_scripts
-from asgard.training.scripts.run_folders import LeftoverError
 
 DAG = "train_script"
 PYTHON = Path(get_settings().script_python)
@@ -280,7 +280,7 @@ def test_what_a_sandbox_left_is_read_only_when_it_is_a_plain_file_of_a_sane_size
         huge.truncate(1 << 30)
     (left / "folder").mkdir()
 
-    assert run_folders.read_left_file(left, "predictions.parquet", max_bytes=1000) == b"rows"
+    assert read_left_file(left, "predictions.parquet", max_bytes=1000) == b"rows"
     refusals = {
         "linked": "linked in .* is a symbolic link, not a regular file: refused",
         "through/secret": "through in .* is a symbolic link, not a regular folder: refused",
@@ -292,9 +292,9 @@ def test_what_a_sandbox_left_is_read_only_when_it_is_a_plain_file_of_a_sane_size
     }
     for name, message in refusals.items():  # the fifo refused without being opened: nothing blocks
         with pytest.raises(LeftoverError, match=message):
-            run_folders.read_left_file(left, name, max_bytes=1000)
+            read_left_file(left, name, max_bytes=1000)
     with pytest.raises(ValueError):
-        run_folders.read_left_file(left, "../secret", max_bytes=1000)
+        read_left_file(left, "../secret", max_bytes=1000)
 
 
 def test_the_runner_gives_every_run_a_new_work_folder_and_writes_through_no_link(tmp_path):

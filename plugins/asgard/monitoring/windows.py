@@ -9,6 +9,7 @@ outputs with their predictions), and labels that arrived later (joined on the pr
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from asgard.core.leftovers import LeftoverError, read_left_file
 from asgard.core.storage import Location
 from asgard.monitoring.reference import Reference
 from asgard.monitoring.thresholds import MonitoringError
@@ -96,16 +98,30 @@ def _as_columns(record: dict) -> dict:
     }
 
 
+# What the serving image names a batch (asgard_serving.prediction_log): the millisecond it was written.
+LOG_BATCH_NAME = re.compile(r"^predictions-\d{13}-[A-Za-z0-9_.-]{1,80}\.jsonl$")
+# A batch is bounded by the image's ASGARD_PREDICTION_LOG_MAX_BYTES; this is far above any it writes.
+MAX_LOG_BATCH_BYTES = 256 * 1024 * 1024
+
+
 def _written_ms(name: str) -> int:
     return int(name.rsplit("/", 1)[-1].split("-")[1])  # a batch is written after its rows were logged
 
 
 def _local_log_batches(folder: Path, start_ms: int) -> Iterator[str]:
+    """The batches a serving container wrote in its log folder since ``start_ms``. The container runs the
+    model's own code and may write anything there: only regular files of a sane size are read, with no
+    link followed (a link to a host file, a fifo or /dev/zero is refused, naming it)."""
     if not folder.is_dir():
         return
     for path in sorted(folder.glob("predictions-*.jsonl")):
+        if not LOG_BATCH_NAME.match(path.name):
+            raise MonitoringError(f"{path} is not a prediction log batch of the serving image's: refused")
         if _written_ms(path.name) >= start_ms:
-            yield path.read_text()
+            try:
+                yield read_left_file(folder, path.name, max_bytes=MAX_LOG_BATCH_BYTES).decode("utf-8")
+            except (LeftoverError, UnicodeDecodeError) as error:
+                raise MonitoringError(f"cannot read the prediction log: {error}") from None
 
 
 def _s3_log_batches(uri: str, start_ms: int, aws_conn_id: str) -> Iterator[str]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from asgard.core import sandbox
 from asgard.core.build_cache import PythonEnvironments, Wheelhouse
 from asgard.core.errors import InputError
+from asgard.core.leftovers import copy_left_tree
 from asgard.core.param_schemas import plain_requirements
 from asgard.core.sandbox import Bind, owned_by_sandbox
 from asgard.core.settings import REPO_ROOT
@@ -145,6 +146,7 @@ def serializer_requirements(flavor_conf: dict[str, Any]) -> list[str]:
 
 def _bundle_in_sandbox(native: Path, folder: Path, request: dict, sample: Any, requirements: list[str]) -> dict:
     python = PythonEnvironments().ensure(sorted({*requirements, *BUNDLER_REQUIREMENTS}))
+    requirements_file = logged_requirements(native)
     with tempfile.TemporaryDirectory(prefix="asgard-bundle-") as scratch:
         inputs = Path(scratch) / "input"
         inputs.mkdir()
@@ -182,22 +184,30 @@ def _bundle_in_sandbox(native: Path, folder: Path, request: dict, sample: Any, r
                 raise InputError(f"the model could not be bundled ({why}):\n" + "\n".join(outcome.tail))
             for line in lines:
                 log.info("bundle: %s", line)
-            if (native / "requirements.txt").exists() and (output / "native").is_dir():
-                # A native bundle's image installs what the model was logged with.
-                shutil.copy2(native / "requirements.txt", output / "native" / "requirements.txt")
+            # The bundler ran the model's own code: what it left may hold links (to /etc/shadow, to
+            # dags/), fifos or devices. Only its folders and regular files come out, into the context.
             shutil.rmtree(native)
-            shutil.copytree(output, folder, dirs_exist_ok=True)
+            copy_left_tree(output, folder, max_bytes=sandbox.Limits().disk_mb * 1024 * 1024)
+            if requirements_file is not None and (folder / "native").is_dir():
+                # A native bundle's image installs what the model was logged with: the pins as checked,
+                # never the file (whose comments may carry anything, an encoding cookie included).
+                (folder / "native" / "requirements.txt").unlink(missing_ok=True)
+                (folder / "native" / "requirements.txt").write_text("".join(f"{pin}\n" for pin in requirements_file))
     return json.loads((folder / "serving.json").read_text())
+
+
+def logged_requirements(native: Path) -> list[str] | None:
+    """The pins a model's ``requirements.txt`` lists, checked (None: it has none). The file is the
+    model's, so whoever logged it's: only plain pins from the index are taken from it."""
+    path = native / "requirements.txt"
+    if not path.exists():
+        return None
+    return plain_requirements(path.read_text().splitlines(), "the model's requirements.txt")
 
 
 def model_requirements(native: Path) -> list[str]:
     """The pins a model's ``requirements.txt`` lists (without MLflow itself: serving does not load it)."""
-    path = native / "requirements.txt"
-    if not path.exists():
-        return []
-    # The file is the model's, so whoever logged it: installed only as plain pins from the index.
-    pins = plain_requirements(path.read_text().splitlines(), "the model's requirements.txt")
-    return [pin for pin in pins if not pin.startswith("mlflow")]
+    return [pin for pin in logged_requirements(native) or [] if not pin.startswith("mlflow")]
 
 
 def signature_columns(signature: Any) -> list[dict[str, Any]]:

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 from asgard.core import sandbox
 from asgard.core.errors import InputError
+from asgard.core.leftovers import read_left_file
+from asgard.core.param_schemas import plain_requirements
 from asgard.core.sandbox import Bind, owned_by_sandbox
 from asgard.core.settings import REPO_ROOT
 from asgard.registry import metrics
 from asgard.registry.versions import SCRIPT_REQUIREMENTS_TAG, load_platform_model, trusted
 from asgard.serving.image import model_requirements
-from asgard.training.scripts.run_folders import read_left_file
 from asgard.training.scripts.runner import ScriptEnvironments
 
 if TYPE_CHECKING:
@@ -130,5 +131,15 @@ def _requirements(version: ModelVersion, model_dir: Path) -> list[str]:
     """What the version's model needs: its script's requirements, else the pins it was logged with."""
     recorded = (version.tags or {}).get(SCRIPT_REQUIREMENTS_TAG)
     if recorded:
-        return list(json.loads(recorded))
+        # A tag, so whoever may tag the version: held to the same rule as a model's requirements.txt
+        # (plain pins from the index; uv installs them as wheels only, so no package's build code runs).
+        try:
+            pins = json.loads(recorded)
+        except ValueError:
+            pins = None
+        if not isinstance(pins, list) or not all(isinstance(pin, str) for pin in pins):
+            raise InputError(
+                f"{version.name} v{version.version}'s {SCRIPT_REQUIREMENTS_TAG} tag is no list of requirements"
+            )
+        return plain_requirements(pins, f"{version.name} v{version.version}'s {SCRIPT_REQUIREMENTS_TAG} tag")
     return model_requirements(model_dir)

@@ -20,12 +20,10 @@ import json
 import logging
 import os
 import re
-import stat
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from asgard.core.errors import InputError
 from asgard.core.settings import Settings, get_settings
 from asgard.core.storage import Location
 
@@ -34,10 +32,6 @@ log = logging.getLogger(__name__)
 # Airflow's dag and task ids are plain segments already; anything else is named by its digest.
 PLAIN_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class LeftoverError(InputError):
-    """What a sandbox left where the platform reads is not a plain file of a sane size."""
 
 
 # --------------------------------------------------------------------------- names
@@ -123,54 +117,3 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> Path:
     with os.fdopen(descriptor, "wb") as stream:
         stream.write(data)
     return path
-
-
-def read_left_file(folder: Path, relative: str, *, max_bytes: int) -> bytes:
-    """A regular file a sandbox left at ``folder/relative``, read without following a link anywhere on
-    the way and only up to ``max_bytes``; a link, fifo, socket, device, folder or larger file is
-    refused with a :class:`LeftoverError` naming it."""
-    parts = PurePosixPath(relative).parts
-    if not parts or any(part in ("/", ".", "..") for part in parts):
-        raise ValueError(f"{relative!r} is not a relative path inside the folder")
-    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW)
-    try:
-        for depth, part in enumerate(parts):
-            shown = "/".join(parts[: depth + 1])
-            try:
-                info = os.stat(part, dir_fd=directory, follow_symlinks=False)
-            except FileNotFoundError:
-                raise LeftoverError(f"{shown} was not left in {folder}") from None
-            last = depth == len(parts) - 1
-            wanted, what = (stat.S_ISREG, "file") if last else (stat.S_ISDIR, "folder")
-            if not wanted(info.st_mode):
-                raise LeftoverError(f"{shown} in {folder} is {_kind(info.st_mode)}, not a regular {what}: refused")
-            flags = (os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY) if last else (os.O_RDONLY | os.O_DIRECTORY)
-            # Checked again on what was opened: nothing may be swapped in between.
-            opened = os.open(part, flags | _NO_FOLLOW, dir_fd=directory)
-            os.close(directory)
-            directory = opened
-        info = os.fstat(directory)
-        if not stat.S_ISREG(info.st_mode):
-            raise LeftoverError(f"{relative} in {folder} is {_kind(info.st_mode)}, not a regular file: refused")
-        if info.st_size > max_bytes:
-            raise LeftoverError(f"{relative} in {folder} is {info.st_size} bytes, over the {max_bytes} byte limit")
-        with os.fdopen(os.dup(directory), "rb") as stream:
-            data = stream.read(max_bytes + 1)
-        if len(data) > max_bytes:  # grew after the check
-            raise LeftoverError(f"{relative} in {folder} is over the {max_bytes} byte limit")
-        return data
-    finally:
-        os.close(directory)
-
-
-def _kind(mode: int) -> str:
-    kinds = {
-        stat.S_ISLNK: "a symbolic link",
-        stat.S_ISFIFO: "a fifo",
-        stat.S_ISSOCK: "a socket",
-        stat.S_ISCHR: "a character device",
-        stat.S_ISBLK: "a block device",
-        stat.S_ISDIR: "a folder",
-        stat.S_ISREG: "a regular file",
-    }
-    return next((name for test, name in kinds.items() if test(mode)), "an unknown kind of file")
