@@ -63,6 +63,8 @@ requests = {
     "read a run's file": ("GET", "/asgard/runs/secret.json", None),
     "list runs": ("GET", "/asgard?list-type=2&prefix=runs/", None),
     "climb out": ("GET", "/asgard/gold/%2E%2E/runs/secret.json", None),
+    # Checked with the last prefix, read by the server with the first (the whole bucket's keys).
+    "a repeated prefix": ("GET", "/asgard?list-type=2&prefix=&prefix=gold/", None),
 }
 answers = {}
 for name, (method, path, body, *headers) in requests.items():
@@ -126,7 +128,9 @@ def test_a_sandboxed_script_reads_gold_through_the_s3_door_and_changes_nothing(s
     assert answers["read"] == [200, "gold rows"]
     assert answers["read a range"] == [206, "gold"]
     assert answers["list gold"][0] == 200 and "gold/db/t/data/0.parquet" in answers["list gold"][1]
-    for refused in ("overwrite", "write beside", "delete", "read a run's file", "list runs", "climb out"):
+    assert "given more than once: prefix" in answers["a repeated prefix"][1]
+    for refused in ("overwrite", "write beside", "delete", "read a run's file", "list runs", "climb out",
+                    "a repeated prefix"):  # fmt: skip
         status, body = answers[refused]
         assert status == 403 and "<Code>AccessDenied</Code>" in body, (refused, answers[refused])
     assert "not open to user scripts" in answers["delete"][1]

@@ -55,3 +55,11 @@ def serving_door_on_tcp(app: Any, host: str, name: str) -> Iterator[int]:
     config = uvicorn.Config(app, host=host, port=0, log_level="warning", access_log=False, lifespan="on")
     with _served(config, name, host) as server:
         yield server.servers[0].sockets[0].getsockname()[1]
+
+
+def query_refusal(items: list[tuple[str, str]]) -> str | None:
+    """A query key given twice means one thing to a door that reads the last value and another to a
+    server that reads the first (MLflow, moto): refused."""
+    keys = [key for key, _ in items]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    return f"query key(s) given more than once: {', '.join(repeated)[:200]}" if repeated else None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asgard.core.doors import serving_door, serving_door_on_tcp
+from asgard.core.doors import query_refusal, serving_door, serving_door_on_tcp
 from asgard.hooks.mlflow import PLATFORM_TAG_PREFIXES
 
 log = logging.getLogger(__name__)
@@ -136,14 +136,6 @@ def _platform_tag_refusal(call: str, data: dict[str, Any]) -> str | None:
         if key.startswith(PLATFORM_TAG_PREFIXES):
             return f"tag {key[:100]!r} is the platform's ({', '.join(PLATFORM_TAG_PREFIXES)} tags are set by it)"
     return None
-
-
-def query_refusal(items: list[tuple[str, str]]) -> str | None:
-    """A query key given twice means one thing here and maybe another upstream (the first value or the
-    last): refused."""
-    keys = [key for key, _ in items]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    return f"query key(s) given more than once: {', '.join(repeated)[:200]}" if repeated else None
 
 
 def path_refusal(raw_path: bytes) -> str | None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from asgard.core.doors import serving_door
+from asgard.core.doors import query_refusal, serving_door
 from asgard.features.gold import PRODUCTION_CATALOG_NAME
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,12 @@ def s3_reading_app(access: StoreAccess):
 
     async def forward(request: Request) -> Response:
         scope = request.scope
-        refusal = s3_refusal(request.method, scope["path"], dict(request.query_params), access.s3_readable)
-        if refusal is None and (await request.body() or "transfer-encoding" in request.headers):
+        refusal = query_refusal(request.query_params.multi_items()) or s3_refusal(
+            request.method, scope["path"], dict(request.query_params), access.s3_readable
+        )
+        # Not read: a body is refused by its announcement, never held in this process.
+        announced = request.headers.get("content-length", "0") not in ("", "0")
+        if refusal is None and (announced or "transfer-encoding" in request.headers):
             refusal = "a read has no body"
         if refusal is not None:
             log.warning("refused a user script's S3 %s %s: %s", request.method, scope["path"], refusal)
