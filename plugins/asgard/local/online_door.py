@@ -32,9 +32,11 @@ SOCKET_NAME = "redis.sock"
 # The router's environment: where to serve the door, and the Redis URL (with its login) behind it.
 DOOR_FOLDER_VARIABLE = "ASGARD_ONLINE_DOOR_FOLDER"
 DOOR_UPSTREAM_VARIABLE = "ASGARD_ONLINE_DOOR_UPSTREAM"
-# A command or reply bigger than this ends the connection (the reader's largest: 10k ids x 64 fields).
-MAX_ITEMS = 1_000_000
-MAX_BULK_BYTES = 64 * 1024 * 1024
+# A command bigger than this ends the connection before more of it is held in the router's memory
+# (the reader's largest, HMGET_EACH over 10k ids and 64 fields, is under a megabyte).
+MAX_ITEMS = 100_000
+MAX_BULK_BYTES = 1024 * 1024
+MAX_COMMAND_BYTES = 8 * 1024 * 1024
 
 
 class Refused(Exception):
@@ -85,12 +87,15 @@ async def read_command(reader: asyncio.StreamReader) -> list[bytes] | None:
     count = _number(line[1:-2], MAX_ITEMS)
     if count < 1:
         raise Broken("an empty command")
-    items = []
+    items, total = [], 0
     for _ in range(count):
         header = await reader.readline()
         if not header.startswith(b"$") or not header.endswith(b"\r\n"):
             raise Broken("command arguments must be bulk strings")
         size = _number(header[1:-2], MAX_BULK_BYTES)
+        total += size
+        if total > MAX_COMMAND_BYTES:
+            raise Broken(f"a command over {MAX_COMMAND_BYTES} bytes")
         item = await reader.readexactly(size + 2)
         if item[-2:] != b"\r\n":
             raise Broken("a bulk string without its end")
