@@ -15,7 +15,15 @@ first; on kubernetes, as a second Deployment behind the Service) or `shadow` (it
 them, sent by the router or, on kubernetes, by the serving pods; callers keep the serving answers):
 within its limits it is promoted to all traffic, past one it is rolled back and the run fails naming
 the limit; the figures are tagged `deploy.canary.*` / `deploy.shadow.*`.
-Runs when a promotion emits a model's Asset (the champion), or manually:
+Runs when a promotion emits a model's Asset (the champion), or manually. Whether it deploys is the
+model's deployment policy (`ASGARD_DEPLOY_POLICY`, default `approve`; a model's own through
+`PUT /mlops/models/{name}/deploy-policy`): `auto` deploys; `approve` waits in `approve_deployment`
+for a person of the model's team (the UI's "required actions", or Airflow's HITL REST API), showing
+candidate vs serving version, the gate's evidence, what started it and the rollout plan — reject (or
+no decision within `ASGARD_DEPLOY_APPROVAL_TIMEOUT`) skips the deploy and records why on the version;
+`manual` deploys only runs triggered by hand. A hand trigger counts as its user's approval when that
+user may decide (see `asgard.deploy.approval`).
+
 
 ```json
 {"model_name": "churn_predictor", "alias": "champion", "target": "docker", "replicas": 2}
@@ -29,6 +37,7 @@ from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.deploy.params import deploy_model_params
+from asgard.operators.deployment_approval import DeploymentApprovalOperator
 from asgard.operators.serving_image import serving_image_tasks
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
 
@@ -37,6 +46,8 @@ from asgard.registry.models import CHAMPION_MODELS_ALIAS
     # A promotion anywhere (train_model, train_script) deploys the new champion.
     schedule=[AssetAlias(CHAMPION_MODELS_ALIAS)],
     catchup=False,
+    # Unpaused from the start: each promotion follows its model's policy (approve by default).
+    is_paused_upon_creation=False,
     default_args=DEFAULT_ARGS,
     tags=[PLATFORM_TAG, "deployment"],
     doc_md=__doc__,
@@ -50,10 +61,12 @@ def deploy_model():
         return deployment_request(params, triggering_asset_events).to_dict()
 
     request = resolve_request()
+    # The policy, a hand trigger or a person decides; the version decided on is the one built.
+    approval = DeploymentApprovalOperator(task_id="approve_deployment")
     # The Docker engine, or a Kaniko pod in the cluster (ASGARD_IMAGE_BUILDER): the same results.
     build, push = serving_image_tasks(
         model_name="{{ ti.xcom_pull(task_ids='resolve_request')['model_name'] }}",
-        version="{{ ti.xcom_pull(task_ids='resolve_request')['version'] or '' }}",
+        version="{{ ti.xcom_pull(task_ids='approve_deployment', key='version') or '' }}",
         alias="{{ ti.xcom_pull(task_ids='resolve_request')['alias'] }}",
     )
 
@@ -69,7 +82,7 @@ def deploy_model():
             holder=f"{dag_run.dag_id}/{dag_run.run_id}",
         )
 
-    request >> build >> push
+    request >> approval >> build >> push
     deploy_image(request, build.output, push.output)
 
 

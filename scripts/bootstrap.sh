@@ -60,11 +60,23 @@ fi
 mkdir -p .cache
 bash scripts/base_image.sh .cache/python-base-bookworm.tar >.cache/base-image.log 2>&1 &
 base_image_pid=$!
+# The production profile's Trino server (~555 MB from Maven Central, once per machine), alongside.
+trino_pid=""
+if [ "$system_services" = 1 ]; then
+  bash scripts/trino_server.sh >.cache/trino-server.log 2>&1 &
+  trino_pid=$!
+fi
 finish_base_image() {
   local status=0
   wait "$base_image_pid" || status=$?
   cat .cache/base-image.log
   [ "$status" = 0 ] || die "could not build the serving base image (see above)"
+  if [ -n "$trino_pid" ]; then
+    status=0
+    wait "$trino_pid" || status=$?
+    cat .cache/trino-server.log
+    [ "$status" = 0 ] || die "could not fetch the Trino server (see above)"
+  fi
   if [ "$system_services" = 1 ]; then bash scripts/system_services.sh; fi
 }
 

@@ -118,3 +118,12 @@ def test_startup_bench_smoke(embedded_stack):
     assert "ratio next version, previous / platform Dockerfile:" in out
     assert "script model, platform Dockerfile, next version" in out
     assert "ratio first version, script model / train_model model:" in out
+
+
+def test_training_set_bench_smoke():
+    """Both joins, each in a fresh process, on a tiny gold layer: figures printed, rows identical."""
+    out = run_bench("training_set_bench.py", "--entity-rows", "300", "--days", "2")
+    assert "== 300 entity rows, 600 feature rows (2 days of history)" in out
+    assert "Feast get_historical_features" in out and "asgard training_sets (out of core)" in out
+    assert "ratio seconds Feast / asgard:" in out and "ratio peak RSS asgard / Feast:" in out
+    assert "rows identical to Feast's: True" in out

@@ -12,4 +12,5 @@ PIPELINE_STAGES = (
     "build, push and deploy the champion",
     "score a batch (score_batch)",
     "monitor a normal and a drifted window (monitor_model)",
+    "a person approves the drift retrain's deploy (deploy_model approve_deployment)",
 )

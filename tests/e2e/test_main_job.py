@@ -121,6 +121,15 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
             out,
         )
         assert drifted, out[-3000:]
+        # The loop closes: the drift retrain's promotion waited in deploy_model's approval, the job approved it
+        # through Airflow's HITL REST API as the admin, and the stage line names the version serving at the end.
+        closed = re.search(
+            r"serving at the end: churn_predictor v(\d+) serves at \S+ \(drift retrain v(\d+), approved by admin "
+            r"in deploy_model \S+; replaced v\d+\)",
+            out,
+        )
+        not_promoted = re.search(r"serving at the end: the drift retrain v\d+ was not promoted", out)
+        assert (closed and closed.group(1) == closed.group(2)) or not_promoted, out[-3000:]
         report = Path(drifted.group(1)).read_text()
         assert "days_since_last_purchase: reference (blue) vs window (orange)" in report
         assert Path(normal.group(1)).is_file()

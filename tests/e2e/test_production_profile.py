@@ -54,6 +54,9 @@ def production_env(tmp_path, machine_to_itself):
         registry_port=free_port(),
         router_port=free_port(),
         s3_port=free_port(),
+        trino_port=free_port(),
+        # Trino on the client compiler: 9 CPU-seconds to start instead of 22; this test's queries are small.
+        trino_quick_start=True,
         data_roots="",  # production's own (S3), not the suite's temporary folders
         # The lost worker's task fails (and is retried) half a minute after its last heartbeat, not a
         # whole one: heartbeats come every 5 s, so a busy machine still has room.
@@ -72,7 +75,7 @@ def production_env(tmp_path, machine_to_itself):
 
 
 @pytest.mark.timeout(1500)
-def test_the_main_job_runs_on_the_production_profile(production_env):
+def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, monkeypatch):
     import boto3
     import psycopg
 
@@ -95,8 +98,8 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
     assert re.search(r"script model: churn_predictor_feast v\d+ -> @champion", out), out[-3000:]
 
     status = asgard("status", "--profile", "production", env=env)
-    expected = ("s3", "mlflow", "docker", "registry", "router", "api-server", "scheduler", "dag-processor",
-                "triggerer", "worker-1", "worker-2")  # fmt: skip
+    expected = ("s3", "trino", "mlflow", "docker", "registry", "router", "api-server", "scheduler",
+                "dag-processor", "triggerer", "worker-1", "worker-2")  # fmt: skip
     lines = {line.split()[0]: line for line in status.stdout.splitlines() if line and not line.startswith("Airflow")}
     assert all(" healthy " in lines[name] for name in expected), status.stdout
     pids = [int(lines[name].split("pid ")[1].split()[0]) for name in expected]
@@ -134,6 +137,8 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
     properties = dict(line.split("=", 1) for line in trino.stdout.splitlines())
     assert properties["iceberg.jdbc-catalog.connection-url"].endswith(f"/{reader.gold_database}")
     assert {properties["iceberg.jdbc-catalog.catalog-name"]} == catalogs
+    # And the profile's Trino, started with that catalog, reads them (Feast's training sets too).
+    trino_config = read_through_trino(services, tmp_path / "trino-check", monkeypatch)
     # A worker host lost mid-task (its whole process tree killed): the task is retried on the other worker,
     # and the run ends with one MLflow run and one model version.
     api.unpause("train_model")
@@ -186,10 +191,104 @@ def test_the_main_job_runs_on_the_production_profile(production_env):
         if process.is_running():
             assert secrets_["postgres_password"] not in " ".join(process.cmdline())
 
+    # Trino stopped: a read through it fails naming it, before any query; the status says it is stopped.
+    from asgard.features import store as feature_store
+
+    assert asgard("stop", "--profile", "production", "trino", env=env).returncode == 0
+    unavailable = pytest.raises(feature_store.OfflineStoreUnavailableError, match="Trino, the feature store's")
+    with unavailable, feature_store.offline_store_errors(trino_config):
+        pytest.fail("a read went ahead without Trino")
+    status = asgard("status", "--profile", "production", env=env)
+    assert re.search(r"^trino +stopped", status.stdout, re.MULTILINE), status.stdout
+
     stopped = asgard("stop", "--profile", "production", env=env, timeout=300)
     assert stopped.returncode == 0, stopped.stderr
     survivors = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not survivors, f"processes left running after stop: {survivors}"
+
+
+def read_through_trino(services, folder: Path, monkeypatch):
+    """Trino reads the gold layer pyiceberg wrote: each table's rows through its JDBC catalog, and a Feast
+    training set through the Trino offline store (TrinoSource, the entity rows uploaded to the memory
+    catalog) equal to the one DuckDB computes over the same tables; its queries are listed in
+    ``system.runtime.queries``. Returns the Feast configuration that reads through it."""
+    import pandas as pd
+    import pyarrow as pa
+    import trino
+    import yaml
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    from asgard.features import gold
+    from asgard.features import store as feature_store
+
+    for name, value in services.platform_env().items():  # as a task's environment holds them
+        monkeypatch.setenv(name, value)
+    settings = services.settings
+    location = gold.GoldLocation.for_settings(settings)
+    cursor = trino.dbapi.connect(host=settings.bind_host, port=settings.trino_port, user="asgard").cursor()
+    query_ids = []
+    for table in ("customer_features", "customer_labels"):
+        cursor.execute(f"SELECT count(*) FROM iceberg.gold.{table}")
+        assert cursor.fetchone()[0] == gold.load_table(table, location).scan().to_arrow().num_rows, table
+        query_ids.append(cursor.query_id)
+
+    duckdb = feature_store.open_store(settings)  # the registry the main job filled (IcebergSource, DuckDB)
+    view = duckdb.get_feature_view("customer_features")
+    through_trino = settings.model_copy(update={"offline_store": "trino"})
+    config = yaml.safe_load(os.path.expandvars(feature_store.store_yaml(through_trino)))
+    config |= {
+        "registry": str(folder / "registry.db"),
+        "online_store": {"type": "sqlite", "path": str(folder / "online.db")},
+    }
+    folder.mkdir(parents=True)
+    trino_store = FeatureStore(config=RepoConfig(**config))
+    source = feature_store.gold_source(
+        "customer_features", "event_timestamp", "created_timestamp", settings=through_trino
+    )
+    assert type(source).__name__ == "TrinoSource"
+    trino_view = view.__copy__()
+    trino_view.batch_source = source
+    trino_store.apply([duckdb.get_entity("customer"), trino_view])
+    labels = gold.load_table("customer_labels", location).scan().to_pandas()[["customer_id", "event_timestamp"]]
+    features = [f"customer_features:{field.name}" for field in view.features]
+    with feature_store.offline_store_errors(trino_store.config):
+        by_trino = trino_store.get_historical_features(entity_df=labels, features=features).to_df()
+    by_duckdb = duckdb.get_historical_features(entity_df=labels, features=features).to_df()
+    key = ["customer_id", "event_timestamp"]
+    by_trino, by_duckdb = (frame.sort_values(key).reset_index(drop=True) for frame in (by_trino, by_duckdb))
+    assert len(by_trino) == len(labels) and by_trino[[f.name for f in view.features]].notna().any().all()
+    pd.testing.assert_frame_equal(by_trino[by_duckdb.columns], by_duckdb, check_dtype=False)
+
+    # register_features' check reads the same columns and types through Trino's information_schema.
+    def plain(columns):
+        return {name: pa.string() if pa.types.is_large_string(kind) else kind for name, kind in columns.items()}
+
+    through_trino_columns = feature_store.trino_table_columns(trino_store.config, "customer_features")
+    assert plain(through_trino_columns) == plain(gold.table_columns("customer_features", location))
+    with pytest.raises(gold.GoldLayerError, match="known tables: customer_features, customer_labels"):
+        feature_store.trino_table_columns(trino_store.config, "no_such_table")
+    cursor.execute("SELECT query_id, query FROM system.runtime.queries")
+    listed = dict(cursor.fetchall())
+    assert set(query_ids) <= set(listed), query_ids
+    assert any("memory.default" in query and "customer_features" in query for query in listed.values()), listed
+    # The script reader's Trino user (the reader role's name, what its door presents): SELECT in
+    # iceberg.gold, and nothing else.
+    reader = trino.dbapi.connect(
+        host=settings.bind_host, port=settings.trino_port, user=services.databases.reader_role
+    ).cursor()
+    reader.execute("SELECT count(*) FROM iceberg.gold.customer_labels")
+    assert reader.fetchone()[0] == len(labels)
+    for statement in (
+        "CREATE TABLE iceberg.gold.taken (x bigint)",
+        "DROP TABLE iceberg.gold.customer_labels",
+        "CREATE TABLE memory.default.taken AS SELECT 1 AS x",
+        "SELECT query FROM system.runtime.queries",
+    ):
+        with pytest.raises(trino.exceptions.TrinoUserError, match="Access Denied"):
+            reader.execute(statement)
+            reader.fetchall()
+    return trino_store.config
 
 
 def wait_for_running(api, dag_id: str, run_id: str, task_id: str | None, timeout: float = 300) -> str:

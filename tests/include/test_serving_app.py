@@ -563,7 +563,7 @@ def test_metrics_count_the_prediction_paths_answers_by_class_and_latency(client)
     model_seconds = float(text.split("asgard_prediction_model_seconds_sum ")[1].split()[0])
     assert 0 < model_seconds < float(text.split("asgard_prediction_seconds_sum ")[1].split()[0])
 
-    from asgard.deploy.strategies import parse_metrics, side_summary
+    from asgard.deploy.trial_metrics import parse_metrics, side_summary
 
     counts = parse_metrics(text)
     assert (counts["requests"], counts["errors"]) == (4, 0)

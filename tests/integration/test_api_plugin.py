@@ -244,7 +244,11 @@ def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedde
     assert job["error"]["task"] == f"check[{model}]"
     assert job["error"]["message"].startswith(f"MonitoringError: {model} v{version} has no reference profile")
     printed = io.StringIO()
-    cli.run(argparse.Namespace(command="job", job_id=monitored["job_id"], logs=False), client, printed)
+    cli.run(
+        argparse.Namespace(command="job", job_id=monitored["job_id"], run_id=None, logs=False, json=True),
+        client,
+        printed,
+    )
     assert json.loads(printed.getvalue())["error"] == job["error"]
 
 
@@ -283,7 +287,7 @@ def test_sixty_four_concurrent_calls_all_answer_and_airflow_keeps_answering(serv
 # ----------------------------------------------------------------------------- schemathesis
 # Generated requests per operation: enough to cover missing, mistyped and odd values of each field.
 FUZZ = hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
-JOB_DAGS = ("train_script", "train_model", "score_batch", "monitor_model", "register_features")
+JOB_DAGS = ("train_script", "train_model", "score_batch", "monitor_model", "register_features", "materialize_features")
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,23 @@ def register_version(tracking_uri: str, name: str, make_model) -> str:
     return str(version.version)
 
 
+def assert_models_name_what_answers(stack, name: str) -> dict:
+    """``/mlops/models`` and ``/mlops/models/{name}`` name exactly the version that answers on the router
+    (from the router and the engine, not the registry's tags); the model's details."""
+    api, settings = stack.api, stack.settings
+    auth = {"Authorization": f"Bearer {api.token}"}
+    answering = httpx.get(f"{settings.router_url}/models/{name}/metadata", timeout=30).json()["model_version"]
+    details = httpx.get(f"{api.base_url}/mlops/models/{name}", headers=auth, timeout=60).json()
+    serving = [version["version"] for version in details["versions"] if version["serving"]["state"] == "serving"]
+    assert serving == [answering], [(v["version"], v["serving"]) for v in details["versions"]]
+    assert [(item["version"], item["role"]) for item in details["serving"]] == [(answering, "stable")]
+    assert details["serving_state"] == {"state": "known", "unknown": {}}
+    listed = httpx.get(f"{api.base_url}/mlops/models", headers=auth, timeout=60).json()
+    (model,) = [model for model in listed["models"] if model["model_name"] == name]
+    assert [item["version"] for item in model["serving"]] == [answering]
+    return details
+
+
 def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_request(stack):
     api, settings = stack.api, stack.settings
     name = f"bluegreen_{uuid.uuid4().hex[:6]}"
@@ -127,6 +144,7 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     deployed = api.task_result("deploy_model", first.run_id, "deploy_image")
     assert deployed["endpoint"] == endpoint and deployed["version"] == v1 and deployed["changed"] is True
     assert httpx.get(f"{endpoint}/metadata").json()["model_version"] == v1
+    assert_models_name_what_answers(stack, name)
 
     loop = LoadLoop(f"{endpoint}/predict")
     # Batches of 90,000 rows: each takes tens of 1-row requests' time, so switches happen while
@@ -162,6 +180,9 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     assert client.get_model_version(name, v1).tags["deploy.status"] == "replaced"
     assert client.get_model_version(name, v1).tags["deploy.replaced_by"] == v2
     assert client.get_model_version(name, v2).tags["deploy.endpoint"] == endpoint
+    # v2 answers and is the only one said to serve; v3 (the champion a moment) and v1 are not.
+    states = {v["version"]: v["serving"] for v in assert_models_name_what_answers(stack, name)["versions"]}
+    assert states[v2]["champion"] and states[v1]["state"] == states[v3]["state"] == "not_serving"
 
     assert loop.failures == [], loop.failures[:5]
     assert loop.ok > 50 and {v1, v2} <= loop.versions and v3 not in loop.versions
@@ -178,6 +199,89 @@ def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_req
     engine = docker.APIClient(base_url=settings.docker_url, version="auto")
     running = engine.containers(filters={"label": f"io.asgard.deploy.model={name}"})
     assert [c["Labels"]["io.asgard.deploy.version"] for c in running] == [v2]
+    assert running[0]["Labels"]["io.asgard.profile"] == "embedded"  # its profile's, as its route is
+
+
+def test_two_profiles_of_one_install_never_route_to_each_others_containers(stack):
+    """The embedded profile serves a model; the production profile of the same home (its own router, the
+    same Docker engine) deploys a model of the same name: each router forwards only to its own profile's
+    container, each reconcile brings back only its own, and /mlops/models names only the profile's own."""
+    import subprocess
+    import sys
+
+    import docker
+
+    from asgard.core.settings import REPO_ROOT
+    from asgard.deploy import docker_target
+    from asgard.deploy.routes import PROFILE_LABEL, RouteTable, owner_of
+    from asgard.local.reconcile import reconcile_serving
+    from conftest import free_port
+
+    embedded = stack.settings
+    mine = RouteTable.for_settings(embedded)
+    if not mine.routes():  # run alone: one deploy of the embedded profile to stand beside
+        name = f"profiles_{uuid.uuid4().hex[:6]}"
+        version = register_sample_model(embedded.mlflow_url, name, customers=500)
+        deployed = stack.api.run_and_wait("deploy_model", {"model_name": name, "version": version}, timeout=900)
+        assert deployed.state == "success", deployed.failure
+    name, route = next(iter(sorted(mine.routes().items())))
+    production = embedded.model_copy(update={"profile": "production", "router_port": free_port()})
+    theirs = RouteTable.for_settings(production)
+    assert theirs.path != mine.path and owner_of(production)["install"] == owner_of(embedded)["install"]
+
+    engine = docker.APIClient(base_url=embedded.docker_url, version="auto")
+    router = subprocess.Popen(
+        [sys.executable, "-m", "asgard.local.router", str(theirs.path), production.bind_host,
+         str(production.router_port), *owner_of(production).values()],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT / 'include' / 'serving'}"},
+    )  # fmt: skip
+    container = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{production.router_url}/health?profile=production", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        # The production profile deploys the same model name, from the same image (a version of its own).
+        outcome = docker_target.deploy(
+            engine, model_name=name, version=route["version"], image=route["image"], payload=None, routes=theirs,
+            router_url=production.router_url, timeout=120, drain_seconds=0,
+        )  # fmt: skip
+        container = outcome["container"]
+        assert outcome["previous"] is None  # the embedded profile's route is not its own to replace
+        labels = engine.inspect_container(container)["Config"]["Labels"]
+        assert labels[PROFILE_LABEL] == "production"
+
+        # Each router names its own profile's containers only, and forwards to them.
+        for settings, profile in ((embedded, "embedded"), (production, "production")):
+            routed = httpx.get(f"{settings.router_url}/routes", timeout=10).json()
+            for entry in routed.values():
+                assert entry["owner"] == owner_of(settings), entry
+                container_labels = engine.inspect_container(entry["container"])["Config"]["Labels"]
+                assert container_labels[PROFILE_LABEL] == profile, (profile, entry)
+            answer = httpx.get(f"{settings.router_url}/models/{name}/health", timeout=10)
+            assert answer.status_code == 200, answer.text
+        assert httpx.get(f"{embedded.router_url}/routes", timeout=10).json()[name]["container"] == route["container"]
+        assert httpx.get(f"{production.router_url}/routes", timeout=10).json()[name]["container"] == container
+        # The embedded router is not the production profile's (its health says so: a start would not take it).
+        assert httpx.get(f"{embedded.router_url}/health?profile=production", timeout=10).status_code == 409
+
+        # The embedded profile's reconcile leaves the production container stopped; production's brings it back.
+        engine.stop(container, timeout=1)
+        assert not any(container in action for action in reconcile_serving(embedded, health_timeout=30))
+        assert not engine.inspect_container(container)["State"]["Running"]
+        (action,) = reconcile_serving(production, health_timeout=60)
+        assert container in action and "started again" in action
+        # The embedded profile's /mlops/models names its own container, not the production one.
+        details = assert_models_name_what_answers(stack, name)
+        assert [item["where"] for item in details["serving"]] == [route["container"]]
+    finally:
+        router.terminate()
+        router.wait(timeout=30)
+        if container:
+            docker_target.remove_serving_container(engine, container)
+        theirs.path.unlink(missing_ok=True)
 
 
 class TrafficLoop(threading.Thread):
@@ -311,6 +415,9 @@ def test_canary_and_shadow_are_decided_by_live_traffic(stack):
     shown = {version["version"]: version["deployment"] for version in models["versions"]}
     assert shown[v3]["canary"]["decision"] == "promoted" and shown[v4]["canary"]["limit"] == "max_error_rate"
     assert shown[v2]["shadow"]["decision"] == "rolled_back"
+    # The promoted canary serves alone; the version it replaced, the shadow and the bad canary do not.
+    states = {v["version"]: v["serving"]["state"] for v in assert_models_name_what_answers(stack, name)["versions"]}
+    assert states == {v1: "not_serving", v2: "not_serving", v3: "serving", v4: "not_serving"}
 
     import docker
 

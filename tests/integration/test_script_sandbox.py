@@ -3,7 +3,10 @@
 The scripts run concurrently on the session's stack (Airflow, MLflow, the sandboxed local runner).
 Each either fails its run with a message that names what stopped it, or succeeds cleanly; the
 platform's secrets (the admin password, Airflow's JWT and session secrets, the registry password)
-appear in none of the task logs, and nothing a script did survives it on the host.
+appear in none of the task logs, no file of dags/ or plugins/ changes, and nothing a script did
+survives it on the host. One probe tries the quiet escapes (other processes, platform files, ports,
+MLflow beyond its run, climbing out of its MLflow door byte for byte, a user namespace); one fills
+/work; one logs a booby-trapped model and forges the training request retraining would act on.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
+from tests.security.test_script_run_folders import changed, tree_hashes
 
 from asgard.core.settings import REPO_ROOT
 from asgard.features import gold
 from asgard.features import store as feature_store
+from asgard.hooks.mlflow import MlflowHook
 from asgard.local.examples import example_upload
+from asgard.registry.versions import REQUEST_ARTIFACT, training_request
+from asgard.training.retraining import feature_requests
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 
 pytestmark = pytest.mark.integration
@@ -35,6 +43,8 @@ from mlflow import MlflowClient
 
 def report(what, result):
     print(f"PROBE {what}: {result}", flush=True)
+
+run_id = os.environ["MLFLOW_RUN_ID"]  # mlflow.start_run's end takes it out of the environment
 
 for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
     try:
@@ -75,6 +85,29 @@ for what, call in (("create a registered model", lambda: client.create_registere
 with mlflow.start_run():
     mlflow.log_metric("accuracy", 0.5)
     report("log into its own run", "ok")
+# Climbing out of its own run's artifacts, sent byte for byte (a client library would normalize first).
+own = f"/api/2.0/mlflow-artifacts/artifacts/{client.get_run(run_id).info.experiment_id}/{run_id}/artifacts"
+host, port = os.environ["MLFLOW_TRACKING_URI"].removeprefix("http://").split(":")
+climbs = {
+    "dot segments": ("GET", own + "/../../../../../api/2.0/mlflow/registered-models/search"),
+    "encoded dots": ("GET", own + "/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/api/2.0/mlflow/registered-models/search"),
+    "upper-case encoded dots": ("PUT", own + "/%2E%2E/%2E%2E/0/champion-run/artifacts/model/model.pkl"),
+    "encoded slashes": ("GET", own + "/..%2f..%2f..%2f..%2f..%2fapi/2.0/mlflow/registered-models/search"),
+    "doubly encoded": ("PUT", own + "/%252e%252e/%252e%252e/0/champion-run/artifacts/model.pkl"),
+    "backslashes": ("PUT", own + "/..\\..\\0\\champion-run\\artifacts\\model.pkl"),
+    "empty segment": ("GET", own + "//..//model"),
+}
+for what, (method, target) in climbs.items():
+    with socket.create_connection((host, int(port)), timeout=30) as door:
+        door.sendall(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n"
+                     f"Connection: close\r\n\r\npwned".encode())
+        answer = b""
+        while chunk := door.recv(65536):
+            answer += chunk
+    status, body = answer.split(b"\r\n", 1)[0], answer.rsplit(b"\r\n\r\n", 1)[-1][:200]
+    report(f"climb {what}", f"{status.decode()} {body.decode()}")
+done = subprocess.run(["unshare", "-U", "true"], capture_output=True, text=True)
+report("unshare -U", f"{'MADE' if done.returncode == 0 else 'refused'} {done.stderr.strip()}")
 marker = os.environ["PROBE_MARKER"]
 subprocess.Popen(["sleep", marker], start_new_session=True)
 subprocess.Popen(["setsid", "sleep", marker])
@@ -86,6 +119,9 @@ report("sleepers", "started")
 """
 
 FLOOD = "import sys\nsys.stdout.write('y' * 10_000_000)\nsys.stdout.flush()\n"
+# Fills /work until the sandbox's cap (ASGARD_SCRIPT_MAX_DISK_MB) says no: the disk holding the
+# platform's databases never sees it.
+FILL = "with open('/work/fill', 'wb') as sink:\n    while True:\n        sink.write(b'x' * 1048576)\n"
 FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 MEMORY = """
 import os, time
@@ -130,7 +166,13 @@ example = frame[features].astype("float64").head(3)
 with mlflow.start_run():
     mlflow.sklearn.log_model(model, name=os.environ["MODEL_NAME"], input_example=example,
                              serialization_format="cloudpickle")
-print("logged a booby-trapped model")
+    # A forged training request naming its own model (so it passes the name check), asking to be
+    # retrained on every materialization: retraining must not act on what a script wrote.
+    mlflow.log_dict({"model_name": os.environ["MODEL_NAME"], "experiment_name": os.environ["EXPERIMENT_NAME"],
+                     "framework": "sklearn", "model_type": "classification",
+                     "data_source": {"feature_views": ["customer_features"], "target_column": "churned"},
+                     "retraining": {"on_new_features": True, "min_interval_hours": 0}}, "training/request.json")
+print("logged a booby-trapped model and a forged training request")
 """
 
 
@@ -160,7 +202,7 @@ def conf(name: str, source: str, **changes) -> dict:
     }
 
 
-def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack, tmp_path):
+def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack, tmp_path, monkeypatch):
     api, settings = sandbox_stack.api, sandbox_stack.settings
     marker = f"600.{uuid.uuid4().int % 10**9}"  # a sleep no other process on this host runs
     marker_file = tmp_path / "unpickled-in-a-worker"
@@ -174,6 +216,7 @@ def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack
     runs = {
         "probe": conf("probe", PROBE, env_vars=probe_env, timeout=300),
         "flood": conf("flood", FLOOD),
+        "fill": conf("fill", FILL),
         "forkbomb": conf("forkbomb", FORK_BOMB, timeout=20),
         "memory": conf("memory", MEMORY, memory_mb=256),
         "pickle": conf(
@@ -184,7 +227,7 @@ def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack
             use_feast=True,
         ),
     }
-    dags_before = sorted(p.name for p in (REPO_ROOT / "dags").iterdir())
+    platform_before = {name: tree_hashes(REPO_ROOT / name) for name in ("dags", "plugins")}
     api.wait_for_dag("train_script")
     api.unpause("train_script")
     started = {label: api.trigger("train_script", body) for label, body in runs.items()}
@@ -199,7 +242,7 @@ def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack
         assert not leaked, f"a secret value appears in the task logs of {leaked}"
 
     probe = outcomes["probe"]
-    assert probe.task_states["run_script"] == "success" and probe.state == "failed"
+    assert probe.task_states["run_script"] == "success" and probe.state == "failed", logs["probe"][-3000:]
     assert "the script logged no model" in logs["probe"]
     lines = [line.split("PROBE ", 1)[1] for line in logs["probe"].splitlines() if "PROBE " in line]
     readable = next(line for line in lines if line.startswith("readable under home"))
@@ -208,11 +251,15 @@ def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack
     assert not [line for line in lines if line.endswith(("WRITTEN", "CONNECTED", "ALLOWED"))], lines
     assert "log into its own run: ok" in lines
     assert any("create a registered model" in line and "not open to user scripts" in line for line in lines)
-    assert sorted(p.name for p in (REPO_ROOT / "dags").iterdir()) == dags_before
+    climbs = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines if line.startswith("climb ")}
+    assert len(climbs) == 7 and all(answer.startswith("HTTP/1.1 403") for answer in climbs.values()), climbs
+    assert all("PERMISSION_DENIED" in answer for answer in climbs.values()), climbs
+    assert any(line.startswith("unshare -U: refused") and "Operation not permitted" in line for line in lines), lines
     assert not [p.pid for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
 
     failures = {
         "flood": "wrote more than 5000000 bytes of output and was stopped",
+        "fill": f"/work full: the sandbox may write {settings.script_max_disk_mb} MB there",
         "forkbomb": "reached its limit of 256 processes",
         "memory": "ran out of its memory limit (256 MB)",
     }
@@ -225,3 +272,17 @@ def test_hostile_scripts_are_contained_and_no_secret_reaches_a_log(sandbox_stack
     assert pickle.state == "success", logs["pickle"][-3000:]
     assert "scored" in logs["pickle"] and "in a sandbox" in logs["pickle"]  # the gate's own holdout
     assert not marker_file.exists() and not Path("/tmp/asgard-unpickled").exists()
+
+    # Its forged training request is in its run, yet retraining acts on none of it: its version is no
+    # platform-trained one, even while it is the champion whose feature view was just materialized.
+    connection = {"conn_type": "http", "extra": {"tracking_uri": settings.mlflow_url}}
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps(connection))
+    hook, model = MlflowHook(), runs["pickle"]["model_name"]
+    (version,) = hook.client.search_model_versions(f"name = '{model}'")
+    assert hook.logged_json(version.run_id, REQUEST_ARTIFACT)["model_name"] == model
+    assert training_request(hook, version) is None
+    materialized = datetime.now(UTC) + timedelta(minutes=1)
+    requests = feature_requests({"customer_features": materialized}, "probe", now=materialized + timedelta(hours=1))
+    assert model not in [request["model_name"] for request in requests]
+    for name, before in platform_before.items():
+        assert changed(before, tree_hashes(REPO_ROOT / name)) == [], f"{name}/ changed"

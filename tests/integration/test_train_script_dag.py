@@ -52,6 +52,14 @@ def test_the_cli_uploads_the_example_and_follows_it_through_training_and_the_gat
     ]  # fmt: skip
     python_path = f"{REPO_ROOT}/plugins:{REPO_ROOT}/include"
     environment = {**os.environ, "ASGARD_API_TOKEN": api.token, "PYTHONPATH": python_path}
+    # The seed's flow deploys each promotion: this model's deployment policy is auto (the default asks a person).
+    policy = httpx.put(
+        f"{settings.airflow_url}/mlops/models/{name}/deploy-policy",
+        json={"policy": "auto"},
+        headers={"Authorization": f"Bearer {api.token}"},
+        timeout=60,
+    )
+    assert policy.status_code == 200, policy.text
     api.unpause("deploy_model")
     try:
         cli = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1800)
@@ -96,6 +104,10 @@ def test_script_that_logs_no_model_fails_and_registers_nothing(script_stack):
     assert outcome.task_states["register_model"] == "failed"
     assert "the script logged no model to MLflow run" in api.task_log("train_script", outcome.run_id, "register_model")
     assert not client_for(script_stack).search_model_versions(f"name = '{name}'")
+    # MLflow's printed run link points at the tracking server users reach, not the sandbox's door (port 5000).
+    printed = api.task_log("train_script", outcome.run_id, "run_script")
+    assert "View run" in printed and f"{script_stack.settings.mlflow_url}/#/experiments/" in printed, printed
+    assert ":5000/#/" not in printed
 
 
 def test_bad_base64_fails_first_and_builds_nothing(script_stack):

@@ -281,7 +281,7 @@ def test_trinos_catalog_is_made_from_the_settings_pyiceberg_reads(monkeypatch):
                         "ASGARD_FEAST_REDIS": "redis:6379,db=6"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     config = feature_store.load_repo_config(settings)
-    assert config.offline_store.type == "trino" and config.offline_store.catalog == "iceberg"
+    assert config.offline_store.type == "trino" and config.offline_store.catalog == "memory"  # entity uploads
     source = feature_store.gold_source("customer_features", "event_timestamp", settings=settings)
     assert source.table == f"iceberg.{gold.GOLD_NAMESPACE}.customer_features"
     # The embedded catalog (SQLite) is not one Trino can read: said so.

@@ -438,6 +438,14 @@ def test_a_new_version_rolls_out_and_serves(cluster, payload):
     assert cluster.current("deployments")["metadata"]["generation"] == 2
     assert template_image(cluster) == image("2") and set(lineage(cluster).values()) == {"2"}
     assert cluster.serving == "2"
+    # What /mlops/models says serves is what the Deployments the target owns run: v2 alone, stable.
+    from asgard.core.settings import Settings
+    from asgard.deploy.serving_state import observe
+
+    settings = Settings(kubernetes_conn_id="asgard_test_cluster", serving_namespace=NAMESPACE)
+    observed = observe(settings, targets={"kubernetes"})
+    assert observed.unknown == {}
+    assert [(item.model_name, item.version, item.role) for item in observed.served] == [("churn", "2", "stable")]
 
 
 class ServiceTraffic:

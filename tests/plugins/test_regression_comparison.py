@@ -17,16 +17,8 @@ from tests.plugins.test_rollout_strategies import serving
 
 from asgard.deploy.kubernetes_trials import _traffic
 from asgard.deploy.routes import RouteTable
-from asgard.deploy.strategies import (
-    SHADOW,
-    Rollout,
-    combine,
-    comparison,
-    decide,
-    parse_metrics,
-    served_model_type,
-    watch,
-)
+from asgard.deploy.strategies import SHADOW, Rollout, decide, watch
+from asgard.deploy.trial_metrics import combine, comparison, parse_metrics, served_model_type
 from asgard.local.router import TrafficWindow, create_app
 from asgard_serving.agreement import HIGHEST, LOWEST, Agreement
 

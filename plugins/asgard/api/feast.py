@@ -1,15 +1,49 @@
-"""``/feast``: the feature registry, as in the seed's API."""
+"""``/feast``: the feature registry, as in the seed's API, and loading a user's own data into the gold layer.
+
+A gold load is a file sent as the body (CSV or Parquet, within the API's body limit) or a path the
+platform reads (under the data roots, never inside the platform's own folders): the caller is not
+trusted with anything else on the server. The load itself is :mod:`asgard.features.gold_load`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+import anyio
+from fastapi import Depends, FastAPI, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from asgard.api import jobs
 from asgard.api.mlops import add_error_handlers
-from asgard.api.schemas import FeatureRegistration, JobSubmitted
-from asgard.api.security import BodyLimit, CallerAirflow, caller, offloaded, requires
+from asgard.api.schemas import DagConf, FeatureRegistration, JobSubmitted
+from asgard.api.security import BodyLimit, CallerAirflow, caller, limiter, offloaded, requires
+
+GOLD_NAME = {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "max_length": 128}
+TableName = Annotated[str, Path(description="The gold table (created by its first load).", **GOLD_NAME)]
+ColumnName = Annotated[str, Query(**GOLD_NAME)]
+Mode = Literal["append", "replace"]
+
+
+class MaterializeRequest(DagConf):
+    """A ``materialize_features`` run: the views (default: every registered one) and, for a backfill, the window."""
+
+    feature_views: list[Annotated[str, Field(**GOLD_NAME)]] | None = Field(None, max_length=100)
+    start: str | None = Field(None, max_length=64, description="ISO time; with end: a backfill window")
+    end: str | None = Field(None, max_length=64, description="ISO time")
+
+
+class GoldPathLoad(BaseModel):
+    """Load a file the platform can read: under the data roots (ASGARD_DATA_ROOTS), a local path or s3://."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(
+        min_length=1, max_length=4096, pattern=r"^(s3://|/)\S+$", description="An absolute path or s3:// URI."
+    )
+    entity_column: str = Field(**GOLD_NAME)
+    timestamp_column: str = Field(**GOLD_NAME)
+    mode: Mode = "append"
+    format: Literal["csv", "parquet"] | None = None
 
 
 def create_app() -> FastAPI:
@@ -52,8 +86,83 @@ def create_app() -> FastAPI:
     @offloaded
     def register_features(body: FeatureRegistration, api: CallerAirflow, request: Request) -> dict[str, Any]:
         job = jobs.submit(api, "register_features", body.conf())
-        # Jobs are followed on the /mlops side, where all of them are.
-        mlops_root = request.scope.get("root_path", "").rsplit("/", 1)[0] + "/mlops"
-        return {**job, "status_url": f"{request.url.scheme}://{request.url.netloc}{mlops_root}/jobs/{job['job_id']}"}
+        return {**job, "status_url": _job_url(request, job)}
 
+    @app.post(
+        "/materialize",
+        status_code=202,
+        response_model=JobSubmitted,
+        summary="Materialize feature views into the online store (materialize_features)",
+        dependencies=[requires("POST", "materialize_features")],
+    )
+    @offloaded
+    def materialize(body: MaterializeRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
+        job = jobs.submit(api, "materialize_features", body.conf())
+        return {**job, "status_url": _job_url(request, job)}
+
+    add_gold_routes(app)
     return app
+
+
+def _job_url(request: Request, job: dict[str, Any]) -> str:
+    """Jobs are followed on the /mlops side, where all of them are."""
+    mlops_root = request.scope.get("root_path", "").rsplit("/", 1)[0] + "/mlops"
+    return f"{request.url.scheme}://{request.url.netloc}{mlops_root}/jobs/{job['job_id']}"
+
+
+def add_gold_routes(app: FastAPI) -> None:
+    """The gold layer's tables, and loading a file into one (one Iceberg snapshot, or nothing)."""
+
+    @app.get("/gold", summary="The gold layer's tables", dependencies=[requires("GET", "register_features")])
+    @offloaded
+    def gold_tables() -> dict[str, Any]:
+        from asgard.features.gold import list_tables
+
+        tables = list_tables()
+        return {"tables": tables, "total": len(tables)}
+
+    @app.post(
+        "/gold/{table_name}",
+        status_code=201,
+        summary="Load the body (a CSV or Parquet file) into a gold table",
+        description="The body is the file itself, at most the API's body limit (2 MB); larger files are "
+        "loaded from a path (`POST /gold/{table_name}/from-path`). `append` adds its rows, `replace` "
+        "swaps the table's rows for them; either is one snapshot. Every problem found is a 422 naming it.",
+        dependencies=[requires("POST", "register_features")],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
+    async def load_gold_upload(
+        table_name: TableName,
+        request: Request,
+        entity_column: ColumnName,
+        timestamp_column: ColumnName,
+        mode: Mode = "append",
+        format: Literal["csv", "parquet"] = "csv",
+    ) -> dict[str, Any]:
+        from asgard.features.gold_load import LoadRequest, load_bytes
+
+        data = await request.body()  # BodyLimit has capped it
+        load = LoadRequest(table_name, entity_column, timestamp_column, mode)
+        work = functools.partial(load_bytes, data, format, load, source=f"upload to {table_name}")
+        return (await anyio.to_thread.run_sync(work, limiter=limiter())).to_dict()
+
+    @app.post(
+        "/gold/{table_name}/from-path",
+        status_code=201,
+        summary="Load a CSV or Parquet file under the data roots into a gold table",
+        dependencies=[requires("POST", "register_features")],
+    )
+    @offloaded
+    def load_gold_path(table_name: TableName, body: GoldPathLoad) -> dict[str, Any]:
+        from asgard.features.gold_load import LoadRequest, load_path
+
+        load = LoadRequest(table_name, body.entity_column, body.timestamp_column, body.mode)
+        return load_path(body.path, load, fmt=body.format).to_dict()

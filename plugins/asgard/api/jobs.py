@@ -8,13 +8,16 @@ from typing import Any
 from asgard.hooks.airflow_api import AirflowApi, AirflowApiError
 from asgard.registry.models import model_asset_uri
 
-# What each job DAG's result is: the return value of this task.
+# What each job DAG's result is: the return value of this task (of each of its mapped instances).
 RESULT_TASKS = {
     "train_script": "gate_model",
     "train_model": "gate_model",
     "score_batch": "publish",
     "register_features": "apply_feature_view",
     "monitor_model": "alert",
+    "deploy_model": "deploy_image",
+    "materialize_features": "materialize",
+    "retrain_model": "requests",
 }
 _SEPARATOR = "--"
 _STATUS = {"queued": "queued", "running": "running", "success": "completed", "failed": "failed"}
@@ -44,15 +47,23 @@ def locate(job_id: str) -> str:
     return dag_id
 
 
-def status(api: AirflowApi, job_id: str, *, logs: bool = True) -> dict[str, Any]:
+def locate_run(dag_id: str) -> str:
+    """``dag_id``, if it is a DAG whose runs are jobs (any run: from this API, the UI, REST or a schedule)."""
+    if dag_id not in RESULT_TASKS:
+        raise JobNotFoundError(f"{dag_id!r} is not a job DAG ({', '.join(sorted(RESULT_TASKS))})")
+    return dag_id
+
+
+def status(api: AirflowApi, job_id: str, *, logs: bool = True, dag_id: str | None = None) -> dict[str, Any]:
     """A job's state, each task's state, the finished tasks' logs, its result and, for a promoted
-    model, the ``deploy_model`` run the promotion started."""
-    dag_id = locate(job_id)
+    model, the ``deploy_model`` run the promotion started. ``job_id`` is a job id this API gave out,
+    or with ``dag_id`` any run id of that DAG."""
+    dag_id = locate_run(dag_id) if dag_id else locate(job_id)
     try:
         report = api.run_report(dag_id, job_id, logs=logs)
     except AirflowApiError as error:
         if error.status == 404:
-            raise JobNotFoundError(f"job {job_id!r} does not exist") from error
+            raise JobNotFoundError(f"run {job_id!r} of {dag_id} does not exist") from error
         raise
     job: dict[str, Any] = {
         "job_id": job_id,
@@ -62,10 +73,22 @@ def status(api: AirflowApi, job_id: str, *, logs: bool = True) -> dict[str, Any]
         "result": None,
     }
     if report["state"] == "success":
-        job["result"] = api.task_result(dag_id, job_id, RESULT_TASKS[dag_id])
+        job["result"] = _result(api, dag_id, job_id, report["tasks"])
     if dag_id in ("train_model", "train_script"):
         job.update(_training_outcome(api, job_id, job["result"]))
     return job
+
+
+def _result(api: AirflowApi, dag_id: str, run_id: str, tasks: dict[str, str]) -> Any:
+    """The result task's return value; a mapped one's, as a list in map order."""
+    task_id = RESULT_TASKS[dag_id]
+    if task_id in tasks:
+        return api.task_result(dag_id, run_id, task_id)
+    if not any(key.startswith(f"{task_id}[") for key in tasks):
+        return None
+    instances = api.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
+    indexes = sorted(ti.map_index for ti in instances if ti.task_id == task_id and (ti.map_index or 0) >= 0)
+    return [api.task_result(dag_id, run_id, task_id, map_index=index) for index in indexes]
 
 
 def _training_outcome(api: AirflowApi, run_id: str, decision: dict[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from asgard.api import jobs
+from asgard.api.deploy_policy import add_deploy_policy_routes, with_deploy_decisions
 from asgard.api.schemas import (
     BatchScoringRequest,
     JobSubmitted,
@@ -99,6 +100,12 @@ def create_app() -> FastAPI:
         authorize(who, "GET", jobs.locate(job_id))
         return jobs.status(api, job_id, logs=logs)
 
+    @app.get("/runs/{dag_id}/{run_id}", summary="Any run of a job DAG as a job, however it started (UI, REST...)")
+    @offloaded
+    def run(dag_id: str, run_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
+        authorize(who, "GET", jobs.locate_run(dag_id))
+        return jobs.status(api, run_id, logs=logs, dag_id=dag_id)
+
     @app.post(
         "/models",
         status_code=202,
@@ -119,9 +126,8 @@ def create_app() -> FastAPI:
     @offloaded
     def list_models() -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.registry.models import describe_models
 
-        models = describe_models(MlflowHook())
+        models = serving_models(MlflowHook())
         return {"models": models, "total": len(models)}
 
     @app.get(
@@ -132,9 +138,11 @@ def create_app() -> FastAPI:
     @offloaded
     def get_model(model_name: str) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.registry.models import describe_model
 
-        return describe_model(MlflowHook(), model_name)
+        hook = MlflowHook()
+        return with_deploy_decisions(hook, serving_model(hook, model_name))
+
+    add_deploy_policy_routes(app)
 
     @app.post(
         "/registry",
@@ -234,9 +242,8 @@ def add_models_page(app: FastAPI) -> None:
     @offloaded
     def models_index() -> HTMLResponse:
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.registry.models import describe_models
 
-        return HTMLResponse(models_page.models_index(describe_models(MlflowHook())))
+        return HTMLResponse(models_page.models_index(serving_models(MlflowHook())))
 
     @app.get("/ui/models/{model_name}", include_in_schema=False, dependencies=[requires("GET", "train_model")])
     @offloaded
@@ -244,10 +251,9 @@ def add_models_page(app: FastAPI) -> None:
         from asgard.core.settings import get_settings
         from asgard.hooks.mlflow import MlflowHook
         from asgard.monitoring.store import MonitoringStore
-        from asgard.registry.models import describe_model
 
         hook = MlflowHook()
-        model = describe_model(hook, model_name)
+        model = serving_model(hook, model_name)
         history = MonitoringStore(get_settings().monitoring_db_url).history(model_name, limit=1000)
         return HTMLResponse(models_page.model_page(model, history, mlflow_url=redact_url(hook.tracking_uri)))
 
@@ -269,6 +275,28 @@ def add_models_page(app: FastAPI) -> None:
         except OSError:  # missing (locally or on S3)
             raise HTTPException(404, detail=f"no report {report} for {model_name}") from None
         return HTMLResponse(content.decode(), media_type="text/html")
+
+
+def serving_models(hook: Any) -> list[dict[str, Any]]:
+    """Every registered model with the versions its targets actually serve (one listing per target)."""
+    from asgard.core.settings import get_settings
+    from asgard.deploy.serving_state import observe, targets_to_ask, with_serving_state
+    from asgard.registry.models import describe_models, recorded_targets
+
+    models, settings = describe_models(hook), get_settings()
+    observation = observe(settings, targets=targets_to_ask(settings, recorded_targets(hook)))
+    return [with_serving_state(model, observation) for model in models]
+
+
+def serving_model(hook: Any, model_name: str) -> dict[str, Any]:
+    """One model's versions, each with what its targets say of it (not only its ``deploy.status`` tag)."""
+    from asgard.core.settings import get_settings
+    from asgard.deploy.serving_state import observe, targets_recorded, targets_to_ask, with_serving_state
+    from asgard.registry.models import describe_model
+
+    model, settings = describe_model(hook, model_name), get_settings()
+    targets = targets_to_ask(settings, targets_recorded(model["versions"]))
+    return with_serving_state(model, observe(settings, targets=targets))
 
 
 def _json_number(number: float) -> float | str:

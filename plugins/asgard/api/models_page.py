@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from asgard.deploy.strategies import REGRESSION_FIGURES
 from asgard.monitoring.thresholds import Thresholds
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
@@ -27,6 +28,7 @@ th, td { border: 1px solid #cbd5e0; padding: 0.3rem 0.6rem; text-align: left; ve
 th { background: #edf2f7; }
 .alias { background: #2b6cb0; color: white; border-radius: 0.3rem; padding: 0 0.4rem; margin-right: 0.2rem; }
 .ok { color: #276749; } .alert { color: #c53030; font-weight: bold; }
+.serving { color: #276749; } .unknown { color: #b7791f; } .note { color: #744210; }
 code { font-size: 0.85em; }
 """
 
@@ -47,15 +49,31 @@ def models_index(models: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td><a href='models/{quote(model['model_name'])}'>{_e(model['model_name'])}</a></td>"
         f"<td>{_aliases(model['aliases'])}</td><td>{_e(model['latest_version'])}</td>"
-        f"<td>{_e(model['updated_at'])}</td></tr>"
+        f"<td>{_serving_now(model)}</td><td>{_e(model['updated_at'])}</td></tr>"
         for model in models
     )
     table = (
-        f"<table><tr><th>Model</th><th>Aliases</th><th>Newest version</th><th>Updated</th></tr>{rows}</table>"
+        "<table><tr><th>Model</th><th>Aliases</th><th>Newest version</th><th>Serving now</th><th>Updated</th></tr>"
+        f"{rows}</table>"
         if models
         else "<p>No model is registered yet: train one with <code>train_model</code>.</p>"
     )
     return _page("Models", f"<h1>Models</h1>{table}")
+
+
+def _serving_now(model: dict[str, Any]) -> str:
+    """The versions the targets say serve the model (from ``asgard.deploy.serving_state``), each with its
+    role; "unknown" when a target did not answer, rather than a guess from the registry's tags."""
+    if "serving" not in model:
+        return ""
+    places = [
+        f"<span class='serving'>v{_e(item['version'])}</span> {_e(item['role'])} on {_e(item['target'])}"
+        + (f" <small class='note'>{_e(item['note'])}</small>" if item.get("note") else "")
+        for item in model["serving"]
+    ]
+    unknown = (model.get("serving_state") or {}).get("unknown") or {}
+    places += [f"<span class='unknown'>unknown</span> on {_e(target)}" for target in sorted(unknown)]
+    return "<br>".join(places) or "nothing"
 
 
 def _aliases(aliases: dict[str, str] | list[str]) -> str:
@@ -90,17 +108,11 @@ def _versions(model: dict[str, Any], mlflow_url: str) -> str:
         if dag_id and dag_run:
             url = f"/dags/{quote(dag_id)}/runs/{quote(dag_run, safe='')}"
             links.append(f"<a href='{_e(url)}' target='_top'>{_e(dag_id)} run</a>")
-        serving = (
-            f"{_e(deployment.get('status'))} on {_e(deployment.get('target'))}<br>"
-            f"<code>{_e(deployment.get('endpoint'))}</code><br><code>{_e(deployment.get('digest'))}</code>"
-            if deployment
-            else "not deployed"
-        )
+        serving = _serving_cell(version.get("serving"), deployment)
         for strategy in ("canary", "shadow"):
             trial = deployment.get(strategy)
             if isinstance(trial, dict):
-                shown = ("requests", "errors", "p99_ms", "stable_p99_ms", "agreement", "mean_abs_probability_diff")
-                figures = ", ".join(f"{key} {_e(trial[key])}" for key in shown if key in trial)
+                figures = ", ".join(f"{key} {_e(trial[key])}" for key in _trial_figures(trial) if key in trial)
                 decision, reason = _e(trial.get("decision")), _e(trial.get("reason"))
                 serving += f"<br>{strategy}: {decision}<br><small>{reason}; {figures}</small>"
         rows.append(
@@ -111,9 +123,48 @@ def _versions(model: dict[str, Any], mlflow_url: str) -> str:
         )
     header = (
         "<tr><th>Version</th><th>Aliases</th><th>Model</th><th>Holdout metrics</th><th>Gate decision</th>"
-        "<th>Serving (endpoint, digest)</th><th>Links</th></tr>"
+        "<th>Serving now (last deploy: endpoint, digest)</th><th>Links</th></tr>"
     )
     return f"<table>{header}{''.join(rows)}</table>"
+
+
+# What a trial's verdict rests on, by the kind of model (``asgard.deploy.strategies``' figures): a
+# classifier's answers agree or not; a regressor's differ by some amount (an agreement of floats means nothing).
+COMMON_FIGURES = ("requests", "errors", "p99_ms", "stable_p99_ms")
+CLASSIFIER_FIGURES = ("agreement", "mean_abs_probability_diff")
+# Named as the tags name them; relative_* are over the serving version's standard deviation (stable_std),
+# and max_difference is the limit on relative_p95_abs_difference the shadow was decided by.
+REGRESSOR_FIGURES = (*REGRESSION_FIGURES, "max_difference")
+
+
+def _trial_figures(trial: dict[str, Any]) -> tuple[str, ...]:
+    """The figures a canary's or shadow's verdict is shown with: a regressor's differences, a classifier's agreement."""
+    regression = trial.get("model_type") == "regression" or trial.get("measure") == "relative_p95_abs_difference"
+    return COMMON_FIGURES + (REGRESSOR_FIGURES if regression else CLASSIFIER_FIGURES)
+
+
+def _serving_cell(state: dict[str, Any] | None, deployment: dict[str, Any]) -> str:
+    """Whether the version serves now (as its target says), and what its last deploy recorded."""
+    recorded = ""
+    if deployment:
+        status = deployment.get("status")
+        if status == "replaced" and deployment.get("replaced_by"):
+            status = f"replaced by v{deployment['replaced_by']} at {deployment.get('replaced_at')}"
+        recorded = (
+            f"<small>last deploy: {_e(status)} on {_e(deployment.get('target'))}</small><br>"
+            f"<code>{_e(deployment.get('endpoint'))}</code><br><code>{_e(deployment.get('digest'))}</code>"
+        )
+    if state is None:  # no target was asked: the recorded outcome only
+        return recorded or "not deployed"
+    if state["state"] == "serving":
+        now = f"<b class='serving'>serving</b> ({_e(state.get('role'))} on {_e(state.get('target'))})"
+    elif state["state"] == "unknown":
+        now = f"<b class='unknown'>unknown</b> <small>({_e(state.get('reason'))})</small>"
+    else:
+        now = "not serving"
+    if state.get("note"):
+        now += f"<br><small class='note'>{_e(state['note'])}</small>"
+    return f"{now}<br>{recorded}" if recorded else now
 
 
 def _verdict(name: str, records: list[dict[str, Any]]) -> str:

@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     data_roots: str = ""
     # The AWS connections a request may name (aws_conn_id): comma-separated connection ids.
     allowed_aws_conn_ids: str = "aws_default"
+    # What a promotion does (asgard.deploy.approval; a model's own policy overrides these): auto, it
+    # deploys; approve, a person of the model's team decides within the timeout (seconds; then it is
+    # rejected); manual, nothing deploys until someone triggers deploy_model. Approvers: who decides
+    # beside the auth manager's admins (user names); the second-person rule keeps a version's trainer out.
+    deploy_policy: Literal["auto", "approve", "manual"] = "approve"
+    deploy_approval_timeout: int = Field(86_400, ge=1)
+    deploy_approvers: str = ""
+    deploy_second_person: bool = False
     # Extra monitoring alert notifiers: comma-separated ``module:factory`` paths.
     alert_notifiers: str = ""
     # Import the heavy ML libraries once in the processes that fork tasks ("0" turns it off).
@@ -143,6 +151,13 @@ class Settings(BaseSettings):
     # How Feast reads the gold layer offline in production: Trino (iceberg.gold.*), or the same Iceberg
     # tables through DuckDB (one machine without Trino).
     offline_store: Literal["duckdb", "trino"] = "duckdb"
+    # The production profile's single-node Trino (asgard.local.trino): port, JVM heap, JDK (476 needs
+    # Java >= 24; default: the newest under /usr/lib/jvm), and quick start (the JVM's client compiler
+    # only: less than half the CPU to start, slower long queries).
+    trino_port: int = 8095
+    trino_heap_mb: int = Field(1536, ge=512)
+    trino_java_home: Path | None = None
+    trino_quick_start: bool = False
     # The Redis db index of Feast's online store in production (the broker has its own).
     online_redis_db: int = 6
     # Where a DAG run's files that pass between its tasks go (production default: s3://<s3_bucket>/runs,
@@ -316,12 +331,17 @@ class Settings(BaseSettings):
         return f"http://{self.bind_host}:{self.s3_port}"
 
     @property
+    def trino_url(self) -> str:
+        return f"http://{self.bind_host}:{self.trino_port}"
+
+    @property
     def router_url(self) -> str:
         return f"http://{self.bind_host}:{self.router_port}"
 
     @property
     def routes_file(self) -> Path:
-        return self.state_dir / "routes.json"
+        """The route table of this profile's router: each profile of one home has its own."""
+        return self.state_dir / ("routes.json" if self.profile == "embedded" else f"routes-{self.profile}.json")
 
     @property
     def serving_repository(self) -> str:
@@ -340,10 +360,6 @@ class Settings(BaseSettings):
     @property
     def plugins_folder(self) -> Path:
         return REPO_ROOT / "plugins"
-
-    @property
-    def include_folder(self) -> Path:
-        return REPO_ROOT / "include"
 
 
 def get_settings() -> Settings:

@@ -112,7 +112,8 @@ def deploy(
             )
         binds[str(door)] = {"bind": ONLINE_DOOR_INSIDE, "mode": "ro"}
         environment["ASGARD_ONLINE_STORE"] = f"unix://{ONLINE_DOOR_INSIDE}/redis.sock?protocol=2"  # RESP2 only
-    labels = {DEPLOY_LABEL: model_name, "io.asgard.deploy.version": version}
+    # The route table's owner (profile, installation) too: another profile's router and reconcile leave it be.
+    labels = {DEPLOY_LABEL: model_name, "io.asgard.deploy.version": version, **routes.owner_labels()}
     container, port = create_serving_container(client, name, image, environment, binds, labels)
     progress(f"created {name} from {image}, published on 127.0.0.1:{port}")
 
@@ -269,7 +270,7 @@ def _trial(
         except httpx.HTTPError as error:
             raise DeployError(f"cannot read the trial's traffic from the router: {error}") from error
 
-    from asgard.deploy.strategies import served_model_type
+    from asgard.deploy.trial_metrics import served_model_type
 
     # The router compares a shadow's answers by the kind of model, which the version's /metadata names.
     candidate = {

@@ -21,16 +21,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from asgard.deploy import kubernetes_manifests as manifests
-from asgard.deploy.strategies import (
-    SHADOW,
-    Rollout,
-    combine,
-    comparison,
-    parse_metrics,
-    served_model_type,
-    side_summary,
-    watch,
-)
+from asgard.deploy.strategies import SHADOW, Rollout, watch
+from asgard.deploy.trial_metrics import combine, comparison, parse_metrics, served_model_type, side_summary
 from asgard.serving.checks import DeployError, verify
 
 if TYPE_CHECKING:

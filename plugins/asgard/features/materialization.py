@@ -7,11 +7,13 @@ the window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asgard.features import gold
@@ -116,16 +118,18 @@ def materialize_window(
     """
     started = time.perf_counter()
     view = store.get_feature_view(window.feature_view)
-    ensure_online_table(store, view)
     watermark = to_utc(view.most_recent_end_time) if view.most_recent_end_time else None
     read_until = max(window.end, watermark) if watermark and window.start < watermark else window.end
     latest, chunks, rows_read = read_newest(
         store, view, window.start, read_until, chunk_rows=chunk_rows, chunk_period=chunk_period, progress=progress
     )
     rows_written = 0
-    if latest is not None:
-        rows_written = online_writer(store, view).write(latest, batch_rows=write_rows)
-    store.registry.apply_materialization(view, store.project, window.start, window.end, commit=True)
+    # Reading runs side by side; writing takes its turn at a SQLite online store.
+    with online_store_turn(store, f"materialize {view.name} {window.start.isoformat()}/{window.end.isoformat()}"):
+        ensure_online_table(store, view)
+        if latest is not None:
+            rows_written = online_writer(store, view).write(latest, batch_rows=write_rows)
+        store.registry.apply_materialization(view, store.project, window.start, window.end, commit=True)
     new_watermark = max(window.end, watermark) if watermark else window.end
     return MaterializeResult(
         feature_view=view.name,
@@ -161,6 +165,37 @@ def read_newest(
         latest = reader.newest(candidates if latest is None else [latest, candidates])
         progress(f"{view.name}: chunk {chunks}: {read} rows read ({rows_read} so far, {len(latest)} entities)")
     return latest, chunks, rows_read
+
+
+@contextlib.contextmanager
+def online_store_turn(store: FeatureStore, holder: str, *, wait: float = 1800.0) -> Iterator[None]:
+    """The block as the only platform writer to the store's SQLite online store (other stores: at once).
+
+    SQLite lets one writer in at a time and a second waits only its busy timeout (Feast's connection:
+    5 s) before failing with "database is locked": materializations of several views into one store
+    take turns on the platform's lock table instead (:mod:`asgard.core.locks`), waiting up to ``wait``.
+    """
+    name = online_store_lock(store)
+    if name is None:
+        yield
+        return
+    from asgard.core.locks import held
+    from asgard.core.settings import get_settings
+
+    with held(get_settings().monitoring_db_url, name, holder, wait=wait, poll=0.2):
+        yield
+
+
+def online_store_lock(store: FeatureStore) -> str | None:
+    """The lock a SQLite online store's writers take turns under (one per database file); None for others."""
+    if getattr(store.config.online_store, "type", "") != "sqlite":
+        return None
+    import hashlib
+
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    path = str(Path(SqliteOnlineStore._get_db_path(store.config)).resolve())
+    return f"online-store:sqlite:{hashlib.sha256(path.encode()).hexdigest()[:32]}"  # any path, one short name
 
 
 def ensure_online_table(store: FeatureStore, view: FeatureView) -> None:

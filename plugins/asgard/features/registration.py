@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from asgard.features import gold
-from asgard.features.store import DTYPES, FeatureRequestError, gold_source
+from asgard.features.store import DTYPES, FeatureRequestError, gold_columns, gold_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -28,7 +28,8 @@ def validate_request(request: dict[str, Any], columns: dict[str, pa.DataType] | 
     table_name = source["table_name"]
     if columns is None:
         try:
-            columns = gold.table_columns(table_name)
+            # Through Trino's information_schema when Feast reads the gold layer through Trino.
+            columns = gold_columns(table_name)
         except gold.GoldLayerError as error:
             raise FeatureRequestError(str(error)) from None
     problems: list[str] = []

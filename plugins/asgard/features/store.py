@@ -11,8 +11,10 @@ picks the ``feature_store*.yaml`` and the data source class; no caller branches 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from asgard.core.settings import REPO_ROOT, Settings, get_settings
 from asgard.features import gold
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from feast import FeatureStore
     from feast.data_source import DataSource
     from feast.repo_config import RepoConfig
@@ -48,6 +51,13 @@ DTYPES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 class FeatureRequestError(InputError):
     """A feature view request names something the gold layer does not have (every problem listed)."""
+
+
+class OfflineStoreUnavailableError(RuntimeError):
+    """The offline store's query engine (Trino) does not answer; the message names it and where.
+
+    Not an :class:`InputError`: the request is fine, and the task's retries may find the engine back.
+    """
 
 
 def feature_view_asset_uri(name: str) -> str:
@@ -130,6 +140,134 @@ def open_store(settings: Settings | None = None, *, online_store: dict[str, Any]
     from feast import FeatureStore
 
     return FeatureStore(config=load_repo_config(settings, online_store=online_store))
+
+
+def trino_address(config: RepoConfig) -> str | None:
+    """The coordinator the configured offline store queries, when that store is Trino."""
+    offline = config.offline_store
+    if getattr(offline, "type", "") != "trino":
+        return None
+    return f"{offline.http_scheme}://{offline.host}:{offline.port}"
+
+
+def check_offline_store(config: RepoConfig, *, timeout: float = 5.0) -> None:
+    """Raise :class:`OfflineStoreUnavailableError` when the offline store is a Trino that is down or still
+    starting (a query would otherwise fail deep in Feast, or wait); any other offline store passes."""
+    import httpx
+
+    address = trino_address(config)
+    if address is None:
+        return
+    try:
+        body = httpx.get(f"{address}/v1/info", timeout=timeout).json()
+    except (httpx.HTTPError, ValueError) as error:
+        raise OfflineStoreUnavailableError(
+            f"Trino, the feature store's offline store, does not answer at {address}: {error or type(error).__name__}"
+        ) from None
+    if not isinstance(body, dict) or body.get("starting") is not False:
+        raise OfflineStoreUnavailableError(f"Trino, the feature store's offline store, is still starting at {address}")
+
+
+@contextlib.contextmanager
+def offline_store_errors(config: RepoConfig) -> Iterator[None]:
+    """Around an offline read: a Trino that is down before it or goes away during it is said so, by name."""
+    check_offline_store(config)
+    address = trino_address(config)
+    if address is None:
+        yield
+        return
+    import requests
+    from trino.exceptions import HttpError, TrinoConnectionError
+
+    try:
+        yield
+    except (TrinoConnectionError, HttpError, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+        raise OfflineStoreUnavailableError(
+            f"Trino, the feature store's offline store, stopped answering at {address} during the query: {error}"
+        ) from None
+
+
+# Trino's type names (information_schema.columns.data_type) → the Arrow types pyiceberg reports for the
+# same Iceberg columns; parameterised ones (decimal, timestamp precision) are parsed below.
+TRINO_ARROW_TYPES = {
+    "boolean": "bool_",
+    "tinyint": "int8",
+    "smallint": "int16",
+    "integer": "int32",
+    "bigint": "int64",
+    "real": "float32",
+    "double": "float64",
+    "varchar": "string",
+    "varbinary": "binary",
+    "date": "date32",
+}
+
+
+def arrow_type_of_trino(type_name: str) -> pa.DataType:
+    """The Arrow type of a column Trino reports as ``type_name`` (``pa.null()`` for nested types, which no
+    feature, entity or timestamp may have)."""
+    import re
+
+    import pyarrow as pa
+
+    name = type_name.strip().lower()
+    base = name.split("(", 1)[0]
+    if base in TRINO_ARROW_TYPES:
+        return getattr(pa, TRINO_ARROW_TYPES[base])()
+    if base == "timestamp":
+        precision = re.match(r"timestamp(?:\((\d+)\))?", name).group(1) or "3"
+        unit = {"0": "s", "3": "ms", "6": "us", "9": "ns"}.get(precision, "us")
+        return pa.timestamp(unit, tz="UTC" if name.endswith("with time zone") else None)
+    if base == "decimal":
+        precision, scale = (int(part) for part in re.findall(r"\d+", name)[:2])
+        return pa.decimal128(precision, scale)
+    if base == "uuid":
+        return pa.uuid()
+    return pa.null()
+
+
+def trino_table_columns(config: RepoConfig, table_name: str) -> dict[str, pa.DataType]:
+    """Column name → Arrow type of the gold table ``table_name`` as Trino sees it (its ``information_schema``),
+    read as the offline store's user; an unknown table raises :class:`gold.GoldLayerError` naming the known ones."""
+    import trino
+
+    address = trino_address(config)
+    if address is None:
+        raise ValueError("the offline store is not Trino")
+    offline = config.offline_store
+    with offline_store_errors(config):
+        connection = trino.dbapi.connect(
+            host=offline.host, port=offline.port, user=offline.user, http_scheme=offline.http_scheme
+        )
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT column_name, data_type FROM iceberg.information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [gold.GOLD_NAMESPACE, table_name],
+        )
+        rows = cursor.fetchall()
+        log.info(
+            "read the columns of iceberg.%s.%s through Trino (query %s)",
+            gold.GOLD_NAMESPACE,
+            table_name,
+            cursor.query_id,
+        )
+        if not rows:
+            cursor.execute(f"SHOW TABLES FROM iceberg.{gold.GOLD_NAMESPACE}")
+            known = sorted(row[0] for row in cursor.fetchall())
+            raise gold.GoldLayerError(
+                f"table {table_name!r} is not in the gold layer; known tables: {', '.join(known) or 'none'}"
+            )
+    return {name: arrow_type_of_trino(type_name) for name, type_name in rows}
+
+
+def gold_columns(table_name: str, settings: Settings | None = None) -> dict[str, pa.DataType]:
+    """Column name → Arrow type of a gold table, read where the profile's offline store reads it: through
+    Trino's ``information_schema`` when that is Trino, else the Iceberg catalog (pyiceberg)."""
+    settings = settings or get_settings()
+    if settings.profile == "production" and settings.offline_store == "trino":
+        return trino_table_columns(load_repo_config(settings), table_name)
+    return gold.table_columns(table_name)
 
 
 # The page size of a new SQLite online store. Feast's rows are small and a materialization writes

@@ -1,7 +1,8 @@
 """``python -m asgard.local``: the commands behind ``./asgard``.
 
 run, start, stop, status, logs for the embedded services; upload, train, score, monitor, job,
-models, history as a client of the ``/mlops`` API (``asgard.local.cli``).
+models, history, deploy, materialize, features register and gold load as a client of the
+``/mlops`` and ``/feast`` APIs (``asgard.local.cli``).
 """
 
 from __future__ import annotations

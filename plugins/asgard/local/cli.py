@@ -1,9 +1,11 @@
-"""``./asgard upload | train | score | monitor | job | models | history``: a client of the ``/mlops`` API.
+"""``./asgard upload | train | score | monitor | job | models | history | deploy | materialize | features
+| gold``: a client of the ``/mlops`` and ``/feast`` APIs.
 
 It replaces the seed's ``upload_and_deploy.py``: upload a training script, then follow the job's
 tasks, the model version it made and, when the gate promotes it, the deployment that promotion
-starts, until the model serves. Everything goes through the REST plugin with Airflow's token, so
-the CLI works against any Asgard installation it can reach.
+starts, until the model serves. Everything goes through the REST plugin (``deploy``: Airflow's REST
+API) with Airflow's token, so the CLI works against any Asgard installation it can reach. Answers
+are printed as short tables (``asgard.local.summaries``); ``--json`` prints the API's answer as it is.
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ import base64
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import httpx
 
 from asgard.core.settings import Settings
-from asgard.hooks.airflow_api import fetch_token
+from asgard.hooks.airflow_api import AirflowApi, fetch_token
+from asgard.local import summaries
+from asgard.local.cli_parser import add_commands
+
+# add_commands is ./asgard's parser of these commands (asgard.local.__main__ takes it from here).
+__all__ = ["COMMANDS", "CliError", "MlopsClient", "add_commands", "client_for", "follow", "run"]
 
 DONE = ("completed", "failed")
 
@@ -35,10 +44,11 @@ class CliError(RuntimeError):
 
 
 class MlopsClient:
-    """The ``/mlops`` API of one Airflow API server, with a token."""
+    """The ``/mlops`` API (and ``/feast``, and Airflow's REST API) of one Airflow API server, with a token."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.token = token
         self._http = httpx.Client(
             base_url=f"{self.base_url}/mlops", headers={"Authorization": f"Bearer {token}"}, timeout=timeout
         )
@@ -48,6 +58,14 @@ class MlopsClient:
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._answer(self._send("POST", path, json=body))
+
+    def feast(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A call to ``/feast`` on the same server."""
+        return self._answer(self._send(method, f"{self.base_url}/feast{path}", **kwargs))
+
+    def airflow(self) -> AirflowApi:
+        """Airflow's REST API on the same server, as the same user."""
+        return AirflowApi(self.base_url, self.token)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -189,45 +207,21 @@ def _tail(text: str, lines: int = 20) -> str:
 
 
 # --------------------------------------------------------------------------- command line
-def add_commands(commands: Any) -> None:
-    """The client's sub-commands, on ``./asgard``'s parser."""
-    upload = commands.add_parser("upload", help="upload a training script and follow it to deployment")
-    upload.add_argument("script", type=Path)
-    upload.add_argument("--model-name", required=True)
-    upload.add_argument("--experiment", required=True, help="MLflow experiment name")
-    upload.add_argument("--requirement", "-r", action="append", default=[], help="pip requirement (repeatable)")
-    upload.add_argument("--timeout", type=int, default=600, help="seconds the script may run")
-    upload.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="script variable")
-    upload.add_argument("--no-feast", action="store_true", help="the script does not read Feast")
-    upload.add_argument("--no-follow", action="store_true", help="print the job id and return")
-    for name, help_text in (
-        ("train", "train a model (the seed's POST /mlops/models body, from a JSON file)"),
-        ("score", "score a batch (the seed's POST /mlops/serve/batch body, from a JSON file)"),
-        ("monitor", "monitor a model now (monitor_model conf, from a JSON file; '{}' for every serving model)"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("request", help="a JSON file, or - for standard input")
-        command.add_argument("--no-follow", action="store_true")
-    job = commands.add_parser("job", help="show a job (status, tasks, result; --logs for its logs)")
-    job.add_argument("job_id")
-    job.add_argument("--logs", action="store_true")
-    models = commands.add_parser("models", help="list registered models, or show one")
-    models.add_argument("model_name", nargs="?")
-    history = commands.add_parser("history", help="monitoring history of a model")
-    history.add_argument("model_name")
-    history.add_argument("--version")
-    history.add_argument("--metric-type")
-    history.add_argument("--limit", type=int, default=20)
-    for command in (upload, job, models, history, *[commands.choices[n] for n in ("train", "score", "monitor")]):
-        command.add_argument("--url", help="Airflow API server URL (default: ASGARD_API_URL, else this install)")
-
-
-COMMANDS = ("upload", "train", "score", "monitor", "job", "models", "history")
+COMMANDS = ("upload", "train", "score", "monitor", "job", "models", "history", "deploy", "materialize", "features",
+            "gold")  # fmt: skip
 _SUBMIT_PATHS = {"train": "/models", "score": "/serve/batch", "monitor": "/monitoring/run"}
+# An upload's body is the file itself: at most the API's body limit (asgard.api.security.MAX_BODY_BYTES).
+UPLOAD_LIMIT = 2_000_000
 
 
-def run(args: argparse.Namespace, client: MlopsClient, out: TextIO = sys.stdout) -> int:
-    """Carry out one client command."""
+def run(args: argparse.Namespace, client: MlopsClient, out: TextIO | None = None) -> int:
+    """Carry out one client command, printing to ``out`` (default: standard output as it is now)."""
+    out = out or sys.stdout
+    as_json = getattr(args, "json", False)
+
+    def show(answer: Any, summary: Callable[[Any], str]) -> None:
+        print(json.dumps(answer, indent=2, default=str) if as_json else summary(answer), file=out, flush=True)
+
     if args.command == "upload":
         env_vars = dict(_key_value(item) for item in args.env)
         body = upload_request(
@@ -245,21 +239,97 @@ def run(args: argparse.Namespace, client: MlopsClient, out: TextIO = sys.stdout)
             follow(client, job["job_id"], out=out)
     elif args.command in _SUBMIT_PATHS:
         job = client.post(_SUBMIT_PATHS[args.command], _read_json(args.request))
-        print(f"job {job['job_id']} ({job['status_url']})", file=out, flush=True)
-        if not args.no_follow:
-            done = follow(client, job["job_id"], out=out, deploy=False)
-            print(json.dumps(done["result"], indent=2, default=str), file=out)
+        _submitted(client, job, args, out, show)
     elif args.command == "job":
-        job = client.get(f"/jobs/{args.job_id}", logs=args.logs)
-        print(job.pop("logs") if args.logs else json.dumps(job, indent=2, default=str), file=out)
+        if args.run_id:
+            job = client.get(f"/runs/{quote(args.job_id, safe='')}/{quote(args.run_id, safe='')}", logs=args.logs)
+        elif "--" in args.job_id:
+            job = client.get(f"/jobs/{quote(args.job_id, safe='')}", logs=args.logs)
+        else:
+            raise CliError(f"{args.job_id!r} is not a job id (<dag_id>--<hex>): give DAG_ID RUN_ID for any other run")
+        if args.logs:
+            print(job.pop("logs"), file=out)
+        else:
+            show(job, summaries.job)
     elif args.command == "models":
-        path = f"/models/{args.model_name}" if args.model_name else "/models"
-        print(json.dumps(client.get(path), indent=2), file=out)
+        if args.model_name:
+            show(client.get(f"/models/{quote(args.model_name, safe='')}"), summaries.model)
+        else:
+            show(client.get("/models"), summaries.models)
     elif args.command == "history":
         body = {"model_name": args.model_name, "limit": args.limit}
         body.update({k: v for k, v in (("model_version", args.version), ("metric_type", args.metric_type)) if v})
-        print(json.dumps(client.post("/monitoring/history", body), indent=2), file=out)
+        show(client.post("/monitoring/history", body), summaries.history)
+    elif args.command == "deploy":
+        _submitted(client, deploy(client, args), args, out, show)
+    elif args.command == "materialize":
+        conf = {k: v for k, v in (("feature_views", args.feature_views), ("start", args.start), ("end", args.end)) if v}
+        _submitted(client, client.feast("POST", "/materialize", json=conf), args, out, show)
+    elif args.command == "features":
+        _submitted(client, client.feast("POST", "/features", json=_read_json(args.request)), args, out, show)
+    elif args.command == "gold" and args.gold_command == "tables":
+        show(client.feast("GET", "/gold"), lambda answer: "\n".join(answer["tables"]) or "(no tables)")
+    elif args.command == "gold":
+        show(gold_load(client, args), summaries.gold_load)
     return 0
+
+
+def deploy(client: MlopsClient, args: argparse.Namespace) -> dict[str, Any]:
+    """Start a ``deploy_model`` run through Airflow's REST API, named as a job so ``/mlops/jobs`` follows it.
+
+    A paused ``deploy_model`` would leave the run queued: that is refused unless ``--unpause`` says to
+    unpause it (which also lets every promotion deploy itself).
+    """
+    api = client.airflow()
+    conf: dict[str, Any] = {"model_name": args.model_name, "strategy": args.strategy, "target": args.target}
+    conf.update({k: v for k, v in (("version", args.version), ("alias", args.alias), ("percent", args.percent)) if v})
+    if api.dag_state("deploy_model")["paused"]:
+        if not args.unpause:
+            raise CliError(
+                "deploy_model is paused, so this run would wait: add --unpause to unpause it (promotions then "
+                "deploy themselves too), or unpause it in the Airflow UI"
+            )
+        api.unpause("deploy_model")
+    run_id = api.trigger("deploy_model", conf, run_id=f"deploy_model--{uuid.uuid4().hex[:16]}")
+    return {"job_id": run_id, "dag_id": "deploy_model", "run_id": run_id, "status": "queued",
+            "status_url": f"{client.base_url}/mlops/jobs/{run_id}"}  # fmt: skip
+
+
+def gold_load(client: MlopsClient, args: argparse.Namespace) -> dict[str, Any]:
+    """Send the file as the body when it fits the API's limit; else name it, for the server to read
+    (a path under its data roots: this install's own, or an ``s3://`` URI)."""
+    table = quote(args.table, safe="")
+    query = {"entity_column": args.entity, "timestamp_column": args.timestamp, "mode": args.mode}
+    local = Path(args.file)
+    if not args.file.startswith("s3://") and local.is_file() and local.stat().st_size <= UPLOAD_LIMIT:
+        fmt = args.format or _suffix_format(local)
+        content = "text/csv" if fmt == "csv" else "application/octet-stream"
+        return client.feast(
+            "POST", f"/gold/{table}", params={**query, "format": fmt}, content=local.read_bytes(),
+            headers={"Content-Type": content},
+        )  # fmt: skip
+    if not args.file.startswith("s3://") and not local.is_file():
+        raise CliError(f"{args.file}: no such file")
+    path = args.file if args.file.startswith("s3://") else str(local.resolve())
+    body = {**query, "path": path, **({"format": args.format} if args.format else {})}
+    return client.feast("POST", f"/gold/{table}/from-path", json=body)
+
+
+def _suffix_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise CliError(f"{path}: cannot tell csv from parquet by its name: give --format")
+
+
+def _submitted(client: MlopsClient, job: dict[str, Any], args: argparse.Namespace, out: TextIO, show) -> None:
+    """A started job: its id and where to look; followed to its end unless ``--no-follow``."""
+    print(f"job {job['job_id']} ({job['status_url']})", file=out, flush=True)
+    if args.no_follow:
+        return
+    show(follow(client, job["job_id"], out=out, deploy=False), summaries.job)
 
 
 def client_for(args: argparse.Namespace, settings: Settings, credentials: Callable[[], tuple[str, str]]) -> MlopsClient:

@@ -20,6 +20,7 @@ from asgard.features import gold
 from asgard.features import store as feature_store
 from asgard.hooks.airflow_api import AirflowApi, RunOutcome
 from asgard.local.cli import MlopsClient
+from asgard.local.deploy_decisions import approve_drift_deploy, set_deploy_policy
 from asgard.local.examples import (
     BATCH_REQUEST,
     BY_ID_CUSTOMERS,
@@ -47,6 +48,8 @@ class MainJob:
     days: int = 14
     clock: StageClock = field(default_factory=StageClock)
     results: dict[str, str] = field(default_factory=dict)
+    # The drifted window's train_model run and its gate decision (the monitoring stage sets it).
+    drift_retrain: tuple[str, dict] | None = None
 
     def stage(self, name: str) -> AbstractContextManager[None]:
         return self.clock.stage(name)
@@ -92,6 +95,11 @@ class MainJob:
             self.results["materialize_features run"] = outcome.run_id
 
         with self.stage("train three frameworks; the gate picks the champion (train_model)"):
+            # deploy_model is unpaused (a promotion follows its model's policy); until the drift stage,
+            # this job deploys the churn model by hand: its promotions are not deployed (policy manual).
+            api.wait_for_dag("deploy_model")
+            api.unpause("deploy_model")
+            self.set_deploy_policy(api, CHURN_MODEL_REQUEST["model_name"], "manual")
             # Side by side, as three data scientists would: the gate takes one model's runs in turn.
             api.wait_for_dag("train_model")
             api.unpause("train_model")
@@ -117,17 +125,13 @@ class MainJob:
 
         with self.stage("build, push and deploy the champion as a canary (deploy_model)"):
             name = CHURN_MODEL_REQUEST["model_name"]
-            try:
-                # An earlier version serves first, so the champion meets live traffic as a canary.
-                earlier = {"model_name": name, "version": self._earlier_version(name), "target": "docker"}
-                self._require_success(api.run_and_wait("deploy_model", earlier, timeout=1800, on_progress=_progress))
-                request = {"model_name": name, "alias": "champion", "target": "docker", **CANARY_TRIAL}
-                with LiveTraffic(f"{self.settings.router_url}/models/{name}/predict") as traffic:
-                    outcome = api.run_and_wait("deploy_model", request, timeout=1800, on_progress=_progress)
-            finally:
-                # What the later stages promote is deployed the next time the job deploys, not
-                # in the background while it runs.
-                api.pause("deploy_model")
+            # Triggered by hand by the admin (of the model's team): each trigger is the admin's approval.
+            # An earlier version serves first, so the champion meets live traffic as a canary.
+            earlier = {"model_name": name, "version": self._earlier_version(name), "target": "docker"}
+            self._require_success(api.run_and_wait("deploy_model", earlier, timeout=1800, on_progress=_progress))
+            request = {"model_name": name, "alias": "champion", "target": "docker", **CANARY_TRIAL}
+            with LiveTraffic(f"{self.settings.router_url}/models/{name}/predict") as traffic:
+                outcome = api.run_and_wait("deploy_model", request, timeout=1800, on_progress=_progress)
             self._require_success(outcome)
             build = api.task_result("deploy_model", outcome.run_id, "build_image")
             push = api.task_result("deploy_model", outcome.run_id, "push_image")
@@ -173,7 +177,13 @@ class MainJob:
                 self.results["batch partitions"] = ", ".join(f"{key} on {host}" for key, host in hosts.items())
 
         with self.stage("monitor a normal and a drifted window (monitor_model)"):
+            # From here the churn model follows the platform's default policy (approve): the drift
+            # retrain's promotion waits for a person of its team.
+            self.set_deploy_policy(api, CHURN_MODEL_REQUEST["model_name"], None)
             self.monitor(api)
+
+        with self.stage("a person approves the drift retrain's deploy (deploy_model approve_deployment)"):
+            self.approve_drift_deploy(api)
 
         self.print_summary(manager)
 
@@ -257,11 +267,9 @@ class MainJob:
             "--env", f"N_CUSTOMERS={self.customers}", "--url", self.settings.airflow_url,
             *[argument for requirement in requirements for argument in ("-r", requirement)],
         ]  # fmt: skip
-        api.unpause("deploy_model")  # as in production: a promotion deploys itself
-        try:
-            lines = _stream(command, env={**os.environ, "ASGARD_API_TOKEN": api.token})
-        finally:
-            api.pause("deploy_model")  # the later stages deploy by hand
+        # As the seed's flow: the script model's promotion deploys itself (its policy: auto).
+        self.set_deploy_policy(api, "churn_predictor_feast", "auto")
+        lines = _stream(command, env={**os.environ, "ASGARD_API_TOKEN": api.token})
         job_id = next(line.split()[1] for line in lines if line.startswith("job "))
         job = MlopsClient(self.settings.airflow_url, api.token).get(f"/jobs/{job_id}", logs=False)
         if not job["promoted"]:  # a run again: a version no better than the champion leaves it serving
@@ -325,6 +333,7 @@ class MainJob:
                 trained = api.wait_for_run("train_model", training_run, timeout=900, appear_within=300)
                 self._require_success(trained)
                 decision = api.task_result("train_model", training_run, "gate_model")
+                self.drift_retrain = (training_run, decision)
                 retrained = f"; retraining triggered (retrain_model -> {training_run}): v{decision['version']}"
             alerts, window = checks[label]["alerts"], checks[label]["window"]
             self.results[f"monitoring ({label} window)"] = (
@@ -333,6 +342,14 @@ class MainJob:
                 f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}{retrained}; "
                 f"report {checks[label]['report']}"
             )
+
+    def set_deploy_policy(self, api: AirflowApi, model_name: str, policy: str | None) -> None:
+        set_deploy_policy(self.settings, api, model_name, policy)
+
+    def approve_drift_deploy(self, api: AirflowApi) -> None:
+        if self.drift_retrain is None:
+            raise MainJobError("the drifted window requested no retraining")
+        self.results["serving at the end"] = approve_drift_deploy(self.settings, api, *self.drift_retrain)
 
     @staticmethod
     def _require_success(outcome: RunOutcome) -> None:

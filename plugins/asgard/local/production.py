@@ -4,6 +4,8 @@ What runs (``./asgard start --profile production``), each a service of its own:
 
 - ``s3``: moto's server, the S3 API this machine can run; everything reaches it through the
   ``aws_default`` connection's ``endpoint_url``, so real S3 is a change of connection.
+- ``trino``: a single-node Trino over the gold layer's Iceberg tables (:mod:`asgard.local.trino`),
+  launched first and waited for last: it is the slowest to start and no task needs it before then.
 - ``mlflow``: its backend store in PostgreSQL, its artifacts in S3, served through the server.
 - ``docker``, ``registry``, ``router``: as in the embedded profile (in the cloud: Kaniko and ECR).
 - Airflow's components as separate processes, as separate hosts would run them: ``api-server``,
@@ -43,6 +45,8 @@ HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor",
 WORKER_NAME_VARIABLE = "ASGARD_WORKER_NAME"
 # Slots per Celery worker: with two workers, the embedded profile's parallelism of four.
 WORKER_CONCURRENCY = 2
+# Who the platform's processes are to Trino (a user script reading features is another user).
+TRINO_PLATFORM_USER = "asgard"
 
 
 def worker_hostname() -> str:
@@ -56,6 +60,7 @@ class ProductionServices(ServiceManager):
     def services(self) -> list[Service]:
         return [
             self._s3(),
+            self._trino(),
             self._mlflow(),
             self._docker(),
             self._registry(),
@@ -66,6 +71,10 @@ class ProductionServices(ServiceManager):
 
     def start(self, names: Iterable[str] | None = None, *, log: Callable[[str], None] = print) -> None:
         self.prepare_databases(log=log)
+        if names is None or "trino" in names:
+            from asgard.local.trino import ensure_server
+
+            ensure_server(self.settings)  # fetched by the set-up already; a no-op then
         super().start(names, log=log)
 
     def stop(self, names: Iterable[str] | None = None, *, log: Callable[[str], None] = print) -> None:
@@ -179,6 +188,10 @@ class ProductionServices(ServiceManager):
             f"{gold}S3__REGION": "us-east-1",
             "ASGARD_FEAST_REGISTRY_URI": self.database_url("feast", driver="postgresql+psycopg"),
             "ASGARD_FEAST_REDIS": s.online_redis_connection,
+            # Feast's Trino offline store (feature_store.production.yaml; used when ASGARD_OFFLINE_STORE=trino).
+            "TRINO_HOST": s.bind_host,
+            "TRINO_PORT": str(s.trino_port),
+            "TRINO_USER": TRINO_PLATFORM_USER,
             "ASGARD_MONITORING_DATABASE_URL": self.database_url("monitoring"),
             f"AIRFLOW_CONN_{s.aws_conn_id.upper()}": self.aws_connection(),
         }
@@ -197,6 +210,61 @@ class ProductionServices(ServiceManager):
         buckets = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
         if self.settings.s3_bucket not in buckets:
             client.create_bucket(Bucket=self.settings.s3_bucket)
+
+    # ----------------------------------------------------------------- Trino
+    def _trino(self) -> Service:
+        from asgard.local import trino
+
+        s = self.settings
+        return Service(
+            name="trino",
+            argv=trino.launcher_argv(s),
+            health_url=f"{s.trino_url}/v1/info",
+            # /v1/info answers while the server is still starting: up once it says it is not.
+            health_check=lambda: trino.server_answers(s),
+            port=s.trino_port,
+            env=self._trino_env(),
+            stop_signal=signal.SIGTERM,
+            start_timeout=300.0,
+            prepare=self._prepare_trino,
+            slow_start=True,
+        )
+
+    def _trino_env(self) -> dict[str, str]:
+        """The secrets its iceberg catalog names (``${ENV:…}``), and the JDK it runs on."""
+        from sqlalchemy.engine import make_url
+
+        from asgard.local import trino
+
+        keys = self._secrets()
+        env = {
+            "ASGARD_GOLD_CATALOG_PASSWORD": make_url(self.database_url("gold")).password or "",
+            "AWS_ACCESS_KEY_ID": keys["s3_access_key"],
+            "AWS_SECRET_ACCESS_KEY": keys["s3_secret_key"],
+        }
+        try:
+            java_home = trino.find_java_home(self.settings)
+        except ServiceError:  # said when it is started (prepare); status and stop need no JDK
+            return env
+        return env | trino.java_environment(java_home, self.base_env.get("PATH", os.defpath))
+
+    def _prepare_trino(self) -> None:
+        """Its configuration, the iceberg catalog made exactly as ``./asgard trino-catalog`` makes it."""
+        from unittest import mock
+
+        from asgard.features.gold import GoldLayerError, trino_catalog
+        from asgard.local import trino
+
+        trino.find_java_home(self.settings)  # no JDK new enough: a clear error before the launch
+        # The catalog configuration the platform's processes get (pyiceberg reads it from the environment).
+        with mock.patch.dict(os.environ, self.platform_env()):
+            try:
+                catalog = trino_catalog(self.settings)
+            except GoldLayerError as error:
+                raise ServiceError(f"trino: {error}") from None
+        trino.write_config(
+            self.settings, catalog, platform_user=TRINO_PLATFORM_USER, reader_user=self.databases.reader_role
+        )
 
     # ----------------------------------------------------------------- MLflow
     def mlflow_stores(self) -> tuple[str, str, dict[str, str]]:

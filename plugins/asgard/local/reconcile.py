@@ -6,7 +6,8 @@ Docker service's supervisor (:mod:`asgard.local.supervisor`) calls :func:`reconc
 engine is healthy after each start, then on a timer: a routed container that is not running is started
 again; one that is gone (or will not start) is re-created from its image, held as the deploy target
 holds it, and its route pointed at the new port. A route that switched meanwhile (a deploy) is left
-alone: only what the table still names is touched.
+alone: only what the table still names is touched. Only the profile's own table is read (its routes,
+its containers): another profile of the same home, on the same engine, is never brought back here.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def reconcile_serving(settings: Settings, *, health_timeout: float = 60.0) -> li
     # missing container, and the second would find its name taken.
     with open(settings.state_dir / "reconcile.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for model, route in RouteTable(settings.routes_file).routes().items():
+        # Only this profile's routes: another profile's containers on the same engine are not ours.
+        for model, route in RouteTable.for_settings(settings).routes().items():
             for entry, stable in ((route, True), (route.get("candidate"), False)):
                 if not entry or not entry.get("container"):
                     continue
@@ -108,8 +110,13 @@ def _held_as(
         for bind in info["HostConfig"].get("Binds") or []:
             source, inside, *mode = bind.split(":")
             binds[source] = {"bind": inside, "mode": mode[0] if mode else "rw"}
-        return environment, binds, dict(info["Config"].get("Labels") or {})
-    labels = {docker_target.DEPLOY_LABEL: model, "io.asgard.deploy.version": str(entry.get("version"))}
+        owned = RouteTable.for_settings(settings).owner_labels()
+        return environment, binds, {**(info["Config"].get("Labels") or {}), **owned}
+    labels = {
+        docker_target.DEPLOY_LABEL: model,
+        "io.asgard.deploy.version": str(entry.get("version")),
+        **RouteTable.for_settings(settings).owner_labels(),
+    }
     folder = settings.prediction_log_folder(model)
     folder.mkdir(parents=True, exist_ok=True)
     binds = {str(folder): {"bind": "/var/log/asgard/predictions", "mode": "rw"}}
@@ -138,13 +145,13 @@ def _online_store(settings: Settings) -> str | None:
 
 def _still_routed(settings: Settings, model: str, container: str, stable: bool) -> bool:
     """Whether the table, read afresh, still names ``container`` for ``model``."""
-    route = RouteTable(settings.routes_file).routes().get(model) or {}
+    route = RouteTable.for_settings(settings).routes().get(model) or {}
     entry = route if stable else route.get("candidate") or {}
     return entry.get("container") == container
 
 
 def _point_route(settings: Settings, model: str, container: str, upstream: str) -> None:
-    table = RouteTable(settings.routes_file)
+    table = RouteTable.for_settings(settings)
     route = dict(table.routes().get(model) or {})
     if route.get("container") == container:
         table.set(model, {**route, "upstream": upstream})

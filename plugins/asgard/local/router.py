@@ -1,7 +1,7 @@
 """The embedded profile's stable model endpoint: ``/models/<name>/<path>`` → that model's live container.
 
 The Docker deploy target (``asgard.deploy.docker_target``) starts a new version's container beside the
-old one, verifies it, then switches the model's route in ``routes.json`` (one atomic rename) and
+old one, verifies it, then switches the model's route in its profile's ``routes.json`` (one atomic rename) and
 only then stops the old container. Every request is forwarded on its own, so requests after the
 switch reach the new version and requests in flight finish on the old one: clients of the stable
 endpoint never see the deploy. A connection refused by an upstream that just went away is retried
@@ -15,13 +15,18 @@ some distance apart (mean and p95, and both over the stable predictions' spread)
 bounded histogram however long the trial. ``GET /traffic/<name>`` reports the trial's counts, which
 the deploy decides on; every answer names the version that gave it (``x-asgard-model-version``).
 
-Run as ``python -m asgard.local.router ROUTES_FILE HOST PORT`` (a service of ``./asgard start``).
+Each profile of an installation has its own table, and the router forwards only to the routes of the
+profile and installation it was started for (``asgard.deploy.routes``): never to another's containers.
+
+Run as ``python -m asgard.local.router ROUTES_FILE HOST PORT [PROFILE INSTALL]`` (a service of
+``./asgard start``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections import Counter, deque
@@ -35,7 +40,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from asgard.deploy.routes import RouteTable
-from asgard.deploy.strategies import CANARY, SHADOW, comparison
+from asgard.deploy.strategies import CANARY, SHADOW
+from asgard.deploy.trial_metrics import comparison
 from asgard_serving.agreement import Agreement
 
 PREDICTION_PATHS = frozenset({"predict", "invocations"})
@@ -48,8 +54,32 @@ MIRRORS_IN_FLIGHT = 32
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization", "host"}
 
 
-def create_app(routes_file: Path) -> Starlette:
-    table = RouteTable(routes_file)
+# What the router holds of a request or an answer: the serving app's own body limit (requests beyond
+# it are refused there anyway), and answers of the largest batch it allows with room to spare.
+MAX_BODY_BYTES = int(os.environ.get("ASGARD_SERVING_MAX_BODY_BYTES", "20000000"))
+MAX_ANSWER_BYTES = 4 * MAX_BODY_BYTES
+
+
+class AnswerTooLarge(Exception):
+    """An upstream answered more than the router holds."""
+
+
+async def bounded_body(request: Request) -> bytes | None:
+    """The request's body, or None once it is over MAX_BODY_BYTES (read no further)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return None
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > MAX_BODY_BYTES:
+            return None
+    return bytes(received)
+
+
+def create_app(routes_file: Path, owner: dict[str, str] | None = None) -> Starlette:
+    """The router over ``routes_file``; with an ``owner`` (``asgard.deploy.routes.owner_of``), its routes only."""
+    table = RouteTable(routes_file, owner)
     client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=2.0))
     # Requests forwarded to each upstream and not yet answered: a deploy stops the old container only
     # once its count is 0 (``GET /inflight``), so no request in flight is cut at a switch.
@@ -59,11 +89,23 @@ def create_app(routes_file: Path) -> Starlette:
     background: set[asyncio.Task] = set()
 
     async def send(upstream: str, request: Request, path: str, body: bytes, headers: dict) -> httpx.Response:
+        """The upstream's answer, read up to MAX_ANSWER_BYTES (the model's own code answers: a container
+        that streams without end gets a 502, not the router's memory)."""
         inflight[upstream] += 1
         try:
-            return await client.request(
+            outgoing = client.build_request(
                 request.method, f"{upstream}/{path}", content=body, headers=headers, params=request.query_params
             )
+            answer = await client.send(outgoing, stream=True)
+            try:
+                received = bytearray()
+                async for chunk in answer.aiter_raw():
+                    received += chunk
+                    if len(received) > MAX_ANSWER_BYTES:
+                        raise AnswerTooLarge(f"the model's answer is over {MAX_ANSWER_BYTES} bytes")
+            finally:
+                await answer.aclose()
+            return httpx.Response(answer.status_code, headers=answer.headers, content=bytes(received))
         finally:
             inflight[upstream] -= 1
 
@@ -92,7 +134,12 @@ def create_app(routes_file: Path) -> Starlette:
 
     async def forward(request: Request) -> Response:
         name, path = request.path_params["name"], request.path_params["path"]
-        body = await request.body()
+        if name not in table.routes():  # before a byte of the body is read
+            return JSONResponse({"detail": f"no model named {name!r} is deployed here"}, status_code=404)
+        body = await bounded_body(request)
+        if body is None:
+            detail = f"a request body over {MAX_BODY_BYTES} bytes (ASGARD_SERVING_MAX_BODY_BYTES)"
+            return JSONResponse({"detail": detail}, status_code=413)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         predicting = request.method == "POST" and path in PREDICTION_PATHS
         for attempt in (1, 2):
@@ -116,6 +163,10 @@ def create_app(routes_file: Path) -> Starlette:
             started = time.perf_counter()
             try:
                 answer = await send(target["upstream"], request, path, body, headers)
+            except AnswerTooLarge as error:
+                if side is not None:
+                    side.record(None, time.perf_counter() - started)
+                return JSONResponse({"detail": f"model {name!r}: {error}"}, status_code=502)
             except httpx.ConnectError:
                 if window is not None and side is window.tried:
                     side.record(None, time.perf_counter() - started)  # a canary that went away: its error
@@ -131,8 +182,13 @@ def create_app(routes_file: Path) -> Starlette:
             return Response(answer.content, status_code=answer.status_code, headers=kept)
         raise AssertionError("unreachable")
 
-    async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": sorted(table.routes())})
+    async def health(request: Request) -> Response:
+        profile = (owner or {}).get("profile")
+        asked = request.query_params.get("profile")
+        if asked and profile and asked != profile:
+            detail = f"this router serves the {profile} profile's routes, not the {asked} profile's"
+            return JSONResponse({"status": "other profile", "profile": profile, "detail": detail}, status_code=409)
+        return JSONResponse({"status": "ok", "profile": profile, "models": sorted(table.routes())})
 
     async def routes(_: Request) -> Response:
         return JSONResponse(table.routes())
@@ -247,6 +303,7 @@ def main(argv: list[str]) -> None:
     import uvicorn
 
     routes_file, host, port = Path(argv[0]), argv[1], int(argv[2])
+    owner = {"profile": argv[3], "install": argv[4]} if len(argv) >= 5 else None
     from asgard.local.online_door import DOOR_FOLDER_VARIABLE, DOOR_UPSTREAM_VARIABLE
 
     # The online store's door, when the profile's store is Redis (its login leaves the environment here).
@@ -255,7 +312,7 @@ def main(argv: list[str]) -> None:
         from asgard.local.online_door import OnlineStoreDoor, Policy, reader_script
 
         OnlineStoreDoor(Path(os.environ[DOOR_FOLDER_VARIABLE]), upstream, Policy(reader_script())).serve_forever()
-    uvicorn.run(create_app(routes_file), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(routes_file, owner), host=host, port=port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -242,11 +242,24 @@ class ServiceManager(ProcessSupervisor):
 
     def _router(self) -> Service:
         """The stable model endpoint the Docker deploy target switches between containers."""
+        from asgard.deploy.routes import owner_of
+
         s = self.settings
+        # Its profile and installation last: it forwards to their routes only.
+        owner = [s.profile, owner_of(s)["install"]]
         return Service(
             name="router",
-            argv=[sys.executable, "-m", "asgard.local.router", str(s.routes_file), s.bind_host, str(s.router_port)],
-            health_url=f"{s.router_url}/health",
+            argv=[
+                sys.executable,
+                "-m",
+                "asgard.local.router",
+                str(s.routes_file),
+                s.bind_host,
+                str(s.router_port),
+                *owner,
+            ],
+            # A router of the home's other profile on this port is not this profile's (it answers 409).
+            health_url=f"{s.router_url}/health?profile={s.profile}",
             port=s.router_port,
             # The serving app's package too: the router compares a shadow's answers as the image does.
             env={

@@ -310,6 +310,20 @@ def describe_models(hook: MlflowHook) -> list[dict[str, Any]]:
     return [_model_summary(hook, model) for model in hook.client.search_registered_models(max_results=1000)]
 
 
+def recorded_targets(hook: MlflowHook) -> set[str]:
+    """The deploy targets any version of any model was deployed to (its ``deploy.target`` tag)."""
+    from mlflow.exceptions import MlflowException
+
+    found = set()
+    for target in ("docker", "kubernetes"):
+        try:
+            if hook.client.search_model_versions(f"tags.`{DEPLOY_TAG_PREFIX}target` = '{target}'", max_results=1):
+                found.add(target)
+        except MlflowException:  # a registry that cannot filter by tag: the default target only
+            log.warning("cannot search model versions by deploy target", exc_info=True)
+    return found
+
+
 def describe_model(hook: MlflowHook, model_name: str) -> dict[str, Any]:
     """One registered model with every version: aliases, metrics, gate decision and deployed endpoint."""
     from mlflow.exceptions import MlflowException

@@ -98,6 +98,7 @@ def _with_features(job: BatchJob, tables: Iterator[pa.Table]) -> Iterator[Chunk]
     import numpy as np
     import pandas as pd
 
+    from asgard.features import training_sets
     from asgard.features.store import open_store
 
     store = open_store()
@@ -110,7 +111,8 @@ def _with_features(job: BatchJob, tables: Iterator[pa.Table]) -> Iterator[Chunk]
             entity[ENTITY_TIMESTAMP] = pd.to_datetime(table.column(job.timestamp_column).to_pandas(), utc=True)
         else:
             entity[ENTITY_TIMESTAMP] = as_of
-        joined = store.get_historical_features(entity_df=entity, features=job.feature_refs).to_df()
+        # The training sets' join (out of core on the embedded offline store): features as the model saw them.
+        joined = training_sets.get_historical_features(store, entity, list(job.feature_refs))
         joined = joined.sort_values(ROW_NUMBER, kind="stable").reset_index(drop=True)
         if len(joined) != len(entity):
             raise RuntimeError(f"Feast returned {len(joined)} rows for {len(entity)} entity rows")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from asgard.core.errors import InputError
 from asgard.core.settings import Settings, get_settings
 from asgard.core.storage import Location
-from asgard.features import gold
+from asgard.features import gold, training_sets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,7 +139,8 @@ def build_training_set(source: DataSource, store: FeatureStore) -> tuple[pd.Data
     """Labelled rows with their features as of each row's timestamp, and the data's lineage.
 
     Rows come from the label table (restricted to ``entities`` when given); Feast's point-in-time
-    join adds each feature view's newest values not after the label's timestamp.
+    join (:mod:`asgard.features.training_sets`: out of core on the embedded profile) adds each
+    feature view's newest values not after the label's timestamp.
     """
     labels_table = gold.load_table(source.label_table)
     labels = labels_table.scan().to_pandas()
@@ -148,8 +149,13 @@ def build_training_set(source: DataSource, store: FeatureStore) -> tuple[pd.Data
     if labels.empty:
         detail = f" for the requested entities ({', '.join(source.entities)})" if source.entities else ""
         raise TrainingDataError(f"empty training set: label table {source.label_table!r} has no rows{detail}")
+    # A label table may hold the features too (a user's one table): the features come from the views,
+    # as of each row's time, so the label rows' own copies stay out of the join (same names collide).
+    own_copies = set(source.feature_names) - {source.target_column}
+    labels = labels.drop(columns=[column for column in labels.columns if column in own_copies])
     labels = labels.reset_index(drop=True)
-    joined = store.get_historical_features(entity_df=labels, features=list(source.features)).to_df()
+    # Out of core on the embedded offline store; Feast's own join (and its Trino errors) otherwise.
+    joined = training_sets.get_historical_features(store, labels, list(source.features))
     key_columns = [column for column in labels.columns if column != source.target_column]
     joined = joined.sort_values(key_columns, kind="stable").reset_index(drop=True)
     snapshots = {source.label_table: _snapshot(labels_table)}

@@ -1,0 +1,81 @@
+"""``/mlops/models/{name}/deploy-policy``: what a promotion of a model does (auto, approve, manual) and
+who may decide (:mod:`asgard.deploy.approval`); and each version's recorded decision on the model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from asgard.api.security import CallerIdentity, offloaded, requires
+from asgard.core.errors import InputError
+
+
+class DeployPolicyRequest(BaseModel):
+    """A model's own deployment policy (``null`` policy: the platform's setting applies again)."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["auto", "approve", "manual"] | None
+    second_person: bool | None = None
+    approval_timeout: int | None = Field(None, ge=1, le=30 * 86_400, description="seconds")
+
+
+def add_deploy_policy_routes(app: FastAPI) -> None:
+    """``/models/{name}/deploy-policy``: what a promotion of the model does, and who may decide."""
+    from fastapi import HTTPException
+
+    @app.get(
+        "/models/{model_name}/deploy-policy",
+        summary="A model's deployment policy (auto, approve, manual) and who may decide",
+        dependencies=[requires("GET", "deploy_model")],
+    )
+    @offloaded
+    def get_deploy_policy(model_name: str) -> dict[str, Any]:
+        from asgard.core.settings import get_settings
+        from asgard.deploy.approval import model_policy, model_team
+        from asgard.hooks.mlflow import MlflowHook
+
+        settings = get_settings()
+        policy = model_policy(MlflowHook(), model_name, settings)
+        return {"model_name": model_name, **policy.to_dict(), "team": sorted(model_team(model_name, settings))}
+
+    @app.put(
+        "/models/{model_name}/deploy-policy",
+        summary="Set a model's deployment policy (a member of the model's team)",
+        dependencies=[requires("PUT", "deploy_model")],
+    )
+    @offloaded
+    def set_deploy_policy(model_name: str, body: DeployPolicyRequest, who: CallerIdentity) -> dict[str, Any]:
+        import re
+
+        from asgard.core.param_schemas import MODEL_NAME_PATTERN
+        from asgard.core.settings import get_settings
+        from asgard.deploy.approval import model_team, set_model_policy
+        from asgard.hooks.mlflow import MlflowHook
+
+        settings = get_settings()
+        if not re.match(MODEL_NAME_PATTERN, model_name):
+            raise InputError(f"{model_name!r} is not a model name ({MODEL_NAME_PATTERN})")
+        team = model_team(model_name, settings)
+        if who.name not in team:
+            raise HTTPException(403, detail=f"{who.name} is not in {model_name}'s team ({', '.join(sorted(team))})")
+        policy = set_model_policy(
+            MlflowHook(),
+            model_name,
+            settings,
+            policy=body.policy,
+            second_person=body.second_person,
+            approval_timeout=body.approval_timeout,
+        )
+        return {"model_name": model_name, **policy.to_dict(), "team": sorted(team)}
+
+
+def with_deploy_decisions(hook: Any, model: dict[str, Any]) -> dict[str, Any]:
+    """The model's deployment policy, and each version's recorded decision (who, when, why) as ``decision``."""
+    from asgard.core.settings import get_settings
+    from asgard.deploy.approval import model_policy
+
+    for version in model["versions"]:
+        version["decision"] = (version.get("deployment") or {}).get("decision")
+    return {**model, "deploy_policy": model_policy(hook, model["model_name"], get_settings()).to_dict()}

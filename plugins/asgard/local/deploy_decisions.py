@@ -1,0 +1,56 @@
+"""The main job's deploy decisions through the REST API: a model's deployment policy (``/mlops``) and
+the drift retrain's approval (Airflow's HITL API), as a person of the model's team gives it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from asgard.core.settings import Settings
+from asgard.hooks.airflow_api import AirflowApi
+from asgard.local.examples import CHURN_MODEL_REQUEST, SEED_PREDICTION
+
+
+class DeployDecisionError(RuntimeError):
+    """A policy or an approval the main job asked for was refused."""
+
+
+def set_deploy_policy(settings: Settings, api: AirflowApi, model_name: str, policy: str | None) -> None:
+    """The model's deployment policy through ``/mlops`` (None: the platform's setting again)."""
+    answer = httpx.put(
+        f"{settings.airflow_url}/mlops/models/{model_name}/deploy-policy",
+        json={"policy": policy},
+        headers={"Authorization": f"Bearer {api.token}"},
+        timeout=60,
+    )
+    if answer.status_code != 200:
+        raise DeployDecisionError(f"setting {model_name}'s deploy policy answered {answer.status_code}: {answer.text}")
+    print(f"    {model_name}: deploy policy {answer.json()['policy']} ({answer.json()['source']})", flush=True)
+
+
+def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str, decision: dict[str, Any]) -> str:
+    """The drift retrain's promotion waits in deploy_model's approval: approve it through Airflow's HITL
+    REST API as the admin (of the model's team), follow the rollout to the end; what serves then."""
+    from asgard.operators import deployment_approval as approval
+    from asgard.registry.models import model_asset_uri
+
+    name = CHURN_MODEL_REQUEST["model_name"]
+    if not decision["promoted"]:
+        return f"the drift retrain v{decision['version']} was not promoted ({decision['reason']}): nothing to approve"
+    run_id = api.run_started_by(model_asset_uri(name), training_run, "deploy_model", within=300)
+    pending = approval.pending_approval(settings.airflow_url, api.token, run_id, timeout=600)
+    print(f"    deploy_model {run_id} waits: {pending['subject']}", flush=True)
+    reason = f"drift retrain v{decision['version']} approved by the main job ({decision['reason']})"
+    answer = approval.respond(settings.airflow_url, api.token, run_id, approve=True, reason=reason)
+    who = answer["responded_by"]["name"]
+    outcome = api.wait_for_run("deploy_model", run_id, timeout=1800)
+    if outcome.state != "success":
+        raise DeployDecisionError(f"deploy_model run {run_id} ended {outcome.state}: {outcome.failure}")
+    deployed = api.task_result("deploy_model", run_id, "deploy_image")
+    served = httpx.post(f"{deployed['endpoint']}/predict", json=SEED_PREDICTION, timeout=60).json()
+    return (
+        f"{name} v{served['model_version']} serves at {deployed['endpoint']} "
+        f"(drift retrain v{decision['version']}, approved by {who} in deploy_model {run_id}; "
+        f"replaced v{deployed['previous_version']})"
+    )

@@ -1,0 +1,361 @@
+"""The approval task of ``deploy_model`` and deciding it through Airflow's REST API (HITL).
+
+What a decision needs and who may make it are :mod:`asgard.deploy.approval`'s; this is the Airflow side:
+the operator (Airflow's ``ApprovalOperator``, parked in "awaiting input" without a worker slot), what
+started the version (its lineage and, for a drift retrain, the monitoring store's alerts), and the REST
+helpers the main job and tests decide with.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param
+from airflow.sdk.exceptions import AirflowSkipException
+
+from asgard.core.errors import InputError
+from asgard.deploy.approval import (
+    APPROVED,
+    NO_ONE,
+    NOT_DEPLOYED,
+    REJECTED,
+    DeployPolicy,
+    Origin,
+    approval_body,
+    decision_refusal,
+    duration_text,
+    eligible_deciders,
+    model_policy,
+    model_team,
+    record_decision,
+    serving_version,
+)
+
+if TYPE_CHECKING:
+    from asgard.core.settings import Settings
+    from asgard.hooks.mlflow import MlflowHook
+
+log = logging.getLogger(__name__)
+
+
+def version_origin(hook: MlflowHook, version: Any, settings: Settings) -> Origin:
+    """What started ``version``: read from its lineage tags and the Airflow run that trained it."""
+    from asgard.hooks.mlflow import AIRFLOW_DAG_ID_TAG, AIRFLOW_RUN_ID_TAG
+    from asgard.registry.versions import FEATURE_VIEWS_TAG
+
+    tags = dict(version.tags or {})
+    dag_id, run_id = tags.get(AIRFLOW_DAG_ID_TAG), tags.get(AIRFLOW_RUN_ID_TAG)
+    if not dag_id or not run_id:
+        return Origin("registered", "registered by hand (no Airflow run trained it)")
+    trained_by, run_type = _run_trigger(dag_id, run_id)
+    if run_id.startswith("retrain__"):
+        requested_by = run_id.split("__", 2)[-1]
+        alerts = drift_alerts(settings, version.name, requested_by)
+        if alerts:
+            return Origin(
+                "drift",
+                f"a drift alert of monitor_model run {requested_by}: " + "; ".join(alerts),
+                trained_by,
+                dag_id,
+                run_id,
+            )
+        views = tags.get(FEATURE_VIEWS_TAG) or "its feature views"
+        return Origin(
+            "new features", f"new features in {views} (retrain_model run {requested_by})", trained_by, dag_id, run_id
+        )
+    who = trained_by or "a person"
+    how = "uploaded a script (train_script)" if dag_id == "train_script" else f"triggered {dag_id}"
+    return Origin(
+        "person", f"{who} {how}, run {run_id}" + (f" ({run_type})" if run_type else ""), trained_by, dag_id, run_id
+    )
+
+
+def _run_trigger(dag_id: str, run_id: str) -> tuple[str | None, str | None]:
+    """Who triggered a DAG run and how, asked through the task's own Execution API (None outside a task)."""
+    try:
+        from airflow.sdk.execution_time.comms import _fetch_dag_run
+
+        run = _fetch_dag_run(dag_id=dag_id, run_id=run_id)
+    except Exception:  # not in a task, or the run is gone: the body says "a person"
+        log.info("could not read run %s/%s", dag_id, run_id, exc_info=True)
+        return None, None
+    run_type = getattr(run, "run_type", None)
+    return getattr(run, "triggering_user_name", None), str(getattr(run_type, "value", run_type) or "") or None
+
+
+def drift_alerts(settings: Settings, model_name: str, monitor_run: str) -> list[str]:
+    """The alerts (with their scores) a monitor_model run raised on ``model_name``."""
+    import sqlalchemy as sa
+
+    from asgard.monitoring.store import MonitoringStore, records_table
+
+    try:
+        store = MonitoringStore(settings.monitoring_db_url)
+        query = sa.select(records_table.c.subject, records_table.c.metrics, records_table.c.alerts).where(
+            records_table.c.model_name == model_name,
+            records_table.c.source_run == monitor_run,
+            records_table.c.alert_triggered.is_(True),
+        )
+        with store.engine.connect() as connection:
+            rows = connection.execute(query).all()
+    except Exception:  # the store unreachable: the body says a drift run started it, without scores
+        log.warning("could not read the monitoring records of %s", monitor_run, exc_info=True)
+        return []
+    found = []
+    for subject, metrics, alerts in rows:
+        scores = ", ".join(f"{key} {value:.3f}" for key, value in (metrics or {}).items() if isinstance(value, float))
+        found.append(
+            f"{'; '.join(alerts or []) or subject} ({scores})" if scores else "; ".join(alerts or []) or subject
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- the approval task
+class DeploymentApprovalOperator(ApprovalOperator):
+    """Decide whether this ``deploy_model`` run deploys: by the model's policy, a hand trigger, or a person.
+
+    Waits (Airflow's "awaiting input", no worker slot held) only when a person must decide; approve lets
+    the build and rollout run, reject (or no decision in time) skips them and records the reason.
+    """
+
+    def __init__(self, *, request_task_id: str = "resolve_request", params: Any = None, **kwargs: Any) -> None:
+        from airflow.sdk.definitions.param import ParamsDict
+
+        # The DAG's own params arrive here too; the form shows only the task's (source "task").
+        form = params if isinstance(params, ParamsDict) else ParamsDict(params or {})
+        form["reason"] = Param(
+            "",
+            type="string",
+            title="Reason",
+            description="Why you approve or reject (recorded on the model version).",
+            maxLength=2000,
+            source="task",
+        )
+        # The wait is response_timeout's (set per model when the run waits), never the DAG's execution_timeout.
+        kwargs["execution_timeout"] = None
+        super().__init__(
+            subject="Deploy a model version",
+            # What a timeout (no decision) resolves to: a rejection, and no version changes.
+            defaults=ApprovalOperator.REJECT,
+            params=form,
+            ignore_downstream_trigger_rules=True,
+            **kwargs,
+        )
+        self.request_task_id = request_task_id
+
+    def execute(self, context: Any) -> Any:
+        from asgard.core.settings import get_settings
+        from asgard.hooks.mlflow import MlflowHook
+        from asgard.registry.versions import alias_version
+
+        settings, hook = get_settings(), MlflowHook()
+        ti, dag_run = context["ti"], context["dag_run"]
+        request = ti.xcom_pull(task_ids=self.request_task_id)
+        name = request["model_name"]
+        number = request.get("version")
+        if not number:
+            current = alias_version(hook, name, request.get("alias") or "champion")
+            if current is None:
+                raise InputError(f"{name} has no @{request.get('alias') or 'champion'} to deploy")
+            number = str(current.version)
+        # The build deploys what was decided on, even if the alias moves while a person decides.
+        ti.xcom_push(key="version", value=number)
+        candidate = hook.client.get_model_version(name, number)
+        policy = model_policy(hook, name, settings)
+        run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
+        by_promotion = run_type == "asset_triggered"
+        run = f"{dag_run.dag_id}/{dag_run.run_id}"
+        if policy.mode == "auto" and by_promotion:
+            record_decision(
+                hook,
+                name,
+                number,
+                outcome=APPROVED,
+                by="policy auto",
+                policy=policy.mode,
+                run=run,
+                reason="the model's deployment policy is auto: a promotion deploys",
+            )
+            return {"decision": APPROVED, "by": "policy auto"}
+        if policy.mode == "manual" and by_promotion:
+            record_decision(
+                hook,
+                name,
+                number,
+                outcome=NOT_DEPLOYED,
+                by="policy manual",
+                policy=policy.mode,
+                run=run,
+                reason="the model's deployment policy is manual: trigger deploy_model by hand to deploy",
+            )
+            raise AirflowSkipException(f"{name}'s deployment policy is manual: v{number} is not deployed")
+        origin = version_origin(hook, candidate, settings)
+        team = model_team(name, settings)
+        if not by_promotion:
+            # A person who triggers deploy_model by hand asks for this deploy: their own approval, when they
+            # may decide (auto: anyone who may trigger it).
+            user = getattr(dag_run, "triggering_user_name", None)
+            refusal = decision_refusal(user, model_name=name, policy=policy, team=team, trained_by=origin.trained_by)
+            if policy.mode == "auto" or refusal is None:
+                record_decision(
+                    hook,
+                    name,
+                    number,
+                    outcome=APPROVED,
+                    by=user or "a hand trigger",
+                    policy=policy.mode,
+                    run=run,
+                    reason="triggered deploy_model by hand",
+                )
+                return {"decision": APPROVED, "by": user}
+            log.info("%s's hand trigger is not an approval (%s): waiting for one who may decide", user, refusal)
+        deciders = eligible_deciders(name, policy, team, origin.trained_by)
+        serving = serving_version(hook, name, request.get("target") or "docker")
+        from airflow.providers.common.compat.sdk import conf
+
+        airflow_url = conf.get("api", "base_url", fallback=None) or settings.airflow_url
+        self.subject = f"Deploy {name} v{number}?" + (f" (v{serving.version} serves now)" if serving else "")
+        self.body = approval_body(
+            hook, candidate, serving, origin, request, policy, deciders=deciders, airflow_url=airflow_url
+        )
+        self.assigned_users = [{"id": user, "name": user} for user in deciders] or [NO_ONE]
+        self.response_timeout = timedelta(seconds=policy.timeout_seconds)
+        ti.xcom_push(
+            key="approval",
+            value={
+                "model_name": name,
+                "version": number,
+                "policy": policy.to_dict(),
+                "trained_by": origin.trained_by,
+                "deciders": deciders,
+            },
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from asgard.core.settings import get_settings
+        from asgard.hooks.mlflow import MlflowHook
+
+        ti, dag_run = context["ti"], context["dag_run"]
+        waiting = ti.xcom_pull(task_ids=self.task_id, key="approval") or {}
+        name, number = waiting["model_name"], waiting["version"]
+        policy = DeployPolicy.from_dict(waiting["policy"])
+        hook, run = MlflowHook(), f"{dag_run.dag_id}/{dag_run.run_id}"
+        user = (event.get("responded_by_user") or {}).get("name") if "error" not in event else None
+        reason = str((event.get("params_input") or {}).get("reason") or "").strip()
+        chosen = (event.get("chosen_options") or [self.REJECT])[0] if "error" not in event else self.REJECT
+        if event.get("timedout") or "error" in event or user is None:
+            record_decision(
+                hook,
+                name,
+                number,
+                outcome=REJECTED,
+                by="timeout",
+                policy=policy.mode,
+                run=run,
+                reason=f"no decision in {duration_text(policy.timeout_seconds)}",
+            )
+            self._skip_deploy(context)
+            return {"decision": REJECTED, "by": None}
+        team = model_team(name, get_settings())
+        refusal = decision_refusal(
+            user, model_name=name, policy=policy, team=team, trained_by=waiting.get("trained_by")
+        )
+        if chosen == self.APPROVE and refusal is not None:
+            # Airflow refuses users outside the assigned ones; this holds when its check is off (all admins).
+            record_decision(
+                hook,
+                name,
+                number,
+                outcome=REJECTED,
+                by=user,
+                policy=policy.mode,
+                run=run,
+                reason=f"approval refused: {refusal}",
+            )
+            self._skip_deploy(context)
+            return {"decision": REJECTED, "by": user}
+        outcome = APPROVED if chosen == self.APPROVE else REJECTED
+        record_decision(
+            hook,
+            name,
+            number,
+            outcome=outcome,
+            by=user,
+            policy=policy.mode,
+            run=run,
+            reason=reason or ("approved" if outcome == APPROVED else "rejected, no reason given"),
+        )
+        super().execute_complete(context, event)  # a rejection skips the build and rollout
+        return {"decision": outcome, "by": user, "reason": reason}
+
+    def _skip_deploy(self, context: Any) -> None:
+        tasks = [task for task in context["task"].get_flat_relatives(upstream=False) if not task.is_teardown]
+        if tasks:
+            self.skip(ti=context["ti"], tasks=tasks)
+
+
+# --------------------------------------------------------------------------- deciding through the REST API
+APPROVAL_TASK = "approve_deployment"
+
+
+class ApprovalError(RuntimeError):
+    """Airflow refused a decision, or no approval came to wait; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _hitl_url(base_url: str, dag_id: str, run_id: str, task_id: str) -> str:
+    from urllib.parse import quote
+
+    run = quote(run_id, safe="")
+    return f"{base_url.rstrip('/')}/api/v2/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/-1/hitlDetails"
+
+
+def pending_approval(
+    base_url: str, token: str, run_id: str, *, dag_id: str = "deploy_model", timeout: float = 300.0
+) -> dict[str, Any]:
+    """The approval a ``deploy_model`` run waits in (subject, body, assigned users), once it waits."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    url = _hitl_url(base_url, dag_id, run_id, APPROVAL_TASK)
+    while True:
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        if answer.status_code == 200:
+            detail = answer.json()
+            state = (detail.get("task_instance") or {}).get("state")
+            if detail.get("response_received") or state not in (None, "running", "deferred", "awaiting_input"):
+                raise ApprovalError(f"{dag_id} {run_id}: the approval is already decided or over ({state})")
+            if state == "awaiting_input":  # parked: a response resumes it at once
+                return detail
+        elif answer.status_code != 404:
+            raise ApprovalError(f"{url}: {answer.status_code} {answer.text[:500]}", answer.status_code)
+        if time.monotonic() > deadline:
+            raise ApprovalError(f"{dag_id} {run_id} did not wait for an approval within {timeout:.0f}s")
+        time.sleep(1.0)
+
+
+def respond(
+    base_url: str, token: str, run_id: str, *, approve: bool, reason: str = "", dag_id: str = "deploy_model"
+) -> dict[str, Any]:
+    """Approve or reject a waiting ``deploy_model`` run as the token's user (Airflow's HITL endpoint)."""
+    import httpx
+
+    url = _hitl_url(base_url, dag_id, run_id, APPROVAL_TASK)
+    body = {
+        "chosen_options": [ApprovalOperator.APPROVE if approve else ApprovalOperator.REJECT],
+        "params_input": {"reason": reason},
+    }
+    answer = httpx.patch(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    if answer.status_code != 200:
+        detail = answer.json().get("detail") if "json" in answer.headers.get("content-type", "") else answer.text
+        raise ApprovalError(f"the decision was refused ({answer.status_code}): {detail}", answer.status_code)
+    return answer.json()

@@ -1,0 +1,178 @@
+"""A promotion's deploy follows its model's policy, on the real embedded stack: ``approve`` waits in
+deploy_model's approval task (Airflow's human-in-the-loop), decided through Airflow's HITL REST API;
+``auto`` deploys; ``manual`` does not; no decision in time is a rejection; the second-person rule.
+
+One train_model run per case, all at once; each promotion's Asset event starts the deploy_model run
+the case is about (the path a retrain takes), so the cases share the time they wait.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from asgard.deploy import approval
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.hooks.airflow_api import AirflowApi
+from asgard.local.examples import CHURN_MODEL_REQUEST
+from asgard.operators import deployment_approval as hitl
+from asgard.registry.models import model_asset_uri
+from sample_data.gold_layer import GoldSpec, write_gold_layer
+
+pytestmark = pytest.mark.integration
+
+# The same gold layer as test_train_model_dag's (writing it again changes nothing).
+SPEC = GoldSpec(customers=800, days=3, end="2026-11-01T00:00:00+00:00", seed=13)
+# The case -> the model's policy (through PUT /mlops/models/{name}/deploy-policy).
+CASES = {
+    "approve": {"policy": "approve"},
+    "reject": {"policy": "approve"},
+    "auto": {"policy": "auto"},
+    "manual": {"policy": "manual"},
+    # The admin trained it and is the team's only member: no one may decide; 30 s without a decision.
+    # Triggered last, so its wait starts after the fixture has seen every training end.
+    "second_person": {"policy": "approve", "second_person": True, "approval_timeout": 30},
+}
+
+
+def _policy(stack, name: str, body: dict, token: str | None = None) -> httpx.Response:
+    return httpx.put(
+        f"{stack.settings.airflow_url}/mlops/models/{name}/deploy-policy",
+        json=body,
+        headers={"Authorization": f"Bearer {token or stack.api.token}"},
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def promoted(embedded_stack) -> dict[str, dict]:
+    """Per case: the model, the version its train_model run promoted, and the deploy_model run it started."""
+    stack, api = embedded_stack, embedded_stack.api
+    write_gold_layer(SPEC, gold.GoldLocation.for_settings(stack.settings), log=lambda _: None)
+    feature_store.apply_repo(stack.settings)
+    suffix = uuid.uuid4().hex[:6]
+    cases = {case: {"model_name": f"approval_{case}_{suffix}"} for case in CASES}
+    for case, body in CASES.items():
+        answer = _policy(stack, cases[case]["model_name"], body)
+        assert answer.status_code == 200 and answer.json()["policy"] == body["policy"], answer.text
+    api.wait_for_dag("deploy_model")
+    api.unpause("deploy_model")
+    api.wait_for_dag("train_model")
+    api.unpause("train_model")
+    for case in cases.values():
+        case["train_run"] = api.trigger("train_model", {**CHURN_MODEL_REQUEST, "model_name": case["model_name"]})
+        # Apart, so that no two promotions land in one scheduler loop: deploy_model's run would take both
+        # events and deploy only the newest model (a known limit of deploy_model: one run, one model).
+        time.sleep(6)
+    for case in cases.values():
+        outcome = api.wait_for_run("train_model", case["train_run"], timeout=600)
+        assert outcome.state == "success", outcome
+        decision = api.task_result("train_model", case["train_run"], "gate_model")
+        assert decision["promoted"], decision
+        case["version"] = decision["version"]
+        case["deploy_run"] = api.run_started_by(model_asset_uri(case["model_name"]), case["train_run"], "deploy_model")
+    runs = [case["deploy_run"] for case in cases.values()]
+    assert len(set(runs)) == len(runs), f"two promotions were taken by one deploy_model run: {cases}"
+    return cases
+
+
+def _decision(stack, name: str, version: str) -> dict[str, str]:
+    client = MlflowClient(stack.settings.mlflow_url, stack.settings.mlflow_url)
+    return approval.version_decision(client.get_model_version(name, version).tags) or {}
+
+
+def _model(stack, name: str) -> dict:
+    answer = httpx.get(
+        f"{stack.settings.airflow_url}/mlops/models/{name}",
+        headers={"Authorization": f"Bearer {stack.api.token}"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_second_person_rule_refuses_the_trainer_and_no_decision_is_a_rejection(embedded_stack, promoted):
+    stack, case = embedded_stack, promoted["second_person"]
+    url = stack.settings.airflow_url
+    pending = hitl.pending_approval(url, stack.api.token, case["deploy_run"], timeout=120)
+    assert "second-person rule" in pending["body"]
+    # The admin triggered the training: with the rule, not a decider (and the team has no one else).
+    with pytest.raises(hitl.ApprovalError) as refused:
+        hitl.respond(url, stack.api.token, case["deploy_run"], approve=True, reason="my own model")
+    assert refused.value.status == 403
+    outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=120)
+    assert outcome.state == "success", outcome
+    assert outcome.task_states["deploy_image"] == "skipped"
+    decision = _decision(stack, case["model_name"], case["version"])
+    assert decision == {**decision, "outcome": "rejected", "by": "timeout", "reason": "no decision in 30s"}
+
+
+def test_reject_with_a_reason_changes_nothing_and_records_who_when_why(embedded_stack, promoted):
+    stack, case = embedded_stack, promoted["reject"]
+    url = stack.settings.airflow_url
+    pending = hitl.pending_approval(url, stack.api.token, case["deploy_run"], timeout=120)
+    # What a person needs to decide, in the form the UI shows.
+    assert pending["subject"].startswith(f"Deploy {case['model_name']} v{case['version']}?")
+    body = pending["body"]
+    for part in ("roc_auc on the same holdout", "What started it", "triggered train_model", "strategy **replace**"):
+        assert part in body, (part, body)
+    assert f"/mlops/ui/models/{case['model_name']}" in body and "#/experiments/" in body
+    assert [user["id"] for user in pending["assigned_users"]] == ["admin"]
+    # A reader (outside the deciders) is refused by Airflow.
+    viewer = AirflowApi.login(url, *stack.manager.credentials("viewer"))
+    with pytest.raises(hitl.ApprovalError) as refused:
+        hitl.respond(url, viewer.token, case["deploy_run"], approve=True)
+    assert refused.value.status == 403
+    hitl.respond(url, stack.api.token, case["deploy_run"], approve=False, reason="holdout too small to trust")
+    outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=120)
+    assert outcome.state == "success", outcome
+    assert outcome.task_states["approve_deployment"] == "success"
+    assert {outcome.task_states[task] for task in ("build_image", "push_image", "deploy_image")} == {"skipped"}
+    decision = _decision(stack, case["model_name"], case["version"])
+    assert decision["outcome"] == "rejected" and decision["by"] == "admin", decision
+    assert decision["reason"] == "holdout too small to trust" and decision["at"].startswith("20")
+    model = _model(stack, case["model_name"])
+    version = next(v for v in model["versions"] if v["version"] == case["version"])
+    assert version["decision"]["reason"] == "holdout too small to trust"
+    assert (version["deployment"] or {}).get("status") is None  # nothing serves it
+
+
+def test_manual_policy_deploys_nothing_on_a_promotion(embedded_stack, promoted):
+    stack, case = embedded_stack, promoted["manual"]
+    outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=120)
+    assert outcome.state == "success", outcome
+    assert set(outcome.task_states.values()) == {"success", "skipped"}
+    assert outcome.task_states["approve_deployment"] == "skipped"
+    decision = _decision(stack, case["model_name"], case["version"])
+    assert decision["outcome"] == "not_deployed" and decision["by"] == "policy manual", decision
+
+
+def test_approve_deploys_and_auto_deploys_without_asking(embedded_stack, promoted):
+    stack = embedded_stack
+    url = stack.settings.airflow_url
+    approved = promoted["approve"]
+    hitl.pending_approval(url, stack.api.token, approved["deploy_run"], timeout=120)
+    answer = hitl.respond(url, stack.api.token, approved["deploy_run"], approve=True, reason="better on drift")
+    assert answer["responded_by"]["name"] == "admin"
+    for case, by in ((approved, "admin"), (promoted["auto"], "policy auto")):
+        outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=600)
+        assert outcome.state == "success", outcome
+        assert outcome.task_states["deploy_image"] == "success"
+        deployed = stack.api.task_result("deploy_model", case["deploy_run"], "deploy_image")
+        assert deployed["version"] == case["version"]
+        decision = _decision(stack, case["model_name"], case["version"])
+        assert decision["outcome"] == "approved" and decision["by"] == by, decision
+    version = next(v for v in _model(stack, approved["model_name"])["versions"] if v["version"] == approved["version"])
+    assert version["decision"]["reason"] == "better on drift" and version["deployment"]["status"] == "serving"
+
+
+def test_policy_endpoint_refuses_a_bad_policy_and_a_reader(embedded_stack):
+    stack = embedded_stack
+    assert _policy(stack, "approval_any", {"policy": "sometimes"}).status_code == 422
+    viewer = AirflowApi.login(stack.settings.airflow_url, *stack.manager.credentials("viewer"))
+    assert _policy(stack, "approval_any", {"policy": "auto"}, token=viewer.token).status_code == 403

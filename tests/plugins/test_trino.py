@@ -1,0 +1,154 @@
+"""The production profile's Trino service: where its server comes from, which JDK runs it, what its
+configuration says, and where it sits among the profile's services. (The real server is started and
+queried by the production e2e test, on the stack it runs anyway.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from asgard.core.settings import Settings
+from asgard.features import gold
+from asgard.local import trino
+from asgard.local.processes import ServiceError
+
+
+def _jdk(root: Path, name: str, version: str) -> Path:
+    home = root / name
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "java").write_text("#!/bin/sh\n")
+    (home / "release").write_text(f'IMPLEMENTOR="Eclipse Adoptium"\nJAVA_VERSION="{version}"\n')
+    return home
+
+
+def test_the_newest_jdk_new_enough_runs_trino_and_none_is_said_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr(trino, "JVM_ROOT", tmp_path)
+    settings = Settings(home=tmp_path / "home", profile="production")
+    _jdk(tmp_path, "java-17-openjdk-amd64", "17.0.15")
+    with pytest.raises(ServiceError, match=r"needs Java 24 or newer; .*java-17-openjdk-amd64 \(Java 17\)"):
+        trino.find_java_home(settings)
+    _jdk(tmp_path, "temurin-24-jdk-amd64", "24.0.1")
+    newest = _jdk(tmp_path, "temurin-25-jdk-amd64", "25.0.3")
+    assert trino.find_java_home(settings) == newest
+    # Named by the setting: used as it is, or refused when too old.
+    chosen = Settings(home=tmp_path / "home", profile="production", trino_java_home=tmp_path / "temurin-24-jdk-amd64")
+    assert trino.find_java_home(chosen) == tmp_path / "temurin-24-jdk-amd64"
+    old = Settings(home=tmp_path / "home", profile="production", trino_java_home=tmp_path / "java-17-openjdk-amd64")
+    with pytest.raises(ServiceError, match=r"ASGARD_TRINO_JAVA_HOME=.* is Java 17"):
+        trino.find_java_home(old)
+
+
+def test_the_server_is_the_machines_when_it_may_be_written_there(tmp_path):
+    machine = tmp_path / "machine"
+    settings = Settings(home=tmp_path / "home", machine_dir=machine, cache_dir=tmp_path / "cache")
+    assert trino.server_dir(settings) == machine / "trino" / trino.TRINO_VERSION  # created on first fetch
+    machine.mkdir(mode=0o500)
+    try:
+        if trino.os.access(machine, trino.os.W_OK):  # root may write anywhere: the machine's folder it is
+            assert trino.server_dir(settings) == machine / "trino" / trino.TRINO_VERSION
+        else:
+            assert trino.server_dir(settings) == tmp_path / "cache" / "trino" / trino.TRINO_VERSION
+    finally:
+        machine.chmod(0o700)
+
+
+def test_its_configuration_is_one_loopback_node_with_the_platforms_iceberg_catalog(tmp_path):
+    settings = Settings(home=tmp_path / "home", profile="production", trino_port=18095, trino_heap_mb=1024)
+    etc = trino.write_config(settings, "connector.name=iceberg\niceberg.catalog.type=jdbc\n")
+
+    def properties(name: str) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in (etc / name).read_text().splitlines())
+
+    node, server = properties("node.properties"), properties("config.properties")
+    assert node["node.bind-ip"] == "127.0.0.1" and node["node.data-dir"] == str(tmp_path / "home" / "trino" / "data")
+    assert server["http-server.http.port"] == "18095" and server["discovery.uri"] == "http://127.0.0.1:18095"
+    assert server["coordinator"] == "true" and server["node-scheduler.include-coordinator"] == "true"
+    assert server["query.max-memory-per-node"] == "307MB"  # within the heap
+    jvm = (etc / "jvm.config").read_text().splitlines()
+    assert "-Xmx1024M" in jvm and "-Duser.timezone=UTC" in jvm
+    assert "-XX:TieredStopAtLevel=1" not in jvm  # the full JIT, unless a quick start is asked for
+    assert "-XX:TieredStopAtLevel=1" in trino.jvm_options(settings.model_copy(update={"trino_quick_start": True}))
+    assert properties("catalog/iceberg.properties") == {"connector.name": "iceberg", "iceberg.catalog.type": "jdbc"}
+    assert properties("catalog/memory.properties")["connector.name"] == "memory"
+    assert all((etc / name).stat().st_mode & 0o077 == 0 for name in ("node.properties", "catalog/iceberg.properties"))
+    access = properties("access-control.properties")
+    assert access["access-control.name"] == "file" and access["security.config-file"] == str(etc / "rules.json")
+    rules = json.loads((etc / "rules.json").read_text())
+    reader = [rule for rule in rules["catalogs"] if rule["user"] == "asgard_reader"]
+    assert reader == [{"user": "asgard_reader", "catalog": "iceberg", "allow": "read-only"}]
+    assert {"user": "asgard_reader", "catalog": "iceberg", "schema": "gold", "privileges": ["SELECT"]} in rules[
+        "tables"
+    ]
+    argv = trino.launcher_argv(settings)
+    assert argv[0].endswith("/bin/launcher") and argv[1:3] == ["run", "--etc-dir"]
+
+
+def test_trino_is_a_production_service_launched_first_and_waited_for_last(tmp_path, monkeypatch):
+    """Its start-up (the slowest of the profile's) overlaps the others' rather than adding to it; its
+    catalog file is what ``./asgard trino-catalog`` prints, and no secret is written into it."""
+    from asgard.local.production import ProductionServices
+
+    monkeypatch.setattr(trino, "JVM_ROOT", tmp_path / "jvm")
+    java_home = _jdk(tmp_path / "jvm", "temurin-25-jdk-amd64", "25.0.3")
+    settings = Settings(home=tmp_path / "home", profile="production", database_prefix="asgard_ttrino")
+    manager = ProductionServices(settings, base_env={"PATH": "/usr/bin"})
+    services = manager.services()
+    names = [service.name for service in services]
+    assert names.index("trino") < names.index("api-server")  # launched before Airflow's migration runs
+    service = manager.service("trino")
+    assert service.slow_start and [other.name for other in services if other.slow_start] == ["trino"]
+    assert service.health_url == "http://127.0.0.1:8095/v1/info"
+    assert service.env["JAVA_HOME"] == str(java_home) and service.env["PATH"].startswith(f"{java_home}/bin:")
+    assert service.env["ASGARD_GOLD_CATALOG_PASSWORD"] == manager._secrets()["postgres_password"]
+
+    service.prepare()
+    written = (trino.etc_dir(settings) / "catalog" / "iceberg.properties").read_text()
+    monkeypatch.setattr(trino.os, "environ", {**trino.os.environ, **manager.platform_env()})
+    assert written == gold.trino_catalog(settings)
+    assert manager._secrets()["postgres_password"] not in written
+    assert "iceberg.jdbc-catalog.connection-url=jdbc:postgresql://" in written
+
+
+def test_a_trino_that_does_not_answer_is_named_in_the_error(tmp_path, monkeypatch):
+    """A training set read through a Trino that is down fails saying so (its address in the message), before
+    any query; an offline store that is not Trino is not checked."""
+    from asgard.features import store as feature_store
+    from conftest import free_port
+
+    port = free_port()  # nothing listens there
+    for name, value in {"TRINO_HOST": "127.0.0.1", "TRINO_PORT": str(port), "TRINO_USER": "asgard",
+                        "ASGARD_FEAST_REGISTRY_URI": "postgresql+psycopg://asgard@127.0.0.1:1/asgard_feast",
+                        "ASGARD_FEAST_REDIS": "127.0.0.1:1,db=6"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    settings = Settings(home=tmp_path, profile="production", offline_store="trino")
+    config = feature_store.load_repo_config(settings)
+    assert config.offline_store.catalog == "memory"  # Feast's entity uploads never touch the gold layer
+    with (
+        pytest.raises(
+            feature_store.OfflineStoreUnavailableError,
+            match=rf"Trino, the feature store's offline store, does not answer at http://127.0.0.1:{port}",
+        ),
+        feature_store.offline_store_errors(config),
+    ):
+        pytest.fail("the query ran")
+    embedded = feature_store.load_repo_config(Settings(home=tmp_path, airflow_port=1, mlflow_port=2))
+    with feature_store.offline_store_errors(embedded):
+        pass
+
+
+def test_trinos_column_types_read_as_the_arrow_types_pyiceberg_reports():
+    """``register_features`` checks a request against Trino's information_schema when Feast reads through
+    Trino: its type names map to the Arrow types the same checks accept from pyiceberg."""
+    import pyarrow as pa
+
+    from asgard.features.store import arrow_type_of_trino
+
+    assert arrow_type_of_trino("bigint") == pa.int64() and arrow_type_of_trino("integer") == pa.int32()
+    assert arrow_type_of_trino("double") == pa.float64() and arrow_type_of_trino("real") == pa.float32()
+    assert arrow_type_of_trino("varchar") == pa.string() and arrow_type_of_trino("boolean") == pa.bool_()
+    assert arrow_type_of_trino("timestamp(6) with time zone") == pa.timestamp("us", tz="UTC")
+    assert arrow_type_of_trino("timestamp(6)") == pa.timestamp("us")
+    assert arrow_type_of_trino("decimal(10,2)") == pa.decimal128(10, 2)
+    assert arrow_type_of_trino("array(bigint)") == pa.null()  # no feature, key or timestamp may be nested
