@@ -9,11 +9,9 @@ import httpx
 
 from asgard.core.settings import Settings
 from asgard.hooks.airflow_api import AirflowApi
-from asgard.local.examples import CHURN_MODEL_REQUEST, SEED_PREDICTION
-
-
-class DeployDecisionError(RuntimeError):
-    """A policy or an approval the main job asked for was refused."""
+from asgard.local.examples import CHURN_MODEL_REQUEST
+from asgard.local.stages import MainJobError
+from sample_data.models import SEED_PREDICTION
 
 
 def set_deploy_policy(settings: Settings, api: AirflowApi, model_name: str, policy: str | None) -> None:
@@ -25,7 +23,7 @@ def set_deploy_policy(settings: Settings, api: AirflowApi, model_name: str, poli
         timeout=60,
     )
     if answer.status_code != 200:
-        raise DeployDecisionError(f"setting {model_name}'s deploy policy answered {answer.status_code}: {answer.text}")
+        raise MainJobError(f"setting {model_name}'s deploy policy answered {answer.status_code}: {answer.text}")
     print(f"    {model_name}: deploy policy {answer.json()['policy']} ({answer.json()['source']})", flush=True)
 
 
@@ -46,9 +44,12 @@ def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str,
     who = answer["responded_by"]["name"]
     outcome = api.wait_for_run("deploy_model", run_id, timeout=1800)
     if outcome.state != "success":
-        raise DeployDecisionError(f"deploy_model run {run_id} ended {outcome.state}: {outcome.failure}")
+        raise MainJobError(f"deploy_model run {run_id} ended {outcome.state}: {outcome.failure}")
     deployed = api.task_result("deploy_model", run_id, "deploy_image")
-    served = httpx.post(f"{deployed['endpoint']}/predict", json=SEED_PREDICTION, timeout=60).json()
+    answer = httpx.post(f"{deployed['endpoint']}/predict", json=SEED_PREDICTION, timeout=60)
+    if answer.status_code != 200:
+        raise MainJobError(f"{deployed['endpoint']}/predict answered {answer.status_code}: {answer.text[:500]}")
+    served = answer.json()
     return (
         f"{name} v{served['model_version']} serves at {deployed['endpoint']} "
         f"(drift retrain v{decision['version']}, approved by {who} in deploy_model {run_id}; "
