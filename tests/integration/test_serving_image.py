@@ -151,8 +151,10 @@ def test_bad_conf_is_a_400_and_an_unknown_model_fails_naming_it(stack):
             api.trigger("deploy_model", {"model_name": "m", **bad})
         assert error.value.status == 400 and named in error.value.body, error.value.body
     outcome = api.run_and_wait("deploy_model", {"model_name": "no_such_model_here"}, timeout=300)
-    assert outcome.state == "failed" and outcome.task_states["build_image"] == "failed"
-    log = api.task_log("deploy_model", outcome.run_id, "build_image")
+    # The approval step resolves the version first (what is decided on is what is built): it fails there.
+    assert outcome.state == "failed" and outcome.task_states["approve_deployment"] == "failed", outcome.task_states
+    assert outcome.task_states["build_image"] == "upstream_failed"
+    log = api.task_log("deploy_model", outcome.run_id, "approve_deployment")
     assert "no registered model named 'no_such_model_here'" in log
 
 

@@ -104,7 +104,12 @@ def s3_filesystem(aws_conn_id: str) -> pafs.S3FileSystem:
     import pyarrow.fs as pafs
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+    from asgard.core.errors import InputError
+
     hook = S3Hook(aws_conn_id=aws_conn_id)
+    if hook.get_session(region_name=hook.conn_region_name).get_credentials() is None:
+        # The provider's get_credentials fails with an AttributeError then: say what is missing instead.
+        raise InputError(f"the AWS connection {aws_conn_id!r} has no credentials (nor does this worker)")
     credentials = hook.get_credentials()
     options: dict[str, Any] = {
         "access_key": credentials.access_key,

@@ -16,7 +16,6 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowSkipException
 
-from asgard.core.errors import InputError
 from asgard.deploy.approval import (
     APPROVED,
     NO_ONE,
@@ -149,18 +148,14 @@ class DeploymentApprovalOperator(ApprovalOperator):
     def execute(self, context: Any) -> Any:
         from asgard.core.settings import get_settings
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.registry.versions import alias_version
+        from asgard.registry.versions import resolve_model_version
 
         settings, hook = get_settings(), MlflowHook()
         ti, dag_run = context["ti"], context["dag_run"]
         request = ti.xcom_pull(task_ids=self.request_task_id)
         name = request["model_name"]
-        number = request.get("version")
-        if not number:
-            current = alias_version(hook, name, request.get("alias") or "champion")
-            if current is None:
-                raise InputError(f"{name} has no @{request.get('alias') or 'champion'} to deploy")
-            number = str(current.version)
+        # The model and the version (or alias) must exist: an error naming them fails the run here.
+        number = resolve_model_version(hook, name, request.get("version"), request.get("alias")).version
         # The build deploys what was decided on, even if the alias moves while a person decides.
         ti.xcom_push(key="version", value=number)
         candidate = hook.client.get_model_version(name, number)
