@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
 
 MODEL = "batch_bench"
+TEAM = "default"  # the model's (registered untagged): its files live in <data root>/default/
 
 
 def write_entities(path: Path, rows: int, *, seed: int = 1, block: int = 1_000_000) -> None:
@@ -82,7 +83,7 @@ def run_scorer(args) -> dict:
         "partition_rows": 10**12,  # one partition: one worker's throughput
         "chunk_rows": args.chunk_rows,
     }
-    planned = plan_job(params, dag_id="bench", run_id=args.output, as_of=_now())
+    planned = plan_job(params, dag_id="bench", run_id=args.output, as_of=_now(), team=TEAM)
     started = time.perf_counter()
     parts = [score_partition(planned.job, part) for part in planned.partitions]
     published = publish(planned.job, parts)
@@ -141,7 +142,12 @@ def measure(path: str, source: Path, output: Path, settings: dict) -> dict:
     command = [sys.executable, __file__, "--child", path, "--input", str(source), "--output", str(output)]
     command += ["--tracking-uri", settings["tracking_uri"], "--version", settings["version"]]
     command += ["--chunk-rows", str(settings["chunk_rows"])]
-    env = {**os.environ, "ASGARD_HOME": settings["home"], "PYTHONPATH": f"{REPO / 'plugins'}:{REPO / 'include'}"}
+    env = {
+        **os.environ,
+        "ASGARD_HOME": settings["home"],
+        "ASGARD_DATA_ROOTS": settings["data_root"],  # the scratch folder's, whatever the caller's are
+        "PYTHONPATH": f"{REPO / 'plugins'}:{REPO / 'include'}",
+    }
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"{path} failed:\n{done.stdout}\n{done.stderr}")
@@ -177,12 +183,15 @@ def main() -> int:
         version = register_sample_model(tracking_uri, MODEL, customers=args.customers, experiment="batch-bench")
         settings = {"tracking_uri": tracking_uri, "version": version, "chunk_rows": args.chunk_rows}
         settings["home"] = str(folder / "home")
+        settings["data_root"] = str(folder / "data")
+        data = folder / "data" / TEAM  # the entities and every output: in the team's folder of the root
+        data.mkdir(parents=True)
         print(f"model: RandomForest (100 trees, depth 10) v{version}, {args.customers} training rows", flush=True)
 
         sizes = sorted({args.rows, *args.rss_rows})
         inputs = {}
         for rows in sizes:
-            inputs[rows] = folder / f"entities-{rows}.parquet"
+            inputs[rows] = data / f"entities-{rows}.parquet"
             started = time.perf_counter()
             write_entities(inputs[rows], rows)
             print(
@@ -194,15 +203,15 @@ def main() -> int:
         print(f"\n== throughput on {args.rows} rows (chunks of {args.chunk_rows}; each path in a fresh process)")
         results = {}
         for path in ("limit", "naive", "scorer"):
-            results[path] = measure(path, inputs[args.rows], folder / f"{path}-{args.rows}.parquet", settings)
+            results[path] = measure(path, inputs[args.rows], data / f"{path}-{args.rows}.parquet", settings)
             r = results[path]
             print(
                 f"{path:<7} {r['rows_per_s']:>12,.0f} rows/s  "
                 f"({r['seconds']:.2f}s, peak RSS {r['peak_rss_mb']:.0f} MB)",
                 flush=True,
             )
-        scorer_labels = pq.read_table(folder / f"scorer-{args.rows}.parquet", columns=["prediction"])["prediction"]
-        naive_labels = pq.read_table(folder / f"naive-{args.rows}.parquet", columns=["prediction"])["prediction"]
+        scorer_labels = pq.read_table(data / f"scorer-{args.rows}.parquet", columns=["prediction"])["prediction"]
+        naive_labels = pq.read_table(data / f"naive-{args.rows}.parquet", columns=["prediction"])["prediction"]
         same = np.array_equal(scorer_labels.to_numpy(), naive_labels.to_numpy())
         print(f"scorer labels identical to mlflow.pyfunc predict on all {args.rows} rows: {same}")
         print(
@@ -217,7 +226,7 @@ def main() -> int:
         for path in ("scorer", "naive"):
             rss = {}
             for rows in (small, large):
-                rss[rows] = measure(path, inputs[rows], folder / f"{path}-rss-{rows}.parquet", settings)["peak_rss_mb"]
+                rss[rows] = measure(path, inputs[rows], data / f"{path}-rss-{rows}.parquet", settings)["peak_rss_mb"]
             growth[path] = rss[large] / rss[small] - 1
             print(
                 f"{path:<7} {rss[small]:8.0f} MB -> {rss[large]:8.0f} MB  (growth {100 * growth[path]:+.1f}%)",

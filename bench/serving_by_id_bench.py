@@ -160,12 +160,14 @@ def main() -> int:
             failures.append(f"the image grew {online_mb - plain_mb:.1f} MB")
 
         sqlite_file = Path(serving_location(stores["sqlite"].config).removeprefix("sqlite:///"))
+        # Exposed: the features read by id are sent back as inputs, to check both answers agree.
+        exposed = {"ASGARD_SERVING_EXPOSE_FEATURES": "true"}
         wiring = {
             "sqlite": (
-                {"ASGARD_ONLINE_STORE": f"sqlite:///{ONLINE_STORE_INSIDE}/{sqlite_file.name}"},
+                {"ASGARD_ONLINE_STORE": f"sqlite:///{ONLINE_STORE_INSIDE}/{sqlite_file.name}", **exposed},
                 [f"{sqlite_file.parent}:{ONLINE_STORE_INSIDE}:ro"],
             ),
-            "redis": ({"ASGARD_ONLINE_STORE": f"redis://127.0.0.1:6379/{REDIS_DB}"}, []),
+            "redis": ({"ASGARD_ONLINE_STORE": f"redis://127.0.0.1:6379/{REDIS_DB}", **exposed}, []),
         }
         for store_name, (environment, binds) in wiring.items():
             with container(client, online, 1, environment=environment, binds=binds) as served:

@@ -15,6 +15,8 @@ first; on kubernetes, as a second Deployment behind the Service) or `shadow` (it
 them, sent by the router or, on kubernetes, by the serving pods; callers keep the serving answers):
 within its limits it is promoted to all traffic, past one it is rolled back and the run fails naming
 the limit; the figures are tagged `deploy.canary.*` / `deploy.shadow.*`.
+`expose_features` (default false) lets the public `/predict` by entity id return stored features
+(`return_features`) and name ids the online store does not hold; off, it does neither.
 Runs when a promotion emits a model's Asset (the champion), or manually. Whether it deploys is the
 model's deployment policy (`ASGARD_DEPLOY_POLICY`, default `approve`; a model's own through
 `PUT /mlops/models/{name}/deploy-policy`): `auto` deploys; `approve` waits in `approve_deployment`

@@ -4,7 +4,8 @@
 Daily (and on demand, the seed's `/mlops/monitoring`): for every model whose `@champion` is
 serving — or the one named in the conf — compares the window's scored data (the serving app's
 prediction log, the `score_batch` outputs of that version published in the window, found through
-their `asgard-batch-predictions` Asset events, and any Parquet `sources`) with the
+their `asgard-batch-predictions` Asset events, and any Parquet `sources`, in the model's team's data
+roots like the `labels`) with the
 version's training reference: feature and prediction drift (PSI, Jensen-Shannon, KS, Wasserstein;
 chi-square for categories), data quality (missing, out of range, unseen categories, schema) and,
 where labels have arrived (`labels`: Parquet with `prediction_id`, `label`), accuracy or RMSE.
@@ -40,13 +41,19 @@ from asgard.training.retraining import RETRAINING_REQUESTS
 )
 def monitor_model():
     @task
-    def targets(params=None) -> list[dict]:
+    def targets(params=None, dag_run=None) -> list[dict]:
         from asgard.hooks.mlflow import MlflowHook
         from asgard.monitoring.run import deployed_models
+        from asgard.registry.ownership import models_for_run, run_access
 
         if params["model_name"]:
+            run_access(dag_run, params["model_name"])
             return [{k: params[k] for k in ("model_name", "model_version", "alias")}]
-        return deployed_models(MlflowHook())
+        # Every serving model for the schedule; a person's run covers their teams' models.
+        hook = MlflowHook()
+        deployed = deployed_models(hook)
+        allowed = set(models_for_run(dag_run, [target["model_name"] for target in deployed], hook=hook))
+        return [target for target in deployed if target["model_name"] in allowed]
 
     @task(map_index_template="{{ target['model_name'] }}", inlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
     def check(target: dict, params=None, dag_run=None, data_interval_end=None, inlet_events=None) -> dict:

@@ -16,7 +16,8 @@ mapped tasks, each in bounded chunks; the output appears only once every partiti
  "output_path": "s3://my-bucket/predictions/batch_2025_10_17.parquet"}
 ```
 Large jobs: `"entity_source": {"table": "customer_features"}` or `{"path": "s3://bucket/entities.parquet"}`;
-rows that already carry the model's features: `"feature_source": "input"`.
+rows that already carry the model's features: `"feature_source": "input"`. Every path lies in the model's
+team's data roots (`<root>/<team>/`); a relative one is in the team's first root, as is the default output.
 """
 
 from __future__ import annotations
@@ -40,11 +41,16 @@ def score_batch():
     @task
     def plan(params=None, dag_run=None, data_interval_end=None) -> list[dict]:
         """One entry per partition, each with the (small) job it belongs to: what the scoring tasks map over."""
+        from asgard.core.settings import get_settings
+        from asgard.registry.ownership import run_access
         from asgard.scoring.plan import plan_job
 
+        # The run's user scores with their teams' models only, and reads and writes in the model's team's
+        # data roots (an unregistered model: the default team's, until plan_job says there is no such model).
+        team = run_access(dag_run, params["model_name"]) or get_settings().default_team
         # Manual runs have no data interval: their features are as of the time they were asked for.
         as_of = data_interval_end or dag_run.run_after
-        planned = plan_job(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id, as_of=as_of)
+        planned = plan_job(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id, as_of=as_of, team=team)
         job = planned.job.to_dict()
         return [{"job": job, "partition": partition.to_dict()} for partition in planned.partitions]
 

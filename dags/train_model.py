@@ -36,10 +36,10 @@ from asgard.training.params import train_model_params
 )
 def train_model():
     @task
-    def validate_request(params=None) -> dict:
+    def validate_request(params=None, dag_run=None) -> dict:
         from asgard.training import pipeline
 
-        return pipeline.validate_request(params)
+        return pipeline.validate_request(params, dag_run)
 
     @task
     def build_training_set(request: dict, dag_run=None) -> dict:

@@ -40,7 +40,7 @@ def train_script():
     def check_upload(params=None, dag_run=None) -> dict:
         from asgard.training.scripts import pipeline
 
-        return pipeline.check_upload(params, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        return pipeline.check_upload(params, dag_run)
 
     @task
     def prepare_environment(upload: dict, params=None) -> dict:
@@ -55,10 +55,10 @@ def train_script():
         return pipeline.run_uploaded_script(params, upload, environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task
-    def register_model(ran: dict, params=None, dag_run=None) -> dict:
+    def register_model(ran: dict, upload: dict, params=None, dag_run=None) -> dict:
         from asgard.training.scripts import pipeline
 
-        return pipeline.register_script_model(params, ran, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        return pipeline.register_script_model(params, ran, upload, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
     def gate_model(ran: dict, registered: dict, params=None, outlet_events=None) -> dict:
@@ -79,7 +79,7 @@ def train_script():
         ran = pod.output
     else:
         ran = run_script(upload, environment)
-    gate_model(ran, register_model(ran))
+    gate_model(ran, register_model(ran, upload))
 
 
 train_script()

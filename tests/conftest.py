@@ -34,14 +34,29 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 _asgard_home = None if "ASGARD_HOME" in os.environ else Path(tempfile.mkdtemp(prefix="asgard-test-home-"))
 if _asgard_home is not None:
     os.environ["ASGARD_HOME"] = str(_asgard_home)
-# Tests write their inputs and outputs in temporary folders and moto's buckets: those are their data roots.
-TEST_DATA_ROOTS = f"{tempfile.gettempdir()},s3://"
+# Tests write their inputs and outputs in a temporary folder and a moto bucket: those are their data
+# roots, each with one folder per team (<root>/<team>/; team_folder makes one for a test).
+_data_root = Path(tempfile.mkdtemp(prefix="asgard-test-data-"))
+TEST_DATA_BUCKET = "asgard-test-data"
+TEST_DATA_ROOTS = f"{_data_root},s3://{TEST_DATA_BUCKET}"
 os.environ["ASGARD_DATA_ROOTS"] = TEST_DATA_ROOTS
+
+
+def team_folder(team: str = "default") -> Path:
+    """A fresh folder of the test's own inside ``team``'s folder of the suite's local data root."""
+    (_data_root / team).mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=_data_root / team))
+
+
+@pytest.fixture
+def data_folder() -> Path:
+    """A fresh folder in the default team's local data root: where a test's inputs and outputs go."""
+    return team_folder()
 
 
 def pytest_sessionfinish(session, exitstatus):
     """The throwaway homes this process made go with it (pytest keeps its own tmp_path folders)."""
-    for folder in (_airflow_home, _asgard_home):
+    for folder in (_airflow_home, _asgard_home, _data_root):
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -89,6 +104,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# The session stack's users besides the admin and the viewer (the default team): one user per team.
+TEAM_USERS = "alice:user:alpha,bob:user:beta"
+
 # The session's shared stacks, so a test that needs the machine to itself can stop them early.
 _SHARED_STACKS: list = []
 
@@ -126,6 +144,9 @@ def embedded_stack(tmp_path_factory) -> EmbeddedStack:
         registry_port=free_port(),
         router_port=free_port(),
         data_roots=TEST_DATA_ROOTS,
+        # Two teams beside the admin's default one, for tests/integration/test_teams.py: users of one
+        # stack cost nothing, a second Airflow minutes.
+        airflow_users=TEAM_USERS,
     )
     # The suite's own Airflow settings (unit-test mode, a scratch AIRFLOW_HOME) must not leak into
     # the real services: they get exactly what the embedded profile gives them.

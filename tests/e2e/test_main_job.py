@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from asgard.hooks.airflow_api import AirflowApi, fetch_token
-from conftest import free_port
+from conftest import free_port, team_folder
 from e2e.browser import chromium, log_in, open_the_models_page, trigger_with_the_forms_defaults
 from e2e.seed_examples import run_the_seed_examples
 from e2e.stages import PIPELINE_STAGES
@@ -142,9 +142,12 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         airflow = f"http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}"
         token = fetch_token(airflow, "admin", password)
         router = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}"
-        seed_output = tmp_path / "data" / "predictions" / "seed-batch.parquet"  # under the data roots
+        seed_output = team_folder() / "seed-batch.parquet"  # churn_predictor's team's (default) data root
         run_the_seed_examples(airflow, router, token, seed_output, customers=300)
-        the_image_reads_by_id_what_feast_reads(f"{router}/models/churn_predictor", tmp_path, customers=300)
+        # The main job deployed the champion exposing its features; the drift retrain's deploy (a promotion's:
+        # no conf) shows none of them.
+        serving = f"{router}/models/churn_predictor"
+        the_image_reads_by_id_what_feast_reads(serving, tmp_path, customers=300, exposed=not closed)
         a_user_trains_from_the_form_and_finds_the_champion(airflow, token, password)
 
         status = asgard("status", env=env, timeout=60)
@@ -169,32 +172,39 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
     assert "stopped" in asgard("status", env=env, timeout=60).stdout
 
 
-def the_image_reads_by_id_what_feast_reads(endpoint: str, home: Path, customers: int) -> None:
-    """Every sample customer by id through the stable endpoint: the features the image read from the
-    online store equal ``get_online_features``'s, and the predictions equal the same rows sent as features."""
+def the_image_reads_by_id_what_feast_reads(endpoint: str, home: Path, customers: int, *, exposed: bool) -> None:
+    """Every sample customer by id through the stable endpoint: the predictions equal Feast's
+    ``get_online_features`` rows sent as features. A deployment that exposes features returns those it
+    read (equal to Feast's) and names an id the store does not hold; one that does not refuses
+    ``return_features`` and answers that id as any other."""
     import httpx
 
     from asgard.core.settings import Settings
     from asgard.features import store as feature_store
 
     ids = list(range(1, customers + 1))
-    body = {"entities": {"customer_id": ids}, "return_features": True, "return_probabilities": True}
+    body = {"entities": {"customer_id": ids}, "return_features": exposed, "return_probabilities": True}
     by_id = httpx.post(f"{endpoint}/predict", json=body, timeout=60)
     assert by_id.status_code == 200, by_id.text
     read = by_id.json()
-    names = list(read["features"])
+    names = [column["name"] for column in httpx.get(f"{endpoint}/metadata", timeout=30).json()["signature"]["inputs"]]
     store = feature_store.open_store(Settings(home=home))
     expected = store.get_online_features(
         features=[f"customer_features:{name}" for name in names], entity_rows=[{"customer_id": i} for i in ids]
     ).to_dict()
-    assert read["features"] == {name: expected[name] for name in names}
-    sent = httpx.post(
-        f"{endpoint}/predict", json={"inputs": read["features"], "return_probabilities": True}, timeout=60
-    )
+    features = {name: expected[name] for name in names}
+    sent = httpx.post(f"{endpoint}/predict", json={"inputs": features, "return_probabilities": True}, timeout=60)
     assert sent.json()["predictions"] == read["predictions"]
     assert sent.json()["probabilities"] == read["probabilities"]
-    missing = httpx.post(f"{endpoint}/predict", json={"entities": {"customer_id": [customers + 1]}}, timeout=30)
-    assert missing.status_code == 422 and missing.json()["missing"] == {"customer_id": [customers + 1]}
+    unknown = httpx.post(f"{endpoint}/predict", json={"entities": {"customer_id": [customers + 1]}}, timeout=30)
+    if exposed:
+        assert read["features"] == features
+        assert unknown.status_code == 422 and unknown.json()["missing"] == {"customer_id": [customers + 1]}
+        return
+    assert "features" not in read and "feature_timestamps" not in read
+    asked = httpx.post(f"{endpoint}/predict", json={**body, "return_features": True}, timeout=30)
+    assert asked.status_code == 403 and "expose_features" in asked.json()["detail"]
+    assert unknown.status_code == 200 and set(unknown.json()) == set(read)
 
 
 def a_user_trains_from_the_form_and_finds_the_champion(airflow: str, token: str, password: str) -> None:

@@ -88,9 +88,9 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     assert f"postgres: role {services.settings.database_prefix}" in out
     for stage in ("start production services", *PIPELINE_STAGES):
         assert f"==> {stage}" in out, stage
-    # Eight partitions scored by both workers, published once to S3.
+    # Eight partitions scored by both workers, published once to S3 (the default team's folder of the data root).
     bucket = services.settings.s3_bucket
-    assert f"batch predictions: s3://{bucket}/data/predictions/batch.parquet: 200 rows" in out, out[-3000:]
+    assert f"batch predictions: s3://{bucket}/data/default/predictions/batch.parquet: 200 rows" in out, out[-3000:]
     partitions = re.search(r"batch partitions: (.*)", out).group(1)
     assert len(re.findall(r"score_partition\[partition \d", partitions)) == 8, partitions
     assert "on worker-1" in partitions and "on worker-2" in partitions, partitions
@@ -169,14 +169,14 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
-    # The scheduler restarted mid-run: the run completes.
-    batch = api.trigger("score_batch", {**BATCH_REQUEST, "output_path": f"s3://{bucket}/data/restart/out.parquet"})
+    # The scheduler restarted mid-run: the run completes (a relative output: in the team's first root, on S3).
+    batch = api.trigger("score_batch", {**BATCH_REQUEST, "output_path": "restart/out.parquet"})
     wait_for_running(api, "score_batch", batch, None)
     assert asgard("stop", "--profile", "production", "scheduler", env=env).returncode == 0
     assert asgard("start", "--profile", "production", "scheduler", env=env).returncode == 0
     assert api.wait_for_run("score_batch", batch, timeout=300).state == "success"
-    objects = s3.list_objects_v2(Bucket=bucket, Prefix="data/restart/")
-    assert [item["Key"] for item in objects["Contents"]] == ["data/restart/out.parquet"]
+    objects = s3.list_objects_v2(Bucket=bucket, Prefix="data/default/restart/")
+    assert [item["Key"] for item in objects["Contents"]] == ["data/default/restart/out.parquet"]
     _, errors = restarting.communicate(timeout=300)
     assert restarting.returncode == 0, errors
 

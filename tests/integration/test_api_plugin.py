@@ -169,7 +169,7 @@ def test_a_conf_the_params_refuse_is_a_422_naming_the_param_and_starts_no_run(em
     assert foreign.status_code == 404
 
 
-def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedded_stack, server, auth, tmp_path):
+def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedded_stack, server, auth, data_folder):
     settings = embedded_stack.settings
     write_gold_layer(
         GoldSpec(customers=300, days=2, end="2026-11-01T00:00:00+00:00", seed=5),
@@ -218,7 +218,7 @@ def test_feature_registration_batch_scoring_and_monitoring_runs_are_jobs(embedde
 
     model = f"api_batch_{uuid.uuid4().hex[:6]}"
     version = register_sample_model(settings.mlflow_url, model, customers=500)
-    output = tmp_path / "scored.parquet"
+    output = data_folder / "scored.parquet"  # the model is the default team's (registered untagged)
     batch = {
         "model_name": model,
         "model_version": version,

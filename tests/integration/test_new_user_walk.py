@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from asgard.features import gold
 from asgard.hooks.airflow_api import fetch_token
 from asgard.local.__main__ import main
+from conftest import team_folder
 
 pytestmark = pytest.mark.integration
 
@@ -135,11 +137,14 @@ def test_a_csv_of_their_own_becomes_a_served_regression_model_and_a_scored_batch
     code, out, err = asgard("models", model)
     assert code == 0 and "@champion=v1" in out and "rmse=" in out, out + err
 
-    # 5. A batch scored from their own entity file.
-    entities = tmp_path / "entities.parquet"
+    # 5. A batch scored from their own entity file, in their team's folder of the data roots; a relative
+    # output path lands in the team's first root.
+    folder = team_folder()  # the admin's model: the default team's
+    entities = folder / "entities.parquet"
     pd.DataFrame({"store_id": [3, 1, 4, 1, 5]}).to_parquet(entities, index=False)
-    output = tmp_path / "scored.parquet"
-    score = {"model_name": model, "entity_source": {"path": str(entities)}, "as_of": END, "output_path": str(output)}
+    relative = f"{folder.name}/scored.parquet"
+    output = Path(embedded_stack.settings.data_root_list[0]) / "default" / relative
+    score = {"model_name": model, "entity_source": {"path": str(entities)}, "as_of": END, "output_path": relative}
     (tmp_path / "score.json").write_text(json.dumps(score))
     code, out, err = asgard("score", str(tmp_path / "score.json"))
     assert code == 0, err + out

@@ -74,13 +74,13 @@ SEED_BATCH = {
     ("change", "named"),
     [
         ({"output_path": 42}, "output_path"),
-        ({"output_path": "predictions/batch.parquet"}, "output_path"),
+        ({"output_path": "predictions/batch.csv"}, "output_path"),  # relative is fine (the team's root): not .csv
         ({"feature_source": "spark"}, "feature_source"),
         ({"model_version": "latest"}, "model_version"),
         ({"entities_df": None, "entity_source": {"table": "t", "path": "/p.parquet"}}, "entity_source"),
         ({"entities_df": {"customer_id": []}}, "entities_df"),
     ],
-    ids=["number-output", "relative-output", "unknown-feature-source", "bad-version", "two-sources", "no-rows"],
+    ids=["number-output", "csv-output", "unknown-feature-source", "bad-version", "two-sources", "no-rows"],
 )
 def test_bad_score_batch_conf_is_a_400_and_creates_no_run(embedded_stack, change, named):
     api = embedded_stack.api
@@ -99,11 +99,11 @@ def test_bad_score_batch_conf_is_a_400_and_creates_no_run(embedded_stack, change
     [
         ({"model_name": "churn_predictor", "thresholds": {"driftt": 0.2}}, "thresholds"),
         ({"model_name": "churn_predictor", "thresholds": {"drift": -1}}, "thresholds"),
-        ({"model_name": "churn_predictor", "sources": ["window.parquet"]}, "sources"),
+        ({"model_name": "churn_predictor", "sources": ["window.csv"]}, "sources"),
         ({"model_name": "churn_predictor", "window_end": "yesterday"}, "window_end"),
         ({"model_name": "churn predictor"}, "model_name"),
     ],
-    ids=["unknown-threshold", "negative-threshold", "relative-source", "bad-time", "bad-model-name"],
+    ids=["unknown-threshold", "negative-threshold", "csv-source", "bad-time", "bad-model-name"],
 )
 def test_bad_monitor_model_conf_is_a_400_and_creates_no_run(embedded_stack, conf, named):
     api = embedded_stack.api

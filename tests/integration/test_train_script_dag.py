@@ -88,15 +88,32 @@ def test_the_cli_uploads_the_example_and_follows_it_through_training_and_the_gat
     assert len(answer.json()["predictions"]) == 2
 
 
-def test_script_that_logs_no_model_fails_and_registers_nothing(script_stack):
-    api = script_stack.api
+def test_script_that_logs_no_model_fails_registers_nothing_and_had_its_secrets_by_reference(script_stack):
+    """A script given a secret by reference (an Airflow Variable of its model's team) reads the value; the
+    task log shows *** where it printed it, and the run's conf holds only the reference."""
+    api, settings = script_stack.api, script_stack.settings
     name = f"nomodel_{uuid.uuid4().hex[:6]}"
-    source = "import mlflow, os\nwith mlflow.start_run():\n    mlflow.log_metric('accuracy', 0.9)\n"
+    token = f"tok-{uuid.uuid4().hex}"
+    key = f"{settings.default_team}.api_token_{uuid.uuid4().hex[:6]}"
+    created = httpx.post(
+        f"{settings.airflow_url}/api/v2/variables",
+        json={"key": key, "value": token},
+        headers={"Authorization": f"Bearer {api.token}"},
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    source = (
+        "import mlflow, os\n"
+        "secret = os.environ['API_TOKEN']\n"
+        "print('the token is', secret, 'of length', len(secret))\n"
+        "with mlflow.start_run():\n    mlflow.log_metric('accuracy', 0.9)\n"
+    )
     conf = {
         **example_upload(model_name=name, requirements=[]),
         "script_name": "no_model.py",
         "script_content": base64.b64encode(source.encode()).decode(),
         "use_feast": False,
+        "secret_env_vars": {"API_TOKEN": f"variable:{key}"},
     }
     outcome = api.run_and_wait("train_script", conf, timeout=900)
     assert outcome.state == "failed"
@@ -108,6 +125,21 @@ def test_script_that_logs_no_model_fails_and_registers_nothing(script_stack):
     printed = api.task_log("train_script", outcome.run_id, "run_script")
     assert "View run" in printed and f"{script_stack.settings.mlflow_url}/#/experiments/" in printed, printed
     assert ":5000/#/" not in printed
+    assert f"the token is *** of length {len(token)}" in printed and token not in printed, printed
+    assert api.run_conf("train_script", outcome.run_id)["secret_env_vars"] == {"API_TOKEN": f"variable:{key}"}
+
+
+def test_a_secret_of_another_team_is_refused_before_anything_runs(script_stack):
+    api = script_stack.api
+    name = f"foreign_{uuid.uuid4().hex[:6]}"
+    conf = {**example_upload(model_name=name), "secret_env_vars": {"DB_PASSWORD": "connection:other_team.warehouse"}}
+    outcome = api.run_and_wait("train_script", conf, timeout=300)
+    assert outcome.state == "failed" and outcome.task_states["check_upload"] == "failed"
+    assert outcome.task_states["prepare_environment"] == "upstream_failed"
+    log = api.task_log("train_script", outcome.run_id, "check_upload")
+    assert (
+        "secret_env_vars may name only team 'default'" in log and "DB_PASSWORD (connection:other_team.warehouse)" in log
+    )
 
 
 def test_bad_base64_fails_first_and_builds_nothing(script_stack):

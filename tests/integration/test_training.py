@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,6 +27,9 @@ from sample_data.gold_layer import GoldSpec, write_gold_layer
 
 pytestmark = pytest.mark.integration
 
+# The tasks run here in-process as the scheduler runs them, for a run the admin triggered (Airflow's own
+# DagRun fields that say who acts: asgard.core.teams.run_actor).
+ADMIN_RUN = SimpleNamespace(triggering_user_name="admin", run_type="manual")
 SPEC = GoldSpec(customers=1500, days=3, end="2026-11-01T00:00:00+00:00", seed=5)
 
 
@@ -66,7 +70,7 @@ def request_for(framework: str, model_type: str, **changes) -> dict:
 def train(request: dict, run_id: str | None = None) -> dict:
     """The DAG's tasks in order, as the scheduler runs them (same functions, same XCom shapes)."""
     dag_id, run_id = "train_model", run_id or f"manual__{uuid.uuid4().hex[:8]}"
-    checked = training.validate_request(request)
+    checked = training.validate_request(request, ADMIN_RUN)
     dataset = training.build_training_set(checked, dag_id=dag_id, run_id=run_id)
     fitted = training.fit_model(checked, dataset)
     registered = training.register_model(checked, dataset, fitted, dag_id=dag_id, run_id=run_id)
@@ -144,7 +148,7 @@ def test_two_gates_of_one_model_at_once_take_turns(stack):
     medium = {"n_estimators": 3, "max_depth": 2, "random_state": 7}
     for label, params in (("strong", {"random_state": 7}), ("medium", medium)):
         request = training.validate_request(
-            request_for("sklearn", "classification", model_name=name, hyperparameters={"params": params})
+            request_for("sklearn", "classification", model_name=name, hyperparameters={"params": params}), ADMIN_RUN
         )
         run_id = f"manual__{uuid.uuid4().hex[:8]}"
         dataset = training.build_training_set(request, dag_id="train_model", run_id=run_id)
@@ -229,7 +233,7 @@ def test_entities_restrict_the_training_set(stack):
 def test_bad_requests_fail_before_anything_is_created(stack, changes, message):
     request = request_for("sklearn", "classification", **changes)
     with pytest.raises(InputError) as raised:
-        training.validate_request(request)
+        training.validate_request(request, ADMIN_RUN)
     assert message in str(raised.value)
     assert not MlflowHook().client.search_model_versions(f"name = '{request['model_name']}'")
 
@@ -237,7 +241,7 @@ def test_bad_requests_fail_before_anything_is_created(stack, changes, message):
 def test_empty_training_set_is_refused(stack):
     request = request_for("sklearn", "classification")
     request["data_source"]["entities"] = {"customer_id": [10**9]}
-    checked = training.validate_request(request)
+    checked = training.validate_request(request, ADMIN_RUN)
     with pytest.raises(InputError, match="empty training set: label table 'customer_labels' has no rows"):
         training.build_training_set(checked, dag_id="train_model", run_id="manual__empty")
 
@@ -247,6 +251,6 @@ def test_one_class_target_is_refused(stack):
     stayed = labels.loc[labels["churned"] == 0, "customer_id"].head(50).tolist()
     request = request_for("sklearn", "classification")
     request["data_source"]["entities"] = {"customer_id": stayed}
-    checked = training.validate_request(request)
+    checked = training.validate_request(request, ADMIN_RUN)
     with pytest.raises(InputError, match="target 'churned' has a single class"):
         training.build_training_set(checked, dag_id="train_model", run_id="manual__oneclass")

@@ -227,7 +227,7 @@ def test_non_finite_thresholds_summaries_and_conf_values_are_422s_and_start_no_r
 def test_request_models_refuse_non_finite_numbers_wherever_they_are():
     from asgard.api.schemas import BatchScoringRequest, MonitoringRunRequest
 
-    scoring = {"model_name": "m", "output_path": "/tmp/out.parquet", "entities_df": {"amount": [1.5, math.inf]}}
+    scoring = {"model_name": "m", "output_path": "predictions/out.parquet", "entities_df": {"amount": [1.5, math.inf]}}
     with pytest.raises(ValueError, match=r"finite number, not inf \(at amount\.1\)"):
         BatchScoringRequest.model_validate(scoring)
     with pytest.raises(ValueError, match=r"thresholds\n.*finite number, not nan \(at drift\)"):

@@ -30,7 +30,7 @@ from asgard.scoring.plan import plan_job
 from asgard.scoring.publish import publish
 from asgard.scoring.scorer import PREDICTION
 from asgard.scoring.sources import SAMPLE_ENTITIES, ScoringError
-from conftest import sqlite_mlflow_home
+from conftest import TEST_DATA_BUCKET, TEST_DATA_ROOTS, sqlite_mlflow_home
 from sample_data.gold_layer import FEATURE_TABLE, GoldSpec, write_gold_layer
 from sample_data.models import SAMPLE_FEATURES, register_sample_model
 
@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = GoldSpec(customers=400, days=3, end="2026-11-01T00:00:00+00:00", seed=11)
 AS_OF = SPEC.end_time
 MODEL = "batch_churn"
+TEAM = "default"  # the model's (registered without a team): its runs read and write in <root>/default/
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def model(home):
 
 def run_job(params: dict, run_id: str = "manual__1") -> dict:
     """plan -> every partition -> publish, as the DAG's tasks run them (their results as XCom holds them)."""
-    planned = plan_job(params, dag_id="score_batch", run_id=run_id, as_of=AS_OF)
+    planned = plan_job(params, dag_id="score_batch", run_id=run_id, as_of=AS_OF, team=TEAM)
     parts = [score_partition(planned.job, partition) for partition in planned.partitions]
     return {
         "job": planned.job.to_dict(),
@@ -113,9 +114,9 @@ def visible_files(folder: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- results
-def test_inline_entities_get_feast_features_as_of_and_the_models_exact_predictions(home, model, tmp_path):
+def test_inline_entities_get_feast_features_as_of_and_the_models_exact_predictions(home, model, data_folder):
     ids = [5, 1, 42, 17, 399, 3, 250]
-    out = tmp_path / "batch.parquet"
+    out = data_folder / "batch.parquet"
     result = run_job(
         {
             "model_name": MODEL,
@@ -140,11 +141,11 @@ def test_inline_entities_get_feast_features_as_of_and_the_models_exact_predictio
         "rows": len(ids),
         "partitions": 1,
     }
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["batch.parquet"]  # staging removed
+    assert sorted(path.name for path in data_folder.iterdir()) == ["batch.parquet"]  # staging removed
 
 
-def test_alias_and_gold_table_source_score_every_row_as_of_its_own_timestamp(home, model, tmp_path):
-    out = tmp_path / "table.parquet"
+def test_alias_and_gold_table_source_score_every_row_as_of_its_own_timestamp(home, model, data_folder):
+    out = data_folder / "table.parquet"
     result = run_job(
         {
             "model_name": MODEL,
@@ -165,11 +166,11 @@ def test_alias_and_gold_table_source_score_every_row_as_of_its_own_timestamp(hom
     assert list(scored.columns[:2]) == ["customer_id", "event_timestamp"]
 
 
-def test_large_parquet_input_is_partitioned_chunked_and_equals_one_in_memory_predict(home, model, tmp_path):
+def test_large_parquet_input_is_partitioned_chunked_and_equals_one_in_memory_predict(home, model, data_folder):
     frame = feature_rows(5000)
-    source = tmp_path / "entities.parquet"
+    source = data_folder / "entities.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), source, row_group_size=1000)
-    out = tmp_path / "out" / "scores.parquet"
+    out = data_folder / "out" / "scores.parquet"
     result = run_job(
         {
             "model_name": MODEL,
@@ -213,11 +214,11 @@ score_partition(BatchJob.from_dict(planned["job"]), Partition.from_dict(planned[
 """
 
 
-def test_a_run_killed_mid_partition_leaves_no_visible_output_and_a_rerun_completes_once(home, model, tmp_path):
+def test_a_run_killed_mid_partition_leaves_no_visible_output_and_a_rerun_completes_once(home, model, data_folder):
     frame = feature_rows(200_000, seed=5)
-    source = tmp_path / "big.parquet"
+    source = data_folder / "big.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), source, row_group_size=50_000)
-    out_dir = tmp_path / "predictions"
+    out_dir = data_folder / "predictions"
     params = {
         "model_name": MODEL,
         "model_version": home["version"],
@@ -227,8 +228,8 @@ def test_a_run_killed_mid_partition_leaves_no_visible_output_and_a_rerun_complet
         "partition_rows": 100_000,
         "chunk_rows": 2_000,
     }
-    planned = plan_job(params, dag_id="score_batch", run_id="killed", as_of=AS_OF)
-    plan_file = tmp_path / "plan.json"
+    planned = plan_job(params, dag_id="score_batch", run_id="killed", as_of=AS_OF, team=TEAM)
+    plan_file = data_folder / "plan.json"
     plan_file.write_text(
         json.dumps({"job": planned.job.to_dict(), "partitions": [p.to_dict() for p in planned.partitions]})
     )
@@ -257,7 +258,7 @@ def test_a_run_killed_mid_partition_leaves_no_visible_output_and_a_rerun_complet
     assert sorted(p.name for p in out_dir.iterdir()) == ["big.parquet"]
 
 
-def test_s3_input_and_output_through_the_amazon_connection(home, model, moto_server, tmp_path, monkeypatch):
+def test_s3_input_and_output_through_the_amazon_connection(home, model, moto_server, data_folder, monkeypatch):
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     monkeypatch.setenv(
@@ -273,19 +274,19 @@ def test_s3_input_and_output_through_the_amazon_connection(home, model, moto_ser
     )
     monkeypatch.setenv("ASGARD_ALLOWED_AWS_CONN_IDS", "aws_default,moto_s3")  # the operator allows it
     hook = S3Hook(aws_conn_id="moto_s3")
-    hook.create_bucket("asgard-batch")
+    hook.create_bucket(TEST_DATA_BUCKET)  # the suite's S3 data root: the default team's folder in it
     frame = feature_rows(3000, seed=9)
-    local = tmp_path / "entities.parquet"
+    local = data_folder / "entities.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), local, row_group_size=1000)
-    hook.load_file(str(local), "entities/part-0.parquet", bucket_name="asgard-batch")
+    hook.load_file(str(local), f"{TEAM}/entities/part-0.parquet", bucket_name=TEST_DATA_BUCKET)
 
     for partition_rows, name in ((1000, "many"), (10_000, "one")):  # merged upload; server-side copy
-        uri = f"s3://asgard-batch/predictions/{name}.parquet"
+        uri = f"s3://{TEST_DATA_BUCKET}/{TEAM}/predictions/{name}.parquet"
         result = run_job(
             {
                 "model_name": MODEL,
                 "model_version": home["version"],
-                "entity_source": {"path": "s3://asgard-batch/entities/"},
+                "entity_source": {"path": f"s3://{TEST_DATA_BUCKET}/{TEAM}/entities/"},
                 "feature_source": "input",
                 "output_path": uri,
                 "aws_conn_id": "moto_s3",
@@ -295,12 +296,12 @@ def test_s3_input_and_output_through_the_amazon_connection(home, model, moto_ser
             run_id=f"s3-{name}",
         )
         assert result["published"]["asset_uri"] == uri
-        target = tmp_path / f"{name}.parquet"
-        hook.get_conn().download_file("asgard-batch", f"predictions/{name}.parquet", str(target))
+        target = data_folder / f"{name}.parquet"
+        hook.get_conn().download_file(TEST_DATA_BUCKET, f"{TEAM}/predictions/{name}.parquet", str(target))
         assert_scored_like_the_model(pd.read_parquet(target), model, frame, home["version"])
-    assert sorted(hook.list_keys("asgard-batch", prefix="predictions/")) == [
-        "predictions/many.parquet",
-        "predictions/one.parquet",
+    assert sorted(hook.list_keys(TEST_DATA_BUCKET, prefix=f"{TEAM}/predictions/")) == [
+        f"{TEAM}/predictions/many.parquet",
+        f"{TEAM}/predictions/one.parquet",
     ]
 
 
@@ -312,7 +313,11 @@ BAD_REQUESTS = {
     "missing-entity-key": ({"entities_df": {"account_id": [1, 2]}}, "lack the entity key(s) customer_id"),
     "foreign-feature-view": ({"feature_views": ["customer_labels"]}, "customer_labels not in the model's feature list"),
     "unknown-feature-view": ({"feature_views": ["nope"]}, "nope not in the model's feature list"),
-    "relative-output": ({"output_path": "predictions/out.parquet"}, "neither an absolute local path"),
+    "output-climbing-out-of-the-team": ({"output_path": "../beta/out.parquet"}, "outside the data roots of team"),
+    "entities-of-another-team": (
+        {"entities_df": None, "entity_source": {"path": "../beta/entities.parquet"}},
+        "entity_source path ../beta/entities.parquet (in ",  # then: "... is outside the data roots of team"
+    ),
     "not-parquet-output": ({"output_path": "/tmp/out.csv"}, "ending in .parquet"),
     "output-outside-the-data-roots": ({"output_path": "/proc/asgard/out.parquet"}, "is outside the data roots"),
     "both-sources": ({"entity_source": {"table": FEATURE_TABLE}}, "exactly one of entities_df"),
@@ -321,50 +326,54 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
-def test_bad_request_is_named_and_nothing_is_written(home, tmp_path, case):
+def test_bad_request_is_named_and_nothing_is_written(home, data_folder, case):
     change, message = BAD_REQUESTS[case]
     params = {
         "model_name": MODEL,
         "model_version": home["version"],
         "entities_df": {"customer_id": [1, 2]},
-        "output_path": str(tmp_path / "out.parquet"),
+        "output_path": str(data_folder / "out.parquet"),
         **change,
     }
     with pytest.raises(InputError, match=_escaped(message)):
-        plan_job(params, dag_id="score_batch", run_id="bad", as_of=AS_OF)
-    assert list(tmp_path.iterdir()) == []
+        plan_job(params, dag_id="score_batch", run_id="bad", as_of=AS_OF, team=TEAM)
+    assert list(data_folder.iterdir()) == []
 
 
-def test_output_that_is_a_directory_or_a_missing_bucket_is_refused(home, moto_server, tmp_path, monkeypatch):
-    (tmp_path / "taken.parquet").mkdir()
+def test_output_that_is_a_directory_or_a_missing_bucket_is_refused(home, moto_server, data_folder, monkeypatch):
+    (data_folder / "taken.parquet").mkdir()
     base = {"model_name": MODEL, "model_version": home["version"], "entities_df": {"customer_id": [1]}}
     with pytest.raises(ScoringError, match="is a directory"):
-        plan_job({**base, "output_path": str(tmp_path / "taken.parquet")}, dag_id="d", run_id="r", as_of=AS_OF)
+        plan_job(
+            {**base, "output_path": str(data_folder / "taken.parquet")}, dag_id="d", run_id="r", as_of=AS_OF, team=TEAM
+        )
     monkeypatch.setenv(
         "AIRFLOW_CONN_MOTO_S3",
         json.dumps({"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": moto_server}}),
     )
     monkeypatch.setenv("ASGARD_ALLOWED_AWS_CONN_IDS", "aws_default,moto_s3")
+    monkeypatch.setenv("ASGARD_DATA_ROOTS", f"{TEST_DATA_ROOTS},s3://no-such-bucket")  # a root, but no bucket
     with pytest.raises(ScoringError, match="bucket 'no-such-bucket' does not exist"):
         plan_job(
-            {**base, "output_path": "s3://no-such-bucket/x.parquet", "aws_conn_id": "moto_s3"},
+            {**base, "output_path": f"s3://no-such-bucket/{TEAM}/x.parquet", "aws_conn_id": "moto_s3"},
             dag_id="d",
             run_id="r",
             as_of=AS_OF,
+            team=TEAM,
         )
 
 
-def test_unwritable_output_is_refused_before_any_scoring(home, tmp_path):
-    (tmp_path / "a-file").write_text("not a folder")
+def test_unwritable_output_is_refused_before_any_scoring(home, data_folder):
+    (data_folder / "a-file").write_text("not a folder")
     params = {
         "model_name": MODEL,
         "model_version": home["version"],
         "entities_df": {"customer_id": [1, 2]},
-        "output_path": str(tmp_path / "a-file" / "out.parquet"),
+        "output_path": str(data_folder / "a-file" / "out.parquet"),
     }
     with pytest.raises(InputError, match="is not writable"):
-        plan_job(params, dag_id="score_batch", run_id="bad", as_of=AS_OF)
-    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+        plan_job(params, dag_id="score_batch", run_id="bad", as_of=AS_OF, team=TEAM)
+    assert [p.name for p in data_folder.iterdir()] == ["a-file"]
 
 
 def _escaped(message: str) -> str:
@@ -373,13 +382,31 @@ def _escaped(message: str) -> str:
     return re.escape(message)
 
 
-def test_scored_at_is_the_plan_time_and_as_of_defaults_to_the_run(home, tmp_path):
+def test_scored_at_is_the_plan_time_and_as_of_defaults_to_the_run(home, data_folder):
     before = datetime.now(UTC)
     planned = plan_job(
-        {"model_name": MODEL, "entities_df": {"customer_id": [1]}, "output_path": str(tmp_path / "o.parquet")},
+        {"model_name": MODEL, "entities_df": {"customer_id": [1]}, "output_path": str(data_folder / "o.parquet")},
         dag_id="score_batch",
         run_id="times",
         as_of=AS_OF,
+        team=TEAM,
     )
     assert planned.job.as_of == AS_OF.isoformat()
     assert datetime.fromisoformat(planned.job.scored_at) >= before
+
+
+def test_relative_and_default_outputs_land_in_the_teams_first_root(home, data_folder):
+    """A relative output_path, and none at all, write in the model's team's folder of the first data root."""
+    from asgard.core.settings import get_settings
+
+    root = Path(get_settings().data_root_list[0]) / TEAM
+    request = {"model_name": MODEL, "model_version": home["version"], "entities_df": {"customer_id": [1, 2]}}
+    result = run_job({**request, "output_path": f"{data_folder.name}/relative.parquet"}, run_id="relative")
+    assert (
+        result["published"]["output_path"]
+        == str(data_folder / "relative.parquet")
+        == str(root / data_folder.name / "relative.parquet")
+    )
+    assert len(pd.read_parquet(data_folder / "relative.parquet")) == 2
+    default = run_job(request, run_id="no-output-path")["published"]["output_path"]
+    assert Path(default).parent == root / "predictions" / "score_batch" and len(pd.read_parquet(default)) == 2

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
+from tests.conftest import sqlite_mlflow_home
 
 from asgard.core.errors import InputError
 from asgard.core.settings import Settings
@@ -31,47 +30,42 @@ def test_only_the_team_decides_and_the_trainer_not_under_the_second_person_rule(
     assert eligible_deciders("m", SECOND, {"admin"}, "admin") == []
 
 
-def test_team_is_the_admins_and_the_named_approvers(monkeypatch):
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "root:admin,reader:viewer,ops:Admin")
-    assert model_team("m", Settings(deploy_approvers=" alice, bob ,")) == {"root", "ops", "alice", "bob"}
+def test_team_is_the_models_team_the_admins_and_the_named_approvers(monkeypatch, tmp_path):
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import claim
 
-
-class _Registry:
-    """The registered-model tag calls of MLflow's client, in memory (MLflow itself: the integration test)."""
-
-    def __init__(self) -> None:
-        self.tags: dict[str, dict[str, str]] = {}
-
-    def get_registered_model(self, name: str) -> SimpleNamespace:
-        from mlflow.exceptions import MlflowException
-
-        if name not in self.tags:
-            raise MlflowException(f"no model {name}", error_code="RESOURCE_DOES_NOT_EXIST")
-        return SimpleNamespace(tags=dict(self.tags[name]))
-
-    def create_registered_model(self, name: str) -> None:
-        self.tags.setdefault(name, {})
-
-    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
-        self.tags[name][key] = value
-
-    def delete_registered_model_tag(self, name: str, key: str) -> None:
-        del self.tags[name][key]
+    users = "root:admin,reader:viewer:alpha,ops:Admin,alice:user:alpha,bob:user:beta,carol:user:alpha|beta"
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", users)
+    with sqlite_mlflow_home(tmp_path):
+        settings, hook = Settings(deploy_approvers=" dave, ,"), MlflowHook()
+        claim(hook, "m", "alpha", settings)
+        assert model_team("m", settings, hook) == {"root", "ops", "alice", "carol", "dave"}
+        # A model not registered yet: the default team's (only admins and the approvers here).
+        assert model_team("new", settings, hook) == {"root", "ops", "dave"}
 
 
 def test_a_model_tag_overrides_the_setting_and_null_restores_it(tmp_path):
-    settings = Settings(home=tmp_path, deploy_policy="approve", deploy_approval_timeout=3600)
-    hook = SimpleNamespace(client=_Registry())
-    assert model_policy(hook, "not_yet", settings).to_dict() == {
-        "policy": "approve",
-        "second_person": False,
-        "approval_timeout": 3600,
-        "source": "setting",
-    }
-    # Set before the model's first training: the model is registered for it.
-    policy = set_model_policy(hook, "m", settings, policy="auto", second_person=True, approval_timeout=90)
-    assert (policy.mode, policy.second_person, policy.timeout_seconds, policy.source) == ("auto", True, 90, "model tag")
-    back = set_model_policy(hook, "m", settings, policy=None)
-    assert (back.mode, back.source, back.second_person, back.timeout_seconds) == ("approve", "setting", False, 3600)
-    with pytest.raises(InputError, match="one of auto, approve, manual"):
-        set_model_policy(hook, "m", settings, policy="sometimes")
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import model_team as owning_team
+
+    with sqlite_mlflow_home(tmp_path):
+        settings = Settings(home=tmp_path, deploy_policy="approve", deploy_approval_timeout=3600)
+        hook = MlflowHook()
+        assert model_policy(hook, "not_yet", settings).to_dict() == {
+            "policy": "approve",
+            "second_person": False,
+            "approval_timeout": 3600,
+            "source": "setting",
+        }
+        # Set before the model's first training: the model is registered for it, as the team's.
+        policy = set_model_policy(
+            hook, "m", settings, team="alpha", policy="auto", second_person=True, approval_timeout=90
+        )
+        assert (policy.mode, policy.second_person, policy.timeout_seconds, policy.source) == (
+            "auto", True, 90, "model tag"
+        )  # fmt: skip
+        assert owning_team(hook, "m", settings) == "alpha"
+        back = set_model_policy(hook, "m", settings, team="alpha", policy=None)
+        assert (back.mode, back.source, back.second_person, back.timeout_seconds) == ("approve", "setting", False, 3600)
+        with pytest.raises(InputError, match="one of auto, approve, manual"):
+            set_model_policy(hook, "m", settings, team="alpha", policy="sometimes")

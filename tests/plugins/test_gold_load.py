@@ -148,6 +148,10 @@ def test_unsupported_types_and_a_typed_parquet_mismatch_are_named(location):
         loader.load_bytes(sink.getvalue().to_pybytes(), "parquet", REQUEST, location=location)
     with pytest.raises(GoldLoadError, match="upload is not readable parquet"):
         loader.load_bytes(b"PAR1 not really", "parquet", REQUEST, location=location)
+    # A binary file sent as CSV (the API fuzzer's PNG): arrow reads it, but its column names are not text.
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x08\x00:~\x9bU\x00IEND\xaeB`\x82"
+    with pytest.raises(GoldLoadError, match="upload is not readable csv: its column names are not UTF-8 text"):
+        loader.load_bytes(png, "csv", REQUEST, location=location)
 
 
 @pytest.mark.parametrize("mode", ["append", "replace", "new"])
@@ -174,22 +178,28 @@ def test_a_write_that_fails_midway_leaves_the_table_as_it_was(location, monkeypa
         assert state(location) == before
 
 
-def test_a_path_is_read_only_under_the_data_roots_and_never_in_the_platforms_folders(location, tmp_path, monkeypatch):
+def test_a_path_is_read_only_in_the_callers_team_roots_and_never_in_the_platforms_folders(
+    location, data_folder, tmp_path, monkeypatch
+):
     from asgard.core.settings import Settings
 
     monkeypatch.setenv("ASGARD_HOME", str(tmp_path / "home"))
-    file = tmp_path / "stores.csv"
+    file = data_folder / "stores.csv"
     file.write_text(CSV)
-    assert loader.load_path(str(file), REQUEST, location=location).rows == 3
+    assert loader.load_path(str(file), REQUEST, team="default", location=location).rows == 3
+    with pytest.raises(
+        InputError, match="outside the data roots of team 'beta'"
+    ):  # the gold layer is shared; files are not
+        loader.load_path(str(file), REQUEST, team="beta", location=location)
     own = Settings.from_env().data_dir / "gold" / "leak.csv"
     own.parent.mkdir(parents=True)
     own.write_text(CSV)
     with pytest.raises(InputError, match="inside the platform's own folder"):
-        loader.load_path(str(own), REQUEST, location=location)
+        loader.load_path(str(own), REQUEST, team="default", location=location)
     with pytest.raises(InputError, match="outside the data roots"):
-        loader.load_path("/etc/passwd.csv", REQUEST, location=location)
+        loader.load_path("/etc/passwd.csv", REQUEST, team="default", location=location)
     with pytest.raises(GoldLoadError, match="cannot tell its format"):
-        loader.load_path(str(tmp_path / "stores.txt"), REQUEST, location=location)
+        loader.load_path(str(data_folder / "stores.txt"), REQUEST, team="default", location=location)
 
 
 def test_the_production_catalog_postgresql_and_s3(moto_server, monkeypatch, tmp_path):
@@ -201,7 +211,7 @@ def test_the_production_catalog_postgresql_and_s3(moto_server, monkeypatch, tmp_
     import sqlalchemy as sa
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    from conftest import postgres_url
+    from conftest import TEST_DATA_BUCKET, postgres_url
 
     connection = {"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": moto_server}}
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
@@ -221,9 +231,11 @@ def test_the_production_catalog_postgresql_and_s3(moto_server, monkeypatch, tmp_
         replacement = pa.table({"store_id": [9], "event_timestamp": ["2026-10-09"], "footfall": [1],
                                 "basket": [2.0], "region": ["west"]})  # fmt: skip
         pq.write_table(replacement, tmp_path / "r.parquet")
-        S3Hook().load_file(str(tmp_path / "r.parquet"), "incoming/r.parquet", bucket_name="asgard-gold-load")
+        S3Hook().create_bucket(TEST_DATA_BUCKET)  # the suite's S3 data root: the default team's folder in it
+        S3Hook().load_file(str(tmp_path / "r.parquet"), "default/incoming/r.parquet", bucket_name=TEST_DATA_BUCKET)
         request = LoadRequest("stores", "store_id", "event_timestamp", "replace")
-        replaced = loader.load_path("s3://asgard-gold-load/incoming/r.parquet", request, location=location)
+        uri = f"s3://{TEST_DATA_BUCKET}/default/incoming/r.parquet"
+        replaced = loader.load_path(uri, request, team="default", location=location)
         assert replaced.total_rows == 1
         rows = gold.load_table("stores", location).scan().to_arrow().to_pylist()
         assert [(row["store_id"], row["region"]) for row in rows] == [(9, "west")]

@@ -49,6 +49,7 @@ CONFIG_MAPS = kmock.resource("", "v1", "configmaps")
 POD_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/:]+):8080/proxy(/.*)$")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 PODS = kmock.resource("", "v1", "pods")
+AUTOSCALERS = kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")
 # A database of the machine's Redis: other tests use 11 and 12, the production e2e 8 and 9, the benchmarks
 # 10, 14 and 15.
 ONLINE_REDIS_DB = 13
@@ -79,6 +80,8 @@ class ServingCluster(kmock.KubernetesEmulator):
     shadow: str | None = None
     mirror_file: Path | None = None
     dns: dict[str, str] = attrs.field(factory=dict)
+    # Called (with the emulator) once the model's Deployment is applied: what someone else does meanwhile.
+    after_deployment_applied: object = None
 
     async def _handle(self, request):
         proxied = PROXY.match(request.url.path)
@@ -91,7 +94,12 @@ class ServingCluster(kmock.KubernetesEmulator):
         to_pod = POD_PROXY.match(request.url.path)
         if to_pod:
             return await self._pod_proxy(request, to_pod.group(1), to_pod.group(2), to_pod.group(3))
-        if request.resource == CONFIG_MAPS and request.name == f"{APP}-mirror" and self.mirror_file is not None:
+        if (
+            request.resource == CONFIG_MAPS
+            and request.name == f"{APP}-mirror"
+            and request.action in (kmock.action.UPDATE, kmock.action.DELETE)
+            and self.mirror_file is not None
+        ):
             self._project_mirror(request)
         if request.resource == DEPLOYMENTS and request.action == kmock.action.DELETE and request.name:
             async with self._lock:
@@ -123,6 +131,8 @@ class ServingCluster(kmock.KubernetesEmulator):
         if key is not None and request.resource == DEPLOYMENTS:
             async with self._lock:
                 self._control(key, spec_before)
+                if self.after_deployment_applied is not None and key[2] == APP:
+                    self.after_deployment_applied(self)
         return response
 
     def _control(self, key, spec_before: str) -> None:
@@ -411,13 +421,18 @@ def test_first_deploy_server_side_applies_every_object_and_proves_the_version_se
     for request in applies:
         headers = {name.lower(): value for name, value in request.headers.items()}
         assert headers["content-type"] == "application/apply-patch+yaml"
+        # Nothing of these names existed: the apply creates them, forcing nothing over anyone.
         assert (request.params["fieldManager"], request.params["force"]) == (
             "asgard",
-            "True",
+            "False",
         )  # the client sends Python bools; ParseBool reads them
         assert headers["authorization"] == "Bearer deployer-token"
     # Verification went through the Service: health, metadata, then a prediction per holdout row.
     assert cluster.served == ["1"] * 3
+    # The next deploy forces its fields over its own objects only (an autoscaler may hold some).
+    deploy("2", payload)
+    again = [request for request in cluster if request.method == "PATCH"][4:]
+    assert len(again) == 4 and {request.params["force"] for request in again} == {"True"}
 
 
 def test_reapplying_the_serving_version_changes_nothing(cluster, payload):
@@ -680,7 +695,12 @@ def test_a_model_whose_name_maps_to_another_models_workload_is_refused(cluster, 
         kubernetes_target.cluster_hook(
             kubernetes_conn_id="asgard_test_cluster", eks_cluster_name=None, aws_conn_id="x", namespace=NAMESPACE
         ) as hook,
-        pytest.raises(InputError, match=r"model 'Churn' would be served as models/churn-inference.*model 'churn'"),
+        pytest.raises(
+            InputError,
+            match=r"4 objects model 'Churn' would apply are not its own \(Deployment models/churn-inference: it "
+            r"serves model 'churn'; Service .*; HorizontalPodAutoscaler models/churn-inference: it belongs to model "
+            r"'churn'; PodDisruptionBudget .*\)",
+        ),
     ):
         kubernetes_target.deploy(
             hook, model_name="Churn", version="2", run_id="r2", image=image("2"), payload=payload, namespace=NAMESPACE
@@ -702,7 +722,11 @@ def test_an_object_asgard_did_not_create_is_never_taken_over(cluster, payload):
             "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80}]},
         }
         hook.core_v1_client.create_namespaced_service(NAMESPACE, theirs)
-        with pytest.raises(InputError, match=r"models/churn-inference exists as a Service that Asgard did not create"):
+        refused = (
+            r"^Service models/churn-inference does not belong to model 'churn': Asgard did not create it \(it has no "
+            r"app.kubernetes.io/part-of=asgard label\). Asgard never overwrites or removes"
+        )
+        with pytest.raises(InputError, match=refused):
             kubernetes_target.deploy(
                 hook,
                 model_name="churn",
@@ -716,12 +740,67 @@ def test_an_object_asgard_did_not_create_is_never_taken_over(cluster, payload):
     assert cluster.current("services")["metadata"]["labels"] == {"team": "payments"}
 
 
-def test_only_the_allowed_namespaces_take_a_deploy(monkeypatch):
-    from asgard.core.settings import Settings
+def changes(emulator: ServingCluster) -> list:
+    """The requests that changed (or tried to change) an object: applies and deletes."""
+    return [request for request in emulator if request.method in ("PATCH", "DELETE", "POST", "PUT")]
 
-    assert Settings().allowed_serving_namespaces == ["asgard"]
-    monkeypatch.setenv("ASGARD_SERVING_NAMESPACES", "team-a-models, team-b-models")
-    assert Settings().allowed_serving_namespaces == ["team-a-models", "team-b-models"]
+
+def test_a_trial_is_refused_before_any_change_when_one_of_its_names_is_someone_elses(cluster, payload):
+    """A hand-made Deployment named like the model's canary: the canary never starts, and the object is
+    neither taken over nor removed by the trial's clean-up; a replace deploy (which needs no such name) runs."""
+    deploy("1", payload)
+    theirs = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{APP}-canary", "namespace": NAMESPACE, "labels": {"team": "payments"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "payments"}},
+            "template": {"spec": {"containers": [{"name": "payments", "image": "payments:1"}]}},
+        },
+    }
+    cluster.objects[DEPLOYMENTS, NAMESPACE, f"{APP}-canary"] = theirs
+    changed_before = len(changes(cluster))
+
+    with pytest.raises(
+        InputError, match=rf"^Deployment models/{APP}-canary does not belong to model 'churn': Asgard did"
+    ):
+        deploy("2", payload, rollout=Rollout(strategy=CANARY, percent=30, min_requests=15, duration=60))
+
+    assert len(changes(cluster)) == changed_before  # nothing applied, nothing deleted
+    assert cluster.current("deployments", f"{APP}-canary", NAMESPACE)["metadata"]["labels"] == {"team": "payments"}
+    assert template_image(cluster) == image("1")
+    assert deploy("2", payload)["version"] == "2"
+    assert cluster.current("deployments", f"{APP}-canary", NAMESPACE)["metadata"]["labels"] == {"team": "payments"}
+
+
+def test_an_object_made_by_someone_else_during_a_deploy_is_not_forced_over_nor_removed_by_the_rollback(
+    cluster, payload
+):
+    """Another team creates an autoscaler of the model's name while its first deploy runs: the apply stops
+    there (never forced over it), the rollback removes what the run created and leaves theirs alone."""
+    theirs = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": APP, "namespace": NAMESPACE, "labels": {"team": "payments"}},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "payments"}, "maxReplicas": 3},
+    }
+
+    def someone_else_creates_an_autoscaler(emulator: ServingCluster) -> None:
+        emulator.after_deployment_applied = None
+        emulator.objects[AUTOSCALERS, NAMESPACE, APP] = theirs
+
+    cluster.after_deployment_applied = someone_else_creates_an_autoscaler
+    with pytest.raises(DeployError) as failure:
+        deploy("1", payload)
+
+    assert str(failure.value).startswith(
+        f"HorizontalPodAutoscaler models/{APP} does not belong to model 'churn': Asgard did not create it"
+    ), failure.value
+    assert failure.value.serving is None and failure.value.rollback_problem is None
+    assert not [request for request in changes(cluster) if request.resource == AUTOSCALERS]
+    assert cluster.current("horizontalpodautoscalers")["metadata"]["labels"] == {"team": "payments"}
+    # What the run itself created is gone again.
+    assert cluster.current("deployments") is None and cluster.current("services") is None
 
 
 def test_a_deploy_keeps_the_replica_count_the_autoscaler_set(cluster, payload):
@@ -736,9 +815,11 @@ def test_a_deploy_keeps_the_replica_count_the_autoscaler_set(cluster, payload):
     assert template_image(cluster) == image("2")
 
 
-def test_pods_read_the_online_store_url_from_the_secret_and_predict_by_id(cluster, payload, online_version):
+@pytest.mark.parametrize("exposed", [True, False])
+def test_pods_read_the_online_store_url_from_the_secret_and_predict_by_id(cluster, payload, online_version, exposed):
     """The operator's Secret holds the Redis URL; the Deployment names it, the pods' app reads features
-    by id through the Service, equal to Feast's; the URL is in no manifest."""
+    by id through the Service, equal to Feast's; the URL is in no manifest. Only a deploy that exposes
+    features (``expose_features``, the pods' environment) returns them; by default they are refused."""
     start, expected = online_version
     cluster.starts["5"] = start
     with kubernetes_target.cluster_hook(
@@ -750,17 +831,22 @@ def test_pods_read_the_online_store_url_from_the_secret_and_predict_by_id(cluste
         secret["data"] = {"url": base64.b64encode(url.encode()).decode()}  # what the API server stores
         api.core.create_namespaced_secret(NAMESPACE, secret)
 
-        deploy("5", payload, online_store_secret="asgard-online-store")
-        status, text = api.service_call(APP)(
-            "POST", "/predict", {"entities": {"customer_id": [1, 2, 3]}, "return_features": True}
-        )
+        deploy("5", payload, online_store_secret="asgard-online-store", expose_features=exposed)
+        call = api.service_call(APP)
+        status, text = call("POST", "/predict", {"entities": {"customer_id": [1, 2, 3]}, "return_features": True})
+        _, plain = call("POST", "/predict", {"entities": {"customer_id": [1, 2, 3]}})
 
-    assert status == 200, text
-    answer = json.loads(text)
-    assert answer["model_version"] == "5" and answer["entities"] == {"customer_id": [1, 2, 3]}
-    assert answer["features"] == {name: expected[name] for name in SEED_FEATURES}
-    assert url not in json.dumps(cluster.current("deployments"))
     container = cluster.current("deployments")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "ASGARD_SERVING_EXPOSE_FEATURES", "value": json.dumps(exposed)} in container["env"]
+    if exposed:
+        assert status == 200, text
+        answer = json.loads(text)
+        assert answer["model_version"] == "5" and answer["entities"] == {"customer_id": [1, 2, 3]}
+        assert answer["features"] == {name: expected[name] for name in SEED_FEATURES}
+    else:
+        assert status == 403 and "expose_features" in json.loads(text)["detail"], text
+        assert json.loads(plain)["model_version"] == "5" and "features" not in json.loads(plain)
+    assert url not in json.dumps(cluster.current("deployments"))
     assert {
         "name": "ASGARD_ONLINE_STORE",
         "valueFrom": {"secretKeyRef": {"name": "asgard-online-store", "key": "url", "optional": True}},

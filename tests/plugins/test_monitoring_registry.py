@@ -13,13 +13,13 @@ import pytest
 
 from asgard.hooks.mlflow import MlflowHook
 from asgard.monitoring.reference import load_reference
-from asgard.monitoring.run import deployed_models, monitor_version
+from asgard.monitoring.run import _in_team_roots, deployed_models, monitor_version
 from asgard.monitoring.store import MonitoringStore
 from asgard.monitoring.thresholds import MonitoringError
 from asgard.monitoring.windows import read_prediction_log
 from asgard.registry.versions import PROFILE_ARTIFACT, REFERENCE_SAMPLE_ARTIFACT
 from asgard.training import data as training_data
-from conftest import sqlite_mlflow_home
+from conftest import sqlite_mlflow_home, team_folder
 from sample_data.models import SEED_FEATURES, register_sample_model, training_frame
 
 MODEL = "monitored_churn"
@@ -59,13 +59,13 @@ def test_a_version_without_a_reference_profile_and_an_unknown_model_are_named(re
         load_reference(registry["hook"], MODEL, "99")
 
 
-def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, profiled, tmp_path):
+def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, profiled, data_folder):
     import mlflow
 
     hook, version = registry["hook"], profiled
     run_id = hook.client.get_model_version(MODEL, version).run_id
 
-    window = tmp_path / "window.parquet"
+    window = data_folder / "window.parquet"  # the model's team's (the default team: it was registered untagged)
     drifted = training_frame(1500, SEED_FEATURES)[0]
     drifted["total_purchases"] = drifted["total_purchases"] * 3
     drifted.to_parquet(window, index=False)
@@ -91,6 +91,30 @@ def test_a_whole_run_stores_reports_and_logs_to_the_versions_run(registry, profi
     monitor_version(target_model, params, source_run="monitor_model/r1", run_after=RUN_AFTER)
     again = store.history(MODEL, model_version=version, metric_type="feature_drift")
     assert again["total_records"] == history["total_records"]
+
+
+def test_a_run_reads_sources_and_labels_only_in_its_models_teams_data_roots(registry, profiled, data_folder):
+    """The run acts for the model's team (default): another team's files, and the prediction logs (the
+    platform's own), are refused by name before anything is read."""
+    from asgard.core.errors import InputError
+    from asgard.core.settings import get_settings
+
+    theirs = team_folder("beta") / "window.parquet"
+    training_frame(50, SEED_FEATURES)[0].to_parquet(theirs, index=False)
+    target_model = {"model_name": MODEL, "model_version": profiled}
+    for params in (
+        {"sources": [str(theirs)]},
+        {"sources": [f"../beta/{theirs.parent.name}/window.parquet"]},
+        {"labels": [str(theirs)]},
+    ):
+        with pytest.raises(InputError, match="is outside the data roots of team 'default'"):
+            monitor_version(target_model, params, source_run="monitor_model/teams", run_after=RUN_AFTER)
+    # Batch outputs named by Asset events (anyone allowed to post one can name any asset): the team's only.
+    ours = str(data_folder / "scored.parquet")
+    assert _in_team_roots([str(theirs), ours], "default", get_settings()) == [ours]
+    log = get_settings().prediction_log_folder(MODEL) / "predictions.parquet"
+    with pytest.raises(InputError, match="inside the platform's own folder"):
+        monitor_version(target_model, {"labels": [str(log)]}, source_run="monitor_model/teams", run_after=RUN_AFTER)
 
 
 def _log_predictions(destination: str, version: str, rows: int) -> list[str]:
@@ -175,17 +199,18 @@ def test_the_daily_sweep_leaves_out_serving_models_without_a_reference(registry,
     assert "logged no reference profile (reference/profile.json)" in caplog.text
 
 
-def _event(uri: str, extra: dict, timestamp: datetime):
-    """An Asset event as a triggered run's ``triggering_asset_events`` holds it (the Task SDK's model)."""
+def _event(uri: str, extra: dict, timestamp: datetime, source_dag_id: str | None = "monitor_model"):
+    """An Asset event as a triggered run's ``triggering_asset_events`` holds it (the Task SDK's model);
+    ``source_dag_id`` None: one posted through Airflow's REST API, which has no source task."""
     from airflow.sdk.api.datamodels._generated import AssetEventDagRunReference
 
     return AssetEventDagRunReference.model_validate(
         {
             "asset": {"name": uri, "uri": uri, "extra": {}},
             "extra": extra,
-            "source_task_id": "t",
-            "source_dag_id": "d",
-            "source_run_id": "r",
+            "source_task_id": "request_retraining" if source_dag_id else None,
+            "source_dag_id": source_dag_id,
+            "source_run_id": "r" if source_dag_id else None,
             "source_map_index": -1,
             "source_aliases": [],
             "timestamp": timestamp,
@@ -225,6 +250,9 @@ def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_ex
             [{"model_name": MODEL, "model_version": "2", "retrain": {"model_name": MODEL}}], "scheduled__x"
         )
         events = {**materialized, "requests": [_event(retraining.RETRAINING_REQUESTS, drift[0], now)] * 2}
+        posted = {"requests": [_event(retraining.RETRAINING_REQUESTS, {**drift[0], "train_run_id": "x"}, now, None)]}
+        # A request posted through the REST API (no source task) retrains nothing: only monitoring may ask.
+        assert retraining.requests_for(posted, "asset_triggered__0", now=now) == []
         first = retraining.requests_for(events, "asset_triggered__1", now=now)
         assert first == [
             {"conf": {"model_name": MODEL}, "trigger_run_id": f"retrain__{MODEL}__scheduled__x"},

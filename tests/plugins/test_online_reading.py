@@ -111,6 +111,10 @@ def bundle(folder, model, store, views=("customer_features",)):
 
 @pytest.fixture
 def serve(tmp_path, monkeypatch):
+    # The deployment that exposes features: what is read by id is returned and compared here (the
+    # default, which shows nothing of the store: tests/include/test_serving_feature_exposure.py).
+    monkeypatch.setenv("ASGARD_SERVING_EXPOSE_FEATURES", "true")
+
     def start(folder, location):
         if location:
             monkeypatch.setenv("ASGARD_ONLINE_STORE", location)

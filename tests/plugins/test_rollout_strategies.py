@@ -287,6 +287,23 @@ def test_a_deploy_request_carries_its_rollout_to_either_target():
         assert on_kubernetes.rollout_plan.strategy == strategy
 
 
+def test_a_deploy_exposes_stored_features_only_when_its_conf_says_true():
+    """``expose_features``: off unless the conf says true (a promotion's run has no conf); only a
+    boolean passes the form's schema."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from asgard.deploy.params import deploy_model_params
+    from asgard.deploy.rollout import DeployRequest, deployment_request
+
+    param = deploy_model_params()["expose_features"]
+    assert param.resolve() is False
+    with pytest.raises(ParamValidationError):
+        param.resolve("true")
+    assert deployment_request({"model_name": "churn"}).expose_features is False
+    exposed = deployment_request({"model_name": "churn", "expose_features": True})
+    assert DeployRequest.from_dict(exposed.to_dict()).expose_features is True  # through XCom
+
+
 def test_the_router_holds_no_more_of_a_request_or_an_answer_than_its_limits(router, monkeypatch):
     """A 300 MB body to a model that does not exist took the router to 645 MB before its 404 (found by a
     hostile review): the route is looked up before the body is read, a body over the serving limit is a

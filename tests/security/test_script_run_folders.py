@@ -24,6 +24,7 @@ from asgard.core.leftovers import LeftoverError, read_left_file
 from asgard.core.sandbox import Limits
 from asgard.core.settings import REPO_ROOT, Settings, get_settings
 from asgard.local.examples import example_upload
+from asgard.training.data import run_storage
 from asgard.training.scripts import run_folders
 from asgard.training.scripts import runner as user_scripts
 
@@ -223,6 +224,8 @@ def test_run_ids_that_shared_a_folder_get_folders_of_their_own(tmp_path):
         assert run_folders.task_folder(DAG, first, "run_script", settings=settings) != run_folders.task_folder(
             DAG, second, "run_script", settings=settings
         )
+        # train_model's training set and holdout between its tasks: the same digest keeps them apart.
+        assert run_storage("train_model", first, settings) != run_storage("train_model", second, settings)
     # The dag id and the run id are one key together, never a concatenation that two pairs share.
     assert run_folders.run_key("a", "b_c") != run_folders.run_key("a_b", "c")
     folder = run_folders.task_folder("../up", "../../x", "../t", 3, settings=settings)

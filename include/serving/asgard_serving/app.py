@@ -28,6 +28,10 @@ Environment:
 ``ASGARD_ONLINE_STORE``         where ``{"entities": ...}`` requests read features: ``sqlite:///<path>`` or a
                                 ``redis://`` URL (unset: only requests carrying their features)
 ``ASGARD_SERVING_MAX_ENTITIES`` a request naming more entity ids is refused with 422 (default 1,000)
+``ASGARD_SERVING_EXPOSE_FEATURES``  ``true``: ``{"entities": ...}`` answers may carry the stored features
+                                (``return_features``) and their times, and name ids the store does not
+                                hold (422). ``false`` (the default, ``deploy_model``'s ``expose_features``):
+                                neither, and every id gets the same answer shape (``feature_exposure``)
 ``ASGARD_SERVING_FEATURE_CACHE``  entities whose SQLite rows are remembered until the store's file changes
                                 (default 50,000; 0: none)
 ``ASGARD_MIRROR_CONFIG``        a file that, while it exists, names a shadow to copy a share of the prediction
@@ -52,12 +56,13 @@ import anyio
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from asgard_serving import feature_exposure
 from asgard_serving.batching import TurnBatch
 from asgard_serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asgard_serving.metrics import ModelTime, RequestMetrics
 from asgard_serving.mirror import Mirror
 from asgard_serving.model import Bundle, InputError, NonFinite, Predictor, columns_of
-from asgard_serving.online import OnlineFeatures, StoreUnavailable
+from asgard_serving.online import FeatureRows, OnlineFeatures, StoreUnavailable
 
 try:
     import orjson
@@ -106,6 +111,8 @@ class State:
     mirror: Mirror | None = None
     # Why this server cannot predict by entity id (None when it can).
     online_refusal: tuple[int, str] | None = (503, "model not loaded yet")
+    # Whether answers by entity id may show what the online store holds (ASGARD_SERVING_EXPOSE_FEATURES).
+    expose_features: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,8 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
     async def lifespan(_: FastAPI):
         bundle = Bundle.read(bundle_dir)
         state.predictor = Predictor(bundle, max_string_chars=limits.max_string_chars)
-        state.online, state.online_refusal = _online_features(bundle, limits)
+        state.expose_features = feature_exposure.exposed(os.environ.get(feature_exposure.ENVIRONMENT))
+        state.online, state.online_refusal = _online_features(state.predictor, limits, state.expose_features)
         log_destination = os.environ.get("ASGARD_PREDICTION_LOG")
         if log_destination:
             from asgard_serving.prediction_log import PredictionLog
@@ -180,7 +188,8 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
             document = generated_openapi()
             bundle = state.predictor.bundle if state.predictor else Bundle.read(bundle_dir)
             join_keys = (bundle.info.get("online_features") or {}).get("join_keys")
-            document["paths"].update(prediction_paths(bundle.columns, join_keys))
+            exposed = feature_exposure.exposed(os.environ.get(feature_exposure.ENVIRONMENT))
+            document["paths"].update(prediction_paths(bundle.columns, join_keys, features_exposed=exposed))
         return api.openapi_schema
 
     api.openapi = openapi
@@ -228,12 +237,19 @@ def create_app(model_dir: str | None = None, limits: Limits | None = None) -> AS
     return PredictionPaths(Predictions(state, limits, model_time), api, metrics)
 
 
-def _online_features(bundle: Bundle, limits: Limits) -> tuple[OnlineFeatures | None, tuple[int, str] | None]:
+def _online_features(
+    predictor: Predictor, limits: Limits, expose_features: bool
+) -> tuple[OnlineFeatures | None, tuple[int, str] | None]:
     """The version's online-store reader, or why entity requests are refused (status, reason)."""
+    bundle = predictor.bundle
     spec = bundle.info.get("online_features")
     if not spec:
         reason = bundle.info.get("online_features_reason") or "it was not trained on Feast feature views"
         return None, (422, f"this model version cannot predict by entity id: {reason}")
+    if not expose_features:
+        refusal = feature_exposure.featureless_refusal(predictor)
+        if refusal is not None:
+            return None, refusal
     location = os.environ.get("ASGARD_ONLINE_STORE")
     if not location:
         return None, (503, "this server has no online store to read features from (ASGARD_ONLINE_STORE)")
@@ -359,6 +375,8 @@ class Predictions:
         wrong = [name for name, value in flags.items() if type(value) is not bool]
         if wrong:
             return _error(422, f"{wrong[0]} must be true or false")
+        if flags["return_features"] and not self.state.expose_features:
+            return _error(*feature_exposure.RETURN_FEATURES_REFUSAL)
         online = self.state.online
         if online is None:
             return _error(*self.state.online_refusal)
@@ -377,6 +395,8 @@ class Predictions:
             found = await online.read(ask.entities, [column.name for column in signature.columns])
         except StoreUnavailable as error:
             return _error(503, str(error))
+        if not self.state.expose_features:
+            return await self._answer_entities_privately(ask, found)
         if found.missing:
             missing = {name: [ids[row] for row in found.missing] for name, ids in ask.ids.items()}
             named = "; ".join(f"{name} {', '.join(map(str, values[:20]))}" for name, values in missing.items())
@@ -388,11 +408,7 @@ class Predictions:
             rows = signature.check(found.columns)
         except InputError as error:
             return _error(422, f"the online store's features do not fit the model: {error}")
-        features = Ask(found.columns, rows, ask.probabilities, False)
-        if rows <= self.limits.inline_rows:
-            status, result = self._predicted(features)
-        else:
-            status, result = await anyio.to_thread.run_sync(self._predicted, features)
+        status, result = await self._predicted_read(found, rows, ask.probabilities)
         if status != 200:
             return status, _dumps(result)
         result["entities"] = ask.ids
@@ -400,6 +416,34 @@ class Predictions:
         if ask.features:
             result["features"] = found.columns
         return 200, _dumps(result)
+
+    async def _answer_entities_privately(self, ask: EntityAsk, found: FeatureRows) -> Reply:
+        """The answer by entity id when the deployment does not expose features: every id answered alike.
+
+        An id the store does not hold is predicted from its features as the store reads them (all None,
+        as ``get_online_features`` answers for it; the start-up check made sure this model takes such a
+        row), and no answer carries what only a held id has: its features, their times, a 422 naming it,
+        or a refusal quoting a stored value. What the store holds that does not fit the model is the
+        server's problem: a 500 that names no id or value (the server's log has the details)."""
+        signature = self.state.predictor.signature
+        try:
+            rows = signature.check(found.columns)
+        except InputError as error:
+            log.error("the online store's features do not fit the model: %s", error)
+            return _error(500, feature_exposure.STORED_FEATURES_FAILED)
+        status, result = await self._predicted_read(found, rows, ask.probabilities)
+        if status != 200:
+            log.error("by entity id, the model answered %d: %s", status, result.get("detail"))
+            return _error(500, feature_exposure.STORED_FEATURES_FAILED)
+        result["entities"] = ask.ids
+        return 200, _dumps(result)
+
+    async def _predicted_read(self, found: FeatureRows, rows: int, probabilities: bool) -> tuple[int, dict[str, Any]]:
+        """The prediction of features read by id, following ``inline_rows`` as requests carrying theirs do."""
+        features = Ask(found.columns, rows, probabilities, False)
+        if rows <= self.limits.inline_rows:
+            return self._predicted(features)
+        return await anyio.to_thread.run_sync(self._predicted, features)
 
     def answer(self, ask: Ask) -> Reply:
         """Predict, log and answer (on the event loop for small asks, on a worker thread for large ones)."""

@@ -44,8 +44,8 @@ class StoreUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class FeatureRows:
-    """Features read for a request's entities: model input columns, each row's oldest feature time,
-    and the rows no view had features for (their positions)."""
+    """Features read for a request's entities: model input columns (None where a view holds nothing for
+    the entity), each row's oldest feature time, and the rows some view had no features for (their positions)."""
 
     columns: dict[str, list]
     timestamps: list[datetime | None]
@@ -283,15 +283,18 @@ class OnlineFeatures:
         await self.store.close()
 
     async def read(self, entities: list[dict[str, Any]], inputs: list[str]) -> FeatureRows:
-        """The model's ``inputs`` for each entity, as Feast's ``get_online_features`` would return them."""
+        """The model's ``inputs`` for each entity, as Feast's ``get_online_features`` would return them: a
+        view that holds nothing for an entity gives it None for each of its features (and lists its row
+        in ``missing``)."""
         keys = list(map(self.key_of, entities))
         found = [list(map(per_key.get, keys)) for per_key in await self.store.read(keys)]
         columns: dict[str, list] = {name: [None] * len(keys) for name in inputs}
         missing = sorted({row for stored in found for row, entry in enumerate(stored) if entry is None})
-        if missing:  # (refused, naming them: nothing to decode)
-            return FeatureRows(columns, [None] * len(keys), missing)
         timestamps: list[datetime | None] = [None] * len(keys)
         for view, stored in zip(self.views, found, strict=True):
+            nothing = ([None] * len(view["features"]), None)  # (an id the view does not hold)
+            if missing:
+                stored = [nothing if entry is None else entry for entry in stored]
             values = [entry[0] for entry in stored]
             for position, feature in enumerate(view["features"]):
                 name = feature["name"]
@@ -299,7 +302,7 @@ class OnlineFeatures:
             for row, (_, stamp) in enumerate(stored):
                 if stamp is not None and (timestamps[row] is None or stamp < timestamps[row]):
                     timestamps[row] = stamp  # the oldest of the row's views: how fresh its stalest feature is
-        return FeatureRows(columns, timestamps, [])
+        return FeatureRows(columns, timestamps, missing)
 
 
 def _check_ids(name: str, value_type: str, values: list) -> None:

@@ -22,6 +22,7 @@ ERROR = {"content": {"application/json": {"schema": {"type": "object", "properti
 RESPONSES = {
     "400": {"description": "the body is not JSON", **ERROR},
     "413": {"description": "the body or its number of rows is past the server's limit", **ERROR},
+    "403": {"description": "by entity id: what this deployment does not answer (stored features)", **ERROR},
     "422": {"description": "the body does not fit the model's signature; the detail names the problem", **ERROR},
     "503": {"description": "the model is still loading", **ERROR},
 }
@@ -31,9 +32,12 @@ SUMMARIES = {
 }
 
 
-def prediction_paths(columns: list[Column], join_keys: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def prediction_paths(
+    columns: list[Column], join_keys: dict[str, str] | None = None, *, features_exposed: bool = False
+) -> dict[str, dict[str, Any]]:
     """OpenAPI path items of the prediction paths (``join_keys``: the entity keys ``/predict`` also takes
-    ids by, when the model's features can be read from the online store)."""
+    ids by, when the model's features can be read from the online store; ``features_exposed``: whether
+    the deployment returns them on request, ``return_features``)."""
     return {
         path: {
             "post": {
@@ -46,14 +50,16 @@ def prediction_paths(columns: list[Column], join_keys: dict[str, str] | None = N
                 },
             }
         }
-        for path, body in request_bodies(columns, join_keys).items()
+        for path, body in request_bodies(columns, join_keys, features_exposed=features_exposed).items()
     }
 
 
 ID_TYPES = {"INT32": "integer", "INT64": "integer", "STRING": "string"}
 
 
-def request_bodies(columns: list[Column], join_keys: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def request_bodies(
+    columns: list[Column], join_keys: dict[str, str] | None = None, *, features_exposed: bool = False
+) -> dict[str, dict[str, Any]]:
     """OpenAPI ``requestBody`` objects by path."""
     required = [column.name for column in columns if column.required]
     record = {
@@ -90,6 +96,8 @@ def request_bodies(columns: list[Column], join_keys: dict[str, str] | None = Non
             "additionalProperties": False,
         }
         flags = {name: {"type": "boolean"} for name in ("return_probabilities", "return_features")}
+        if not features_exposed:  # (true is refused, 403: this deployment does not return stored features)
+            flags["return_features"] = {"type": "boolean", "enum": [False]}
         predict["oneOf"].append(
             {
                 "type": "object",

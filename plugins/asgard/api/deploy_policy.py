@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from asgard.api.security import CallerIdentity, offloaded, requires
+from asgard.api.teams import guard_model
 from asgard.core.errors import InputError
 
 
@@ -31,14 +32,15 @@ def add_deploy_policy_routes(app: FastAPI) -> None:
         dependencies=[requires("GET", "deploy_model")],
     )
     @offloaded
-    def get_deploy_policy(model_name: str) -> dict[str, Any]:
+    def get_deploy_policy(model_name: str, who: CallerIdentity) -> dict[str, Any]:
         from asgard.core.settings import get_settings
         from asgard.deploy.approval import model_policy, model_team
         from asgard.hooks.mlflow import MlflowHook
 
-        settings = get_settings()
-        policy = model_policy(MlflowHook(), model_name, settings)
-        return {"model_name": model_name, **policy.to_dict(), "team": sorted(model_team(model_name, settings))}
+        guard_model(who, model_name)
+        settings, hook = get_settings(), MlflowHook()
+        policy = model_policy(hook, model_name, settings)
+        return {"model_name": model_name, **policy.to_dict(), "team": sorted(model_team(model_name, settings, hook))}
 
     @app.put(
         "/models/{model_name}/deploy-policy",
@@ -51,19 +53,22 @@ def add_deploy_policy_routes(app: FastAPI) -> None:
 
         from asgard.core.param_schemas import MODEL_NAME_PATTERN
         from asgard.core.settings import get_settings
-        from asgard.deploy.approval import model_team, set_model_policy
+        from asgard.deploy.approval import set_model_policy, team_deciders
         from asgard.hooks.mlflow import MlflowHook
 
         settings = get_settings()
         if not re.match(MODEL_NAME_PATTERN, model_name):
             raise InputError(f"{model_name!r} is not a model name ({MODEL_NAME_PATTERN})")
-        team = model_team(model_name, settings)
+        # 403 naming the model's team when it is not the caller's; a new name becomes the caller's team's.
+        owner = guard_model(who, model_name, may_create=True)
+        team = team_deciders(owner, settings)
         if who.name not in team:
             raise HTTPException(403, detail=f"{who.name} is not in {model_name}'s team ({', '.join(sorted(team))})")
         policy = set_model_policy(
             MlflowHook(),
             model_name,
             settings,
+            team=owner,
             policy=body.policy,
             second_person=body.second_person,
             approval_timeout=body.approval_timeout,

@@ -17,7 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from asgard.api import jobs
 from asgard.api.mlops import add_error_handlers
 from asgard.api.schemas import DagConf, FeatureRegistration, JobSubmitted
-from asgard.api.security import BodyLimit, CallerAirflow, caller, limiter, offloaded, requires
+from asgard.api.security import (
+    BodyLimit,
+    Caller,
+    CallerAirflow,
+    CallerIdentity,
+    caller,
+    limiter,
+    offloaded,
+    requires,
+)
+from asgard.core.team_settings import TEAM_NAME
 
 GOLD_NAME = {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "max_length": 128}
 TableName = Annotated[str, Path(description="The gold table (created by its first load).", **GOLD_NAME)]
@@ -44,6 +54,30 @@ class GoldPathLoad(BaseModel):
     timestamp_column: str = Field(**GOLD_NAME)
     mode: Mode = "append"
     format: Literal["csv", "parquet"] | None = None
+    team: str | None = Field(
+        None,
+        pattern=f"^{TEAM_NAME.pattern}$",
+        description="The team whose data roots hold the file (default: the caller's only team).",
+    )
+
+
+def _data_team(who: Caller, requested: str | None) -> str:
+    """The team whose data roots a caller's path is read from: the one named (one of theirs), else their
+    only team (an admin of none: the default team's). A 403 otherwise, naming the caller's teams."""
+    from fastapi import HTTPException, status
+
+    from asgard.api.teams import caller_actor
+    from asgard.core.settings import get_settings
+
+    actor = caller_actor(who)
+    if requested and (actor.admin or requested in actor.teams):
+        return requested
+    if not requested and len(actor.teams) == 1:
+        return next(iter(actor.teams))
+    if not requested and not actor.teams and actor.admin:
+        return get_settings().default_team
+    reason = f"is not a member of team {requested!r}" if requested else "must name one of their teams ('team')"
+    raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"{actor.describe()} {reason}")
 
 
 def create_app() -> FastAPI:
@@ -161,8 +195,9 @@ def add_gold_routes(app: FastAPI) -> None:
         dependencies=[requires("POST", "register_features")],
     )
     @offloaded
-    def load_gold_path(table_name: TableName, body: GoldPathLoad) -> dict[str, Any]:
+    def load_gold_path(table_name: TableName, body: GoldPathLoad, who: CallerIdentity) -> dict[str, Any]:
         from asgard.features.gold_load import LoadRequest, load_path
 
+        team = _data_team(who, body.team)
         load = LoadRequest(table_name, body.entity_column, body.timestamp_column, body.mode)
-        return load_path(body.path, load, fmt=body.format).to_dict()
+        return load_path(body.path, load, team=team, fmt=body.format).to_dict()

@@ -31,6 +31,7 @@ from asgard.api.security import (
     offloaded,
     requires,
 )
+from asgard.api.teams import guard_model, guard_run, visible_models
 from asgard.core.errors import InputError
 from asgard.core.settings import redact_url
 from asgard.hooks.airflow_api import AirflowApiError
@@ -84,26 +85,34 @@ def create_app() -> FastAPI:
         dependencies=[requires("POST", "train_script")],
     )
     @offloaded
-    def upload_training_script(body: TrainingUpload, api: CallerAirflow, request: Request) -> dict[str, Any]:
+    def upload_training_script(
+        body: TrainingUpload, who: CallerIdentity, api: CallerAirflow, request: Request
+    ) -> dict[str, Any]:
+        guard_model(who, body.model_name, may_create=True, team=body.conf().get("team"))
         job = jobs.submit(api, "train_script", body.conf())
         return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
 
     @app.get("/training/jobs/{job_id}", summary="A job's status, task states, logs and resulting model version")
     @offloaded
     def training_job(job_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
-        authorize(who, "GET", jobs.locate(job_id))
+        dag_id = jobs.locate(job_id)
+        authorize(who, "GET", dag_id)
+        guard_run(who, api, dag_id, job_id)
         return jobs.status(api, job_id, logs=logs)
 
     @app.get("/jobs/{job_id}", summary="Any job this API started (training, batch scoring, features)")
     @offloaded
     def job(job_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
-        authorize(who, "GET", jobs.locate(job_id))
+        dag_id = jobs.locate(job_id)
+        authorize(who, "GET", dag_id)
+        guard_run(who, api, dag_id, job_id)
         return jobs.status(api, job_id, logs=logs)
 
     @app.get("/runs/{dag_id}/{run_id}", summary="Any run of a job DAG as a job, however it started (UI, REST...)")
     @offloaded
     def run(dag_id: str, run_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
         authorize(who, "GET", jobs.locate_run(dag_id))
+        guard_run(who, api, dag_id, run_id)
         return jobs.status(api, run_id, logs=logs, dag_id=dag_id)
 
     @app.post(
@@ -114,7 +123,10 @@ def create_app() -> FastAPI:
         dependencies=[requires("POST", "train_model")],
     )
     @offloaded
-    def train_model(body: TrainModelRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
+    def train_model(
+        body: TrainModelRequest, who: CallerIdentity, api: CallerAirflow, request: Request
+    ) -> dict[str, Any]:
+        guard_model(who, body.model_name, may_create=True, team=body.conf().get("team"))
         job = jobs.submit(api, "train_model", body.conf())
         return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
 
@@ -124,10 +136,10 @@ def create_app() -> FastAPI:
         dependencies=[requires("GET", "train_model")],
     )
     @offloaded
-    def list_models() -> dict[str, Any]:
+    def list_models(who: CallerIdentity) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
 
-        models = serving_models(MlflowHook())
+        models = visible_models(who, serving_models(MlflowHook()))
         return {"models": models, "total": len(models)}
 
     @app.get(
@@ -136,9 +148,10 @@ def create_app() -> FastAPI:
         dependencies=[requires("GET", "train_model")],
     )
     @offloaded
-    def get_model(model_name: str) -> dict[str, Any]:
+    def get_model(model_name: str, who: CallerIdentity) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
 
+        guard_model(who, model_name)
         hook = MlflowHook()
         return with_deploy_decisions(hook, serving_model(hook, model_name))
 
@@ -151,12 +164,13 @@ def create_app() -> FastAPI:
         dependencies=[requires("POST", "train_model")],
     )
     @offloaded
-    def register(body: RegistryRequest) -> dict[str, Any]:
+    def register(body: RegistryRequest, who: CallerIdentity) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
         from asgard.registry.models import register_run_model
 
+        team = guard_model(who, body.model_name, may_create=True, team=body.team)
         return register_run_model(
-            MlflowHook(), body.model_name, body.run_id, description=body.description, tags=body.tags
+            MlflowHook(), body.model_name, body.run_id, team=team, description=body.description, tags=body.tags
         )
 
     @app.post(
@@ -167,7 +181,10 @@ def create_app() -> FastAPI:
         dependencies=[requires("POST", "score_batch")],
     )
     @offloaded
-    def score_batch(body: BatchScoringRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
+    def score_batch(
+        body: BatchScoringRequest, who: CallerIdentity, api: CallerAirflow, request: Request
+    ) -> dict[str, Any]:
+        guard_model(who, body.model_name)
         job = jobs.submit(api, "score_batch", body.conf())
         version = None if body.model_version is None else str(body.model_version)
         return {
@@ -185,8 +202,10 @@ def create_app() -> FastAPI:
         dependencies=[requires("POST", "monitor_model")],
     )
     @offloaded
-    def log_monitoring(body: MonitoringRecordRequest) -> dict[str, Any]:
+    def log_monitoring(body: MonitoringRecordRequest, who: CallerIdentity) -> dict[str, Any]:
         from asgard.core.settings import get_settings
+
+        guard_model(who, body.model_name)
         from asgard.monitoring.alerts import external_record
         from asgard.monitoring.store import MonitoringStore
         from asgard.monitoring.thresholds import Thresholds
@@ -203,7 +222,11 @@ def create_app() -> FastAPI:
         dependencies=[requires("POST", "monitor_model")],
     )
     @offloaded
-    def run_monitoring(body: MonitoringRunRequest, api: CallerAirflow, request: Request) -> dict[str, Any]:
+    def run_monitoring(
+        body: MonitoringRunRequest, who: CallerIdentity, api: CallerAirflow, request: Request
+    ) -> dict[str, Any]:
+        if body.model_name:
+            guard_model(who, body.model_name)
         job = jobs.submit(api, "monitor_model", body.conf())
         return {**job, "status_url": _job_url(request, job), "model_name": body.model_name}
 
@@ -213,8 +236,10 @@ def create_app() -> FastAPI:
         dependencies=[requires("GET", "monitor_model")],
     )
     @offloaded
-    def monitoring_history(body: MonitoringHistoryRequest) -> dict[str, Any]:
+    def monitoring_history(body: MonitoringHistoryRequest, who: CallerIdentity) -> dict[str, Any]:
         from asgard.core.settings import get_settings
+
+        guard_model(who, body.model_name)
         from asgard.monitoring.store import MonitoringStore
 
         version = None if body.model_version is None else str(body.model_version)
@@ -240,18 +265,19 @@ def add_models_page(app: FastAPI) -> None:
 
     @app.get("/ui/models", include_in_schema=False, dependencies=[requires("GET", "train_model")])
     @offloaded
-    def models_index() -> HTMLResponse:
+    def models_index(who: CallerIdentity) -> HTMLResponse:
         from asgard.hooks.mlflow import MlflowHook
 
-        return HTMLResponse(models_page.models_index(serving_models(MlflowHook())))
+        return HTMLResponse(models_page.models_index(visible_models(who, serving_models(MlflowHook()))))
 
     @app.get("/ui/models/{model_name}", include_in_schema=False, dependencies=[requires("GET", "train_model")])
     @offloaded
-    def model_details(model_name: str) -> HTMLResponse:
+    def model_details(model_name: str, who: CallerIdentity) -> HTMLResponse:
         from asgard.core.settings import get_settings
         from asgard.hooks.mlflow import MlflowHook
         from asgard.monitoring.store import MonitoringStore
 
+        guard_model(who, model_name)
         hook = MlflowHook()
         model = serving_model(hook, model_name)
         history = MonitoringStore(get_settings().monitoring_db_url).history(model_name, limit=1000)
@@ -260,7 +286,8 @@ def add_models_page(app: FastAPI) -> None:
     @app.get(
         "/ui/reports/{model_name}/{report}", include_in_schema=False, dependencies=[requires("GET", "monitor_model")]
     )
-    def monitoring_report(model_name: str, report: str) -> HTMLResponse:
+    @offloaded
+    def monitoring_report(model_name: str, report: str, who: CallerIdentity) -> HTMLResponse:
         import re
 
         from asgard.core.param_schemas import MODEL_NAME_PATTERN
@@ -270,6 +297,7 @@ def add_models_page(app: FastAPI) -> None:
         # Both names are checked before they touch a path: no separator, no "..", no other file.
         if not re.match(MODEL_NAME_PATTERN, model_name) or not models_page.REPORT_NAME.match(report):
             raise HTTPException(404, detail="no such report")
+        guard_model(who, model_name)
         try:
             content = report_location(model_name, report, get_settings()).read_bytes()
         except OSError:  # missing (locally or on S3)

@@ -121,6 +121,9 @@ class RegistryRequest(BaseModel):
 
     model_name: str = ModelName
     run_id: str = Field(pattern="^[0-9a-f]{32}$", description="The MLflow run whose logged model is registered.")
+    team: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{3,50}$", description="A new model's team (default: the caller's only team)."
+    )
     description: str = Field("", max_length=5000)
     tags: dict[str, str] = Tags
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from asgard.core.team_settings import TeamSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -35,7 +37,7 @@ def machine_postgres_admin_url(machine_dir: Path) -> SecretStr:
         return SecretStr(FALLBACK_POSTGRES_ADMIN_URL)
 
 
-class Settings(BaseSettings):
+class Settings(TeamSettings):
     """Paths, ports, profile and placement of one Asgard installation."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
@@ -59,6 +61,8 @@ class Settings(BaseSettings):
     # What a sandboxed script may write: its /work and its /tmp hold at most this much each (in
     # memory, inside its memory cap); a write beyond fails with ENOSPC, the host's disk untouched.
     script_max_disk_mb: int = Field(2048, ge=16)
+    # The newest labels scripts never read, the gate's rows (asgard.training.holdback); never a request's.
+    gate_holdback_fraction: float = Field(0.2, gt=0, lt=1)
     # The image repository holding one image per requirements set, tagged with its environment key
     # (default: asgard/script-env on the platform's registry).
     script_image_repository: str | None = None
@@ -91,30 +95,17 @@ class Settings(BaseSettings):
     # per model below it); the embedded Docker target always logs to a folder under data_dir.
     prediction_log_uri: str | None = None
     # The `kubernetes` deploy target: the cluster's Airflow connection, or (when set) an EKS cluster
-    # reached through the AWS connection; the namespace serving workloads go to by default.
+    # reached through the AWS connection; the default team's namespace when kubernetes_namespaces leaves it out.
     kubernetes_conn_id: str = "kubernetes_default"
     eks_cluster_name: str | None = None
     aws_conn_id: str = "aws_default"
     serving_namespace: str = "asgard"
-    # The namespaces a deploy_model request may name (comma-separated; default: serving_namespace only).
-    serving_namespaces: str = ""
+    # Per team, the namespaces its models may be served in, its default first: "default=ml-serving;
+    # a=ml-a,ml-a-canary" (asgard.core.kubernetes_namespaces). A team not named may deploy nowhere.
+    kubernetes_namespaces: str = ""
     # The Secret (in the serving namespace, key ``url``) that holds the online store's Redis URL, which
     # serving pods read features by entity id from; the platform's operator creates it.
     serving_online_store_secret: str = "asgard-online-store"
-    # Where a request may read or write data files (score_batch's output and entity source, monitor_model's
-    # sources and labels): comma-separated local folders and s3:// prefixes. Default: <home>/data (its
-    # internal folders, such as the gold layer, stay out of reach either way; production: s3://<s3_bucket>/data).
-    data_roots: str = ""
-    # The AWS connections a request may name (aws_conn_id): comma-separated connection ids.
-    allowed_aws_conn_ids: str = "aws_default"
-    # What a promotion does (asgard.deploy.approval; a model's own policy overrides these): auto, it
-    # deploys; approve, a person of the model's team decides within the timeout (seconds; then it is
-    # rejected); manual, nothing deploys until someone triggers deploy_model. Approvers: who decides
-    # beside the auth manager's admins (user names); the second-person rule keeps a version's trainer out.
-    deploy_policy: Literal["auto", "approve", "manual"] = "approve"
-    deploy_approval_timeout: int = Field(86_400, ge=1)
-    deploy_approvers: str = ""
-    deploy_second_person: bool = False
     # Extra monitoring alert notifiers: comma-separated ``module:factory`` paths.
     alert_notifiers: str = ""
     # Import the heavy ML libraries once in the processes that fork tasks ("0" turns it off).
@@ -181,6 +172,13 @@ class Settings(BaseSettings):
         if not prefix.isidentifier() or not prefix.islower() or len(prefix) > 40:
             raise ValueError(f"must be a lower-case identifier of at most 40 characters, got {prefix!r}")
         return prefix
+
+    @field_validator("kubernetes_namespaces")
+    @classmethod
+    def _kubernetes_namespaces(cls, text: str) -> str:
+        from asgard.core.kubernetes_namespaces import checked_team_namespaces
+
+        return checked_team_namespaces(text)
 
     @field_validator("prediction_log_uri")
     @classmethod
@@ -302,9 +300,10 @@ class Settings(BaseSettings):
 
     @property
     def allowed_serving_namespaces(self) -> list[str]:
-        """The namespaces deploy_model may deploy to: ``ASGARD_SERVING_NAMESPACES``, else the default one."""
-        named = [name.strip() for name in self.serving_namespaces.split(",") if name.strip()]
-        return named or [self.serving_namespace]
+        """Every namespace some team's models may be served in (``ASGARD_KUBERNETES_NAMESPACES``)."""
+        from asgard.core.kubernetes_namespaces import team_namespaces
+
+        return [namespace for namespaces in team_namespaces(self).values() for namespace in namespaces]
 
     @property
     def online_door_folder(self) -> Path:

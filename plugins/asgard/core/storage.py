@@ -124,29 +124,67 @@ def s3_filesystem(aws_conn_id: str) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**options)
 
 
-def checked_data_path(uri: str, *, what: str, settings: Settings | None = None) -> str:
-    """``uri`` (a local path or an ``s3://`` URI a request names), if it lies under one of the configured
-    data roots and outside the platform's own folders; else an error naming both."""
+def team_data_roots(team: str, settings: Settings) -> list[str]:
+    """``<root>/<team>`` for each data root (``ASGARD_DATA_ROOTS``): the only places a team's requests
+    read and write. A root of ``s3://`` alone gives each team a bucket of its name."""
+    return [f"{root}{team}" if root.endswith("/") else f"{root}/{team}" for root in settings.data_root_list]
+
+
+def platform_s3_prefixes(settings: Settings) -> list[str]:
+    """The platform's own S3 prefixes (the production profile's, asgard.local.production, included):
+    no request path names one, whatever the data roots say."""
+    bucket = f"s3://{settings.s3_bucket}"
+    prefixes = [settings.prediction_log_uri, settings.runs_root, settings.reports_root, settings.gold_warehouse_uri]
+    prefixes += [f"{bucket}/mlflow", f"{bucket}/airflow-logs", f"{bucket}/asgard/build-contexts"]
+    return [prefix.rstrip("/") for prefix in prefixes if prefix and prefix.startswith("s3://")]
+
+
+def checked_data_path(uri: str, *, what: str, team: str, settings: Settings | None = None) -> str:
+    """``uri`` (a local path, an ``s3://`` URI, or a path relative to the team's first data root, which a
+    request names for ``team``) resolved, if it lies inside one of the team's data roots
+    (:func:`team_data_roots`) and outside the platform's own folders and S3 prefixes; else an error
+    naming the path, the team and its roots. Nothing is created: the team folder appears on first write."""
     from asgard.core.errors import InputError
     from asgard.core.settings import get_settings
+    from asgard.core.team_settings import TEAM_NAME
 
     settings = settings or get_settings()
-    roots = settings.data_root_list
+    if not TEAM_NAME.fullmatch(team or ""):
+        raise InputError(f"{what} {uri}: {team!r} is not a team name")
+    if not uri or "\x00" in uri:
+        raise InputError(f"{what} {uri[:200]!r} is not a path")
+    roots = team_data_roots(team, settings)
+    named = uri
+    if not uri.startswith(("/", "s3://")):
+        uri = f"{roots[0]}/{uri}"  # relative: inside the team's first root (then checked as any other path)
+        named = f"{named} (in {roots[0]})"
     if uri.startswith("s3://"):
-        allowed = any(
-            uri.startswith(root if root.endswith("/") else f"{root}/") for root in roots if root.startswith("s3://")
-        )
         path = uri
+        # S3 keys are names, not paths: "a/../b" is a key of its own, but readers (and people) take it
+        # for b; refuse it rather than guess.
+        if any(part in ("", ".", "..") for part in uri.removeprefix("s3://").rstrip("/").split("/")):
+            raise InputError(f"{what} {named} has an empty, '.' or '..' part")
+        for own in platform_s3_prefixes(settings):
+            if _under(path, own):
+                raise InputError(f"{what} {named} is inside the platform's own storage {own}")
+        allowed = any(_under(path, root) for root in roots if root.startswith("s3://"))
     else:
         path = os.path.realpath(uri)  # .. and symlinks resolved: what would really be read or written
-        local_roots = [os.path.realpath(root) for root in roots if not root.startswith("s3://")]
-        allowed = any(path == root or path.startswith(f"{root}/") for root in local_roots)
         for own in settings.protected_data_dirs:
-            if path == str(own) or path.startswith(f"{os.path.realpath(own)}/"):
-                raise InputError(f"{what} {uri} is inside the platform's own folder {own}")
+            if _under(path, os.path.realpath(own)):
+                raise InputError(f"{what} {named} is inside the platform's own folder {own}")
+        allowed = any(_under(path, os.path.realpath(root)) for root in roots if not root.startswith("s3://"))
     if not allowed:
-        raise InputError(f"{what} {uri} is outside the data roots ({', '.join(roots)}; ASGARD_DATA_ROOTS)")
+        raise InputError(
+            f"{what} {named} is outside the data roots of team {team!r} ({', '.join(roots)}; "
+            "each root of ASGARD_DATA_ROOTS holds one folder per team)"
+        )
     return path
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/")
+    return path == folder or path.startswith(f"{folder}/")
 
 
 def checked_connection(conn_id: str, *, settings: Settings | None = None) -> str:

@@ -6,8 +6,8 @@ the approval a person gives or refuses in the Airflow UI ("required actions") or
   deploys until someone triggers ``deploy_model`` by hand.
 - A run triggered by hand counts as the approval of the person who triggered it when that person may
   decide (:func:`decision_refusal`); otherwise it waits for one who may, as a promotion's run does.
-- The model's team, until Airflow's teams own models (issue 51): the auth manager's admins and the
-  users the ``deploy_approvers`` setting names. With the second-person rule (``deploy_second_person``,
+- The model's team: its members (Airflow's teams, :mod:`asgard.core.teams`), the auth manager's
+  admins and the users the ``deploy_approvers`` setting names. With the second-person rule (``deploy_second_person``,
   or the model's ``asgard.deploy.second_person`` tag) the user who triggered the version's training
   may not decide.
 - The wait ends after ``deploy_approval_timeout`` seconds (a model's ``asgard.deploy.approval_timeout``
@@ -93,22 +93,19 @@ def set_model_policy(
     model_name: str,
     settings: Settings,
     *,
+    team: str,
     policy: str | None,
     second_person: bool | None = None,
     approval_timeout: int | None = None,
 ) -> DeployPolicy:
-    """Set the model's own policy (None: back to the setting); the model is registered if it is not yet,
-    so a policy can be set before the first training."""
-    from mlflow.exceptions import MlflowException
+    """Set the model's own policy (None: back to the setting); the model is registered as ``team``'s if it is
+    not yet, so a policy can be set before the first training."""
+    from asgard.registry.ownership import claim
 
     if policy is not None and policy not in POLICIES:
         raise InputError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     client = hook.client
-    try:
-        client.create_registered_model(model_name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    claim(hook, model_name, team, settings)
     present = set(client.get_registered_model(model_name).tags or {})
     for tag, value in ((POLICY_TAG, policy), (SECOND_PERSON_TAG, second_person), (TIMEOUT_TAG, approval_timeout)):
         if value is not None:
@@ -121,30 +118,26 @@ def set_model_policy(
 
 
 # --------------------------------------------------------------------------- who may decide
-def model_team(model_name: str, settings: Settings) -> set[str]:
-    """The users of ``model_name``'s team: the auth manager's admins and ``deploy_approvers``.
+def model_team(model_name: str, settings: Settings, hook: MlflowHook | None = None) -> set[str]:
+    """Who may decide for ``model_name``: :func:`team_deciders` of its team (:mod:`asgard.registry.ownership`;
+    the default team for a model not registered yet)."""
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import model_team as owning_team
 
-    Until Airflow's teams own models (issue 51) every model has the same team; this is the one place
-    that will ask the model's team instead.
-    """
+    return team_deciders(owning_team(hook or MlflowHook(), model_name, settings) or settings.default_team, settings)
+
+
+def team_deciders(team: str, settings: Settings) -> set[str]:
+    """The members of ``team`` who may act (not its viewers), the auth manager's admins, and ``deploy_approvers``."""
+    from asgard.core.teams import directory
+
     named = {user.strip() for user in settings.deploy_approvers.split(",") if user.strip()}
-    return named | auth_manager_admins()
-
-
-def auth_manager_admins() -> set[str]:
-    """The admins Airflow's simple auth manager is configured with (other auth managers: none known here,
-    name them in ``deploy_approvers``)."""
-    from airflow.providers.common.compat.sdk import conf
-
-    if "SimpleAuthManager" not in (conf.get("core", "auth_manager", fallback="") or "SimpleAuthManager"):
-        return set()
-    users = conf.get("core", "simple_auth_manager_users", fallback="") or ""
-    admins = set()
-    for entry in users.split(","):
-        name, _, role = entry.strip().partition(":")
-        if name and role.strip().lower() == "admin":
-            admins.add(name)
-    return admins
+    members = {
+        member.name
+        for member in directory(settings).values()
+        if member.admin or (team in member.teams and not member.reads_only)
+    }
+    return named | members
 
 
 def decision_refusal(

@@ -59,6 +59,7 @@ def deploy(
     prediction_log: Path | None = None,
     online_store: str | None = None,
     online_door: Path | None = None,
+    expose_features: bool = False,
     rollout: Rollout = REPLACING,
     timeout: float = 120.0,
     drain_seconds: float = 1.0,
@@ -70,6 +71,7 @@ def deploy(
     ``online_store`` is where the container reads features by entity id: a SQLite file (its folder is
     mounted read-only, so the container never writes it; SQLite's journal beside it stays visible) or
     a Redis URL, which the container reaches through the door in ``online_door`` (default: the settings').
+    ``expose_features`` lets answers by entity id return the stored features and name unknown ids.
 
     With a canary or shadow ``rollout`` and a version serving, the verified container first meets its
     share of live traffic through the router; the outcome's ``trial`` holds the verdict's figures. A
@@ -81,14 +83,15 @@ def deploy(
 
     endpoint = f"{router_url}/models/{model_name}"
     previous = routes.routes().get(model_name)
-    if previous and previous.get("image") == image and previous.get("version") == version:
+    same_exposure = bool((previous or {}).get("expose_features")) == expose_features
+    if previous and previous.get("image") == image and previous.get("version") == version and same_exposure:
         with contextlib.suppress(DeployError):
             verify(http_call(endpoint), version, payload, where=endpoint, timeout=10)
             progress(f"{model_name} v{version} already serves at {endpoint} from {image}")
             return {**previous, "endpoint": endpoint, "changed": False, "previous": previous}
     name = f"asgard-serving-{model_name.replace('_', '-')}-v{version}-{uuid.uuid4().hex[:6]}"
     binds = {}
-    environment = {}
+    environment = {"ASGARD_SERVING_EXPOSE_FEATURES": "true" if expose_features else "false"}
     if prediction_log is not None:
         prediction_log.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(PermissionError):
@@ -125,7 +128,9 @@ def deploy(
         return None
 
     switched, trial, upstream = False, None, f"http://127.0.0.1:{port}"
+    # (expose_features: what a re-created container gets again, asgard.local.reconcile)
     route = {"upstream": upstream, "version": version, "image": image, "container": name}
+    route["expose_features"] = expose_features
     try:
         client.start(container)
         # The router reaches it on its bridge: no proxy between them (the published port stays for users).

@@ -21,6 +21,8 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {
 QUANTITY = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,6})?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 # What a model's workload is, and nothing else.
 KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+# The version a pod template (and so each pod) serves.
+VERSION_ANNOTATION = "asgard.io/model-version"
 
 
 def app_name(model_name: str) -> str:
@@ -29,6 +31,11 @@ def app_name(model_name: str) -> str:
     if not name:
         raise InputError(f"model name {model_name!r} gives no usable Kubernetes name")
     return f"{name}-inference"
+
+
+def model_label(model_name: str) -> str:
+    """The model's name as a label value (63 characters at most): what marks its objects as its own."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", model_name)[:63].strip("-_.")
 
 
 def render(
@@ -44,12 +51,14 @@ def render(
     workers: int = 1,
     prediction_log: str | None = None,
     online_store_secret: str | None = None,
+    expose_features: bool = False,
 ) -> list[dict[str, Any]]:
     """The objects as dicts, ready for server-side apply.
 
     ``online_store_secret`` names the Secret whose ``url`` is the online store the pods read features
     by entity id from: the URL (a password in it) reaches the pod from the Secret, never from the image
     or the manifest. It is optional: without it, the server answers entity requests 503, saying so.
+    ``expose_features`` lets answers by entity id return the stored features and name unknown ids.
     """
     import jinja2
     import yaml
@@ -63,7 +72,7 @@ def render(
         "app.kubernetes.io/name": app,
         "app.kubernetes.io/part-of": "asgard",
         "app.kubernetes.io/component": "model-server",
-        "asgard.io/model": re.sub(r"[^A-Za-z0-9_.-]", "-", model_name)[:63].strip("-_."),
+        "asgard.io/model": model_label(model_name),
         "asgard.io/model-version": str(version),
     }
     annotations = {
@@ -84,6 +93,7 @@ def render(
         workers=workers,
         prediction_log=prediction_log,
         online_store_secret=online_store_secret,
+        expose_features=expose_features,
     )
     objects = [document for document in yaml.safe_load_all(text) if document]
     kinds = [(body.get("kind"), body.get("metadata", {}).get("name")) for body in objects]
@@ -117,6 +127,19 @@ def checked_resources(resources: dict[str, Any] | None) -> dict[str, dict[str, s
 
 CANARY_SUFFIX = "-canary"
 TRACK_LABEL = "asgard.io/track"
+SHADOW_SUFFIX = "-shadow"
+MIRROR_SUFFIX = "-mirror"
+MIRROR_FILE = "mirror.json"
+
+
+def trial_objects(app: str) -> list[tuple[str, str]]:
+    """The kinds and names of the objects a canary or shadow of ``app`` may apply, the mirror first."""
+    return [
+        ("ConfigMap", f"{app}{MIRROR_SUFFIX}"),
+        ("Deployment", f"{app}{CANARY_SUFFIX}"),
+        ("Deployment", f"{app}{SHADOW_SUFFIX}"),
+        ("Service", f"{app}{SHADOW_SUFFIX}"),
+    ]
 
 
 def canary_replicas(stable_replicas: int, percent: int) -> int:
@@ -140,11 +163,6 @@ def canary_deployment(deployment: dict[str, Any], replicas: int) -> dict[str, An
     template = canary["spec"]["template"]["metadata"]
     template["labels"] = {**template["labels"], TRACK_LABEL: "canary"}
     return canary
-
-
-SHADOW_SUFFIX = "-shadow"
-MIRROR_SUFFIX = "-mirror"
-MIRROR_FILE = "mirror.json"
 
 
 def shadow_workload(deployment: dict[str, Any], service: dict[str, Any], replicas: int) -> list[dict[str, Any]]:
@@ -188,6 +206,7 @@ def mirror_config_map(deployment: dict[str, Any], percent: int) -> dict[str, Any
             "name": f"{app}{MIRROR_SUFFIX}",
             "namespace": namespace,
             "labels": {**deployment["metadata"]["labels"], TRACK_LABEL: "shadow"},
+            "annotations": dict(deployment["metadata"]["annotations"]),
         },
         "data": {MIRROR_FILE: json.dumps({"url": url, "percent": percent})},
     }

@@ -1,7 +1,9 @@
 """The Kubernetes (EKS) deploy target: server-side apply, a watched rollout, verification, rollback.
 
 The version's objects (``asgard.deploy.kubernetes_manifests``) are server-side applied under one field
-manager, so re-applying the same version changes nothing. The rolling update never goes below the
+manager, so re-applying the same version changes nothing. Only the model's own objects are ever
+changed or removed (``asgard.deploy.kubernetes_ownership``): an object of one of its names that is
+not its own fails the deploy before anything changes. The rolling update never goes below the
 replicas asked for and only sends traffic to pods whose ``/health`` is ready, so a version that
 cannot start never takes traffic. Once the rollout completes, the version must prove it serves
 through its Service (the API server's service proxy: the worker needs no route into the cluster).
@@ -16,14 +18,15 @@ kubeconfig written by hand).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from asgard.core.errors import InputError
-from asgard.deploy import kubernetes_manifests, kubernetes_trials
+from asgard.deploy import kubernetes_manifests, kubernetes_ownership, kubernetes_trials
+from asgard.deploy.kubernetes_manifests import VERSION_ANNOTATION
+from asgard.deploy.kubernetes_ownership import ForeignObject
+from asgard.deploy.kubernetes_rollback import roll_back, served
 from asgard.deploy.strategies import REPLACING, Rollout
 from asgard.serving.checks import Call, DeployError, verify
 
@@ -34,7 +37,6 @@ log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "asgard"
 APPLY_PATCH = "application/apply-patch+yaml"
-VERSION_ANNOTATION = "asgard.io/model-version"
 # The kinds a serving workload is made of: the client API class and its method suffix.
 KINDS = {
     "Deployment": ("AppsV1Api", "deployment"),
@@ -76,13 +78,15 @@ def cluster_hook(
 
 
 class Cluster:
-    """The calls a deploy makes, on one namespace, through the hook's API client."""
+    """The calls a deploy makes, on one namespace, through the hook's API client; it changes and removes
+    ``model_name``'s own objects only."""
 
-    def __init__(self, hook: KubernetesHook, namespace: str) -> None:
+    def __init__(self, hook: KubernetesHook, namespace: str, model_name: str | None = None) -> None:
         from kubernetes import client
 
         self.api_client = hook.get_conn()
         self.namespace = namespace
+        self.model_name = model_name
         self._apis = {kind: getattr(client, api)(self.api_client) for kind, (api, _) in KINDS.items()}
         self.core = client.CoreV1Api(self.api_client)
 
@@ -102,25 +106,45 @@ class Cluster:
         return self.api_client.sanitize_for_serialization(found)
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply: creates or updates, idempotent, this manager owns the fields it sets."""
-        applied = self._method("patch", body["kind"])(
-            body["metadata"]["name"],
+        """Server-side apply: creates or updates, idempotent, this manager owns the fields it sets.
+
+        Forced only over the model's own object (an autoscaler or a person may have set its fields since);
+        a ForeignObject, nothing sent, when the object of that name is someone else's.
+        """
+        kind, name = body["kind"], body["metadata"]["name"]
+        current = self.read(kind, name)
+        if why := kubernetes_ownership.problem(current, self._owner()):
+            raise kubernetes_ownership.refusal(kind, self.namespace, name, self._owner(), why)
+        applied = self._method("patch", kind)(
+            name,
             self.namespace,
             body,
             field_manager=FIELD_MANAGER,
-            force=True,
+            force=current is not None,
             _content_type=APPLY_PATCH,
         )
         return self.api_client.sanitize_for_serialization(applied)
 
     def delete(self, kind: str, name: str) -> None:
+        """Remove the model's own object of that name; one that is not its own is left as it is."""
         from kubernetes.client.exceptions import ApiException
 
+        current = self.read(kind, name)
+        if why := kubernetes_ownership.problem(current, self._owner()):
+            log.warning("left %s %s/%s in place: %s", kind, self.namespace, name, why)
+            return
+        if current is None:
+            return
         try:
             self._method("delete", kind)(name, self.namespace)
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    def _owner(self) -> str:
+        if self.model_name is None:
+            raise RuntimeError("a Cluster without a model_name changes nothing")
+        return self.model_name
 
     def wait_for_rollout(self, name: str, *, timeout: float, poll_seconds: float = 2.0) -> None:
         """Wait as ``kubectl rollout status`` does: every replica updated and available, none old left."""
@@ -216,18 +240,6 @@ def _rollout_waiting_for(deployment: Any) -> str | None:
     return None
 
 
-def _restorable(current: dict[str, Any]) -> dict[str, Any]:
-    """An object read before the run, as an apply body that puts it back."""
-    metadata = current["metadata"]
-    body = {
-        "apiVersion": current["apiVersion"],
-        "kind": current["kind"],
-        "metadata": {key: metadata[key] for key in ("name", "namespace", "labels", "annotations") if key in metadata},
-        "spec": current["spec"],
-    }
-    return json.loads(json.dumps(body))
-
-
 def deploy(
     hook: KubernetesHook,
     *,
@@ -241,6 +253,7 @@ def deploy(
     resources: dict[str, Any] | None = None,
     prediction_log: str | None = None,
     online_store_secret: str | None = None,
+    expose_features: bool = False,
     rollout: Rollout = REPLACING,
     rollout_timeout: float = 600.0,
     poll_seconds: float = 2.0,
@@ -265,28 +278,21 @@ def deploy(
         resources=resources,
         prediction_log=prediction_log,
         online_store_secret=online_store_secret,
+        expose_features=expose_features,
     )
     app = kubernetes_manifests.app_name(model_name)
-    cluster = Cluster(hook, namespace)
-    before = {body["kind"]: cluster.read(body["kind"], app) for body in objects}
-    # Objects of that name that Asgard did not make (another team's, a hand-made Service) are never taken
-    # over: a forced server-side apply would silently make them this model's.
-    foreign = [kind for kind, body in before.items() if body and _labels(body).get(PART_OF) != "asgard"]
-    if foreign:
-        raise InputError(
-            f"{namespace}/{app} exists as a {', '.join(foreign)} that Asgard did not create (no {PART_OF}=asgard "
-            "label): it is never overwritten; remove it, or deploy this model to another namespace"
-        )
-    owner = (before["Deployment"] or {}).get("metadata", {}).get("annotations", {}).get("asgard.io/model-name")
-    if owner is not None and owner != model_name:
-        raise InputError(
-            f"model {model_name!r} would be served as {namespace}/{app}, which already serves model {owner!r}: "
-            "two model names that map to one Kubernetes name cannot both be deployed in a namespace"
-        )
+    cluster = Cluster(hook, namespace, model_name)
+    # Every object the run may apply is read first: one that is not the model's own (another team's, a
+    # hand-made Service, another model's of the same Kubernetes name) refuses the deploy before any change.
+    found = {(body["kind"], app): cluster.read(body["kind"], app) for body in objects}
+    if rollout.trial:
+        found |= {(kind, name): cluster.read(kind, name) for kind, name in kubernetes_manifests.trial_objects(app)}
+    kubernetes_ownership.check_all(found, namespace, model_name)
+    before = {body["kind"]: found[(body["kind"], app)] for body in objects}
     if before["Deployment"] is not None and before["HorizontalPodAutoscaler"] is not None:
         # The autoscaler owns the replica count once it exists: a deploy leaves it as it is.
         objects[0]["spec"]["replicas"] = before["Deployment"]["spec"].get("replicas", replicas)
-    previous = _served(before["Deployment"])
+    previous = served(before["Deployment"])
     endpoint = f"http://{app}.{namespace}.svc.cluster.local"
     where = f"service {namespace}/{app}"
     trying, trial = rollout.trial and previous is not None, None
@@ -313,16 +319,17 @@ def deploy(
         if trying:
             kubernetes_trials.remove(cluster, app)
             progress(f"removed the {rollout.strategy}'s objects: {where} serves v{version} on every pod")
-    except (DeployError, ApiException) as error:
+    except (DeployError, ApiException, ForeignObject) as error:
+        # (a ForeignObject here: an object of the model's names appeared after the first read)
         reason = (
-            str(error) if isinstance(error, DeployError) else f"the API server refused: {error.status} {error.reason}"
+            f"the API server refused: {error.status} {error.reason}" if isinstance(error, ApiException) else str(error)
         )
         if trying:
             kubernetes_trials.remove(cluster, app)
         problem = None
         if trial is not None or not trying:
             # The stable objects changed (a promoted trial, or a replace): put them back.
-            problem = _roll_back(cluster, app, before, objects, rollout_timeout, poll_seconds, progress)
+            problem = roll_back(cluster, app, before, objects, rollout_timeout, poll_seconds, progress)
         raise DeployError(
             reason,
             serving=(previous or {}).get("version"),
@@ -339,60 +346,3 @@ def deploy(
         "previous": previous,
         "trial": trial,
     }
-
-
-PART_OF = "app.kubernetes.io/part-of"
-
-
-def _labels(body: dict[str, Any]) -> dict[str, str]:
-    return (body.get("metadata") or {}).get("labels") or {}
-
-
-def _served(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
-    if deployment is None:
-        return None
-    template = deployment["spec"]["template"]
-    return {
-        "version": (template["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION),
-        "image": template["spec"]["containers"][0]["image"],
-    }
-
-
-def _roll_back(
-    cluster: Cluster,
-    app: str,
-    before: dict[str, dict[str, Any] | None],
-    objects: list[dict[str, Any]],
-    rollout_timeout: float,
-    poll_seconds: float,
-    progress: Callable[[str], None],
-) -> str | None:
-    """Put every object back as it was before the run; remove the ones the run created.
-
-    None when the old state is back (its rollout complete); else what went wrong, which the caller
-    reports beside the reason the deploy failed (it never replaces it).
-    """
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        for body in objects:
-            kind = body["kind"]
-            if before[kind] is None:
-                cluster.delete(kind, app)
-            else:
-                cluster.apply(_restorable(before[kind]))
-    except ApiException as error:
-        log.error("rolling %s/%s back failed: %s %s", cluster.namespace, app, error.status, error.reason)
-        return f"the API server refused the rollback: {error.status} {error.reason}"
-    if before["Deployment"] is None:
-        progress(f"removed {cluster.namespace}/{app}: nothing served before this run")
-        return None
-    restored = _served(before["Deployment"])
-    progress(f"rolling {cluster.namespace}/{app} back to v{restored['version']} ({restored['image']})")
-    try:
-        cluster.wait_for_rollout(app, timeout=rollout_timeout, poll_seconds=poll_seconds)
-    except (DeployError, ApiException) as error:
-        log.error("the rollback of %s/%s did not complete: %s", cluster.namespace, app, error)
-        return f"the rollback's own rollout did not complete: {error}"
-    progress(f"rolled {cluster.namespace}/{app} back to v{restored['version']}")
-    return None

@@ -60,15 +60,11 @@ def run(
 
 
 def remove(cluster: Cluster, app: str) -> None:
-    """Every object a trial of ``app`` may have left: the mirror first, so the serving pods stop copying."""
+    """Every object a trial of ``app`` may have left: the mirror first, so the serving pods stop copying.
+    (``Cluster.delete`` leaves an object of those names alone unless it is the model's own.)"""
     from kubernetes.client.exceptions import ApiException
 
-    remove_mirror(cluster, app)
-    for kind, name in (
-        ("Deployment", f"{app}{manifests.CANARY_SUFFIX}"),
-        ("Deployment", f"{app}{manifests.SHADOW_SUFFIX}"),
-        ("Service", f"{app}{manifests.SHADOW_SUFFIX}"),
-    ):
+    for kind, name in manifests.trial_objects(app):
         with contextlib.suppress(ApiException):
             cluster.delete(kind, name)
 

@@ -45,7 +45,8 @@ def deploy_model_params() -> dict[str, Param]:
         "namespace": field(
             None,
             title="Namespace",
-            description="The Kubernetes namespace; empty: the platform's configured one.",
+            description="The Kubernetes namespace: one of the model's team's (ASGARD_KUBERNETES_NAMESPACES); "
+            "empty: the team's default.",
             section=TARGET,
             type=["null", "string"],
             pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
@@ -57,6 +58,16 @@ def deploy_model_params() -> dict[str, Param]:
             "what is left out takes the platform's defaults.",
             section=TARGET,
             **RESOURCES,
+        ),
+        "expose_features": field(
+            False,
+            title="Expose stored features",
+            description="Lets the public /predict by entity id return the features it read from the online "
+            "store (return_features) and their times, and name the ids the store does not hold (a 422). "
+            "Off (the default): return_features is refused (403) and every id is answered alike, an unknown "
+            "one predicted from missing features.",
+            section=TARGET,
+            type="boolean",
         ),
         "strategy": field(
             "replace",

@@ -31,6 +31,8 @@ class DeployRequest(XComRecord):
     resources: dict[str, Any] | None = None
     # ``strategies.Rollout`` as a dict: replace, or a canary/shadow trial with its window and limits.
     rollout: dict[str, Any] | None = None
+    # Whether answers by entity id may return stored features and name unknown ids (off: they never do).
+    expose_features: bool = False
 
     @property
     def rollout_plan(self) -> Rollout:
@@ -52,16 +54,35 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
         model_name, version = newest.extra.get("model_name"), newest.extra.get("version")
         if not model_name:
             raise InputError(f"the model Asset event {newest.extra} names no model_name")
+    target, namespace = params.get("target") or "docker", params.get("namespace")
+    if target == "kubernetes":
+        # A namespace the model's team may not use fails the run here: before an approval or a build.
+        namespace = serving_namespace(model_name, namespace)
     return DeployRequest(
         model_name=model_name,
         version=str(version) if version else None,
         alias=params.get("alias") or CHAMPION,
-        target=params.get("target") or "docker",
+        target=target,
         replicas=int(params.get("replicas") or 2),
-        namespace=params.get("namespace"),
+        namespace=namespace,
         resources=params.get("resources"),
         rollout=Rollout.from_params(params).to_dict(),
+        expose_features=params.get("expose_features") is True,
     )
+
+
+def serving_namespace(model_name: str, requested: str | None) -> str:
+    """The namespace ``model_name``'s workload goes to: ``requested`` when the model's team may use it,
+    else the team's default; an InputError naming the namespace, the team and its namespaces."""
+    from asgard.core.kubernetes_namespaces import namespace_for
+    from asgard.core.settings import get_settings
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import model_team
+
+    settings = get_settings()
+    # The one place a deploy asks which team a model belongs to (a name not registered yet: the default team's).
+    team = model_team(MlflowHook(), model_name, settings) or settings.default_team
+    return namespace_for(team, requested, settings, model_name=model_name)
 
 
 def deploy_to_target(
@@ -150,6 +171,7 @@ def _deploy_docker(request: DeployRequest, build: BuiltImage, push: PushedImage,
         router_url=settings.router_url,
         prediction_log=settings.prediction_log_folder(name),
         online_store=serving_location(load_repo_config(settings)),
+        expose_features=request.expose_features,
         rollout=request.rollout_plan,
     )
 
@@ -160,12 +182,7 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
     from asgard.deploy import kubernetes_target
 
     settings, name = get_settings(), build.model_name
-    namespace = request.namespace or settings.serving_namespace
-    if namespace not in settings.allowed_serving_namespaces:
-        raise InputError(
-            f"namespace {namespace!r} is not one models may be deployed to "
-            f"({', '.join(settings.allowed_serving_namespaces)}; ASGARD_SERVING_NAMESPACES)"
-        )
+    namespace = serving_namespace(name, request.namespace)
     with kubernetes_target.cluster_hook(
         kubernetes_conn_id=settings.kubernetes_conn_id,
         eks_cluster_name=settings.eks_cluster_name,
@@ -184,6 +201,7 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
             resources=request.resources,
             prediction_log=settings.cluster_prediction_log(name),
             online_store_secret=settings.serving_online_store_secret,
+            expose_features=request.expose_features,
             rollout=request.rollout_plan,
         )
 

@@ -65,10 +65,15 @@ def read_file(stream: Any, fmt: str, known: dict[str, pa.DataType], *, source: s
 
     try:
         if fmt == "parquet":
-            return pq.read_table(stream)
-        # Timestamps are parsed below (any ISO form, naive as UTC); the table's other types here.
-        types = {name: kind for name, kind in known.items() if not pa.types.is_timestamp(kind)}
-        return pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(column_types=types))
+            table = pq.read_table(stream)
+        else:
+            # Timestamps are parsed below (any ISO form, naive as UTC); the table's other types here.
+            types = {name: kind for name, kind in known.items() if not pa.types.is_timestamp(kind)}
+            table = pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(column_types=types))
+        table.column_names  # noqa: B018 - arrow decodes the names only when asked: a binary header fails here
+        return table
+    except UnicodeDecodeError:
+        raise GoldLoadError(f"{source} is not readable {fmt}: its column names are not UTF-8 text") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as error:
         message = _first_line(error)
         column = re.search(r"CSV column #(\d+)", message)

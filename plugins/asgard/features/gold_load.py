@@ -83,17 +83,18 @@ def load_bytes(
 
 
 def load_path(
-    uri: str, request: LoadRequest, *, fmt: str | None = None, location: GoldLocation | None = None
+    uri: str, request: LoadRequest, *, team: str, fmt: str | None = None, location: GoldLocation | None = None
 ) -> LoadResult:
-    """Load a file at ``uri``: a local path or an ``s3://`` URI a request names, which must lie under
-    the data roots and outside the platform's own folders (the gold layer's included)."""
+    """Load a file at ``uri``: a local path or an ``s3://`` URI a request names for ``team`` (the
+    caller's), which must lie in that team's data roots and outside the platform's own folders (the
+    gold layer's included). The gold layer itself is shared by every team."""
     from asgard.core.storage import Location, checked_data_path
 
     request.check()
     if "\x00" in uri or not (uri.startswith(("/", "s3://"))):
         raise GoldLoadError(f"path {uri[:200]!r} is not an absolute path or an s3:// URI")
     fmt = file_format(uri, fmt)
-    uri = checked_data_path(uri, what="file")
+    uri = checked_data_path(uri, what="file", team=team)
     place = Location(uri)
     filesystem = place.filesystem()
     try:

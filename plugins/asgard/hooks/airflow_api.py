@@ -171,12 +171,7 @@ class AirflowApi:
 
     def run_report(self, dag_id: str, run_id: str, *, logs: bool = True) -> dict[str, Any]:
         """One run as a job: its state and times, each task's state, and the finished tasks' logs."""
-        try:
-            run = self.runs.get_dag_run(dag_id, run_id)
-        except ApiException as error:
-            raise AirflowApiError(
-                f"run {dag_id}/{run_id}: {error.status} {error.reason}", status=error.status, body=error.body
-            ) from error
+        run = self._dag_run(dag_id, run_id)
         instances = self.task_instances.get_task_instances(dag_id, run_id, limit=1000).task_instances
         tasks, texts = {}, {}
         for ti in instances:
@@ -196,6 +191,18 @@ class AirflowApi:
             "error": self._first_error(dag_id, run_id, instances) if state == "failed" else None,
             "logs": texts,
         }
+
+    def run_conf(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """The conf a run was started with ({} for a run without one)."""
+        return dict(self._dag_run(dag_id, run_id).conf or {})
+
+    def _dag_run(self, dag_id: str, run_id: str) -> Any:
+        try:
+            return self.runs.get_dag_run(dag_id, run_id)
+        except ApiException as error:
+            raise AirflowApiError(
+                f"run {dag_id}/{run_id}: {error.status} {error.reason}", status=error.status, body=error.body
+            ) from error
 
     def run_error(self, dag_id: str, run_id: str) -> dict[str, str] | None:
         """Why a run failed: the task that failed first, its exception's first lines and the last exception line."""

@@ -94,6 +94,7 @@ def upload_request(
     timeout: int,
     env_vars: dict[str, str],
     use_feast: bool,
+    secret_env_vars: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The seed's ``POST /mlops/training/upload`` body for a script file."""
     if not script.is_file():
@@ -106,6 +107,7 @@ def upload_request(
         "requirements": requirements,
         "timeout": timeout,
         "env_vars": env_vars,
+        **({"secret_env_vars": secret_env_vars} if secret_env_vars else {}),
         "use_feast": use_feast,
     }
 
@@ -232,6 +234,7 @@ def run(args: argparse.Namespace, client: MlopsClient, out: TextIO | None = None
             timeout=args.timeout,
             env_vars=env_vars,
             use_feast=not args.no_feast,
+            secret_env_vars=dict(_key_value(item) for item in args.secret),
         )
         job = client.post("/training/upload", body)
         print(f"job {job['job_id']} ({job['status_url']})", file=out, flush=True)

@@ -15,6 +15,13 @@ def add_commands(commands: Any) -> None:
     upload.add_argument("--requirement", "-r", action="append", default=[], help="pip requirement (repeatable)")
     upload.add_argument("--timeout", type=int, default=600, help="seconds the script may run")
     upload.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="script variable")
+    upload.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="KEY=variable:TEAM.NAME",
+        help="script variable read from an Airflow Variable (or connection:TEAM.ID) of the model's team",
+    )
     upload.add_argument("--no-feast", action="store_true", help="the script does not read Feast")
     upload.add_argument("--no-follow", action="store_true", help="print the job id and return")
     for name, help_text in (

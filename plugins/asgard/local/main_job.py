@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from asgard.core.settings import Settings
-from asgard.core.storage import Location
+from asgard.core.storage import Location, team_data_roots
 from asgard.features import gold
 from asgard.features import store as feature_store
 from asgard.hooks.airflow_api import AirflowApi, RunOutcome
@@ -24,7 +24,7 @@ from asgard.local.deploy_decisions import approve_drift_deploy, set_deploy_polic
 from asgard.local.examples import (
     BATCH_REQUEST,
     BY_ID_CUSTOMERS,
-    CANARY_TRIAL,
+    CANARY_DEPLOY,
     CHURN_MODEL_REQUEST,
     EXAMPLE_REQUIREMENTS,
     EXAMPLE_SCRIPT,
@@ -129,7 +129,7 @@ class MainJob:
             # An earlier version serves first, so the champion meets live traffic as a canary.
             earlier = {"model_name": name, "version": self._earlier_version(name), "target": "docker"}
             self._require_success(api.run_and_wait("deploy_model", earlier, timeout=1800, on_progress=_progress))
-            request = {"model_name": name, "alias": "champion", "target": "docker", **CANARY_TRIAL}
+            request = {"model_name": name, "alias": "champion", **CANARY_DEPLOY}
             with LiveTraffic(f"{self.settings.router_url}/models/{name}/predict") as traffic:
                 outcome = api.run_and_wait("deploy_model", request, timeout=1800, on_progress=_progress)
             self._require_success(outcome)
@@ -232,9 +232,9 @@ class MainJob:
 
     @property
     def data_root(self) -> Location:
-        """Where the job's own inputs and outputs go: the data folder, or S3 in production (the
-        tasks that read them run on other workers)."""
-        return Location(self.settings.data_root_list[0], self.settings.aws_conn_id)
+        """Where the job's files go: its models' (the default) team's folder of the first data root, on S3 in
+        production (the tasks that read them run on other workers)."""
+        return Location(team_data_roots(self.settings.default_team, self.settings)[0], self.settings.aws_conn_id)
 
     def _earlier_version(self, name: str) -> str:
         """The newest version of ``name`` that the champion alias does not name."""

@@ -28,7 +28,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -386,15 +385,6 @@ class ProductionServices(ServiceManager):
         return healthy
 
     def _migrate(self) -> None:
-        """``airflow db migrate`` (idempotent) before the API server starts, then the logins."""
+        """The logins, then the metadata database migrated (idempotent) and the users' teams in it, before
+        the API server starts (:meth:`_sync_airflow_teams`, in the API server's environment)."""
         self._prepare_airflow()
-        result = subprocess.run(
-            [str(venv_bin() / "airflow"), "db", "migrate"],
-            env={**self.base_env, **self._component_env("api-server")},
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        if result.returncode != 0:
-            raise ServiceError(f"airflow db migrate failed:\n{(result.stdout + result.stderr)[-3000:]}")

@@ -121,6 +121,7 @@ def _held_as(
     folder.mkdir(parents=True, exist_ok=True)
     binds = {str(folder): {"bind": "/var/log/asgard/predictions", "mode": "rw"}}
     environment = {"ASGARD_PREDICTION_LOG": "/var/log/asgard/predictions"}
+    environment["ASGARD_SERVING_EXPOSE_FEATURES"] = "true" if entry.get("expose_features") else "false"
     online = _online_store(settings)
     if online and online.startswith("sqlite:///"):
         database = online.removeprefix("sqlite:///").rsplit("/", 1)

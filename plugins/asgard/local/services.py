@@ -308,7 +308,9 @@ class ServiceManager(ProcessSupervisor):
             "AIRFLOW__API__WORKERS": "1",
             # Workers report task state to the API server: it must follow the configured port.
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow_url}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin,{VIEWER_USER}:viewer",
+            # Teams are Airflow's own (multi_team): the simple auth manager's "user:role:team1|team2".
+            "AIRFLOW__CORE__MULTI_TEAM": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(self.airflow_users()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets_["jwt_secret"],
             "AIRFLOW__API__SECRET_KEY": secrets_["secret_key"],
@@ -346,6 +348,12 @@ class ServiceManager(ProcessSupervisor):
             }
         )
 
+    def airflow_users(self) -> list[str]:
+        """The simple auth manager's users: the admin and the viewer in the default team, then the
+        ``airflow_users`` setting's (``alice:user:a,bob:user:b|c``)."""
+        team = self.settings.default_team
+        return [f"{ADMIN_USER}:admin:{team}", f"{VIEWER_USER}:viewer:{team}", *self.settings.airflow_user_list]
+
     @property
     def passwords_file(self) -> Path:
         return self.settings.airflow_home / "simple_auth_manager_passwords.json"
@@ -363,9 +371,18 @@ class ServiceManager(ProcessSupervisor):
     def _prepare_airflow(self) -> None:
         self.settings.airflow_home.mkdir(parents=True, exist_ok=True)
         passwords = json.loads(self.passwords_file.read_text()) if self.passwords_file.exists() else {}
-        missing = {user: secrets.token_urlsafe(12) for user in (ADMIN_USER, VIEWER_USER) if user not in passwords}
+        users = [entry.split(":", 1)[0] for entry in self.airflow_users()]
+        missing = {user: secrets.token_urlsafe(12) for user in users if user not in passwords}
         if missing:
             write_private(self.passwords_file, json.dumps({**passwords, **missing}))
+        self._sync_airflow_teams()
+
+    def _sync_airflow_teams(self) -> None:
+        """The metadata database created or migrated, and the users' teams in it (asgard.local.airflow_teams)."""
+        from asgard.local.airflow_teams import sync_in_subprocess, teams_named
+
+        environment = {**self.base_env, **self.airflow_env(), "PYTHONPATH": str(self.settings.plugins_folder)}
+        sync_in_subprocess(teams_named(self.airflow_users(), self.settings.default_team), environment)
 
     def _airflow_secrets(self) -> dict[str, str]:
         path = self.settings.state_dir / "airflow-secrets.json"

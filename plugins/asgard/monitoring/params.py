@@ -9,7 +9,8 @@ from asgard.core.param_schemas import MODEL_NAME_PATTERN, TIMESTAMP, aws_connect
 from asgard.monitoring.thresholds import Thresholds
 
 MODEL, WINDOW, DATA, POLICY = "Model", "Window", "Extra data", "Thresholds and retraining"
-DATA_PATH = {"type": "string", "pattern": "^(s3://|/)\\S+\\.parquet$"}
+# In the model's team's data roots: absolute, s3://, or relative to the team's first root.
+DATA_PATH = {"type": "string", "pattern": "^(s3://|/|(?!s3:)[^/\\s])\\S*\\.parquet$"}
 
 
 def monitor_model_params() -> dict[str, Param]:
@@ -42,8 +43,8 @@ def monitor_model_params() -> dict[str, Param]:
         "sources": field(
             [],
             title="Extra scored data",
-            description="Parquet files (absolute paths or s3://) of rows the model scored elsewhere, read "
-            "beside the serving log and the batch outputs.",
+            description="Parquet files (in the model's team's data roots: absolute, s3://, or relative to "
+            "its first root) of rows the model scored elsewhere, read beside the serving log and the batch outputs.",
             section=DATA,
             type="array",
             items=DATA_PATH,

@@ -4,9 +4,10 @@ The steps live beside this module (reference, windows, evaluation, alerts); this
 ties them together for ``monitor_model``, and the daily sweep's list of what to monitor.
 
 A window's scored data is what the serving app logged (JSON lines with the features, the prediction
-and its id: the embedded Docker target's in ``<data_dir>/predictions/<model>``, cluster pods' under
+and its id: the embedded Docker target's in ``<data_dir>/prediction-logs/<model>``, cluster pods' under
 ``ASGARD_PREDICTION_LOG_URI``/<model> on S3) and any Parquet files the run names (batch
-inputs with their features, ``score_batch`` outputs with their predictions). It is compared with
+inputs with their features, ``score_batch`` outputs with their predictions: in the model's team's data
+roots, since the run acts for that team). It is compared with
 the version's training reference (``reference/profile.json`` and ``reference/sample.parquet``);
 the reference predictions are the model's own on that sample, through :class:`asgard.scoring.scorer.Scorer`.
 
@@ -32,6 +33,7 @@ from asgard.monitoring.reference import Reference, load_reference
 from asgard.monitoring.store import Record
 from asgard.monitoring.thresholds import MonitoringError, Thresholds
 from asgard.monitoring.windows import assemble_window, batch_outputs, default_window, read_prediction_log, read_sources
+from asgard.registry.ownership import model_team
 from asgard.registry.versions import (
     DEPLOY_TAG_PREFIX,
     ORIGIN_TAG,
@@ -65,6 +67,20 @@ def deployed_models(hook: Any) -> list[dict[str, str]]:
     return found
 
 
+def _in_team_roots(paths: list[str], team: str, settings: Any) -> list[str]:
+    """Of the batch outputs the Asset events name, those in the team's data roots: an event's asset is
+    anyone's who may post Asset events, so it is checked as a path the request names would be."""
+    from asgard.core.errors import InputError
+
+    kept = []
+    for path in paths:
+        try:
+            kept.append(checked_data_path(path, what="batch output", team=team, settings=settings))
+        except InputError as error:
+            log.warning("left out: %s", error)
+    return kept
+
+
 def monitor_version(
     target: dict[str, Any],
     params: dict[str, Any],
@@ -92,12 +108,18 @@ def monitor_version(
     frames = [
         read_prediction_log(location, start, end, version, aws_conn_id) for location in settings.prediction_logs(name)
     ]
-    sources = [checked_data_path(path, what="sources") for path in params.get("sources") or []]
-    published = [path for path in batch_outputs(batch_events, name, version, start, end) if path not in sources]
+    # The run acts for the model's team: the files it names lie in that team's data roots.
+    team = model_team(hook, name, settings) or settings.default_team
+    sources = [checked_data_path(path, what="sources", team=team) for path in params.get("sources") or []]
+    published = [
+        path
+        for path in _in_team_roots(batch_outputs(batch_events, name, version, start, end), team, settings)
+        if path not in sources
+    ]
     if published:
         log.info("%s v%s: batch outputs of the window: %s", name, version, ", ".join(published))
     frames += read_sources(sources + published, aws_conn_id)
-    label_files = [checked_data_path(path, what="labels") for path in params.get("labels") or []]
+    label_files = [checked_data_path(path, what="labels", team=team) for path in params.get("labels") or []]
     labels = pd.concat(read_sources(label_files, aws_conn_id) or [pd.DataFrame()])
     if not labels.empty and not {"prediction_id", "label"} <= set(labels.columns):
         raise MonitoringError("label files need the columns prediction_id and label")

@@ -148,12 +148,15 @@ class DeploymentApprovalOperator(ApprovalOperator):
     def execute(self, context: Any) -> Any:
         from asgard.core.settings import get_settings
         from asgard.hooks.mlflow import MlflowHook
+        from asgard.registry.ownership import run_access
         from asgard.registry.versions import resolve_model_version
 
         settings, hook = get_settings(), MlflowHook()
         ti, dag_run = context["ti"], context["dag_run"]
         request = ti.xcom_pull(task_ids=self.request_task_id)
         name = request["model_name"]
+        # The run's user may deploy only their teams' models (a promotion's run acts for the model's team).
+        run_access(dag_run, name, hook=hook, settings=settings)
         # The model and the version (or alias) must exist: an error naming them fails the run here.
         number = resolve_model_version(hook, name, request.get("version"), request.get("alias")).version
         # The build deploys what was decided on, even if the alias moves while a person decides.
@@ -188,7 +191,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
             )
             raise AirflowSkipException(f"{name}'s deployment policy is manual: v{number} is not deployed")
         origin = version_origin(hook, candidate, settings)
-        team = model_team(name, settings)
+        team = model_team(name, settings, hook)
         if not by_promotion:
             # A person who triggers deploy_model by hand asks for this deploy: their own approval, when they
             # may decide (auto: anyone who may trigger it).
@@ -255,7 +258,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
             )
             self._skip_deploy(context)
             return {"decision": REJECTED, "by": None}
-        team = model_team(name, get_settings())
+        team = model_team(name, get_settings(), hook)
         refusal = decision_refusal(
             user, model_name=name, policy=policy, team=team, trained_by=waiting.get("trained_by")
         )

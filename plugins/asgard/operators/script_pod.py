@@ -20,6 +20,7 @@ from kubernetes.client import models as k8s
 from asgard.core.settings import Settings, get_settings
 from asgard.features.store import FEATURE_REPO, STORE_YAML
 from asgard.training.scripts import runner
+from asgard.training.scripts import secrets as script_secrets
 
 WORKDIR = "/work"
 SCRIPT_MOUNT = "/script"
@@ -85,10 +86,18 @@ class UserScriptPodOperator(KubernetesPodOperator):
             **kwargs,
         )
 
-    def configure(self, params: dict[str, Any], injected: dict[str, str], door: tuple[str, int] | None = None) -> None:
+    def configure(
+        self,
+        params: dict[str, Any],
+        injected: dict[str, str],
+        door: tuple[str, int] | None = None,
+        secret_values: dict[str, str] | None = None,
+    ) -> None:
         """Set the image, environment and limits of this run's pod from its conf; ``door`` (the MLflow
         door's address and port, which ``injected``'s tracking URI names) is all its NetworkPolicy lets
-        it reach."""
+        it reach. ``secret_values`` (the run's ``secret_env_vars``, resolved) go into a Secret of the run's
+        own that the pod's environment refers to: never into the pod's spec, which anyone who may list
+        pods reads."""
         if not self.image:  # not given: the image of the requirements set, by its tag
             key = runner.environment_key(list(params.get("requirements") or []))
             self.image = f"{self.settings.script_repository}:{key}"
@@ -128,6 +137,29 @@ class UserScriptPodOperator(KubernetesPodOperator):
             "SCRIPT_NAME": params["script_name"],
         }
         self.env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in sorted(variables.items())]
+        self.script_secret = None
+        if secret_values:
+            self.script_secret = k8s.V1Secret(
+                api_version="v1",
+                kind="Secret",
+                metadata=k8s.V1ObjectMeta(
+                    name=f"train-script-secrets-{injected['MLFLOW_RUN_ID'].lower()}"[:63],
+                    namespace=self.namespace,
+                    labels=dict(self.labels),
+                ),
+                type="Opaque",
+                string_data=dict(secret_values),
+                immutable=True,
+            )
+            self.env_vars += [
+                k8s.V1EnvVar(
+                    name=name,
+                    value_from=k8s.V1EnvVarSource(
+                        secret_key_ref=k8s.V1SecretKeySelector(name=self.script_secret.metadata.name, key=name)
+                    ),
+                )
+                for name in sorted(secret_values)
+            ]
         memory = f"{int(params.get('memory_mb', 4096))}Mi"
         self.container_resources = k8s.V1ResourceRequirements(
             requests={"cpu": "500m", "memory": memory},
@@ -145,10 +177,13 @@ class UserScriptPodOperator(KubernetesPodOperator):
         from kubernetes.client.exceptions import ApiException
 
         networking = NetworkingV1Api(self.hook.api_client)
-        for create, body in (
+        created = [
             (networking.create_namespaced_network_policy, self.network_policy),
             (self.hook.core_v1_client.create_namespaced_config_map, self.script_config_map),
-        ):
+        ]
+        if getattr(self, "script_secret", None) is not None:
+            created.append((self.hook.core_v1_client.create_namespaced_secret, self.script_secret))
+        for create, body in created:
             try:
                 create(self.namespace, body)
             except ApiException as error:
@@ -160,11 +195,13 @@ class UserScriptPodOperator(KubernetesPodOperator):
         from kubernetes.client.exceptions import ApiException
 
         networking = NetworkingV1Api(self.hook.api_client)
-        name = self.script_config_map.metadata.name
-        for delete in (
-            self.hook.core_v1_client.delete_namespaced_config_map,
-            networking.delete_namespaced_network_policy,
-        ):
+        removed = [
+            (self.hook.core_v1_client.delete_namespaced_config_map, self.script_config_map.metadata.name),
+            (networking.delete_namespaced_network_policy, self.script_config_map.metadata.name),
+        ]
+        if getattr(self, "script_secret", None) is not None:
+            removed.append((self.hook.core_v1_client.delete_namespaced_secret, self.script_secret.metadata.name))
+        for delete, name in removed:
             try:
                 delete(name, self.namespace)
             except ApiException as error:
@@ -193,7 +230,9 @@ class UserScriptPodOperator(KubernetesPodOperator):
         host = door_address(self.settings)
         with serving_on_tcp(hook.tracking_uri, scope, host) as port:
             injected = runner.injected_variables(params, f"http://{host}:{port}", run.info.run_id, repo)
-            self.configure(params, injected, door=(host, port))
+            upload = context["ti"].xcom_pull(task_ids="check_upload") or {}
+            secret_values = script_secrets.resolve(params.get("secret_env_vars") or {}, upload["team"])
+            self.configure(params, injected, door=(host, port), secret_values=secret_values)
             self.publish_script()
             try:
                 super().execute(context)

@@ -16,6 +16,7 @@ from asgard.core.locks import held
 from asgard.core.settings import get_settings
 from asgard.hooks.mlflow import MlflowHook, mlflow_literal
 from asgard.registry import metrics
+from asgard.registry.ownership import TEAM_TAG, claim
 from asgard.registry.versions import (
     CHALLENGER,
     CHAMPION,
@@ -82,20 +83,16 @@ class ModelRegistry:
         mlflow_run_id: str,
         tags: dict[str, Any],
         *,
+        team: str,
         model_id: str | None = None,
     ) -> tuple[ModelVersion, bool]:
         """The version of ``model_name`` made from ``mlflow_run_id``'s model, and whether it is new.
 
-        A retried task finds the version its first try created (by run id) instead of adding a
-        second one for the same DAG run.
+        A new model name becomes ``team``'s; an existing one must be ``team``'s already
+        (:func:`asgard.registry.ownership.claim`). A retried task finds the version its first try
+        created (by run id) instead of adding a second one for the same DAG run.
         """
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(model_name)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
+        claim(self.hook, model_name, team, get_settings())
         existing = self.client.search_model_versions(
             f"name = {mlflow_literal(model_name)} and run_id = {mlflow_literal(mlflow_run_id)}"
         )
@@ -277,7 +274,13 @@ def find_logged_model(hook: MlflowHook, mlflow_run_id: str, model_name: str, *, 
 
 
 def register_run_model(
-    hook: MlflowHook, model_name: str, mlflow_run_id: str, *, description: str = "", tags: dict[str, Any] | None = None
+    hook: MlflowHook,
+    model_name: str,
+    mlflow_run_id: str,
+    *,
+    team: str,
+    description: str = "",
+    tags: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register the model an MLflow run logged as a version of ``model_name`` (once per run), ungated."""
     from mlflow.exceptions import MlflowException
@@ -292,7 +295,12 @@ def register_run_model(
         raise InputError(f"tags {', '.join(refused)} are the platform's own (lineage, origin, gate, deployment)")
     platform_tags = {"source": "registry", ORIGIN_TAG: REGISTERED_ORIGIN}
     version, created = ModelRegistry(hook).register(
-        model_name, model.model_uri, mlflow_run_id, {**(tags or {}), **platform_tags}, model_id=model.model_id
+        model_name,
+        model.model_uri,
+        mlflow_run_id,
+        {**(tags or {}), **platform_tags},
+        team=team,
+        model_id=model.model_id,
     )
     if description:
         hook.client.update_model_version(model_name, version.version, description=description)
@@ -352,6 +360,7 @@ def _model_summary(hook: MlflowHook, model: Any) -> dict[str, Any]:
         "latest_version": None if latest is None else str(latest),
         "created_at": _millis_iso(model.creation_timestamp),
         "updated_at": _millis_iso(model.last_updated_timestamp),
+        "team": (model.tags or {}).get(TEAM_TAG) or get_settings().default_team,
         "tags": dict(model.tags or {}),
     }
 

@@ -57,13 +57,14 @@ def score_batch_params() -> dict[str, Param]:
         "entity_source": field(
             None,
             title="Entity source",
-            description='Large jobs: {"table": a gold-layer table} or {"path": a Parquet file or folder, '
-            "local or s3://}, not both; timestamp_column: each row's as-of time. Empty: entities_df.",
+            description='Large jobs: {"table": a gold-layer table} or {"path": a Parquet file or folder in '
+            "the model's team's data roots: absolute, s3://, or relative to the team's first root}, not both; "
+            "timestamp_column: each row's as-of time. Empty: entities_df.",
             section=INPUT,
             type=["null", "object"],
             properties={
                 "table": IDENTIFIER,
-                "path": {"type": "string", "pattern": "^(s3://|/)\\S+$"},
+                "path": {"type": "string", "pattern": "^(s3://|/|(?!s3:)[^/\\s])\\S*$"},
                 "timestamp_column": IDENTIFIER,
             },
             # A table or a path, not both (null: the entities are inline).
@@ -93,10 +94,11 @@ def score_batch_params() -> dict[str, Param]:
         "output_path": field(
             None,
             title="Output file",
-            description="Where the predictions are written, as one Parquet file: an absolute path under "
-            "the allowed data roots, or s3://bucket/key.parquet. Written whole or not at all; a re-run "
-            "replaces it. Seed field: output_path. Empty: a file of the run's own under the platform's "
-            "data folder (predictions/score_batch/), named in the run's result.",
+            description="Where the predictions are written, as one Parquet file in the model's team's data "
+            "roots (<root>/<team>/): an absolute path, s3://bucket/key.parquet, or a path relative to the "
+            "team's first root (predictions/batch.parquet). Written whole or not at all; a re-run "
+            "replaces it. Seed field: output_path. Empty: a file of the run's own in the team's first root "
+            "(predictions/score_batch/), named in the run's result.",
             section=OUTPUT,
             type=["null", "string"],
             pattern=OUTPUT_PATTERN,

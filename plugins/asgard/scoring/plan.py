@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asgard.core.storage import Location, checked_connection, checked_data_path
+from asgard.core.storage import Location, checked_connection, checked_data_path, team_data_roots
 from asgard.core.xcom import XComRecord
 from asgard.registry.versions import FEATURE_VIEWS_TAG, ORIGIN_TAG, model_inputs, resolve_model_version, trusted
 from asgard.scoring.sources import EntitySource, Partition, ScoringError
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 BATCH_PREDICTIONS_ALIAS = "asgard-batch-predictions"
 FEATURE_SOURCES = ("feast", "input")
-OUTPUT_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|/\S+)\.parquet$"
+# An s3://bucket/key, an absolute path, or a path relative to the team's first data root.
+OUTPUT_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|/\S+|(?!s3:)[^/\s]\S*)\.parquet$"
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,13 @@ def staging_location(output: Location, batch_id: str) -> Location:
     return output.sibling(f".{name}.staging").child(batch_id)
 
 
-def default_output_path(dag_id: str, run_id: str, *, settings: Any = None) -> str:
-    """Where a run that names no output writes: a file of its own, so no two runs overwrite each other."""
+def default_output_path(dag_id: str, run_id: str, *, team: str, settings: Any = None) -> str:
+    """Where a run that names no output writes: a file of its own in the team's first data root
+    (``<root>/<team>/predictions/<dag_id>/``), so no two runs overwrite each other."""
     from asgard.core.settings import get_settings
 
-    data_dir = (settings or get_settings()).data_dir
-    return str(data_dir / "predictions" / dag_id / f"{batch_id(dag_id, run_id)}.parquet")
+    root = team_data_roots(team, settings or get_settings())[0]
+    return posixpath.join(root, "predictions", dag_id, f"{batch_id(dag_id, run_id)}.parquet")
 
 
 def batch_id(dag_id: str, run_id: str) -> str:
@@ -97,14 +99,13 @@ def batch_id(dag_id: str, run_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- plan
-def plan_job(params: dict[str, Any], *, dag_id: str, run_id: str, as_of: datetime) -> BatchPlan:
-    """The checked job and its partitions; raises :class:`ScoringError` naming every problem."""
+def plan_job(params: dict[str, Any], *, dag_id: str, run_id: str, as_of: datetime, team: str) -> BatchPlan:
+    """The checked job and its partitions, for ``team`` (the model's: the run acts for it, and reads and
+    writes in its data roots only); raises :class:`ScoringError` naming every problem."""
     from asgard.features import store as feature_store
     from asgard.hooks.mlflow import MlflowHook
 
     aws_conn_id = checked_connection(params.get("aws_conn_id") or "aws_default")
-    path = params.get("output_path") or default_output_path(dag_id, run_id)
-    output = Location(checked_data_path(_check_output_path(path), what="output_path"), aws_conn_id)
     hook = MlflowHook()
     ref = resolve_model_version(
         hook, params["model_name"], version=_text(params.get("model_version")), alias=params.get("alias")
@@ -117,7 +118,9 @@ def plan_job(params: dict[str, Any], *, dag_id: str, run_id: str, as_of: datetim
             "send the rows to the version's serving endpoint instead"
         )
     inputs = model_inputs(hook, ref.name, ref.version)
-    source = EntitySource.from_params(params, aws_conn_id)
+    path = params.get("output_path") or default_output_path(dag_id, run_id, team=team)
+    output = Location(checked_data_path(_check_output_path(path), what="output_path", team=team), aws_conn_id)
+    source = EntitySource.from_params(params, aws_conn_id, team=team)
     columns = source.columns()
     feature_source = params.get("feature_source") or "feast"
     if params.get("as_of"):
@@ -223,7 +226,8 @@ def _feature_plan(
 def _check_output_path(path: str) -> str:
     if not re.match(OUTPUT_PATTERN, path or ""):
         raise ScoringError(
-            f"output_path {path!r} is neither an absolute local path nor an s3://bucket/key URI ending in .parquet"
+            f"output_path {path!r} is neither a local path (absolute, or relative to the team's data root) "
+            "nor an s3://bucket/key URI ending in .parquet"
         )
     return path if path.startswith("s3://") else os.path.normpath(path)
 

@@ -51,7 +51,8 @@ class EntitySource:
     aws_conn_id: str = "aws_default"
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], aws_conn_id: str) -> EntitySource:
+    def from_params(cls, params: dict[str, Any], aws_conn_id: str, *, team: str) -> EntitySource:
+        """The entity source a request names; a path must lie in ``team``'s data roots."""
         inline, source = params.get("entities_df"), params.get("entity_source") or {}
         if source and inline == SAMPLE_ENTITIES:
             inline = None  # the form's default, left as it was
@@ -67,10 +68,8 @@ class EntitySource:
                 return cls("table", table=source["table"], snapshot_id=gold.snapshot_id(source["table"]))
             except gold.GoldLayerError as error:
                 raise ScoringError(str(error)) from None
-        path = str(source["path"])
-        if not (path.startswith("s3://") or path.startswith("/")):
-            raise ScoringError(f"entity_source path {path!r} is neither an absolute local path nor an s3:// URI")
-        path = checked_data_path(path, what="entity_source path")
+        # An absolute path, an s3:// URI or a path relative to the team's first data root.
+        path = checked_data_path(str(source["path"]), what="entity_source path", team=team)
         return cls("parquet", path=path, aws_conn_id=aws_conn_id)
 
     def to_dict(self) -> dict[str, Any]:

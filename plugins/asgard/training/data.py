@@ -6,9 +6,8 @@ each file is written atomically, so a retried task either finds a whole file or 
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
@@ -29,27 +28,15 @@ class TrainingDataError(InputError):
 
 
 # --------------------------------------------------------------------------- run-scoped files
-def run_folder(dag_id: str, run_id: str, settings: Settings | None = None) -> Path:
-    """A local scratch folder for one DAG run (created on first use): for what one task writes and
-    reads itself; what another task reads goes to :func:`run_storage`."""
-    settings = settings or get_settings()
-    folder = settings.data_dir / "runs" / _safe(dag_id) / _safe(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def run_storage(dag_id: str, run_id: str, settings: Settings | None = None) -> Location:
     """Where one DAG run's files that pass between its tasks live: under ``runs_uri`` (production: S3,
-    since the next task may run on another worker; embedded: the data folder)."""
+    since the next task may run on another worker; embedded: the data folder), in a folder named by a
+    digest of the raw run id (:func:`asgard.training.scripts.run_folders.run_key`): a run id is chosen by
+    whoever triggers the run, and two ids must never share the folder another run's training set is in."""
+    from asgard.training.scripts.run_folders import run_key, segment
+
     settings = settings or get_settings()
-    return Location(settings.runs_root, settings.aws_conn_id).child(_safe(dag_id), _safe(run_id))
-
-
-def _safe(name: str) -> str:
-    """``name`` as one path segment of its own: no separator, and never ``.``/``..`` or a hidden name
-    (a run id is chosen by whoever triggers the run)."""
-    segment = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return f"_{segment}" if segment.startswith(".") or not segment else segment
+    return Location(settings.runs_root, settings.aws_conn_id).child(segment(dag_id), run_key(dag_id, run_id))
 
 
 # --------------------------------------------------------------------------- the data source
@@ -135,15 +122,23 @@ def check_data_source(request: dict[str, Any], store: FeatureStore) -> DataSourc
     return DataSource(tuple(requested), tuple(references), target, label_table, entities)
 
 
-def build_training_set(source: DataSource, store: FeatureStore) -> tuple[pd.DataFrame, dict[str, Any]]:
+def build_training_set(
+    source: DataSource,
+    store: FeatureStore,
+    *,
+    label_rows: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Labelled rows with their features as of each row's timestamp, and the data's lineage.
 
-    Rows come from the label table (restricted to ``entities`` when given); Feast's point-in-time
-    join (:mod:`asgard.features.training_sets`: out of core on the embedded profile) adds each
-    feature view's newest values not after the label's timestamp.
+    Rows come from the label table (only those ``label_rows`` keeps of the whole table, when given;
+    then restricted to ``entities`` when given); Feast's point-in-time join
+    (:mod:`asgard.features.training_sets`: out of core on the embedded profile) adds each feature
+    view's newest values not after the label's timestamp.
     """
     labels_table = gold.load_table(source.label_table)
     labels = labels_table.scan().to_pandas()
+    if label_rows is not None:
+        labels = label_rows(labels)
     for column, values in source.entities.items():
         labels = labels[labels[column].isin(values)]
     if labels.empty:

@@ -19,6 +19,7 @@ from asgard.core.param_schemas import (
 )
 from asgard.core.settings import get_settings
 from asgard.registry.metrics import METRICS
+from asgard.training.scripts.secrets import REFERENCE_PATTERN as SECRET_REFERENCE_PATTERN
 from asgard.training.trainers import ALGORITHMS, FRAMEWORKS, MODEL_TYPES
 
 MODEL, DATA, TUNING, GATE, SCRIPT, LIMITS = (
@@ -33,6 +34,7 @@ MODEL, DATA, TUNING, GATE, SCRIPT, LIMITS = (
 # The sample model: the seed's POST /mlops/models body, on the sample gold layer.
 SAMPLE_DATA_SOURCE = {"feature_views": ["customer_features"], "target_column": "churned"}
 SAMPLE_HYPERPARAMETERS = {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}}
+TEAM_PATTERN = "^[A-Za-z0-9_-]{3,50}$"
 SCRIPT_NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\\.py$"
 
 
@@ -58,6 +60,15 @@ def _model_fields(section: str, experiment: str = NOTSET, model: str = NOTSET) -
             section=section,
             type="string",
             pattern=MODEL_NAME_PATTERN,
+        ),
+        "team": field(
+            None,
+            title="Team",
+            description="The team a new model belongs to (one of yours); empty: your only team. An existing "
+            "model keeps its team, and only its team's members (and admins) may train into it.",
+            section=section,
+            type=["null", "string"],
+            pattern=TEAM_PATTERN,
         ),
     }
 
@@ -219,6 +230,18 @@ def train_script_params() -> dict[str, Param]:
             type="object",
             propertyNames={"pattern": IDENTIFIER["pattern"], "not": {"pattern": RESERVED_ENV_PATTERN}},
             additionalProperties={"type": "string", "pattern": "^[^\\u0000]*$"},
+        ),
+        "secret_env_vars": field(
+            {},
+            title="Secret environment variables",
+            description="Secrets the script reads, by reference, never by value: per variable "
+            "'variable:<team>.<key>' (an Airflow Variable) or 'connection:<team>.<id>' (a Connection, as its "
+            "URI), of the model's team. The values are masked in the logs and kept out of the conf.",
+            section=SCRIPT,
+            type="object",
+            propertyNames={"pattern": IDENTIFIER["pattern"], "not": {"pattern": RESERVED_ENV_PATTERN}},
+            additionalProperties={"type": "string", "pattern": SECRET_REFERENCE_PATTERN},
+            maxProperties=50,
         ),
         **_model_fields(MODEL),
         "use_feast": field(

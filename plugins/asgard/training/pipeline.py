@@ -17,6 +17,7 @@ from asgard.features import store as feature_store
 from asgard.hooks.mlflow import MlflowHook
 from asgard.registry import metrics
 from asgard.registry.models import GateDecision, ModelRegistry
+from asgard.registry.ownership import run_access
 from asgard.registry.versions import (
     FEATURES_ARTIFACT,
     GATE_TAG_PREFIX,
@@ -43,9 +44,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def validate_request(params: dict[str, Any]) -> dict[str, Any]:
-    """Everything a request can get wrong, checked before anything is created; the normalised request."""
+def validate_request(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
+    """Everything a request can get wrong, checked before anything is created; the normalised request.
+
+    First of all, whether the run's user may train into the model (its team's members and admins):
+    ``team`` becomes the team the version is registered for.
+    """
     request = json.loads(json.dumps(dict(params)))  # plain JSON: what XCom carries
+    request["team"] = run_access(dag_run, request["model_name"], may_create=True, new_model_team=request.get("team"))
     check_tags(request.get("tags") or {})
     spec = trainers.ModelSpec.from_request(request)
     promotion = dict(request.get("promotion") or {})
@@ -213,7 +219,12 @@ def register_model(
         },
     )
     version, created = ModelRegistry(MlflowHook()).register(
-        request["model_name"], fitted["model_uri"], dataset["mlflow_run_id"], tags, model_id=fitted.get("model_id")
+        request["model_name"],
+        fitted["model_uri"],
+        dataset["mlflow_run_id"],
+        tags,
+        team=request["team"],
+        model_id=fitted.get("model_id"),
     )
     log.info("%s %s version %s", "registered" if created else "found already registered", version.name, version.version)
     return {"model_name": version.name, "version": str(version.version), "created": created}

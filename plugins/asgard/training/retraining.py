@@ -24,6 +24,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RETRAINING_REQUESTS = "asgard-retraining-requests"
+# The one DAG whose events on RETRAINING_REQUESTS are retraining requests (its request_retraining task).
+MONITORING_DAG = "monitor_model"
 DEFAULT_MIN_INTERVAL_HOURS = 24.0
 
 
@@ -56,7 +58,18 @@ def requests_for(triggering_asset_events: Any, run_id: str, *, now: datetime | N
         (event for per_asset in (triggering_asset_events or {}).values() for event in per_asset),
         key=lambda event: event.timestamp,
     )
-    requests = [event.extra or {} for event in events if event.asset.uri == RETRAINING_REQUESTS]
+    requests = []
+    for event in events:
+        if event.asset.uri != RETRAINING_REQUESTS:
+            continue
+        # A retrain acts for the model's team with the conf the event carries: only monitoring may ask.
+        # Airflow's REST API lets any user post an event on an Asset, with any extra, but never sets its
+        # source task: such an event would train another team's model with a conf of the poster's choosing.
+        source = getattr(event, "source_dag_id", None)
+        if source != MONITORING_DAG:
+            log.warning("a retraining request not emitted by %s (source: %s) was left out", MONITORING_DAG, source)
+            continue
+        requests.append(event.extra or {})
     materialized: dict[str, datetime] = {}  # feature view -> when its newest event was emitted
     for event in events:
         if event.asset.uri.startswith(FEATURE_VIEW_ASSET_PREFIX):

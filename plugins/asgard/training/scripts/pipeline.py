@@ -15,17 +15,19 @@ from typing import Any
 from asgard.core import sandbox
 from asgard.core.errors import InputError
 from asgard.core.sandbox import Bind
-from asgard.core.settings import get_settings, redact_url
+from asgard.core.settings import Settings, get_settings, redact_url
 from asgard.core.storage import Location
 from asgard.features import store as feature_store
 from asgard.hooks.mlflow import MlflowHook
 from asgard.hooks.mlflow_gateway import Gateway, RunScope
 from asgard.registry.models import GateDecision, ModelRegistry, find_logged_model
+from asgard.registry.ownership import run_access
 from asgard.registry.versions import SCRIPT_ORIGIN, SCRIPT_REQUIREMENTS_TAG, lineage_tags
 from asgard.training import data as training_data
-from asgard.training import evaluation
+from asgard.training import evaluation, holdback
 from asgard.training.pipeline import check_tags
 from asgard.training.scripts import run_folders, runner, store_doors
+from asgard.training.scripts import secrets as script_secrets
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,25 @@ FEATURE_REPO_INSIDE = "/asgard/feature_repo"
 DEFAULT_METRICS = ("roc_auc", "accuracy", "f1", "r2", "rmse", "mae")
 
 
-def check_upload(params: dict[str, Any], *, dag_id: str, run_id: str) -> dict[str, Any]:
+def check_upload(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
     """Decode and check the script (no side effect but storing it in the run's folder); its sha256 is
-    recorded beside it, and ``run_script`` runs only those bytes."""
+    recorded beside it, and ``run_script`` runs only those bytes. Before anything, whether the run's
+    user may train into the model: the team it is registered for is recorded with the upload."""
+    dag_id, run_id = dag_run.dag_id, dag_run.run_id
+    team = run_access(dag_run, params["model_name"], may_create=True, new_model_team=params.get("team"))
     script = runner.decode_script(params["script_name"], params["script_content"])
     runner.check_env_vars(params.get("env_vars") or {})
+    references = params.get("secret_env_vars") or {}
+    runner.check_env_vars(dict.fromkeys(references, ""))  # the same names a script may be given
+    if shared := sorted(set(references) & set(params.get("env_vars") or {})):
+        raise InputError(f"{', '.join(shared)} set both in env_vars and in secret_env_vars")
+    script_secrets.checked_references(references, team)
     check_tags(params.get("tags") or {})
     # The task that runs it may be on another worker: the script goes to the run's shared storage.
     stored = run_folders.script_storage(dag_id, run_id).child(script.name)
     stored.write_bytes(script.source.encode())
     log.info("script %s: %d bytes, sha256 %s, stored at %s", script.name, len(script.source), script.sha256, stored.uri)
-    return {"script_name": script.name, "script_path": stored.uri, "sha256": script.sha256}
+    return {"script_name": script.name, "script_path": stored.uri, "sha256": script.sha256, "team": team}
 
 
 def stored_script(upload: dict[str, Any], aws_conn_id: str) -> runner.UserScript:
@@ -116,6 +126,7 @@ def _run_in(
     python = Path(environment["python"])
     injected = runner.injected_variables(params, runner.mlflow_uri_inside(), run.info.run_id, FEATURE_REPO_INSIDE)
     env = runner.script_environment(python, injected, params.get("env_vars") or {})
+    env.update(script_secrets.resolve(params.get("secret_env_vars") or {}, upload["team"]))
     # Production's feature store is network services: a reader's login to them, through doors.
     access = store_doors.StoreAccess.from_env() if params.get("use_feast", True) else None
     if access is not None:
@@ -124,7 +135,7 @@ def _run_in(
         timeout_seconds=int(params.get("timeout", 600)),
         memory_mb=int(params.get("memory_mb", 4096)),
     )
-    binds = [Bind(repo, FEATURE_REPO_INSIDE), *(Bind(path) for path in feature_store.script_data_paths(settings))]
+    binds = [Bind(repo, FEATURE_REPO_INSIDE), *script_data_binds(folder / "gold_view", settings)]
     scope = RunScope(
         run.info.run_id,
         run.info.experiment_id,
@@ -158,8 +169,28 @@ def _run_in(
     return {"mlflow_run_id": run.info.run_id}
 
 
-def register_script_model(params: dict[str, Any], ran: dict[str, Any], *, dag_id: str, run_id: str) -> dict[str, Any]:
-    """Find the model the script logged in its run and register it (once per DAG run)."""
+def script_data_binds(folder: Path, settings: Settings) -> list[Bind]:
+    """What of the platform's data a sandboxed script reads, read-only: embedded, the Feast registry
+    and a view of the gold layer without the labels the gate holds back (``folder`` receives it);
+    production, nothing (its stores are services behind doors, see store_doors)."""
+    paths = feature_store.script_data_paths(settings)  # creates the store folders the registry points into
+    if settings.profile != "embedded":
+        return [Bind(path) for path in paths]
+    # The same keys the gate picks its rows by (opening the store makes its registry when there is none).
+    keys = holdback.entity_join_keys(feature_store.open_store(settings))
+    # The registry alone of the Feast folder: scripts train offline, and an online store may hold any
+    # materialized view, labels included.
+    registry = settings.data_dir / "feast" / "registry.db"
+    binds = [Bind(registry)] if registry.exists() else []
+    return [*binds, *holdback.script_gold_view(folder, training_data.DEFAULT_LABEL_TABLE, keys, settings=settings)]
+
+
+def register_script_model(
+    params: dict[str, Any], ran: dict[str, Any], upload: dict[str, Any], *, dag_id: str, run_id: str
+) -> dict[str, Any]:
+    """Find the model the script logged in its run and register it (once per DAG run), for the team
+    ``check_upload`` found the run's user may train for."""
+    team = upload["team"]
     hook = MlflowHook()
     model = find_logged_model(hook, ran["mlflow_run_id"], params["model_name"], who="the script")
     if not params.get("use_feast", True):  # the script's own metric is all the gate will have: fail before registering
@@ -177,7 +208,7 @@ def register_script_model(params: dict[str, Any], ran: dict[str, Any], *, dag_id
         },
     )
     version, created = ModelRegistry(hook).register(
-        params["model_name"], model.model_uri, ran["mlflow_run_id"], tags, model_id=model.model_id
+        params["model_name"], model.model_uri, ran["mlflow_run_id"], tags, team=team, model_id=model.model_id
     )
     log.info("%s %s version %s", "registered" if created else "found already registered", version.name, version.version)
     return {"model_name": version.name, "version": str(version.version), "created": created}
@@ -210,7 +241,9 @@ def gate_script_model(params: dict[str, Any], ran: dict[str, Any], registered: d
         if metric not in measured:
             raise runner.ScriptError(f"the platform's holdout gives no {metric} for this model: {sorted(measured)}")
         log.info(
-            "platform holdout (%d rows): %s", len(target), {key: round(value, 4) for key, value in measured.items()}
+            "held-back rows (%d, which the script could not read): %s",
+            len(target),
+            {key: round(value, 4) for key, value in measured.items()},
         )
         decision = registry.gate(
             name,
@@ -239,19 +272,23 @@ def gate_script_model(params: dict[str, Any], ran: dict[str, Any], registered: d
 
 
 def platform_holdout(params: dict[str, Any]) -> tuple[tuple[Any, Any] | None, str]:
-    """The platform's own holdout for a script that trained on a feature view: the view's features as of
-    each labelled row (the label table's point-in-time join), split as train_model splits; or why not."""
+    """The platform's own holdout for a script that trained on a feature view: the label table's
+    held-back rows (:mod:`asgard.training.holdback`, which no script reads) with the view's features
+    as of each row (the label table's point-in-time join); or why there is none."""
     view = params.get("feature_view_name") or "customer_features"
     target = params.get("target_column") or "churned"
     store = feature_store.open_store()
+    keys, share = holdback.entity_join_keys(store), holdback.fraction()
+
+    def held_rows(labels: Any) -> Any:
+        return labels[holdback.held_back(labels, share, keys)]
+
     try:
         source = training_data.check_data_source({"feature_views": [view], "target_column": target}, store)
-        frame, _ = training_data.build_training_set(source, store)
-        kind = "classification" if frame[target].nunique() <= 20 else "regression"
-        _, holdout = training_data.split(frame, target, kind, test_size=0.2, seed=42)
+        frame, _ = training_data.build_training_set(source, store, label_rows=held_rows)
     except InputError as error:
         return None, f"no platform holdout for feature view {view!r}: {error}"
-    return (holdout[source.feature_names], holdout[target]), ""
+    return (frame[source.feature_names], frame[target]), ""
 
 
 def gate_metric(params: dict[str, Any], logged: dict[str, float]) -> str:

@@ -45,7 +45,7 @@ def script_storage(dag_id: str, run_id: str, settings: Settings | None = None) -
     since the task that runs it may be on another worker; embedded: the data folder)."""
     settings = settings or get_settings()
     root = Location(settings.runs_root, settings.aws_conn_id)
-    return root.child(_segment(dag_id), run_key(dag_id, run_id), "script")
+    return root.child(segment(dag_id), run_key(dag_id, run_id), "script")
 
 
 def task_folder(
@@ -54,11 +54,11 @@ def task_folder(
     """One task instance's local folder on this worker; each of its attempts gets a folder inside
     (:func:`fresh_attempt`)."""
     settings = settings or get_settings()
-    name = _segment(task_id) if map_index is None or map_index < 0 else f"{_segment(task_id)}.{int(map_index)}"
-    return settings.data_dir / "runs" / _segment(dag_id) / run_key(dag_id, run_id) / "tasks" / name
+    name = segment(task_id) if map_index is None or map_index < 0 else f"{segment(task_id)}.{int(map_index)}"
+    return settings.data_dir / "runs" / segment(dag_id) / run_key(dag_id, run_id) / "tasks" / name
 
 
-def _segment(name: str) -> str:
+def segment(name: str) -> str:
     """``name`` when it is a plain path segment, else a digest of it (the run key carries the raw id)."""
     return name if PLAIN_SEGMENT.match(name) else hashlib.sha256(name.encode()).hexdigest()[:32]
 

@@ -1,0 +1,265 @@
+"""Teams (issue 51) on the real embedded stack: alice (team ``alpha``), bob (team ``beta``) and the admin,
+the session stack's users (tests/conftest.py ``TEAM_USERS``).
+
+Each trains a model of their own (one train_model run each, on a small gold layer); while alice's
+trains, she tries every job on bob's model. Through Airflow's REST API each run is created (Airflow's own
+permissions allow it) and fails in its first task naming the model and its team; through /mlops each
+request is a 403 naming them and starts nothing. A run no person started (the deploy_model run bob's
+promotion's Asset event started) acts for the model's team; only its members and the admin decide it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from asgard.features import gold
+from asgard.features import store as feature_store
+from asgard.hooks.airflow_api import AirflowApi, RunOutcome
+from asgard.local.examples import CHURN_MODEL_REQUEST, example_upload
+from asgard.operators import deployment_approval as hitl
+from asgard.registry.models import model_asset_uri
+from asgard.registry.versions import CHAMPION
+from conftest import team_folder
+from sample_data.gold_layer import GoldSpec, write_gold_layer
+
+pytestmark = pytest.mark.integration
+
+# The same gold layer as test_train_model_dag's (writing it again changes nothing).
+SPEC = GoldSpec(customers=800, days=3, end="2026-11-01T00:00:00+00:00", seed=13)
+JOB_DAGS = ("train_model", "train_script", "deploy_model", "score_batch", "monitor_model")
+# Each job's first task: where a run of another team's model must fail, before it reads or writes anything.
+FIRST_CHECK = {
+    "train_model": "validate_request",
+    "train_script": "check_upload",
+    "deploy_model": "approve_deployment",
+    "score_batch": "plan",
+    "monitor_model": "targets",
+}
+
+
+@dataclass
+class Teams:
+    url: str
+    mlflow_url: str
+    admin: AirflowApi
+    alice: AirflowApi
+    bob: AirflowApi
+    alice_model: str
+    bob_model: str
+    alice_training: str  # alice's train_model run, triggered through Airflow's REST API
+    bob_training: str  # bob's, submitted through POST /mlops/models (a job id is its run id)
+    output: Path  # where alice's scoring writes: a folder in team alpha's data root
+    refused: dict[str, str] = field(default_factory=dict)  # job DAG -> alice's run on bob's model
+    alice_scoring: str = ""
+    promotion_deploy: str = ""  # the deploy_model run bob's promotion's Asset event started
+
+    def headers(self, user: AirflowApi) -> dict[str, str]:
+        return {"Authorization": f"Bearer {user.token}"}
+
+    def call(self, user: AirflowApi, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        return httpx.request(method, f"{self.url}{path}", headers=self.headers(user), json=body, timeout=120)
+
+
+def _refusal(user: str, teams: str, model: str, team: str) -> str:
+    return f"{user} (teams: {teams}) may not act on model '{model}': it belongs to team '{team}'"
+
+
+@pytest.fixture(scope="module")
+def teams(embedded_stack):
+    """bob's model trained and its promotion's deploy_model run started; then, while alice trains hers
+    (deploy_model paused: her promotion deploys nothing), her runs of bob's model; then her scoring with
+    her own and her deploy_model run of bob's."""
+    stack = embedded_stack
+    settings, admin = stack.settings, stack.api
+    url = settings.airflow_url
+    write_gold_layer(SPEC, gold.GoldLocation.for_settings(settings), log=lambda _: None)
+    feature_store.apply_repo(settings)
+    alice = AirflowApi.login(url, *stack.manager.credentials("alice"))
+    bob = AirflowApi.login(url, *stack.manager.credentials("bob"))
+    for dag_id in JOB_DAGS:
+        admin.wait_for_dag(dag_id)
+        admin.unpause(dag_id)
+    suffix = uuid.uuid4().hex[:6]
+    alice_model, bob_model = f"team_alpha_{suffix}", f"team_beta_{suffix}"
+    output = team_folder("alpha")  # alice's model is team alpha's: its runs write in alpha's data roots only
+    submitted = httpx.post(
+        f"{url}/mlops/models",
+        headers={"Authorization": f"Bearer {bob.token}"},
+        json={**CHURN_MODEL_REQUEST, "model_name": bob_model},
+        timeout=120,
+    )
+    assert submitted.status_code == 202, submitted.text
+    bob_training = submitted.json()["job_id"]
+    outcome = admin.wait_for_run("train_model", bob_training, timeout=900)
+    assert outcome.state == "success", outcome
+    promotion_deploy = admin.run_started_by(model_asset_uri(bob_model), bob_training, "deploy_model")
+    # One promotion at a time reaches deploy_model (two in one scheduler loop would share a run): alice's
+    # lands while it is paused, and starts nothing.
+    admin.pause("deploy_model")
+    alice_training = alice.trigger("train_model", {**CHURN_MODEL_REQUEST, "model_name": alice_model})
+    found = Teams(
+        url, settings.mlflow_url, admin, alice, bob, alice_model, bob_model, alice_training, bob_training, output
+    )
+    found.promotion_deploy = promotion_deploy
+    confs = {
+        "train_model": {**CHURN_MODEL_REQUEST, "model_name": bob_model},
+        "train_script": example_upload(model_name=bob_model),
+        "score_batch": {
+            "model_name": bob_model,
+            "entities_df": {"customer_id": [1, 2, 3]},
+            "output_path": str(output / "bob.parquet"),
+        },
+        "monitor_model": {"model_name": bob_model},
+    }
+    found.refused = {dag_id: alice.trigger(dag_id, conf) for dag_id, conf in confs.items()}
+    try:
+        outcome = admin.wait_for_run("train_model", alice_training, timeout=900)
+        assert outcome.state == "success", outcome
+    finally:
+        admin.unpause("deploy_model")
+    found.refused["deploy_model"] = alice.trigger("deploy_model", {"model_name": bob_model})
+    scoring = found.call(
+        alice,
+        "POST",
+        "/mlops/serve/batch",
+        {
+            "model_name": alice_model,
+            "entities_df": {"customer_id": [1, 2, 3]},
+            "output_path": str(output / "alice.parquet"),
+        },
+    )
+    assert scoring.status_code == 202, scoring.text
+    found.alice_scoring = scoring.json()["job_id"]
+    return found
+
+
+@pytest.mark.parametrize("dag_id", JOB_DAGS)
+def test_a_run_on_another_teams_model_fails_in_its_first_task_naming_the_model_and_team(teams, dag_id):
+    outcome: RunOutcome = teams.admin.wait_for_run(dag_id, teams.refused[dag_id], timeout=600)
+    assert outcome.state == "failed", outcome
+    error = teams.admin.run_error(dag_id, outcome.run_id)
+    assert error["task"] == FIRST_CHECK[dag_id], error
+    assert error["message"].startswith("TeamRefusal: " + _refusal("alice", "alpha", teams.bob_model, "beta")), error
+    # Nothing ran after the check (deploy_model's resolve_request, before it, only reads the conf).
+    later = {
+        task: state
+        for task, state in outcome.task_states.items()
+        if task not in (FIRST_CHECK[dag_id], "resolve_request")
+    }
+    assert set(later.values()) <= {"upstream_failed", "skipped"}, later
+
+
+def test_mlops_refuses_another_teams_model_with_a_403_naming_it_and_starts_no_run(teams):
+    alice, bob_model = teams.alice, teams.bob_model
+    client = MlflowClient(teams.mlflow_url, teams.mlflow_url)
+    bob_run = client.get_model_version_by_alias(bob_model, CHAMPION).run_id
+    before = _people_runs(teams.admin)
+    refused = [
+        ("POST", "/mlops/models", {**CHURN_MODEL_REQUEST, "model_name": bob_model}),  # train
+        ("POST", "/mlops/training/upload", example_upload(model_name=bob_model)),  # upload
+        ("POST", "/mlops/registry", {"model_name": bob_model, "run_id": bob_run}),  # a version (the gate's alias)
+        (
+            "POST",
+            "/mlops/serve/batch",
+            {"model_name": bob_model, "entities_df": {"customer_id": [1]}, "output_path": str(teams.output / "x")},
+        ),
+        ("POST", "/mlops/monitoring/run", {"model_name": bob_model}),
+        ("POST", "/mlops/monitoring/history", {"model_name": bob_model}),
+        ("GET", f"/mlops/runs/train_model/{teams.bob_training}", None),
+        ("GET", f"/mlops/jobs/{teams.bob_training}", None),
+        ("GET", f"/mlops/training/jobs/{teams.bob_training}", None),
+        ("GET", f"/mlops/models/{bob_model}", None),
+        ("GET", f"/mlops/ui/models/{bob_model}", None),
+        ("GET", f"/mlops/models/{bob_model}/deploy-policy", None),
+        ("PUT", f"/mlops/models/{bob_model}/deploy-policy", {"policy": "auto"}),
+    ]
+    for method, path, body in refused:
+        answer = teams.call(alice, method, path, body)
+        assert answer.status_code == 403, (method, path, answer.text)
+        assert answer.json()["detail"] == _refusal("alice", "alpha", bob_model, "beta"), (method, path, answer.text)
+    assert _people_runs(teams.admin) == before
+    assert len(client.search_model_versions(f"name = '{bob_model}'")) == 1  # the refused registration added none
+    assert "asgard.deploy.policy" not in (client.get_registered_model(bob_model).tags or {})
+
+
+def _people_runs(admin: AirflowApi) -> dict[str, set[str]]:
+    """Each job DAG's runs a person started (not the daily monitoring's, not a promotion's)."""
+    return {
+        dag_id: {run for run in admin.list_run_ids(dag_id) if not run.startswith(("scheduled__", "asset_triggered__"))}
+        for dag_id in JOB_DAGS
+    }
+
+
+def test_each_user_lists_and_reads_their_teams_models_and_the_admin_all(teams):
+    listed = {}
+    for name, user in (("alice", teams.alice), ("bob", teams.bob), ("admin", teams.admin)):
+        answer = teams.call(user, "GET", "/mlops/models")
+        assert answer.status_code == 200, answer.text
+        listed[name] = {model["model_name"] for model in answer.json()["models"]} & {teams.alice_model, teams.bob_model}
+        page = teams.call(user, "GET", "/mlops/ui/models")
+        assert page.status_code == 200
+        assert {model for model in (teams.alice_model, teams.bob_model) if f"models/{model}'" in page.text} == listed[
+            name
+        ]
+    assert listed == {
+        "alice": {teams.alice_model},
+        "bob": {teams.bob_model},
+        "admin": {teams.alice_model, teams.bob_model},
+    }
+    teams_of = {
+        model["model_name"]: model["team"] for model in teams.call(teams.admin, "GET", "/mlops/models").json()["models"]
+    }
+    assert (teams_of[teams.alice_model], teams_of[teams.bob_model]) == ("alpha", "beta")
+    for user, model, run_id in (
+        (teams.alice, teams.alice_model, teams.alice_training),
+        (teams.bob, teams.bob_model, teams.bob_training),
+        (teams.admin, teams.alice_model, teams.alice_training),
+        (teams.admin, teams.bob_model, teams.bob_training),
+    ):
+        details = teams.call(user, "GET", f"/mlops/models/{model}")
+        assert details.status_code == 200 and details.json()["aliases"] == {"champion": "1"}, details.text
+        run = teams.call(user, "GET", f"/mlops/runs/train_model/{run_id}")
+        assert run.status_code == 200 and run.json()["status"] == "completed", run.text
+
+
+def test_a_member_trains_and_scores_their_teams_model_and_sets_its_policy(teams):
+    # alice's own training (through Airflow's REST API) registered her model for her team.
+    client = MlflowClient(teams.mlflow_url, teams.mlflow_url)
+    version = client.get_model_version_by_alias(teams.alice_model, CHAMPION)
+    assert version.version == "1" and client.get_registered_model(teams.alice_model).tags["asgard.team"] == "alpha"
+    assert client.get_registered_model(teams.bob_model).tags["asgard.team"] == "beta"
+    outcome = teams.admin.wait_for_run("score_batch", teams.alice_scoring, timeout=600)
+    assert outcome.state == "success", outcome
+    assert (teams.output / "alice.parquet").exists()
+    job = teams.call(teams.alice, "GET", f"/mlops/jobs/{teams.alice_scoring}")
+    assert job.status_code == 200 and job.json()["result"]["rows"] == 3, job.text
+    history = teams.call(teams.alice, "POST", "/mlops/monitoring/history", {"model_name": teams.alice_model})
+    assert history.status_code == 200, history.text
+    # bob sets his model's policy (the team decides); the policy is what it was (approve), said aloud.
+    policy = teams.call(teams.bob, "PUT", f"/mlops/models/{teams.bob_model}/deploy-policy", {"policy": "approve"})
+    assert policy.status_code == 200 and policy.json()["team"] == ["admin", "bob"], policy.text
+
+
+def test_a_promotions_deploy_run_acts_for_the_models_team_and_only_its_members_decide(teams):
+    url, run_id = teams.url, teams.promotion_deploy
+    assert run_id.startswith("asset_triggered__"), run_id
+    # Not refused: no person started it, so it acts for the model's team and waits for the team's decision.
+    pending = hitl.pending_approval(url, teams.admin.token, run_id, timeout=300)
+    assert pending["subject"].startswith(f"Deploy {teams.bob_model} v1?"), pending
+    assert {user["id"] for user in pending["assigned_users"]} == {"admin", "bob"}
+    with pytest.raises(hitl.ApprovalError) as refused:
+        hitl.respond(url, teams.alice.token, run_id, approve=True, reason="not my team's")
+    assert refused.value.status == 403
+    hitl.respond(url, teams.bob.token, run_id, approve=False, reason="team beta keeps v1 unserved here")
+    outcome = teams.admin.wait_for_run("deploy_model", run_id, timeout=300)
+    assert outcome.state == "success", outcome
+    assert outcome.task_states["approve_deployment"] == "success"
+    assert outcome.task_states["deploy_image"] == "skipped"
+    log = teams.admin.task_log("deploy_model", run_id, "approve_deployment")
+    assert f"a asset_triggered run (acting for the model's team) acts on model '{teams.bob_model}' of team beta" in log

@@ -1,0 +1,118 @@
+"""Teams (issue 51): who belongs to which team, and the one check of who may act on a model, against a
+real MLflow registry (SQLite). The whole matrix through the real Airflow: tests/integration/test_teams.py."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from tests.conftest import sqlite_mlflow_home
+
+from asgard.core.settings import Settings
+from asgard.core.teams import Actor, TeamRefusal, directory, parse_team_members, run_actor, user_actor
+
+USERS = "admin:admin:default,alice:user:alpha,bob:user:beta,carol:user:alpha|beta,vic:viewer"
+
+
+@pytest.fixture
+def users(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", USERS)
+    return Settings()
+
+
+def test_the_directory_is_the_auth_managers_users_with_their_teams(users):
+    members = directory(users)
+    assert members["alice"].teams == {"alpha"} and not members["alice"].admin
+    assert members["carol"].teams == {"alpha", "beta"}
+    assert members["admin"].admin and members["vic"].teams == frozenset()
+
+
+def test_team_members_setting_names_bad_entries():
+    assert parse_team_members("alice=alpha;root=*")["root"].admin
+    with pytest.raises(ValueError, match=r"'mallory' is not 'user=team1\|team2'"):
+        parse_team_members("alice=alpha;mallory")
+    with pytest.raises(ValueError, match="airflow_users"):
+        Settings(airflow_users="eve:superuser:alpha")
+
+
+def test_a_run_acts_as_the_user_who_triggered_it_or_for_the_model(users):
+    alice = run_actor(SimpleNamespace(triggering_user_name="alice", run_type="manual"), users)
+    assert alice.teams == {"alpha"} and not alice.for_the_model
+    # Runs a TriggerDagRunOperator starts keep the user (Airflow copies it); an Asset's run has none.
+    assert run_actor(SimpleNamespace(triggering_user_name="bob", run_type="operator_triggered"), users).teams == {
+        "beta"
+    }
+    promotion = run_actor(SimpleNamespace(triggering_user_name=None, run_type="asset_triggered"), users)
+    assert promotion.for_the_model and promotion.may_act_for("beta")
+    nobody = run_actor(SimpleNamespace(triggering_user_name=None, run_type="manual"), users)
+    assert not nobody.may_act_for("default")
+    assert not user_actor("mallory", users).may_act_for("a")
+
+
+def test_a_new_models_team(users):
+    assert user_actor("alice", users).team_for_new_model(None, users) == "alpha"
+    assert user_actor("admin", users).team_for_new_model(None, users) == "default"
+    with pytest.raises(TeamRefusal, match="several teams"):
+        user_actor("carol", users).team_for_new_model(None, users)
+    assert user_actor("carol", users).team_for_new_model("beta", users) == "beta"
+    with pytest.raises(TeamRefusal, match="not a member of team 'beta'"):
+        user_actor("alice", users).team_for_new_model("beta", users)
+    with pytest.raises(TeamRefusal, match="belongs to no team"):
+        user_actor("vic", users).team_for_new_model(None, users)
+    assert Actor("root", frozenset(), admin=True).team_for_new_model(None, users) == users.default_team
+
+
+def test_a_model_belongs_to_the_team_that_registered_it_first(users, tmp_path):
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import check_access, claim, model_team
+
+    with sqlite_mlflow_home(tmp_path):
+        hook, settings = MlflowHook(), Settings()
+        alice, bob = user_actor("alice", settings), user_actor("bob", settings)
+        assert check_access(hook, "churn", alice, settings, may_create=True) == "alpha"
+        assert check_access(hook, "churn", bob, settings) is None  # not registered yet: the caller's 404 applies
+        assert claim(hook, "churn", "alpha", settings) is True
+        assert claim(hook, "churn", "alpha", settings) is False  # a retry finds its own
+        with pytest.raises(
+            TeamRefusal, match=r"bob \(teams: beta\) may not act on model 'churn': it belongs to team 'alpha'"
+        ):
+            check_access(hook, "churn", bob, settings, may_create=True)
+        with pytest.raises(TeamRefusal, match="belongs to team 'alpha': team 'beta' may not register into it"):
+            claim(hook, "churn", "beta", settings)
+        admin = user_actor("admin", settings)
+        assert check_access(hook, "churn", admin, settings) == "alpha"
+        # A model from before teams (no tag) is the default team's.
+        hook.client.create_registered_model("legacy")
+        assert model_team(hook, "legacy", settings) == settings.default_team
+        with pytest.raises(TeamRefusal):
+            check_access(hook, "legacy", alice, settings)
+
+
+def test_two_teams_claiming_one_new_name_at_once_one_wins(users, tmp_path):
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import claim
+
+    with sqlite_mlflow_home(tmp_path):
+        hook, settings = MlflowHook(), Settings()
+        outcomes: dict[str, object] = {}
+
+        def register(team: str) -> None:
+            try:
+                outcomes[team] = claim(hook, "contested", team, settings)
+            except TeamRefusal as error:
+                outcomes[team] = error
+
+        threads = [threading.Thread(target=register, args=(team,)) for team in ("alpha", "beta")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(type(outcome).__name__ for outcome in outcomes.values()) == ["TeamRefusal", "bool"]
+
+
+def test_airflows_database_is_given_every_team_the_users_name():
+    from asgard.local.airflow_teams import teams_named
+
+    users = ["admin:admin:default", "alice:user:alpha", "bob:user:beta|gamma", "carl:viewer"]
+    assert teams_named(users, "default") == ["alpha", "beta", "default", "gamma"]
