@@ -57,10 +57,13 @@ from asgard.registry.models import CHAMPION_MODELS_ALIAS
 )
 def deploy_model():
     @task
-    def resolve_request(params: dict, triggering_asset_events=None) -> dict:
+    def resolve_request(params: dict, triggering_asset_events=None, dag_run=None) -> dict:
         from asgard.deploy.rollout import deployment_request
+        from asgard.registry.ownership import run_access
 
-        return deployment_request(params, triggering_asset_events).to_dict()
+        request = deployment_request(params, triggering_asset_events)
+        run_access(dag_run, request.model_name)  # the run's user deploys only their teams' models
+        return request.to_dict()
 
     request = resolve_request()
     # The policy, a hand trigger or a person decides; the version decided on is the one built.
@@ -73,13 +76,21 @@ def deploy_model():
     )
 
     @task
-    def deploy_image(request: dict, build: dict, push: dict, dag_run=None) -> dict:
-        from asgard.deploy.rollout import DeployRequest, deploy_to_target
+    def deploy_image(
+        request: dict, build: dict, push: dict, params=None, dag_run=None, triggering_asset_events=None
+    ) -> dict:
+        from asgard.deploy.rollout import deploy_to_target, deployment_request
+        from asgard.registry.ownership import recheck
         from asgard.serving.image import BuiltImage, PushedImage
 
+        # What to deploy where, from the run's conf (or Asset event) again, not from a hand-off that can change.
+        asked = deployment_request(params, triggering_asset_events)
+        built = BuiltImage.from_dict(build)
+        recheck(dag_run, asked.model_name, request)
+        recheck(dag_run, asked.model_name, {"model_name": built.model_name})  # the image is of that model too
         return deploy_to_target(
-            DeployRequest.from_dict(request),
-            BuiltImage.from_dict(build),
+            asked,
+            built,
             PushedImage.from_dict(push),
             holder=f"{dag_run.dag_id}/{dag_run.run_id}",
         )

@@ -58,7 +58,10 @@ def monitor_model():
     @task(map_index_template="{{ target['model_name'] }}", inlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
     def check(target: dict, params=None, dag_run=None, data_interval_end=None, inlet_events=None) -> dict:
         from asgard.monitoring.run import monitor_version
+        from asgard.registry.ownership import recheck
 
+        # The target as handed on: the conf's model when it names one, and one the run's user may act on.
+        recheck(dag_run, params["model_name"] or target["model_name"], target)
         run_after = data_interval_end or dag_run.run_after
         source_run = f"{dag_run.dag_id}/{dag_run.run_id}"
         batch_events = inlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)]  # score_batch's published outputs

@@ -60,19 +60,23 @@ def score_batch():
         from airflow.sdk import get_current_context
 
         from asgard.scoring.batch import score_partition
-        from asgard.scoring.plan import BatchJob
+        from asgard.scoring.plan import BatchJob, recheck_job
         from asgard.scoring.sources import Partition
 
-        get_current_context()["partition_label"] = f"partition {partition['index']} ({partition['rows']} rows)"
-        return score_partition(BatchJob.from_dict(job), Partition.from_dict(partition)).to_dict()
+        context = get_current_context()
+        context["partition_label"] = f"partition {partition['index']} ({partition['rows']} rows)"
+        checked = BatchJob.from_dict(job)
+        recheck_job(checked, context["params"], context["dag_run"])
+        return score_partition(checked, Partition.from_dict(partition)).to_dict()
 
     @task(outlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
-    def publish(planned: list, parts: list, outlet_events=None) -> dict:
+    def publish(planned: list, parts: list, params=None, dag_run=None, outlet_events=None) -> dict:
         from asgard.scoring.batch import ScoredPart
-        from asgard.scoring.plan import BatchJob
+        from asgard.scoring.plan import BatchJob, recheck_job
         from asgard.scoring.publish import announce, publish
 
         job = BatchJob.from_dict(planned[0]["job"])
+        recheck_job(job, params, dag_run)
         published = publish(job, [ScoredPart.from_dict(part) for part in parts])
         announce(published, job, outlet_events[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
         return published.to_dict()

@@ -54,15 +54,23 @@ def train_model():
         return pipeline.fit_model(request, dataset)
 
     @task
-    def register_model(request: dict, dataset: dict, fitted: dict, dag_run=None) -> dict:
+    def register_model(request: dict, dataset: dict, fitted: dict, params=None, dag_run=None) -> dict:
+        from asgard.registry.ownership import recheck
         from asgard.training import pipeline
 
+        recheck(dag_run, params["model_name"], request, may_create=True, new_model_team=params.get("team"))
         return pipeline.register_model(request, dataset, fitted, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
-    def gate_model(request: dict, dataset: dict, fitted: dict, registered: dict, outlet_events=None) -> dict:
+    def gate_model(
+        request: dict, dataset: dict, fitted: dict, registered: dict, params=None, dag_run=None, outlet_events=None
+    ) -> dict:
         from asgard.registry.models import announce_promotion
+        from asgard.registry.ownership import recheck
         from asgard.training import pipeline
+
+        recheck(dag_run, params["model_name"], request)
+        recheck(dag_run, params["model_name"], registered)
 
         decision = pipeline.gate_model(request, dataset, fitted, registered)
         announce_promotion(decision, outlet_events)

@@ -56,14 +56,21 @@ def train_script():
 
     @task
     def register_model(ran: dict, upload: dict, params=None, dag_run=None) -> dict:
+        from asgard.registry.ownership import recheck
         from asgard.training.scripts import pipeline
+
+        recheck(dag_run, params["model_name"], {**upload, "model_name": params["model_name"]}, may_create=True,
+                new_model_team=params.get("team"))  # fmt: skip
 
         return pipeline.register_script_model(params, ran, upload, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
     @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
-    def gate_model(ran: dict, registered: dict, params=None, outlet_events=None) -> dict:
+    def gate_model(ran: dict, registered: dict, params=None, dag_run=None, outlet_events=None) -> dict:
         from asgard.registry.models import announce_promotion
+        from asgard.registry.ownership import recheck
         from asgard.training.scripts import pipeline
+
+        recheck(dag_run, params["model_name"], registered)
 
         decision = pipeline.gate_script_model(params, ran, registered)
         announce_promotion(decision, outlet_events)

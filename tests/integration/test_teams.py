@@ -37,7 +37,7 @@ JOB_DAGS = ("train_model", "train_script", "deploy_model", "score_batch", "monit
 FIRST_CHECK = {
     "train_model": "validate_request",
     "train_script": "check_upload",
-    "deploy_model": "approve_deployment",
+    "deploy_model": "resolve_request",
     "score_batch": "plan",
     "monitor_model": "targets",
 }
@@ -146,12 +146,8 @@ def test_a_run_on_another_teams_model_fails_in_its_first_task_naming_the_model_a
     error = teams.admin.run_error(dag_id, outcome.run_id)
     assert error["task"] == FIRST_CHECK[dag_id], error
     assert error["message"].startswith("TeamRefusal: " + _refusal("alice", "alpha", teams.bob_model, "beta")), error
-    # Nothing ran after the check (deploy_model's resolve_request, before it, only reads the conf).
-    later = {
-        task: state
-        for task, state in outcome.task_states.items()
-        if task not in (FIRST_CHECK[dag_id], "resolve_request")
-    }
+    # Nothing ran after the check.
+    later = {task: state for task, state in outcome.task_states.items() if task != FIRST_CHECK[dag_id]}
     assert set(later.values()) <= {"upstream_failed", "skipped"}, later
 
 
@@ -183,6 +179,11 @@ def test_mlops_refuses_another_teams_model_with_a_403_naming_it_and_starts_no_ru
         answer = teams.call(alice, method, path, body)
         assert answer.status_code == 403, (method, path, answer.text)
         assert answer.json()["detail"] == _refusal("alice", "alpha", bob_model, "beta"), (method, path, answer.text)
+    # Bob's run under a name of alice's own: the run is team beta's work, and stays so.
+    stolen = teams.call(alice, "POST", "/mlops/registry", {"model_name": f"copy_{bob_model}", "run_id": bob_run})
+    assert stolen.status_code == 403, stolen.text
+    assert f"MLflow run {bob_run} is team 'beta''s" in stolen.json()["detail"]
+    assert not client.search_model_versions(f"name = 'copy_{bob_model}'")
     assert _people_runs(teams.admin) == before
     assert len(client.search_model_versions(f"name = '{bob_model}'")) == 1  # the refused registration added none
     assert "asgard.deploy.policy" not in (client.get_registered_model(bob_model).tags or {})
@@ -244,6 +245,33 @@ def test_a_member_trains_and_scores_their_teams_model_and_sets_its_policy(teams)
     # bob sets his model's policy (the team decides); the policy is what it was (approve), said aloud.
     policy = teams.call(teams.bob, "PUT", f"/mlops/models/{teams.bob_model}/deploy-policy", {"policy": "approve"})
     assert policy.status_code == 200 and policy.json()["team"] == ["admin", "bob"], policy.text
+
+
+def test_a_hand_off_changed_through_the_rest_api_is_refused_where_it_is_used(teams):
+    """alice rewrites what her own scoring run's plan handed on (its XCom: Airflow lets a user who may edit
+    the DAG's runs do it) to score with bob's model, and clears the tasks after it: they refuse."""
+    run_id, headers = teams.alice_scoring, teams.headers(teams.alice)
+    assert teams.admin.wait_for_run("score_batch", run_id, timeout=600).state == "success"
+    base = f"{teams.url}/api/v2/dags/score_batch/dagRuns/{run_id}/taskInstances/plan/xcomEntries/return_value"
+    planned = httpx.get(base, headers=headers, params={"deserialize": True}, timeout=60)
+    assert planned.status_code == 200, planned.text
+    forged = [{**entry, "job": {**entry["job"], "model_name": teams.bob_model}} for entry in planned.json()["value"]]
+    patched = httpx.patch(base, headers=headers, json={"value": forged, "map_index": -1}, timeout=60)
+    assert patched.status_code == 200, patched.text
+    cleared = httpx.post(
+        f"{teams.url}/api/v2/dags/score_batch/clearTaskInstances",
+        headers=headers,
+        json={"dry_run": False, "dag_run_id": run_id, "task_ids": ["score_partition", "publish"], "only_failed": False},
+        timeout=60,
+    )
+    assert cleared.status_code == 200, cleared.text
+    outcome = teams.admin.wait_for_run("score_batch", run_id, timeout=600)
+    assert outcome.state == "failed" and outcome.task_states["publish"] != "success", outcome
+    failed = [
+        task for task, state in outcome.task_states.items() if task.startswith("score_partition") and state == "failed"
+    ]
+    log = teams.admin.task_log("score_batch", run_id, "score_partition", map_index=0, try_number=2)
+    assert failed and f"this run is for model '{teams.alice_model}', but what its earlier task handed on names" in log
 
 
 def test_a_promotions_deploy_run_acts_for_the_models_team_and_only_its_members_decide(teams):

@@ -246,16 +246,23 @@ def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_ex
 
         now = datetime.now(UTC)
         materialized = {"features": [_event(feature_view_asset_uri("customer_features"), {"rows_written": 10}, now)]}
+        # A drift request whose conf was changed on its way (a monitoring task's output rewritten through the
+        # REST API): the retrain runs the conf the registry holds for the version, under the monitoring run's id.
+        forged = {"model_name": "victims_churn", "data_source": {"feature_views": ["x"], "target_column": "y"}}
         drift = retraining.drift_requests(
-            [{"model_name": MODEL, "model_version": "2", "retrain": {"model_name": MODEL}}], "scheduled__x"
+            [{"model_name": "steady_churn", "model_version": "1", "retrain": forged}], "scheduled__x"
         )
-        events = {**materialized, "requests": [_event(retraining.RETRAINING_REQUESTS, drift[0], now)] * 2}
+        unrecorded = retraining.drift_requests(
+            [{"model_name": MODEL, "model_version": "2", "retrain": {"model_name": MODEL}}], "scheduled__x"
+        )  # a version with no training request of the platform's: nothing to run again
+        asked = [_event(retraining.RETRAINING_REQUESTS, drift[0], now)] * 2
+        events = {**materialized, "requests": [*asked, _event(retraining.RETRAINING_REQUESTS, unrecorded[0], now)]}
         posted = {"requests": [_event(retraining.RETRAINING_REQUESTS, {**drift[0], "train_run_id": "x"}, now, None)]}
         # A request posted through the REST API (no source task) retrains nothing: only monitoring may ask.
         assert retraining.requests_for(posted, "asset_triggered__0", now=now) == []
         first = retraining.requests_for(events, "asset_triggered__1", now=now)
         assert first == [
-            {"conf": {"model_name": MODEL}, "trigger_run_id": f"retrain__{MODEL}__scheduled__x"},
+            {"conf": confs["steady_churn"], "trigger_run_id": "retrain__steady_churn__r"},
             {"conf": confs["fresh_churn"], "trigger_run_id": "retrain__fresh_churn__asset_triggered__1"},
         ]
         # A retried run asks for the same run again.

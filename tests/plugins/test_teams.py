@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from tests.conftest import sqlite_mlflow_home
 
+from asgard.core.errors import InputError
 from asgard.core.settings import Settings
 from asgard.core.teams import Actor, TeamRefusal, directory, parse_team_members, run_actor, user_actor
 
@@ -82,6 +83,9 @@ def test_a_model_belongs_to_the_team_that_registered_it_first(users, tmp_path):
             claim(hook, "churn", "beta", settings)
         admin = user_actor("admin", settings)
         assert check_access(hook, "churn", admin, settings) == "alpha"
+        # A look-alike name ("churn" and a newline: the Params' "$" lets it through) is no model name.
+        with pytest.raises(InputError, match="is not a model name"):
+            check_access(hook, "churn\n", alice, settings, may_create=True)
         # A model from before teams (no tag) is the default team's.
         hook.client.create_registered_model("legacy")
         assert model_team(hook, "legacy", settings) == settings.default_team
@@ -116,3 +120,23 @@ def test_airflows_database_is_given_every_team_the_users_name():
 
     users = ["admin:admin:default", "alice:user:alpha", "bob:user:beta|gamma", "carl:viewer"]
     assert teams_named(users, "default") == ["alpha", "beta", "default", "gamma"]
+
+
+def test_a_later_task_refuses_a_hand_off_naming_another_model_or_team(users, tmp_path):
+    """What an earlier task handed on (its XCom) can be changed through Airflow's REST API: a task that acts
+    asks again, from the run's conf and its user, and refuses a hand-off that disagrees."""
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import claim, recheck
+
+    alice_run = SimpleNamespace(triggering_user_name="alice", run_type="manual")
+    with sqlite_mlflow_home(tmp_path):
+        hook, settings = MlflowHook(), Settings()
+        claim(hook, "alices", "alpha", settings)
+        claim(hook, "bobs", "beta", settings)
+        assert recheck(alice_run, "alices", {"model_name": "alices", "team": "alpha"}) == "alpha"
+        with pytest.raises(TeamRefusal, match="names 'bobs': refused"):
+            recheck(alice_run, "alices", {"model_name": "bobs"})
+        with pytest.raises(TeamRefusal, match="is team 'alpha''s, not 'beta' as handed on"):
+            recheck(alice_run, "alices", {"model_name": "alices", "team": "beta"})
+        with pytest.raises(TeamRefusal, match="it belongs to team 'beta'"):
+            recheck(alice_run, "bobs", {"model_name": "bobs"})

@@ -34,6 +34,7 @@ from asgard.api.security import (
 from asgard.api.teams import guard_model, guard_run, visible_models
 from asgard.core.errors import InputError
 from asgard.core.settings import redact_url
+from asgard.core.teams import TeamRefusal
 from asgard.hooks.airflow_api import AirflowApiError
 from asgard.registry.models import ModelNotFoundError
 
@@ -166,7 +167,7 @@ def create_app() -> FastAPI:
     @offloaded
     def register(body: RegistryRequest, who: CallerIdentity) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.registry.models import register_run_model
+        from asgard.registry.registration import register_run_model
 
         team = guard_model(who, body.model_name, may_create=True, team=body.team)
         return register_run_model(
@@ -355,6 +356,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def refused(request: Request, error: InputError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.exception_handler(TeamRefusal)
+    async def not_your_team(request: Request, error: TeamRefusal) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=403)
 
     @app.exception_handler(AirflowApiError)
     async def airflow_refused(request: Request, error: AirflowApiError) -> JSONResponse:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from asgard.hooks.airflow_api import AirflowApi
 
 # The job DAGs whose runs act on one model (its conf's model_name), or, without one, on every model.
-MODEL_DAGS = ("train_model", "train_script", "score_batch", "monitor_model", "deploy_model")
+MODEL_DAGS = ("train_model", "train_script", "score_batch", "monitor_model", "deploy_model", "retrain_model")
 
 
 def caller_actor(who: Caller) -> Actor:

@@ -230,8 +230,10 @@ class UserScriptPodOperator(KubernetesPodOperator):
         host = door_address(self.settings)
         with serving_on_tcp(hook.tracking_uri, scope, host) as port:
             injected = runner.injected_variables(params, f"http://{host}:{port}", run.info.run_id, repo)
+            from asgard.training.scripts.pipeline import acting_team
+
             upload = context["ti"].xcom_pull(task_ids="check_upload") or {}
-            secret_values = script_secrets.resolve(params.get("secret_env_vars") or {}, upload["team"])
+            secret_values = script_secrets.resolve(params.get("secret_env_vars") or {}, acting_team(params, upload))
             self.configure(params, injected, door=(host, port), secret_values=secret_values)
             self.publish_script()
             try:

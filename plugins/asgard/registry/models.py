@@ -23,11 +23,8 @@ from asgard.registry.versions import (
     DEPLOY_TAG_PREFIX,
     GATE_TAG_PREFIX,
     HOLDOUT_TAG_PREFIX,
-    ORIGIN_TAG,
-    REGISTERED_ORIGIN,
     alias_version,
     prefixed_tags,
-    reserved_tag,
 )
 
 if TYPE_CHECKING:
@@ -271,46 +268,6 @@ def find_logged_model(hook: MlflowHook, mlflow_run_id: str, model_name: str, *, 
             f"{who} logged {len(models)} models ({names}); name the one to register {model_name!r}"
         )
     return named[0]
-
-
-def register_run_model(
-    hook: MlflowHook,
-    model_name: str,
-    mlflow_run_id: str,
-    *,
-    team: str,
-    description: str = "",
-    tags: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Register the model an MLflow run logged as a version of ``model_name`` (once per run), ungated."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        hook.client.get_run(mlflow_run_id)
-    except MlflowException as error:
-        raise ModelNotFoundError(f"MLflow run {mlflow_run_id!r} does not exist") from error
-    model = find_logged_model(hook, mlflow_run_id, model_name)
-    refused = sorted(key for key in (tags or {}) if reserved_tag(key))
-    if refused:
-        raise InputError(f"tags {', '.join(refused)} are the platform's own (lineage, origin, gate, deployment)")
-    platform_tags = {"source": "registry", ORIGIN_TAG: REGISTERED_ORIGIN}
-    version, created = ModelRegistry(hook).register(
-        model_name,
-        model.model_uri,
-        mlflow_run_id,
-        {**(tags or {}), **platform_tags},
-        team=team,
-        model_id=model.model_id,
-    )
-    if description:
-        hook.client.update_model_version(model_name, version.version, description=description)
-    return {
-        "model_name": model_name,
-        "version": str(version.version),
-        "run_id": mlflow_run_id,
-        "model_uri": f"models:/{model_name}/{version.version}",
-        "status": "registered" if created else "already_registered",
-    }
 
 
 def describe_models(hook: MlflowHook) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from asgard.core.errors import InputError
 from asgard.core.teams import Actor, TeamRefusal, run_actor, visible
 
 if TYPE_CHECKING:
@@ -26,13 +27,9 @@ TEAM_TAG = "asgard.team"
 def model_team(hook: MlflowHook, model_name: str, settings: Settings) -> str | None:
     """The team ``model_name`` belongs to, or None when no such model is registered (a name no model
     can have, too: MLflow's refusal of it is no reason for a 500)."""
-    import re
-
     from mlflow.exceptions import MlflowException
 
-    from asgard.core.param_schemas import MODEL_NAME_PATTERN
-
-    if not re.match(MODEL_NAME_PATTERN, model_name):
+    if not is_model_name(model_name):
         return None
     try:
         model = hook.client.get_registered_model(model_name)
@@ -41,6 +38,18 @@ def model_team(hook: MlflowHook, model_name: str, settings: Settings) -> str | N
             return None
         raise
     return (model.tags or {}).get(TEAM_TAG) or settings.default_team
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` is a model name as a whole (the Params' pattern ends in ``$``, which Python's re and
+    jsonschema let match before a final newline: "churn\\n" would be a second, look-alike model)."""
+    import re
+
+    from asgard.core.param_schemas import MODEL_NAME_PATTERN
+
+    return (
+        isinstance(name, str) and re.fullmatch(MODEL_NAME_PATTERN.removeprefix("^").removesuffix("$"), name) is not None
+    )
 
 
 def refusal(actor: Actor, model_name: str, team: str) -> TeamRefusal:
@@ -62,6 +71,8 @@ def check_access(
     ``may_create`` (training), the team the new model will belong to (``new_model_team`` or the
     actor's only team); without, None (the caller's own "no such model" error applies).
     """
+    if not is_model_name(model_name):
+        raise InputError(f"{model_name!r} is not a model name (letters, digits, '_', '.', '-'; nothing after)")
     team = model_team(hook, model_name, settings)
     if team is None:
         return actor.team_for_new_model(new_model_team, settings) if may_create else None
@@ -139,3 +150,30 @@ def models_for_run(dag_run: Any, model_names: list[str], *, hook: MlflowHook | N
     if left_out:
         log.info("%s: left out, not of its teams: %s", actor.describe(), ", ".join(left_out))
     return [name for name in model_names if name in allowed]
+
+
+def recheck(
+    dag_run: Any,
+    model_name: str,
+    handed: dict[str, Any],
+    *,
+    may_create: bool = False,
+    new_model_team: str | None = None,
+) -> str | None:
+    """The ownership check again, in a task that acts on what an earlier task handed it (``handed``: its
+    XCom, with ``model_name`` and maybe ``team``).
+
+    A task's XCom, and whether a task ran at all, can be changed through Airflow's REST API by users who
+    may edit the job DAGs' runs: a later task never trusts the first task's check. It derives the model
+    from what cannot change after the trigger (``model_name``: the run's conf, or its Asset event), asks
+    again whether the run's user may act on it, and refuses a hand-off naming another model or team.
+    """
+    if handed.get("model_name") != model_name:
+        raise TeamRefusal(
+            f"this run is for model {model_name!r}, but what its earlier task handed on names "
+            f"{handed.get('model_name')!r}: refused (a task's output was changed after it ran)"
+        )
+    team = run_access(dag_run, model_name, may_create=may_create, new_model_team=new_model_team)
+    if "team" in handed and team is not None and handed["team"] != team:
+        raise TeamRefusal(f"model {model_name!r} is team {team!r}'s, not {handed['team']!r} as handed on: refused")
+    return team

@@ -258,3 +258,16 @@ def _check_writable(output: Location) -> None:
 
 def _text(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
+
+
+def recheck_job(job: BatchJob, params: dict[str, Any], dag_run: Any) -> None:
+    """What ``plan`` checked, checked again where the job acts (a scoring task, the publish): its model is
+    the conf's and the run's user's team's, its paths in that team's roots (a hand-off can be changed)."""
+    from asgard.core.settings import get_settings
+    from asgard.registry.ownership import recheck
+
+    team = recheck(dag_run, params["model_name"], {"model_name": job.model_name})
+    team = team or get_settings().default_team
+    checked_data_path(job.output_path, what="output_path", team=team)
+    if job.source.get("path"):
+        checked_data_path(str(job.source["path"]), what="entity_source path", team=team)

@@ -69,7 +69,9 @@ def requests_for(triggering_asset_events: Any, run_id: str, *, now: datetime | N
         if source != MONITORING_DAG:
             log.warning("a retraining request not emitted by %s (source: %s) was left out", MONITORING_DAG, source)
             continue
-        requests.append(event.extra or {})
+        recorded = recorded_request(event.extra or {}, str(getattr(event, "source_run_id", "") or ""))
+        if recorded is not None:
+            requests.append(recorded)
     materialized: dict[str, datetime] = {}  # feature view -> when its newest event was emitted
     for event in events:
         if event.asset.uri.startswith(FEATURE_VIEW_ASSET_PREFIX):
@@ -90,6 +92,30 @@ def requests_for(triggering_asset_events: Any, run_id: str, *, now: datetime | N
         )
         triggers[request["train_run_id"]] = {"conf": request["conf"], "trigger_run_id": request["train_run_id"]}
     return list(triggers.values())
+
+
+def recorded_request(extra: dict[str, Any], monitor_run_id: str) -> dict[str, Any] | None:
+    """A drift request with the conf the registry holds for its version (the platform's own record of
+    what trained it), never the event's: a monitoring task's output can be changed through Airflow's
+    REST API before its event is emitted. The run id is made here too, from the monitoring run's."""
+    from mlflow.exceptions import MlflowException
+
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.versions import training_request
+
+    name, version = extra.get("model_name"), extra.get("model_version")
+    if not isinstance(name, str) or not name or version is None or not monitor_run_id:
+        log.warning("a retraining request naming no model version (or no monitoring run) was left out: %s", extra)
+        return None
+    hook = MlflowHook()
+    try:
+        conf = training_request(hook, hook.client.get_model_version(name, str(version)))
+    except MlflowException:
+        conf = None
+    if conf is None:
+        log.warning("%s v%s: no training request of the platform's to run again; not retrained", name, version)
+        return None
+    return {**extra, "conf": conf, "train_run_id": train_run_id(name, monitor_run_id)}
 
 
 def feature_requests(materialized: dict[str, datetime], run_id: str, *, now: datetime) -> list[dict[str, Any]]:

@@ -101,6 +101,18 @@ def run_uploaded_script(
         return _run_in(folder, params, upload, environment, dag_id=dag_id, run_id=run_id)
 
 
+def acting_team(params: dict[str, Any], upload: dict[str, Any]) -> str:
+    """The team this run acts for, asked again from its conf and its user (whose secrets it may read):
+    ``check_upload``'s hand-off could have been changed since (:func:`asgard.registry.ownership.recheck`)."""
+    from airflow.sdk import get_current_context
+
+    from asgard.registry.ownership import recheck
+
+    handed = {**upload, "model_name": params["model_name"]}
+    dag_run = get_current_context()["dag_run"]
+    return recheck(dag_run, params["model_name"], handed, may_create=True, new_model_team=params.get("team"))
+
+
 def _this_attempt() -> tuple[str, int, int]:
     """This task instance's id, map index and try number (a retry, or a cleared task, is a new try)."""
     from airflow.sdk import get_current_context
@@ -126,7 +138,7 @@ def _run_in(
     python = Path(environment["python"])
     injected = runner.injected_variables(params, runner.mlflow_uri_inside(), run.info.run_id, FEATURE_REPO_INSIDE)
     env = runner.script_environment(python, injected, params.get("env_vars") or {})
-    env.update(script_secrets.resolve(params.get("secret_env_vars") or {}, upload["team"]))
+    env.update(script_secrets.resolve(params.get("secret_env_vars") or {}, acting_team(params, upload)))
     # Production's feature store is network services: a reader's login to them, through doors.
     access = store_doors.StoreAccess.from_env() if params.get("use_feast", True) else None
     if access is not None:
