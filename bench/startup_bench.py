@@ -144,6 +144,7 @@ def register_script_model(tracking_uri: str, name: str, scratch: Path, customers
     is a plain subprocess here (the sandbox's cost is measured above): only the image build is timed."""
     from mlflow import MlflowClient
 
+    from asgard.core.settings import get_settings
     from asgard.local.examples import EXAMPLE_SCRIPT
     from asgard.training.scripts import pipeline
     from asgard.training.scripts.runner import ScriptEnvironments
@@ -167,8 +168,13 @@ def register_script_model(tracking_uri: str, name: str, scratch: Path, customers
     }
     timed([str(python), str(EXAMPLE_SCRIPT)], env)
     params = {"model_name": name, "use_feast": True, "script_name": EXAMPLE_SCRIPT.name, "requirements": requirements}
+    upload = {"team": get_settings().default_team}  # what check_upload hands on: the team the version is for
     registered = pipeline.register_script_model(
-        params, {"mlflow_run_id": run.info.run_id}, dag_id="train_script", run_id=f"startup-bench-{run.info.run_id}"
+        params,
+        {"mlflow_run_id": run.info.run_id},
+        upload,
+        dag_id="train_script",
+        run_id=f"startup-bench-{run.info.run_id}",
     )
     return registered["version"]
 
