@@ -7,7 +7,8 @@
 #      that need a stack start the session's own in this process), the supervision tests (a Docker
 #      engine of their own) and the bounded fuzzing runs;
 #   3. the rest: unit tests of plugins/asgard, include/serving, the security tests and the DAG checks
-#      (with a session stack of their own where a test needs one).
+#      (with a session stack of their own where a test needs one), and the integration tests of teams,
+#      namespaces, feature exposure and the new user's walk on that stack.
 #
 # The streams share nothing a test writes: each test has its own ASGARD_HOME, ports, Docker engine
 # and PostgreSQL databases (a prefix of its own); Redis databases are taken by number so that no two
@@ -23,11 +24,25 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-integration=(tests/integration)
+# Integration tests that run in the third stream instead (with the session stack it starts for the security
+# tests): the streams' lengths stay close.
+beside_unit=(
+  tests/integration/test_kubernetes_namespace_dag.py
+  tests/integration/test_new_user_walk.py
+  tests/integration/test_serving_feature_exposure.py
+  tests/integration/test_teams.py
+)
 end_to_end=(tests/e2e tests/bench tests/fuzz tests/plugins/test_supervision.py)
-ignored=()
-for path in "${integration[@]}" "${end_to_end[@]}"; do
+ignored=() not_here=()
+for path in "${end_to_end[@]}"; do
   ignored+=("--ignore=$path")
+done
+for path in tests/integration/test_*.py; do
+  if [[ " ${beside_unit[*]} " == *" $path "* ]]; then
+    not_here+=("--ignore=$path")
+  else
+    ignored+=("--ignore=$path")
+  fi
 done
 
 declare -a pids=() logs=() names=()
@@ -47,7 +62,7 @@ start_stream unit "${ignored[@]}"
 # The other streams (and what they started) stop with this script, whatever stops it.
 trap 'for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done' EXIT
 
-python -m pytest -p no:cacheprovider "${integration[@]}"
+python -m pytest -p no:cacheprovider tests/integration "${not_here[@]}"
 status=$?
 failed=()
 [ "$status" -eq 0 ] || failed+=("integration ($status)")
