@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import sqlite_mlflow_home
 
 from asgard.core.errors import InputError
 from asgard.core.settings import Settings
@@ -15,6 +14,7 @@ from asgard.deploy.approval import (
     model_team,
     set_model_policy,
 )
+from conftest import sqlite_mlflow_home
 
 APPROVE = DeployPolicy("approve", second_person=False, timeout_seconds=60, source="setting")
 SECOND = DeployPolicy("approve", second_person=True, timeout_seconds=60, source="setting")

@@ -79,12 +79,19 @@ def test_a_bad_setting_stops_the_settings_naming_the_problem(monkeypatch, value,
         Settings.from_env()
 
 
-def test_a_kubernetes_request_is_resolved_to_the_teams_namespace_before_approval_or_build(teams):
+def test_a_kubernetes_request_is_resolved_to_the_teams_namespace_before_approval_or_build(teams, tmp_path):
     from asgard.deploy.rollout import deployment_request
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.ownership import claim
 
-    assert deployment_request({"model_name": "churn", "target": "kubernetes"}).namespace == "ml-serving"
-    with pytest.raises(InputError, match=r"namespace 'ml-a' is not one .* model 'churn' belongs to team 'default'"):
-        deployment_request({"model_name": "churn", "target": "kubernetes", "namespace": "ml-a"})
+    with sqlite_mlflow_home(tmp_path):  # the model's team is the registry's (a name not registered: the default)
+        assert deployment_request({"model_name": "churn", "target": "kubernetes"}).namespace == "ml-serving"
+        with pytest.raises(InputError, match=r"namespace 'ml-a' is not one .* model 'churn' belongs to team 'default'"):
+            deployment_request({"model_name": "churn", "target": "kubernetes", "namespace": "ml-a"})
+        claim(MlflowHook(), "churn_a", "a", teams)
+        assert deployment_request({"model_name": "churn_a", "target": "kubernetes"}).namespace == "ml-a"
+        with pytest.raises(InputError, match=r"namespace 'ml-b' is not one .* model 'churn_a' belongs to team 'a'"):
+            deployment_request({"model_name": "churn_a", "target": "kubernetes", "namespace": "ml-b"})
 
 
 OURS = {"app.kubernetes.io/part-of": "asgard", "asgard.io/model": "churn"}

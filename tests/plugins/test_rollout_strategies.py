@@ -24,6 +24,7 @@ from asgard.core.errors import InputError
 from asgard.deploy.routes import RouteTable
 from asgard.deploy.strategies import CANARY, SHADOW, Rollout, decide, watch
 from asgard.local.router import VERSION_HEADER, TrafficWindow, create_app
+from conftest import sqlite_mlflow_home
 
 
 def traffic(requests=0, errors=0, p99=5.0, stable_requests=900, stable_p99=5.0, **shadow):
@@ -275,16 +276,17 @@ def test_a_canary_that_went_away_costs_callers_nothing(router):
     assert seen["candidate_side"] == {**seen["candidate_side"], "requests": 5, "errors": 5}
 
 
-def test_a_deploy_request_carries_its_rollout_to_either_target():
+def test_a_deploy_request_carries_its_rollout_to_either_target(tmp_path):
     from asgard.deploy.rollout import DeployRequest, deployment_request
 
     request = deployment_request({"model_name": "churn", "strategy": "canary", "percent": 20, "min_requests": 50})
     again = DeployRequest.from_dict(request.to_dict())  # through XCom
     assert again.rollout_plan == Rollout(strategy=CANARY, percent=20, min_requests=50)
     assert deployment_request({"model_name": "churn"}).rollout_plan.strategy == "replace"
-    for strategy in ("canary", "shadow"):
-        on_kubernetes = deployment_request({"model_name": "churn", "target": "kubernetes", "strategy": strategy})
-        assert on_kubernetes.rollout_plan.strategy == strategy
+    with sqlite_mlflow_home(tmp_path):  # a kubernetes request asks the registry for the model's team's namespace
+        for strategy in ("canary", "shadow"):
+            on_kubernetes = deployment_request({"model_name": "churn", "target": "kubernetes", "strategy": strategy})
+            assert on_kubernetes.rollout_plan.strategy == strategy
 
 
 def test_a_deploy_exposes_stored_features_only_when_its_conf_says_true():

@@ -7,11 +7,11 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from tests.conftest import sqlite_mlflow_home
 
 from asgard.core.errors import InputError
 from asgard.core.settings import Settings
 from asgard.core.teams import Actor, TeamRefusal, directory, parse_team_members, run_actor, user_actor
+from conftest import sqlite_mlflow_home
 
 USERS = "admin:admin:default,alice:user:alpha,bob:user:beta,carol:user:alpha|beta,vic:viewer"
 
