@@ -196,7 +196,11 @@ def the_image_reads_by_id_what_feast_reads(endpoint: str, home: Path, customers:
     sent = httpx.post(f"{endpoint}/predict", json={"inputs": features, "return_probabilities": True}, timeout=60)
     assert sent.json()["predictions"] == read["predictions"]
     assert sent.json()["probabilities"] == read["probabilities"]
-    unknown = httpx.post(f"{endpoint}/predict", json={"entities": {"customer_id": [customers + 1]}}, timeout=30)
+    unknown = httpx.post(
+        f"{endpoint}/predict",
+        json={"entities": {"customer_id": [customers + 1]}, "return_probabilities": True},
+        timeout=30,
+    )
     if exposed:
         assert read["features"] == features
         assert unknown.status_code == 422 and unknown.json()["missing"] == {"customer_id": [customers + 1]}

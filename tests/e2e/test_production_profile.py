@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from asgard.local.examples import BATCH_REQUEST, FRAMEWORK_PARAMS, framework_request
+from asgard.training.scripts.run_folders import run_key
 from conftest import free_port
 from e2e.stages import PIPELINE_STAGES
 
@@ -159,7 +160,7 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     decision = api.task_result("train_model", training, "gate_model")
     assert decision["version"]
     # The run's files on S3 are one of each (a retry rewrites, never adds).
-    folder = f"runs/train_model/{re.sub(r'[^A-Za-z0-9_.-]', '_', training)}/"
+    folder = f"runs/train_model/{run_key('train_model', training)}/"  # named by a digest of the raw run id
     stored = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=folder)["Contents"])
     assert stored == [f"{folder}holdout.parquet", f"{folder}train.parquet"], stored
     # The lost worker comes back while the scheduler's restart is tried: two ./asgard start commands at
