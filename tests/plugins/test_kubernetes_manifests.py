@@ -25,6 +25,7 @@ CURRENT_API_VERSIONS = {
     "Service": "v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "PodDisruptionBudget": "policy/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
 }
 
 
@@ -168,11 +169,59 @@ def test_a_resources_value_cannot_reach_the_manifest_as_anything_but_a_quantity(
         render(model_name="m", version="1", run_id="r", image=IMAGE, resources=resources)
 
 
-def test_values_are_rendered_as_data_and_only_the_four_objects_come_out(monkeypatch):
+def test_values_are_rendered_as_data_and_only_the_models_objects_come_out(monkeypatch):
     """Even a value no schema stopped (the prediction log URI is configuration, not a request) stays one
-    scalar: the rendered documents are exactly the model's four objects."""
+    scalar: the rendered documents are exactly the model's five objects."""
     prefix = "s3://logs/x\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: evil}"
     objects = render(model_name="m", version="1", run_id="r", image=IMAGE, prediction_log=prefix)
-    assert [o["kind"] for o in objects] == ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    assert [o["kind"] for o in objects] == [
+        "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"
+    ]  # fmt: skip
     (container,) = objects[0]["spec"]["template"]["spec"]["containers"]
     assert {"name": "ASGARD_PREDICTION_LOG", "value": prefix} in container["env"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels, matchExpressions with In) as the API server reads it."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    return all(labels.get(rule["key"]) in rule["values"] for rule in selector.get("matchExpressions", []))
+
+
+@pytest.mark.parametrize("kubernetes_version", SUPPORTED)
+def test_the_models_pods_reach_cluster_dns_the_shadow_and_the_named_egress_only(kubernetes_version):
+    """Issue 50: a model is code from a user; its pods, whatever their track, are fenced: requests in on
+    their port, out only to cluster DNS, the shadow's pods (the mirror) and what the platform names."""
+    objects = render(
+        model_name="churn_predictor", version="7", run_id="r", image=IMAGE, egress=(("10.0.12.0/24", 6379),)
+    )
+    policy = objects[-1]
+    kubernetes_validate.validate(policy, kubernetes_version, strict=True)
+    deployment, service = objects[0], objects[1]
+    shadow, _ = shadow_workload(deployment, service, 1)
+    canary = canary_deployment(deployment, 1)
+    selector = policy["spec"]["podSelector"]
+    for workload in (deployment, canary, shadow):
+        assert selects(selector, workload["spec"]["template"]["metadata"]["labels"]), workload["metadata"]["name"]
+    other = render(model_name="other_model", version="1", run_id="r", image=IMAGE)[0]
+    assert not selects(selector, other["spec"]["template"]["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    dns, mirror, store = policy["spec"]["egress"]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert {port["port"] for port in dns["ports"]} == {53}
+    assert selects(mirror["to"][0]["podSelector"], shadow["spec"]["template"]["metadata"]["labels"])
+    assert not selects(mirror["to"][0]["podSelector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert store == {"to": [{"ipBlock": {"cidr": "10.0.12.0/24"}}], "ports": [{"port": 6379, "protocol": "TCP"}]}
+    # No egress named: DNS and the mirror only.
+    assert len(render(model_name="m", version="1", run_id="r", image=IMAGE)[-1]["spec"]["egress"]) == 2
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0/8", "10.0.0.1/8:6379", "redis.internal:6379", "10.0.0.0/8:0", "x"])
+def test_a_bad_egress_setting_is_refused_naming_the_entry(text):
+    from pydantic import ValidationError
+
+    from asgard.core.settings import Settings
+
+    with pytest.raises(ValidationError, match="ASGARD_KUBERNETES_SERVING_EGRESS"):
+        Settings(kubernetes_serving_egress=text)

@@ -417,7 +417,11 @@ def test_first_deploy_server_side_applies_every_object_and_proves_the_version_se
     assert lineage(cluster) == dict.fromkeys(lineage(cluster), "1")
     assert template_image(cluster) == image("1")
     applies = [request for request in cluster if request.method == "PATCH"]
-    assert len(applies) == 4
+    # The pods' NetworkPolicy first (no pod of the model runs unfenced), then the workload.
+    assert [request.resource.plural for request in applies] == [
+        "networkpolicies", "deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets"
+    ]  # fmt: skip
+    assert cluster.current("networkpolicies")["spec"]["podSelector"]["matchExpressions"][0]["values"][0] == APP
     for request in applies:
         headers = {name.lower(): value for name, value in request.headers.items()}
         assert headers["content-type"] == "application/apply-patch+yaml"
@@ -431,8 +435,8 @@ def test_first_deploy_server_side_applies_every_object_and_proves_the_version_se
     assert cluster.served == ["1"] * 3
     # The next deploy forces its fields over its own objects only (an autoscaler may hold some).
     deploy("2", payload)
-    again = [request for request in cluster if request.method == "PATCH"][4:]
-    assert len(again) == 4 and {request.params["force"] for request in again} == {"True"}
+    again = [request for request in cluster if request.method == "PATCH"][5:]
+    assert len(again) == 5 and {request.params["force"] for request in again} == {"True"}
 
 
 def test_reapplying_the_serving_version_changes_nothing(cluster, payload):
@@ -697,7 +701,7 @@ def test_a_model_whose_name_maps_to_another_models_workload_is_refused(cluster, 
         ) as hook,
         pytest.raises(
             InputError,
-            match=r"4 objects model 'Churn' would apply are not its own \(Deployment models/churn-inference: it "
+            match=r"5 objects model 'Churn' would apply are not its own \(Deployment models/churn-inference: it "
             r"serves model 'churn'; Service .*; HorizontalPodAutoscaler models/churn-inference: it belongs to model "
             r"'churn'; PodDisruptionBudget .*\)",
         ),

@@ -93,3 +93,32 @@ def namespace_for(team: str, requested: str | None, settings: Settings, *, model
             f"{', '.join(allowed)} only ({SETTING})"
         )
     return requested
+
+
+EGRESS_SETTING = "ASGARD_KUBERNETES_SERVING_EGRESS"
+
+
+@functools.cache
+def parse_serving_egress(text: str) -> tuple[tuple[str, int], ...]:
+    """``"10.0.12.0/24:6379,10.0.40.7/32:443"`` as ((cidr, port), ...): where serving pods may connect
+    beyond cluster DNS (the online store, say). A ValueError naming the first bad entry."""
+    import ipaddress
+
+    allowed = []
+    for entry in (item.strip() for item in text.split(",")):
+        if not entry:
+            continue
+        cidr, _, port = entry.rpartition(":")
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError:
+            network = None
+        if network is None or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{EGRESS_SETTING}: entry {entry!r} is not 'cidr:port' (10.0.12.0/24:6379)")
+        allowed.append((str(network), int(port)))
+    return tuple(allowed)
+
+
+def checked_serving_egress(text: str) -> str:
+    parse_serving_egress(text)
+    return text

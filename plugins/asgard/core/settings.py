@@ -10,11 +10,12 @@ what is not a connection: paths, ports, profile, where things run. Each field ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from asgard.core.kubernetes_namespaces import checked_serving_egress
 from asgard.core.team_settings import TeamSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -106,6 +107,8 @@ class Settings(TeamSettings):
     # The Secret (in the serving namespace, key ``url``) that holds the online store's Redis URL, which
     # serving pods read features by entity id from; the platform's operator creates it.
     serving_online_store_secret: str = "asgard-online-store"
+    # Serving pods reach cluster DNS and nothing else but these "cidr:port" (the online store, say).
+    kubernetes_serving_egress: Annotated[str, AfterValidator(checked_serving_egress)] = ""
     # Extra monitoring alert notifiers: comma-separated ``module:factory`` paths.
     alert_notifiers: str = ""
     # Import the heavy ML libraries once in the processes that fork tasks ("0" turns it off).

@@ -2,7 +2,8 @@
 
 Deployment (readiness/liveness on ``/health``, requests/limits, non-root, read-only root
 filesystem, no privilege escalation), Service (ClusterIP 80 → 8080), HorizontalPodAutoscaler
-(autoscaling/v2) and PodDisruptionBudget, each carrying the model's lineage; the image is pinned
+(autoscaling/v2), PodDisruptionBudget and NetworkPolicy (the pods reach cluster DNS, the shadow and
+``ASGARD_KUBERNETES_SERVING_EGRESS``, nothing else), each carrying the model's lineage; the image is pinned
 by digest, never by a mutable tag.
 """
 
@@ -20,7 +21,7 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {
 # A Kubernetes quantity as a request may give one (no exponents, no signs).
 QUANTITY = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,6})?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 # What a model's workload is, and nothing else.
-KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy")
 # The version a pod template (and so each pod) serves.
 VERSION_ANNOTATION = "asgard.io/model-version"
 
@@ -52,6 +53,7 @@ def render(
     prediction_log: str | None = None,
     online_store_secret: str | None = None,
     expose_features: bool = False,
+    egress: tuple[tuple[str, int], ...] = (),
 ) -> list[dict[str, Any]]:
     """The objects as dicts, ready for server-side apply.
 
@@ -59,6 +61,7 @@ def render(
     by entity id from: the URL (a password in it) reaches the pod from the Secret, never from the image
     or the manifest. It is optional: without it, the server answers entity requests 503, saying so.
     ``expose_features`` lets answers by entity id return the stored features and name unknown ids.
+    ``egress``: the (cidr, port) pairs the pods may connect to beyond cluster DNS and the shadow's pods.
     """
     import jinja2
     import yaml
@@ -94,13 +97,14 @@ def render(
         prediction_log=prediction_log,
         online_store_secret=online_store_secret,
         expose_features=expose_features,
+        egress=egress,
     )
     objects = [document for document in yaml.safe_load_all(text) if document]
     kinds = [(body.get("kind"), body.get("metadata", {}).get("name")) for body in objects]
     if kinds != [(kind, app) for kind in KINDS] or any(
         body["metadata"].get("namespace") != namespace for body in objects
     ):
-        raise InputError(f"the rendered manifests are not the model's four objects in {namespace}: {kinds}")
+        raise InputError(f"the rendered manifests are not the model's objects in {namespace}: {kinds}")
     return objects
 
 

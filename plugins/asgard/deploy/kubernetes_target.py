@@ -43,6 +43,7 @@ KINDS = {
     "Service": ("CoreV1Api", "service"),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
     "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
+    "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
     "ConfigMap": ("CoreV1Api", "config_map"),  # a shadow's mirror settings
 }
 # Pod states that will not heal by waiting: the rollout fails at once, naming the pod.
@@ -254,6 +255,7 @@ def deploy(
     prediction_log: str | None = None,
     online_store_secret: str | None = None,
     expose_features: bool = False,
+    egress: tuple[tuple[str, int], ...] = (),
     rollout: Rollout = REPLACING,
     rollout_timeout: float = 600.0,
     poll_seconds: float = 2.0,
@@ -279,6 +281,7 @@ def deploy(
         prediction_log=prediction_log,
         online_store_secret=online_store_secret,
         expose_features=expose_features,
+        egress=egress,
     )
     app = kubernetes_manifests.app_name(model_name)
     cluster = Cluster(hook, namespace, model_name)
@@ -297,6 +300,9 @@ def deploy(
     where = f"service {namespace}/{app}"
     trying, trial = rollout.trial and previous is not None, None
     try:
+        # The fence first: no pod of this version (a trial's included) runs a moment without it.
+        fence = next(body for body in objects if body["kind"] == "NetworkPolicy")
+        cluster.apply(fence)
         if trying:
             trial = kubernetes_trials.run(
                 cluster,
@@ -311,7 +317,8 @@ def deploy(
         elif rollout.trial:
             progress(f"nothing serves {app} yet: no live traffic to {rollout.strategy} against, replacing")
         for body in objects:
-            cluster.apply(body)
+            if body is not fence:
+                cluster.apply(body)
         progress(f"applied {', '.join(body['kind'] for body in objects)} {namespace}/{app} for v{version} ({image})")
         cluster.wait_for_rollout(app, timeout=rollout_timeout, poll_seconds=poll_seconds)
         progress(f"deployment {namespace}/{app} rolled out v{version}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError
+from asgard.core.kubernetes_namespaces import parse_serving_egress
 from asgard.core.xcom import XComRecord
 from asgard.deploy.strategies import REPLACING, Rollout
 from asgard.registry.versions import CHAMPION, DEPLOY_TAG_PREFIX
@@ -201,6 +202,7 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
             resources=request.resources,
             prediction_log=settings.cluster_prediction_log(name),
             online_store_secret=settings.serving_online_store_secret,
+            egress=parse_serving_egress(settings.kubernetes_serving_egress),
             expose_features=request.expose_features,
             rollout=request.rollout_plan,
         )
