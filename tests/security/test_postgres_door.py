@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from asgard.core.sandbox import Limits
 from asgard.core.settings import get_settings
@@ -107,6 +109,37 @@ def test_only_the_reader_into_the_feature_store_passes_the_door(profile_database
                 dbname=profile.name("gold"), connect_timeout=10,
             ) as connection:  # fmt: skip
                 assert connection.execute("SELECT current_user").fetchone() == (reader,)
+            # A run holds at most MAX_CONNECTIONS through its door; a slot comes back when its connection ends.
+            held = [
+                psycopg.connect(
+                    host=str(sockets),
+                    port=5432,
+                    user=reader,
+                    password=passwords["reader_password"],
+                    dbname=profile.name("gold"),
+                    connect_timeout=10,
+                )
+                for _ in range(store_doors.MAX_CONNECTIONS)
+            ]
+            try:
+                with pytest.raises(psycopg.OperationalError, match="a run may hold 8 connections at once"):
+                    psycopg.connect(host=str(sockets), port=5432, user=reader, password=passwords["reader_password"],
+                                    dbname=profile.name("gold"), connect_timeout=10)  # fmt: skip
+                # The server holds the reader to its statement timeout.
+                assert held[0].execute("SHOW statement_timeout").fetchone() == ("10min",)
+            finally:
+                for connection in held:
+                    connection.close()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    psycopg.connect(host=str(sockets), port=5432, user=reader, password=passwords["reader_password"],
+                                    dbname=profile.name("gold"), connect_timeout=10).close()  # fmt: skip
+                    break
+                except psycopg.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             for user, password in (("postgres", ""), (profile.role, passwords["postgres_password"])):
                 try:
                     psycopg.connect(host=str(sockets), port=5432, user=user, password=password,
@@ -136,3 +169,37 @@ def test_only_the_reader_into_the_feature_store_passes_the_door(profile_database
         kind, text = answers[name]
         assert kind == "E" and "SFATAL" in text and "C28000" in text and "asgard door: " in text, (name, answers[name])
         assert reason in text, (name, text)
+
+
+def test_every_role_of_the_production_profile_needs_its_password(profile_databases):
+    """The doors let only the reader through, and that login still needs its password: no role of the
+    profile (nor the server's superuser or the set-up's admin) logs in over TCP without the right one."""
+    from sqlalchemy.engine import make_url
+
+    from asgard.core.settings import Settings
+    from asgard.local.postgres import READER_CONNECTIONS
+
+    profile, passwords = profile_databases
+    admin = make_url(Settings().postgres_admin_url.get_secret_value())
+    roles = {
+        profile.role: passwords["postgres_password"],
+        profile.reader_role: passwords["reader_password"],
+        admin.username: admin.password,
+        "postgres": None,
+    }
+    for role, password in roles.items():
+        for attempt in ("", "not-the-password"):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(host="127.0.0.1", port=5432, user=role, password=attempt,
+                                dbname=profile.name("gold"), connect_timeout=10).close()  # fmt: skip
+        if password is not None:
+            with psycopg.connect(host="127.0.0.1", port=5432, user=role, password=password,
+                                 dbname=profile.name("gold"), connect_timeout=10) as connection:  # fmt: skip
+                assert connection.execute("SELECT current_user").fetchone() == (role,)
+    with psycopg.connect(host="127.0.0.1", port=5432, user=admin.username, password=admin.password,
+                         dbname="postgres", connect_timeout=10) as connection:  # fmt: skip
+        limit, config = connection.execute(
+            "SELECT rolconnlimit, rolconfig FROM pg_roles WHERE rolname = %s", (profile.reader_role,)
+        ).fetchone()
+    assert limit == READER_CONNECTIONS
+    assert sorted(config) == ["idle_in_transaction_session_timeout=60s", "statement_timeout=600s"]

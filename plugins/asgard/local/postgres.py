@@ -15,6 +15,9 @@ from asgard.core.settings import Settings
 from asgard.local.processes import ServiceError
 
 DATABASES = ("airflow", "mlflow", "feast", "gold", "monitoring")
+# The reader role's server-side limits (a run's door holds at most 8 connections of it at once).
+READER_CONNECTIONS = 32
+READER_SETTINGS = {"statement_timeout": "600s", "idle_in_transaction_session_timeout": "60s"}
 # What a user script reading the feature store may read, as the reader role.
 READER_DATABASES = ("feast", "gold")
 
@@ -78,6 +81,16 @@ class ProfileDatabases:
                 exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
                 statement = ("ALTER" if exists else "CREATE") + " ROLE {} LOGIN PASSWORD {}"
                 connection.execute(sql.SQL(statement).format(sql.Identifier(role), sql.Literal(passwords[password])))
+            reader = sql.Identifier(self.reader_role)
+            # Scripts share the reader: together they may not take the server's connections (Airflow's,
+            # MLflow's) nor hold one with a statement or an open transaction for ever.
+            connection.execute(
+                sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(reader, sql.Literal(READER_CONNECTIONS))
+            )
+            for name, value in READER_SETTINGS.items():
+                connection.execute(
+                    sql.SQL("ALTER ROLE {} SET {} = {}").format(reader, sql.SQL(name), sql.Literal(value))
+                )
             created = []
             for purpose in DATABASES:
                 name = self.name(purpose)

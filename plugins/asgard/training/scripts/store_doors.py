@@ -200,6 +200,10 @@ SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
 MAX_STARTUP_BYTES = 10_000
 # Startup parameters that would reach beyond a reader's session: a replication connection, or settings.
 REFUSED_PARAMETERS = ("replication", "options")
+# Connections one run may hold through the door at once: Feast needs one or two; the server's own
+# connections (Airflow's, MLflow's) are not a script's to take. The reader role has a server-wide
+# limit and a statement timeout as well (asgard.local.postgres).
+MAX_CONNECTIONS = 8
 
 
 class DoorRefusal(Exception):
@@ -300,6 +304,7 @@ class _Relay:
 
     def __init__(self, path: Path, host: str, port: int, startup: PostgresStartup) -> None:
         self.address, self.startup = (host, port), startup
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         path.chmod(0o666)  # the sandbox's user connects to it
@@ -316,22 +321,39 @@ class _Relay:
 
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(10)  # a startup that takes longer is no client's
+        slot = self.slots.acquire(blocking=False)
         try:
             startup = self.startup.negotiate(client)
+            if not slot:
+                raise DoorRefusal(f"a run may hold {MAX_CONNECTIONS} connections at once; close one first")
             upstream = socket.create_connection(self.address, timeout=10)
         except DoorRefusal as refusal:
             log.warning("refused a user script's PostgreSQL connection: %s", refusal)
             self.startup.refuse(client, str(refusal))
-            client.close()
+            self._close(client, slot)
             return
         except OSError:
-            client.close()
+            self._close(client, slot)
             return
         upstream.sendall(startup)
         client.settimeout(None)
         upstream.settimeout(None)
+        # The slot is given back when the server's side ends (the client left, or the server closed).
         threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
-        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        threading.Thread(target=self._pump_back, args=(upstream, client), daemon=True).start()
+
+    def _pump_back(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            _pump(upstream, client)
+        finally:
+            self._close(upstream, True)
+            self._close(client, False)
+
+    def _close(self, connection: socket.socket, slot: bool) -> None:
+        with contextlib.suppress(OSError):
+            connection.close()
+        if slot:
+            self.slots.release()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
