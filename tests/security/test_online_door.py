@@ -14,7 +14,14 @@ import uuid
 import pytest
 import redis
 
-from asgard.local.online_door import SOCKET_NAME, OnlineStoreDoor, Policy, reader_script
+from asgard.local.online_door import (
+    SOCKET_NAME,
+    OnlineStoreDoor,
+    Policy,
+    ensure_reader_login,
+    reader_login_url,
+    reader_script,
+)
 from asgard_serving.online import HMGET_EACH, _RedisStore
 
 STORE_DB, BROKER_DB = 12, 13
@@ -24,7 +31,8 @@ STORE_DB, BROKER_DB = 12, 13
 def door(tmp_path):
     admin = redis.Redis(host="127.0.0.1", port=6379)
     user, password = f"asgard_door_{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(12)
-    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"])
+    # The login the production profile makes for its door (asgard.local.online_door.prepare_reader_login).
+    ensure_reader_login(f"redis://127.0.0.1:6379/{STORE_DB}", user, password, "asgard")
     store, broker = redis.Redis(db=STORE_DB), redis.Redis(db=BROKER_DB)
     store.flushdb()
     broker.flushdb()
@@ -32,11 +40,11 @@ def door(tmp_path):
     broker.hset(b"entity-1asgard", mapping={b"f1": b"the broker's"})
     broker.set(b"celery-task", b"secret")
     folder = tmp_path / "door"
-    OnlineStoreDoor(
-        folder, f"redis://{user}:{password}@127.0.0.1:6379/{STORE_DB}", Policy(reader_script())
-    ).serve_forever()
+    upstream = reader_login_url(f"redis://127.0.0.1:6379/{STORE_DB}", user, password)
+    assert upstream == f"redis://{user}:{password}@127.0.0.1:6379/{STORE_DB}"
+    OnlineStoreDoor(folder, upstream, Policy(reader_script())).serve_forever()
     try:
-        yield folder / SOCKET_NAME, password
+        yield folder / SOCKET_NAME, password, user
     finally:
         admin.acl_deluser(user)
         store.flushdb()
@@ -44,7 +52,7 @@ def door(tmp_path):
 
 
 def test_the_serving_readers_script_reads_features_through_the_door(door):
-    socket_path, _ = door
+    socket_path, *_ = door
     client = redis.Redis(unix_socket_path=str(socket_path), protocol=2)
     assert client.ping() is True
     hmget_each = client.register_script(HMGET_EACH)
@@ -56,7 +64,7 @@ def test_the_serving_readers_script_reads_features_through_the_door(door):
 
 
 def test_the_serving_apps_reader_itself_works_through_the_door(door):
-    socket_path, _ = door
+    socket_path, *_ = door
     views = [{"features": [{"redis_field": b"f1".hex()}], "redis_ts_field": "_ts:view"}]
 
     async def read():
@@ -97,7 +105,7 @@ def test_the_serving_apps_reader_itself_works_through_the_door(door):
     ],
 )
 def test_every_other_command_is_answered_by_the_door_and_never_reaches_redis(door, command):
-    socket_path, _ = door
+    socket_path, *_ = door
     client = redis.Redis(unix_socket_path=str(socket_path), protocol=2)
     with pytest.raises(redis.ResponseError, match=r"asgard door: .* is not open to models"):
         client.execute_command(*command)
@@ -110,7 +118,7 @@ def test_every_other_command_is_answered_by_the_door_and_never_reaches_redis(doo
 def test_what_is_not_redis_protocol_ends_the_connection(door):
     import socket
 
-    socket_path, password = door
+    socket_path, password, _ = door
     for garbage in (b"GET celery-task\r\n", b"*1\r\n:5\r\n", b"*99999999999\r\n", b"*1\r\n$999999999999\r\n"):
         with socket.socket(socket.AF_UNIX) as raw:
             raw.settimeout(10)
@@ -126,7 +134,7 @@ def test_a_huge_command_ends_the_connection_before_the_router_holds_it(door):
     string and each command now has a cap far above the reader's largest, checked as it comes."""
     import socket
 
-    socket_path, _ = door
+    socket_path, *_ = door
     for header in (b"*5\r\n$62914560\r\n", b"*2\r\n$5\r\nHMGET\r\n$1048577\r\n", b"*100001\r\n"):
         with socket.socket(socket.AF_UNIX) as raw:
             raw.settimeout(10)
@@ -142,3 +150,28 @@ def test_a_huge_command_ends_the_connection_before_the_router_holds_it(door):
         raw.sendall(b"*10\r\n$5\r\nHMGET\r\n" + chunk * 7 + b"$1048576\r\n")
         answer = raw.recv(4096)
         assert answer.startswith(b"-ERR asgard door: a command over 8388608 bytes"), answer
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("GET", "celery-task"),
+        ("HMGET", "celery-task", "f1"),
+        ("KEYS", "*"),
+        ("SET", "x", "1"),
+        ("HSET", "entity-1asgard", "f1", "forged"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "*"),
+        ("EVAL", "return redis.call('get', 'celery-task')", 0),
+        ("ACL", "LIST"),
+    ],
+)
+def test_the_doors_own_login_may_only_read_feature_keys(door, command):
+    """Behind the door's checks, Redis itself holds the door's login to the reader's commands on feature
+    keys (Feast's end in the project's name): were the door's checks ever passed, nothing else is open."""
+    _, password, user = door
+    login = redis.Redis(host="127.0.0.1", port=6379, db=STORE_DB, username=user, password=password)
+    assert login.hmget(b"entity-1asgard", [b"f1"]) == [b"v1"]
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        login.execute_command(*command)
+    assert redis.Redis(db=BROKER_DB).get(b"celery-task") == b"secret"

@@ -8,9 +8,10 @@ socket in a folder mounted read-only into its container. The door speaks Redis's
 app's reader sends (``asgard_serving.online``): ``EVALSHA`` of the reader's own script (and ``SCRIPT
 LOAD`` of exactly that script), ``HMGET``, ``PING`` and ``CLIENT SETINFO``. Every other command —
 ``SELECT``, ``KEYS``, writes, ``EVAL`` of any other script, ``CONFIG``, ``AUTH`` — is answered ``-ERR``
-by the door itself and never reaches Redis. The door logs in upstream with the platform's URL (its
-password never enters a container) and selects the online store's database before the first
-command, so a model reads exactly Feast's feature hashes.
+by the door itself and never reaches Redis. The door logs in upstream as a read-only ACL user of its
+own (``ensure_reader_login``: the reader's commands on feature keys; its password never enters a
+container) and selects the online store's database before the first command, so a model reads
+exactly Feast's feature hashes.
 
 Served by the router process (``python -m asgard.local.router``), which lives as long as the routes.
 """
@@ -24,7 +25,11 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from asgard.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +212,47 @@ class OnlineStoreDoor:
             raise RuntimeError(f"the online store's door did not open at {socket_path}")
         log.info("online store door open at %s for %s:%s db %s", socket_path, self.host, self.port, self.database)
         return thread
+
+
+# What the door's own Redis login may do, beside the door's checks: the reader's commands, on feature
+# keys only (Feast's keys end in the project's name). ACLs limit commands and keys, not databases.
+# (CLIENT SETINFO, which the door passes, is left out: Redis 7.0 does not know it, and clients ignore its
+# refusal either way.)
+READER_COMMANDS = ("ping", "select", "hmget", "evalsha", "script|load")
+
+
+def ensure_reader_login(admin_url: str, user: str, password: str, project: str) -> None:
+    """Make (or reset) ``user``: a Redis ACL user that may only read feature hashes of ``project``."""
+    import redis
+
+    rules = ["reset", "on", f">{password}", f"~*{project}", "resetchannels", "-@all"]
+    try:
+        with redis.Redis.from_url(admin_url) as admin:
+            admin.execute_command("ACL", "SETUSER", user, *rules, *(f"+{command}" for command in READER_COMMANDS))
+    except redis.RedisError as error:
+        raise ConnectionError(f"redis: cannot make the online store's reader login {user} ({error})") from None
+
+
+def prepare_reader_login(settings: Settings, user: str, password: str) -> str:
+    """The door's login for ``settings``' online store, made (or reset) now; what was done, to log."""
+    import yaml
+
+    from asgard.features.store import store_yaml
+    from asgard.local.processes import ServiceError
+
+    project = yaml.safe_load(store_yaml(settings))["project"]
+    try:
+        ensure_reader_login(settings.online_redis_url, user, password, project)
+    except ConnectionError as error:
+        raise ServiceError(str(error)) from None
+    return f"redis: the online store's door logs in as {user} (it reads {project}'s feature keys only)"
+
+
+def reader_login_url(admin_url: str, user: str, password: str) -> str:
+    """``admin_url`` (the platform's, at the online store's database) as ``user``: the door's upstream."""
+    from urllib.parse import quote
+
+    parts = urlsplit(admin_url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or "127.0.0.1"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{parts.port or 6379}"
+    return parts._replace(netloc=netloc).geturl()

@@ -70,6 +70,10 @@ class ProductionServices(ServiceManager):
 
     def start(self, names: Iterable[str] | None = None, *, log: Callable[[str], None] = print) -> None:
         self.prepare_databases(log=log)
+        if names is None or "router" in names:
+            from asgard.local.online_door import prepare_reader_login
+
+            log(prepare_reader_login(self.settings, *self._online_reader()))
         if names is None or "trino" in names:
             from asgard.local.trino import ensure_server
 
@@ -82,11 +86,15 @@ class ProductionServices(ServiceManager):
             shutil.rmtree(self.scratch_dir("-").parent, ignore_errors=True)
 
     def online_door_environment(self) -> dict[str, str]:
-        """Serving containers read Feast's Redis through the router's door, never with this login."""
-        from asgard.local.online_door import DOOR_FOLDER_VARIABLE, DOOR_UPSTREAM_VARIABLE
+        """Serving containers read Feast's Redis through the router's door, never with this login: the door
+        logs in as a read-only ACL user of its own (``prepare_reader_login``, at each start)."""
+        from asgard.local.online_door import DOOR_FOLDER_VARIABLE, DOOR_UPSTREAM_VARIABLE, reader_login_url
 
-        s = self.settings
-        return {DOOR_FOLDER_VARIABLE: str(s.online_door_folder), DOOR_UPSTREAM_VARIABLE: s.online_redis_url}
+        upstream = reader_login_url(self.settings.online_redis_url, *self._online_reader())
+        return {DOOR_FOLDER_VARIABLE: str(self.settings.online_door_folder), DOOR_UPSTREAM_VARIABLE: upstream}
+
+    def _online_reader(self) -> tuple[str, str]:
+        return f"{self.settings.database_prefix}_online_reader", self._secrets()["online_reader_password"]
 
     # ----------------------------------------------------------------- PostgreSQL
     @property
@@ -128,6 +136,7 @@ class ProductionServices(ServiceManager):
         wanted = {
             "postgres_password": lambda: secrets.token_urlsafe(18),
             "reader_password": lambda: secrets.token_urlsafe(18),
+            "online_reader_password": lambda: secrets.token_urlsafe(18),
             "s3_access_key": lambda: f"ASGARD{secrets.token_hex(7).upper()}",
             "s3_secret_key": lambda: secrets.token_urlsafe(30),
             "s3_reader_access_key": lambda: f"ASGARDR{secrets.token_hex(6).upper()}",
