@@ -98,6 +98,16 @@ def profile_databases():
         profile.drop()
 
 
+def secrets_of(stack) -> list[str]:
+    """Every secret value of a stack: what may appear in no task log."""
+    import json
+
+    settings, manager = stack.settings, stack.manager
+    found = [manager.admin_credentials()[1], manager.registry_credentials()[1]]
+    found += json.loads((settings.state_dir / "airflow-secrets.json").read_text()).values()
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

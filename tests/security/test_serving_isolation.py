@@ -27,7 +27,6 @@ import pytest
 import redis
 from mlflow import MlflowClient
 from tests.integration.test_docker_target import ROW, register_version
-from tests.integration.test_script_sandbox import secrets_of
 from tests.security.test_script_run_folders import changed, tree_hashes
 
 from asgard.core.settings import REPO_ROOT
@@ -36,6 +35,7 @@ from asgard.deploy.docker_target import DEPLOY_LABEL, ONLINE_DOOR_INSIDE, PORT_I
 from asgard.deploy.routes import RouteTable
 from asgard.local.online_door import OnlineStoreDoor, Policy, reader_script
 from asgard.training import trainers
+from conftest import secrets_of
 from sample_data.models import register_sample_model
 
 pytestmark = pytest.mark.integration

@@ -28,6 +28,7 @@ from asgard.hooks.mlflow import MlflowHook
 from asgard.local.examples import example_upload
 from asgard.registry.versions import REQUEST_ARTIFACT, training_request
 from asgard.training.retraining import feature_requests
+from conftest import secrets_of
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 
 pytestmark = pytest.mark.integration
@@ -182,14 +183,6 @@ def sandbox_stack(embedded_stack):
     write_gold_layer(SPEC, gold.GoldLocation.for_settings(settings), log=lambda _: None)
     feature_store.apply_repo(settings)
     return embedded_stack
-
-
-def secrets_of(stack) -> list[str]:
-    """Every secret value of the stack: what may appear in no task log."""
-    settings, manager = stack.settings, stack.manager
-    found = [manager.admin_credentials()[1], manager.registry_credentials()[1]]
-    found += json.loads((settings.state_dir / "airflow-secrets.json").read_text()).values()
-    return found
 
 
 def conf(name: str, source: str, **changes) -> dict:
