@@ -9,6 +9,7 @@ partitions land on both workers, and a stop leaves nothing running.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -22,7 +23,7 @@ import psutil
 import pytest
 import redis
 
-from asgard.local.examples import BATCH_REQUEST, FRAMEWORK_PARAMS, framework_request
+from asgard.local.examples import BATCH_REQUEST, FRAMEWORK_PARAMS, example_upload, framework_request
 from asgard.training.scripts.run_folders import run_key
 from conftest import free_port
 from e2e.stages import PIPELINE_STAGES
@@ -143,6 +144,14 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     # A worker host lost mid-task (its whole process tree killed): the task is retried on the other worker,
     # and the run ends with one MLflow run and one model version.
     api.unpause("train_model")
+    # Beside it, a hostile script through the real train_script DAG (issue 50): PostgreSQL startups past
+    # its door (as the superuser, the admin login, the owner) and Redis, the broker beside the features.
+    probe_conf = example_upload(
+        model_name="pg_probe", script_name="pg_probe.py", requirements=[], timeout=120,
+        script_content=base64.b64encode(PG_PROBE.encode()).decode(),
+        env_vars={"PROBE_USERS": f"postgres,asgard_admin,{services.settings.database_prefix}"},
+    )  # fmt: skip
+    probe = api.trigger("train_script", probe_conf)
     training = api.trigger("train_model", framework_request("sklearn", FRAMEWORK_PARAMS["sklearn"]))
     victim = wait_for_running(api, "train_model", training, "fit_model")
     kill_host(lines[victim])
@@ -158,6 +167,13 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
         ).fetchone()[0]
         assert runs == 1
     decision = api.task_result("train_model", training, "gate_model")
+    probed = api.wait_for_run("train_script", probe, timeout=600)
+    probe_log = api.task_log("train_script", probe, "run_script")
+    assert probed.task_states["run_script"] == "success", probe_log[-3000:]
+    answers = dict(line.split("PROBE ", 1)[1].split(": ", 1) for line in probe_log.splitlines() if "PROBE " in line)
+    for user in ("postgres", "asgard_admin", services.settings.database_prefix):
+        assert "asgard door: the feature store's door lets in only" in answers[f"postgres as {user}"], answers
+    assert answers["redis"].startswith(("ConnectionRefusedError", "OSError", "TimeoutError")), answers
     assert decision["version"]
     # The run's files on S3 are one of each (a retry rewrites, never adds).
     folder = f"runs/train_model/{run_key('train_model', training)}/"  # named by a digest of the raw run id
@@ -206,6 +222,28 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     assert stopped.returncode == 0, stopped.stderr
     survivors = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not survivors, f"processes left running after stop: {survivors}"
+
+
+# A script that tries PostgreSQL's door as other roles, and Redis; it logs no model (its run then fails
+# at register_model, after run_script succeeded).
+PG_PROBE = r"""
+import os, socket, struct
+
+def startup(user):
+    pairs = b"user\0" + user.encode() + b"\0database\0postgres\0\0"
+    body = struct.pack("!i", 196608) + pairs
+    with socket.create_connection(("127.0.0.1", 5432), timeout=20) as door:
+        door.sendall(struct.pack("!i", len(body) + 4) + body)
+        return door.recv(2048)[5:].replace(b"\0", b"|").decode(errors="replace")
+
+for user in os.environ["PROBE_USERS"].split(","):
+    print(f"PROBE postgres as {user}: {startup(user)}", flush=True)
+try:
+    socket.create_connection(("127.0.0.1", 6379), timeout=5).close()
+    print("PROBE redis: CONNECTED", flush=True)
+except OSError as error:
+    print(f"PROBE redis: {type(error).__name__} {error}", flush=True)
+"""
 
 
 def read_through_trino(services, folder: Path, monkeypatch):
