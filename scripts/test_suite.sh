@@ -7,8 +7,9 @@
 #      that need a stack start the session's own in this process), the supervision tests (a Docker
 #      engine of their own) and the bounded fuzzing runs;
 #   3. the rest: unit tests of plugins/asgard, include/serving, the security tests and the DAG checks
-#      (with a session stack of their own where a test needs one), and the integration tests of teams,
-#      namespaces, feature exposure and the new user's walk on that stack.
+#      (with a session stack of their own where a test needs one), and on that stack the integration
+#      tests of teams, namespaces, feature exposure and the new user's walk, and the smoke runs of the
+#      benchmarks that measure the stack's DAGs and images.
 #
 # The streams share nothing a test writes: each test has its own ASGARD_HOME, ports, Docker engine
 # and PostgreSQL databases (a prefix of its own); Redis databases are taken by number so that no two
@@ -32,7 +33,8 @@ beside_unit=(
   tests/integration/test_serving_feature_exposure.py
   tests/integration/test_teams.py
 )
-end_to_end=(tests/e2e tests/bench tests/fuzz tests/plugins/test_supervision.py)
+# The benchmarks' smoke runs on the session stack (tests/bench/test_stack_benchmarks.py) run in the third stream.
+end_to_end=(tests/e2e tests/bench/test_benchmarks.py tests/fuzz tests/plugins/test_supervision.py)
 ignored=() not_here=()
 for path in "${end_to_end[@]}"; do
   ignored+=("--ignore=$path")
