@@ -109,6 +109,26 @@ def test_airflow_services_share_production_settings(resolved):
         assert not unknown, f"{name} sets ASGARD_ variables the settings do not read: {unknown}"
 
 
+def test_airflows_teams_are_on_and_created_before_airflow_starts(resolved, monkeypatch):
+    """Issue 51: compose runs Airflow with its teams as ./asgard's profiles do; airflow-init (which the
+    API server waits for) migrates the database and creates every team the users name."""
+    from asgard.local.airflow_teams import teams_in_environment
+
+    services = resolved["services"]
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__MULTI_TEAM"] == "True", name
+        assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin:default", name
+    init = services["airflow-init"]
+    assert "python -m asgard.local.airflow_teams &&" in init["command"][-1]
+    assert services["airflow-apiserver"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    for name, value in init["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    assert teams_in_environment() == ["default"]
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin:default,alice:user:alpha|beta")
+    assert teams_in_environment() == ["alpha", "beta", "default"]
+
+
 def test_compose_sets_what_the_native_production_profile_hands_its_processes(resolved, tmp_path):
     """One set of settings: every store variable ./asgard run --profile production gives Airflow's
     components, compose gives its Airflow services too."""

@@ -1,10 +1,11 @@
 """Airflow's database holds every team the auth manager names: with ``[core] multi_team`` on, Airflow
 refuses to start while its users name a team the ``team`` table lacks.
 
-Run as ``python -m asgard.local.airflow_teams TEAM...`` in the Airflow components' environment before
-they start: it creates (or brings up to date) the metadata database, as ``airflow standalone`` and
-``airflow db migrate`` would (a no-op when it is), then adds the teams it lacks. Teams are never
-removed here: a team's Variables and Connections stay with it.
+Run as ``python -m asgard.local.airflow_teams [TEAM...]`` in the Airflow components' environment
+before they start (no team named: every team its auth manager's users name, and the default team):
+it creates (or brings up to date) the metadata database, as ``airflow standalone`` and ``airflow db
+migrate`` would (a no-op when it is), then adds the teams it lacks. Teams are never removed here: a
+team's Variables and Connections stay with it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def teams_named(users: list[str], default_team: str) -> list[str]:
     return sorted(named)
 
 
+def teams_in_environment() -> list[str]:
+    """The teams the environment's simple auth manager users and ``ASGARD_DEFAULT_TEAM`` name."""
+    import os
+
+    users = [entry for entry in os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "").split(",") if entry]
+    return teams_named(users, os.environ.get("ASGARD_DEFAULT_TEAM") or "default")
+
+
 def sync_in_subprocess(teams: list[str], environment: dict[str, str]) -> None:
     """:func:`ensure_teams` in a process of the Airflow components' ``environment`` (Airflow reads its
     configuration once, at import: the caller's own may be another installation's)."""
@@ -58,7 +67,9 @@ def sync_in_subprocess(teams: list[str], environment: dict[str, str]) -> None:
 
 def main(argv: list[str]) -> int:
     migrate = "--no-migrate" not in argv
-    added = ensure_teams([name for name in argv if not name.startswith("--")], migrate=migrate)
+    # No team named: those of the auth manager's users in this environment (compose's airflow-init).
+    names = [name for name in argv if not name.startswith("--")] or teams_in_environment()
+    added = ensure_teams(names, migrate=migrate)
     print(f"teams added: {', '.join(added) or 'none'}")
     return 0
 
