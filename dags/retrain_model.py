@@ -10,10 +10,10 @@ Runs `train_model` again, with the conf that trained the version it replaces, wh
   than those features or younger than the interval:
   `"retraining": {"on_new_features": true, "min_interval_hours": 24}`.
 
-Each training run gets the id fixed when it was asked for (`retrain__<model>__<run id>`), so a
-retried hop never trains twice. One run at a time, each waiting for the training it started, so
-the next one sees the new version. The new version goes through the usual gate; a promotion
-deploys itself.
+Each training run gets the id fixed when it was asked for (`retrain__<model>__<run id>__<mac>`, the
+MAC keyed by the platform so no one can take the id first), so a retried hop never trains twice.
+One run at a time, each waiting for the training it started, so the next one sees the new version.
+The new version goes through the usual gate; a promotion deploys itself.
 """
 
 from __future__ import annotations

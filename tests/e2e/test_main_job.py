@@ -74,7 +74,7 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         # trained it again (the request opts in) under the run id it chose, gated against the champion.
         retrained = re.search(
             r"retrained on new features: churn_predictor v4 -> @(champion|challenger) "
-            r"\(retrain_model (\S+) -> train_model retrain__churn_predictor__(\S+); ",
+            r"\(retrain_model (\S+) -> train_model retrain__churn_predictor__(\S+)__[0-9a-f]{20}; ",
             out,
         )
         assert retrained and retrained.group(2) == retrained.group(3), out[-3000:]

@@ -262,8 +262,8 @@ def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_ex
         assert retraining.requests_for(posted, "asset_triggered__0", now=now) == []
         first = retraining.requests_for(events, "asset_triggered__1", now=now)
         assert first == [
-            {"conf": confs["steady_churn"], "trigger_run_id": "retrain__steady_churn__r"},
-            {"conf": confs["fresh_churn"], "trigger_run_id": "retrain__fresh_churn__asset_triggered__1"},
+            {"conf": confs["steady_churn"], "trigger_run_id": retraining.train_run_id("steady_churn", "r")},
+            {"conf": confs["fresh_churn"], "trigger_run_id": retraining.train_run_id("fresh_churn", "asset_triggered__1")},
         ]
         # A retried run asks for the same run again.
         assert retraining.requests_for(materialized, "asset_triggered__1", now=now) == first[1:]
@@ -275,8 +275,8 @@ def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_ex
         newer = {"features": [_event(feature_view_asset_uri("customer_features"), {}, later)]}
         triggers = retraining.requests_for(newer, "asset_triggered__3", now=later)
         assert sorted(trigger["trigger_run_id"] for trigger in triggers) == [
-            "retrain__fresh_churn__asset_triggered__3",
-            "retrain__slow_churn__asset_triggered__3",
+            retraining.train_run_id("fresh_churn", "asset_triggered__3"),
+            retraining.train_run_id("slow_churn", "asset_triggered__3"),
         ]
 
 
@@ -321,3 +321,25 @@ def test_only_a_version_the_platform_trained_has_a_training_request_to_run_again
         assert training_request(hook, hook.client.get_model_version("platform_churn", own))["model_name"] == (
             "platform_churn"
         )
+
+
+def test_a_retrainings_run_id_cannot_be_guessed_or_taken_first(monkeypatch):
+    """Issue 51: the id of a retraining's train_model run is fixed when it is asked for, yet a user who
+    knows the model and the monitoring run cannot make it (and so cannot start a run of that id first,
+    which the retraining would skip as its own); a run named alike is nobody's retraining."""
+    from asgard.training import retraining
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "the-platforms-secret")
+    run_id = retraining.train_run_id("churn", "scheduled__2026-12-06T10:00:00+00:00")
+    assert run_id == retraining.train_run_id("churn", "scheduled__2026-12-06T10:00:00+00:00")  # retries agree
+    assert run_id.startswith("retrain__churn__scheduled__2026-12-06T10:00:00+00:00__")
+    assert retraining.requested_by(run_id, "churn") == "scheduled__2026-12-06T10:00:00+00:00"
+    for named_alike in (
+        "retrain__churn__scheduled__2026-12-06T10:00:00+00:00",
+        "retrain__churn__scheduled__2026-12-06T10:00:00+00:00__" + "0" * 20,
+        run_id.replace("retrain__churn__", "retrain__other__"),
+    ):
+        assert retraining.requested_by(named_alike, "churn") is None, named_alike
+    assert retraining.requested_by(run_id, "other") is None
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "another-installation")
+    assert retraining.train_run_id("churn", "scheduled__2026-12-06T10:00:00+00:00") != run_id

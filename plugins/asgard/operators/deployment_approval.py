@@ -32,6 +32,7 @@ from asgard.deploy.approval import (
     record_decision,
     serving_version,
 )
+from asgard.training import retraining
 
 if TYPE_CHECKING:
     from asgard.core.settings import Settings
@@ -50,8 +51,8 @@ def version_origin(hook: MlflowHook, version: Any, settings: Settings) -> Origin
     if not dag_id or not run_id:
         return Origin("registered", "registered by hand (no Airflow run trained it)")
     trained_by, run_type = _run_trigger(dag_id, run_id)
-    if run_id.startswith("retrain__"):
-        requested_by = run_id.split("__", 2)[-1]
+    requested_by = retraining.requested_by(run_id, version.name)
+    if requested_by is not None:  # a retraining's run (a run named alike by someone is a person's)
         alerts = drift_alerts(settings, version.name, requested_by)
         if alerts:
             return Origin(

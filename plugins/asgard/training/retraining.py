@@ -30,7 +30,33 @@ DEFAULT_MIN_INTERVAL_HOURS = 24.0
 
 
 def train_run_id(model_name: str, requested_by: str) -> str:
-    return f"retrain__{model_name}__{requested_by}"
+    """``retrain__<model>__<the run that asked>__<mac>``: the same for every retry of the request, and
+    unguessable before it is made (the MAC's key is derived from Airflow's JWT secret), so no user can
+    take the id first with a run of their own (which the retraining would take for its own and skip)."""
+    return f"retrain__{model_name}__{requested_by}__{_mac(model_name, requested_by)}"
+
+
+def requested_by(run_id: str, model_name: str) -> str | None:
+    """The run that asked for the retraining ``run_id`` is; None when no retraining made that id (a run
+    someone named alike)."""
+    import hmac
+
+    prefix = f"retrain__{model_name}__"
+    asker, _, mac = run_id.removeprefix(prefix).rpartition("__")
+    if not run_id.startswith(prefix) or not asker or not hmac.compare_digest(mac, _mac(model_name, asker)):
+        return None
+    return asker
+
+
+def _mac(model_name: str, asker: str) -> str:
+    import hashlib
+    import hmac
+
+    from airflow.configuration import conf
+
+    secret = conf.get("api_auth", "jwt_secret", fallback="") or ""
+    key = hmac.new(secret.encode(), b"asgard retraining run ids", hashlib.sha256).digest()
+    return hmac.new(key, f"{model_name}\0{asker}".encode(), hashlib.sha256).hexdigest()[:20]
 
 
 def drift_requests(results: list[dict[str, Any]], monitor_run_id: str) -> list[dict[str, Any]]:
