@@ -39,6 +39,7 @@ from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.deploy.params import deploy_model_params
+from asgard.deploy.rollout import recheck_image_model
 from asgard.operators.deployment_approval import DeploymentApprovalOperator
 from asgard.operators.serving_image import serving_image_tasks
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
@@ -73,6 +74,7 @@ def deploy_model():
         model_name="{{ ti.xcom_pull(task_ids='resolve_request')['model_name'] }}",
         version="{{ ti.xcom_pull(task_ids='approve_deployment', key='version') or '' }}",
         alias="{{ ti.xcom_pull(task_ids='resolve_request')['alias'] }}",
+        check_model=recheck_image_model,  # the hand-off names the conf's model, which the run's user may deploy
     )
 
     @task

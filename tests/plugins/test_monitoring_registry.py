@@ -263,7 +263,10 @@ def test_new_features_retrain_the_champions_that_asked_unless_a_newer_version_ex
         first = retraining.requests_for(events, "asset_triggered__1", now=now)
         assert first == [
             {"conf": confs["steady_churn"], "trigger_run_id": retraining.train_run_id("steady_churn", "r")},
-            {"conf": confs["fresh_churn"], "trigger_run_id": retraining.train_run_id("fresh_churn", "asset_triggered__1")},
+            {
+                "conf": confs["fresh_churn"],
+                "trigger_run_id": retraining.train_run_id("fresh_churn", "asset_triggered__1"),
+            },
         ]
         # A retried run asks for the same run again.
         assert retraining.requests_for(materialized, "asset_triggered__1", now=now) == first[1:]

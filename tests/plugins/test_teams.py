@@ -140,3 +140,27 @@ def test_a_later_task_refuses_a_hand_off_naming_another_model_or_team(users, tmp
             recheck(alice_run, "alices", {"model_name": "alices", "team": "beta"})
         with pytest.raises(TeamRefusal, match="it belongs to team 'beta'"):
             recheck(alice_run, "bobs", {"model_name": "bobs"})
+
+
+def test_the_image_builder_asks_again_before_it_reads_a_model(users, tmp_path):
+    """deploy_model's build_image takes the model from resolve_request's hand-off (which Airflow's REST API
+    can change): before it reads a byte of the model it asks again, from the run's conf and user."""
+    from asgard.deploy.rollout import recheck_image_model
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.operators.serving_image import DockerBuildServingImageOperator
+    from asgard.registry.ownership import claim
+
+    alice_run = SimpleNamespace(triggering_user_name="alice", run_type="manual")
+    build = DockerBuildServingImageOperator(
+        task_id="build_image", model_name="bobs", version="1", check_model=recheck_image_model
+    )
+    with sqlite_mlflow_home(tmp_path):
+        hook, settings = MlflowHook(), Settings()
+        claim(hook, "alices", "alpha", settings)
+        claim(hook, "bobs", "beta", settings)
+        context = {"params": {"model_name": "alices"}, "dag_run": alice_run, "triggering_asset_events": {}}
+        with pytest.raises(TeamRefusal, match="this run is for model 'alices', but what its earlier task handed on"):
+            build.execute(context)  # the hand-off was changed to bob's model: nothing is read or built
+        with pytest.raises(TeamRefusal, match="it belongs to team 'beta'"):
+            build.execute({**context, "params": {"model_name": "bobs"}})  # nor by naming it in the conf
+        recheck_image_model(context, "alices")  # her own model passes

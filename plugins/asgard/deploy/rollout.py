@@ -40,6 +40,15 @@ class DeployRequest(XComRecord):
         return Rollout.from_dict(self.rollout) if self.rollout else REPLACING
 
 
+def recheck_image_model(context: Any, model_name: str) -> None:
+    """``build_image``'s check before it reads a model: the model is the one the run's conf (or Asset event)
+    names, which the run's user may deploy; a hand-off changed to name another model is refused."""
+    from asgard.registry.ownership import recheck
+
+    asked = deployment_request(context["params"], context.get("triggering_asset_events"))
+    recheck(context["dag_run"], asked.model_name, {"model_name": model_name})
+
+
 def deployment_request(params: dict[str, Any], triggering_asset_events: Any = None) -> DeployRequest:
     """Model name and version (or alias), target and sizing of this run.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class KanikoBuildServingImageOperator(KubernetesPodOperator):
         namespace: str = "asgard-builds",
         service_account_name: str = "asgard-image-builder",
         mlflow_conn_id: str = "mlflow_default",
+        check_model: Callable[[Any, str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         volumes, mounts = [], []
@@ -97,6 +98,7 @@ class KanikoBuildServingImageOperator(KubernetesPodOperator):
         self.context_prefix = context_prefix.strip("/")
         self.aws_conn_id = aws_conn_id
         self.mlflow_conn_id = mlflow_conn_id
+        self.check_model = check_model  # as DockerBuildServingImageOperator's
 
     def configure(self, context_uri: str, destination: str, build_args: dict[str, str], labels: dict[str, str]) -> None:
         """Kaniko's arguments for one build: where the context is, what to build and push."""
@@ -128,6 +130,8 @@ class KanikoBuildServingImageOperator(KubernetesPodOperator):
         from asgard.registry.versions import resolve_model_version
         from asgard.serving import image as serving_image
 
+        if self.check_model is not None:
+            self.check_model(context, self.model_name)
         hook = MlflowHook(self.mlflow_conn_id)
         ref = resolve_model_version(hook, self.model_name, self.version or None, self.alias or None)
         tag = serving_image.image_tag(ref.name, ref.version)

@@ -13,7 +13,7 @@ a Kaniko pod (``asgard.operators.kaniko``) that pushes as it builds, then
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,8 @@ class DockerBuildServingImageOperator(BaseOperator):
     :param docker_url: Docker engine API address (default: the platform's engine)
     :param registry_type, docker_conn_id, aws_conn_id: how to log in to the repository's registry, to
         reuse an image another worker already built and pushed for this version
+    :param check_model: called with the context and the model name before anything is read: it raises to
+        refuse (``deploy_model``: the run's user may deploy that model, the one its conf names)
     """
 
     template_fields: Sequence[str] = ("model_name", "version", "alias", "repository", "base_image")
@@ -57,9 +59,11 @@ class DockerBuildServingImageOperator(BaseOperator):
         registry_type: str | None = None,
         docker_conn_id: str = "asgard_registry",
         aws_conn_id: str = "aws_default",
+        check_model: Callable[[Any, str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.check_model = check_model
         self.model_name = model_name
         self.version = version
         self.alias = alias
@@ -77,6 +81,8 @@ class DockerBuildServingImageOperator(BaseOperator):
         from asgard.registry.versions import resolve_model_version
         from asgard.serving import image as serving_image
 
+        if self.check_model is not None:
+            self.check_model(context, self.model_name)
         settings = get_settings()
         hook = MlflowHook(self.mlflow_conn_id)
         ref = resolve_model_version(hook, self.model_name, self.version or None, self.alias or None)
@@ -214,8 +220,11 @@ def pushed_by_builder(built: Any) -> Any:
     return PushedImage(built.image, built.digest, f"{repository}@{built.digest}")
 
 
-def serving_image_tasks(*, model_name: str, version: str, alias: str) -> tuple[BaseOperator, BaseOperator]:
-    """``build_image`` and ``push_image`` for the configured builder (read when the DAG is parsed)."""
+def serving_image_tasks(
+    *, model_name: str, version: str, alias: str, check_model: Callable[[Any, str], None] | None = None
+) -> tuple[BaseOperator, BaseOperator]:
+    """``build_image`` and ``push_image`` for the configured builder (read when the DAG is parsed);
+    ``check_model`` is the builder's check before it reads the model."""
     settings = get_settings()
     if settings.image_builder == "kaniko":
         from asgard.operators.kaniko import KanikoBuildServingImageOperator
@@ -231,8 +240,11 @@ def serving_image_tasks(*, model_name: str, version: str, alias: str) -> tuple[B
             registry_secret=settings.kaniko_registry_secret,
             namespace=settings.kaniko_namespace,
             kubernetes_conn_id=settings.kubernetes_conn_id,
+            check_model=check_model,
         )
         return build, KanikoPushedImageOperator(task_id="push_image", build_task_id="build_image")
-    build = DockerBuildServingImageOperator(task_id="build_image", model_name=model_name, version=version, alias=alias)
+    build = DockerBuildServingImageOperator(
+        task_id="build_image", model_name=model_name, version=version, alias=alias, check_model=check_model
+    )
     push = RegistryPushImageOperator(task_id="push_image", image="{{ ti.xcom_pull(task_ids='build_image')['image'] }}")
     return build, push
