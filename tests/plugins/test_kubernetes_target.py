@@ -676,6 +676,9 @@ def test_a_failed_first_deploy_leaves_no_workload_behind(cluster, payload):
 
     assert failure.value.serving is None
     assert set(lineage(cluster).values()) == {None}
+    # Only the fence stays: the failed version's pods may still be terminating, and they run the model's code.
+    fence = cluster.current("networkpolicies")
+    assert fence is not None and fence["spec"]["policyTypes"] == ["Ingress", "Egress"]
 
 
 def test_an_image_by_tag_is_refused_before_anything_is_applied(cluster, payload):

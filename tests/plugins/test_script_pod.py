@@ -185,7 +185,8 @@ def test_the_door_on_tcp_refuses_what_is_not_the_runs_before_reaching_mlflow():
 
 
 def test_the_script_config_map_is_created_once_per_run_and_removed(operator, monkeypatch):
-    """Against the Kubernetes API emulator: a retry finds its ConfigMap; removal tolerates a second try."""
+    """Against the Kubernetes API emulator: a retry finds its objects and replaces them with its own (its
+    door's address changed: the old policy would let the pod out to it); removal tolerates a second try."""
     import json
 
     import kmock
@@ -194,15 +195,20 @@ def test_the_script_config_map_is_created_once_per_run_and_removed(operator, mon
         connection = {"conn_type": "kubernetes", "extra": {"kube_config": kubeconfig}}
         monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(connection))
         operator.publish_script()
-        operator.publish_script()  # a retried task
+        # A retried task: its door listens elsewhere now.
+        retried_door = {"to": [{"ipBlock": {"cidr": "10.9.9.9/32"}}], "ports": [{"protocol": "TCP", "port": 4242}]}
+        operator.network_policy.spec.egress[0].to[0].ip_block.cidr = "10.9.9.9/32"
+        operator.network_policy.spec.egress[0].ports[0].port = 4242
+        operator.publish_script()
         stored = {obj.raw["kind"]: obj.raw for obj in emulator.objects.values() if not obj.deleted}
         assert sorted(stored) == ["ConfigMap", "NetworkPolicy"]
         assert stored["ConfigMap"]["metadata"]["name"] == "train-script-0123abcd"
         assert stored["ConfigMap"]["metadata"]["namespace"] == operator.namespace == "asgard-training"
         assert stored["ConfigMap"]["binaryData"] == operator.script_config_map.binary_data
         assert stored["NetworkPolicy"]["spec"]["podSelector"] == {"matchLabels": {RUN_LABEL: "0123abcd"}}
+        assert stored["NetworkPolicy"]["spec"]["egress"] == [retried_door]
         creates = [request for request in emulator if request.method == "POST"]
-        assert len(creates) == 4
+        assert len(creates) == 4 and len([request for request in emulator if request.method == "PATCH"]) == 2
         operator.remove_script()
         operator.remove_script()
         assert all(obj.deleted for obj in emulator.objects.values())

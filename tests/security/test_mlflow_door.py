@@ -227,6 +227,32 @@ def test_a_script_may_not_forge_the_platforms_run_tags(door):
     assert tags["note"] == "mine" and not [key for key in tags if key.startswith(("airflow.", "asgard.", "gate."))]
 
 
+def test_a_body_naming_another_run_by_a_json_alias_or_twice_is_refused(door):
+    """MLflow reads a body's keys by their JSON names too (``runId`` beside ``run_uuid``) and uses the one
+    the door did not check (found by a hostile review: a metric logged into another team's champion run)."""
+    relay, own, victim = door["relay"], door["own_run"], door["victim_run"]
+    api = b"/api/2.0/mlflow/runs/"
+    metric = {"key": "auc", "value": 0.99, "timestamp": 0}
+    forged = {
+        "runId beside run_uuid": (b"log-metric", {"runId": victim, "run_uuid": own, **metric}),
+        "runUuid beside run_id": (b"log-metric", {"runUuid": victim, "run_id": own, **metric}),
+        "a renamed run": (b"update", {"runId": victim, "run_uuid": own, "run_name": "pwned"}),
+        "a nested camelCase key": (
+            b"log-batch",
+            {"run_id": own, "metrics": [{"key": "a", "value": 1, "timeStamp": 0}]},
+        ),
+    }
+    before = len(relay.targets)
+    for name, (call, body) in forged.items():
+        status, answer = raw_request(door["socket"], "POST", api + call, json.dumps(body).encode(), b"application/json")
+        assert status == 403 and b"snake_case" in answer, f"{name}: {status} {answer[:200]!r}"
+    twice = f'{{"run_id": "{own}", "run_id": "{victim}", "key": "auc", "value": 1, "timestamp": 0}}'.encode()
+    status, answer = raw_request(door["socket"], "POST", api + b"log-metric", twice, b"application/json")
+    assert status == 403 and b"given twice" in answer, answer[:200]
+    assert relay.targets[before:] == []
+    assert door["client"].get_run(victim).data.metrics == {}
+
+
 def test_a_repeated_query_key_is_refused(door):
     """Checked here with one value and read upstream with another (MLflow takes the first): refused."""
     relay, own, victim = door["relay"], door["own_run"], door["victim_run"]

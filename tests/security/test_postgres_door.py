@@ -9,7 +9,9 @@ server, which asks it for its password, and a psycopg client through the door re
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 
 from asgard.core.sandbox import Limits
 from asgard.core.settings import get_settings
-from asgard.training.scripts import runner, store_doors
+from asgard.training.scripts import postgres_door, runner, store_doors
 from asgard.training.scripts.store_doors import StoreAccess
 
 PROBE = r"""
@@ -69,6 +71,9 @@ def cases(profile, reader: str) -> dict[str, dict]:
         "reader with no database (its own name)": {"params": {"user": reader}},
         "a replication connection": {"params": {"user": reader, "database": gold, "replication": "database"}},
         "options": {"params": {"user": reader, "database": gold, "options": "-c default_transaction_read_only=off"}},
+        "a server setting": {
+            "params": {"user": reader, "database": gold, "statement_timeout": "0", "work_mem": "64GB"}
+        },
         "a repeated user": {"raw": _packet([("user", "postgres"), ("user", reader), ("database", gold)])},
         "a cancel request": {"raw": cancel.hex()},
         "a huge packet": {"raw": ((1 << 30).to_bytes(4, "big") + bytes(4)).hex()},
@@ -119,7 +124,7 @@ def test_only_the_reader_into_the_feature_store_passes_the_door(profile_database
                     dbname=profile.name("gold"),
                     connect_timeout=10,
                 )
-                for _ in range(store_doors.MAX_CONNECTIONS)
+                for _ in range(postgres_door.MAX_CONNECTIONS)
             ]
             try:
                 with pytest.raises(psycopg.OperationalError, match="a run may hold 8 connections at once"):
@@ -160,6 +165,7 @@ def test_only_the_reader_into_the_feature_store_passes_the_door(profile_database
         "reader with no database (its own name)": "is not one of the feature store's databases",
         "a replication connection": "startup parameters replication are not open",
         "options": "startup parameters options are not open",
+        "a server setting": "startup parameters statement_timeout, work_mem are not open",
         "a repeated user": "an empty or repeated parameter",
         "a cancel request": "cancel requests are not relayed",
         "a huge packet": "a startup packet of 1073741824 bytes",
@@ -203,3 +209,75 @@ def test_every_role_of_the_production_profile_needs_its_password(profile_databas
         ).fetchone()
     assert limit == READER_CONNECTIONS
     assert sorted(config) == ["idle_in_transaction_session_timeout=60s", "statement_timeout=600s"]
+
+
+def test_a_scripts_sessions_end_with_its_side_and_with_the_run(profile_databases, tmp_path):
+    """A reader may lift its own statement_timeout, and PostgreSQL does not notice a client gone while its
+    query runs: the door cancels a session's query when the script's side closes, and every session's
+    when the run ends (found by a hostile review: eight pg_sleep(1e9) left behind per run)."""
+    import socket
+    import threading
+
+    from sqlalchemy.engine import make_url
+
+    from asgard.core.settings import Settings
+
+    profile, passwords = profile_databases
+    reader = profile.reader_role
+    access = StoreAccess(
+        postgres_host="127.0.0.1", postgres_port=5432, user=reader, password=passwords["reader_password"],
+        registry_database=profile.name("feast"), gold_database=profile.name("gold"), s3_endpoint="http://127.0.0.1:1",
+        s3_access_key="-", s3_secret_key="-", s3_readable="asgard/gold",
+    )  # fmt: skip
+    admin = make_url(Settings().postgres_admin_url.get_secret_value())
+    watcher = psycopg.connect(host="127.0.0.1", port=5432, user=admin.username, password=admin.password,
+                              dbname="postgres", autocommit=True)  # fmt: skip
+
+    def running(pid: int) -> bool:
+        return watcher.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is not None
+
+    def sleeping(sockets: Path) -> tuple[psycopg.Connection, threading.Thread]:
+        session = psycopg.connect(host=str(sockets), port=5432, user=reader, password=passwords["reader_password"],
+                                  dbname=profile.name("gold"), autocommit=True)  # fmt: skip
+        session.execute("SET statement_timeout = 0")  # the reader's own session: allowed, and no help
+
+        def run() -> None:
+            with contextlib.suppress(psycopg.Error):
+                session.execute("SELECT pg_sleep(600)")
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            query = watcher.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (session.info.backend_pid,))
+            if "pg_sleep" in (query.fetchone() or [""])[0]:
+                return session, thread
+            time.sleep(0.1)
+        raise AssertionError("the query did not start")
+
+    def gone(pid: int) -> bool:
+        deadline = time.monotonic() + 15
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not running(pid)
+
+    with watcher, tempfile.TemporaryDirectory(prefix="asgard-doors-") as folder:
+        sockets = Path(folder)
+        with store_doors.opened(access, sockets):
+            (sockets / ".s.PGSQL.5432").symlink_to(sockets / "postgres.sock")
+            # The reader sees no one's queries and signals no backend, its own role's included.
+            with psycopg.connect(host=str(sockets), port=5432, user=reader, password=passwords["reader_password"],
+                                 dbname=profile.name("gold")) as connection:  # fmt: skip
+                for statement in ("SELECT query FROM pg_stat_activity", "SELECT pg_terminate_backend(1)"):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        connection.execute(statement)
+                    connection.rollback()
+            left, left_thread = sleeping(sockets)
+            # The script's side goes (its process killed): the server's side is cancelled and closed.
+            socket.socket(fileno=os.dup(left.pgconn.socket)).shutdown(socket.SHUT_RDWR)
+            assert gone(left.info.backend_pid)
+            left_thread.join(10)
+            held, held_thread = sleeping(sockets)
+        # The run ended with a query still running: cancelled too.
+        assert gone(held.info.backend_pid)
+        held_thread.join(10)

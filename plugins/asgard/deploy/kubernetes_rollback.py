@@ -63,6 +63,9 @@ def roll_back(
     try:
         for body in objects:
             kind = body["kind"]
+            if before[kind] is None and kind == "NetworkPolicy":
+                # The fence stays: the version's pods may still be terminating (and run the model's code).
+                continue
             if before[kind] is None:
                 cluster.delete(kind, app)
             else:

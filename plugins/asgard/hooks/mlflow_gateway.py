@@ -79,6 +79,8 @@ class RunScope:
         if not api:
             return f"{path} is not an MLflow tracking API"
         call = path[api.end() :]
+        if method in ("POST", "PATCH") and (why := body_refusal(body)):
+            return why
         data = _json(body) if method in ("POST", "PATCH") else {}
         if call == "experiments/get-by-name" and method == "GET":
             return self._mismatch("experiment", query.get("experiment_name"), self.experiment_name)
@@ -155,6 +157,29 @@ def path_refusal(raw_path: bytes) -> str | None:
     if any(segment in (b"", b".", b"..") for segment in segments):
         return "the path has an empty, '.' or '..' segment"
     return None
+
+
+def body_refusal(body: bytes) -> str | None:
+    """Why an API body is refused before its fields are read: MLflow parses a body's keys by their proto
+    names and by their JSON names too (``runId`` beside ``run_uuid``), and then reads the one the door did
+    not check; a key named twice is read one way here, maybe another there. Only the proto names
+    (snake_case), each once, in a JSON object, pass."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"a key is given twice ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))})")
+        if camel := [key for key in keys if key != key.lower()]:
+            raise ValueError(f"keys must be MLflow's field names in snake_case, not {', '.join(camel[:5])}")
+        return dict(items)
+
+    if not body.strip():
+        return None
+    try:
+        value = json.loads(body, object_pairs_hook=pairs)
+    except ValueError as error:
+        return f"the body is refused: {str(error)[:200]}"
+    return None if isinstance(value, dict) else "the body is not a JSON object"
 
 
 def _json(body: bytes) -> dict[str, Any]:

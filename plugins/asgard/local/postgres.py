@@ -15,7 +15,8 @@ from asgard.core.settings import Settings
 from asgard.local.processes import ServiceError
 
 DATABASES = ("airflow", "mlflow", "feast", "gold", "monitoring")
-# The reader role's server-side limits (a run's door holds at most 8 connections of it at once).
+# The reader role's server-side limits (a run's door holds at most 8 connections of it at once, and
+# ends them with the run: a script may change its own session's settings).
 READER_CONNECTIONS = 32
 READER_SETTINGS = {"statement_timeout": "600s", "idle_in_transaction_session_timeout": "60s"}
 # What a user script reading the feature store may read, as the reader role.
@@ -127,6 +128,13 @@ class ProfileDatabases:
                 "GRANT USAGE ON SCHEMA public TO {reader}",
                 "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}",
                 "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader}",
+                # Every run's script is the reader: none may see another's queries or cancel or end its
+                # sessions (PostgreSQL lets a role signal its own backends). Here, where only the reader
+                # and the owner connect; superusers are not held by it.
+                "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(integer),"
+                " pg_catalog.pg_terminate_backend(integer, bigint), pg_catalog.pg_stat_get_activity(integer)"
+                " FROM PUBLIC",
+                "REVOKE SELECT ON pg_catalog.pg_stat_activity FROM PUBLIC",
             ):
                 connection.execute(sql.SQL(statement).format(**names))
 

@@ -172,23 +172,31 @@ class UserScriptPodOperator(KubernetesPodOperator):
         self.network_policy = network_policy(self.script_config_map.metadata.name, self.namespace, run_label, door)
 
     def publish_script(self) -> None:
-        """Create the run's NetworkPolicy and script ConfigMap (a retry finds its own and keeps them)."""
+        """Create the run's NetworkPolicy and script ConfigMap; a retry finds an earlier try's and replaces
+        them with this try's, patched in place (its door has a new address and port: the old policy would
+        let the pod out to whatever listens there now; a delete and create would leave a moment unfenced)."""
         from kubernetes.client import NetworkingV1Api
         from kubernetes.client.exceptions import ApiException
 
         networking = NetworkingV1Api(self.hook.api_client)
+        core = self.hook.core_v1_client
         created = [
-            (networking.create_namespaced_network_policy, self.network_policy),
-            (self.hook.core_v1_client.create_namespaced_config_map, self.script_config_map),
+            (
+                networking.create_namespaced_network_policy,
+                networking.patch_namespaced_network_policy,
+                self.network_policy,
+            ),
+            (core.create_namespaced_config_map, core.patch_namespaced_config_map, self.script_config_map),
         ]
         if getattr(self, "script_secret", None) is not None:
-            created.append((self.hook.core_v1_client.create_namespaced_secret, self.script_secret))
-        for create, body in created:
+            created.append((core.create_namespaced_secret, core.patch_namespaced_secret, self.script_secret))
+        for create, replace, body in created:
             try:
                 create(self.namespace, body)
             except ApiException as error:
                 if error.status != 409:
                     raise
+                replace(body.metadata.name, self.namespace, body)
 
     def remove_script(self) -> None:
         from kubernetes.client import NetworkingV1Api

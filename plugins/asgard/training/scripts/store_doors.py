@@ -8,11 +8,9 @@ a read-only IAM user's). ``ASGARD_SCRIPT_STORE_ACCESS`` (JSON) holds that login,
 environment of Airflow's workers only.
 
 A script run gets one door per store: a unix socket the task serves, which the sandbox's launcher
-forwards from a port on the sandbox's loopback. PostgreSQL's door reads the startup message itself:
-it lets through only the reader, only to the feature store's two databases, without replication or
-``options`` (anything else is a FATAL error naming why, sent by the door; the server never sees it),
-sends upstream a startup message it built from what it checked, then relays; the server holds the
-reader to SELECT. S3's is a read-only HTTP door: it passes on GET
+forwards from a port on the sandbox's loopback. PostgreSQL's (:mod:`asgard.training.scripts.
+postgres_door`) lets through only the reader's startup into the feature store's two databases, and
+ends the run's sessions with it; the server holds the reader to SELECT. S3's is a read-only HTTP door: it passes on GET
 and HEAD of objects in the gold warehouse, and listings within it, signed with the reader's keys,
 which never enter the sandbox (the script signs with keys that open nothing); it answers everything
 else AccessDenied itself, whatever the keys may do (an S3-compatible server may not enforce them;
@@ -26,9 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import struct
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +32,7 @@ from xml.sax.saxutils import escape
 
 from asgard.core.doors import query_refusal, serving_door
 from asgard.features.gold import PRODUCTION_CATALOG_NAME
+from asgard.training.scripts.postgres_door import PostgresDoor, PostgresStartup
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +91,7 @@ def opened(access: StoreAccess, sockets: Path) -> Iterator[dict[int, str]]:
     """The doors to ``access``'s stores, as unix sockets in ``sockets`` served while open; yields
     port inside -> socket file name, for the launcher's forwards."""
     startup = PostgresStartup(access.user, frozenset({access.registry_database, access.gold_database}))
-    relay = _Relay(sockets / "postgres.sock", access.postgres_host, access.postgres_port, startup)
+    relay = PostgresDoor(sockets / "postgres.sock", access.postgres_host, access.postgres_port, startup)
     try:
         app = s3_reading_app(access)
         with serving_door(app, sockets / "s3.sock", "s3-reader"):
@@ -192,182 +188,3 @@ def s3_reading_app(access: StoreAccess):
 
     methods = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"]
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
-
-
-# PostgreSQL's wire protocol (v3): a startup packet's codes, and how long one may be.
-PROTOCOL_3 = 196608
-SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
-MAX_STARTUP_BYTES = 10_000
-# Startup parameters that would reach beyond a reader's session: a replication connection, or settings.
-REFUSED_PARAMETERS = ("replication", "options")
-# Connections one run may hold through the door at once: Feast needs one or two; the server's own
-# connections (Airflow's, MLflow's) are not a script's to take. The reader role has a server-wide
-# limit and a statement timeout as well (asgard.local.postgres).
-MAX_CONNECTIONS = 8
-
-
-class DoorRefusal(Exception):
-    """Why the PostgreSQL door closes a connection (sent to the client as a FATAL error)."""
-
-
-@dataclass(frozen=True)
-class PostgresStartup:
-    """Who may pass PostgreSQL's door: ``user`` (the reader), into one of ``databases``."""
-
-    user: str
-    databases: frozenset[str]
-
-    def negotiate(self, client: socket.socket) -> bytes:
-        """Read the client's startup (declining TLS and GSS encryption on the loopback door) and return the
-        startup message to send upstream, built from the checked parameters; :class:`DoorRefusal` if not."""
-        while True:
-            code, payload = _startup_packet(client)
-            if code in (SSL_REQUEST, GSSENC_REQUEST):
-                client.sendall(b"N")  # not on this hop; the client goes on in plain text or gives up
-                continue
-            if code == CANCEL_REQUEST:
-                raise DoorRefusal("cancel requests are not relayed")
-            if code != PROTOCOL_3:
-                raise DoorRefusal(f"protocol {code >> 16}.{code & 0xFFFF} is not spoken here")
-            return self._startup(_parameters(payload))
-
-    def _startup(self, parameters: dict[str, str]) -> bytes:
-        user = parameters.get("user")
-        database = parameters.get("database") or user
-        if user != self.user:
-            raise DoorRefusal(f"the feature store's door lets in only {self.user}, not {user!r}")
-        if database not in self.databases:
-            allowed = ", ".join(sorted(self.databases))
-            raise DoorRefusal(f"{database!r} is not one of the feature store's databases ({allowed})")
-        refused = sorted(name for name in parameters if name in REFUSED_PARAMETERS or name.startswith("_pq_."))
-        if refused:
-            raise DoorRefusal(f"startup parameters {', '.join(refused)} are not open to user scripts")
-        checked = {**parameters, "database": database}
-        pairs = b"".join(name.encode() + b"\0" + value.encode() + b"\0" for name, value in checked.items())
-        body = struct.pack("!i", PROTOCOL_3) + pairs + b"\0"
-        return struct.pack("!i", len(body) + 4) + body
-
-    @staticmethod
-    def refuse(client: socket.socket, reason: str) -> None:
-        """Send ``reason`` as PostgreSQL's FATAL error (SQLSTATE 28000), which clients show as they got it."""
-        fields = (
-            b"".join(
-                kind + text.encode() + b"\0"
-                for kind, text in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", "28000"), (b"M", f"asgard door: {reason}"))
-            )
-            + b"\0"
-        )
-        with contextlib.suppress(OSError):
-            client.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
-
-
-def _startup_packet(client: socket.socket) -> tuple[int, bytes]:
-    (length,) = struct.unpack("!i", _exactly(client, 4))
-    if not 8 <= length <= MAX_STARTUP_BYTES:
-        raise DoorRefusal(f"a startup packet of {length} bytes")
-    packet = _exactly(client, length - 4)
-    return struct.unpack("!i", packet[:4])[0], packet[4:]
-
-
-def _parameters(payload: bytes) -> dict[str, str]:
-    """A startup message's name/value pairs (NUL-terminated strings, then a final NUL)."""
-    if not payload.endswith(b"\0"):
-        raise DoorRefusal("a malformed startup message")
-    fields = payload[:-1].split(b"\0")
-    if fields == [b""]:
-        return {}
-    if len(fields) % 2 != 1 or fields[-1] != b"":
-        raise DoorRefusal("a malformed startup message")
-    try:
-        pairs = [(fields[i].decode(), fields[i + 1].decode()) for i in range(0, len(fields) - 1, 2)]
-    except UnicodeDecodeError:
-        raise DoorRefusal("a startup message that is not UTF-8") from None
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names) or "" in names:
-        raise DoorRefusal("a startup message with an empty or repeated parameter")
-    return dict(pairs)
-
-
-def _exactly(client: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = client.recv(count - len(data))
-        if not chunk:
-            raise DoorRefusal("the client left during the startup")
-        data += chunk
-    return data
-
-
-class _Relay:
-    """A unix socket whose connections, once their startup passes ``startup``, are piped to ``host:port``
-    (one pair of threads each): PostgreSQL's door."""
-
-    def __init__(self, path: Path, host: str, port: int, startup: PostgresStartup) -> None:
-        self.address, self.startup = (host, port), startup
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
-        path.chmod(0o666)  # the sandbox's user connects to it
-        self.server.listen(16)
-        threading.Thread(target=self._accept, name=f"door-{path.stem}", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:  # closed
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        client.settimeout(10)  # a startup that takes longer is no client's
-        slot = self.slots.acquire(blocking=False)
-        try:
-            startup = self.startup.negotiate(client)
-            if not slot:
-                raise DoorRefusal(f"a run may hold {MAX_CONNECTIONS} connections at once; close one first")
-            upstream = socket.create_connection(self.address, timeout=10)
-        except DoorRefusal as refusal:
-            log.warning("refused a user script's PostgreSQL connection: %s", refusal)
-            self.startup.refuse(client, str(refusal))
-            self._close(client, slot)
-            return
-        except OSError:
-            self._close(client, slot)
-            return
-        upstream.sendall(startup)
-        client.settimeout(None)
-        upstream.settimeout(None)
-        # The slot is given back when the server's side ends (the client left, or the server closed).
-        threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
-        threading.Thread(target=self._pump_back, args=(upstream, client), daemon=True).start()
-
-    def _pump_back(self, upstream: socket.socket, client: socket.socket) -> None:
-        try:
-            _pump(upstream, client)
-        finally:
-            self._close(upstream, True)
-            self._close(client, False)
-
-    def _close(self, connection: socket.socket, slot: bool) -> None:
-        with contextlib.suppress(OSError):
-            connection.close()
-        if slot:
-            self.slots.release()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-        with contextlib.suppress(OSError):
-            self.server.close()
-
-
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            target.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            target.shutdown(socket.SHUT_WR)
