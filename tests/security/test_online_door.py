@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 
 import pytest
@@ -175,3 +176,46 @@ def test_the_doors_own_login_may_only_read_feature_keys(door, command):
     with pytest.raises(redis.exceptions.NoPermissionError):
         login.execute_command(*command)
     assert redis.Redis(db=BROKER_DB).get(b"celery-task") == b"secret"
+
+
+def test_a_read_too_big_for_the_platforms_redis_is_refused_by_the_door(door):
+    """Redis runs a script on its one thread, which the Celery broker shares: 92,000 keys x 8,000 fields
+    of the reader's own script would stall it for minutes (found by a hostile review). The door bounds
+    keys, fields and both at once, far above what the serving app asks."""
+    socket_path, *_ = door
+    client = redis.Redis(unix_socket_path=str(socket_path), protocol=2)
+    sha = client.script_load(HMGET_EACH)
+    for keys, fields in ((10_001, 1), (1, 1_025), (1_001, 1_000)):  # too many keys, fields, cells
+        arguments = [f"k{index}asgard" for index in range(keys)] + [f"f{index}" for index in range(fields)]
+        with pytest.raises(redis.ResponseError, match="asgard door: a read of"):
+            client.evalsha(sha, keys, *arguments)
+    with pytest.raises(redis.ResponseError, match="key count does not match"):
+        client.execute_command("EVALSHA", sha, 5, "k1asgard")
+    with pytest.raises(redis.ResponseError, match="asgard door: a read of 1 keys x 1025 fields"):
+        client.hmget("entity-1asgard", [f"f{index}" for index in range(1_025)])
+    # What the serving app asks (its default limit of 1,000 ids, a few dozen fields) passes.
+    keys = [b"entity-1asgard"] + [f"k{index}asgard".encode() for index in range(999)]
+    assert client.evalsha(sha, len(keys), *keys, b"f1", *[f"g{index}" for index in range(63)])[0][0] == b"v1"
+
+
+def test_a_door_relays_a_bounded_number_of_connections(door):
+    from asgard.local.online_door import MAX_CONNECTIONS
+
+    socket_path, *_ = door
+    held = [redis.Redis(unix_socket_path=str(socket_path), protocol=2) for _ in range(MAX_CONNECTIONS)]
+    for client in held:
+        assert client.ping() is True
+    with pytest.raises(redis.exceptions.RedisError, match="at most 64 connections at once"):
+        redis.Redis(unix_socket_path=str(socket_path), protocol=2).ping()
+    held[0].close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert redis.Redis(unix_socket_path=str(socket_path), protocol=2).ping() is True
+            break
+        except redis.exceptions.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    for client in held[1:]:
+        client.close()

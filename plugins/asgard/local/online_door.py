@@ -42,6 +42,12 @@ DOOR_UPSTREAM_VARIABLE = "ASGARD_ONLINE_DOOR_UPSTREAM"
 MAX_ITEMS = 100_000
 MAX_BULK_BYTES = 1024 * 1024
 MAX_COMMAND_BYTES = 8 * 1024 * 1024
+# What one read may ask of Redis (whose one thread the Celery broker shares): keys (ten times the
+# serving app's default ASGARD_SERVING_MAX_ENTITIES), fields per key, and the cells of keys x fields.
+# A model asking more than that stalls the platform's Redis; the reader never does.
+MAX_KEYS, MAX_FIELDS, MAX_CELLS = 10_000, 1_024, 1_000_000
+# Connections one door relays at once (each is one of Redis's clients too).
+MAX_CONNECTIONS = 64
 
 
 class Refused(Exception):
@@ -69,10 +75,15 @@ class Policy:
     def check(self, command: list[bytes]) -> None:
         name = command[0].upper()
         if name == b"EVALSHA" and len(command) >= 3 and command[1].lower() == self.sha:
+            keys = int(command[2]) if command[2].isdigit() and len(command[2]) <= 6 else -1
+            if not 0 <= keys <= len(command) - 3:
+                raise Refused("EVALSHA's key count does not match its arguments")
+            self._bounded(keys, len(command) - 3 - keys)
             return
         if name == b"SCRIPT" and len(command) == 3 and command[1].upper() == b"LOAD" and command[2] == self.script:
             return
         if name == b"HMGET" and len(command) >= 3:
+            self._bounded(1, len(command) - 2)
             return
         if name == b"PING" and len(command) <= 2:
             return
@@ -80,6 +91,14 @@ class Policy:
             return
         shown = name.decode(errors="replace")[:40]
         raise Refused(f"{shown} is not open to models (they read feature hashes through the serving app's script)")
+
+    @staticmethod
+    def _bounded(keys: int, fields: int) -> None:
+        if keys > MAX_KEYS or fields > MAX_FIELDS or keys * fields > MAX_CELLS:
+            raise Refused(
+                f"a read of {keys} keys x {fields} fields: at most {MAX_KEYS} keys, {MAX_FIELDS} fields and "
+                f"{MAX_CELLS} of both at once"
+            )
 
 
 async def read_command(reader: asyncio.StreamReader) -> list[bytes] | None:
@@ -149,6 +168,7 @@ class OnlineStoreDoor:
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.database = int(parts.path.strip("/") or 0)
+        self.connections = 0
 
     async def _login(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -168,6 +188,13 @@ class OnlineStoreDoor:
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         upstream_writer = None
+        if self.connections >= MAX_CONNECTIONS:
+            client_writer.write(f"-ERR asgard door: at most {MAX_CONNECTIONS} connections at once\r\n".encode())
+            with contextlib.suppress(OSError):
+                await client_writer.drain()
+                client_writer.close()
+            return
+        self.connections += 1  # the door's one event loop: no lock needed
         try:
             upstream_reader, upstream_writer = await self._login()
             while (command := await read_command(client_reader)) is not None:
@@ -186,6 +213,7 @@ class OnlineStoreDoor:
         except (OSError, asyncio.IncompleteReadError, ConnectionError) as error:
             log.info("online store door connection ended: %s", error)
         finally:
+            self.connections -= 1
             for writer in (client_writer, upstream_writer):
                 if writer is not None:
                     with contextlib.suppress(OSError):
