@@ -46,6 +46,9 @@ def test_a_run_acts_as_the_user_who_triggered_it_or_for_the_model(users):
     }
     promotion = run_actor(SimpleNamespace(triggering_user_name=None, run_type="asset_triggered"), users)
     assert promotion.for_the_model and promotion.may_act_for("beta")
+    # A retraining: retrain_model (an Asset's run, no user) starts train_model through its operator.
+    retraining = run_actor(SimpleNamespace(triggering_user_name=None, run_type="operator_triggered"), users)
+    assert retraining.for_the_model and retraining.may_act_for("beta") and not retraining.teams
     nobody = run_actor(SimpleNamespace(triggering_user_name=None, run_type="manual"), users)
     assert not nobody.may_act_for("default")
     assert not user_actor("mallory", users).may_act_for("a")
