@@ -40,6 +40,7 @@ from airflow.sdk import AssetAlias, dag, task
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
 from asgard.deploy.params import deploy_model_params
 from asgard.deploy.rollout import recheck_image_model
+from asgard.hooks.airflow_hitl import APPROVAL_TASK
 from asgard.operators.deployment_approval import DeploymentApprovalOperator
 from asgard.operators.serving_image import serving_image_tasks
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
@@ -68,7 +69,7 @@ def deploy_model():
 
     request = resolve_request()
     # The policy, a hand trigger or a person decides; the version decided on is the one built.
-    approval = DeploymentApprovalOperator(task_id="approve_deployment")
+    approval = DeploymentApprovalOperator(task_id=APPROVAL_TASK)
     # The Docker engine, or a Kaniko pod in the cluster (ASGARD_IMAGE_BUILDER): the same results.
     build, push = serving_image_tasks(
         model_name="{{ ti.xcom_pull(task_ids='resolve_request')['model_name'] }}",

@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from asgard.deploy import approval
 from asgard.features import gold
 from asgard.features import store as feature_store
+from asgard.hooks import airflow_hitl as hitl
 from asgard.hooks.airflow_api import AirflowApi
 from asgard.local.examples import CHURN_MODEL_REQUEST
-from asgard.operators import deployment_approval as hitl
 from asgard.registry.models import model_asset_uri
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 
@@ -152,13 +152,26 @@ def test_manual_policy_deploys_nothing_on_a_promotion(embedded_stack, promoted):
     assert decision["outcome"] == "not_deployed" and decision["by"] == "policy manual", decision
 
 
-def test_approve_deploys_and_auto_deploys_without_asking(embedded_stack, promoted):
+def test_approve_deploys_and_auto_deploys_without_asking(embedded_stack, promoted, monkeypatch, capsys):
+    """Approved with the one-line CLI (``./asgard approve MODEL VERSION``), which finds the waiting run."""
+    from asgard.local.__main__ import main
+
     stack = embedded_stack
     url = stack.settings.airflow_url
     approved = promoted["approve"]
     hitl.pending_approval(url, stack.api.token, approved["deploy_run"], timeout=120)
-    answer = hitl.respond(url, stack.api.token, approved["deploy_run"], approve=True, reason="better on drift")
-    assert answer["responded_by"]["name"] == "admin"
+    monkeypatch.setenv("ASGARD_API_TOKEN", stack.api.token)
+    # A version nothing waits for is named, and nothing is decided.
+    assert main(["approve", approved["model_name"], "999", "--url", url]) != 0
+    assert f"no deploy_model run waits for a decision on {approved['model_name']} v999" in capsys.readouterr().err
+    assert (
+        main(["approve", approved["model_name"], approved["version"], "--reason", "better on drift", "--url", url]) == 0
+    )
+    said = capsys.readouterr().out
+    assert (
+        f"approved {approved['model_name']} v{approved['version']} as admin (deploy_model {approved['deploy_run']})"
+        in said
+    )
     for case, by in ((approved, "admin"), (promoted["auto"], "policy auto")):
         outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=600)
         assert outcome.state == "success", outcome

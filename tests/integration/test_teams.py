@@ -20,9 +20,9 @@ from mlflow import MlflowClient
 
 from asgard.features import gold
 from asgard.features import store as feature_store
+from asgard.hooks import airflow_hitl as hitl
 from asgard.hooks.airflow_api import AirflowApi, RunOutcome
 from asgard.local.examples import CHURN_MODEL_REQUEST, example_upload
-from asgard.operators import deployment_approval as hitl
 from asgard.registry.models import model_asset_uri
 from asgard.registry.versions import CHAMPION
 from conftest import team_folder

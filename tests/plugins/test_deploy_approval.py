@@ -69,3 +69,12 @@ def test_a_model_tag_overrides_the_setting_and_null_restores_it(tmp_path):
         assert (back.mode, back.source, back.second_person, back.timeout_seconds) == ("approve", "setting", False, 3600)
         with pytest.raises(InputError, match="one of auto, approve, manual"):
             set_model_policy(hook, "m", settings, team="alpha", policy="sometimes")
+
+
+def test_the_rest_clients_options_are_the_approval_operators():
+    """``./asgard approve`` answers without importing Airflow: its options must be the operator's."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from asgard.hooks import airflow_hitl
+
+    assert (airflow_hitl.APPROVE, airflow_hitl.REJECT) == (ApprovalOperator.APPROVE, ApprovalOperator.REJECT)

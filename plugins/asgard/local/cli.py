@@ -209,8 +209,8 @@ def _tail(text: str, lines: int = 20) -> str:
 
 
 # --------------------------------------------------------------------------- command line
-COMMANDS = ("upload", "train", "score", "monitor", "job", "models", "history", "deploy", "materialize", "features",
-            "gold")  # fmt: skip
+COMMANDS = ("upload", "train", "score", "monitor", "job", "models", "history", "deploy", "approve", "reject",
+            "materialize", "features", "gold")  # fmt: skip
 _SUBMIT_PATHS = {"train": "/models", "score": "/serve/batch", "monitor": "/monitoring/run"}
 # An upload's body is the file itself: at most the API's body limit (asgard.api.security.MAX_BODY_BYTES).
 UPLOAD_LIMIT = 2_000_000
@@ -265,6 +265,8 @@ def run(args: argparse.Namespace, client: MlopsClient, out: TextIO | None = None
         show(client.post("/monitoring/history", body), summaries.history)
     elif args.command == "deploy":
         _submitted(client, deploy(client, args), args, out, show)
+    elif args.command in ("approve", "reject"):
+        show(decide(client, args), summaries.decision)
     elif args.command == "materialize":
         conf = {k: v for k, v in (("feature_views", args.feature_views), ("start", args.start), ("end", args.end)) if v}
         _submitted(client, client.feast("POST", "/materialize", json=conf), args, out, show)
@@ -296,6 +298,20 @@ def deploy(client: MlopsClient, args: argparse.Namespace) -> dict[str, Any]:
     run_id = api.trigger("deploy_model", conf, run_id=f"deploy_model--{uuid.uuid4().hex[:16]}")
     return {"job_id": run_id, "dag_id": "deploy_model", "run_id": run_id, "status": "queued",
             "status_url": f"{client.base_url}/mlops/jobs/{run_id}"}  # fmt: skip
+
+
+def decide(client: MlopsClient, args: argparse.Namespace) -> dict[str, Any]:
+    """Approve or reject, as the client's user, the deploy_model run waiting for the version (Airflow's HITL API)."""
+    from asgard.hooks import airflow_hitl as approval
+
+    try:
+        run_id = approval.waiting_run(client.base_url, client.token, args.model_name, args.version)
+        answer = approval.respond(
+            client.base_url, client.token, run_id, approve=args.command == "approve", reason=args.reason
+        )
+    except approval.ApprovalError as error:
+        raise CliError(str(error), error.status) from None
+    return {"model_name": args.model_name, "version": args.version, "run_id": run_id, **answer}
 
 
 def gold_load(client: MlopsClient, args: argparse.Namespace) -> dict[str, Any]:

@@ -57,6 +57,16 @@ def add_commands(commands: Any) -> None:
         "--unpause", action="store_true", help="unpause deploy_model first (promotions then deploy themselves too)"
     )
     deploy.add_argument("--no-follow", action="store_true")
+    decisions = []
+    for name, help_text in (
+        ("approve", "approve the deployment a promotion waits for (deploy_model's approval)"),
+        ("reject", "reject the deployment a promotion waits for; serving stays as it is"),
+    ):
+        decision = commands.add_parser(name, help=help_text)
+        decision.add_argument("model_name")
+        decision.add_argument("version")
+        decision.add_argument("--reason", required=name == "reject", default="", help="recorded on the version")
+        decisions.append(decision)
     materialize = commands.add_parser("materialize", help="load feature views into the online store (a window)")
     materialize.add_argument("--feature-view", action="append", dest="feature_views", help="a view (repeatable)")
     materialize.add_argument("--start", help="window start (ISO time; with --end: a backfill)")
@@ -78,7 +88,7 @@ def add_commands(commands: Any) -> None:
     load.add_argument("--format", choices=("csv", "parquet"), help="default: from the file's suffix")
     gold_commands.add_parser("tables", help="list the gold layer's tables")
     for command in (
-        upload, job, models, history, deploy, materialize, register, load, gold_commands.choices["tables"],
+        upload, job, models, history, deploy, *decisions, materialize, register, load, gold_commands.choices["tables"],
         *[commands.choices[n] for n in ("train", "score", "monitor")],
     ):  # fmt: skip
         command.add_argument("--url", help="Airflow API server URL (default: ASGARD_API_URL, else this install)")

@@ -30,7 +30,7 @@ def set_deploy_policy(settings: Settings, api: AirflowApi, model_name: str, poli
 def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str, decision: dict[str, Any]) -> str:
     """The drift retrain's promotion waits in deploy_model's approval: approve it through Airflow's HITL
     REST API as the admin (of the model's team), follow the rollout to the end; what serves then."""
-    from asgard.operators import deployment_approval as approval
+    from asgard.hooks import airflow_hitl as approval
     from asgard.registry.models import model_asset_uri
 
     name = CHURN_MODEL_REQUEST["model_name"]

@@ -122,6 +122,19 @@ def history(answer: dict[str, Any]) -> str:
     return table(["TIME", "VERSION", "TYPE", "SUBJECT", "METRICS", "ALERTS"], rows) + "\n" + tail
 
 
+def decision(answer: dict[str, Any]) -> str:
+    """``./asgard approve`` / ``reject``: what was decided, by whom, on which run."""
+    chosen = (answer.get("chosen_options") or ["?"])[0].lower()
+    outcome = "approved" if chosen == "approve" else "rejected"
+    who = (answer.get("responded_by") or {}).get("name") or "you"
+    reason = (answer.get("params_input") or {}).get("reason")
+    return (
+        f"{outcome} {answer['model_name']} v{answer['version']} as {who} (deploy_model {answer['run_id']})"
+        + (f": {reason}" if reason else "")
+        + ("; the run deploys it now (./asgard job deploy_model RUN_ID follows it)" if outcome == "approved" else "")
+    )
+
+
 def gold_load(answer: dict[str, Any]) -> str:
     """``POST /feast/gold/{table}``: what the load wrote."""
     how = "created with" if answer.get("created") else {"replace": "replaced by"}.get(answer.get("mode"), "appended")
