@@ -8,6 +8,7 @@ the case is about (the path a retrain takes), so the cases share the time they w
 
 from __future__ import annotations
 
+import html
 import time
 import uuid
 
@@ -123,6 +124,11 @@ def test_reject_with_a_reason_changes_nothing_and_records_who_when_why(embedded_
         assert part in body, (part, body)
     assert f"/mlops/ui/models/{case['model_name']}" in body and "#/experiments/" in body
     assert [user["id"] for user in pending["assigned_users"]] == ["admin"]
+    # The Models page lists it first, with a link to its form in the Airflow UI.
+    page = httpx.get(f"{url}/mlops/ui/models", headers={"Authorization": f"Bearer {stack.api.token}"}, timeout=60)
+    assert page.status_code == 200 and "Waiting for a decision" in page.text, page.text[:500]
+    assert html.escape(pending["subject"], quote=True) in page.text
+    assert hitl.decision_link(case["deploy_run"]) in page.text
     # A reader (outside the deciders) is refused by Airflow.
     viewer = AirflowApi.login(url, *stack.manager.credentials("viewer"))
     with pytest.raises(hitl.ApprovalError) as refused:

@@ -105,3 +105,25 @@ def test_versions_show_the_gate_the_deployment_and_the_links():
     summary = {"model_name": "churn", "aliases": {"champion": "3"}, "latest_version": "3", "updated_at": None}
     index = models_page.models_index([summary])
     assert "href='models/churn'" in index and "@champion" in index
+
+
+def test_deployments_waiting_for_a_decision_come_first_with_their_form():
+    from asgard.hooks.airflow_hitl import approval_model, decision_link
+
+    run_id = "asset_triggered__2026-12-06T07:00:00+00:00"
+    waiting = [
+        {
+            "run_id": run_id,
+            "subject": "Deploy churn v5? (v4 serves now) <script>",
+            "since": "2026-12-06T07:00:01Z",
+            "link": decision_link(run_id),
+        }
+    ]
+    page = models_page.models_index([], waiting)
+    assert page.index("Waiting for a decision") < page.index("No model is registered yet")
+    assert "Deploy churn v5? (v4 serves now) &lt;script&gt;" in page and "<script>" not in page
+    link = "/dags/deploy_model/runs/asset_triggered__2026-12-06T07%3A00%3A00%2B00%3A00/tasks/approve_deployment/"
+    assert f"href='{link}required_actions'" in page and "./asgard approve MODEL VERSION" in page
+    assert "Waiting for a decision" not in models_page.models_index([])
+    assert approval_model("Deploy churn v5? (v4 serves now)") == "churn"
+    assert approval_model("Deploy a model version") is None

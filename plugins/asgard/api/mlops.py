@@ -267,9 +267,18 @@ def add_models_page(app: FastAPI) -> None:
     @app.get("/ui/models", include_in_schema=False, dependencies=[requires("GET", "train_model")])
     @offloaded
     def models_index(who: CallerIdentity) -> HTMLResponse:
+        from asgard.core.settings import get_settings
+        from asgard.hooks import airflow_hitl
         from asgard.hooks.mlflow import MlflowHook
 
-        return HTMLResponse(models_page.models_index(visible_models(who, serving_models(MlflowHook()))))
+        models = visible_models(who, serving_models(MlflowHook()))
+        names = {model["model_name"] for model in models}
+        waiting = [
+            {**item, "link": airflow_hitl.decision_link(item["run_id"])}
+            for item in airflow_hitl.waiting_approvals(get_settings().airflow_url, who.token)
+            if airflow_hitl.approval_model(item["subject"]) in names  # the caller's teams' models only
+        ]
+        return HTMLResponse(models_page.models_index(models, waiting))
 
     @app.get("/ui/models/{model_name}", include_in_schema=False, dependencies=[requires("GET", "train_model")])
     @offloaded

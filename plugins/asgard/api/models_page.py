@@ -44,8 +44,9 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def models_index(models: list[dict[str, Any]]) -> str:
-    """Every registered model: its aliases and newest version, linking to its page."""
+def models_index(models: list[dict[str, Any]], waiting: list[dict[str, Any]] | None = None) -> str:
+    """Every registered model: its aliases and newest version, linking to its page; first, the deployments
+    waiting for a decision (``waiting``: run id, subject, since, link), each linking to its form."""
     rows = "".join(
         f"<tr><td><a href='models/{quote(model['model_name'])}'>{_e(model['model_name'])}</a></td>"
         f"<td>{_aliases(model['aliases'])}</td><td>{_e(model['latest_version'])}</td>"
@@ -58,7 +59,19 @@ def models_index(models: list[dict[str, Any]]) -> str:
         if models
         else "<p>No model is registered yet: train one with <code>train_model</code>.</p>"
     )
-    return _page("Models", f"<h1>Models</h1>{table}")
+    decisions = ""
+    if waiting:
+        rows = "".join(
+            f"<tr><td>{_e(item['subject'])}</td><td>{_e(item['since'])}</td><td>{_e(item['run_id'])}</td>"
+            f"<td><a href='{_e(item['link'])}'>decide in Airflow</a></td></tr>"
+            for item in waiting
+        )
+        decisions = (
+            "<h2>Waiting for a decision</h2><table><tr><th>Deployment</th><th>Since</th><th>deploy_model run</th>"
+            f"<th></th></tr>{rows}</table><p>Or: <code>./asgard approve MODEL VERSION</code> / "
+            "<code>./asgard reject MODEL VERSION --reason ...</code></p>"
+        )
+    return _page("Models", f"<h1>Models</h1>{decisions}{table}")
 
 
 def _serving_now(model: dict[str, Any]) -> str:

@@ -70,28 +70,56 @@ def respond(
     return answer.json()
 
 
-def waiting_run(base_url: str, token: str, model_name: str, version: str) -> str:
-    """The ``deploy_model`` run waiting for a decision on ``model_name`` v``version`` that the token's user
-    may see (Airflow's HITL list); an :class:`ApprovalError` naming what waits when none does."""
+def waiting_approvals(base_url: str, token: str, subject: str = "") -> list[dict[str, Any]]:
+    """The approvals ``deploy_model`` runs wait in that the token's user may see (Airflow's HITL list;
+    those whose subject holds ``subject``), oldest first: run id, subject, since when."""
     import httpx
 
-    subject = f"Deploy {model_name} v{version}?"
+    params: dict[str, Any] = {"response_received": "false", "task_id": APPROVAL_TASK, "limit": 100}
+    if subject:
+        params["subject_search"] = subject
     answer = httpx.get(
         f"{base_url.rstrip('/')}/api/v2/dags/deploy_model/dagRuns/~/hitlDetails",
-        params={"response_received": "false", "task_id": APPROVAL_TASK, "subject_search": subject, "limit": 100},
+        params=params,
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
     )
     if answer.status_code != 200:
         status = answer.status_code
         raise ApprovalError(f"listing the waiting approvals: {status} {answer.text[:300]}", status)
-    waiting = [
-        detail["task_instance"]["dag_run_id"]
+    return [
+        {
+            "run_id": detail["task_instance"]["dag_run_id"],
+            "subject": detail["subject"],
+            "since": detail.get("created_at"),
+        }
         for detail in answer.json()["hitl_details"]
-        if detail["subject"].startswith(subject) and detail["task_instance"].get("state") == "awaiting_input"
+        if detail["task_instance"].get("state") == "awaiting_input"
+    ]
+
+
+def waiting_run(base_url: str, token: str, model_name: str, version: str) -> str:
+    """The ``deploy_model`` run waiting for a decision on ``model_name`` v``version`` that the token's user
+    may see; an :class:`ApprovalError` when none does (or more than one)."""
+    subject = f"Deploy {model_name} v{version}?"
+    waiting = [
+        found["run_id"] for found in waiting_approvals(base_url, token, subject) if found["subject"].startswith(subject)
     ]
     if not waiting:
         raise ApprovalError(f"no deploy_model run waits for a decision on {model_name} v{version} (that you may see)")
     if len(waiting) > 1:
         raise ApprovalError(f"{len(waiting)} deploy_model runs wait for {model_name} v{version}: {', '.join(waiting)}")
     return waiting[0]
+
+
+def approval_model(subject: str) -> str | None:
+    """The model a waiting approval's subject names (``Deploy <model> v<n>?``)."""
+    words = subject.split(" ")
+    return words[1] if len(words) > 2 and words[0] == "Deploy" and words[2].startswith("v") else None
+
+
+def decision_link(run_id: str) -> str:
+    """Where the Airflow UI shows the run's approval form (its "required actions")."""
+    from urllib.parse import quote
+
+    return f"/dags/deploy_model/runs/{quote(run_id, safe='')}/tasks/{APPROVAL_TASK}/required_actions"
