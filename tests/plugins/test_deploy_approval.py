@@ -78,3 +78,23 @@ def test_the_rest_clients_options_are_the_approval_operators():
     from asgard.hooks import airflow_hitl
 
     assert (airflow_hitl.APPROVE, airflow_hitl.REJECT) == (ApprovalOperator.APPROVE, ApprovalOperator.REJECT)
+
+
+def test_an_approval_a_newer_promotion_overtook_is_superseded(tmp_path):
+    """Approving v1 after v2 was promoted would put v1 back over v2: the approval names v2 instead."""
+    from mlflow import MlflowClient
+
+    from asgard.deploy.approval import superseded_by
+    from asgard.hooks.mlflow import MlflowHook
+
+    with sqlite_mlflow_home(tmp_path) as tracking_uri:
+        client, hook = MlflowClient(tracking_uri), MlflowHook()
+        client.create_registered_model("m")
+        assert superseded_by(hook, "m", "1") is None  # no champion yet
+        run = client.create_run(client.create_experiment("e")).info.run_id
+        for _ in range(2):
+            client.create_model_version("m", f"runs:/{run}/model", run_id=run)
+        client.set_registered_model_alias("m", "champion", "1")
+        assert superseded_by(hook, "m", "1") is None
+        client.set_registered_model_alias("m", "champion", "2")
+        assert superseded_by(hook, "m", "1") == "2" and superseded_by(hook, "m", "2") is None

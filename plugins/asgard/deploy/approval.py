@@ -177,6 +177,20 @@ class Origin:
     run_id: str | None = None
 
 
+def superseded_by(hook: MlflowHook, model_name: str, version: str) -> str | None:
+    """The newer version a promotion's approval was overtaken by: the model's ``@champion`` is now a later
+    version (its own promotion's run decides it); None while ``version`` is still the newest promoted."""
+    from mlflow.exceptions import MlflowException
+
+    from asgard.registry.versions import CHAMPION
+
+    try:
+        champion = hook.client.get_model_version_by_alias(model_name, CHAMPION).version
+    except MlflowException:
+        return None
+    return str(champion) if int(champion) > int(version) else None
+
+
 def serving_version(hook: MlflowHook, model_name: str, target: str) -> Any | None:
     """The version whose tags say it serves on ``target`` (newest first), or None."""
     from asgard.hooks.mlflow import mlflow_literal

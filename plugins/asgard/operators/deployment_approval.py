@@ -31,6 +31,7 @@ from asgard.deploy.approval import (
     model_team,
     record_decision,
     serving_version,
+    superseded_by,
 )
 from asgard.training import retraining
 
@@ -230,6 +231,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
                 "policy": policy.to_dict(),
                 "trained_by": origin.trained_by,
                 "deciders": deciders,
+                "by_promotion": by_promotion,
             },
         )
         return super().execute(context)
@@ -277,6 +279,22 @@ class DeploymentApprovalOperator(ApprovalOperator):
             )
             self._skip_deploy(context)
             return {"decision": REJECTED, "by": user}
+        newer = superseded_by(hook, name, number) if waiting.get("by_promotion") else None
+        if chosen == self.APPROVE and newer is not None:
+            # Approved late: a newer version was promoted meanwhile. Deploying this one would put the older
+            # version back over it; the newer one's own run asks for its decision.
+            record_decision(
+                hook,
+                name,
+                number,
+                outcome=REJECTED,
+                by=user,
+                policy=policy.mode,
+                run=run,
+                reason=f"superseded: v{newer} was promoted since (its own deploy_model run decides it)",
+            )
+            self._skip_deploy(context)
+            return {"decision": REJECTED, "by": user, "superseded_by": newer}
         outcome = APPROVED if chosen == self.APPROVE else REJECTED
         record_decision(
             hook,
