@@ -189,10 +189,7 @@ class OnlineStoreDoor:
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         upstream_writer = None
         if self.connections >= MAX_CONNECTIONS:
-            client_writer.write(f"-ERR asgard door: at most {MAX_CONNECTIONS} connections at once\r\n".encode())
-            with contextlib.suppress(OSError):
-                await client_writer.drain()
-                client_writer.close()
+            await self._refuse(client_reader, client_writer, f"at most {MAX_CONNECTIONS} connections at once")
             return
         self.connections += 1  # the door's one event loop: no lock needed
         try:
@@ -218,6 +215,18 @@ class OnlineStoreDoor:
                 if writer is not None:
                     with contextlib.suppress(OSError):
                         writer.close()
+
+    @staticmethod
+    async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, why: str) -> None:
+        """Answer each command ``why`` for a few seconds, then close: a client reads the reason instead of
+        a reset connection, and no refused connection is held for long."""
+        with contextlib.suppress(OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, Broken):
+            async with asyncio.timeout(5):
+                while await read_command(reader) is not None:
+                    writer.write(f"-ERR asgard door: {why}\r\n".encode())
+                    await writer.drain()
+        with contextlib.suppress(OSError):
+            writer.close()
 
     def serve_forever(self) -> threading.Thread:
         """Serve the door in a thread of this process (it ends with the process)."""
