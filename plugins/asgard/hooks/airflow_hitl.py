@@ -53,17 +53,47 @@ def pending_approval(
 
 
 def respond(
-    base_url: str, token: str, run_id: str, *, approve: bool, reason: str = "", dag_id: str = "deploy_model"
+    base_url: str,
+    token: str,
+    run_id: str,
+    *,
+    approve: bool,
+    reason: str = "",
+    dag_id: str = "deploy_model",
+    settle_seconds: float = 120.0,
 ) -> dict[str, Any]:
-    """Approve or reject a waiting ``deploy_model`` run as the token's user (Airflow's HITL endpoint)."""
+    """Approve or reject a waiting ``deploy_model`` run as the token's user (Airflow's HITL endpoint), and
+    see the decision taken.
+
+    Airflow can lose a response given the moment the task parks: the resume crosses the executor's
+    report of the parked try, the scheduler retries the task, and the new try waits anew with no
+    response (seen on a loaded machine). Until the approval task ends (``settle_seconds`` at most),
+    such a new wait is answered again with the same decision.
+    """
+    import time
+
     import httpx
 
     url = _hitl_url(base_url, dag_id, run_id, APPROVAL_TASK)
-    body = {
-        "chosen_options": [APPROVE if approve else REJECT],
-        "params_input": {"reason": reason},
-    }
-    answer = httpx.patch(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"chosen_options": [APPROVE if approve else REJECT], "params_input": {"reason": reason}}
+    answer = _answer(httpx.patch(url, json=body, headers=headers, timeout=30))
+    deadline = time.monotonic() + settle_seconds
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        found = httpx.get(url, headers=headers, timeout=30)
+        if found.status_code != 200:
+            continue
+        detail = found.json()
+        state = (detail.get("task_instance") or {}).get("state")
+        if state in ("success", "skipped", "failed", "upstream_failed", "removed"):
+            break
+        if state == "awaiting_input" and not detail.get("response_received"):
+            answer = _answer(httpx.patch(url, json=body, headers=headers, timeout=30))  # a new try waits: again
+    return answer
+
+
+def _answer(answer: Any) -> dict[str, Any]:
     if answer.status_code != 200:
         detail = answer.json().get("detail") if "json" in answer.headers.get("content-type", "") else answer.text
         raise ApprovalError(f"the decision was refused ({answer.status_code}): {detail}", answer.status_code)
