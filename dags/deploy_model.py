@@ -82,7 +82,9 @@ def deploy_model():
     def deploy_image(
         request: dict, build: dict, push: dict, params=None, dag_run=None, triggering_asset_events=None
     ) -> dict:
+        from asgard.deploy.approval import require_approval
         from asgard.deploy.rollout import deploy_to_target, deployment_request
+        from asgard.hooks.mlflow import MlflowHook
         from asgard.registry.ownership import recheck
         from asgard.serving.image import BuiltImage, PushedImage
 
@@ -91,6 +93,7 @@ def deploy_model():
         built = BuiltImage.from_dict(build)
         recheck(dag_run, asked.model_name, request)
         recheck(dag_run, asked.model_name, {"model_name": built.model_name})  # the image is of that model too
+        require_approval(MlflowHook(), built.model_name, built.version, f"{dag_run.dag_id}/{dag_run.run_id}")
         return deploy_to_target(
             asked,
             built,

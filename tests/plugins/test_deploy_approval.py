@@ -98,3 +98,27 @@ def test_an_approval_a_newer_promotion_overtook_is_superseded(tmp_path):
         assert superseded_by(hook, "m", "1") is None
         client.set_registered_model_alias("m", "champion", "2")
         assert superseded_by(hook, "m", "1") == "2" and superseded_by(hook, "m", "2") is None
+
+
+def test_only_the_version_approved_in_this_run_is_deployed(tmp_path):
+    """deploy_image takes the version from a hand-off (an XCom Airflow's REST API can change): it deploys
+    only the version whose recorded decision is this run's approval (found by a hostile review)."""
+    from mlflow import MlflowClient
+
+    from asgard.deploy.approval import APPROVED, REJECTED, record_decision, require_approval
+    from asgard.hooks.mlflow import MlflowHook
+
+    with sqlite_mlflow_home(tmp_path) as tracking_uri:
+        client, hook = MlflowClient(tracking_uri), MlflowHook()
+        client.create_registered_model("m")
+        run = client.create_run(client.create_experiment("e")).info.run_id
+        for _ in range(3):
+            client.create_model_version("m", f"runs:/{run}/model", run_id=run)
+        decision = {"by": "alice", "reason": "ok", "policy": "approve"}
+        record_decision(hook, "m", "1", outcome=APPROVED, run="deploy_model/old", **decision)
+        record_decision(hook, "m", "2", outcome=REJECTED, run="deploy_model/this", **decision)
+        record_decision(hook, "m", "3", outcome=APPROVED, run="deploy_model/this", **decision)
+        require_approval(hook, "m", "3", "deploy_model/this")
+        for version, why in (("1", "approved in deploy_model/old"), ("2", "rejected in deploy_model/this")):
+            with pytest.raises(InputError, match=f"m v{version} was not approved in this run .*{why}"):
+                require_approval(hook, "m", version, "deploy_model/this")

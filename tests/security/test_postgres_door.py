@@ -268,7 +268,13 @@ def test_a_scripts_sessions_end_with_its_side_and_with_the_run(profile_databases
             # The reader sees no one's queries and signals no backend, its own role's included.
             with psycopg.connect(host=str(sockets), port=5432, user=reader, password=passwords["reader_password"],
                                  dbname=profile.name("gold")) as connection:  # fmt: skip
-                for statement in ("SELECT query FROM pg_stat_activity", "SELECT pg_terminate_backend(1)"):
+                for statement in (
+                    "SELECT query FROM pg_stat_activity",
+                    "SELECT pg_terminate_backend(1)",
+                    "SELECT pg_stat_get_backend_activity(i) FROM pg_stat_get_backend_idset() i",
+                    # A PL/pgSQL loop could catch the cancel that ends its session: no procedural code.
+                    "DO $$BEGIN PERFORM 1; END$$",
+                ):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege):
                         connection.execute(statement)
                     connection.rollback()

@@ -338,3 +338,14 @@ def version_decision(tags: dict[str, str] | None) -> dict[str, str] | None:
     from asgard.registry.versions import prefixed_tags
 
     return prefixed_tags(tags, DECISION_TAG_PREFIX) or None
+
+
+def require_approval(hook: MlflowHook, model_name: str, version: str, run: str) -> None:
+    """The version about to be deployed was approved in this run (``run``: ``deploy_model/<run id>``): a
+    hand-off changed after the decision (an XCom naming another version) deploys nothing."""
+    decision = version_decision(hook.client.get_model_version(model_name, version).tags) or {}
+    if decision.get("outcome") != APPROVED or decision.get("run") != run:
+        raise InputError(
+            f"{model_name} v{version} was not approved in this run ({run}): its recorded decision is "
+            f"{decision.get('outcome') or 'none'} in {decision.get('run') or 'no run'}; nothing is deployed"
+        )

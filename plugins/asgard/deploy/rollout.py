@@ -193,6 +193,14 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
 
     settings, name = get_settings(), build.model_name
     namespace = serving_namespace(name, request.namespace)
+    egress = parse_serving_egress(settings.kubernetes_serving_egress)
+    if settings.prediction_log_uri and not any(port == 443 for _, port in egress):
+        # The pods' NetworkPolicy lets them out only where the setting says: S3 (and STS) among them.
+        log.warning(
+            "serving pods log predictions to %s, but ASGARD_KUBERNETES_SERVING_EGRESS names no address on port "
+            "443: their NetworkPolicy stops those writes (name the S3 and STS endpoints' CIDRs, :443)",
+            settings.prediction_log_uri,
+        )
     with kubernetes_target.cluster_hook(
         kubernetes_conn_id=settings.kubernetes_conn_id,
         eks_cluster_name=settings.eks_cluster_name,
@@ -211,7 +219,7 @@ def _deploy_kubernetes(request: DeployRequest, build: BuiltImage, push: PushedIm
             resources=request.resources,
             prediction_log=settings.cluster_prediction_log(name),
             online_store_secret=settings.serving_online_store_secret,
-            egress=parse_serving_egress(settings.kubernetes_serving_egress),
+            egress=egress,
             expose_features=request.expose_features,
             rollout=request.rollout_plan,
         )

@@ -68,7 +68,8 @@ def respond(
     Airflow can lose a response given the moment the task parks: the resume crosses the executor's
     report of the parked try, the scheduler retries the task, and the new try waits anew with no
     response (seen on a loaded machine). Until the approval task ends (``settle_seconds`` at most),
-    such a new wait is answered again with the same decision.
+    such a new wait is answered again with the same decision, when it asks the same question (its
+    subject names the same version: a new try of an alias's run may ask about another).
     """
     import time
 
@@ -77,6 +78,8 @@ def respond(
     url = _hitl_url(base_url, dag_id, run_id, APPROVAL_TASK)
     headers = {"Authorization": f"Bearer {token}"}
     body = {"chosen_options": [APPROVE if approve else REJECT], "params_input": {"reason": reason}}
+    asked = httpx.get(url, headers=headers, timeout=30)
+    subject = asked.json().get("subject") if asked.status_code == 200 else None
     answer = _answer(httpx.patch(url, json=body, headers=headers, timeout=30))
     deadline = time.monotonic() + settle_seconds
     while time.monotonic() < deadline:
@@ -89,7 +92,11 @@ def respond(
         if state in ("success", "skipped", "failed", "upstream_failed", "removed"):
             break
         if state == "awaiting_input" and not detail.get("response_received"):
-            answer = _answer(httpx.patch(url, json=body, headers=headers, timeout=30))  # a new try waits: again
+            if subject is None or detail.get("subject") != subject:
+                break  # another question: the person decides it anew
+            again = httpx.patch(url, json=body, headers=headers, timeout=30)  # a new try waits: again
+            if again.status_code != 200:
+                break  # someone answered it meanwhile
     return answer
 
 

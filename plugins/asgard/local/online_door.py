@@ -46,8 +46,9 @@ MAX_COMMAND_BYTES = 8 * 1024 * 1024
 # serving app's default ASGARD_SERVING_MAX_ENTITIES), fields per key, and the cells of keys x fields.
 # A model asking more than that stalls the platform's Redis; the reader never does.
 MAX_KEYS, MAX_FIELDS, MAX_CELLS = 10_000, 1_024, 1_000_000
-# Connections one door relays at once (each is one of Redis's clients too).
-MAX_CONNECTIONS = 64
+# Connections one door relays at once (each is one of Redis's clients too), and those past it that are
+# told why (for a few seconds each); more are closed at once.
+MAX_CONNECTIONS, MAX_REFUSING = 64, 8
 
 
 class Refused(Exception):
@@ -168,7 +169,7 @@ class OnlineStoreDoor:
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.database = int(parts.path.strip("/") or 0)
-        self.connections = 0
+        self.connections = self.refusing = 0
 
     async def _login(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -189,7 +190,14 @@ class OnlineStoreDoor:
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         upstream_writer = None
         if self.connections >= MAX_CONNECTIONS:
-            await self._refuse(client_reader, client_writer, f"at most {MAX_CONNECTIONS} connections at once")
+            if self.refusing >= MAX_REFUSING:  # a flood: closed unanswered, no descriptor held
+                client_writer.close()
+                return
+            self.refusing += 1
+            try:
+                await self._refuse(client_reader, client_writer, f"at most {MAX_CONNECTIONS} connections at once")
+            finally:
+                self.refusing -= 1
             return
         self.connections += 1  # the door's one event loop: no lock needed
         try:
@@ -220,7 +228,7 @@ class OnlineStoreDoor:
     async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, why: str) -> None:
         """Answer each command ``why`` for a few seconds, then close: a client reads the reason instead of
         a reset connection, and no refused connection is held for long."""
-        with contextlib.suppress(OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, Broken):
+        with contextlib.suppress(OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, Broken):
             async with asyncio.timeout(5):
                 while await read_command(reader) is not None:
                     writer.write(f"-ERR asgard door: {why}\r\n".encode())

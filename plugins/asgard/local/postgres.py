@@ -132,9 +132,14 @@ class ProfileDatabases:
                 # sessions (PostgreSQL lets a role signal its own backends). Here, where only the reader
                 # and the owner connect; superusers are not held by it.
                 "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(integer),"
-                " pg_catalog.pg_terminate_backend(integer, bigint), pg_catalog.pg_stat_get_activity(integer)"
+                " pg_catalog.pg_terminate_backend(integer, bigint), pg_catalog.pg_stat_get_activity(integer),"
+                " pg_catalog.pg_stat_get_backend_idset(), pg_catalog.pg_stat_get_backend_activity(integer),"
+                " pg_catalog.pg_stat_get_backend_pid(integer), pg_catalog.pg_stat_get_backend_userid(integer)"
                 " FROM PUBLIC",
                 "REVOKE SELECT ON pg_catalog.pg_stat_activity FROM PUBLIC",
+                # No procedural code: a PL/pgSQL loop can catch the cancel that ends a script's session
+                # (and its own statement timeout) and outlive the run.
+                "REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC",
             ):
                 connection.execute(sql.SQL(statement).format(**names))
 

@@ -154,13 +154,15 @@ class _Session:
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client, self.upstream = client, upstream
         self.key: bytes | None = None  # BackendKeyData: the backend's process id and secret key
-        self._ended = threading.Event()
+        self._ended = False
+        self._lock = threading.Lock()
 
     def end(self, address: tuple[str, int]) -> bool:
         """Cancel what the session runs and close both sides (once); True for the call that did."""
-        if self._ended.is_set():
-            return False
-        self._ended.set()
+        with self._lock:  # both pumps and close() may end it at once: one of them does
+            if self._ended:
+                return False
+            self._ended = True
         if self.key is not None:
             with contextlib.suppress(OSError), socket.create_connection(address, timeout=5) as cancel:
                 cancel.sendall(struct.pack("!ii", 16, CANCEL_REQUEST) + self.key)
@@ -212,10 +214,14 @@ class PostgresDoor:
                 continue
             # A thread per connection, within the run's limit; past it a few threads say why, and a
             # flood beyond those is closed unanswered.
-            if self.slots.acquire(blocking=False):
-                threading.Thread(target=self._serve, args=(client, True), daemon=True).start()
-            elif self.refusing.acquire(blocking=False):
-                threading.Thread(target=self._serve, args=(client, False), daemon=True).start()
+            for slots, slot in ((self.slots, True), (self.refusing, False)):
+                if slots.acquire(blocking=False):
+                    try:
+                        threading.Thread(target=self._serve, args=(client, slot), daemon=True).start()
+                    except RuntimeError:  # no thread to be had: the connection goes, the door stays
+                        slots.release()
+                        client.close()
+                    break
             else:
                 client.close()
 
