@@ -55,6 +55,8 @@ def _mac(model_name: str, asker: str) -> str:
     from airflow.configuration import conf
 
     secret = conf.get("api_auth", "jwt_secret", fallback="") or ""
+    if not secret:  # every profile and compose sets it; an install that does not has guessable retraining ids
+        log.warning("[api_auth] jwt_secret is not set: retraining run ids are keyed by a known constant")
     key = hmac.new(secret.encode(), b"asgard retraining run ids", hashlib.sha256).digest()
     return hmac.new(key, f"{model_name}\0{asker}".encode(), hashlib.sha256).hexdigest()[:20]
 
