@@ -207,27 +207,29 @@ def test_serving_comes_back_after_the_engine_is_killed(tmp_path):
                      "container": name}
         )  # fmt: skip
         predict = f"{settings.router_url}/models/fake/predict"
-        assert wait_for(lambda: httpx.post(predict, json={}, timeout=5).status_code == 200, 30)
+        assert wait_for(lambda: httpx.post(predict, json={}, timeout=5).status_code == 200, 120)
         engine = next(s for s in manager.status() if s.name == "docker")
         os.killpg(engine.pid, signal.SIGKILL)  # the engine's whole process group, containerd with it
         killed = time.monotonic()
-        assert wait_for(lambda: httpx.post(predict, json={}, timeout=5).status_code == 200, 30)
+        # Generous waits: beside the rest of the suite, an engine's start alone took over 30 s.
+        assert wait_for(lambda: httpx.post(predict, json={}, timeout=5).status_code == 200, 180)
         back_in = time.monotonic() - killed
         engine = next(s for s in manager.status() if s.name == "docker")
         print(f"/predict answered again {back_in:.1f}s after the engine's group was SIGKILLed")
         assert engine.healthy and engine.restarts == 1
-        assert "docker exited unexpectedly (signal SIGKILL)" in manager.tail("docker", 400)
+        # The whole log file: the engine's own lines (a few per container event) push a line out of any tail.
+        assert "docker exited unexpectedly (signal SIGKILL)" in manager.log_file("docker").read_text(errors="replace")
         # A container stopped for good (as one the engine's restart policy does not bring back) is
         # started again by the supervisor's timer...
         client = docker.APIClient(base_url=settings.docker_url, version="auto")
         client.stop(name, timeout=1)
         stopped = time.monotonic()
-        assert wait_for(lambda: httpx.post(predict, json={}, timeout=5).status_code == 200, 40)
+        assert wait_for(lambda: httpx.post(predict, json={}, timeout=5).status_code == 200, 180)
         print(f"/predict answered again {time.monotonic() - stopped:.1f}s after its container was stopped")
-        assert "was exited: started again" in manager.tail("docker", 400)
+        assert "was exited: started again" in manager.log_file("docker").read_text(errors="replace")
         # ...and one that is gone is re-created from its image, its route following the new port.
         client.remove_container(name, force=True)
-        (action,) = reconcile_serving(settings, health_timeout=30)
+        (action,) = reconcile_serving(settings, health_timeout=120)
         assert "re-created from asgard-test/fake-model:1, answering" in action
         assert RouteTable(settings.routes_file).routes()["fake"]["upstream"] != f"http://127.0.0.1:{port}"
         assert httpx.post(predict, json={}, timeout=5).status_code == 200
