@@ -249,17 +249,8 @@ class DeploymentApprovalOperator(ApprovalOperator):
         reason = str((event.get("params_input") or {}).get("reason") or "").strip()
         chosen = (event.get("chosen_options") or [self.REJECT])[0] if "error" not in event else self.REJECT
         if event.get("timedout") or "error" in event or user is None:
-            record_decision(
-                hook,
-                name,
-                number,
-                outcome=REJECTED,
-                by="timeout",
-                policy=policy.mode,
-                run=run,
-                reason=f"no decision in {duration_text(policy.timeout_seconds)}",
-            )
-            self._skip_deploy(context)
+            self._reject(context, hook, name, number, "timeout", policy.mode, run,
+                         f"no decision in {duration_text(policy.timeout_seconds)}")  # fmt: skip
             return {"decision": REJECTED, "by": None}
         team = model_team(name, get_settings(), hook)
         refusal = decision_refusal(
@@ -267,33 +258,14 @@ class DeploymentApprovalOperator(ApprovalOperator):
         )
         if chosen == self.APPROVE and refusal is not None:
             # Airflow refuses users outside the assigned ones; this holds when its check is off (all admins).
-            record_decision(
-                hook,
-                name,
-                number,
-                outcome=REJECTED,
-                by=user,
-                policy=policy.mode,
-                run=run,
-                reason=f"approval refused: {refusal}",
-            )
-            self._skip_deploy(context)
+            self._reject(context, hook, name, number, user, policy.mode, run, f"approval refused: {refusal}")
             return {"decision": REJECTED, "by": user}
         newer = superseded_by(hook, name, number) if waiting.get("by_promotion") else None
         if chosen == self.APPROVE and newer is not None:
             # Approved late: a newer version was promoted meanwhile. Deploying this one would put the older
             # version back over it; the newer one's own run asks for its decision.
-            record_decision(
-                hook,
-                name,
-                number,
-                outcome=REJECTED,
-                by=user,
-                policy=policy.mode,
-                run=run,
-                reason=f"superseded: v{newer} was promoted since (its own deploy_model run decides it)",
-            )
-            self._skip_deploy(context)
+            why = f"superseded: v{newer} was promoted since (its own deploy_model run decides it)"
+            self._reject(context, hook, name, number, user, policy.mode, run, why)
             return {"decision": REJECTED, "by": user, "superseded_by": newer}
         outcome = APPROVED if chosen == self.APPROVE else REJECTED
         record_decision(
@@ -308,6 +280,13 @@ class DeploymentApprovalOperator(ApprovalOperator):
         )
         super().execute_complete(context, event)  # a rejection skips the build and rollout
         return {"decision": outcome, "by": user, "reason": reason}
+
+    def _reject(
+        self, context: Any, hook: Any, name: str, number: str, by: str, policy: str, run: str, reason: str
+    ) -> None:
+        """Record a rejection on the version and skip the build and rollout."""
+        record_decision(hook, name, number, outcome=REJECTED, by=by, policy=policy, run=run, reason=reason)
+        self._skip_deploy(context)
 
     def _skip_deploy(self, context: Any) -> None:
         tasks = [task for task in context["task"].get_flat_relatives(upstream=False) if not task.is_teardown]
