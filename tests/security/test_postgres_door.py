@@ -86,14 +86,20 @@ def _packet(pairs: list[tuple[str, str]]) -> str:
     return ((len(body) + 4).to_bytes(4, "big") + body).hex()
 
 
+def reader_access(profile, passwords: dict[str, str]) -> StoreAccess:
+    """The reader's login to the profile's feature store, as the doors are given it (S3 not under test)."""
+    return StoreAccess(
+        postgres_host="127.0.0.1", postgres_port=5432, user=profile.reader_role,
+        password=passwords["reader_password"], registry_database=profile.name("feast"),
+        gold_database=profile.name("gold"), s3_endpoint="http://127.0.0.1:1", s3_access_key="-", s3_secret_key="-",
+        s3_readable="asgard/gold",
+    )  # fmt: skip
+
+
 def test_only_the_reader_into_the_feature_store_passes_the_door(profile_databases, tmp_path):
     profile, passwords = profile_databases
     reader = profile.reader_role
-    access = StoreAccess(
-        postgres_host="127.0.0.1", postgres_port=5432, user=reader, password=passwords["reader_password"],
-        registry_database=profile.name("feast"), gold_database=profile.name("gold"), s3_endpoint="http://127.0.0.1:1",
-        s3_access_key="-", s3_secret_key="-", s3_readable="asgard/gold",
-    )  # fmt: skip
+    access = reader_access(profile, passwords)
     python = Path(get_settings().script_python)
     env = runner.script_environment(python, {name: "x" for name in runner.INJECTED}, {})
     env["PROBE_CASES"] = json.dumps(cases(profile, reader))  # the run's folder is made anew for each run
@@ -224,11 +230,7 @@ def test_a_scripts_sessions_end_with_its_side_and_with_the_run(profile_databases
 
     profile, passwords = profile_databases
     reader = profile.reader_role
-    access = StoreAccess(
-        postgres_host="127.0.0.1", postgres_port=5432, user=reader, password=passwords["reader_password"],
-        registry_database=profile.name("feast"), gold_database=profile.name("gold"), s3_endpoint="http://127.0.0.1:1",
-        s3_access_key="-", s3_secret_key="-", s3_readable="asgard/gold",
-    )  # fmt: skip
+    access = reader_access(profile, passwords)
     admin = make_url(Settings().postgres_admin_url.get_secret_value())
     watcher = psycopg.connect(host="127.0.0.1", port=5432, user=admin.username, password=admin.password,
                               dbname="postgres", autocommit=True)  # fmt: skip
