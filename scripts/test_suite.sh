@@ -3,13 +3,12 @@
 # run keeps two cores about a third busy: most of its time is spent waiting on Airflow's scheduling,
 # process starts, image builds and the Docker engine.
 #   1. tests/integration: the DAGs on the session's embedded stack (tests/conftest.py);
-#   2. the end-to-end tests (whole stacks started by ./asgard run), the benchmarks' smoke runs (those
-#      that need a stack start the session's own in this process), the supervision tests (a Docker
-#      engine of their own) and the bounded fuzzing runs;
+#   2. the end-to-end tests (whole stacks started by ./asgard run), the smoke runs of the benchmarks that
+#      need no stack, the supervision tests (a Docker engine of their own) and the bounded fuzzing runs;
 #   3. the rest: unit tests of plugins/asgard, include/serving, the security tests and the DAG checks
 #      (with a session stack of their own where a test needs one), and on that stack the integration
-#      tests of teams, namespaces, feature exposure and the new user's walk, and the smoke runs of the
-#      benchmarks that measure the stack's DAGs and images.
+#      tests of teams, namespaces and feature exposure, and the smoke runs of the benchmarks that
+#      measure the stack's DAGs, images and start-up.
 #
 # The streams share nothing a test writes: each test has its own ASGARD_HOME, ports, Docker engine
 # and PostgreSQL databases (a prefix of its own); Redis databases are taken by number so that no two
@@ -29,11 +28,10 @@ cd "$root"
 # tests): the streams' lengths stay close.
 beside_unit=(
   tests/integration/test_kubernetes_namespace_dag.py
-  tests/integration/test_new_user_walk.py
   tests/integration/test_serving_feature_exposure.py
   tests/integration/test_teams.py
 )
-# The benchmarks' smoke runs on the session stack (tests/bench/test_stack_benchmarks.py) run in the third stream.
+# The benchmarks' smoke runs on a session stack (tests/bench/test_stack_benchmarks.py) run in the third stream.
 end_to_end=(tests/e2e tests/bench/test_benchmarks.py tests/fuzz tests/plugins/test_supervision.py)
 ignored=() not_here=()
 for path in "${end_to_end[@]}"; do

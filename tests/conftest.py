@@ -175,6 +175,23 @@ def embedded_stack(tmp_path_factory) -> EmbeddedStack:
     assert not survivors, f"processes left running after stop: {survivors}"
 
 
+def assert_models_name_what_answers(stack: EmbeddedStack, name: str) -> dict:
+    """``/mlops/models`` and ``/mlops/models/{name}`` name exactly the version that answers on the router
+    (from the router and the engine, not the registry's tags); the model's details."""
+    api, settings = stack.api, stack.settings
+    auth = {"Authorization": f"Bearer {api.token}"}
+    answering = httpx.get(f"{settings.router_url}/models/{name}/metadata", timeout=30).json()["model_version"]
+    details = httpx.get(f"{api.base_url}/mlops/models/{name}", headers=auth, timeout=60).json()
+    serving = [version["version"] for version in details["versions"] if version["serving"]["state"] == "serving"]
+    assert serving == [answering], [(v["version"], v["serving"]) for v in details["versions"]]
+    assert [(item["version"], item["role"]) for item in details["serving"]] == [(answering, "stable")]
+    assert details["serving_state"] == {"state": "known", "unknown": {}}
+    listed = httpx.get(f"{api.base_url}/mlops/models", headers=auth, timeout=60).json()
+    (model,) = [model for model in listed["models"] if model["model_name"] == name]
+    assert [item["version"] for item in model["serving"]] == [answering]
+    return details
+
+
 @contextlib.contextmanager
 def sqlite_mlflow_home(path: Path):
     """ASGARD_HOME at ``path`` and ``mlflow_default`` on a SQLite registry there; the environment restored after."""

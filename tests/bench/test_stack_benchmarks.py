@@ -45,3 +45,17 @@ def test_serving_by_id_bench_smoke(embedded_stack):
         for ids in ("  1 id(s)", "100 id(s)"):
             assert f"{store}, {ids}: by features" in out
     assert out.count("p99 ratio id / features") == 4 and out.count("answers identical: True") == 4
+
+
+def test_startup_bench_smoke(embedded_stack):
+    """Script environments (uv and pip, cold and cached) and serving image builds (this Dockerfile and
+    the previous one, and a script model's, first and next version) on the session's Docker engine, at a
+    tiny size."""
+    out = run_bench("startup_bench.py", "--smoke", stack=embedded_stack)
+    assert "uv, environment already built (cached)" in out and "pip, no cache" in out
+    assert "ratio new environment, pip no cache / uv:" in out
+    assert "sandbox overhead per run, print(1):" in out and "sandbox overhead per run, import six:" in out
+    assert "platform Dockerfile, next version" in out and "previous Dockerfile, next version" in out
+    assert "ratio next version, previous / platform Dockerfile:" in out
+    assert "script model, platform Dockerfile, next version" in out
+    assert "ratio first version, script model / train_model model:" in out

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from conftest import assert_models_name_what_answers
 from sample_data.models import SEED_FEATURES, register_sample_model
 
 pytestmark = pytest.mark.integration
@@ -113,23 +114,6 @@ def register_version(tracking_uri: str, name: str, make_model) -> str:
         name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id, tags={ORIGIN_TAG: PLATFORM_ORIGIN}
     )
     return str(version.version)
-
-
-def assert_models_name_what_answers(stack, name: str) -> dict:
-    """``/mlops/models`` and ``/mlops/models/{name}`` name exactly the version that answers on the router
-    (from the router and the engine, not the registry's tags); the model's details."""
-    api, settings = stack.api, stack.settings
-    auth = {"Authorization": f"Bearer {api.token}"}
-    answering = httpx.get(f"{settings.router_url}/models/{name}/metadata", timeout=30).json()["model_version"]
-    details = httpx.get(f"{api.base_url}/mlops/models/{name}", headers=auth, timeout=60).json()
-    serving = [version["version"] for version in details["versions"] if version["serving"]["state"] == "serving"]
-    assert serving == [answering], [(v["version"], v["serving"]) for v in details["versions"]]
-    assert [(item["version"], item["role"]) for item in details["serving"]] == [(answering, "stable")]
-    assert details["serving_state"] == {"state": "known", "unknown": {}}
-    listed = httpx.get(f"{api.base_url}/mlops/models", headers=auth, timeout=60).json()
-    (model,) = [model for model in listed["models"] if model["model_name"] == name]
-    assert [item["version"] for item in model["serving"]] == [answering]
-    return details
 
 
 def test_blue_green_deploys_and_a_broken_version_rolls_back_without_a_failed_request(stack):
@@ -276,6 +260,22 @@ def test_two_profiles_of_one_install_never_route_to_each_others_containers(stack
         # The embedded profile's /mlops/models names its own container, not the production one.
         details = assert_models_name_what_answers(stack, name)
         assert [item["where"] for item in details["serving"]] == [route["container"]]
+
+        # Routes an older version wrote without owners into the embedded table (once both profiles'): the
+        # embedded reconcile drops the one to the production container and adopts the one to its own.
+        import json
+
+        legacy = json.loads(mine.path.read_text())
+        for model, entry in ((f"{name}_theirs", outcome), (f"{name}_mine", route)):
+            legacy[model] = {key: entry[key] for key in ("container", "upstream", "image", "version")}
+        mine.path.write_text(json.dumps(legacy))
+        assert {f"{name}_theirs", f"{name}_mine"}.isdisjoint(httpx.get(f"{embedded.router_url}/routes").json())
+        actions = reconcile_serving(embedded, health_timeout=30)
+        assert any(line.startswith(f"{name}_theirs: route to {container} dropped") for line in actions), actions
+        assert any(line.startswith(f"{name}_mine: route to {route['container']} adopted") for line in actions)
+        routed = httpx.get(f"{embedded.router_url}/routes", timeout=10).json()
+        assert f"{name}_theirs" not in routed and routed[f"{name}_mine"]["owner"] == owner_of(embedded)
+        mine.set(f"{name}_mine", None)
     finally:
         router.terminate()
         router.wait(timeout=30)

@@ -4,14 +4,12 @@ Versions logged with scikit-learn's three formats (skops, MLflow's default; clou
 with the XGBoost and LightGBM flavors are registered in a real MLflow registry (SQLite), bundled by
 the platform's bundler in its real sandbox (MLflow's own loader of each flavor, an environment of the
 version's own requirements), and the bundle answers as the logged model does in the serving app's
-predictor, as ONNX and as the native model. Then an ordinary scikit-learn script, uploaded through
-``train_script`` with MLflow's default ``log_model``, becomes @champion and its image answers /predict.
+predictor, as ONNX and as the native model. (An ordinary scikit-learn script uploaded with MLflow's
+default ``log_model`` is made @champion and served in the new user's walk, ``test_new_user_walk.py``.)
 """
 
 from __future__ import annotations
 
-import base64
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pytest
 from asgard.serving import image as serving_image
 from asgard_serving.model import Bundle, Predictor
 from conftest import sqlite_mlflow_home
-from sample_data.models import SEED_FEATURES, SEED_PREDICTION, training_frame
+from sample_data.models import SEED_FEATURES, training_frame
 
 pytestmark = pytest.mark.integration
 
@@ -225,68 +223,3 @@ def test_a_booster_logged_alone_is_refused_naming_what_is_served(registry, tmp_p
 
 
 # --------------------------------------------------------------------------- a real upload
-ORDINARY_SCRIPT = textwrap.dedent(
-    '''
-    """An ordinary scikit-learn script: MLflow's default log_model (skops)."""
-    import os
-
-    import mlflow
-    import numpy as np
-    import pandas as pd
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    FEATURES = {features!r}
-    rng = np.random.default_rng(5)
-    x = pd.DataFrame(rng.normal(size=(800, len(FEATURES))) * 10 + 20, columns=FEATURES)
-    y = (x[FEATURES[0]] + rng.normal(size=800) * 5 > 20).astype(int)
-    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x[:600], y[:600])
-    mlflow.set_experiment(os.environ["EXPERIMENT_NAME"])
-    with mlflow.start_run():
-        mlflow.log_metric("roc_auc", roc_auc_score(y[600:], model.predict_proba(x[600:])[:, 1]))
-        mlflow.sklearn.log_model(model, name=os.environ["MODEL_NAME"], signature=infer_signature(x, y))
-    '''
-).format(features=SEED_FEATURES)
-
-
-def test_an_ordinary_sklearn_script_logged_with_skops_becomes_champion_and_serves(embedded_stack):
-    import httpx
-    from mlflow import MlflowClient
-
-    from asgard.features import gold
-    from asgard.features import store as feature_store
-    from asgard.registry.versions import CHAMPION
-    from sample_data.gold_layer import GoldSpec, write_gold_layer
-
-    api, settings = embedded_stack.api, embedded_stack.settings
-    # The embedded profile shows every script the feature data (read-only): it must exist.
-    spec = GoldSpec(customers=200, days=1, end="2026-11-01T00:00:00+00:00", seed=23)
-    write_gold_layer(spec, gold.GoldLocation.for_settings(settings), log=lambda _: None)
-    feature_store.apply_repo(settings)
-    name = f"skops_{uuid.uuid4().hex[:6]}"
-    conf = {
-        "script_name": "train_plain.py",
-        "script_content": base64.b64encode(ORDINARY_SCRIPT.encode()).decode(),
-        "experiment_name": "plain_sklearn",
-        "model_name": name,
-        # No skops: every script environment carries MLflow's default serializer for scikit-learn.
-        "requirements": ["scikit-learn", "pandas"],
-        "timeout": 600,
-        "use_feast": False,
-    }
-    trained = api.run_and_wait("train_script", conf, timeout=1200)
-    assert trained.state == "success", trained.failure
-    champion = MlflowClient(settings.mlflow_url, settings.mlflow_url).get_model_version_by_alias(name, CHAMPION)
-    assert champion.version == "1"
-
-    deployed = api.run_and_wait("deploy_model", {"model_name": name}, timeout=1200)
-    assert deployed.state == "success", deployed.failure
-    endpoint = api.task_result("deploy_model", deployed.run_id, "deploy_image")["endpoint"]
-    metadata = httpx.get(f"{endpoint}/metadata", timeout=30).json()
-    assert metadata["model_version"] == "1"
-    answer = httpx.post(f"{endpoint}/predict", json=SEED_PREDICTION, timeout=30)
-    assert answer.status_code == 200, answer.text
-    assert len(answer.json()["predictions"]) == 2

@@ -39,12 +39,36 @@ def test_each_profile_of_one_home_has_its_own_routes_and_labels(tmp_path):
     assert json.loads(embedded.routes_file.read_text())["churn"]["owner"] == owner_of(embedded)
     mine.set("other", None)  # not its route: left alone
     assert set(shared.routes()) == {"other"}
-    # A route written before routes carried owners counts as its table's own.
-    raw = json.loads(embedded.routes_file.read_text())
-    raw["legacy"] = {"upstream": "http://10.0.0.3:8080", "version": "2", "container": "c-legacy"}
-    embedded.routes_file.write_text(json.dumps(raw))
-    assert set(mine.routes()) == {"churn", "legacy"}
     assert theirs.routes() == {}
+
+
+def test_routes_written_before_owners_are_nobodys_until_their_containers_say_whose(tmp_path):
+    """An older table was shared by both profiles: its ownerless routes are served by neither until the
+    reconcile adopts each one its container belongs to, and drops the other profile's."""
+    embedded, production = Settings(home=tmp_path, profile="embedded"), Settings(home=tmp_path, profile="production")
+    mine = RouteTable.for_settings(embedded)
+    mine.set("churn", {"upstream": "http://10.0.0.1:8080", "version": "1", "container": "c-embedded"})
+    raw = json.loads(embedded.routes_file.read_text())
+    containers = {
+        "c-old-embedded": {"profile": "embedded"},  # told by its online store (SQLite)
+        "c-old-production": {"profile": "production"},  # told by its online store (the door's socket)
+        "c-other-home": {"profile": "embedded", "install": "0123456789ab"},
+        "c-unlabelled": {},
+        "c-gone": None,
+    }
+    for container in containers:
+        raw[container.removeprefix("c-")] = {"upstream": "http://10.0.0.9:8080", "version": "2", "container": container}
+    embedded.routes_file.write_text(json.dumps(raw))
+    assert set(mine.routes()) == {"churn"}  # none of them is forwarded to before it is adopted
+
+    done = mine.adopt_unowned(containers.get)
+    assert set(mine.routes()) == {"churn", "old-embedded", "unlabelled", "gone"}
+    assert sorted(line.split(":")[0] for line in done if "dropped" in line) == ["old-production", "other-home"]
+    written = json.loads(embedded.routes_file.read_text())
+    assert set(written) == {"churn", "old-embedded", "unlabelled", "gone"}
+    assert all(route["owner"] == owner_of(embedded) for route in written.values())
+    assert mine.adopt_unowned(containers.get) == []  # nothing left to adopt: the file is left as it is
+    assert RouteTable.for_settings(production).adopt_unowned(containers.get) == []  # it has no table yet
 
 
 def test_the_router_forwards_to_its_own_profiles_routes_only(tmp_path):

@@ -27,7 +27,7 @@ import httpx
 from asgard.core.settings import Settings
 from asgard.hooks.airflow_api import AirflowApi, fetch_token
 from asgard.local import summaries
-from asgard.local.cli_parser import add_commands
+from asgard.local.cli_parser import TRIAL_LIMITS, add_commands
 
 # add_commands is ./asgard's parser of these commands (asgard.local.__main__ takes it from here).
 __all__ = ["COMMANDS", "CliError", "MlopsClient", "add_commands", "client_for", "follow", "run"]
@@ -288,6 +288,7 @@ def deploy(client: MlopsClient, args: argparse.Namespace) -> dict[str, Any]:
     api = client.airflow()
     conf: dict[str, Any] = {"model_name": args.model_name, "strategy": args.strategy, "target": args.target}
     conf.update({k: v for k, v in (("version", args.version), ("alias", args.alias), ("percent", args.percent)) if v})
+    conf.update({limit: getattr(args, limit) for limit in TRIAL_LIMITS if getattr(args, limit) is not None})
     if api.dag_state("deploy_model")["paused"]:
         if not args.unpause:
             raise CliError(

@@ -5,6 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# deploy_model's trial limits a deploy may set (their ranges are the Params'; a bad value is the API's 400).
+TRIAL_LIMITS = {
+    "min_requests": int,
+    "duration": float,
+    "max_error_rate": float,
+    "max_p99_ratio": float,
+    "p99_tolerance_ms": float,
+    "min_agreement": float,
+    "max_difference": float,
+}
+
 
 def add_commands(commands: Any) -> None:
     """The client's sub-commands, on ``./asgard``'s parser."""
@@ -53,6 +64,9 @@ def add_commands(commands: Any) -> None:
     deploy.add_argument("--strategy", choices=("replace", "canary", "shadow"), default="replace")
     deploy.add_argument("--percent", type=int, help="the canary's or shadow's share of requests (1-50)")
     deploy.add_argument("--target", choices=("docker", "kubernetes"), default="docker")
+    for limit, kind in TRIAL_LIMITS.items():
+        flag = f"--{limit.replace('_', '-')}"
+        deploy.add_argument(flag, type=kind, help=f"the trial's {limit} (deploy_model's Param of that name)")
     deploy.add_argument(
         "--unpause", action="store_true", help="unpause deploy_model first (promotions then deploy themselves too)"
     )

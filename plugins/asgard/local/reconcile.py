@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from asgard.deploy import docker_target
-from asgard.deploy.routes import RouteTable
+from asgard.deploy.routes import INSTALL_LABEL, PROFILE_LABEL, RouteTable
 
 if TYPE_CHECKING:
     import docker
@@ -41,8 +41,13 @@ def reconcile_serving(settings: Settings, *, health_timeout: float = 60.0) -> li
     # missing container, and the second would find its name taken.
     with open(settings.state_dir / "reconcile.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # Routes an older version wrote without an owner are given one first, from their containers.
+        table = RouteTable.for_settings(settings)
+        for line in table.adopt_unowned(lambda name: _container_owner(client, name)):
+            log.warning("%s", line)
+            done.append(line)
         # Only this profile's routes: another profile's containers on the same engine are not ours.
-        for model, route in RouteTable.for_settings(settings).routes().items():
+        for model, route in table.routes().items():
             for entry, stable in ((route, True), (route.get("candidate"), False)):
                 if not entry or not entry.get("container"):
                     continue
@@ -97,6 +102,24 @@ def _reconcile_one(
     was = "gone" if info is None else "not starting"
     state = "answering" if answering else "NOT answering yet"
     return f"{name} was {was}: re-created from {entry['image']}, {state} at {upstream}"
+
+
+def _container_owner(client: docker.APIClient, name: str) -> dict[str, str] | None:
+    """The profile and installation a serving container belongs to, as far as it tells: its owner labels;
+    else (a container from before those labels) its online store, a door socket being only the production
+    profile's; ``None`` when it is gone."""
+    import docker
+
+    try:
+        config = client.inspect_container(name)["Config"]
+    except docker.errors.NotFound:
+        return None
+    labels = config.get("Labels") or {}
+    if PROFILE_LABEL in labels:
+        return {"profile": labels[PROFILE_LABEL], "install": labels.get(INSTALL_LABEL)}
+    environment = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    store = environment.get("ASGARD_ONLINE_STORE", "")
+    return {"profile": "production" if store.startswith("unix://") else "embedded"} if store else {}
 
 
 def _held_as(
