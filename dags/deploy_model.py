@@ -58,13 +58,16 @@ from asgard.registry.models import CHAMPION_MODELS_ALIAS
     params=deploy_model_params(),
 )
 def deploy_model():
-    @task
-    def resolve_request(params: dict, triggering_asset_events=None, dag_run=None) -> dict:
-        from asgard.deploy.rollout import deployment_request
+    # Promotions of other models that landed in this run too are handed on: each gets a run of its own.
+    @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
+    def resolve_request(params: dict, triggering_asset_events=None, dag_run=None, outlet_events=None) -> dict:
+        from asgard.deploy.rollout import deployment_request, other_promotions
+        from asgard.registry.models import hand_on_promotions
         from asgard.registry.ownership import run_access
 
         request = deployment_request(params, triggering_asset_events)
         run_access(dag_run, request.model_name)  # the run's user deploys only their teams' models
+        hand_on_promotions(other_promotions(params, triggering_asset_events), outlet_events)
         return request.to_dict()
 
     request = resolve_request()

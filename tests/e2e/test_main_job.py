@@ -123,9 +123,11 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         assert drifted, out[-3000:]
         # The loop closes: the drift retrain's promotion waited in deploy_model's approval, the job approved it
         # through Airflow's HITL REST API as the admin, and the stage line names the version serving at the end.
+        # Approved, the promotion rolled out as a canary (the promotion strategy's default) beside live callers.
         closed = re.search(
             r"serving at the end: churn_predictor v(\d+) serves at \S+ \(drift retrain v(\d+), approved by admin "
-            r"in deploy_model \S+; replaced v\d+\)",
+            r"in deploy_model \S+; replaced v\d+; canary of 10% promoted after \d+ requests, 0 errors; callers saw "
+            r"[^)]*\)",
             out,
         )
         not_promoted = re.search(r"serving at the end: the drift retrain v\d+ was not promoted", out)

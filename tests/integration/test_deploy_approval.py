@@ -32,7 +32,7 @@ SPEC = GoldSpec(customers=800, days=3, end="2026-11-01T00:00:00+00:00", seed=13)
 # The case -> the model's policy (through PUT /mlops/models/{name}/deploy-policy).
 CASES = {
     "approve": {"policy": "approve"},
-    "reject": {"policy": "approve"},
+    "reject": {"policy": "approve", "rollout": {"strategy": "canary", "percent": 25, "min_requests": 40}},
     "auto": {"policy": "auto"},
     "manual": {"policy": "manual"},
     # The admin trained it and is the team's only member: no one may decide; 30 s without a decision.
@@ -67,8 +67,8 @@ def promoted(embedded_stack) -> dict[str, dict]:
     api.unpause("train_model")
     for case in cases.values():
         case["train_run"] = api.trigger("train_model", {**CHURN_MODEL_REQUEST, "model_name": case["model_name"]})
-        # Apart, so that no two promotions land in one scheduler loop: deploy_model's run would take both
-        # events and deploy only the newest model (a known limit of deploy_model: one run, one model).
+        # Apart, so that no two promotions land in one scheduler loop: each case's deploy run is then the one
+        # its training's event started (two in one loop share a run, which hands the other on as a new event).
         time.sleep(6)
     for case in cases.values():
         outcome = api.wait_for_run("train_model", case["train_run"], timeout=600)
@@ -120,7 +120,15 @@ def test_reject_with_a_reason_changes_nothing_and_records_who_when_why(embedded_
     # What a person needs to decide, in the form the UI shows.
     assert pending["subject"].startswith(f"Deploy {case['model_name']} v{case['version']}?")
     body = pending["body"]
-    for part in ("roc_auc on the same holdout", "What started it", "triggered train_model", "strategy **replace**"):
+    # The rollout plan is the model's own (set with its policy); with nothing serving, the first version replaces.
+    plan = "strategy **canary**, 25% of traffic, until 40 requests or 300.0 s"
+    for part in (
+        "roc_auc on the same holdout",
+        "What started it",
+        "triggered train_model",
+        plan,
+        "first version replaces",
+    ):
         assert part in body, (part, body)
     assert f"/mlops/ui/models/{case['model_name']}" in body and "#/experiments/" in body
     assert [user["id"] for user in pending["assigned_users"]] == ["admin"]

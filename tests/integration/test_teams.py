@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -291,3 +292,85 @@ def test_a_promotions_deploy_run_acts_for_the_models_team_and_only_its_members_d
     assert outcome.task_states["deploy_image"] == "skipped"
     log = teams.admin.task_log("deploy_model", run_id, "approve_deployment")
     assert f"a asset_triggered run (acting for the model's team) acts on model '{teams.bob_model}' of team beta" in log
+
+
+def test_airflows_own_api_and_ui_change_a_run_only_for_its_models_team(teams):
+    """bob, who may edit train_model runs in Airflow's permissions, tries every way Airflow's REST API (and
+    the UI, with its session cookie) changes a run on alice's: each is a 403 naming her model and team, and
+    her run is as it was. alice and the admin may (dry runs, so nothing changes)."""
+    run_id = teams.alice_training
+    base = f"/api/v2/dags/train_model/dagRuns/{quote(run_id, safe='')}"
+    task = FIRST_CHECK["train_model"]
+    before = teams.admin.run_report("train_model", run_id, logs=False)
+    note = teams.call(teams.admin, "GET", base).json()["note"]
+    marked = {"dag_id": "train_model", "dag_run_id": run_id, "state": "failed"}
+    bulk_mark = {"actions": [{"action": "update", "entities": [marked]}]}
+    refused = [
+        ("POST", f"{base}/clear", {"dry_run": True}),
+        ("PATCH", base, {"state": "failed"}),
+        ("PATCH", f"{base}?update_mask=note", {"note": "bob was here"}),
+        ("DELETE", base, None),
+        ("PATCH", f"{base}/taskInstances/{task}/dry_run", {"new_state": "failed"}),
+        ("PATCH", f"{base}/taskInstances/{task}", {"new_state": "failed"}),
+        ("DELETE", f"{base}/taskInstances/{task}", None),
+        ("PATCH", f"{base}/taskInstances/{task}/xcomEntries/return_value", {"value": {}, "map_index": -1}),
+        ("POST", "/api/v2/dags/train_model/clearTaskInstances", {"dag_run_id": run_id, "dry_run": True}),
+        ("PATCH", "/api/v2/dags/~/dagRuns", bulk_mark),
+    ]
+    for method, path, body in refused:
+        answer = teams.call(teams.bob, method, path, body)
+        assert answer.status_code == 403, (method, path, answer.text)
+        detail = answer.json()["detail"]
+        assert detail.startswith(_refusal("bob", "beta", teams.alice_model, "alpha")), (method, path, detail)
+        assert f"of run {run_id!r} of train_model refused" in detail, detail
+    # What reaches every team's runs at once is the admins': clearing without a run, pausing the shared DAG.
+    for method, path, body in (
+        ("POST", "/api/v2/dags/train_model/clearTaskInstances", {"only_failed": True, "dry_run": True}),
+        ("PATCH", "/api/v2/dags/train_model", {"is_paused": True}),
+    ):
+        answer = teams.call(teams.bob, method, path, body)
+        assert answer.status_code == 403 and "every team's runs" in answer.json()["detail"], answer.text
+    # The UI sends the session cookie, not a header: the same refusal.
+    through_ui = httpx.post(
+        f"{teams.url}{base}/clear", json={"dry_run": True}, cookies={"_token": teams.bob.token}, timeout=60
+    )
+    assert through_ui.status_code == 403 and teams.alice_model in through_ui.text, through_ui.text
+    after = teams.admin.run_report("train_model", run_id, logs=False)
+    assert (after["state"], after["tasks"]) == (before["state"], before["tasks"])
+    assert teams.call(teams.admin, "GET", base).json()["note"] == note
+
+    # alice changes her own run, the admin anyone's, and every run at once.
+    for user, method, path, body in (
+        (teams.alice, "POST", f"{base}/clear", {"dry_run": True}),
+        (teams.alice, "POST", "/api/v2/dags/train_model/clearTaskInstances", {"dag_run_id": run_id, "dry_run": True}),
+        (teams.alice, "PATCH", f"{base}/taskInstances/{task}/dry_run", {"new_state": "failed"}),
+        (teams.admin, "POST", f"{base}/clear", {"dry_run": True}),
+        (teams.admin, "POST", "/api/v2/dags/train_model/clearTaskInstances", {"only_failed": True, "dry_run": True}),
+    ):
+        answer = teams.call(user, method, path, body)
+        assert answer.status_code == 200, (method, path, answer.text)
+    assert teams.admin.run_report("train_model", run_id, logs=False)["state"] == before["state"]
+
+
+def test_a_gold_table_is_loaded_into_only_by_its_team_and_the_admin(teams):
+    """alice's gold load makes a table of team alpha's: bob may neither append to it nor replace it; the
+    admin may. The seed's tables, which no team's load made, every team reads and only the admin loads into."""
+    table = f"alpha_days_{uuid.uuid4().hex[:6]}"
+    query = {"entity_column": "store_id", "timestamp_column": "event_timestamp"}
+
+    def load(user: AirflowApi, day: str, mode: str = "append", into: str = table) -> httpx.Response:
+        rows = f"store_id,event_timestamp,footfall\n1,2026-10-{day}T08:00:00,3\n"
+        headers = {**teams.headers(user), "Content-Type": "text/csv"}
+        params = {**query, "mode": mode}
+        return httpx.post(f"{teams.url}/feast/gold/{into}", params=params, content=rows, headers=headers, timeout=120)
+
+    created = load(teams.alice, "01")
+    assert created.status_code == 201 and created.json()["created"], created.text
+    for mode in ("append", "replace"):
+        refused = load(teams.bob, "02", mode)
+        assert refused.status_code == 403, refused.text
+        assert f"gold table '{table}' belongs to team 'alpha': a load for team 'beta' may not {mode}" in refused.text
+    assert load(teams.alice, "02").json()["total_rows"] == 2
+    assert load(teams.admin, "03").json()["total_rows"] == 3
+    seeded = load(teams.bob, "04", into="customer_features")
+    assert seeded.status_code == 403 and "was not made by a team's gold load" in seeded.text, seeded.text

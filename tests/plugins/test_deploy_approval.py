@@ -56,6 +56,7 @@ def test_a_model_tag_overrides_the_setting_and_null_restores_it(tmp_path):
             "second_person": False,
             "approval_timeout": 3600,
             "source": "setting",
+            "rollout": {"strategy": "canary"},  # the promotion_strategy setting, deploy_model's limits
         }
         # Set before the model's first training: the model is registered for it, as the team's.
         policy = set_model_policy(
@@ -69,6 +70,21 @@ def test_a_model_tag_overrides_the_setting_and_null_restores_it(tmp_path):
         assert (back.mode, back.source, back.second_person, back.timeout_seconds) == ("approve", "setting", False, 3600)
         with pytest.raises(InputError, match="one of auto, approve, manual"):
             set_model_policy(hook, "m", settings, team="alpha", policy="sometimes")
+
+        # The model's own rollout of a promotion, checked as deploy_model's Params are; null: the setting.
+        canary = {"strategy": "canary", "percent": 25, "min_requests": 40}
+        assert set_model_policy(hook, "m", settings, team="alpha", policy="approve", rollout=canary).rollout == canary
+        assert model_policy(hook, "m", settings).rollout == canary
+        for bad, named in (
+            ({"strategy": "blue-green"}, "strategy must be one of"),
+            ({"strategy": "canary", "max_difference": 2}, "max_difference applies to the shadow strategy only"),
+            ({"strategy": "canary", "window": 5}, "names a strategy and percent"),
+        ):
+            with pytest.raises(InputError, match=named):
+                set_model_policy(hook, "m", settings, team="alpha", policy="approve", rollout=bad)
+        assert model_policy(hook, "m", settings).rollout == canary  # a refused change changed nothing
+        replaced = Settings(home=tmp_path, promotion_strategy="replace")
+        assert set_model_policy(hook, "m", replaced, team="alpha", policy="approve").rollout == {"strategy": "replace"}
 
 
 def test_the_rest_clients_options_are_the_approval_operators():

@@ -267,3 +267,26 @@ def test_a_load_that_another_load_overtook_is_checked_again_and_commits_after_it
     expected = 9 if first == "append" else 6
     assert result.total_rows == expected and table.scan().to_arrow().num_rows == expected
     assert not result.created and len(table.snapshots()) == expected // 3
+
+
+def test_a_table_is_its_creating_teams_and_only_it_or_an_admin_loads_into_it(location):
+    from asgard.core.teams import TeamRefusal
+
+    alpha = LoadRequest("stores", "store_id", "event_timestamp", team="alpha")
+    assert load(CSV, location, alpha).created
+    assert gold.load_table("stores", location).properties[loader.TEAM_PROPERTY] == "alpha"
+    snapshot = state(location)
+    later = CSV.replace("2026-10-01", "2026-10-02")
+    for mode in ("append", "replace"):
+        with pytest.raises(TeamRefusal, match=f"belongs to team 'alpha': a load for team 'beta' may not {mode}"):
+            load(later, location, LoadRequest("stores", "store_id", "event_timestamp", mode, team="beta"))
+    assert state(location) == snapshot
+    assert load(later, location, alpha).total_rows == 6
+    admin = LoadRequest("stores", "store_id", "event_timestamp", team="beta", any_table=True)
+    assert load(CSV.replace("2026-10-01", "2026-10-03"), location, admin).total_rows == 9
+
+    # A table no team's load made (the seed's, another tool's): every team reads it, only an admin loads.
+    assert load(CSV, location, LoadRequest("shared", "store_id", "event_timestamp")).created
+    with pytest.raises(TeamRefusal, match="'shared' was not made by a team's gold load"):
+        load(later, location, LoadRequest("shared", "store_id", "event_timestamp", team="alpha"))
+    assert state(location, "shared")[1] == 3

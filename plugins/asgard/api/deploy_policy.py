@@ -13,13 +13,29 @@ from asgard.api.teams import guard_model
 from asgard.core.errors import InputError
 
 
+class PromotionRollout(BaseModel):
+    """How a promotion of the model rolls out: deploy_model's strategy and trial Params, in their ranges."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["replace", "canary", "shadow"]
+    percent: int | None = Field(None, ge=1, le=50)
+    min_requests: int | None = Field(None, ge=0, le=1_000_000)
+    duration: float | None = Field(None, gt=0, le=86_400, description="seconds")
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    max_p99_ratio: float | None = Field(None, gt=0)
+    p99_tolerance_ms: float | None = Field(None, ge=0, le=60_000)
+    min_agreement: float | None = Field(None, ge=0, le=1, description="a classifier's shadow")
+    max_difference: float | None = Field(None, gt=0, description="a regressor's shadow")
+
+
 class DeployPolicyRequest(BaseModel):
-    """A model's own deployment policy (``null`` policy: the platform's setting applies again)."""
+    """A model's own deployment policy (``null`` policy or rollout: the platform's setting applies again)."""
 
     model_config = ConfigDict(extra="forbid")
     policy: Literal["auto", "approve", "manual"] | None
     second_person: bool | None = None
     approval_timeout: int | None = Field(None, ge=1, le=30 * 86_400, description="seconds")
+    rollout: PromotionRollout | None = None
 
 
 def add_deploy_policy_routes(app: FastAPI) -> None:
@@ -72,6 +88,7 @@ def add_deploy_policy_routes(app: FastAPI) -> None:
             policy=body.policy,
             second_person=body.second_person,
             approval_timeout=body.approval_timeout,
+            rollout=body.rollout.model_dump(exclude_none=True) if body.rollout else None,
         )
         return {"model_name": model_name, **policy.to_dict(), "team": sorted(team)}
 

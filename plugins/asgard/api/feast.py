@@ -33,6 +33,13 @@ GOLD_NAME = {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "max_length": 128}
 TableName = Annotated[str, Path(description="The gold table (created by its first load).", **GOLD_NAME)]
 ColumnName = Annotated[str, Query(**GOLD_NAME)]
 Mode = Literal["append", "replace"]
+TeamParam = Annotated[
+    str | None,
+    Query(
+        pattern=f"^{TEAM_NAME.pattern}$",
+        description="The team the load is for: a table it creates is that team's (default: the caller's only team).",
+    ),
+]
 
 
 class MaterializeRequest(DagConf):
@@ -57,7 +64,8 @@ class GoldPathLoad(BaseModel):
     team: str | None = Field(
         None,
         pattern=f"^{TEAM_NAME.pattern}$",
-        description="The team whose data roots hold the file (default: the caller's only team).",
+        description="The team whose data roots hold the file, and the team the load is for: a table it creates "
+        "is that team's (default: the caller's only team).",
     )
 
 
@@ -178,13 +186,15 @@ def add_gold_routes(app: FastAPI) -> None:
         request: Request,
         entity_column: ColumnName,
         timestamp_column: ColumnName,
+        who: CallerIdentity,
         mode: Mode = "append",
         format: Literal["csv", "parquet"] = "csv",
+        team: TeamParam = None,
     ) -> dict[str, Any]:
-        from asgard.features.gold_load import LoadRequest, load_bytes
+        from asgard.features.gold_load import load_bytes
 
         data = await request.body()  # BodyLimit has capped it
-        load = LoadRequest(table_name, entity_column, timestamp_column, mode)
+        load = _load_request(who, team, table_name, entity_column, timestamp_column, mode)
         work = functools.partial(load_bytes, data, format, load, source=f"upload to {table_name}")
         return (await anyio.to_thread.run_sync(work, limiter=limiter())).to_dict()
 
@@ -196,8 +206,17 @@ def add_gold_routes(app: FastAPI) -> None:
     )
     @offloaded
     def load_gold_path(table_name: TableName, body: GoldPathLoad, who: CallerIdentity) -> dict[str, Any]:
-        from asgard.features.gold_load import LoadRequest, load_path
+        from asgard.features.gold_load import load_path
 
-        team = _data_team(who, body.team)
-        load = LoadRequest(table_name, body.entity_column, body.timestamp_column, body.mode)
-        return load_path(body.path, load, team=team, fmt=body.format).to_dict()
+        load = _load_request(who, body.team, table_name, body.entity_column, body.timestamp_column, body.mode)
+        return load_path(body.path, load, team=load.team, fmt=body.format).to_dict()
+
+
+def _load_request(who: Caller, team: str | None, table: str, entity: str, timestamp: str, mode: str) -> Any:
+    """A gold load for the caller's team (:func:`_data_team`): a table it creates is that team's, and it
+    changes only that team's tables (an admin's, any table)."""
+    from asgard.api.teams import caller_actor
+    from asgard.features.gold_load import LoadRequest
+
+    team = _data_team(who, team)
+    return LoadRequest(table, entity, timestamp, mode, team=team, any_table=caller_actor(who).admin)

@@ -30,6 +30,10 @@ class TeamSettings(BaseSettings):
     # rejected); manual, nothing deploys until someone triggers deploy_model. Approvers: who decides
     # beside the auth manager's admins (user names); the second-person rule keeps a version's trainer out.
     deploy_policy: Literal["auto", "approve", "manual"] = "approve"
+    # How a promotion that deploys rolls out (a model's own rollout overrides it): canary, a share of live
+    # traffic decides (with deploy_model's default window and limits); replace; shadow. A first deploy,
+    # with nothing serving to try it beside, replaces.
+    promotion_strategy: Literal["replace", "canary", "shadow"] = "canary"
     deploy_approval_timeout: int = Field(86_400, ge=1)
     deploy_approvers: str = ""
     deploy_second_person: bool = False

@@ -14,12 +14,16 @@ the approval a person gives or refuses in the Airflow UI ("required actions") or
   tag overrides it): no decision counts as a rejection, "no decision in ...".
 - Every decision (approved, rejected, not deployed) is recorded on the version: ``deploy.decision.*``
   tags (outcome, by, at, reason, policy, run).
+- How an approved (or ``auto``) promotion rolls out: the ``promotion_strategy`` setting (``canary`` by
+  default, deploy_model's window and limits), or the model's ``asgard.deploy.rollout`` tag (a strategy
+  and its limits, checked as deploy_model's Params check them). A run by hand rolls out as its conf says.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,7 @@ POLICIES = ("auto", "approve", "manual")
 POLICY_TAG = "asgard.deploy.policy"
 SECOND_PERSON_TAG = "asgard.deploy.second_person"
 TIMEOUT_TAG = "asgard.deploy.approval_timeout"
+ROLLOUT_TAG = "asgard.deploy.rollout"  # JSON: the strategy, window and limits of a promotion's deploy
 # Version tags of a decision: deploy.decision.outcome / by / at / reason / policy / run.
 DECISION_TAG_PREFIX = "deploy.decision."
 APPROVED, REJECTED, NOT_DEPLOYED = "approved", "rejected", "not_deployed"
@@ -52,10 +57,18 @@ class DeployPolicy:
     second_person: bool
     timeout_seconds: int
     source: str  # "setting" or "model tag"
+    # A promotion's rollout: the strategy and what of its window and limits differs from deploy_model's.
+    rollout: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DeployPolicy:
-        return cls(values["policy"], values["second_person"], values["approval_timeout"], values["source"])
+        return cls(
+            values["policy"],
+            values["second_person"],
+            values["approval_timeout"],
+            values["source"],
+            dict(values.get("rollout") or {}),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +76,7 @@ class DeployPolicy:
             "second_person": self.second_person,
             "approval_timeout": self.timeout_seconds,
             "source": self.source,
+            "rollout": self.rollout,
         }
 
 
@@ -85,7 +99,28 @@ def model_policy(hook: MlflowHook, model_name: str, settings: Settings) -> Deplo
         if timeout and timeout.isdigit() and int(timeout) > 0
         else settings.deploy_approval_timeout,
         source="model tag" if POLICY_TAG in tags else "setting",
+        rollout=_promotion_rollout(tags.get(ROLLOUT_TAG), settings),
     )
+
+
+def _promotion_rollout(tagged: str | None, settings: Settings) -> dict[str, Any]:
+    """The model's rollout tag when it is a valid one, else the setting's strategy with deploy_model's limits."""
+    if tagged:
+        try:
+            return checked_rollout(json.loads(tagged))
+        except (ValueError, TypeError, InputError):
+            log.warning("a model's %s tag is not a valid rollout (%r): the setting applies", ROLLOUT_TAG, tagged[:200])
+    return {"strategy": settings.promotion_strategy}
+
+
+def checked_rollout(rollout: dict[str, Any]) -> dict[str, Any]:
+    """A promotion's rollout as deploy_model's Params would take it (an InputError naming what is wrong)."""
+    from asgard.deploy.strategies import ROLLOUT_KEYS, Rollout
+
+    if not isinstance(rollout, dict) or set(rollout) - {"strategy", *ROLLOUT_KEYS}:
+        raise InputError(f"a rollout names a strategy and {', '.join(ROLLOUT_KEYS)} only, not {rollout!r}")
+    Rollout.from_params(rollout)
+    return {key: value for key, value in rollout.items() if value is not None}
 
 
 def set_model_policy(
@@ -97,6 +132,7 @@ def set_model_policy(
     policy: str | None,
     second_person: bool | None = None,
     approval_timeout: int | None = None,
+    rollout: dict[str, Any] | None = None,
 ) -> DeployPolicy:
     """Set the model's own policy (None: back to the setting); the model is registered as ``team``'s if it is
     not yet, so a policy can be set before the first training."""
@@ -107,7 +143,9 @@ def set_model_policy(
     client = hook.client
     claim(hook, model_name, team, settings)
     present = set(client.get_registered_model(model_name).tags or {})
-    for tag, value in ((POLICY_TAG, policy), (SECOND_PERSON_TAG, second_person), (TIMEOUT_TAG, approval_timeout)):
+    rollout_text = json.dumps(checked_rollout(rollout), sort_keys=True) if rollout is not None else None
+    values = ((POLICY_TAG, policy), (SECOND_PERSON_TAG, second_person), (TIMEOUT_TAG, approval_timeout))
+    for tag, value in (*values, (ROLLOUT_TAG, rollout_text)):
         if value is not None:
             client.set_registered_model_tag(
                 model_name, tag, str(value).lower() if isinstance(value, bool) else str(value)
@@ -269,6 +307,8 @@ def approval_body(
             f"{rollout.get('duration')} s, limits: error rate {rollout.get('max_error_rate')}, "
             f"p99 ratio {rollout.get('max_p99_ratio')}"
         )
+        if serving is None:
+            plan += " (nothing serves yet to try it beside: this first version replaces)"
     mlflow = redact_url(hook.tracking_uri)
     links = [f"[Models page]({airflow_url.rstrip('/')}/mlops/ui/models/{name})"]
     if mlflow.startswith("http"):

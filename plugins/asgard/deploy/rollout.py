@@ -53,9 +53,11 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
     """Model name and version (or alias), target and sizing of this run.
 
     A run started by a promotion carries no conf: the newest model Asset event names the model and
-    the version the gate promoted, so a later promotion cannot change what this run deploys.
+    the version the gate promoted, so a later promotion cannot change what this run deploys, and the
+    model's deployment policy says how it rolls out (:func:`promotion_rollout`).
     """
     model_name, version = params.get("model_name"), params.get("version")
+    rollout = params
     if not model_name:
         events = [event for per_asset in (triggering_asset_events or {}).values() for event in per_asset]
         if not events:
@@ -64,6 +66,7 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
         model_name, version = newest.extra.get("model_name"), newest.extra.get("version")
         if not model_name:
             raise InputError(f"the model Asset event {newest.extra} names no model_name")
+        rollout = promotion_rollout(model_name)
     target, namespace = params.get("target") or "docker", params.get("namespace")
     if target == "kubernetes":
         # A namespace the model's team may not use fails the run here: before an approval or a build.
@@ -76,9 +79,37 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
         replicas=int(params.get("replicas") or 2),
         namespace=namespace,
         resources=params.get("resources"),
-        rollout=Rollout.from_params(params).to_dict(),
+        rollout=Rollout.from_params(rollout).to_dict(),
         expose_features=params.get("expose_features") is True,
     )
+
+
+def promotion_rollout(model_name: str) -> dict[str, Any]:
+    """How a promotion of ``model_name`` rolls out: its deployment policy's rollout (the model's own, else
+    the ``promotion_strategy`` setting); a run by hand rolls out as its conf says."""
+    from asgard.core.settings import get_settings
+    from asgard.deploy.approval import model_policy
+    from asgard.hooks.mlflow import MlflowHook
+
+    return model_policy(MlflowHook(), model_name, get_settings()).rollout
+
+
+def other_promotions(params: dict[str, Any], triggering_asset_events: Any = None) -> list[dict[str, Any]]:
+    """The promotions of other models a promotion's run also carries (the newest event of each), which
+    :func:`deployment_request` does not deploy: two promotions that land in one scheduler loop share one
+    run, and each is handed on as a promotion of its own (a new event, so a run of its own deploys it)."""
+    if params.get("model_name"):
+        return []  # a run by hand deploys what its conf names; its events (none) promote nothing
+    events = [event for per_asset in (triggering_asset_events or {}).values() for event in per_asset]
+    newest: dict[str, Any] = {}
+    for event in sorted(events, key=lambda event: event.timestamp):
+        name = (event.extra or {}).get("model_name")
+        if isinstance(name, str) and name:
+            newest[name] = event
+    if not newest:
+        return []
+    deployed = max(newest.values(), key=lambda event: event.timestamp).extra["model_name"]
+    return [dict(event.extra) for name, event in newest.items() if name != deployed]
 
 
 def serving_namespace(model_name: str, requested: str | None) -> str:

@@ -23,6 +23,8 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Table properties that say which columns a table's rows are keyed and timed by.
 ENTITY_PROPERTY = "asgard.entity_column"
 TIMESTAMP_PROPERTY = "asgard.timestamp_column"
+# The team whose gold load created a table: only its members (and admins) load into it.
+TEAM_PROPERTY = "asgard.team"
 
 
 class GoldLoadError(InputError):
@@ -37,6 +39,10 @@ class LoadRequest:
     entity_column: str
     timestamp_column: str
     mode: Literal["append", "replace"] = "append"
+    # The team the load acts for (a new table becomes its); None: the platform's own load, unchecked.
+    team: str | None = None
+    # An admin's load: into any team's table, and into tables no gold load made (the seed's, other tools').
+    any_table: bool = False
 
     def check(self) -> None:
         problems = [
@@ -261,6 +267,26 @@ def _unique_keys(request: LoadRequest, key: pa.Array, stamps: pa.Array, problems
         problems.append(
             f"{repeated.num_rows} ({request.entity_column}, {request.timestamp_column}) pair(s) appear more than "
             f"once, e.g. ({example['key']!r}, {example['at'].isoformat()})"
+        )
+
+
+def check_table_owner(existing: Any | None, request: LoadRequest) -> None:
+    """A load changes an existing table only for the team that made it (a TeamRefusal, a 403, otherwise);
+    a table no team's gold load made is every team's data, which only an admin changes."""
+    from asgard.core.teams import TeamRefusal
+
+    if existing is None or request.team is None or request.any_table:
+        return
+    owner = existing.properties.get(TEAM_PROPERTY)
+    if owner is None:
+        raise TeamRefusal(
+            f"gold table {request.table!r} was not made by a team's gold load (every team reads it): only an "
+            "admin loads into it; load your rows into a table of your own"
+        )
+    if owner != request.team:
+        raise TeamRefusal(
+            f"gold table {request.table!r} belongs to team {owner!r}: a load for team {request.team!r} may not "
+            f"{request.mode} to it"
         )
 
 

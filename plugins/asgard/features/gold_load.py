@@ -21,9 +21,11 @@ from asgard.features.gold_checks import (
     ENTITY_PROPERTY,
     FORMATS,
     MODES,
+    TEAM_PROPERTY,
     TIMESTAMP_PROPERTY,
     GoldLoadError,
     LoadRequest,
+    check_table_owner,
     prepare,
     read_file,
 )
@@ -31,7 +33,15 @@ from asgard.features.gold_checks import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["ENTITY_PROPERTY", "MODES", "TIMESTAMP_PROPERTY", "GoldLoadError", "LoadRequest", "LoadResult"]
+__all__ = [
+    "ENTITY_PROPERTY",
+    "MODES",
+    "TEAM_PROPERTY",
+    "TIMESTAMP_PROPERTY",
+    "GoldLoadError",
+    "LoadRequest",
+    "LoadResult",
+]
 # A path load reads the whole file into memory (one snapshot is one write): larger files are refused.
 MAX_FILE_BYTES = 512 * 1024 * 1024
 # Loads into one table that commit at once: each is checked again and retried this many times in all.
@@ -123,6 +133,7 @@ def _load(
     catalog, attempt = load_catalog(location), 1
     while True:
         existing = _existing_table(catalog, request.table)
+        check_table_owner(existing, request)  # again on a retry: the table may have been created meanwhile
         data = prepare(read(_known_types(existing)), request, existing)
         try:
             return _write(catalog, existing, data, request, source)
@@ -162,6 +173,8 @@ def _write(catalog: Any, existing: Any | None, data: pa.Table, request: LoadRequ
             ]
         )
         properties = {ENTITY_PROPERTY: request.entity_column, TIMESTAMP_PROPERTY: request.timestamp_column}
+        if request.team is not None:
+            properties[TEAM_PROPERTY] = request.team
         # The table and its first snapshot in one commit: no empty table is ever visible.
         creation = catalog.create_table_transaction(
             f"{GOLD_NAMESPACE}.{request.table}", schema=schema, properties=properties

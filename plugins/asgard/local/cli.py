@@ -320,6 +320,8 @@ def gold_load(client: MlopsClient, args: argparse.Namespace) -> dict[str, Any]:
     (a path under its data roots: this install's own, or an ``s3://`` URI)."""
     table = quote(args.table, safe="")
     query = {"entity_column": args.entity, "timestamp_column": args.timestamp, "mode": args.mode}
+    if args.team:
+        query["team"] = args.team
     local = Path(args.file)
     if not args.file.startswith("s3://") and local.is_file() and local.stat().st_size <= UPLOAD_LIMIT:
         fmt = args.format or _suffix_format(local)

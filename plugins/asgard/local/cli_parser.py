@@ -100,6 +100,7 @@ def add_commands(commands: Any) -> None:
     load.add_argument("--timestamp", required=True, help="the event timestamp column")
     load.add_argument("--mode", choices=("append", "replace"), default="append")
     load.add_argument("--format", choices=("csv", "parquet"), help="default: from the file's suffix")
+    load.add_argument("--team", help="the team the table is for (default: your only team); only it loads into it")
     gold_commands.add_parser("tables", help="list the gold layer's tables")
     for command in (
         upload, job, models, history, deploy, *decisions, materialize, register, load, gold_commands.choices["tables"],

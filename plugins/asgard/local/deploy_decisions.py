@@ -14,23 +14,30 @@ from asgard.local.stages import MainJobError
 from sample_data.models import SEED_PREDICTION
 
 
-def set_deploy_policy(settings: Settings, api: AirflowApi, model_name: str, policy: str | None) -> None:
-    """The model's deployment policy through ``/mlops`` (None: the platform's setting again)."""
+def set_deploy_policy(
+    settings: Settings, api: AirflowApi, model_name: str, policy: str | None, rollout: dict[str, Any] | None = None
+) -> None:
+    """The model's deployment policy through ``/mlops`` (None: the platform's setting again), and how its
+    promotions roll out (None: the platform's promotion strategy)."""
     answer = httpx.put(
         f"{settings.airflow_url}/mlops/models/{model_name}/deploy-policy",
-        json={"policy": policy},
+        json={"policy": policy, "rollout": rollout},
         headers={"Authorization": f"Bearer {api.token}"},
         timeout=60,
     )
     if answer.status_code != 200:
         raise MainJobError(f"setting {model_name}'s deploy policy answered {answer.status_code}: {answer.text}")
-    print(f"    {model_name}: deploy policy {answer.json()['policy']} ({answer.json()['source']})", flush=True)
+    chosen = answer.json()
+    strategy = chosen["rollout"]["strategy"]
+    print(f"    {model_name}: deploy policy {chosen['policy']} ({chosen['source']}), promotions {strategy}", flush=True)
 
 
 def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str, decision: dict[str, Any]) -> str:
     """The drift retrain's promotion waits in deploy_model's approval: approve it through Airflow's HITL
-    REST API as the admin (of the model's team), follow the rollout to the end; what serves then."""
+    REST API as the admin (of the model's team), and follow the rollout (a canary, the promotion strategy's
+    default) to its decision, with callers of the endpoint meanwhile; what serves then."""
     from asgard.hooks import airflow_hitl as approval
+    from asgard.local.live_traffic import LiveTraffic
     from asgard.registry.models import model_asset_uri
 
     name = CHURN_MODEL_REQUEST["model_name"]
@@ -40,9 +47,10 @@ def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str,
     pending = approval.pending_approval(settings.airflow_url, api.token, run_id, timeout=600)
     print(f"    deploy_model {run_id} waits: {pending['subject']}", flush=True)
     reason = f"drift retrain v{decision['version']} approved by the main job ({decision['reason']})"
-    answer = approval.respond(settings.airflow_url, api.token, run_id, approve=True, reason=reason)
+    with LiveTraffic(f"{settings.router_url}/models/{name}/predict") as traffic:
+        answer = approval.respond(settings.airflow_url, api.token, run_id, approve=True, reason=reason)
+        outcome = api.wait_for_run("deploy_model", run_id, timeout=1800)
     who = answer["responded_by"]["name"]
-    outcome = api.wait_for_run("deploy_model", run_id, timeout=1800)
     if outcome.state != "success":
         raise MainJobError(f"deploy_model run {run_id} ended {outcome.state}: {outcome.failure}")
     deployed = api.task_result("deploy_model", run_id, "deploy_image")
@@ -50,8 +58,15 @@ def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str,
     if answer.status_code != 200:
         raise MainJobError(f"{deployed['endpoint']}/predict answered {answer.status_code}: {answer.text[:500]}")
     served = answer.json()
+    trial = deployed.get("trial") or {}
+    rollout = (
+        f"{deployed['strategy']} of {trial.get('percent')}% {trial.get('decision')} after {trial.get('requests')} "
+        f"requests, {trial.get('errors')} errors; callers saw {traffic.summary()}"
+        if trial
+        else f"{deployed['strategy']}"
+    )
     return (
         f"{name} v{served['model_version']} serves at {deployed['endpoint']} "
         f"(drift retrain v{decision['version']}, approved by {who} in deploy_model {run_id}; "
-        f"replaced v{deployed['previous_version']})"
+        f"replaced v{deployed['previous_version']}; {rollout})"
     )

@@ -99,7 +99,7 @@ class MainJob:
             # this job deploys the churn model by hand: its promotions are not deployed (policy manual).
             api.wait_for_dag("deploy_model")
             api.unpause("deploy_model")
-            self.set_deploy_policy(api, CHURN_MODEL_REQUEST["model_name"], "manual")
+            set_deploy_policy(self.settings, api, CHURN_MODEL_REQUEST["model_name"], "manual")
             # Side by side, as three data scientists would: the gate takes one model's runs in turn.
             api.wait_for_dag("train_model")
             api.unpause("train_model")
@@ -179,7 +179,7 @@ class MainJob:
         with self.stage("monitor a normal and a drifted window (monitor_model)"):
             # From here the churn model follows the platform's default policy (approve): the drift
             # retrain's promotion waits for a person of its team.
-            self.set_deploy_policy(api, CHURN_MODEL_REQUEST["model_name"], None)
+            set_deploy_policy(self.settings, api, CHURN_MODEL_REQUEST["model_name"], None)
             self.monitor(api)
 
         with self.stage("a person approves the drift retrain's deploy (deploy_model approve_deployment)"):
@@ -267,8 +267,9 @@ class MainJob:
             "--env", f"N_CUSTOMERS={self.customers}", "--url", self.settings.airflow_url,
             *[argument for requirement in requirements for argument in ("-r", requirement)],
         ]  # fmt: skip
-        # As the seed's flow: the script model's promotion deploys itself (its policy: auto).
-        self.set_deploy_policy(api, "churn_predictor_feast", "auto")
+        # As the seed's flow: the script model's promotion deploys itself (its policy: auto), replacing what
+        # served (no callers here for a canary to meet).
+        set_deploy_policy(self.settings, api, "churn_predictor_feast", "auto", {"strategy": "replace"})
         lines = _stream(command, env={**os.environ, "ASGARD_API_TOKEN": api.token})
         job_id = next(line.split()[1] for line in lines if line.startswith("job "))
         job = MlopsClient(self.settings.airflow_url, api.token).get(f"/jobs/{job_id}", logs=False)
@@ -342,9 +343,6 @@ class MainJob:
                 f"{len(alerts)} alert(s){': ' + alerts[0] if alerts else ''}{retrained}; "
                 f"report {checks[label]['report']}"
             )
-
-    def set_deploy_policy(self, api: AirflowApi, model_name: str, policy: str | None) -> None:
-        set_deploy_policy(self.settings, api, model_name, policy)
 
     def approve_drift_deploy(self, api: AirflowApi) -> None:
         if self.drift_retrain is None:

@@ -247,6 +247,15 @@ def announce_promotion(decision: GateDecision, outlet_events: Any) -> None:
     )
 
 
+def hand_on_promotions(promotions: list[dict[str, Any]], outlet_events: Any) -> None:
+    """Announce again, each as the gate announced it, promotions a deploy_model run carried but does not
+    deploy itself (``asgard.deploy.rollout.other_promotions``): each starts a deploy_model run of its own."""
+    from airflow.sdk import Asset, AssetAlias
+
+    for extra in promotions:
+        outlet_events[AssetAlias(CHAMPION_MODELS_ALIAS)].add(Asset(model_asset_uri(extra["model_name"])), extra=extra)
+
+
 class ModelNotFoundError(InputError):
     """A model, version or run the caller named is not in the registry."""
 
