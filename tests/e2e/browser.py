@@ -94,3 +94,21 @@ def open_the_models_page(driver: WebDriver, airflow: str, model_name: str) -> We
     driver.switch_to.frame(frame)
     wait(driver).until(shown.element_to_be_clickable((By.LINK_TEXT, model_name))).click()
     return wait(driver).until(shown.presence_of_element_located((By.TAG_NAME, "h1")))
+
+
+def decide_required_action(driver: WebDriver, option: str, reason: str) -> str:
+    """On an approval's form (a task's "Required Action" tab): give the reason, press ``option``
+    (Approve or Reject). What the form showed, as text."""
+    field = wait(driver).until(visible("input[name=element_reason]"), "the approval form has no reason field")
+    shown = driver.find_element(By.TAG_NAME, "body").text
+    field.send_keys(reason)
+    button(driver, option).click()
+    taken = ("Response received", "Approval Received", "Rejection Received")
+    wait(driver).until(lambda d: any(t in d.find_element(By.TAG_NAME, "body").text for t in taken), "no answer taken")
+    return shown
+
+
+def open_required_action(driver: WebDriver, airflow: str, subject: str) -> None:
+    """Airflow's Required Actions page, then the pending action with ``subject`` (its form)."""
+    driver.get(f"{airflow}/required_actions")
+    wait(driver).until(shown.element_to_be_clickable((By.LINK_TEXT, subject)), f"no pending {subject!r}").click()

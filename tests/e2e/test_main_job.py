@@ -15,7 +15,14 @@ import pytest
 
 from asgard.hooks.airflow_api import AirflowApi, fetch_token
 from conftest import free_port, team_folder
-from e2e.browser import chromium, log_in, open_the_models_page, trigger_with_the_forms_defaults
+from e2e.browser import (
+    chromium,
+    decide_required_action,
+    log_in,
+    open_required_action,
+    open_the_models_page,
+    trigger_with_the_forms_defaults,
+)
 from e2e.seed_examples import run_the_seed_examples
 from e2e.stages import PIPELINE_STAGES
 
@@ -43,7 +50,8 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
         ASGARD_ROUTER_PORT=str(free_port()),
     )
     try:
-        run = asgard("run", "--customers", "300", "--days", "5", env=env, timeout=1200)
+        # A person decides the drift retrain's deployment in the Airflow UI, in a real browser.
+        run, form = run_with_a_person_deciding_in_the_ui(env)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         out = run.stdout
         # Progress and per-stage timings while it runs, then where to look.
@@ -121,17 +129,22 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
             out,
         )
         assert drifted, out[-3000:]
-        # The loop closes: the drift retrain's promotion waited in deploy_model's approval, the job approved it
-        # through Airflow's HITL REST API as the admin, and the stage line names the version serving at the end.
+        # The loop closes: the drift retrain's promotion waited in deploy_model's approval, a person found it on
+        # the UI's Required Actions page, read the evidence in its form and approved it there (as the admin), and
+        # the stage line names the version serving at the end.
         # Approved, the promotion rolled out as a canary (the promotion strategy's default) beside live callers.
         closed = re.search(
             r"serving at the end: churn_predictor v(\d+) serves at \S+ \(drift retrain v(\d+), approved by admin "
-            r"in deploy_model \S+; replaced v\d+; canary of 10% promoted after \d+ requests, 0 errors; callers saw "
+            r"in deploy_model \S+; replaced v\d+; canary of 20% promoted after \d+ requests, 0 errors; callers saw "
             r"[^)]*\)",
             out,
         )
         not_promoted = re.search(r"serving at the end: the drift retrain v\d+ was not promoted", out)
         assert (closed and closed.group(1) == closed.group(2)) or not_promoted, out[-3000:]
+        if closed:
+            for part in ("The gate", "on the same holdout", "What started it", "a drift alert of monitor_model run",
+                         "The rollout plan", "strategy canary"):  # fmt: skip
+                assert part in form, (part, form[:3000])
         report = Path(drifted.group(1)).read_text()
         assert "days_since_last_purchase: reference (blue) vs window (orange)" in report
         assert Path(normal.group(1)).is_file()
@@ -172,6 +185,35 @@ def test_main_command_runs_the_pipeline_reports_urls_and_stops_cleanly(tmp_path,
     assert stop.returncode == 0, stop.stderr
     assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert "stopped" in asgard("status", env=env, timeout=60).stdout
+
+
+def run_with_a_person_deciding_in_the_ui(env: dict[str, str]) -> tuple[subprocess.CompletedProcess, str]:
+    """``./asgard run --approve-in-ui``: when it waits for the drift retrain's decision, a person logs in to the
+    Airflow UI, finds the approval on the Required Actions page and approves it in its form. The run, and what
+    the form showed ("" when the drift retrain was not promoted: nothing waited)."""
+    import threading
+
+    command = [str(REPO / "asgard"), "run", "--customers", "300", "--days", "5", "--approve-in-ui"]
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+    reader.start()
+    lines, form = [], ""
+    for line in process.stdout:
+        lines.append(line)
+        waiting = re.search(r"waiting for a person to decide '([^']+)' in the Airflow UI", line)
+        if waiting:
+            airflow = f"http://127.0.0.1:{env['ASGARD_AIRFLOW_PORT']}"
+            password = json.loads(
+                (Path(env["ASGARD_HOME"]) / "airflow" / "simple_auth_manager_passwords.json").read_text()
+            )
+            with chromium() as driver:
+                log_in(driver, airflow, "admin", password["admin"])
+                open_required_action(driver, airflow, waiting.group(1))
+                form = decide_required_action(driver, "Approve", "the drift retrain wins on the same holdout")
+    process.wait(timeout=120)
+    reader.join(timeout=30)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines), "".join(errors)), form
 
 
 def the_image_reads_by_id_what_feast_reads(endpoint: str, home: Path, customers: int, *, exposed: bool) -> None:

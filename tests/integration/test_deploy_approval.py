@@ -1,6 +1,8 @@
 """A promotion's deploy follows its model's policy, on the real embedded stack: ``approve`` waits in
-deploy_model's approval task (Airflow's human-in-the-loop), decided through Airflow's HITL REST API;
-``auto`` deploys; ``manual`` does not; no decision in time is a rejection; the second-person rule.
+deploy_model's approval task (Airflow's human-in-the-loop), decided in Airflow's UI in a real browser
+(Chromium: the Required Actions page or the Models page's link, then the form), with the one-line CLI
+and through Airflow's HITL REST API; ``auto`` deploys; ``manual`` does not; no decision in time is a
+rejection; the second-person rule.
 
 One train_model run per case, all at once; each promotion's Asset event starts the deploy_model run
 the case is about (the path a retrain takes), so the cases share the time they wait.
@@ -15,6 +17,7 @@ import uuid
 import httpx
 import pytest
 from mlflow import MlflowClient
+from selenium.webdriver.common.by import By
 
 from asgard.deploy import approval
 from asgard.features import gold
@@ -23,6 +26,7 @@ from asgard.hooks import airflow_hitl as hitl
 from asgard.hooks.airflow_api import AirflowApi
 from asgard.local.examples import CHURN_MODEL_REQUEST
 from asgard.registry.models import model_asset_uri
+from e2e.browser import chromium, decide_required_action, log_in, open_required_action, open_the_models_page
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 
 pytestmark = pytest.mark.integration
@@ -32,6 +36,7 @@ SPEC = GoldSpec(customers=800, days=3, end="2026-11-01T00:00:00+00:00", seed=13)
 # The case -> the model's policy (through PUT /mlops/models/{name}/deploy-policy).
 CASES = {
     "approve": {"policy": "approve"},
+    "browser": {"policy": "approve"},
     "reject": {"policy": "approve", "rollout": {"strategy": "canary", "percent": 25, "min_requests": 40}},
     "auto": {"policy": "auto"},
     "manual": {"policy": "manual"},
@@ -142,8 +147,18 @@ def test_reject_with_a_reason_changes_nothing_and_records_who_when_why(embedded_
     with pytest.raises(hitl.ApprovalError) as refused:
         hitl.respond(url, viewer.token, case["deploy_run"], approve=True)
     assert refused.value.status == 403
-    hitl.respond(url, stack.api.token, case["deploy_run"], approve=False, reason="holdout too small to trust")
-    outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=120)
+    # The admin follows the Models page's link to the form in a real browser, and rejects with a reason.
+    with chromium() as driver:
+        log_in(driver, url, *stack.manager.admin_credentials())
+        open_the_models_page(driver, url, case["model_name"])
+        driver.switch_to.default_content()
+        driver.get(f"{url}{hitl.decision_link(case['deploy_run'])}")
+        form = decide_required_action(driver, "Reject", "holdout too small to trust")
+        assert pending["subject"] in form and "The rollout plan" in form, form[:2000]
+        outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=120)
+        # The Models page in the UI shows the decision and its reason on the version; nothing serves it.
+        page = open_the_models_page(driver, url, case["model_name"]).find_element(By.XPATH, "/html/body").text
+        assert "holdout too small to trust" in page and "rejected" in page, page[:3000]
     assert outcome.state == "success", outcome
     assert outcome.task_states["approve_deployment"] == "success"
     assert {outcome.task_states[task] for task in ("build_image", "push_image", "deploy_image")} == {"skipped"}
@@ -203,3 +218,32 @@ def test_policy_endpoint_refuses_a_bad_policy_and_a_reader(embedded_stack):
     assert _policy(stack, "approval_any", {"policy": "sometimes"}).status_code == 422
     viewer = AirflowApi.login(stack.settings.airflow_url, *stack.manager.credentials("viewer"))
     assert _policy(stack, "approval_any", {"policy": "auto"}, token=viewer.token).status_code == 403
+
+
+def test_a_person_finds_the_approval_in_the_ui_sees_the_evidence_approves_and_it_serves(embedded_stack, promoted):
+    """Airflow's Required Actions page lists the promotion; its form shows the gate's scores on the same
+    holdout, what started it and the rollout plan; approved there with a reason, the version serves."""
+    stack, case = embedded_stack, promoted["browser"]
+    url = stack.settings.airflow_url
+    subject = hitl.pending_approval(url, stack.api.token, case["deploy_run"], timeout=120)["subject"]
+    with chromium() as driver:
+        log_in(driver, url, *stack.manager.admin_credentials())
+        open_required_action(driver, url, subject)
+        form = decide_required_action(driver, "Approve", "the gate's holdout says so")
+        for part in ("The gate", "roc_auc on the same holdout", "What started it", "admin triggered train_model",
+                     "The rollout plan", "strategy canary"):  # fmt: skip
+            assert part in form, (part, form[:3000])
+        outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=600)
+        assert outcome.state == "success" and outcome.task_states["deploy_image"] == "success", outcome
+        page = open_the_models_page(driver, url, case["model_name"]).find_element(By.XPATH, "/html/body").text
+    decision = _decision(stack, case["model_name"], case["version"])
+    assert (decision["outcome"], decision["by"], decision["reason"]) == (
+        "approved",
+        "admin",
+        "the gate's holdout says so",
+    )
+    endpoint = stack.api.task_result("deploy_model", case["deploy_run"], "deploy_image")["endpoint"]
+    served = httpx.get(f"{endpoint}/metadata", timeout=30).json()
+    assert served["model_version"] == case["version"]
+    assert "serving (stable on docker)" in page, page[:3000]
+    assert "deploy decision: approved by admin at 20" in page and "the gate's holdout says so" in page, page[:3000]

@@ -335,6 +335,25 @@ def test_airflows_own_api_and_ui_change_a_run_only_for_its_models_team(teams):
         f"{teams.url}{base}/clear", json={"dry_run": True}, cookies={"_token": teams.bob.token}, timeout=60
     )
     assert through_ui.status_code == 403 and teams.alice_model in through_ui.text, through_ui.text
+    # What a hostile review tried: a second Authorization header, a cookie Python's own parser gives up on,
+    # a bulk body sent to another DAG's path, a state change reaching later runs, a backfill, an Asset event.
+    clear = f"{teams.url}{base}/clear"
+    for headers in (
+        [("Authorization", f"Bearer {teams.bob.token}"), ("Authorization", "Bearer x")],
+        [("Cookie", f"x[1]=2; _token={teams.bob.token}")],
+    ):
+        tricked = httpx.post(clear, json={"dry_run": True}, headers=httpx.Headers(headers), timeout=60)
+        assert tricked.status_code == 403 and teams.alice_model in tricked.text, (headers[0][0], tricked.text)
+    for method, path, body in (
+        ("PATCH", "/api/v2/dags/check_platform/dagRuns", bulk_mark),
+        ("PATCH", f"/api/v2/dags/train_model/dagRuns/{quote(teams.bob_training, safe='')}/taskInstances/{task}",
+         {"new_state": "failed", "include_past": True, "include_future": True}),
+        ("POST", "/api/v2/backfills", {"dag_id": "train_model", "from_date": "2026-01-01T00:00:00Z",
+                                       "to_date": "2026-01-02T00:00:00Z", "dag_run_conf": {}}),
+        ("POST", "/api/v2/assets/events", {"asset_id": 1, "extra": {"model_name": teams.alice_model}}),
+    ):  # fmt: skip
+        answer = teams.call(teams.bob, method, path, body)
+        assert answer.status_code == 403, (method, path, answer.text)
     after = teams.admin.run_report("train_model", run_id, logs=False)
     assert (after["state"], after["tasks"]) == (before["state"], before["tasks"])
     assert teams.call(teams.admin, "GET", base).json()["note"] == note

@@ -138,3 +138,26 @@ def test_only_the_version_approved_in_this_run_is_deployed(tmp_path):
         for version, why in (("1", "approved in deploy_model/old"), ("2", "rejected in deploy_model/this")):
             with pytest.raises(InputError, match=f"m v{version} was not approved in this run .*{why}"):
                 require_approval(hook, "m", version, "deploy_model/this")
+
+
+def test_a_drift_retrains_origin_names_the_alerts_its_monitoring_run_stored(tmp_path):
+    """The approval form says a drift alert started the version, with the scores, from the records of the
+    monitor_model run that asked (stored as ``monitor_model/<run id>``, as monitor_model stores them)."""
+    from asgard.monitoring.store import MonitoringStore, Record
+    from asgard.operators.deployment_approval import drift_alerts
+
+    settings = Settings(home=tmp_path)
+    store = MonitoringStore(settings.monitoring_db_url)
+    drifted = Record(
+        "churn", "4", "feature_drift", {"psi": 0.4321}, subject="days_since_last_purchase",
+        alert_triggered=True, alerts=["days_since_last_purchase drift detected: psi 0.432 > 0.2"],
+    )  # fmt: skip
+    calm = Record("churn", "4", "feature_drift", {"psi": 0.01}, subject="total_purchases")
+    store.replace_run("monitor_model/manual__run-1", "churn", "4", [drifted, calm])
+    assert drift_alerts(settings, "churn", "manual__run-1") == [
+        "days_since_last_purchase drift detected: psi 0.432 > 0.2 (psi 0.432)"
+    ]
+    assert (
+        drift_alerts(settings, "churn", "manual__run-2") == []
+        and drift_alerts(settings, "other", "manual__run-1") == []
+    )

@@ -87,6 +87,7 @@ def test_versions_show_the_gate_the_deployment_and_the_links():
                 "requests": "100",
                 "p99_ms": "4.2",
             },
+            "decision": {"outcome": "approved", "by": "alice", "at": "2026-12-06T10:00:00Z", "reason": "<better>"},
         },
         "tags": {
             "framework": "sklearn",
@@ -101,6 +102,7 @@ def test_versions_show_the_gate_the_deployment_and_the_links():
     assert "href='http://mlflow/#/experiments/7/runs/abc'" in page
     assert re.search(r"href='/dags/train_model/runs/manual__2026-12-02T00%3A00%3A00%2B00%3A00'", page)
     assert "canary: promoted<br><small>within every limit over 100 requests; requests 100, p99_ms 4.2" in page
+    assert "deploy decision: approved by alice at 2026-12-06T10:00:00Z: &lt;better&gt;" in page
     assert "Not monitored yet" in page
     summary = {"model_name": "churn", "aliases": {"champion": "3"}, "latest_version": "3", "updated_at": None}
     index = models_page.models_index([summary])
@@ -123,7 +125,8 @@ def test_deployments_waiting_for_a_decision_come_first_with_their_form():
     assert page.index("Waiting for a decision") < page.index("No model is registered yet")
     assert "Deploy churn v5? (v4 serves now) &lt;script&gt;" in page and "<script>" not in page
     link = "/dags/deploy_model/runs/asset_triggered__2026-12-06T07%3A00%3A00%2B00%3A00/tasks/approve_deployment/"
-    assert f"href='{link}required_actions'" in page and "./asgard approve MODEL VERSION" in page
+    # The form opens as the UI's own page, not inside the Models page's frame.
+    assert f"href='{link}required_actions' target='_top'" in page and "./asgard approve MODEL VERSION" in page
     assert "Waiting for a decision" not in models_page.models_index([])
     assert approval_model("Deploy churn v5? (v4 serves now)") == "churn"
     assert approval_model("Deploy a model version") is None

@@ -63,7 +63,7 @@ def models_index(models: list[dict[str, Any]], waiting: list[dict[str, Any]] | N
     if waiting:
         rows = "".join(
             f"<tr><td>{_e(item['subject'])}</td><td>{_e(item['since'])}</td><td>{_e(item['run_id'])}</td>"
-            f"<td><a href='{_e(item['link'])}'>decide in Airflow</a></td></tr>"
+            f"<td><a href='{_e(item['link'])}' target='_top'>decide in Airflow</a></td></tr>"
             for item in waiting
         )
         decisions = (
@@ -128,6 +128,7 @@ def _versions(model: dict[str, Any], mlflow_url: str) -> str:
                 figures = ", ".join(f"{key} {_e(trial[key])}" for key in _trial_figures(trial) if key in trial)
                 decision, reason = _e(trial.get("decision")), _e(trial.get("reason"))
                 serving += f"<br>{strategy}: {decision}<br><small>{reason}; {figures}</small>"
+        serving += _decision_note(deployment.get("decision"))
         rows.append(
             f"<tr><td>v{_e(version['version'])}</td><td>{_aliases(version['aliases'])}</td>"
             f"<td>{_e(tags.get('framework'))} {_e(tags.get('algorithm'))}</td><td>{_e(metrics)}</td>"
@@ -154,6 +155,15 @@ def _trial_figures(trial: dict[str, Any]) -> tuple[str, ...]:
     """The figures a canary's or shadow's verdict is shown with: a regressor's differences, a classifier's agreement."""
     regression = trial.get("model_type") == "regression" or trial.get("measure") == "relative_p95_abs_difference"
     return COMMON_FIGURES + (REGRESSOR_FIGURES if regression else CLASSIFIER_FIGURES)
+
+
+def _decision_note(decision: Any) -> str:
+    """Who decided the version's deployment, when and why (``asgard.deploy.approval``'s record)."""
+    if not isinstance(decision, dict) or not decision.get("outcome"):
+        return ""
+    said = f": {_e(decision['reason'])}" if decision.get("reason") else ""
+    who = f"{_e(decision.get('outcome'))} by {_e(decision.get('by'))} at {_e(decision.get('at'))}"
+    return f"<br><small class='decision'>deploy decision: {who}{said}</small>"
 
 
 def _serving_cell(state: dict[str, Any] | None, deployment: dict[str, Any]) -> str:

@@ -6,10 +6,14 @@ edit ``train_model`` runs could clear, mark, delete or edit the XComs of another
 it again as the user who triggered it). This pure ASGI middleware sits in front of the whole API server
 (a plugin's root middleware): a request that changes runs of a model DAG is let through only when the
 caller may act on the model each run concerns (its conf's ``model_name``, or the models its Asset events
-name); changes that reach several runs at once, or the DAG itself (pause, delete), are admins'. A
-refusal is a 403 naming the run, the model and its team. Everything else passes untouched: reads,
-triggers (a run's first task checks its model's team), the Execution API, and approval responses (the
-approval task checks who decides). A request without a valid token is left to Airflow's own 401.
+name); changes that reach several runs at once (bulk bodies naming other DAGs' runs, include_past and
+include_future, clears without a run, backfills of a model DAG) or the DAG itself (pause, delete), and
+every change of Assets (an event starts runs that act for a model's team), are admins'. A refusal is a
+403 naming the run, the model and its team. Everything else passes untouched: reads, triggers (a run's
+first task checks its model's team), the Execution API, and approval responses (the approval task checks
+who decides). A change the guard sees with no token Airflow accepts is a 401 here: it fails closed. The
+token and the path are read as Airflow reads them (the first bearer header, else the session cookie as
+Starlette parses it; the path without a root path), so that both name the same caller and run.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANGES = frozenset({"POST", "PATCH", "PUT", "DELETE"})
-PREFIX = "/api/v2/dags"
+API = "/api/v2"
 # A body read to find the runs it changes (a bulk change, clearTaskInstances) may be at most this long.
 MAX_READ_BODY = 1_000_000
 ANY = "~"  # Airflow's wildcard for "every DAG" or "every run" in a path
@@ -50,54 +53,96 @@ class Refused(Exception):
 
 
 def needs_body(method: str, path: str) -> bool:
-    """Whether the runs a change reaches are named in its body (bulk changes and clearTaskInstances)."""
-    parts = _parts(path)
-    if method not in CHANGES or not parts:
+    """Whether what a change reaches is said in its body: bulk changes (each entity names its DAG and run),
+    clearTaskInstances (the run), a task instance's or group's state (include_past/include_future reach other
+    runs), a DAG's PATCH (an unpause passes) and a backfill (its DAG)."""
+    if method not in CHANGES:
+        return False
+    area, parts = _route(path)
+    if area == "backfills":
+        return method == "POST" and not parts
+    if area != "dags" or not parts:
         return False
     rest = parts[1:]
-    return rest == ["clearTaskInstances"] or (
-        method == "PATCH"
-        and (rest in ([], ["dagRuns"]) or (len(rest) == 3 and rest[0::2] == ["dagRuns", "taskInstances"]))
-    )
+    return rest == ["clearTaskInstances"] or (method == "PATCH" and (not rest or rest[0] == "dagRuns"))
 
 
 def changes_of(method: str, path: str, body: Any = None) -> list[Change]:
-    """The run changes a request to Airflow's REST API makes on the platform's model DAGs ([]: none)."""
-    parts = _parts(path)
-    if method not in CHANGES or parts is None:
+    """The run changes a request to Airflow's REST API makes on the platform's model DAGs ([]: none).
+
+    ``path`` is the route's path as Airflow matches it (decoded once by the server, without a root path).
+    """
+    if method not in CHANGES:
+        return []
+    area, parts = _route(path)
+    if area == "assets":  # events start runs (a forged promotion, a retraining request); queues and state
+        return [Change(ANY, None, f"{method} Asset events, queues or state")]
+    if area == "backfills":
+        return _backfill(method, parts, body)
+    if area != "dags":
         return []
     if not parts:  # PATCH /api/v2/dags: pause or unpause every DAG a pattern matches
         return [Change(ANY, None, "pause or unpause DAGs by pattern")] if method == "PATCH" else []
     dag_id, rest = parts[0], parts[1:]
-    if dag_id != ANY and dag_id not in MODEL_DAGS:
+    # A bulk body names each entity's DAG and run, and Airflow acts on those, whatever DAG the path names.
+    if method == "PATCH" and rest == ["dagRuns"]:
+        return _bulk(dag_id, None, body, "change runs in bulk")
+    if method == "PATCH" and len(rest) == 3 and rest[0] == "dagRuns" and rest[2] == "taskInstances":
+        return _bulk(dag_id, rest[1], body, "change task instances in bulk")
+    if (dag_id != ANY and dag_id not in MODEL_DAGS) or _changes_no_run(method, rest, body):
         return []
-    if rest[-1:] == ["list"] or rest in (["favorite"], ["unfavorite"]) or (method == "POST" and rest == ["dagRuns"]):
-        return []  # a read sent as POST; a user's own star; a trigger (its first task checks the model's team)
     if not rest:
-        if method == "PATCH" and body == {"is_paused": False}:
-            return []  # unpausing lets every team's runs go on (a job started through /mlops unpauses its DAG)
         return [Change(dag_id, None, "pause or delete the DAG")]
     if rest == ["clearTaskInstances"]:
         run_id = body.get("dag_run_id") if isinstance(body, dict) else None
-        return [Change(dag_id, run_id if isinstance(run_id, str) and run_id != ANY else None, "clear task instances")]
-    if rest == ["dagRuns"]:  # PATCH: a bulk change, each entity naming its run
-        return _bulk(dag_id, None, body, "change runs in bulk")
-    if rest[0] != "dagRuns":  # clearDagRuns, clearPartitions, queued Asset events
+        whole = not isinstance(run_id, str) or run_id == ANY or _reaches_other_runs(body)
+        return [Change(dag_id, None if whole else run_id, "clear task instances")]
+    if rest[0] != "dagRuns" or len(rest) == 1:  # clearDagRuns, clearPartitions, queued Asset events
         return [Change(dag_id, None, f"{method} {'/'.join(rest)}")]
     run_id = rest[1]
-    if "hitlDetails" in rest:
-        return []  # an approval's answer: deploy_model's approval task checks who may decide
-    if len(rest) == 3 and rest[2] == "taskInstances" and method == "PATCH":
-        return _bulk(dag_id, run_id, body, "change task instances in bulk")
-    if ANY in (dag_id, run_id):
-        return [Change(dag_id, None, "change task instances across runs")]
+    if ANY in (dag_id, run_id) or _reaches_other_runs(body):
+        return [Change(dag_id, None, "change task instances across runs (include_past, include_future, ~)")]
     return [Change(dag_id, run_id, f"{method} {'/'.join(rest[2:]) or 'the run'}")]
 
 
-def _parts(path: str) -> list[str] | None:
-    if path != PREFIX and not path.startswith(PREFIX + "/"):
-        return None
-    return [unquote(part) for part in path[len(PREFIX) :].strip("/").split("/") if part]
+def _changes_no_run(method: str, rest: list[str], body: Any) -> bool:
+    """Requests to a model DAG that change no run, by their exact route: reads sent as POST, the user's own
+    star, a trigger (its first task checks the model's team), an approval's answer (deploy_model's approval
+    task checks who may decide) and an unpause (every team's runs go on; a job /mlops starts unpauses)."""
+    if method == "POST" and rest in (["dagRuns"], ["dagRuns", "list"], ["favorite"], ["unfavorite"]):
+        return True
+    if method == "POST" and len(rest) == 4 and rest[0] == "dagRuns" and rest[2:] == ["taskInstances", "list"]:
+        return True
+    answer = method == "PATCH" and len(rest) == 6 and rest[0] == "dagRuns" and rest[2] == "taskInstances"
+    return (answer and rest[5] == "hitlDetails") or (method == "PATCH" and not rest and body == {"is_paused": False})
+
+
+def _reaches_other_runs(body: Any) -> bool:
+    """A task instance's state or clear that also reaches earlier or later runs."""
+    return isinstance(body, dict) and any(body.get(flag) for flag in ("include_past", "include_future"))
+
+
+def _backfill(method: str, parts: list[str], body: Any) -> list[Change]:
+    """A backfill of a model DAG re-runs finished runs with its own conf (every team's): admins only; so
+    are cancelling, pausing and unpausing a backfill (its runs may be any team's)."""
+    if method == "POST" and parts == ["dry_run"]:
+        return []  # which runs a backfill would make: a read
+    if method == "POST" and not parts:
+        dag = body.get("dag_id") if isinstance(body, dict) else None
+        if isinstance(dag, str) and dag != ANY and dag not in MODEL_DAGS:
+            return []
+        return [Change(ANY, None, "backfill a model DAG (it runs finished runs again, with its own conf)")]
+    return [Change(ANY, None, f"{method} a backfill")]
+
+
+def _route(path: str) -> tuple[str | None, list[str]]:
+    """The area of Airflow's REST API a path is in (``dags``, ``backfills``, ``assets``, ...) and the segments
+    after it. The server has percent-decoded the path once, as Airflow's routes read it: decoding again
+    would name another run than Airflow acts on."""
+    if path != API and not path.startswith(API + "/"):
+        return None, []
+    segments = [part for part in path[len(API) :].strip("/").split("/") if part]
+    return (segments[0] if segments else None), segments[1:]
 
 
 def _bulk(dag_id: str, run_id: str | None, body: Any, what: str) -> list[Change]:
@@ -112,6 +157,7 @@ def _bulk(dag_id: str, run_id: str | None, body: Any, what: str) -> list[Change]
         for entity in entities if isinstance(entities, list) else [None]:
             if isinstance(entity, dict):
                 dag, run = entity.get("dag_id") or dag_id, entity.get("dag_run_id") or run_id
+                run = None if _reaches_other_runs(entity) else run
             else:
                 dag, run = dag_id, (entity if run_id is None else run_id) if isinstance(entity, str) else None
             if dag == ANY or dag in MODEL_DAGS:
@@ -142,8 +188,11 @@ def check(actor: Actor, changes: list[Change], token: str) -> None:
         try:
             subject = api.run_subject(change.dag_id, change.run_id)
         except AirflowApiError as error:
-            if error.status in (403, 404):
-                continue  # Airflow's own answer stands: it does not exist, or the caller may not see it
+            if error.status in (403, 404):  # closed, not open: a run the guard cannot see is not let through
+                raise Refused(
+                    f"{actor.describe()} may not {change.what} of run {change.run_id!r} of {change.dag_id}: "
+                    f"no such run they may read ({error.status})"
+                ) from None
             raise
         name = subject["conf"].get("model_name")
         models = [name] if isinstance(name, str) and name else subject["event_models"]
@@ -171,10 +220,11 @@ class RunGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in CHANGES or _parts(scope["path"]) is None:
+        path = _route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or scope["method"] not in CHANGES or _route(path)[0] is None:
             await self.app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
+        method = scope["method"]
         body, replay = None, receive
         if needs_body(method, path):
             raw = await _read(receive)
@@ -185,25 +235,33 @@ class RunGuard:
             try:
                 body = json.loads(raw or b"null")
             except ValueError:
-                body = None  # Airflow answers the malformed body itself
+                body = None  # Airflow answers the malformed body itself (and the guard reads no run in it)
         changes = changes_of(method, path, body)
         if changes:
             token = _token(scope)
             actor = await _actor(token) if token else None
-            if actor is not None:
-                try:
-                    import anyio
+            if actor is None:  # closed: Airflow would refuse it too, and the guard knows no one to check
+                await _answer(send, 401, "not authenticated: send Airflow's JWT as 'Authorization: Bearer <token>'")
+                return
+            try:
+                import anyio
 
-                    await anyio.to_thread.run_sync(check, actor, changes, token)
-                except Refused as refused:
-                    log.warning("refused %s %s: %s", method, path, refused)
-                    await _answer(send, 403, str(refused))
-                    return
+                await anyio.to_thread.run_sync(check, actor, changes, token)
+            except Refused as refused:
+                log.warning("refused %s %s: %s", method, path, refused)
+                await _answer(send, 403, str(refused))
+                return
         await self.app(scope, replay, send)
 
 
+def _route_path(scope: Scope) -> str:
+    """The path Airflow's routes match: without the root path a prefixed ``[api] base_url`` puts before it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 async def _actor(token: str) -> Actor | None:
-    """Who the token is for (None: not a token Airflow accepts, left to Airflow's own 401)."""
+    """Who the token is for (None: not a token Airflow accepts)."""
     from airflow.api_fastapi.app import get_auth_manager
     from jwt import InvalidTokenError
 
@@ -218,20 +276,18 @@ async def _actor(token: str) -> Actor | None:
 
 
 def _token(scope: Scope) -> str | None:
-    """Airflow's JWT: the bearer header, else the UI's session cookie."""
-    from http.cookies import CookieError, SimpleCookie
+    """Airflow's JWT, found as Airflow finds it: the first Authorization header when its scheme is bearer,
+    else the UI's session cookie as Starlette parses every Cookie header (a reading of its own could be
+    fooled into another token, or none, while Airflow acts as the caller)."""
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+    from fastapi.security.utils import get_authorization_scheme_param
+    from starlette.requests import Request
 
-    headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    cookie = SimpleCookie()
-    try:
-        cookie.load(headers.get("cookie", ""))
-    except CookieError:  # a malformed cookie header holds no token
-        return None
-    morsel = cookie.get("_token")
-    return morsel.value if morsel else None
+    request = Request(scope)
+    scheme, credentials = get_authorization_scheme_param(request.headers.get("authorization"))
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    return request.cookies.get(COOKIE_NAME_JWT_TOKEN)
 
 
 async def _read(receive: Receive) -> bytes | None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgard.deploy.routes import RouteTable
 from asgard.deploy.strategies import CANARY, REPLACING, Rollout, watch
-from asgard.serving.checks import DeployError, http_call, verify
+from asgard.serving.checks import DeployError, http_call, verify, warm_up
 
 if TYPE_CHECKING:
     import docker
@@ -139,6 +139,7 @@ def deploy(
         progress(f"started {name} at {upstream}")
         verify(http_call(upstream), version, payload, where=upstream, timeout=timeout, exited=exited)
         if rollout.trial and previous:
+            warm_up(http_call(upstream), payload)
             switched = True  # from here on, a failure puts the previous route back
             trial = _trial(routes, model_name, previous, route, rollout, router_url, drain_timeout, progress)
         elif rollout.trial:

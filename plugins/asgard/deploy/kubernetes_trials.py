@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from asgard.deploy import kubernetes_manifests as manifests
 from asgard.deploy.strategies import SHADOW, Rollout, watch
 from asgard.deploy.trial_metrics import combine, comparison, parse_metrics, served_model_type, side_summary
-from asgard.serving.checks import DeployError, verify
+from asgard.serving.checks import DeployError, verify, warm_up
 
 if TYPE_CHECKING:
     from asgard.deploy.kubernetes_target import Cluster
@@ -86,6 +86,8 @@ def _canary(cluster, objects, version, payload, rollout, replicas, rollout_timeo
     canary_pods = [pod for pod, track, _ in _serving_pods(cluster, app) if track == "canary"]
     if canary_pods:
         verify(cluster.pod_call(canary_pods[0]), version, payload, where=f"canary pod {canary_pods[0]}", timeout=60)
+    for pod in canary_pods:  # before the window's first counts: warm-up answers are not the trial's
+        warm_up(cluster.pod_call(pod), payload)
 
     def counts() -> tuple[dict[str, Any], dict[str, Any]]:
         stable, tried, restarts = [], [], 0

@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--customers", type=int, default=2000, help="size of the sample gold layer")
     run.add_argument("--days", type=int, default=14, help="days of daily snapshots in the sample gold layer")
+    run.add_argument(
+        "--approve-in-ui",
+        action="store_true",
+        help="leave the drift retrain's deployment to a person in the Airflow UI (Required Actions); the job "
+        "prints where and waits for the decision, instead of approving it through the REST API",
+    )
     start = commands.add_parser("start", parents=[profile], help="start the services (all, or the named ones)")
     start.add_argument("services", nargs="*")
     stop = commands.add_parser("stop", parents=[profile], help="stop the services and everything they started")
@@ -91,7 +97,7 @@ def run_main_job(settings: Settings, args: argparse.Namespace) -> int:
     from asgard.local.stages import MainJobError
 
     try:
-        MainJob(settings, customers=args.customers, days=args.days).run()
+        MainJob(settings, customers=args.customers, days=args.days, approve_in_ui=args.approve_in_ui).run()
     except (MainJobError, ServiceError, AirflowApiError) as error:
         print(f"asgard: {error}", file=sys.stderr)
         return 1

@@ -32,10 +32,13 @@ def set_deploy_policy(
     print(f"    {model_name}: deploy policy {chosen['policy']} ({chosen['source']}), promotions {strategy}", flush=True)
 
 
-def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str, decision: dict[str, Any]) -> str:
+def approve_drift_deploy(
+    settings: Settings, api: AirflowApi, training_run: str, decision: dict[str, Any], in_ui: bool = False
+) -> str:
     """The drift retrain's promotion waits in deploy_model's approval: approve it through Airflow's HITL
-    REST API as the admin (of the model's team), and follow the rollout (a canary, the promotion strategy's
-    default) to its decision, with callers of the endpoint meanwhile; what serves then."""
+    REST API as the admin (of the model's team), or (``in_ui``) wait for a person to decide it in the
+    Airflow UI, and follow the rollout (a canary, the promotion strategy's default) to its decision, with
+    callers of the endpoint meanwhile; what serves then."""
     from asgard.hooks import airflow_hitl as approval
     from asgard.local.live_traffic import LiveTraffic
     from asgard.registry.models import model_asset_uri
@@ -48,11 +51,20 @@ def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str,
     print(f"    deploy_model {run_id} waits: {pending['subject']}", flush=True)
     reason = f"drift retrain v{decision['version']} approved by the main job ({decision['reason']})"
     with LiveTraffic(f"{settings.router_url}/models/{name}/predict") as traffic:
-        answer = approval.respond(settings.airflow_url, api.token, run_id, approve=True, reason=reason)
+        if in_ui:
+            link = f"{settings.airflow_url}{approval.decision_link(run_id)}"
+            print(f"    waiting for a person to decide {pending['subject']!r} in the Airflow UI: {link}", flush=True)
+        else:
+            approval.respond(settings.airflow_url, api.token, run_id, approve=True, reason=reason)
         outcome = api.wait_for_run("deploy_model", run_id, timeout=1800)
-    who = answer["responded_by"]["name"]
     if outcome.state != "success":
         raise MainJobError(f"deploy_model run {run_id} ended {outcome.state}: {outcome.failure}")
+    decided = _decision(settings, name, str(decision["version"]))
+    who = decided.get("by")
+    if outcome.task_states.get("deploy_image") != "success":
+        return (
+            f"the drift retrain v{decision['version']} was {decided.get('outcome')} by {who}: {decided.get('reason')}"
+        )
     deployed = api.task_result("deploy_model", run_id, "deploy_image")
     answer = httpx.post(f"{deployed['endpoint']}/predict", json=SEED_PREDICTION, timeout=60)
     if answer.status_code != 200:
@@ -70,3 +82,13 @@ def approve_drift_deploy(settings: Settings, api: AirflowApi, training_run: str,
         f"(drift retrain v{decision['version']}, approved by {who} in deploy_model {run_id}; "
         f"replaced v{deployed['previous_version']}; {rollout})"
     )
+
+
+def _decision(settings: Settings, model_name: str, version: str) -> dict[str, str]:
+    """The decision recorded on the version (who, when, why: ``asgard.deploy.approval``)."""
+    from mlflow import MlflowClient
+
+    from asgard.deploy.approval import version_decision
+
+    tags = MlflowClient(settings.mlflow_url, settings.mlflow_url).get_model_version(model_name, version).tags
+    return version_decision(tags) or {}

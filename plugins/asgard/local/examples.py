@@ -46,15 +46,13 @@ def framework_request(framework: str, params: dict) -> dict:
 
 # The customers the main job predicts for by id (the online store holds their features).
 BY_ID_CUSTOMERS = [1, 2, 3]
-# The champion's deploy, a canary: a fifth of live traffic until it has answered 50 requests. Its p99 is
-# the slowest of ~50 requests against the stable version's p99 of ~200 on a shared machine: a wide ratio.
-# It returns the features it reads by id (expose_features; a deploy's default shows none of the store):
-# the job and tests/e2e compare them with Feast's.
-CANARY_DEPLOY = {
-    "target": "docker",
-    "expose_features": True,
-    **{"strategy": "canary", "percent": 20, "min_requests": 50, "duration": 300, "max_p99_ratio": 5},
-}
+# The main job's canaries (the champion's, deployed by hand, and the drift retrain's promotion): a fifth of
+# live traffic until it has answered 50 requests. Its p99 is the slowest of ~50 requests against the stable
+# version's p99 of ~200 on a shared machine: a wide ratio. The champion's deploy returns the features it
+# reads by id (expose_features; a deploy's default shows none of the store): the job and tests/e2e compare
+# them with Feast's.
+CANARY_ROLLOUT = {"strategy": "canary", "percent": 20, "min_requests": 50, "duration": 300, "max_p99_ratio": 5}
+CANARY_DEPLOY = {"target": "docker", "expose_features": True, **CANARY_ROLLOUT}
 
 EXAMPLE_SCRIPT = REPO_ROOT / "include" / "examples" / "train_with_feast.py"
 # What the example script needs with USE_FEAST=true (pinned to the platform's versions by the runner).

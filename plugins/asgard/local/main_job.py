@@ -25,6 +25,7 @@ from asgard.local.examples import (
     BATCH_REQUEST,
     BY_ID_CUSTOMERS,
     CANARY_DEPLOY,
+    CANARY_ROLLOUT,
     CHURN_MODEL_REQUEST,
     EXAMPLE_REQUIREMENTS,
     EXAMPLE_SCRIPT,
@@ -50,6 +51,7 @@ class MainJob:
     results: dict[str, str] = field(default_factory=dict)
     # The drifted window's train_model run and its gate decision (the monitoring stage sets it).
     drift_retrain: tuple[str, dict] | None = None
+    approve_in_ui: bool = False  # a person decides the drift retrain's deployment in the Airflow UI
 
     def stage(self, name: str) -> AbstractContextManager[None]:
         return self.clock.stage(name)
@@ -177,9 +179,8 @@ class MainJob:
                 self.results["batch partitions"] = ", ".join(f"{key} on {host}" for key, host in hosts.items())
 
         with self.stage("monitor a normal and a drifted window (monitor_model)"):
-            # From here the churn model follows the platform's default policy (approve): the drift
-            # retrain's promotion waits for a person of its team.
-            set_deploy_policy(self.settings, api, CHURN_MODEL_REQUEST["model_name"], None)
+            # From here on the drift retrain's promotion waits for a person (approve), then rolls out as above.
+            set_deploy_policy(self.settings, api, CHURN_MODEL_REQUEST["model_name"], None, CANARY_ROLLOUT)
             self.monitor(api)
 
         with self.stage("a person approves the drift retrain's deploy (deploy_model approve_deployment)"):
@@ -347,7 +348,8 @@ class MainJob:
     def approve_drift_deploy(self, api: AirflowApi) -> None:
         if self.drift_retrain is None:
             raise MainJobError("the drifted window requested no retraining")
-        self.results["serving at the end"] = approve_drift_deploy(self.settings, api, *self.drift_retrain)
+        run, decision = self.drift_retrain
+        self.results["serving at the end"] = approve_drift_deploy(self.settings, api, run, decision, self.approve_in_ui)
 
     @staticmethod
     def _require_success(outcome: RunOutcome) -> None:

@@ -88,7 +88,8 @@ def _run_trigger(dag_id: str, run_id: str) -> tuple[str | None, str | None]:
 
 
 def drift_alerts(settings: Settings, model_name: str, monitor_run: str) -> list[str]:
-    """The alerts (with their scores) a monitor_model run raised on ``model_name``."""
+    """The alerts (with their scores) a monitor_model run raised on ``model_name`` (its records name the run
+    as ``monitor_model/<run id>``)."""
     import sqlalchemy as sa
 
     from asgard.monitoring.store import MonitoringStore, records_table
@@ -97,7 +98,7 @@ def drift_alerts(settings: Settings, model_name: str, monitor_run: str) -> list[
         store = MonitoringStore(settings.monitoring_db_url)
         query = sa.select(records_table.c.subject, records_table.c.metrics, records_table.c.alerts).where(
             records_table.c.model_name == model_name,
-            records_table.c.source_run == monitor_run,
+            records_table.c.source_run == f"monitor_model/{monitor_run}",
             records_table.c.alert_triggered.is_(True),
         )
         with store.engine.connect() as connection:
