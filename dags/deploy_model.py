@@ -58,17 +58,24 @@ from asgard.registry.models import CHAMPION_MODELS_ALIAS
     params=deploy_model_params(),
 )
 def deploy_model():
-    # Promotions of other models that landed in this run too are handed on: each gets a run of its own.
-    @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
-    def resolve_request(params: dict, triggering_asset_events=None, dag_run=None, outlet_events=None) -> dict:
-        from asgard.deploy.rollout import deployment_request, other_promotions
-        from asgard.registry.models import hand_on_promotions
+    @task
+    def resolve_request(params: dict, triggering_asset_events=None, dag_run=None) -> dict:
+        from asgard.deploy.rollout import deployment_request
         from asgard.registry.ownership import run_access
 
         request = deployment_request(params, triggering_asset_events)
         run_access(dag_run, request.model_name)  # the run's user deploys only their teams' models
-        hand_on_promotions(other_promotions(params, triggering_asset_events), outlet_events)
         return request.to_dict()
+
+    # Promotions of other models that landed in this run too are handed on, each to a run of its own; a task
+    # apart, so that whatever befalls this run's own model does not drop them.
+    @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
+    def hand_on_other_promotions(params: dict, triggering_asset_events=None, outlet_events=None) -> list[str]:
+        from asgard.deploy.rollout import hand_on_other_promotions
+
+        return hand_on_other_promotions(params, triggering_asset_events, outlet_events)
+
+    hand_on_other_promotions()
 
     request = resolve_request()
     # The policy, a hand trigger or a person decides; the version decided on is the one built.

@@ -39,11 +39,17 @@ def register_features():
         return validate_request(dict(params))
 
     @task
-    def apply_feature_view(request: dict) -> dict:
+    def apply_feature_view(request: dict, params=None, dag_run=None) -> dict:
+        from asgard.core.settings import get_settings
+        from asgard.core.teams import run_actor
         from asgard.features.registration import register_feature_view
         from asgard.features.store import open_store
 
-        return register_feature_view(request, open_store())
+        # The run's user registers for one of their teams; an admin, or a run no person started, any view.
+        actor = run_actor(dag_run, get_settings())
+        any_view = actor.admin or actor.for_the_model
+        team = params.get("team") if any_view else actor.team_for_new_model(params.get("team"), get_settings())
+        return register_feature_view(request, open_store(), team=team or get_settings().default_team, any_view=any_view)
 
     apply_feature_view(validate_request())
 

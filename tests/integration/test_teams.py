@@ -393,3 +393,28 @@ def test_a_gold_table_is_loaded_into_only_by_its_team_and_the_admin(teams):
     assert load(teams.admin, "03").json()["total_rows"] == 3
     seeded = load(teams.bob, "04", into="customer_features")
     assert seeded.status_code == 403 and "was not made by a team's gold load" in seeded.text, seeded.text
+
+
+def test_a_feature_view_is_changed_only_by_its_team_through_the_real_dag(teams):
+    """alice's view becomes team alpha's; bob may change neither it nor the sample's view (which no team
+    registered): each of his register_features runs fails in apply_feature_view, naming whose it is."""
+    from asgard.features.params import EXAMPLE_VIEW
+
+    view = f"alpha_view_{uuid.uuid4().hex[:6]}"
+    teams.admin.unpause("register_features")
+    mine = teams.alice.trigger("register_features", {**EXAMPLE_VIEW, "name": view})
+    outcome = teams.admin.wait_for_run("register_features", mine, timeout=300)
+    assert outcome.state == "success", outcome
+    refused = {
+        "belongs to team 'alpha'": teams.bob.trigger(
+            "register_features", {**EXAMPLE_VIEW, "name": view, "ttl_days": 1}
+        ),
+        "was registered by no team": teams.bob.trigger(
+            "register_features", {**EXAMPLE_VIEW, "name": "customer_features"}
+        ),
+    }
+    for said, run_id in refused.items():
+        outcome = teams.admin.wait_for_run("register_features", run_id, timeout=300)
+        assert outcome.state == "failed", outcome
+        error = teams.admin.run_error("register_features", run_id)
+        assert error["task"] == "apply_feature_view" and said in error["message"], error

@@ -76,9 +76,12 @@ def test_a_model_tag_overrides_the_setting_and_null_restores_it(tmp_path):
         assert set_model_policy(hook, "m", settings, team="alpha", policy="approve", rollout=canary).rollout == canary
         assert model_policy(hook, "m", settings).rollout == canary
         for bad, named in (
-            ({"strategy": "blue-green"}, "strategy must be one of"),
+            ({"strategy": "blue-green"}, "the rollout.s strategy: .blue-green. is not one of"),
             ({"strategy": "canary", "max_difference": 2}, "max_difference applies to the shadow strategy only"),
             ({"strategy": "canary", "window": 5}, "names a strategy and percent"),
+            ({"strategy": "canary", "percent": "x", "duration": [1]}, "the rollout's percent"),
+            ({"strategy": "canary", "max_p99_ratio": float("inf")}, "must be a finite number"),
+            ({"strategy": "canary", "percent": 80}, "the rollout's percent"),
         ):
             with pytest.raises(InputError, match=named):
                 set_model_policy(hook, "m", settings, team="alpha", policy="approve", rollout=bad)

@@ -180,6 +180,28 @@ def test_register_is_created_then_unchanged_then_updated(home):
     assert store.get_feature_view("customer_support").ttl == timedelta(days=30)
 
 
+def test_a_view_is_its_registering_teams_and_only_it_or_an_admin_changes_it(home):
+    """Another team repointing a view would feed the models trained on it, and their live predictions by
+    id, rows of its own: a view is changed only for the team that registered it (or by an admin)."""
+    from asgard.core.teams import TeamRefusal
+
+    store = feature_store.open_store()
+    name = f"team_view_{uuid.uuid4().hex[:6]}"
+    assert registration.register_feature_view(seed_request(name=name), store, team="alpha")["action"] == "created"
+    assert store.get_feature_view(name).tags[registration.TEAM_TAG] == "alpha"
+    with pytest.raises(TeamRefusal, match="belongs to team 'alpha': a registration for team 'beta' may not"):
+        registration.register_feature_view(seed_request(name=name, ttl_days=30), store, team="beta")
+    assert store.get_feature_view(name).ttl == timedelta(days=90)
+    assert registration.register_feature_view(seed_request(name=name), store, team="alpha")["action"] == "unchanged"
+    changed = registration.register_feature_view(seed_request(name=name, ttl_days=10), store, team="x", any_view=True)
+    assert changed["action"] == "updated" and store.get_feature_view(name).tags[registration.TEAM_TAG] == "alpha"
+    # A view no team registered (the sample's): every team reads it, only an admin changes it.
+    shared = f"shared_view_{uuid.uuid4().hex[:6]}"
+    registration.register_feature_view(seed_request(name=shared), store)
+    with pytest.raises(TeamRefusal, match="was registered by no team"):
+        registration.register_feature_view(seed_request(name=shared, ttl_days=5), store, team="alpha")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

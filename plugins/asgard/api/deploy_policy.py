@@ -16,16 +16,17 @@ from asgard.core.errors import InputError
 class PromotionRollout(BaseModel):
     """How a promotion of the model rolls out: deploy_model's strategy and trial Params, in their ranges."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     strategy: Literal["replace", "canary", "shadow"]
     percent: int | None = Field(None, ge=1, le=50)
     min_requests: int | None = Field(None, ge=0, le=1_000_000)
-    duration: float | None = Field(None, gt=0, le=86_400, description="seconds")
+    # Within deploy_image's two hours (asgard.core.dag_defaults): a longer trial would be cut off mid-window.
+    duration: float | None = Field(None, gt=0, le=3_600, description="seconds")
     max_error_rate: float | None = Field(None, ge=0, le=1)
-    max_p99_ratio: float | None = Field(None, gt=0)
+    max_p99_ratio: float | None = Field(None, gt=0, le=1_000)
     p99_tolerance_ms: float | None = Field(None, ge=0, le=60_000)
     min_agreement: float | None = Field(None, ge=0, le=1, description="a classifier's shadow")
-    max_difference: float | None = Field(None, gt=0, description="a regressor's shadow")
+    max_difference: float | None = Field(None, gt=0, le=1_000, description="a regressor's shadow")
 
 
 class DeployPolicyRequest(BaseModel):

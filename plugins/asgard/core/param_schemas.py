@@ -73,7 +73,12 @@ def promotion(metric_names: list[str] | None = None, *, script: bool = False) ->
     """The champion gate's policy (``promotion``): the metric to compare (one of ``metric_names`` when
     given) and by how much a challenger must beat the champion on it; for a script's model, whether
     the metric the script reports about itself may replace a champion (``trust_script_metric``)."""
-    metric = {"type": "string", "enum": sorted(metric_names)} if metric_names else {"type": "string", "minLength": 1}
+    metric = (
+        {"type": "string", "enum": sorted(metric_names)}
+        if metric_names
+        # A script's own metric: any name but those a promotion's announcement says what to deploy with.
+        else {"type": "string", "minLength": 1, "maxLength": 250, "not": {"enum": ["model_name", "version"]}}
+    )
     properties: dict = {"metric": metric, "min_improvement": {"type": "number", "minimum": 0}}
     if script:
         properties["trust_script_metric"] = {"type": "boolean"}
@@ -100,6 +105,18 @@ def field(default: Any = NOTSET, *, title: str, description: str, section: str, 
     """One conf key as the trigger form draws it: its title, what it means (units, default, the seed's
     name for it) and the section it sits in; ``schema`` is its JSON schema, which the API enforces."""
     return Param(default, description=description, title=title, section=section, **schema)
+
+
+def team_field(section: str, *, what: str, afterwards: str) -> Param:
+    """The ``team`` a new ``what`` (a model, a feature view) belongs to: one of the caller's; empty, their only one."""
+    return field(
+        None,
+        title="Team",
+        description=f"The team a new {what} belongs to (one of yours); empty: your only team. {afterwards}",
+        section=section,
+        type=["null", "string"],
+        pattern="^[A-Za-z0-9_-]{3,50}$",
+    )
 
 
 def version_fields(section: str, version_key: str = "model_version", *, alias_note: str = "") -> dict[str, Param]:

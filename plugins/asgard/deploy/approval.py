@@ -105,22 +105,14 @@ def model_policy(hook: MlflowHook, model_name: str, settings: Settings) -> Deplo
 
 def _promotion_rollout(tagged: str | None, settings: Settings) -> dict[str, Any]:
     """The model's rollout tag when it is a valid one, else the setting's strategy with deploy_model's limits."""
+    from asgard.deploy.strategies import checked_rollout
+
     if tagged:
         try:
             return checked_rollout(json.loads(tagged))
         except (ValueError, TypeError, InputError):
             log.warning("a model's %s tag is not a valid rollout (%r): the setting applies", ROLLOUT_TAG, tagged[:200])
     return {"strategy": settings.promotion_strategy}
-
-
-def checked_rollout(rollout: dict[str, Any]) -> dict[str, Any]:
-    """A promotion's rollout as deploy_model's Params would take it (an InputError naming what is wrong)."""
-    from asgard.deploy.strategies import ROLLOUT_KEYS, Rollout
-
-    if not isinstance(rollout, dict) or set(rollout) - {"strategy", *ROLLOUT_KEYS}:
-        raise InputError(f"a rollout names a strategy and {', '.join(ROLLOUT_KEYS)} only, not {rollout!r}")
-    Rollout.from_params(rollout)
-    return {key: value for key, value in rollout.items() if value is not None}
 
 
 def set_model_policy(
@@ -143,6 +135,8 @@ def set_model_policy(
     client = hook.client
     claim(hook, model_name, team, settings)
     present = set(client.get_registered_model(model_name).tags or {})
+    from asgard.deploy.strategies import checked_rollout
+
     rollout_text = json.dumps(checked_rollout(rollout), sort_keys=True) if rollout is not None else None
     values = ((POLICY_TAG, policy), (SECOND_PERSON_TAG, second_person), (TIMEOUT_TAG, approval_timeout))
     for tag, value in (*values, (ROLLOUT_TAG, rollout_text)):

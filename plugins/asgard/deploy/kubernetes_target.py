@@ -343,6 +343,12 @@ def deploy(
             rollback_problem=problem,
             figures=getattr(error, "figures", None),
         ) from error
+    except BaseException:
+        # Anything else (a timeout of the task, a lost connection): the trial's pods take no more traffic.
+        if trying:
+            with contextlib.suppress(Exception):
+                kubernetes_trials.remove(cluster, app)
+        raise
     progress(f"{where} serves {model_name} v{version}")
     return {
         "endpoint": endpoint,

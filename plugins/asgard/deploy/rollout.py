@@ -59,13 +59,13 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
     model_name, version = params.get("model_name"), params.get("version")
     rollout = params
     if not model_name:
-        events = [event for per_asset in (triggering_asset_events or {}).values() for event in per_asset]
-        if not events:
-            raise InputError("model_name is required when the run was not started by a model Asset event")
-        newest = max(events, key=lambda event: event.timestamp)
-        model_name, version = newest.extra.get("model_name"), newest.extra.get("version")
-        if not model_name:
-            raise InputError(f"the model Asset event {newest.extra} names no model_name")
+        promotions = _promotions(triggering_asset_events)
+        if not promotions:
+            raise InputError(
+                "model_name is required when the run was not started by a model Asset event naming a model"
+            )
+        newest = max(promotions.values(), key=lambda event: event.timestamp)
+        model_name, version = newest.extra["model_name"], newest.extra.get("version")
         rollout = promotion_rollout(model_name)
     target, namespace = params.get("target") or "docker", params.get("namespace")
     if target == "kubernetes":
@@ -100,16 +100,43 @@ def other_promotions(params: dict[str, Any], triggering_asset_events: Any = None
     run, and each is handed on as a promotion of its own (a new event, so a run of its own deploys it)."""
     if params.get("model_name"):
         return []  # a run by hand deploys what its conf names; its events (none) promote nothing
-    events = [event for per_asset in (triggering_asset_events or {}).values() for event in per_asset]
-    newest: dict[str, Any] = {}
-    for event in sorted(events, key=lambda event: event.timestamp):
-        name = (event.extra or {}).get("model_name")
-        if isinstance(name, str) and name:
-            newest[name] = event
-    if not newest:
+    promotions = _promotions(triggering_asset_events)
+    if not promotions:
         return []
-    deployed = max(newest.values(), key=lambda event: event.timestamp).extra["model_name"]
-    return [dict(event.extra) for name, event in newest.items() if name != deployed]
+    deployed = max(promotions.values(), key=lambda event: event.timestamp).extra["model_name"]
+    return [dict(event.extra) for name, event in promotions.items() if name != deployed]
+
+
+def hand_on_other_promotions(params: dict[str, Any], triggering_asset_events: Any, outlet_events: Any) -> list[str]:
+    """deploy_model's task apart from the run's own model: hand each other promotion on (skipped when the
+    run carries none: a run by hand, or one promotion)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry.models import hand_on_promotions
+
+    others = other_promotions(params, triggering_asset_events)
+    if not others:
+        raise AirflowSkipException("this run carries no other model's promotion")
+    return hand_on_promotions(MlflowHook(), others, outlet_events)
+
+
+def _promotions(triggering_asset_events: Any) -> dict[str, Any]:
+    """Each model's promotion among the run's events: the one of its highest version (an older one handed
+    on late must not pass a newer), of the events that name a model and a version as the gate does."""
+    from asgard.registry.ownership import is_model_name
+
+    chosen: dict[str, Any] = {}
+    for per_asset in (triggering_asset_events or {}).values():
+        for event in per_asset:
+            extra = event.extra or {}
+            name, version = extra.get("model_name"), str(extra.get("version") or "")
+            if not (is_model_name(name) and version.isdigit()):
+                continue
+            held = chosen.get(name)
+            if held is None or int(version) > int(held.extra["version"]):
+                chosen[name] = event
+    return chosen
 
 
 def serving_namespace(model_name: str, requested: str | None) -> str:

@@ -85,6 +85,30 @@ ROLLOUT_KEYS = (
 )
 
 
+def checked_rollout(rollout: dict[str, Any]) -> dict[str, Any]:
+    """A promotion's rollout as deploy_model's Params take it: each value against its Param's schema, finite,
+    and the strategy's own limits only (an InputError naming what is wrong). Tags are read through it too."""
+    import math
+
+    import jsonschema
+
+    from asgard.core.errors import InputError
+    from asgard.deploy.params import deploy_model_params  # Airflow's Params: only the deploy side calls this
+
+    if not isinstance(rollout, dict) or set(rollout) - {"strategy", *ROLLOUT_KEYS}:
+        raise InputError(f"a rollout names a strategy and {', '.join(ROLLOUT_KEYS)} only, not {rollout!r}")
+    params = deploy_model_params()
+    for key, value in rollout.items():
+        try:
+            jsonschema.validate(value, params[key].schema)
+        except jsonschema.ValidationError as error:
+            raise InputError(f"the rollout's {key}: {error.message}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"the rollout's {key} must be a finite number, not {value}")
+    Rollout.from_params(rollout)
+    return {key: value for key, value in rollout.items() if value is not None}
+
+
 @dataclass(frozen=True)
 class Verdict:
     """``state``: ``watching`` (the window is open), ``pass`` or ``breach``; ``reason`` says which limit."""

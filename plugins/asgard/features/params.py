@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from asgard.core.param_schemas import IDENTIFIER, TIMESTAMP, field
+from asgard.core.param_schemas import IDENTIFIER, TIMESTAMP, field, team_field
 from asgard.features.store import DTYPES
 
 VIEW, SOURCE, OPTIONS, WINDOW = "Feature view", "Gold-layer source", "Options", "Window"
@@ -99,10 +99,17 @@ def register_features_params() -> dict[str, Param]:
         "tags": field(
             EXAMPLE_VIEW["tags"],
             title="Tags",
-            description='Tags stored with the view, e.g. {"team": "customer-success"}. Seed field: tags.',
+            description='Tags stored with the view, e.g. {"team": "customer-success"} (names starting with '
+            '"asgard." are the platform\'s). Seed field: tags.',
             section=OPTIONS,
             type="object",
             additionalProperties={"type": "string"},
+            propertyNames={"not": {"pattern": "^asgard\\."}},
+        ),
+        "team": team_field(
+            OPTIONS,
+            what="feature view",
+            afterwards="Only its members (and admins) change it; a view no team registered (the sample's) only admins.",
         ),
     }
 

@@ -116,9 +116,19 @@ def definition(view: FeatureView) -> dict[str, Any]:
     }
 
 
-def register_feature_view(request: dict[str, Any], store: FeatureStore) -> dict[str, Any]:
-    """Validate and apply one view; re-registering the same definition changes nothing."""
+# The view tag naming the team that registered it: only its members (and admins) change the view.
+TEAM_TAG = "asgard.team"
+
+
+def register_feature_view(
+    request: dict[str, Any], store: FeatureStore, *, team: str | None = None, any_view: bool = False
+) -> dict[str, Any]:
+    """Validate and apply one view for ``team`` (a new view becomes its; an existing one must be its, or
+    ``any_view``: an admin's); re-registering the same definition changes nothing. A view points models'
+    training sets and live predictions at a table, so another team repointing it would feed them its rows."""
     from feast.errors import FeatureViewNotFoundException
+
+    from asgard.core.teams import TeamRefusal
 
     validated = validate_request(request)
     view, new_entities = build_feature_view(validated, store)
@@ -126,6 +136,12 @@ def register_feature_view(request: dict[str, Any], store: FeatureStore) -> dict[
         current = store.get_feature_view(view.name)
     except FeatureViewNotFoundException:
         current = None
+    owner = (current.tags or {}).get(TEAM_TAG) if current is not None else team
+    if current is not None and not any_view and owner != team:
+        whose = f"belongs to team {owner!r}" if owner else "was registered by no team (every team reads it)"
+        raise TeamRefusal(f"feature view {view.name!r} {whose}: a registration for team {team!r} may not change it")
+    if owner:
+        view.tags[TEAM_TAG] = owner
     if current is not None and definition(current) == definition(view):
         return {"feature_view": view.name, "action": "unchanged"}
     store.apply([*new_entities, view])

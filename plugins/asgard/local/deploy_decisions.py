@@ -50,12 +50,14 @@ def approve_drift_deploy(
     pending = approval.pending_approval(settings.airflow_url, api.token, run_id, timeout=600)
     print(f"    deploy_model {run_id} waits: {pending['subject']}", flush=True)
     reason = f"drift retrain v{decision['version']} approved by the main job ({decision['reason']})"
+    if in_ui:
+        link = f"{settings.airflow_url}{approval.decision_link(run_id)}"
+        print(f"    waiting for a person to decide {pending['subject']!r} in the Airflow UI: {link}", flush=True)
+        _wait_for_the_decision(api, run_id, timeout=1800)
+    else:
+        approval.respond(settings.airflow_url, api.token, run_id, approve=True, reason=reason)
+    # Callers only once it is decided: the rollout meets them; a wait for a person sends the model nothing.
     with LiveTraffic(f"{settings.router_url}/models/{name}/predict") as traffic:
-        if in_ui:
-            link = f"{settings.airflow_url}{approval.decision_link(run_id)}"
-            print(f"    waiting for a person to decide {pending['subject']!r} in the Airflow UI: {link}", flush=True)
-        else:
-            approval.respond(settings.airflow_url, api.token, run_id, approve=True, reason=reason)
         outcome = api.wait_for_run("deploy_model", run_id, timeout=1800)
     if outcome.state != "success":
         raise MainJobError(f"deploy_model run {run_id} ended {outcome.state}: {outcome.failure}")
@@ -92,3 +94,17 @@ def _decision(settings: Settings, model_name: str, version: str) -> dict[str, st
 
     tags = MlflowClient(settings.mlflow_url, settings.mlflow_url).get_model_version(model_name, version).tags
     return version_decision(tags) or {}
+
+
+def _wait_for_the_decision(api: AirflowApi, run_id: str, *, timeout: float) -> None:
+    """Until deploy_model's approval task no longer waits for a person (MainJobError after ``timeout`` s)."""
+    import time
+
+    from asgard.hooks.airflow_hitl import APPROVAL_TASK
+
+    deadline = time.monotonic() + timeout
+    waiting = ("pending", "scheduled", "queued", "running", "deferred", "awaiting_input", "up_for_retry")
+    while api.task_states("deploy_model", run_id).get(APPROVAL_TASK, "pending") in waiting:
+        if time.monotonic() > deadline:
+            raise MainJobError(f"no one decided deploy_model {run_id} in the Airflow UI within {timeout:.0f}s")
+        time.sleep(2.0)

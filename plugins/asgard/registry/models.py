@@ -243,17 +243,29 @@ def announce_promotion(decision: GateDecision, outlet_events: Any) -> None:
 
     outlet_events[AssetAlias(CHAMPION_MODELS_ALIAS)].add(
         Asset(model_asset_uri(decision.model_name)),
-        extra={"model_name": decision.model_name, "version": decision.version, decision.metric: decision.score},
+        # The score under its metric's name, then the fields that say what to deploy: a script's metric may be
+        # named anything, "model_name" too, and must not rename the promotion.
+        extra={decision.metric: decision.score, "model_name": decision.model_name, "version": decision.version},
     )
 
 
-def hand_on_promotions(promotions: list[dict[str, Any]], outlet_events: Any) -> None:
+def hand_on_promotions(hook: MlflowHook, promotions: list[dict[str, Any]], outlet_events: Any) -> list[str]:
     """Announce again, each as the gate announced it, promotions a deploy_model run carried but does not
-    deploy itself (``asgard.deploy.rollout.other_promotions``): each starts a deploy_model run of its own."""
+    deploy itself (``asgard.deploy.rollout.other_promotions``): each starts a deploy_model run of its own.
+    A version that is no longer its model's champion is not (a newer promotion has a run of its own, and
+    an older version handed on late must not replace it). What was handed on."""
     from airflow.sdk import Asset, AssetAlias
 
+    handed = []
     for extra in promotions:
-        outlet_events[AssetAlias(CHAMPION_MODELS_ALIAS)].add(Asset(model_asset_uri(extra["model_name"])), extra=extra)
+        name, version = extra["model_name"], str(extra["version"])
+        champion = alias_version(hook, name, CHAMPION)
+        if champion is None or str(champion.version) != version:
+            log.info("%s v%s is no longer the champion: not handed on", name, version)
+            continue
+        outlet_events[AssetAlias(CHAMPION_MODELS_ALIAS)].add(Asset(model_asset_uri(name)), extra=extra)
+        handed.append(f"{name} v{version}")
+    return handed
 
 
 class ModelNotFoundError(InputError):

@@ -102,18 +102,27 @@ def verify(
         raise DeployError(f"{where}/predict returned {returned} predictions for {rows} rows")
 
 
-# Requests a trial's candidate answers before live traffic measures it.
-WARM_UP_REQUESTS = 20
+# Requests a trial's candidate answers before live traffic measures it, within this many seconds in all.
+WARM_UP_REQUESTS, WARM_UP_SECONDS = 20, 60.0
 
 
-def warm_up(call: Call, payload: dict[str, Any] | None, *, requests: int = WARM_UP_REQUESTS) -> None:
+def warm_up(
+    call: Call, payload: dict[str, Any] | None, *, requests: int = WARM_UP_REQUESTS, seconds: float = WARM_UP_SECONDS
+) -> None:
     """Let a trial's candidate answer a few requests (one row, then the whole holdout sample, in turn)
     before its share of live traffic is measured: a fresh process's first answers pay one-time costs
     (code paths loaded, buffers allocated, the runtime's first runs), which are not its latency, and a
     window of a hundred requests takes its p99 from its slowest one or two. Answers are not checked
-    here: ``verify`` did, and the trial's own limits judge what follows."""
+    here: ``verify`` did, and the trial's own limits judge what follows. A candidate that does not answer
+    them, or not within ``seconds`` in all, fails the deploy (a DeployError) before it takes any traffic."""
     if payload is None:
         return
     one_row = {"inputs": {name: values[:1] for name, values in payload["inputs"].items()}}
+    deadline = time.monotonic() + seconds
     for index in range(requests):
-        call("POST", "/predict", one_row if index % 2 == 0 else payload)
+        try:
+            call("POST", "/predict", one_row if index % 2 == 0 else payload)
+        except ConnectionError as error:
+            raise DeployError(f"the candidate did not answer its warm-up requests: {error}") from error
+        if time.monotonic() > deadline:
+            raise DeployError(f"the candidate took over {seconds:.0f}s to answer {index + 1} warm-up requests")

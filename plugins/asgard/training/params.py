@@ -16,6 +16,7 @@ from asgard.core.param_schemas import (
     SCALAR,
     field,
     promotion,
+    team_field,
 )
 from asgard.core.settings import get_settings
 from asgard.registry.metrics import METRICS
@@ -34,7 +35,6 @@ MODEL, DATA, TUNING, GATE, SCRIPT, LIMITS = (
 # The sample model: the seed's POST /mlops/models body, on the sample gold layer.
 SAMPLE_DATA_SOURCE = {"feature_views": ["customer_features"], "target_column": "churned"}
 SAMPLE_HYPERPARAMETERS = {"params": {"n_estimators": 100, "max_depth": 10, "random_state": 42}}
-TEAM_PATTERN = "^[A-Za-z0-9_-]{3,50}$"
 SCRIPT_NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\\.py$"
 
 
@@ -61,14 +61,10 @@ def _model_fields(section: str, experiment: str = NOTSET, model: str = NOTSET) -
             type="string",
             pattern=MODEL_NAME_PATTERN,
         ),
-        "team": field(
-            None,
-            title="Team",
-            description="The team a new model belongs to (one of yours); empty: your only team. An existing "
-            "model keeps its team, and only its team's members (and admins) may train into it.",
-            section=section,
-            type=["null", "string"],
-            pattern=TEAM_PATTERN,
+        "team": team_field(
+            section,
+            what="model",
+            afterwards="An existing model keeps its team, and only its team's members (and admins) may train into it.",
         ),
     }
 
