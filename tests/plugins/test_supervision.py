@@ -199,10 +199,12 @@ def test_serving_comes_back_after_the_engine_is_killed(tmp_path):
         list(client.build(fileobj=context, custom_context=True, tag="asgard-test/fake-model:1", rm=True))
         name = "asgard-serving-fake-v1-test"
         container, port = create_serving_container(
-            client, name, "asgard-test/fake-model:1", {}, {}, {"io.asgard.deploy.model": "fake"}, settings=settings
-        )
+            client, name, "asgard-test/fake-model:1", {}, {},
+            {"io.asgard.deploy.model": "fake", **RouteTable.for_settings(settings).owner_labels()}, settings=settings,
+        )  # fmt: skip
         client.start(container)
-        RouteTable(settings.routes_file).set(
+        # As the deploy target writes it: the profile's table, its owner stamped on the route.
+        RouteTable.for_settings(settings).set(
             "fake", {"upstream": f"http://127.0.0.1:{port}", "version": "1", "image": "asgard-test/fake-model:1",
                      "container": name}
         )  # fmt: skip
@@ -231,7 +233,7 @@ def test_serving_comes_back_after_the_engine_is_killed(tmp_path):
         client.remove_container(name, force=True)
         (action,) = reconcile_serving(settings, health_timeout=120)
         assert "re-created from asgard-test/fake-model:1, answering" in action
-        assert RouteTable(settings.routes_file).routes()["fake"]["upstream"] != f"http://127.0.0.1:{port}"
+        assert RouteTable.for_settings(settings).routes()["fake"]["upstream"] != f"http://127.0.0.1:{port}"
         assert httpx.post(predict, json={}, timeout=5).status_code == 200
         family = [p for s in ("docker", "router") for p in supervised_family(manager, s)]
     finally:
