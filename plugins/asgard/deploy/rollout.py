@@ -64,7 +64,7 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
             raise InputError(
                 "model_name is required when the run was not started by a model Asset event naming a model"
             )
-        newest = max(promotions.values(), key=lambda event: event.timestamp)
+        newest = _deployed(promotions)
         model_name, version = newest.extra["model_name"], newest.extra.get("version")
         rollout = promotion_rollout(model_name)
     target, namespace = params.get("target") or "docker", params.get("namespace")
@@ -103,8 +103,13 @@ def other_promotions(params: dict[str, Any], triggering_asset_events: Any = None
     promotions = _promotions(triggering_asset_events)
     if not promotions:
         return []
-    deployed = max(promotions.values(), key=lambda event: event.timestamp).extra["model_name"]
+    deployed = _deployed(promotions).extra["model_name"]
     return [dict(event.extra) for name, event in promotions.items() if name != deployed]
+
+
+def _deployed(promotions: dict[str, Any]) -> Any:
+    """Of the run's promotions (:func:`_promotions`), the one the run deploys itself: the newest."""
+    return max(promotions.values(), key=lambda event: event.timestamp)
 
 
 def hand_on_other_promotions(params: dict[str, Any], triggering_asset_events: Any, outlet_events: Any) -> list[str]:
