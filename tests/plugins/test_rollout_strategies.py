@@ -276,6 +276,30 @@ def test_a_canary_that_went_away_costs_callers_nothing(router):
     assert seen["candidate_side"] == {**seen["candidate_side"], "requests": 5, "errors": 5}
 
 
+def test_a_request_in_flight_when_the_trial_ends_counts_in_its_final_figures(router):
+    """The route switches back while a canary request is on its way: the candidate's failure still
+    reached a caller, and the ended window (asked for by its candidate) counts it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    table, url = router
+    with serving(_upstream("1")) as stable, serving(_upstream("2", fail_every=1, delay=1.0)) as canary:
+        candidate = {"upstream": canary, "version": "2", "strategy": CANARY, "percent": 100}
+        table.set("churn", {"upstream": stable, "version": "1", "candidate": candidate})
+        with ThreadPoolExecutor(1) as pool:
+            late = pool.submit(httpx.post, f"{url}/models/churn/predict", json={"inputs": {}}, timeout=10)
+            deadline = time.monotonic() + 5
+            while not httpx.get(f"{url}/inflight").json().get(canary) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            at_switch = httpx.get(f"{url}/traffic/churn").json()["candidate_side"]
+            table.set("churn", {"upstream": stable, "version": "1"})
+            assert late.result().status_code == 500
+        assert at_switch["requests"] == 0  # the decision's counts stopped before the answer came
+        assert httpx.get(f"{url}/traffic/churn").json() is None  # no trial in progress
+        ended = httpx.get(f"{url}/traffic/churn", params={"candidate": canary}).json()
+        assert ended["candidate_side"]["requests"] == 1 and ended["candidate_side"]["errors"] == 1
+        assert httpx.get(f"{url}/traffic/churn", params={"candidate": stable}).json() is None
+
+
 def test_a_deploy_request_carries_its_rollout_to_either_target(tmp_path):
     from asgard.deploy.rollout import DeployRequest, deployment_request
 

@@ -272,7 +272,8 @@ def _trial(
 
     def traffic() -> dict[str, Any] | None:
         try:
-            return httpx.get(f"{router_url}/traffic/{model_name}", timeout=10).json()
+            asked = {"candidate": route["upstream"]}
+            return httpx.get(f"{router_url}/traffic/{model_name}", params=asked, timeout=10).json()
         except httpx.HTTPError as error:
             raise DeployError(f"cannot read the trial's traffic from the router: {error}") from error
 
@@ -297,7 +298,11 @@ def _trial(
         return verdict.figures
     routes.set(model_name, previous)
     _drain(router_url, route["upstream"], 1.0, drain_timeout, progress)
-    raise DeployError(f"the {rollout.strategy} breached {verdict.reason}", figures=verdict.figures)
+    # The verdict's counts stop at the decision; a caller's request already on its way still reached
+    # the candidate. What is recorded is every request it served, so no failed answer goes unaccounted.
+    served = (traffic() or {}).get("candidate_side") or {}
+    figures = {**verdict.figures, **{key: served[key] for key in ("requests", "errors", "error_rate") if key in served}}
+    raise DeployError(f"the {rollout.strategy} breached {verdict.reason}", figures=figures)
 
 
 def _drain(router_url: str, upstream: str, settle: float, timeout: float, progress: Callable[[str], None]) -> None:

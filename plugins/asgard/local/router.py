@@ -13,7 +13,8 @@ answers are only compared with the stable ones, by the kind of model the candida
 ``model_type``, from the deploy): a classifier's classes agree or not, a regressor's predictions are
 some distance apart (mean and p95, and both over the stable predictions' spread), counted in a
 bounded histogram however long the trial. ``GET /traffic/<name>`` reports the trial's counts, which
-the deploy decides on; every answer names the version that gave it (``x-asgard-model-version``).
+the deploy decides on (``?candidate=<upstream>``: also once that trial has ended); every answer names
+the version that gave it (``x-asgard-model-version``).
 
 Each profile of an installation has its own table, and the router forwards only to the routes of the
 profile and installation it was started for (``asgard.deploy.routes``): never to another's containers.
@@ -199,6 +200,9 @@ def create_app(routes_file: Path, owner: dict[str, str] | None = None) -> Starle
     async def traffic(request: Request) -> Response:
         name = request.path_params["name"]
         window = trials.window(name, (table.routes().get(name) or {}).get("candidate"))
+        ended = request.query_params.get("candidate")
+        if ended and (window is None or window.candidate != ended):
+            window = trials.ended(name, ended)
         return JSONResponse(window.summary() if window is not None else None)
 
     @contextlib.asynccontextmanager
@@ -280,14 +284,20 @@ class TrafficWindow:
 
 
 class Trials:
-    """The traffic window of each model's trial in progress, for the candidate its route names now."""
+    """The traffic window of each model's trial in progress, for the candidate its route names now.
+
+    The last ended window of each model is kept too: requests in flight when the route switched away
+    still count in it, so a rolled-back trial's final figures hold every request the candidate served.
+    """
 
     def __init__(self) -> None:
         self._windows: dict[str, TrafficWindow] = {}
+        self._ended: dict[str, TrafficWindow] = {}
 
     def window(self, name: str, candidate: dict | None) -> TrafficWindow | None:
         if not candidate:
-            self._windows.pop(name, None)
+            if name in self._windows:
+                self._ended[name] = self._windows.pop(name)
             return None
         window = self._windows.get(name)
         if window is None or window.candidate != candidate["upstream"]:
@@ -295,6 +305,11 @@ class Trials:
                 candidate["upstream"], candidate["strategy"], int(candidate["percent"]), candidate.get("model_type")
             )
         return window
+
+    def ended(self, name: str, candidate: str) -> TrafficWindow | None:
+        """The ended window of ``name``'s trial of the ``candidate`` upstream, if it was the last one."""
+        window = self._ended.get(name)
+        return window if window is not None and window.candidate == candidate else None
 
 
 def main(argv: list[str]) -> None:
