@@ -103,9 +103,10 @@ def deploy_model():
         built = BuiltImage.from_dict(build)
         recheck(dag_run, asked.model_name, request)
         recheck(dag_run, asked.model_name, {"model_name": built.model_name})  # the image is of that model too
-        require_approval(MlflowHook(), built.model_name, built.version, f"{dag_run.dag_id}/{dag_run.run_id}")
+        # The rollout the decision was given for, not one the model's policy names since.
+        approved = require_approval(MlflowHook(), built.model_name, built.version, f"{dag_run.dag_id}/{dag_run.run_id}")
         return deploy_to_target(
-            asked,
+            asked.as_approved(approved),
             built,
             PushedImage.from_dict(push),
             holder=f"{dag_run.dag_id}/{dag_run.run_id}",

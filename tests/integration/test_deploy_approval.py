@@ -11,6 +11,7 @@ the case is about (the path a retrain takes), so the cases share the time they w
 from __future__ import annotations
 
 import html
+import json
 import time
 import uuid
 
@@ -189,6 +190,10 @@ def test_approve_deploys_and_auto_deploys_without_asking(embedded_stack, promote
     url = stack.settings.airflow_url
     approved = promoted["approve"]
     hitl.pending_approval(url, stack.api.token, approved["deploy_run"], timeout=120)
+    shown = stack.api.task_result("deploy_model", approved["deploy_run"], "resolve_request")["rollout"]
+    # The team changes the model's rollout while the person decides: the approval is of the plan it showed.
+    changed = {"policy": "approve", "rollout": {"strategy": "shadow", "percent": 50, "min_requests": 30}}
+    assert _policy(stack, approved["model_name"], changed).status_code == 200
     monkeypatch.setenv("ASGARD_API_TOKEN", stack.api.token)
     # A version nothing waits for is named, and nothing is decided.
     assert main(["approve", approved["model_name"], "999", "--url", url]) != 0
@@ -201,7 +206,8 @@ def test_approve_deploys_and_auto_deploys_without_asking(embedded_stack, promote
         f"approved {approved['model_name']} v{approved['version']} as admin (deploy_model {approved['deploy_run']})"
         in said
     )
-    for case, by in ((approved, "admin"), (promoted["auto"], "policy auto")):
+    deployed_plans = {}
+    for label, case, by in (("approve", approved, "admin"), ("auto", promoted["auto"], "policy auto")):
         outcome = stack.api.wait_for_run("deploy_model", case["deploy_run"], timeout=600)
         assert outcome.state == "success", outcome
         assert outcome.task_states["deploy_image"] == "success"
@@ -209,6 +215,9 @@ def test_approve_deploys_and_auto_deploys_without_asking(embedded_stack, promote
         assert deployed["version"] == case["version"]
         decision = _decision(stack, case["model_name"], case["version"])
         assert decision["outcome"] == "approved" and decision["by"] == by, decision
+        assert json.loads(decision["rollout"]) == deployed["rollout"], (decision, deployed)
+        deployed_plans[label] = deployed["rollout"]
+    assert deployed_plans["approve"] == shown and shown["strategy"] != "shadow", (deployed_plans, shown)
     version = next(v for v in _model(stack, approved["model_name"])["versions"] if v["version"] == approved["version"])
     assert version["decision"]["reason"] == "better on drift" and version["deployment"]["status"] == "serving"
 

@@ -136,11 +136,25 @@ def test_only_the_version_approved_in_this_run_is_deployed(tmp_path):
         decision = {"by": "alice", "reason": "ok", "policy": "approve"}
         record_decision(hook, "m", "1", outcome=APPROVED, run="deploy_model/old", **decision)
         record_decision(hook, "m", "2", outcome=REJECTED, run="deploy_model/this", **decision)
-        record_decision(hook, "m", "3", outcome=APPROVED, run="deploy_model/this", **decision)
-        require_approval(hook, "m", "3", "deploy_model/this")
+        canary = {"strategy": "canary", "percent": 25, "min_requests": 40}
+        record_decision(hook, "m", "3", outcome=APPROVED, run="deploy_model/this", rollout=canary, **decision)
+        assert require_approval(hook, "m", "3", "deploy_model/this") == canary  # the plan approved
         for version, why in (("1", "approved in deploy_model/old"), ("2", "rejected in deploy_model/this")):
             with pytest.raises(InputError, match=f"m v{version} was not approved in this run .*{why}"):
                 require_approval(hook, "m", version, "deploy_model/this")
+
+
+def test_a_deploy_follows_the_rollout_its_approval_was_given_for():
+    """A model's rollout changed while a person decided (its policy is the team's to change) is not what
+    the approved deploy runs: the request takes the approved plan (found by a hostile review)."""
+    from asgard.deploy.rollout import deployment_request
+
+    asked = deployment_request({"model_name": "churn", "strategy": "shadow", "percent": 50})
+    approved = {"strategy": "canary", "percent": 10, "min_requests": 100}
+    followed = asked.as_approved(asked.rollout | approved)
+    assert followed.rollout_plan.strategy == "canary" and followed.rollout_plan.percent == 10
+    assert followed.rollout_plan.min_requests == 100 and followed.model_name == "churn"
+    assert asked.as_approved(None) is asked and asked.as_approved(asked.rollout) is asked
 
 
 def test_a_drift_retrains_origin_names_the_alerts_its_monitoring_run_stored(tmp_path):

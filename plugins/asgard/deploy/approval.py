@@ -351,8 +351,10 @@ def record_decision(
     policy: str,
     run: str,
     at: datetime | None = None,
+    rollout: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Tag the version with the decision: who, when, why (``deploy.decision.*``)."""
+    """Tag the version with the decision: who, when, why (``deploy.decision.*``), and for an approval the
+    rollout plan it approved (``rollout``), which the deploy then follows."""
     values = {
         "outcome": outcome,
         "by": by,
@@ -361,6 +363,8 @@ def record_decision(
         "policy": policy,
         "run": run,
     }
+    if rollout is not None:
+        values["rollout"] = json.dumps(rollout, sort_keys=True)
     for key, value in values.items():
         hook.client.set_model_version_tag(model_name, version, f"{DECISION_TAG_PREFIX}{key}", value)
     log.info("%s v%s: %s by %s (%s)", model_name, version, outcome, by, reason)
@@ -374,12 +378,17 @@ def version_decision(tags: dict[str, str] | None) -> dict[str, str] | None:
     return prefixed_tags(tags, DECISION_TAG_PREFIX) or None
 
 
-def require_approval(hook: MlflowHook, model_name: str, version: str, run: str) -> None:
+def require_approval(hook: MlflowHook, model_name: str, version: str, run: str) -> dict[str, Any] | None:
     """The version about to be deployed was approved in this run (``run``: ``deploy_model/<run id>``): a
-    hand-off changed after the decision (an XCom naming another version) deploys nothing."""
+    hand-off changed after the decision (an XCom naming another version) deploys nothing.
+
+    Returns the rollout plan the approval was given for (None: recorded without one), so that a model's
+    rollout changed while a person decided is not what the approved deploy runs.
+    """
     decision = version_decision(hook.client.get_model_version(model_name, version).tags) or {}
     if decision.get("outcome") != APPROVED or decision.get("run") != run:
         raise InputError(
             f"{model_name} v{version} was not approved in this run ({run}): its recorded decision is "
             f"{decision.get('outcome') or 'none'} in {decision.get('run') or 'no run'}; nothing is deployed"
         )
+    return json.loads(decision["rollout"]) if decision.get("rollout") else None

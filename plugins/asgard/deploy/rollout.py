@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,13 @@ class DeployRequest(XComRecord):
     @property
     def rollout_plan(self) -> Rollout:
         return Rollout.from_dict(self.rollout) if self.rollout else REPLACING
+
+    def as_approved(self, approved_rollout: dict[str, Any] | None) -> DeployRequest:
+        """This request with the rollout plan its approval was given for (None: the approval named none)."""
+        if approved_rollout is None or approved_rollout == self.rollout:
+            return self
+        log.warning("the rollout changed since the approval (%s); the approved %s runs", self.rollout, approved_rollout)
+        return dataclasses.replace(self, rollout=Rollout.from_dict(approved_rollout).to_dict())
 
 
 def recheck_image_model(context: Any, model_name: str) -> None:
@@ -220,6 +228,7 @@ def deploy_to_target(
         "changed": outcome["changed"],
         "previous_version": (outcome["previous"] or {}).get("version"),
         "strategy": request.rollout_plan.strategy if outcome.get("trial") else "replace",
+        "rollout": request.rollout,  # the plan followed (a trial's falls back to replace when nothing serves)
         "trial": outcome.get("trial"),
     }
 

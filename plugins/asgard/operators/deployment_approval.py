@@ -179,6 +179,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
                 policy=policy.mode,
                 run=run,
                 reason="the model's deployment policy is auto: a promotion deploys",
+                rollout=request.get("rollout"),
             )
             return {"decision": APPROVED, "by": "policy auto"}
         if policy.mode == "manual" and by_promotion:
@@ -210,6 +211,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
                     policy=policy.mode,
                     run=run,
                     reason="triggered deploy_model by hand",
+                    rollout=request.get("rollout"),
                 )
                 return {"decision": APPROVED, "by": user}
             log.info("%s's hand trigger is not an approval (%s): waiting for one who may decide", user, refusal)
@@ -233,6 +235,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
                 "trained_by": origin.trained_by,
                 "deciders": deciders,
                 "by_promotion": by_promotion,
+                "rollout": request.get("rollout"),  # the plan the body shows: what an approval approves
             },
         )
         return super().execute(context)
@@ -278,6 +281,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
             policy=policy.mode,
             run=run,
             reason=reason or ("approved" if outcome == APPROVED else "rejected, no reason given"),
+            rollout=waiting.get("rollout") if outcome == APPROVED else None,
         )
         super().execute_complete(context, event)  # a rejection skips the build and rollout
         return {"decision": outcome, "by": user, "reason": reason}
