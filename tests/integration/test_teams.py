@@ -371,6 +371,67 @@ def test_airflows_own_api_and_ui_change_a_run_only_for_its_models_team(teams):
     assert teams.admin.run_report("train_model", run_id, logs=False)["state"] == before["state"]
 
 
+def test_airflows_own_api_and_ui_show_a_run_only_to_its_models_team(teams):
+    """bob reads alice's run through Airflow's REST API (and the UI's cookie): the run, its logs and XComs are a
+    403 naming her model and team; lists of runs, and the audit log, give him her runs without their conf.
+    alice and the admin read all of it."""
+    run_id, task = teams.alice_training, FIRST_CHECK["train_model"]
+    quoted = quote(run_id, safe="")
+    base = f"/api/v2/dags/train_model/dagRuns/{quoted}"
+    for path in (base, f"{base}/taskInstances/{task}/logs/1", f"{base}/taskInstances/{task}/xcomEntries",
+                 f"{base}/taskInstances/{task}", f"/api/v2/dags/~/dagRuns/{quoted}/hitlDetails"):  # fmt: skip
+        answer = teams.call(teams.bob, "GET", path)
+        assert answer.status_code == 403, (path, answer.text)
+        assert answer.json()["detail"].startswith(_refusal("bob", "beta", teams.alice_model, "alpha")), answer.text
+        for reader in (teams.alice, teams.admin):
+            assert teams.call(reader, "GET", path).status_code == 200, (reader, path)
+    through_ui = httpx.get(f"{teams.url}{base}", cookies={"_token": teams.bob.token}, timeout=60)
+    assert through_ui.status_code == 403 and teams.alice_model in through_ui.text, through_ui.text
+
+    def confs(user: AirflowApi) -> dict[str, dict]:
+        listed = teams.call(user, "GET", "/api/v2/dags/train_model/dagRuns?limit=100&order_by=-run_after")
+        by_post = teams.call(
+            user, "POST", "/api/v2/dags/~/dagRuns/list", {"dag_ids": ["train_model"], "page_limit": 100}
+        )
+        assert listed.status_code == 200 and by_post.status_code == 200, (listed.text, by_post.text)
+        runs = {run["dag_run_id"]: run["conf"] for run in listed.json()["dag_runs"]}
+        assert runs == {run["dag_run_id"]: run["conf"] for run in by_post.json()["dag_runs"]}
+        return runs
+
+    seen_by_bob, seen_by_alice = confs(teams.bob), confs(teams.alice)
+    assert seen_by_bob[run_id] == {} and seen_by_alice[run_id]["model_name"] == teams.alice_model
+    assert seen_by_bob[teams.bob_training]["model_name"] == teams.bob_model
+    assert seen_by_alice[teams.bob_training] == {}
+    assert confs(teams.admin)[run_id]["model_name"] == teams.alice_model
+    # Airflow's audit log keeps each trigger's body (the conf): alice's trigger of her model, hers and the
+    # admin's to read; her triggers of bob's model (refused in their first task) are his team's to read too.
+    query = "/api/v2/eventLogs?dag_id=train_model&owner=alice&limit=100"
+    full = {
+        entry["event_log_id"]: entry["extra"] or ""
+        for entry in teams.call(teams.admin, "GET", query).json()["event_logs"]
+    }
+    hers = {key for key, extra in full.items() if teams.alice_model in extra}
+    assert hers, full
+    seen = {entry["event_log_id"]: entry["extra"] for entry in teams.call(teams.bob, "GET", query).json()["event_logs"]}
+    assert seen.keys() == full.keys() and not any(seen[key] for key in hers), seen
+    assert any(teams.bob_model in (extra or "") for extra in seen.values()), seen
+    # A filter or an order on what is withheld would tell it by the answer's size or order.
+    for method, path, body in (
+        ("GET", "/api/v2/dags/train_model/dagRuns?conf_contains=team_alpha", None),
+        ("GET", "/api/v2/dags/~/dagRuns?order_by=-conf", None),
+        ("POST", "/api/v2/dags/~/dagRuns/list", {"conf_contains": "team_alpha"}),
+        ("GET", "/api/v2/eventLogs?order_by=extra", None),
+    ):
+        answer = teams.call(teams.bob, method, path, body)
+        assert answer.status_code == 403 and "tells other teams' runs" in answer.text, (path, answer.text)
+    assert teams.call(teams.admin, "GET", "/api/v2/dags/~/dagRuns?conf_contains=team_alpha").status_code == 200
+    # Asset events: a promotion's extra names its model, version and score; another team's is withheld.
+    events = teams.call(teams.bob, "GET", "/api/v2/assets/events?source_dag_id=train_model&limit=100").json()
+    sources = {event["source_run_id"]: event["extra"] for event in events["asset_events"]}
+    assert sources[teams.bob_training]["model_name"] == teams.bob_model, sources
+    assert not sources[run_id], sources
+
+
 def test_a_gold_table_is_loaded_into_only_by_its_team_and_the_admin(teams):
     """alice's gold load makes a table of team alpha's: bob may neither append to it nor replace it; the
     admin may. The seed's tables, which no team's load made, every team reads and only the admin loads into."""

@@ -153,3 +153,93 @@ def test_the_token_and_path_are_read_as_airflow_reads_them():
     assert _token(scope()) is None
     # A root path ([api] base_url with a prefix) is not part of the route Airflow matches.
     assert _route_path(scope(path=f"/airflow{BASE}", root="/airflow")) == BASE
+
+
+def test_a_read_of_one_model_run_names_it_and_reads_of_many_are_redacted():
+    from asgard.api.run_reads import read_of_one_run, redacts
+
+    for path in (BASE, f"{BASE}/taskInstances/train/logs/1", f"{BASE}/taskInstances/train/xcomEntries/out",
+                 f"{BASE}/hitlDetails", f"{BASE}/upstreamAssetEvents"):  # fmt: skip
+        assert read_of_one_run("GET", path).run_id == RUN, path
+    assert read_of_one_run("POST", f"{BASE}/taskInstances/list").run_id == RUN
+    assert read_of_one_run("GET", f"/api/v2/dags/~/dagRuns/{RUN}/hitlDetails").dag_id == "~"  # any model DAG's
+    assert read_of_one_run("GET", "/api/v2/dags/train_model/dagRuns/list").run_id == "list"  # a run named so
+    for method, path in (
+        ("GET", "/api/v2/dags/train_model/dagRuns"),  # many runs: answered redacted
+        ("GET", "/api/v2/dags/train_model/dagRuns/~/taskInstances"),
+        ("POST", "/api/v2/dags/~/dagRuns/list"),
+        ("GET", f"/api/v2/dags/check_platform/dagRuns/{RUN}"),  # not a model DAG
+        ("PATCH", BASE),  # a change: the guard's other half
+    ):
+        assert read_of_one_run(method, path) is None, (method, path)
+    assert redacts("GET", "/api/v2/dags/~/dagRuns") and redacts("GET", "/api/v2/eventLogs")
+    assert redacts("GET", "/api/v2/assets/events") and redacts("POST", "/api/v2/dags/~/dagRuns/list")
+    assert not redacts("POST", "/api/v2/dags/x/dagRuns") and not redacts("GET", "/mlops/models")
+    assert not redacts("GET", "/execution/task-instances/x") and not redacts("GET", "/api/v2/config")
+
+
+def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_kept():
+    """Each list an answer may be: a run's conf, a task instance's rendered fields, an audit entry's extra, an
+    approval's evidence and an Asset event's extra; the caller's own (and other DAGs') are kept as they are.
+    Whose a run is comes from Airflow's database (here: a reader told which runs are the caller's), never
+    from the answer: an item planted in a conf is not looked at."""
+    from asgard.api.run_reads import RunReader, redact
+    from asgard.core.teams import Actor
+
+    class Reader(RunReader):
+        def may_read_run(self, dag_id, run_id):
+            self.asked.append((dag_id, run_id))
+            return run_id == "mine"
+
+        def may_act_on(self, model):
+            return model == "own_model"
+
+    reader = Reader(Actor("bob", frozenset({"beta"})))
+    reader.asked = []
+    planted = {"dag_id": "train_model", "dag_run_id": "theirs", "conf": {"model_name": "own_model"}}
+    answer = {
+        "dag_runs": [
+            {"dag_id": "train_model", "dag_run_id": "theirs", "conf": {"model_name": "x"}, "note": "n"},
+            {"dag_id": "train_model", "dag_run_id": "mine", "conf": {"model_name": "own_model", "p": planted}},
+            {"dag_id": "check_platform", "dag_run_id": "r3", "conf": {"anything": 1}},
+        ],
+        "task_instances": [
+            {"dag_id": "score_batch", "dag_run_id": "theirs", "rendered_fields": {"o": 1}, "rendered_map_index": "x"},
+            {"dag_id": "score_batch", "dag_run_id": "mine", "rendered_fields": {"op": "y"}},
+        ],
+        "event_logs": [
+            {"dag_id": "train_model", "run_id": None, "event": "trigger_dag_run", "owner": "alice", "extra": "{..}"},
+            {"dag_id": "train_model", "run_id": None, "event": "trigger_dag_run", "owner": "bob", "extra": "{..}"},
+        ],
+        "hitl_details": [
+            {"task_instance": {"dag_id": "deploy_model", "dag_run_id": "theirs"}, "body": "evidence",
+             "params_input": {"reason": "r"}, "subject": "Deploy x v2?", "chosen_options": ["Approve"]},
+        ],
+        "asset_events": [
+            {"source_dag_id": "monitor_model", "source_run_id": "mine", "extra": {"model_name": "x", "conf": {}}},
+            {"source_dag_id": "train_model", "source_run_id": "mine", "extra": {"model_name": "own_model"}},
+        ],
+    }  # fmt: skip
+    redact(answer, reader)
+    runs, instances, logs, approvals, events = answer.values()
+    assert runs[0]["conf"] == {} and runs[0]["note"] is None and runs[0]["dag_run_id"] == "theirs"
+    assert runs[1]["conf"]["p"] == planted and runs[2]["conf"] == {"anything": 1}
+    assert instances[0]["rendered_fields"] == {} and instances[0]["rendered_map_index"] is None
+    assert instances[1]["rendered_fields"] == {"op": "y"}
+    assert logs[0]["extra"] is None and logs[1]["extra"] == "{..}"  # bob's own entry stays
+    assert approvals[0]["body"] is None and approvals[0]["params_input"] == {} and approvals[0]["subject"]
+    assert approvals[0]["chosen_options"] == []
+    assert events[0]["extra"] == {} and events[1]["extra"] == {"model_name": "own_model"}  # a model of another team
+    assert ("check_platform", "r3") not in reader.asked and reader.asked.count(("train_model", "theirs")) == 1
+
+
+def test_filters_and_orders_that_would_tell_a_withheld_field_are_named():
+    from asgard.api.run_reads import telling_filter
+
+    assert telling_filter("conf_contains=%22lr%22&limit=5", None) == "conf_contains"
+    assert telling_filter("order_by=-conf", None) == "order_by=-conf"
+    assert telling_filter("order_by=id&order_by=extra", None) == "order_by=extra"
+    assert telling_filter("", {"conf_contains": "x"}) == "conf_contains"
+    assert telling_filter("", {"order_by": ["run_after", "-note"]}) == "order_by=-note"
+    assert telling_filter("body_search=evidence", None) == "body_search"
+    assert telling_filter("order_by=-run_after&limit=50&conf_contains=", {"page_limit": 100}) is None

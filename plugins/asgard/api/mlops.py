@@ -99,7 +99,7 @@ def create_app() -> FastAPI:
     def training_job(job_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
         dag_id = jobs.locate(job_id)
         authorize(who, "GET", dag_id)
-        guard_run(who, api, dag_id, job_id)
+        guard_run(who, dag_id, job_id)
         return jobs.status(api, job_id, logs=logs)
 
     @app.get("/jobs/{job_id}", summary="Any job this API started (training, batch scoring, features)")
@@ -107,14 +107,14 @@ def create_app() -> FastAPI:
     def job(job_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
         dag_id = jobs.locate(job_id)
         authorize(who, "GET", dag_id)
-        guard_run(who, api, dag_id, job_id)
+        guard_run(who, dag_id, job_id)
         return jobs.status(api, job_id, logs=logs)
 
     @app.get("/runs/{dag_id}/{run_id}", summary="Any run of a job DAG as a job, however it started (UI, REST...)")
     @offloaded
     def run(dag_id: str, run_id: str, who: CallerIdentity, api: CallerAirflow, logs: bool = True) -> dict[str, Any]:
         authorize(who, "GET", jobs.locate_run(dag_id))
-        guard_run(who, api, dag_id, run_id)
+        guard_run(who, dag_id, run_id)
         return jobs.status(api, run_id, logs=logs, dag_id=dag_id)
 
     @app.post(

@@ -9,15 +9,18 @@ caller may act on the model each run concerns (its conf's ``model_name``, or the
 name); changes that reach several runs at once (bulk bodies naming other DAGs' runs, include_past and
 include_future, clears without a run, backfills of a model DAG) or the DAG itself (pause, delete), and
 every change of Assets (an event starts runs that act for a model's team), are admins'. A refusal is a
-403 naming the run, the model and its team. Everything else passes untouched: reads, triggers (a run's
-first task checks its model's team), the Execution API, and approval responses (the approval task checks
-who decides). A change the guard sees with no token Airflow accepts is a 401 here: it fails closed. The
-token and the path are read as Airflow reads them (the first bearer header, else the session cookie as
-Starlette parses it; the path without a root path), so that both name the same caller and run.
+403 naming the run, the model and its team. Reads are checked too (:mod:`asgard.api.run_reads`: one run's
+the same way, many runs' answered with other teams' runs withheld). Everything else passes untouched:
+triggers (a run's first task checks its model's team), the Execution API, and approval responses (the
+approval task checks who decides). A change the guard sees with no token Airflow accepts is a 401 here: it
+fails closed. The token and the path are read as Airflow reads them (the first bearer header, else the
+session cookie as Starlette parses it; the path without a root path), so that both name the same caller
+and run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -165,52 +168,100 @@ def _bulk(dag_id: str, run_id: str | None, body: Any, what: str) -> list[Change]
     return changes
 
 
-def check(actor: Actor, changes: list[Change], token: str) -> None:
+def check(actor: Actor, changes: list[Change]) -> None:
     """Refuse (:class:`Refused`) unless ``actor`` may make every change: an admin any; anyone else changes
     one run at a time, of a model of their teams (a model not registered yet: a run its own user, or a
-    teammate of theirs, started)."""
+    teammate of theirs, started). Each run is read from Airflow's database (:func:`stored_subject`)."""
     from asgard.core.settings import get_settings
     from asgard.core.teams import user_actor
-    from asgard.hooks.airflow_api import AirflowApi, AirflowApiError
-    from asgard.hooks.mlflow import MlflowHook
-    from asgard.registry.ownership import model_team, refusal
+    from asgard.registry.ownership import refusal
 
     if actor.admin:
         return
     settings = get_settings()
-    api, hook = AirflowApi(settings.airflow_url, token), MlflowHook()
     for change in changes:
         if change.run_id is None:
             raise Refused(
                 f"{actor.describe()} may not {change.what} ({change.dag_id}): that reaches every team's runs "
                 "(admins only; change one run at a time)"
             )
-        try:
-            subject = api.run_subject(change.dag_id, change.run_id)
-        except AirflowApiError as error:
-            if error.status in (403, 404):  # closed, not open: a run the guard cannot see is not let through
-                raise Refused(
-                    f"{actor.describe()} may not {change.what} of run {change.run_id!r} of {change.dag_id}: "
-                    f"no such run they may read ({error.status})"
-                ) from None
-            raise
-        name = subject["conf"].get("model_name")
-        models = [name] if isinstance(name, str) and name else subject["event_models"]
+        found = stored_subject(change.dag_id, change.run_id)
+        if found is None:  # closed, not open: a run the guard cannot find is not let through
+            raise Refused(
+                f"{actor.describe()} may not {change.what} of run {change.run_id!r} of {change.dag_id}: no such run"
+            )
+        name = found["conf"].get("model_name")
+        models = [name] if isinstance(name, str) and name else found["event_models"]
         if not models:
             raise Refused(
                 f"{actor.describe()} may not {change.what} of run {change.run_id!r} of {change.dag_id}: "
                 "it names no model, so it concerns every team's models (admins only)"
             )
         for model in models:
-            team = model_team(hook, model, settings)
+            team = team_of(model)
             if team is None:
-                starter = user_actor(subject["user"], settings)
-                if subject["user"] == actor.name or starter.teams & actor.teams:
+                starter = user_actor(found["user"], settings)
+                if found["user"] == actor.name or starter.teams & actor.teams:
                     continue
                 team = ", ".join(sorted(starter.teams)) or "none"
             if not actor.may_act_for(team):
                 message = str(refusal(actor, model, team))
                 raise Refused(f"{message}; {change.what} of run {change.run_id!r} of {change.dag_id} refused")
+
+
+# Whose each model is, for a few seconds: a run page's reads (and a list's) ask again and again.
+TEAM_SECONDS = 10.0
+_teams: dict[str, tuple[float, str | None]] = {}
+
+
+def team_of(model: str) -> str | None:
+    """The team ``model`` belongs to (None: not registered), as known at most TEAM_SECONDS ago."""
+    import time
+
+    from asgard.core.settings import get_settings
+    from asgard.registry.ownership import model_team
+
+    now = time.monotonic()
+    known = _teams.get(model)
+    if known is not None and now - known[0] < TEAM_SECONDS:
+        return known[1]
+    team = model_team(_mlflow(), model, get_settings())
+    if len(_teams) > 10_000:  # names from requests: bounded
+        _teams.clear()
+    _teams[model] = (now, team)
+    return team
+
+
+@functools.cache
+def _mlflow() -> Any:
+    from asgard.hooks.mlflow import MlflowHook
+
+    return MlflowHook()
+
+
+def stored_subject(dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """What a run acts on and for whom, from Airflow's database (the guard runs inside the API server; a
+    request to the API would pass through the guard again): its conf, its user and the models its Asset
+    events name. None: no such run."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    with create_session() as session:
+        run = session.scalar(
+            select(DagRun)
+            .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            .options(selectinload(DagRun.consumed_asset_events))
+        )
+        if run is None:
+            return None
+        events = [event.extra or {} for event in run.consumed_asset_events]
+        return {
+            "conf": dict(run.conf) if isinstance(run.conf, dict) else {},
+            "user": run.triggering_user_name,
+            "event_models": [name for extra in events if isinstance(name := extra.get("model_name"), str)],
+        }
 
 
 class RunGuard:
@@ -220,8 +271,13 @@ class RunGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from asgard.api.run_reads import guarded_read, redacts
+
         path = _route_path(scope) if scope["type"] == "http" else ""
         if scope["type"] != "http" or scope["method"] not in CHANGES or _route(path)[0] is None:
+            if scope["type"] == "http" and redacts(scope["method"], path):
+                await guarded_read(self.app, scope, receive, send, path)
+                return
             await self.app(scope, receive, send)
             return
         method = scope["method"]
@@ -237,6 +293,9 @@ class RunGuard:
             except ValueError:
                 body = None  # Airflow answers the malformed body itself (and the guard reads no run in it)
         changes = changes_of(method, path, body)
+        if not changes and redacts(method, path):  # a read sent as POST (a list with filters)
+            await guarded_read(self.app, scope, replay, send, path)
+            return
         if changes:
             token = _token(scope)
             actor = await _actor(token) if token else None
@@ -246,7 +305,7 @@ class RunGuard:
             try:
                 import anyio
 
-                await anyio.to_thread.run_sync(check, actor, changes, token)
+                await anyio.to_thread.run_sync(check, actor, changes)
             except Refused as refused:
                 log.warning("refused %s %s: %s", method, path, refused)
                 await _answer(send, 403, str(refused))

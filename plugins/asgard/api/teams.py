@@ -16,7 +16,6 @@ from asgard.core.teams import Actor, TeamRefusal, user_actor
 
 if TYPE_CHECKING:
     from asgard.api.security import Caller
-    from asgard.hooks.airflow_api import AirflowApi
 
 # The job DAGs whose runs act on one model (its conf's model_name), or, without one, on every model.
 MODEL_DAGS = ("train_model", "train_script", "score_batch", "monitor_model", "deploy_model", "retrain_model")
@@ -47,24 +46,26 @@ def guard_model(who: Caller, model_name: str, *, may_create: bool = False, team:
         raise forbidden(error) from None
 
 
-def guard_run(who: Caller, api: AirflowApi, dag_id: str, run_id: str) -> None:
+def guard_run(who: Caller, dag_id: str, run_id: str) -> None:
     """403 unless ``who`` may read the run: the model its conf names is one of the caller's teams'. A run
-    that names no model (the daily monitoring of every served model) is the platform's: admins only."""
+    that names no model (the daily monitoring of every served model) is the platform's: admins only.
+
+    The conf is read from Airflow's database: the caller's own read through the API would meet the run
+    guard's refusal (:mod:`asgard.api.run_reads`) before this one, which names the model and its team."""
     from asgard.api.jobs import JobNotFoundError
-    from asgard.hooks.airflow_api import AirflowApiError
+    from asgard.api.run_guard import stored_subject
 
     if dag_id not in MODEL_DAGS:  # feature jobs: the feature store is shared by every team
         return
-    try:
-        conf = api.run_conf(dag_id, run_id)
-    except AirflowApiError as error:
-        if error.status == 404:
-            raise JobNotFoundError(f"run {run_id!r} of {dag_id} does not exist") from error
-        raise
-    model_name = conf.get("model_name")
-    if isinstance(model_name, str) and model_name:
-        guard_model(who, model_name)
-    elif not caller_actor(who).admin:
+    subject = stored_subject(dag_id, run_id)
+    if subject is None:
+        raise JobNotFoundError(f"run {run_id!r} of {dag_id} does not exist")
+    model_name = subject["conf"].get("model_name")
+    # A run a promotion started names its model in the Asset event, not in a conf.
+    models = [model_name] if isinstance(model_name, str) and model_name else subject["event_models"]
+    for model in models:
+        guard_model(who, model)
+    if not models and not caller_actor(who).admin:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             detail=f"run {run_id!r} of {dag_id} names no model: it concerns every team's models (admins only)",

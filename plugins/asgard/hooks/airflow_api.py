@@ -196,16 +196,6 @@ class AirflowApi:
         """The conf a run was started with ({} for a run without one)."""
         return dict(self._dag_run(dag_id, run_id).conf or {})
 
-    def run_subject(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        """What a run acts on and for whom: its conf, its user, and the models its Asset events name."""
-        run = self._dag_run(dag_id, run_id)
-        try:
-            events = self.runs.get_upstream_asset_events(dag_id, run_id).asset_events
-        except ApiException as error:
-            raise AirflowApiError(f"run {dag_id}/{run_id}: {error.status}", status=error.status) from error
-        models = [name for event in events if isinstance(name := (event.extra or {}).get("model_name"), str)]
-        return {"conf": dict(run.conf or {}), "user": run.triggering_user_name, "event_models": models}
-
     def _dag_run(self, dag_id: str, run_id: str) -> Any:
         try:
             return self.runs.get_dag_run(dag_id, run_id)

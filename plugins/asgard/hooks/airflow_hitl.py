@@ -149,8 +149,10 @@ def waiting_run(base_url: str, token: str, model_name: str, version: str) -> str
     return waiting[0]
 
 
-def approval_model(subject: str) -> str | None:
-    """The model a waiting approval's subject names (``Deploy <model> v<n>?``)."""
+def approval_model(subject: str | None) -> str | None:
+    """The model a waiting approval's subject names (``Deploy <model> v<n>?``; None: withheld, another team's)."""
+    if not isinstance(subject, str):
+        return None
     words = subject.split(" ")
     return words[1] if len(words) > 2 and words[0] == "Deploy" and words[2].startswith("v") else None
 
