@@ -187,6 +187,9 @@ def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_ke
     from asgard.core.teams import Actor
 
     class Reader(RunReader):
+        def read_runs(self, runs):
+            self.batch = sorted(runs)
+
         def may_read_run(self, dag_id, run_id):
             self.asked.append((dag_id, run_id))
             return run_id == "mine"
@@ -231,6 +234,9 @@ def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_ke
     assert approvals[0]["chosen_options"] == []
     assert events[0]["extra"] == {} and events[1]["extra"] == {"model_name": "own_model"}  # a model of another team
     assert ("check_platform", "r3") not in reader.asked and reader.asked.count(("train_model", "theirs")) == 1
+    # One query reads every run the items name (and only the model DAGs' runs).
+    named = {("train_model", "theirs"), ("train_model", "mine"), ("score_batch", "theirs"), ("score_batch", "mine")}
+    assert set(reader.batch) == named | {("deploy_model", "theirs"), ("monitor_model", "mine")}
 
 
 def test_filters_and_orders_that_would_tell_a_withheld_field_are_named():

@@ -168,10 +168,11 @@ def _bulk(dag_id: str, run_id: str | None, body: Any, what: str) -> list[Change]
     return changes
 
 
-def check(actor: Actor, changes: list[Change]) -> None:
+def check(actor: Actor, changes: list[Change], subjects: dict[tuple[str, str], dict] | None = None) -> None:
     """Refuse (:class:`Refused`) unless ``actor`` may make every change: an admin any; anyone else changes
     one run at a time, of a model of their teams (a model not registered yet: a run its own user, or a
-    teammate of theirs, started). Each run is read from Airflow's database (:func:`stored_subject`)."""
+    teammate of theirs, started). Each run is read from Airflow's database (:func:`stored_subject`; ``subjects``:
+    those already read, by DAG and run id)."""
     from asgard.core.settings import get_settings
     from asgard.core.teams import user_actor
     from asgard.registry.ownership import refusal
@@ -185,7 +186,8 @@ def check(actor: Actor, changes: list[Change]) -> None:
                 f"{actor.describe()} may not {change.what} ({change.dag_id}): that reaches every team's runs "
                 "(admins only; change one run at a time)"
             )
-        found = stored_subject(change.dag_id, change.run_id)
+        key = (change.dag_id, change.run_id)
+        found = subjects.get(key) if subjects is not None else stored_subject(*key)
         if found is None:  # closed, not open: a run the guard cannot find is not let through
             raise Refused(
                 f"{actor.describe()} may not {change.what} of run {change.run_id!r} of {change.dag_id}: no such run"
@@ -243,25 +245,33 @@ def stored_subject(dag_id: str, run_id: str) -> dict[str, Any] | None:
     """What a run acts on and for whom, from Airflow's database (the guard runs inside the API server; a
     request to the API would pass through the guard again): its conf, its user and the models its Asset
     events name. None: no such run."""
+    return stored_subjects([(dag_id, run_id)]).get((dag_id, run_id))
+
+
+def stored_subjects(runs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """:func:`stored_subject` of each of ``runs`` (DAG id, run id) that exists, in one query."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from sqlalchemy import select, tuple_
     from sqlalchemy.orm import selectinload
 
+    if not runs:
+        return {}
     with create_session() as session:
-        run = session.scalar(
+        found = session.scalars(
             select(DagRun)
-            .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            .where(tuple_(DagRun.dag_id, DagRun.run_id).in_(runs))
             .options(selectinload(DagRun.consumed_asset_events))
-        )
-        if run is None:
-            return None
-        events = [event.extra or {} for event in run.consumed_asset_events]
-        return {
-            "conf": dict(run.conf) if isinstance(run.conf, dict) else {},
-            "user": run.triggering_user_name,
-            "event_models": [name for extra in events if isinstance(name := extra.get("model_name"), str)],
-        }
+        ).all()
+        subjects = {}
+        for run in found:
+            events = [event.extra or {} for event in run.consumed_asset_events]
+            subjects[(run.dag_id, run.run_id)] = {
+                "conf": dict(run.conf) if isinstance(run.conf, dict) else {},
+                "user": run.triggering_user_name,
+                "event_models": [name for extra in events if isinstance(name := extra.get("model_name"), str)],
+            }
+        return subjects
 
 
 class RunGuard:

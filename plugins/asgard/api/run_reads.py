@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -158,6 +159,14 @@ def redact(document: Any, reader: RunReader) -> Any:
     """``document`` (a decoded answer) with what other teams' runs would tell withheld, in place."""
     if not isinstance(document, dict):
         return document
+    reader.read_runs(  # every run the answer's items name, in one query
+        (dag_id, run_id)
+        for key in LISTS
+        for item in (document.get(key) if isinstance(document.get(key), list) else [])
+        if isinstance(item, dict)
+        for dag_id, run_id in [_run_of(key, item)]
+        if dag_id in MODEL_DAGS and isinstance(run_id, str) and run_id
+    )
     for key, fields in LISTS.items():
         items = document.get(key)
         if not isinstance(items, list):
@@ -191,6 +200,16 @@ class RunReader:
         self.actor = actor
         self._runs: dict[tuple[str, str], bool] = {}
         self._models: dict[str, bool] = {}
+        self._subjects: dict[tuple[str, str], dict] | None = None
+
+    def read_runs(self, runs: Iterable[tuple[str, str]]) -> None:
+        """Read these runs from Airflow's database at once (a run not read then is looked up alone)."""
+        from asgard.api.run_guard import stored_subjects
+
+        try:
+            self._subjects = stored_subjects(sorted(set(runs)))
+        except Exception:  # each is looked up (and withheld if that fails too) as it comes
+            log.warning("could not read an answer's runs at once", exc_info=True)
 
     def may_read_item(self, kind: str, item: dict[str, Any]) -> bool:
         dag_id, run_id = _run_of(kind, item)
@@ -214,7 +233,7 @@ class RunReader:
         key = (dag_id, run_id)
         if key not in self._runs:
             try:
-                check(self.actor, [Change(dag_id, run_id, "read")])
+                check(self.actor, [Change(dag_id, run_id, "read")], self._subjects)
                 self._runs[key] = True
             except Refused:
                 self._runs[key] = False
