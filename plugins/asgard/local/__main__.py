@@ -1,8 +1,8 @@
 """``python -m asgard.local``: the commands behind ``./asgard``.
 
-run, start, stop, status, logs for the embedded services; upload, train, score, monitor, job,
-models, history, deploy, materialize, features register and gold load as a client of the
-``/mlops`` and ``/feast`` APIs (``asgard.local.cli``).
+run, start, stop, status, logs for the embedded services; docs for the documentation site; upload, train,
+score, monitor, job, models, history, deploy, materialize, features register and gold load as a client of
+the ``/mlops`` and ``/feast`` APIs (``asgard.local.cli``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from asgard.core.settings import PROFILES, Settings
 from asgard.hooks.airflow_api import AirflowApiError
@@ -17,7 +18,8 @@ from asgard.local import cli
 from asgard.local.services import ServiceError, ServiceManager
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``./asgard``'s commands and their options (the docs' CLI reference is written from it too)."""
     parser = argparse.ArgumentParser(prog="asgard", description="Asgard MLOps on the embedded default or production.")
     commands = parser.add_subparsers(dest="command", required=True)
     profile = argparse.ArgumentParser(add_help=False)
@@ -50,8 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     logs = commands.add_parser("logs", parents=[profile], help="print the end of a service's log")
     logs.add_argument("service")
     logs.add_argument("-n", "--lines", type=int, default=80)
+    docs = commands.add_parser("docs", help="the documentation site: served on 127.0.0.1, or --build it (strict)")
+    docs.add_argument("--build", action="store_true", help="build the site (any warning fails it) instead of serving")
+    docs.add_argument("--site", type=Path, help="where --build writes the site (default: .cache/docs-site)")
+    docs.add_argument("--port", type=int, default=8000, help="the port the site is served on")
     cli.add_commands(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "docs":
+        return run_docs(args)
 
     if getattr(args, "profile", None):
         # The services and the main job read the profile from the environment, as every setting.
@@ -89,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asgard: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_docs(args: argparse.Namespace) -> int:
+    from asgard.local import docs
+
+    if not args.build:
+        return docs.serve("127.0.0.1", args.port)
+    built = docs.build(args.site)
+    print(built.stdout + built.stderr, end="")
+    return built.returncode
 
 
 def run_main_job(settings: Settings, args: argparse.Namespace) -> int:
