@@ -1,5 +1,5 @@
 """The documentation site (issue 56): built strict from the repository, its reference generated from the
-code: every DAG Param, every setting and every command of ``./asgard`` is in it."""
+code: every DAG Param, every route of the REST APIs, every setting and every command of ``./asgard`` is in it."""
 
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def test_every_setting_and_every_command_is_in_the_reference(site):
     assert {"run", "test", "docs", "gold load", "features register"} - {"test"} <= set(found)
     for path in found:
         assert f"<code>./asgard {path}</code>" in commands, path
+
+
+def test_every_route_of_the_rest_apis_is_in_the_reference(site):
+    from asgard.api import feast, mlops
+
+    page = _page(site, "rest-api")
+    for prefix, app in (("/mlops", mlops.create_app()), ("/feast", feast.create_app())):
+        routes = [(method.upper(), path) for path, methods in app.openapi()["paths"].items() for method in methods]
+        assert len(routes) > 5, prefix
+        for method, path in routes:
+            assert f"<code>{method} {prefix}{path}</code>" in page, (method, path)
 
 
 def test_the_pages_include_the_readmes_sections_and_the_lifecycle_diagram(site):

@@ -2,7 +2,8 @@
 
 Its reference pages are written from the code at each build, so that they cannot drift from what runs:
 every DAG's Params from the DAGs themselves (parsed as Airflow parses them, in a process of their own
-with a throwaway ``AIRFLOW_HOME``), every ``ASGARD_*`` setting from the settings classes (with the
+with a throwaway ``AIRFLOW_HOME``), every route of the REST APIs from their OpenAPI schemas, every
+``ASGARD_*`` setting from the settings classes (with the
 comment above each field), every command and option from ``./asgard``'s parser. The build is strict
 (``mkdocs.yml``): a broken link, a missing page or a missing README section fails it.
 """
@@ -33,6 +34,7 @@ def write_reference(folder: Path = REFERENCE, parser: argparse.ArgumentParser | 
         "dag-params.md": dag_params_page(),
         "settings.md": settings_page(),
         "cli.md": cli_page(parser or build_parser()),
+        "rest-api.md": rest_api_page(),
     }
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in pages.items():
@@ -63,26 +65,8 @@ def _quiet() -> dict[str, str]:
 
 # --------------------------------------------------------------------------- DAG Params
 def dag_params_page() -> str:
-    """Each DAG's Params, parsed in a process of its own (Airflow reads its configuration once)."""
-    with tempfile.TemporaryDirectory(prefix="asgard-docs-airflow-") as home:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            # The DAG files import the platform's packages, as Airflow's processes find them.
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT / "include")]),
-        }
-        found = subprocess.run(
-            [sys.executable, "-m", "asgard.local.docs", "dag-params"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if found.returncode != 0:
-        raise RuntimeError(f"could not read the DAGs' Params: {found.stderr[-2000:]}")
-    dags = json.loads(found.stdout.splitlines()[-1])
+    """Each DAG's Params, parsed as Airflow parses them."""
+    dags = _parsed("dag-params")
     lines = ["# DAG Params", "", "Each DAG's conf, as its trigger form shows it and as a `conf` is checked.", ""]
     for dag_id, (summary, params) in sorted(dags.items()):
         lines += [f"## `{dag_id}`", "", summary, ""]
@@ -95,6 +79,57 @@ def dag_params_page() -> str:
             lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def rest_api_page() -> str:
+    """Every route of the platform's REST APIs (``/mlops``, ``/feast``), from their OpenAPI schemas."""
+    apis = _parsed("rest-api")
+    lines = [
+        "# REST API",
+        "",
+        "The platform's APIs, inside Airflow's API server (its login: a bearer token or the UI's session).",
+        "Each is also described by its own OpenAPI schema, served at `<prefix>/openapi.json`.",
+        "",
+    ]
+    for prefix, routes in apis.items():
+        lines += [f"## `{prefix}`", "", "| request | what it does |", "|---|---|"]
+        lines += [f"| `{method} {prefix}{path}` | {_cell(summary)} |" for method, path, summary in routes]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _parsed(what: str) -> Any:
+    """What a process of its own reads of the DAGs or the APIs (Airflow reads its configuration once)."""
+    with tempfile.TemporaryDirectory(prefix="asgard-docs-airflow-") as home:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": home,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # The DAG files import the platform's packages, as Airflow's processes find them.
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT / "include")]),
+        }
+        found = subprocess.run(
+            [sys.executable, "-m", "asgard.local.docs", what], env=env, capture_output=True, text=True, check=False
+        )
+    if found.returncode != 0:
+        raise RuntimeError(f"could not read the {what} for the reference: {found.stderr[-2000:]}")
+    return json.loads(found.stdout.splitlines()[-1])
+
+
+def _read_rest_api() -> dict[str, list[tuple[str, str, str]]]:
+    """Each API's routes: method, path and summary (run in the process :func:`_parsed` starts)."""
+    from asgard.api import feast, mlops
+
+    found = {}
+    for prefix, app in (("/mlops", mlops.create_app()), ("/feast", feast.create_app())):
+        spec = app.openapi()
+        found[prefix] = [
+            (method.upper(), path, operation.get("summary", ""))
+            for path, operations in spec["paths"].items()
+            for method, operation in operations.items()
+        ]
+    return found
 
 
 def _read_dag_params() -> dict[str, Any]:
@@ -225,7 +260,7 @@ def _help_of(parser: argparse.ArgumentParser, path: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["dag-params"]:
-        print(json.dumps(_read_dag_params()))
-    else:
-        sys.exit("usage: python -m asgard.local.docs dag-params")
+    readers = {"dag-params": _read_dag_params, "rest-api": _read_rest_api}
+    if len(sys.argv) != 2 or sys.argv[1] not in readers:
+        sys.exit(f"usage: python -m asgard.local.docs {'|'.join(readers)}")
+    print(json.dumps(readers[sys.argv[1]]()))
