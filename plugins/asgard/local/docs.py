@@ -11,6 +11,7 @@ comment above each field), every command and option from ``./asgard``'s parser. 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -66,7 +67,7 @@ def _quiet() -> dict[str, str]:
 # --------------------------------------------------------------------------- DAG Params
 def dag_params_page() -> str:
     """Each DAG's Params, parsed as Airflow parses them."""
-    dags = _parsed("dag-params")
+    dags = _parsed()["dag-params"]
     lines = ["# DAG Params", "", "Each DAG's conf, as its trigger form shows it and as a `conf` is checked.", ""]
     for dag_id, (summary, params) in sorted(dags.items()):
         lines += [f"## `{dag_id}`", "", summary, ""]
@@ -83,7 +84,7 @@ def dag_params_page() -> str:
 
 def rest_api_page() -> str:
     """Every route of the platform's REST APIs (``/mlops``, ``/feast``), from their OpenAPI schemas."""
-    apis = _parsed("rest-api")
+    apis = _parsed()["rest-api"]
     lines = [
         "# REST API",
         "",
@@ -98,8 +99,10 @@ def rest_api_page() -> str:
     return "\n".join(lines)
 
 
-def _parsed(what: str) -> Any:
-    """What a process of its own reads of the DAGs or the APIs (Airflow reads its configuration once)."""
+@functools.cache
+def _parsed() -> dict[str, Any]:
+    """What a process of its own reads of the DAGs and the APIs (Airflow reads its configuration once, and
+    this one's is a throwaway)."""
     with tempfile.TemporaryDirectory(prefix="asgard-docs-airflow-") as home:
         env = {
             **os.environ,
@@ -110,10 +113,10 @@ def _parsed(what: str) -> Any:
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT / "include")]),
         }
         found = subprocess.run(
-            [sys.executable, "-m", "asgard.local.docs", what], env=env, capture_output=True, text=True, check=False
+            [sys.executable, "-m", "asgard.local.docs", "read"], env=env, capture_output=True, text=True, check=False
         )
     if found.returncode != 0:
-        raise RuntimeError(f"could not read the {what} for the reference: {found.stderr[-2000:]}")
+        raise RuntimeError(f"could not read the DAGs and the APIs for the reference: {found.stderr[-2000:]}")
     return json.loads(found.stdout.splitlines()[-1])
 
 
@@ -133,7 +136,7 @@ def _read_rest_api() -> dict[str, list[tuple[str, str, str]]]:
 
 
 def _read_dag_params() -> dict[str, Any]:
-    """Every DAG's first doc line and Params (run in the process :func:`dag_params_page` starts)."""
+    """Every DAG's first doc line and Params (run in the process :func:`_parsed` starts)."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(str(DAGS_FOLDER))
@@ -260,7 +263,6 @@ def _help_of(parser: argparse.ArgumentParser, path: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    readers = {"dag-params": _read_dag_params, "rest-api": _read_rest_api}
-    if len(sys.argv) != 2 or sys.argv[1] not in readers:
-        sys.exit(f"usage: python -m asgard.local.docs {'|'.join(readers)}")
-    print(json.dumps(readers[sys.argv[1]]()))
+    if sys.argv[1:] != ["read"]:
+        sys.exit("usage: python -m asgard.local.docs read")
+    print(json.dumps({"dag-params": _read_dag_params(), "rest-api": _read_rest_api()}))
