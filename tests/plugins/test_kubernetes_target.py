@@ -34,7 +34,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from asgard.core.errors import InputError
 from asgard.deploy import kubernetes_target
-from asgard.deploy.strategies import CANARY, SHADOW, Rollout
+from asgard.deploy.strategies import CANARY, REPLACING, SHADOW, Rollout
 from asgard.serving.bundle import write_bundle
 from asgard.serving.checks import DeployError, holdout_payload
 from asgard.training import trainers
@@ -989,6 +989,7 @@ def test_deploy_model_on_kubernetes_records_the_outcome_and_moves_the_alias_back
             "changed": True,
             "previous_version": "1",
             "strategy": "replace",
+            "rollout": REPLACING.to_dict(),  # the request named none: the verified switch
             "trial": None,
         }
         assert str(failure.value).startswith(

@@ -228,7 +228,8 @@ def deploy_to_target(
         "changed": outcome["changed"],
         "previous_version": (outcome["previous"] or {}).get("version"),
         "strategy": request.rollout_plan.strategy if outcome.get("trial") else "replace",
-        "rollout": request.rollout,  # the plan followed (a trial's falls back to replace when nothing serves)
+        # The plan followed (a trial's falls back to replace when nothing serves).
+        "rollout": request.rollout or REPLACING.to_dict(),
         "trial": outcome.get("trial"),
     }
 
