@@ -293,15 +293,11 @@ class RunGuard:
         method = scope["method"]
         body, replay = None, receive
         if needs_body(method, path):
-            raw = await _read(receive)
-            if raw is None:
+            read = await read_json(receive)
+            if read is None:
                 await _answer(send, 413, f"a body over {MAX_READ_BODY} bytes changing runs is not read")
                 return
-            replay = _replaying(raw, receive)
-            try:
-                body = json.loads(raw or b"null")
-            except ValueError:
-                body = None  # Airflow answers the malformed body itself (and the guard reads no run in it)
+            body, replay = read
         changes = changes_of(method, path, body)
         if not changes and redacts(method, path):  # a read sent as POST (a list with filters)
             await guarded_read(self.app, scope, replay, send, path)
@@ -359,20 +355,26 @@ def _token(scope: Scope) -> str | None:
     return request.cookies.get(COOKIE_NAME_JWT_TOKEN)
 
 
-async def _read(receive: Receive) -> bytes | None:
-    """The whole body (None: longer than MAX_READ_BODY)."""
+async def read_json(receive: Receive) -> tuple[Any, Receive] | None:
+    """The body, decoded (None for a malformed one: Airflow answers it itself, and the guard reads no run
+    in it), and a receive that gives the app the same body; None: longer than MAX_READ_BODY."""
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
         if size > MAX_READ_BODY:
             return None
-        chunks.append(chunk)
         if not message.get("more_body"):
-            return b"".join(chunks)
+            break
+    raw = b"".join(chunks)
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        body = None
+    return body, _replaying(raw, receive)
 
 
 def _replaying(raw: bytes, receive: Receive) -> Receive:

@@ -60,7 +60,7 @@ async def guarded_read(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
     with other teams' runs redacted (:mod:`asgard.api.run_reads`)."""
     import anyio
 
-    from asgard.api.run_guard import MAX_READ_BODY, Refused, _actor, _answer, _read, _replaying, _token, check
+    from asgard.api.run_guard import MAX_READ_BODY, Refused, _actor, _answer, _token, check, read_json
 
     token = _token(scope)
     actor = await _actor(token) if token else None
@@ -82,15 +82,11 @@ async def guarded_read(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
         return
     body = None
     if scope["method"] == "POST":
-        raw = await _read(receive)
-        if raw is None:
+        read = await read_json(receive)
+        if read is None:
             await _answer(send, 413, f"a body over {MAX_READ_BODY} bytes listing runs is not read")
             return
-        receive = _replaying(raw, receive)
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            body = None
+        body, receive = read
     telling = telling_filter(scope.get("query_string", b"").decode("latin-1"), body)
     if telling:
         detail = f"{actor.describe()} may not filter or sort runs by {telling}: it tells other teams' runs"
