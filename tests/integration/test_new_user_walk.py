@@ -208,6 +208,9 @@ def test_a_csv_of_their_own_becomes_a_served_regression_model_and_a_scored_batch
             code, out, err = asgard(
                 "deploy", model, "--version", "2", "--strategy", "shadow", "--percent", "50", "--min-requests", "30",
                 "--duration", "180", "--max-difference", "3", "--unpause",
+                # The walk decides the shadow by its predictions' difference; its latency is a loaded CI
+                # machine's (a 177 ms p99 against 29 ms once), so the latency limit is wide, as the canaries' are.
+                "--max-p99-ratio", "20", "--p99-tolerance-ms", "1000",
             )  # fmt: skip
         finally:
             traffic.stop.set()

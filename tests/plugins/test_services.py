@@ -75,6 +75,26 @@ def test_start_is_idempotent_and_stop_leaves_no_process(settings, tmp_path):
     manager.stop(log=lambda _: None)  # stopping twice is fine
 
 
+def test_a_wall_clock_step_leaves_running_services_running(settings, tmp_path, monkeypatch):
+    # The kernel's boot time (/proc/stat btime) is the wall clock minus the uptime: a VM's time sync that
+    # steps the clock moves it, and with it every process's create_time(). Services are not crashed by it.
+    import psutil._pslinux as linux
+
+    port = free_port()
+    manager = TinyManager(settings, [sys.executable, "-c", SERVER, str(port), str(tmp_path / "child.pid")], port)
+    try:
+        manager.start(log=lambda _: None)
+        pid = manager.status()[0].pid
+        before, stepped = psutil.Process(pid).create_time(), linux.boot_time() + 90.0
+        monkeypatch.setattr(linux, "boot_time", lambda: stepped)
+        assert psutil.Process(pid).create_time() == pytest.approx(before + 90.0)  # what the step does
+        (status,) = manager.status()
+        assert (status.state, status.pid) == ("healthy", pid), status
+    finally:
+        monkeypatch.undo()
+        manager.stop(log=lambda _: None)
+
+
 def test_taken_port_is_named(settings):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -98,7 +118,7 @@ def test_recycled_pid_is_not_ours(settings):
     manager = TinyManager(settings, [sys.executable], free_port())
     settings.state_dir.mkdir(parents=True)
     # A PID file pointing at a live process that we did not start (our own test process).
-    (settings.state_dir / "tiny.pid").write_text(f'{{"pid": {psutil.Process().pid}, "create_time": 1.0}}')
+    (settings.state_dir / "tiny.pid").write_text(f'{{"pid": {psutil.Process().pid}, "started": 1.0}}')
     assert manager.status()[0].running is False
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from asgard.core.settings import REPO_ROOT, Settings
-from asgard.local.supervisor import end_processes, group_members, stop_tree
+from asgard.local.supervisor import end_processes, group_members, started_since_boot, stop_tree
 
 
 class ServiceError(RuntimeError):
@@ -243,12 +243,12 @@ class ProcessSupervisor(abc.ABC):
     def _running_process(self, name: str) -> psutil.Process | None:
         """The service's leader process, when alive."""
         record = self._record(name)
-        return _process(record.get("pid"), record.get("create_time"))
+        return _process(record.get("pid"), record.get("started"))
 
     def _supervisor(self, name: str) -> psutil.Process | None:
         """The service's supervisor, when alive."""
         record = self._record(name).get("supervisor") or {}
-        return _process(record.get("pid"), record.get("create_time"))
+        return _process(record.get("pid"), record.get("started"))
 
     def _end_leftovers(self, name: str) -> None:
         """End what is left of a service nothing supervises any more (its group outlived its leader)."""
@@ -333,13 +333,14 @@ class ProcessSupervisor(abc.ABC):
         )
 
 
-def _process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    """The live, non-zombie process ``pid`` started at ``create_time`` (a recycled PID is someone else's)."""
-    if not pid or create_time is None:
+def _process(pid: int | None, started: float | None) -> psutil.Process | None:
+    """The live, non-zombie process ``pid`` started ``started`` s after boot (a recycled PID is someone else's)."""
+    if not pid or started is None:
         return None
     try:
         process = psutil.Process(pid)
-        if abs(process.create_time() - create_time) > 1.0 or process.status() == psutil.STATUS_ZOMBIE:
+        now = started_since_boot(pid)
+        if now is None or abs(now - started) > 1.0 or process.status() == psutil.STATUS_ZOMBIE:
             return None
         return process
     except (psutil.NoSuchProcess, psutil.AccessDenied):

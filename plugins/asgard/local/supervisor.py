@@ -204,9 +204,9 @@ class Supervisor:
         leader = self.leader
         record = {
             "pid": leader.pid if leader else None,
-            "create_time": _create_time(leader.pid) if leader else None,
+            "started": started_since_boot(leader.pid) if leader else None,
             "pgid": leader.pid if leader else None,
-            "supervisor": {"pid": os.getpid(), "create_time": _create_time(os.getpid())},
+            "supervisor": {"pid": os.getpid(), "started": started_since_boot(os.getpid())},
             "state": state,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
@@ -220,9 +220,14 @@ class Supervisor:
         os.replace(tmp, self.state_file)
 
 
-def _create_time(pid: int) -> float | None:
+def started_since_boot(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since boot: with its PID, who it is.
+
+    Not ``create_time()``: that adds the boot time the kernel derives from the wall clock, so a clock
+    step (a VM's time sync) moves every process's start at once, and every service looked crashed.
+    """
     try:
-        return psutil.Process(pid).create_time()
+        return psutil.Process(pid).create_time() - psutil.boot_time()
     except psutil.NoSuchProcess:
         return None
 
