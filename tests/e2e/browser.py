@@ -13,6 +13,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as shown
 from selenium.webdriver.support.ui import WebDriverWait
 
+from asgard.local import screenshots
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Headless, and nothing that reaches out: this machine's network is closed (MACHINE.md).
 FLAGS = (
@@ -25,7 +27,7 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1400,1000",
+    f"--window-size={screenshots.WINDOW[0]},{screenshots.WINDOW[1]}",
 )
 
 
@@ -37,6 +39,10 @@ def chromium() -> Iterator[WebDriver]:
         for flag in (*FLAGS, f"--user-data-dir={profile}"):
             options.add_argument(flag)
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+        # The page's own size, not the window's: screenshots of every page are exactly the window.
+        width, height = screenshots.WINDOW
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
         try:
             yield driver
         finally:
@@ -45,6 +51,13 @@ def chromium() -> Iterator[WebDriver]:
 
 def wait(driver: WebDriver, seconds: float = 60) -> WebDriverWait:
     return WebDriverWait(driver, seconds)
+
+
+def screenshot(driver: WebDriver, name: str, *, page: str, shows: str) -> None:
+    """Once the page (or the frame the driver is in) shows ``shows``, save it for the docs
+    (``docs/screenshots/<name>.png``, see :mod:`asgard.local.screenshots`)."""
+    wait(driver).until(lambda d: shows in d.find_element(By.TAG_NAME, "body").text, f"{page}: no {shows!r}")
+    screenshots.record(driver.get_screenshot_as_png(), name, page=page, shows=shows)
 
 
 def button(driver: WebDriver, text: str, within: WebElement | None = None) -> WebElement:
@@ -78,11 +91,14 @@ def log_in(driver: WebDriver, airflow: str, user: str, password: str) -> None:
     wait(driver).until(lambda d: "/auth/login" not in d.current_url and d.get_cookie("_token"), "login failed")
 
 
-def trigger_with_the_forms_defaults(driver: WebDriver, airflow: str, dag_id: str) -> None:
-    """Open the DAG's trigger form, leave every field as the form fills it, press Trigger."""
+def trigger_with_the_forms_defaults(driver: WebDriver, airflow: str, dag_id: str, shows: str = "") -> None:
+    """Open the DAG's trigger form, leave every field as the form fills it, press Trigger (with ``shows``:
+    once the form shows it, saved as the docs' screenshot of a trigger form)."""
     driver.get(f"{airflow}/dags/{dag_id}")
     button(driver, "Trigger").click()
     dialog = wait(driver).until(visible("[role=dialog]"), "the trigger form did not open")
+    if shows:
+        screenshot(driver, "trigger-form", page=f"{dag_id}'s trigger form", shows=shows)
     button(driver, "Trigger", within=dialog).click()
     wait(driver).until(shown.invisibility_of_element(dialog), "the trigger form did not close")
 
@@ -100,6 +116,7 @@ def decide_required_action(driver: WebDriver, option: str, reason: str) -> str:
     """On an approval's form (a task's "Required Action" tab): give the reason, press ``option``
     (Approve or Reject). What the form showed, as text."""
     field = wait(driver).until(visible("input[name=element_reason]"), "the approval form has no reason field")
+    screenshot(driver, "approval-form", page="a deployment's approval form", shows="would replace")
     shown = driver.find_element(By.TAG_NAME, "body").text
     field.send_keys(reason)
     button(driver, option).click()

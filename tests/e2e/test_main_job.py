@@ -8,6 +8,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import psutil
@@ -21,6 +22,7 @@ from e2e.browser import (
     log_in,
     open_required_action,
     open_the_models_page,
+    screenshot,
     trigger_with_the_forms_defaults,
 )
 from e2e.seed_examples import run_the_seed_examples
@@ -264,7 +266,7 @@ def a_user_trains_from_the_form_and_finds_the_champion(airflow: str, token: str,
     before = set(api.list_run_ids("train_model"))
     with chromium() as driver:
         log_in(driver, airflow, "admin", password)
-        trigger_with_the_forms_defaults(driver, airflow, "train_model")
+        trigger_with_the_forms_defaults(driver, airflow, "train_model", shows="Trigger Dag")
         deadline = time.monotonic() + 60
         while not (started := set(api.list_run_ids("train_model")) - before) and time.monotonic() < deadline:
             time.sleep(1)
@@ -273,6 +275,8 @@ def a_user_trains_from_the_form_and_finds_the_champion(airflow: str, token: str,
         assert api.runs.get_dag_run("train_model", run_id).conf["model_name"] == "churn_predictor"
         outcome = api.wait_for_run("train_model", run_id, timeout=600)
         assert outcome.state == "success", outcome.failure
+        driver.get(f"{airflow}/dags/train_model/runs/{quote(run_id, safe='')}")
+        screenshot(driver, "run-grid", page="a train_model run's grid", shows="gate_model")
 
         heading = open_the_models_page(driver, airflow, "churn_predictor")
         assert heading.text == "churn_predictor"
@@ -283,3 +287,8 @@ def a_user_trains_from_the_form_and_finds_the_champion(airflow: str, token: str,
         }
         assert {"days_since_last_purchase", "total_purchases"} <= features, features
         assert driver.find_elements(By.LINK_TEXT, "HTML report") and driver.find_elements(By.LINK_TEXT, "MLflow run")
+        screenshot(driver, "models-page", page="a model's page", shows="@champion")
+        report = driver.find_element(By.LINK_TEXT, "HTML report").get_attribute("href")
+        driver.switch_to.default_content()
+        driver.get(report)
+        screenshot(driver, "drift-report", page="a monitoring run's drift report", shows="Checks")

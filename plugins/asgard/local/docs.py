@@ -83,20 +83,60 @@ def dag_params_page() -> str:
 
 
 def rest_api_page() -> str:
-    """Every route of the platform's REST APIs (``/mlops``, ``/feast``), from their OpenAPI schemas."""
+    """Every route of the platform's REST APIs (``/mlops``, ``/feast``), with the body each takes and the
+    answer it gives, and every one of those schemas' fields, from their OpenAPI schemas."""
     apis = _parsed()["rest-api"]
     lines = [
         "# REST API",
         "",
         "The platform's APIs, inside Airflow's API server (its login: a bearer token or the UI's session).",
-        "Each is also described by its own OpenAPI schema, served at `<prefix>/openapi.json`.",
+        "Each is also described by its own OpenAPI schema, served at `<prefix>/openapi.json`. A body that",
+        "does not match its schema is a 422 naming the field.",
         "",
     ]
-    for prefix, routes in apis.items():
-        lines += [f"## `{prefix}`", "", "| request | what it does |", "|---|---|"]
-        lines += [f"| `{method} {prefix}{path}` | {_cell(summary)} |" for method, path, summary in routes]
+    for prefix, api in apis.items():
+        lines += [f"## `{prefix}`", "", "| request | body | answer | what it does |", "|---|---|---|---|"]
+        for route in api["routes"]:
+            body, answer = (_schema_link(prefix, route[key]) for key in ("body", "answer"))
+            request = f"{route['method']} {prefix}{route['path']}"
+            lines.append(f"| `{request}` | {body} | {route['status']} {answer} | {_cell(route['summary'])} |")
         lines.append("")
+        for name, schema in api["schemas"].items():
+            lines += [f"### `{prefix}` {name}", ""]
+            if schema.get("description"):
+                lines += [_cell(schema["description"]), ""]
+            lines += ["| field | type | required | default | meaning |", "|---|---|---|---|---|"]
+            required = set(schema.get("required", []))
+            for field, spec in schema.get("properties", {}).items():
+                default = f"`{json.dumps(spec['default'])}`" if "default" in spec else ""
+                kind = _cell(_schema_type(prefix, spec))
+                meaning = _cell(spec.get("description", spec.get("title", "")))
+                lines.append(f"| `{field}` | {kind} | {'yes' if field in required else ''} | {default} | {meaning} |")
+            lines.append("")
     return "\n".join(lines)
+
+
+def _schema_link(prefix: str, name: str | None) -> str:
+    if not name:
+        return "—"
+    return f"[{name}](#{prefix.strip('/')}-{name.lower()})"
+
+
+def _schema_type(prefix: str, spec: dict[str, Any]) -> str:
+    """A field's type as a reader says it: ``integer``, ``list of string``, ``DataSource`` (linked), or
+    several of them (``string or null``)."""
+    if "$ref" in spec:
+        return _schema_link(prefix, spec["$ref"].rsplit("/", 1)[-1])
+    if "anyOf" in spec or "oneOf" in spec:
+        return " or ".join(_schema_type(prefix, option) for option in spec.get("anyOf", spec.get("oneOf", [])))
+    if "enum" in spec:
+        return " \\| ".join(f"`{value}`" for value in spec["enum"])
+    kind = spec.get("type", "any")
+    if kind == "array":
+        return f"list of {_schema_type(prefix, spec.get('items', {}))}"
+    if kind == "object" and "additionalProperties" in spec and isinstance(spec["additionalProperties"], dict):
+        return f"map of {_schema_type(prefix, spec['additionalProperties'])}"
+    return kind
 
 
 @functools.cache
@@ -120,18 +160,35 @@ def _parsed() -> dict[str, Any]:
     return json.loads(found.stdout.splitlines()[-1])
 
 
-def _read_rest_api() -> dict[str, list[tuple[str, str, str]]]:
-    """Each API's routes: method, path and summary (run in the process :func:`_parsed` starts)."""
+def _read_rest_api() -> dict[str, dict[str, Any]]:
+    """Each API's routes (method, path, summary, the body's and the answer's schema) and the schemas they
+    name (run in the process :func:`_parsed` starts)."""
     from asgard.api import feast, mlops
+
+    def schema_name(content: dict[str, Any]) -> str | None:
+        ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+        return ref.rsplit("/", 1)[-1] or None
 
     found = {}
     for prefix, app in (("/mlops", mlops.create_app()), ("/feast", feast.create_app())):
         spec = app.openapi()
-        found[prefix] = [
-            (method.upper(), path, operation.get("summary", ""))
-            for path, operations in spec["paths"].items()
-            for method, operation in operations.items()
-        ]
+        routes = []
+        for path, operations in spec["paths"].items():
+            for method, operation in operations.items():
+                status, answer = next(
+                    ((code, reply) for code, reply in operation.get("responses", {}).items() if code.startswith("2")),
+                    ("", {}),
+                )
+                routes.append({
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": operation.get("summary", ""),
+                    "body": schema_name(operation.get("requestBody", {}).get("content", {})),
+                    "status": status,
+                    "answer": schema_name(answer.get("content", {})),
+                })  # fmt: skip
+        schemas = spec.get("components", {}).get("schemas", {})
+        found[prefix] = {"routes": routes, "schemas": dict(sorted(schemas.items()))}
     return found
 
 
