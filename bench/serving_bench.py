@@ -204,6 +204,7 @@ class Served(NamedTuple):
     url: str
     start_seconds: float
     cpu_seconds: Callable[[], float]  # every process of the container (its cgroup), as the engine counts it
+    memory_mib: Callable[[], float] = lambda: float("nan")  # the same cgroup's memory in use
 
 
 @contextlib.contextmanager
@@ -248,7 +249,13 @@ def container(
             stats = client.stats(created, stream=False, one_shot=True)
             return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
 
-        yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds)
+        def memory_mib() -> float:
+            # Its processes' own memory (anon: cgroup v2, rss: v1), not the page cache its log files fill.
+            memory = client.stats(created, stream=False, one_shot=True)["memory_stats"]
+            counted = memory.get("stats", {})
+            return counted.get("anon", counted.get("rss", memory["usage"])) / 2**20
+
+        yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds, memory_mib)
     finally:
         client.remove_container(created, force=True)
 
