@@ -101,8 +101,8 @@ def check(built: Path, manifest: dict[str, dict[str, Any]]) -> list[str]:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != entry["sha256"] or len(data) != entry["bytes"]:
             problems.append(f"{path.name}: not the file the browser test saved at {entry['taken_at']}")
-        elif png_size(data) != (entry["width"], entry["height"]) or png_size(data) != WINDOW:
-            problems.append(f"{path.name}: {png_size(data)}, not the window's {WINDOW}")
+        elif (size := png_size(data)) != WINDOW:
+            problems.append(f"{path.name}: {size[0]}x{size[1]}, not the window's {WINDOW[0]}x{WINDOW[1]}")
     return problems
 
 
