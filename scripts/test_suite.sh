@@ -62,21 +62,38 @@ start_stream unit "${ignored[@]}"
 # The other streams (and what they started) stop with this script, whatever stops it.
 trap 'for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done' EXIT
 
-python -m pytest -p no:cacheprovider tests/integration "${not_here[@]}"
+integration_log="$(mktemp /tmp/asgard-tests-integration.XXXXXX.log)"
+python -m pytest -p no:cacheprovider tests/integration "${not_here[@]}" 2>&1 | tee "$integration_log"
 status=$?
-failed=()
-[ "$status" -eq 0 ] || failed+=("integration ($status)")
+failed=() failed_logs=()
+if [ "$status" -ne 0 ]; then
+  failed+=("integration ($status)")
+  failed_logs+=("$integration_log")
+fi
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}"
   stream_status=$?
   echo
   echo "==> ${names[$i]} (exit status $stream_status)"
   cat "${logs[$i]}"
-  rm -f "${logs[$i]}"
-  [ "$stream_status" -eq 0 ] || failed+=("${names[$i]} ($stream_status)")
+  if [ "$stream_status" -eq 0 ]; then
+    rm -f "${logs[$i]}"
+  else
+    failed+=("${names[$i]} ($stream_status)")
+    failed_logs+=("${logs[$i]}")
+  fi
 done
 trap - EXIT
 if [ "${#failed[@]}" -ne 0 ]; then
+  # Last, so that whoever reads only the end of a long output still sees what failed and why: each
+  # failed test's line and its assertion lines ("E ..."), from every stream that failed.
+  echo
+  echo "==> what failed (the whole output of each stream is above)"
+  for log in "${failed_logs[@]}"; do
+    grep -E '^(FAILED|ERROR) |^E  ' "$log" | cut -c1-400 | head -n 60
+    rm -f "$log"
+  done
   echo "==> failed: ${failed[*]}" >&2
   exit 1
 fi
+rm -f "$integration_log"
