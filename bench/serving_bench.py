@@ -119,19 +119,40 @@ def invocations_body(rows: int) -> str:
     return json.dumps({"dataframe_split": {"columns": SEED_FEATURES, "data": sample[SEED_FEATURES].values.tolist()}})
 
 
-def wrk(url: str, body: str, duration: int, connections: int) -> dict[str, float]:
+def wrk(
+    url: str,
+    body: str,
+    duration: int,
+    connections: int,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: int = 2,
+) -> dict[str, float]:
+    """POST ``body`` (JSON) to ``url`` with ``headers`` besides its content type for ``duration`` s: the figures.
+
+    A request unanswered after ``timeout`` s (wrk's default: 2) is left out of the latencies, and counted."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        # A Lua long string with level-2 brackets: the JSON body may contain "]]".
-        script.write(
-            f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
-        )
+        # Lua long strings with level-2 brackets: a JSON body or a header may contain "]]".
+        lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
+        lines += [f"wrk.headers[ [==[{name}]==] ] = [==[{value}]==]" for name, value in (headers or {}).items()]
+        script.write("\n".join([*lines, f"wrk.body = [==[{body}]==]", ""]))
     try:
         result = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{duration}s",
+                f"--timeout={timeout}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
             capture_output=True,
             text=True,
             check=True,
-            timeout=duration + 60,
+            timeout=duration + timeout + 60,
         )
     finally:
         os.unlink(script.name)
@@ -139,7 +160,11 @@ def wrk(url: str, body: str, duration: int, connections: int) -> dict[str, float
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{url} answered {errors.group(1)} errors under load:\n{out}")
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
     return {
+        # wrk leaves a request unanswered after ``timeout`` s out of its latency figures: counted here.
+        "timeouts": int(timeouts.group(1)) if timeouts else 0,
+        "out": out,
         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1)),

@@ -59,3 +59,22 @@ def test_startup_bench_smoke(embedded_stack):
     assert "ratio next version, previous / platform Dockerfile:" in out
     assert "script model, platform Dockerfile, next version" in out
     assert "ratio first version, script model / train_model model:" in out
+
+
+def test_soak_bench_smoke(embedded_stack):
+    """A serving container of the LightGBM model, then the session's Airflow API server, each under honest
+    load alone and then with every hostile case sent beside it: each case gets a 4xx; memory and both p99s
+    are printed."""
+    # One 8 s round on cores the other streams load measures that it runs, not the ratio: its limit is wide.
+    args = ("--rounds", "1", "--duration", "8", "--customers", "3000", "--max-p99-ratio", "50")
+    out = run_bench("soak_bench.py", *args, stack=embedded_stack)
+    serving, api = out.split("== Airflow API server (POST /mlops/monitoring/history)")
+    assert "== serving container (1-row /invocations)" in serving
+    for part, cases in (
+        (serving, ("n² records, 1 MB", "NaN literal", "deep nesting", "1 MB string", "unknown column")),
+        (api, ("NaN metric", "deep nesting", "1 MB model name", "unknown field", "1 MB of distinct keys")),
+    ):
+        assert "memory (its processes' own, no page cache):" in part and "MiB at the end" in part
+        assert "honest p99 (median of 1 rounds of 8 s):" in part
+        for case in (*cases, "over the limit, chunked"):
+            assert f"  {case}: " in part, out
