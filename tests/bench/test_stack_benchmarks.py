@@ -30,6 +30,8 @@ def test_serving_bench_smoke(embedded_stack):
     assert out.count("the model ratio of the bare endpoint + model:") == 1  # the bound the stack sets
     assert out.count("workers over asgard's 1 worker(s):") == 2  # the bound wrk on the same cores sets
     assert out.count("the image's CPU per request (all its processes):") == 2
+    assert out.count("CPU ratio over the bare endpoint") == 2  # 1 and 100 rows
+    assert out.count("100 rows, CPU per request: asgard") == 1 and "the bare endpoint's + the model alone's" in out
     assert out.count("the model inside the server") == 3  # its /metrics, at 1 and 100 rows
     assert out.count("as the deploy target runs it (own network and bridge, limits; the router's way in):") == 1
     assert out.count("network ratio") == 1
