@@ -46,7 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
@@ -129,7 +129,7 @@ def wrk(
     *,
     headers: dict[str, str] | None = None,
     timeout: int = 2,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """POST ``body`` (JSON) to ``url`` with ``headers`` besides its content type for ``duration`` s: the figures.
 
     A request unanswered after ``timeout`` s (wrk's default: 2) is left out of the latencies, and counted."""

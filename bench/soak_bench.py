@@ -45,7 +45,6 @@ from common import embedded_services, exit_code  # noqa: E402
 from serving_bench import container, invocations_body, wrk  # noqa: E402
 
 SERVING_LIMIT = 2_000_000  # the container's body limit for this run: its chunked case sends just over it
-API_LIMIT = 2 * 1024 * 1024  # the /mlops body limit (asgard.api.security)
 
 
 class Hostile(NamedTuple):
@@ -85,6 +84,7 @@ def serving_cases() -> list[Hostile]:
 
 
 def api_cases() -> list[Hostile]:
+    from asgard.api.security import MAX_BODY_BYTES  # the /mlops body limit
     from sample_data.models import SEED_MONITORING_REQUEST
 
     def record(**changes) -> bytes:
@@ -96,7 +96,7 @@ def api_cases() -> list[Hostile]:
         Hostile("1 MB model name", record(model_name="x" * 1_000_000)),
         Hostile("unknown field", record(no_such_field=1)),
         Hostile("1 MB of distinct keys", record(metrics={f"k{i}": 0.5 for i in range(60_000)})),
-        Hostile("over the limit, chunked", b"[" + b"1," * (API_LIMIT // 2 + 1) + b"1]", chunked=True),
+        Hostile("over the limit, chunked", b"[" + b"1," * (MAX_BODY_BYTES // 2 + 1) + b"1]", chunked=True),
     ]
 
 
