@@ -232,6 +232,7 @@ class Served(NamedTuple):
     start_seconds: float
     cpu_seconds: Callable[[], float]  # every process of the container (its cgroup), as the engine counts it
     memory_mib: Callable[[], float] = lambda: float("nan")  # the same cgroup's memory in use
+    processes: Callable[[], frozenset[int]] = frozenset  # its processes' ids: a restarted worker changes them
 
 
 @contextlib.contextmanager
@@ -282,7 +283,12 @@ def container(
             counted = memory.get("stats", {})
             return counted.get("anon", counted.get("rss", memory["usage"])) / 2**20
 
-        yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds, memory_mib)
+        def processes() -> frozenset[int]:
+            top = client.top(created)
+            column = top["Titles"].index("PID")
+            return frozenset(int(row[column]) for row in top["Processes"])
+
+        yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds, memory_mib, processes)
     finally:
         client.remove_container(created, force=True)
 

@@ -14,7 +14,10 @@ Two targets, one after the other:
 Rounds alternate: honest load alone (``wrk``), then the same load with the hostile cases sent beside it,
 one a second, in turn. Printed for each target: memory at the start, after each round and at the end;
 the honest requests' p99 with and without the hostile ones (target: within 1.5x); each hostile case's
-statuses and slowest time. Every hostile request must get a 4xx, and no honest one may fail.
+statuses and slowest time, the server's own (its ``Server-Timing`` header; target: within 100 ms) and the
+client's; whether the server's processes are the ones it started with. Every hostile request must get a
+4xx within the server time, no honest one may fail, and no process of the server may come or go (a
+restarted worker).
 
     PYTHONPATH=plugins:include .venv/bin/python bench/soak_bench.py                  # 5 rounds of 30 s
     PYTHONPATH=plugins:include .venv/bin/python bench/soak_bench.py --rounds 1 --duration 5   # smoke size
@@ -65,6 +68,16 @@ class Target(NamedTuple):
     hostile_path: str
     hostile: list[Hostile]
     memory_mib: Callable[[], float]
+    processes: Callable[[], frozenset[int]]  # the server's processes' ids: a restarted worker changes them
+
+
+class Answer(NamedTuple):
+    """A hostile request's answer: its status (0: the server closed the connection on a body it would
+    not read), the client's seconds, and the server's own milliseconds (its Server-Timing header)."""
+
+    status: int
+    seconds: float
+    server_ms: float | None
 
 
 def nested(depth: int) -> bytes:
@@ -100,8 +113,8 @@ def api_cases() -> list[Hostile]:
     ]
 
 
-def send(target: Target, case: Hostile) -> tuple[int, float]:
-    """POST a hostile ``case`` (``chunked``: without a length, in 64 KiB chunks); its status and seconds."""
+def send(target: Target, case: Hostile) -> Answer:
+    """POST a hostile ``case`` (``chunked``: without a length, in 64 KiB chunks)."""
     host, port = target.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     headers = {**target.headers, "Content-Type": "application/json"}
@@ -112,22 +125,24 @@ def send(target: Target, case: Hostile) -> tuple[int, float]:
             connection.request("POST", target.hostile_path, body=chunks, encode_chunked=True, headers=headers)
         else:
             connection.request("POST", target.hostile_path, body=case.body, headers=headers)
-        status = connection.getresponse().status
+        response = connection.getresponse()
+        status, timing = response.status, response.getheader("server-timing") or ""
     except (ConnectionError, http.client.HTTPException):
-        status = 0  # the server closed the connection on a body it would not read: counted as refused below
+        status, timing = 0, ""  # the server closed the connection on a body it would not read: refused
     finally:
         connection.close()
-    return status, time.perf_counter() - started
+    server_ms = float(timing.split("dur=")[1].split(",")[0]) if "dur=" in timing else None
+    return Answer(status, time.perf_counter() - started, server_ms)
 
 
-def hostile_traffic(target: Target, stop: threading.Event, seen: dict[str, list[tuple[int, float]]]) -> None:
+def hostile_traffic(target: Target, stop: threading.Event, seen: dict[str, list[Answer]]) -> None:
     turn = 0
     while not stop.is_set():
         case = target.hostile[turn % len(target.hostile)]
-        status, seconds = send(target, case)
-        seen.setdefault(case.name, []).append((status, seconds))
+        answer = send(target, case)
+        seen.setdefault(case.name, []).append(answer)
         turn += 1
-        stop.wait(max(0.0, 1.0 - seconds))
+        stop.wait(max(0.0, 1.0 - answer.seconds))
 
 
 def soak(target: Target, args: argparse.Namespace) -> list[str]:
@@ -148,7 +163,7 @@ def soak(target: Target, args: argparse.Namespace) -> list[str]:
                        headers={**target.headers, "Content-Type": "application/json"})  # fmt: skip
     first.raise_for_status()  # the first answer (imports, connections) comes before any load is measured
     honest(5)  # warm
-    start_mib = target.memory_mib()
+    start_mib, processes = target.memory_mib(), target.processes()
     quiet, mixed, seen, memory = [], [], {}, []
     for _ in range(args.rounds):
         quiet.append(honest(args.duration))
@@ -173,12 +188,21 @@ def soak(target: Target, args: argparse.Namespace) -> list[str]:
         f"{beside:.2f} ms with a hostile request a second: ratio {ratio:.2f} (target <= {args.max_p99_ratio:g})"
     )
     failures = []
-    for name, results in seen.items():
-        statuses = sorted({status for status, _ in results})
-        worst = max(seconds for _, seconds in results) * 1000
-        print(f"  {name}: {len(results)} sent, statuses {statuses}, slowest {worst:.1f} ms (client side)")
+    for name, answers in seen.items():
+        statuses = sorted({answer.status for answer in answers})
+        client_ms = max(answer.seconds for answer in answers) * 1000
+        timed = [answer.server_ms for answer in answers if answer.server_ms is not None]
+        server_ms = max(timed, default=float("nan"))
+        print(f"  {name}: {len(answers)} sent, statuses {statuses}, slowest {server_ms:.1f} ms server time "
+              f"({len(timed)} timed), {client_ms:.1f} ms client side")  # fmt: skip
         if any(not (400 <= status < 500 or status == 0) for status in statuses):
             failures.append(f"{target.name}, {name}: answered {statuses}, not a 4xx")
+        if server_ms > args.max_server_ms:
+            failures.append(f"{target.name}, {name}: {server_ms:.1f} ms of server time > {args.max_server_ms:g}")
+    restarted = processes ^ target.processes()
+    print(f"processes: {len(processes)} at the start, {'the same' if not restarted else 'changed'} at the end")
+    if restarted:
+        failures.append(f"{target.name}: processes came or went during the soak (a restart): {sorted(restarted)}")
     if sum(unanswered):
         failures.append(f"{target.name}: {sum(unanswered)} honest request(s) unanswered after 60 s")
     if ratio > args.max_p99_ratio:
@@ -186,8 +210,8 @@ def soak(target: Target, args: argparse.Namespace) -> list[str]:
     return failures
 
 
-def api_server_memory(manager) -> Callable[[], float]:
-    """The resident set of the Airflow API server's processes (its uvicorn and their children)."""
+def api_server_processes(manager) -> tuple[Callable[[], float], Callable[[], frozenset[int]]]:
+    """The resident set of the Airflow API server's processes (its uvicorn and their children), and their ids."""
     import psutil
 
     (status,) = [status for status in manager.status() if status.name == "airflow"]
@@ -202,7 +226,10 @@ def api_server_memory(manager) -> Callable[[], float]:
         processes = [server, *server.children(recursive=True)]
         return sum(process.memory_info().rss for process in processes) / 2**20
 
-    return memory_mib
+    def processes() -> frozenset[int]:
+        return frozenset(process.pid for process in (server, *server.children(recursive=True)))
+
+    return memory_mib, processes
 
 
 def main() -> int:
@@ -213,6 +240,9 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=5_000, help="training rows of the sample model")
     parser.add_argument(
         "--max-p99-ratio", type=float, default=1.5, help="the honest p99's ratio, mixed / alone, that fails the run"
+    )
+    parser.add_argument(
+        "--max-server-ms", type=float, default=100, help="a hostile request's server time that fails the run"
     )
     parser.add_argument(
         "--reuse-services", action="store_true", help="the running stack ASGARD_* describes (else a fresh one)"
@@ -246,13 +276,14 @@ def main() -> int:
         environment = {"ASGARD_SERVING_MAX_BODY_BYTES": str(SERVING_LIMIT)}
         with container(client, image, 1, environment=environment) as served:
             serving = Target("serving container (1-row /invocations)", served.url, "/invocations",
-                             invocations_body(1), {}, "/invocations", serving_cases(), served.memory_mib)  # fmt: skip
+                             invocations_body(1), {}, "/invocations", serving_cases(), served.memory_mib,
+                             served.processes)  # fmt: skip
             failures += soak(serving, args)
         token = fetch_token(settings.airflow_url, *manager.admin_credentials())
         history = json.dumps({"model_name": "soak_bench", "limit": 10})
         api = Target("Airflow API server (POST /mlops/monitoring/history)", settings.airflow_url,
                      "/mlops/monitoring/history", history, {"Authorization": f"Bearer {token}"},
-                     "/mlops/monitoring", api_cases(), api_server_memory(manager))  # fmt: skip
+                     "/mlops/monitoring", api_cases(), *api_server_processes(manager))  # fmt: skip
         failures += soak(api, args)
     return exit_code(failures)
 

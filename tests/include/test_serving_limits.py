@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -74,6 +75,8 @@ def test_a_megabyte_of_records_with_a_key_each_is_refused_at_the_first_unknown_k
     # minutes for this body). The time is printed, not asserted (bench/ measures; the machine is shared).
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"].startswith("unexpected column(s) in row 0: k0; the model takes ")
+    # What it cost the server, in its answer (Server-Timing): what the soak bench holds to 100 ms.
+    assert re.fullmatch(r"app;dur=\d+\.\d{3}", answer.headers["server-timing"]), answer.headers
 
 
 def test_a_refusal_is_never_as_large_as_the_body(client):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -26,6 +27,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from asgard.api import feast, mlops
+from asgard.api.schemas import (
+    MAX_ERRORS_SHOWN,
+    MAX_QUOTED_CHARS,
+    MonitoringRecordRequest,
+    TrainModelRequest,
+    refusal_detail,
+)
 from asgard.api.security import MAX_BODY_BYTES, BodyLimit
 from asgard.monitoring import drift
 from asgard.monitoring.alerts import decide_alerts, external_record
@@ -94,9 +102,12 @@ def test_an_oversized_body_is_a_413_before_auth_chunked_or_declared(create_app, 
             assert chunked.status_code == 413 and chunked.json() == TOO_LARGE, (headers, chunked.text)
             declared = client.post(path, headers=headers, content=b"x" * OVERSIZED)
             assert declared.status_code == 413 and declared.json() == TOO_LARGE, (headers, declared.text)
+            for refused in (chunked, declared):  # what the refusal cost the server, in its answer
+                assert re.fullmatch(r"app;dur=\d+\.\d{3}", refused.headers["server-timing"]), refused.headers
         # A body within the limit reaches the app, and its auth: the limit came first, nothing else changed.
         honest = client.post(path, content=Chunks(1000))
         assert honest.status_code == 401 and honest.headers["www-authenticate"] == "Bearer"
+        assert honest.headers["server-timing"].startswith("app;dur=")
 
 
 def test_a_chunked_body_is_cut_off_as_the_count_passes_the_limit():
@@ -178,6 +189,81 @@ def test_the_limit_holds_inside_the_airflow_api_server(server, auth):
         chunked = client.post("/mlops/monitoring", headers=headers, content=iter([honest[:40], honest[40:]]))
         assert chunked.status_code == 201 and chunked.json()["model_name"] == model, chunked.text
         assert client.get("/mlops/health", headers=auth).json() == {"status": "healthy"}
+
+
+@pytest.mark.integration
+def test_a_body_of_sixty_thousand_bad_values_is_one_short_refusal_inside_the_api_server(server, auth):
+    """60,000 distinct keys of bad values (about 1 MB): refused at the object's bound in keys, before its
+    values are read, with one error that quotes the object in short, within 100 ms of the server's time."""
+    body = {**SEED_MONITORING_REQUEST, "model_name": "edges", "metrics": {f"k{i}": "x" for i in range(60_000)}}
+    raw = json.dumps(body).encode()
+    assert len(raw) > 900_000
+    refused = httpx.post(
+        f"{server}/mlops/monitoring", headers={**auth, "content-type": "application/json"}, content=raw, timeout=60
+    )
+    assert refused.status_code == 422, refused.text[:2000]
+    (error,) = refused.json()["detail"]
+    assert error["loc"] == ["body", "metrics"] and error["msg"] == "Object should have at most 200 keys, not 60000"
+    assert len(refused.content) < 1000 and error["input"].startswith('{"k0": "x", "k1": "x"')
+    # Parsing the megabyte is most of it (about 20 ms): the values are never looked at.
+    assert float(refused.headers["server-timing"].removeprefix("app;dur=")) < 100, refused.headers
+
+
+# --------------------------------------------------------------------------- bodies that cost more than their size
+def _refusal(model, body: dict) -> list[dict]:
+    with pytest.raises(ValueError) as refused:
+        model.model_validate(body)
+    return refused.value.errors()
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "bound"),
+    [
+        (MonitoringRecordRequest, "metrics", 200),
+        (MonitoringRecordRequest, "tags", 50),
+        (MonitoringRecordRequest, "thresholds", 50),
+        (TrainModelRequest, "hyperparameters", 10),
+        (TrainModelRequest, "data_source.entities", 50),
+        (TrainModelRequest, "", 108),  # the conf's own keys: its fields and 100 more
+    ],
+)
+def test_an_object_over_its_bound_is_one_error_before_any_of_its_values_is_read(model, field, bound):
+    from asgard.local.examples import CHURN_MODEL_REQUEST
+
+    seed = SEED_MONITORING_REQUEST if model is MonitoringRecordRequest else CHURN_MODEL_REQUEST
+    body = json.loads(json.dumps(seed))
+    parts = field.split(".") if field else []
+    where = body
+    for parent in parts[:-1]:
+        where = where[parent]
+    bad = {f"k{i}": {"not": "a value"} for i in range(60_000)}  # every value wrong for every one of the fields
+    if parts:
+        where[parts[-1]] = bad
+    else:
+        body.update(bad)
+    (error,) = _refusal(model, body)  # not 60,000 errors, one per value, built before the bound was checked
+    assert error["type"] == "too_long" and error["loc"] == tuple(parts)
+    assert error["msg"] == f"Object should have at most {bound} keys, not {60_000 if parts else len(body)}"
+
+
+def test_a_refusal_names_its_first_errors_and_quotes_every_input_short():
+    body = {**SEED_MONITORING_REQUEST, "metrics": {f"k{i}": "x" for i in range(150)}}
+    detail = refusal_detail(_refusal(MonitoringRecordRequest, body))
+    assert len(detail) == MAX_ERRORS_SHOWN + 1 and detail[-1] == {
+        "type": "more_errors", "loc": ["body"], "msg": f"{150 - MAX_ERRORS_SHOWN} more errors not shown"
+    }  # fmt: skip
+    assert [error["loc"] for error in detail[:3]] == [["metrics", "k0"], ["metrics", "k1"], ["metrics", "k2"]]
+
+    (name,) = refusal_detail(_refusal(MonitoringRecordRequest, {**SEED_MONITORING_REQUEST, "model_name": "x" * 10**6}))
+    assert name["input"] == "x" * MAX_QUOTED_CHARS + "… (1000000 characters)"
+    # A missing field quotes the whole body: a megabyte of it is quoted as its first characters.
+    body = {key: value for key, value in SEED_MONITORING_REQUEST.items() if key != "metrics"}
+    (missing,) = refusal_detail(_refusal(MonitoringRecordRequest, {**body, "tags": {"t": "y" * 10**6}}))
+    assert missing["type"] == "missing" and missing["input"].endswith("…")
+    assert len(missing["input"]) == MAX_QUOTED_CHARS + 1 and missing["input"].startswith('{"model_name"')
+    # Small inputs are quoted as they are; a refused NaN as text (JSON has no such number).
+    (nan,) = refusal_detail(_refusal(MonitoringRecordRequest, {**SEED_MONITORING_REQUEST, "metrics": {"a": math.nan}}))
+    assert nan["input"] == "NaN" and json.dumps(nan, allow_nan=False)
 
 
 @pytest.mark.integration

@@ -22,6 +22,7 @@ from asgard.api.security import (
     Caller,
     CallerAirflow,
     CallerIdentity,
+    ServerTiming,
     caller,
     limiter,
     offloaded,
@@ -97,6 +98,7 @@ def create_app() -> FastAPI:
     )
     add_error_handlers(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(ServerTiming)  # outermost: BodyLimit's refusals are timed too
 
     @app.get(
         "/status",

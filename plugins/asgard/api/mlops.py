@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -22,11 +20,13 @@ from asgard.api.schemas import (
     RegistryRequest,
     TrainingUpload,
     TrainModelRequest,
+    refusal_detail,
 )
 from asgard.api.security import (
     BodyLimit,
     CallerAirflow,
     CallerIdentity,
+    ServerTiming,
     authorize,
     caller,
     offloaded,
@@ -52,6 +52,7 @@ def create_app() -> FastAPI:
     )
     add_error_handlers(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(ServerTiming)  # outermost: BodyLimit's refusals are timed too
 
     @app.get("/health", summary="The API answers and the caller is authenticated")
     def health() -> dict[str, str]:
@@ -213,7 +214,7 @@ def create_app() -> FastAPI:
         from asgard.monitoring.thresholds import Thresholds
 
         record = external_record(body.model_dump(exclude={"thresholds"}), Thresholds.from_dict(body.thresholds))
-        MonitoringStore(get_settings().monitoring_db_url).add(record)
+        MonitoringStore.at(get_settings().monitoring_db_url).add(record)
         return record.as_response()
 
     @app.post(
@@ -245,7 +246,7 @@ def create_app() -> FastAPI:
         from asgard.monitoring.store import MonitoringStore
 
         version = None if body.model_version is None else str(body.model_version)
-        return MonitoringStore(get_settings().monitoring_db_url).history(
+        return MonitoringStore.at(get_settings().monitoring_db_url).history(
             body.model_name,
             model_version=version,
             metric_type=body.metric_type,
@@ -298,7 +299,7 @@ def add_models_page(app: FastAPI) -> None:
         guard_model(who, model_name)
         hook = MlflowHook()
         model = serving_model(hook, model_name)
-        history = MonitoringStore(get_settings().monitoring_db_url).history(model_name, limit=1000)
+        history = MonitoringStore.at(get_settings().monitoring_db_url).history(model_name, limit=1000)
         return HTMLResponse(models_page.model_page(model, history, mlflow_url=redact_url(hook.tracking_uri)))
 
     @app.get(
@@ -345,12 +346,6 @@ def serving_model(hook: Any, model_name: str) -> dict[str, Any]:
     return with_serving_state(model, observe(settings, targets=targets))
 
 
-def _json_number(number: float) -> float | str:
-    if math.isfinite(number):
-        return number
-    return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
-
-
 def _job_url(request: Request, job: dict[str, Any]) -> str:
     return str(request.url_for("job", job_id=job["job_id"]))
 
@@ -360,10 +355,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        # FastAPI's own answer, but a refused Infinity or NaN is quoted back as text: JSON has no such
-        # number, and FastAPI's encoder would fail on it (a 500 instead of the 422).
-        detail = jsonable_encoder(error.errors(), custom_encoder={float: _json_number})
-        return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": refusal_detail(error.errors())}, status_code=422)
 
     @app.exception_handler(ModelNotFoundError)
     @app.exception_handler(jobs.JobNotFoundError)

@@ -8,15 +8,34 @@ Numbers are finite everywhere: JSON parsing turns ``Infinity``, ``NaN`` and ``1e
 non-finite floats, which no measurement, threshold or conf can mean (a conf would reach the DAG with
 them as null). Declared floats are ``FiniteFloat``; free-form values (``FiniteJson``), extra conf
 keys included, are searched for one, and either way it is a 422 naming the field.
+
+Objects are bounded in keys before their values are looked at (``AtMost``): pydantic checks a dict's
+``max_length`` only after validating every value, so an object of 60,000 bad values would cost 60,000
+errors (a quarter of a second, and an answer the size of the body) before the one that matters.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from asgard.core.param_schemas import MODEL_NAME_PATTERN
 from asgard.monitoring.store import non_finite
@@ -24,10 +43,46 @@ from asgard.monitoring.store import non_finite
 ModelName = Field(pattern=MODEL_NAME_PATTERN, max_length=128, description="A registered model's name.")
 # Bounds on what one request may carry (the body as a whole is capped too: asgard.api.security).
 Name = Field(min_length=1, max_length=256)
-Tags = Field(default_factory=dict, max_length=50, description="String tags (at most 50).")
+# A refusal names the first problems of a body, each quoting what it refused in short: never the
+# size of the body, whatever the body holds.
+MAX_ERRORS_SHOWN = 20
+MAX_QUOTED_CHARS = 200
+# Keys a body may carry beyond the ones its model declares (conf keys for a DAG's Params).
+MAX_EXTRA_KEYS = 100
+
+
+def _too_many_keys(limit: int, count: int) -> PydanticCustomError:
+    return PydanticCustomError(
+        "too_long", "Object should have at most {max_length} keys, not {count}", {"max_length": limit, "count": count}
+    )
+
+
+@dataclass(frozen=True)
+class AtMost:
+    """An object's bound in keys (``Annotated[dict[...], AtMost(50)]``), checked before its values (see the
+    module's docstring) and declared in the OpenAPI schema as ``maxProperties``."""
+
+    keys: int
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {**handler(schema), "maxProperties": self.keys}
+
+    def _check(self, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) > self.keys:
+            raise _too_many_keys(self.keys, len(value))
+        return value
 
 
 def _finite(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        # The common case at C speed: the encoder refuses a non-finite number anywhere in a value that
+        # came from JSON, so only a value holding one is walked in Python to say where it is.
+        with contextlib.suppress(ValueError):
+            json.dumps(value, allow_nan=False)
+            return value
     for path, number in non_finite(value):
         where = f" (at {path})" if path else ""
         raise PydanticCustomError(
@@ -38,8 +93,9 @@ def _finite(value: Any) -> Any:
 
 # Any JSON value without Infinity or NaN in it, however deep.
 FiniteJson = Annotated[Any, AfterValidator(_finite)]
-# Inline rows, a list of values per column.
-Columns = Annotated[dict[str, list[Any]], AfterValidator(_finite)]
+# Inline rows, a list of values per column (at most 50 columns).
+Columns = Annotated[dict[str, list[Any]], AtMost(50), AfterValidator(_finite)]
+StringTags = Annotated[dict[str, str], AtMost(50), Field(description="String tags (at most 50).")]
 
 
 class OpenModel(BaseModel):
@@ -47,6 +103,13 @@ class OpenModel(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, FiniteJson] = Field(init=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_EXTRA_KEYS:
+            raise _too_many_keys(len(cls.model_fields) + MAX_EXTRA_KEYS, len(data))
+        return data
 
 
 class DagConf(OpenModel):
@@ -64,8 +127,8 @@ class TrainingUpload(DagConf):
     model_name: str = ModelName
     requirements: list[str] = Field(default_factory=list, max_length=100, description="pip requirements of the script.")
     timeout: int = Field(600, ge=1, description="Seconds before the script is stopped.")
-    env_vars: dict[str, str] = Field(
-        default_factory=dict, max_length=50, description="Extra environment of the script."
+    env_vars: Annotated[dict[str, str], AtMost(50)] = Field(
+        default_factory=dict, description="Extra environment of the script."
     )
 
 
@@ -81,9 +144,9 @@ class TrainModelRequest(DagConf):
     framework: Literal["sklearn", "xgboost", "lightgbm"]
     model_type: Literal["classification", "regression"]
     data_source: DataSource
-    hyperparameters: dict[str, FiniteJson] = Field(default_factory=dict, max_length=10)
-    tags: dict[str, str] = Tags
-    retraining: dict[str, FiniteJson] | None = Field(
+    hyperparameters: Annotated[dict[str, FiniteJson], AtMost(10)] = Field(default_factory=dict)
+    tags: StringTags = Field(default_factory=dict)
+    retraining: Annotated[dict[str, FiniteJson], AtMost(10)] | None = Field(
         None,
         description="Retrain the champion when its feature views are materialized again: "
         '`{"on_new_features": true, "min_interval_hours": 24}`.',
@@ -94,7 +157,7 @@ class BatchScoringRequest(DagConf):
     model_name: str = ModelName
     model_version: str | int | None = Field(None, description="A version number; else `alias` (default champion).")
     feature_views: list[str] | None = Field(None, max_length=20)
-    entities_df: Columns | None = Field(None, max_length=50)
+    entities_df: Columns | None = None
     output_path: str = Field(max_length=1024, description="Local path or s3:// URI of the Parquet output.")
 
 
@@ -125,7 +188,7 @@ class RegistryRequest(BaseModel):
         None, pattern=r"^[A-Za-z0-9_-]{3,50}$", description="A new model's team (default: the caller's only team)."
     )
     description: str = Field("", max_length=5000)
-    tags: dict[str, str] = Tags
+    tags: StringTags = Field(default_factory=dict)
 
 
 class MonitoringRecordRequest(BaseModel):
@@ -135,11 +198,13 @@ class MonitoringRecordRequest(BaseModel):
     model_version: Annotated[str, Field(max_length=32)] | Annotated[int, Field(strict=True, ge=0, le=10**12)]
     # The store keeps 32 characters: a longer name is a 422 here, not a database error.
     metric_type: str = Field(min_length=1, max_length=32)
-    metrics: dict[str, FiniteFloat] = Field(max_length=200)
-    reference_data: dict[str, FiniteJson] | None = Field(None, max_length=200)
-    current_data: dict[str, FiniteJson] | None = Field(None, max_length=200)
-    tags: dict[str, str] = Tags
-    thresholds: dict[str, FiniteFloat] | None = Field(None, description="Overrides of the default alert thresholds.")
+    metrics: Annotated[dict[str, FiniteFloat], AtMost(200)]
+    reference_data: Annotated[dict[str, FiniteJson], AtMost(200)] | None = None
+    current_data: Annotated[dict[str, FiniteJson], AtMost(200)] | None = None
+    tags: StringTags = Field(default_factory=dict)
+    thresholds: Annotated[dict[str, FiniteFloat], AtMost(50)] | None = Field(
+        None, description="Overrides of the default alert thresholds."
+    )
 
 
 class MonitoringHistoryRequest(BaseModel):
@@ -171,3 +236,39 @@ class JobSubmitted(BaseModel):
     model_name: str | None = None
     model_version: str | None = None
     output_path: str | None = None
+
+
+def refusal_detail(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A 422's ``detail``: FastAPI's errors (type, loc, msg, input, ctx), the first ``MAX_ERRORS_SHOWN``
+    of them, each quoting its input in at most ``MAX_QUOTED_CHARS`` characters, and a last entry saying
+    how many more there were. A refused Infinity or NaN is quoted back as text: JSON has no such number,
+    and FastAPI's encoder would fail on it (a 500 instead of the 422)."""
+    from fastapi.encoders import jsonable_encoder
+
+    shown = errors[:MAX_ERRORS_SHOWN]
+    quoted = [{**error, "input": _quoted(error["input"])} if "input" in error else error for error in shown]
+    detail = jsonable_encoder(quoted, custom_encoder={float: _json_number})
+    if len(errors) > MAX_ERRORS_SHOWN:
+        more = len(errors) - MAX_ERRORS_SHOWN
+        detail.append({"type": "more_errors", "loc": ["body"], "msg": f"{more} more errors not shown"})
+    return detail
+
+
+def _quoted(value: Any) -> Any:
+    """``value``, or the start of it as text when it is longer than ``MAX_QUOTED_CHARS``: a container is
+    encoded lazily and only as far as that, so quoting it costs no more than the quote."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_QUOTED_CHARS else f"{value[:MAX_QUOTED_CHARS]}… ({len(value)} characters)"
+    if isinstance(value, dict | list | tuple):
+        text = ""
+        for chunk in json.JSONEncoder(default=repr).iterencode(value):
+            text += chunk
+            if len(text) > MAX_QUOTED_CHARS:
+                return f"{text[:MAX_QUOTED_CHARS]}…"
+    return value
+
+
+def _json_number(number: float) -> float | str:
+    if math.isfinite(number):
+        return number
+    return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")

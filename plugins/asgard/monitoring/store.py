@@ -9,6 +9,7 @@ cool-down is read from them.
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Iterable, Iterator
@@ -108,6 +109,13 @@ class MonitoringStore:
         self.url = url
         self.engine = sa.create_engine(url, future=True)
         ensure_tables(metadata, self.engine)
+
+    @classmethod
+    @functools.cache
+    def at(cls, url: str) -> MonitoringStore:
+        """The store at ``url``, opened once per process: a long-lived one (the API server) keeps one engine
+        and its connection pool, and checks the tables once, instead of on every request."""
+        return cls(url)
 
     def describe(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
@@ -256,7 +264,12 @@ def non_finite(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
     elif isinstance(value, dict | list | tuple):
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
-            yield from non_finite(item, f"{path}.{key}" if path else str(key))
+            # Scalars are judged here, not in a call of their own: a body's list may hold a million.
+            if isinstance(item, float):
+                if not math.isfinite(item):
+                    yield (f"{path}.{key}" if path else str(key)), item
+            elif isinstance(item, dict | list | tuple):
+                yield from non_finite(item, f"{path}.{key}" if path else str(key))
 
 
 def _row(record: Record) -> dict[str, Any]:
