@@ -64,3 +64,80 @@ def test_this_installs_admin_password_is_never_sent_to_another_url(monkeypatch, 
     assert main(["models", "--url", elsewhere]) == 1
     error = capsys.readouterr().err
     assert "is not this install's Airflow" in error and "local-admin-secret" not in error
+
+
+class _Answering:
+    """A real HTTP server on ``port`` (in a thread) answering every request with the next of ``statuses``
+    (the last one repeated) and a JSON body; how many requests it got."""
+
+    def __init__(self, port: int, statuses: tuple[int, ...] = (200,)) -> None:
+        import http.server
+        import threading
+
+        owner, self.requests = self, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                status = statuses[min(owner.requests, len(statuses) - 1)]
+                owner.requests += 1
+                body = b'{"status": "healthy", "predictions": [1]}'
+                self.send_response(status)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_server_that_answered_and_then_refuses_is_waited_for_as_it_restarts():
+    import threading
+    import time
+
+    port = unused_port()
+    server = _Answering(port)
+    client = cli.MlopsClient(f"http://127.0.0.1:{port}", "a-token")
+    assert client.get("/health") == {"status": "healthy", "predictions": [1]}
+    server.close()  # crashed: connections are refused until its supervisor starts it again
+    restarted: list[_Answering] = []
+    timer = threading.Timer(2.0, lambda: restarted.append(_Answering(port)))
+    timer.start()
+    started = time.monotonic()
+    try:
+        assert client.post("/monitoring", {"a": 1}) == {"status": "healthy", "predictions": [1]}
+        assert time.monotonic() - started >= 1.5  # refused, waited, then answered by the new server
+        assert restarted[0].requests == 1  # the POST, sent once: the refused tries sent nothing
+    finally:
+        timer.join()
+        for server in restarted:
+            server.close()
+
+
+def test_predict_waits_out_a_router_whose_model_is_coming_back_and_names_one_that_does_not():
+    from asgard.local.live_traffic import predict
+    from asgard.local.stages import MainJobError
+
+    port = unused_port()
+    server = _Answering(port, (502, 503, 200))  # the router, while the serving container is reconciled
+    try:
+        assert predict(f"http://127.0.0.1:{port}", {"inputs": {}}) == {"status": "healthy", "predictions": [1]}
+        assert server.requests == 3
+    finally:
+        server.close()
+    server = _Answering(port, (502,))
+    try:
+        with pytest.raises(MainJobError, match=r"/predict answered 502"):
+            predict(f"http://127.0.0.1:{port}", {"inputs": {}}, within=2.0)
+    finally:
+        server.close()

@@ -130,8 +130,8 @@ class Settings(TeamSettings):
     s3_port: int = 5055
     s3_bucket: str = "asgard"
     celery_workers: int = 2
-    # Production: seconds without a heartbeat from a running task (its worker's host lost) before the
-    # scheduler fails it, so that it is retried on another worker (Airflow's own default is 300).
+    # Seconds without a heartbeat from a running task (its worker's host or a crashed scheduler's executor
+    # lost) before the scheduler fails it, so that it is retried (Airflow's own default is 300).
     lost_task_timeout: int = Field(60, ge=10)
     # Feast's registry database and online store (Redis connection string) in production: what
     # feature_store.production.yaml's ${ASGARD_FEAST_REGISTRY_URI} and ${ASGARD_FEAST_REDIS} expand to.

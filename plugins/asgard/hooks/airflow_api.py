@@ -24,6 +24,10 @@ REMOTE_LOG_WAIT_SECONDS = 30.0
 UNREAD_SERVED_LOG = "Could not read served logs"
 # (connect, read) seconds: a call the API server cannot answer in time fails, rather than hanging its caller.
 REQUEST_TIMEOUT = (10.0, 120.0)
+# A refused connection is tried again this many times, 0.5 s to 16 s apart (about a minute in all): an
+# API server that crashed is started again by its supervisor and answers within seconds, and a
+# connection that never opened sent nothing, so any call (a POST too) may be repeated.
+CONNECT_RETRIES = 7
 
 
 class _TimedApiClient(af.ApiClient):
@@ -75,8 +79,13 @@ class AirflowApi:
         # Airflow on SQLite (the embedded profile) answers 500 "database is locked" under bursts of
         # writes; calls that are safe to repeat are repeated (a trigger, in `trigger`).
         retry = Retry(
-            total=4,
+            total=CONNECT_RETRIES + 4,
+            connect=CONNECT_RETRIES,
+            read=2,
+            status=4,
+            other=0,
             backoff_factor=0.5,
+            backoff_max=16,
             status_forcelist=(500, 502, 503, 504),
             allowed_methods=frozenset({"GET", "PATCH", "DELETE"}),
             raise_on_status=False,

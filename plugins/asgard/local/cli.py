@@ -25,7 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from asgard.core.settings import Settings
-from asgard.hooks.airflow_api import AirflowApi, fetch_token
+from asgard.hooks.airflow_api import CONNECT_RETRIES, AirflowApi, fetch_token
 from asgard.local import summaries
 from asgard.local.cli_parser import TRIAL_LIMITS, add_commands
 
@@ -49,9 +49,9 @@ class MlopsClient:
     def __init__(self, base_url: str, token: str, *, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self._http = httpx.Client(
-            base_url=f"{self.base_url}/mlops", headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+        headers = {"Authorization": f"Bearer {token}"}
+        self._http = httpx.Client(base_url=f"{self.base_url}/mlops", headers=headers, timeout=timeout)
+        self._reached = False
 
     def get(self, path: str, **params: Any) -> Any:
         return self._answer(self._send("GET", path, params=params))
@@ -68,10 +68,19 @@ class MlopsClient:
         return AirflowApi(self.base_url, self.token)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, path, **kwargs)
-        except httpx.TransportError as error:
-            raise CliError(f"cannot reach {self.base_url}: {error}") from error
+        """The response. A server that answered before and now refuses is restarting: tried again 0.5 s to 32 s
+        apart (a refusal sent nothing: a POST may be repeated). One never reached is named at once."""
+        waits = iter([0.5 * 2**attempt for attempt in range(CONNECT_RETRIES)] if self._reached else [])
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+                self._reached = True
+                return response
+            except httpx.TransportError as error:
+                wait = next(waits, None) if isinstance(error, httpx.ConnectError) else None
+                if wait is None:
+                    raise CliError(f"cannot reach {self.base_url}: {error}") from error
+                time.sleep(wait)
 
     @staticmethod
     def _answer(response: httpx.Response) -> Any:

@@ -10,6 +10,7 @@ import httpx
 from asgard.core.settings import Settings
 from asgard.hooks.airflow_api import AirflowApi
 from asgard.local.examples import CHURN_MODEL_REQUEST
+from asgard.local.live_traffic import LiveTraffic, predict
 from asgard.local.stages import MainJobError
 from sample_data.models import SEED_PREDICTION
 
@@ -40,7 +41,6 @@ def approve_drift_deploy(
     Airflow UI, and follow the rollout (a canary, the promotion strategy's default) to its decision, with
     callers of the endpoint meanwhile; what serves then."""
     from asgard.hooks import airflow_hitl as approval
-    from asgard.local.live_traffic import LiveTraffic
     from asgard.registry.models import model_asset_uri
 
     name = CHURN_MODEL_REQUEST["model_name"]
@@ -68,10 +68,7 @@ def approve_drift_deploy(
             f"the drift retrain v{decision['version']} was {decided.get('outcome')} by {who}: {decided.get('reason')}"
         )
     deployed = api.task_result("deploy_model", run_id, "deploy_image")
-    answer = httpx.post(f"{deployed['endpoint']}/predict", json=SEED_PREDICTION, timeout=60)
-    if answer.status_code != 200:
-        raise MainJobError(f"{deployed['endpoint']}/predict answered {answer.status_code}: {answer.text[:500]}")
-    served = answer.json()
+    served = predict(deployed["endpoint"], SEED_PREDICTION)
     trial = deployed.get("trial") or {}
     rollout = (
         f"{deployed['strategy']} of {trial.get('percent')}% {trial.get('decision')} after {trial.get('requests')} "

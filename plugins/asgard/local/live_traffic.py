@@ -1,12 +1,16 @@
-"""Callers of a stable endpoint while the main job deploys: live traffic for a canary to meet."""
+"""The main job's callers of serving endpoints: one prediction, waiting out a restart, and live traffic
+for a canary to meet while a deploy runs."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import httpx
 
+from asgard.hooks.airflow_api import CONNECT_RETRIES
+from asgard.local.stages import MainJobError
 from sample_data.models import SEED_PREDICTION
 
 
@@ -43,3 +47,19 @@ class LiveTraffic:
         return ", ".join(
             f"{count} x {status} from v{version}" for (status, version), count in sorted(self.answers.items(), key=str)
         )
+
+
+def predict(endpoint: str, request: dict, *, within: float = 60.0) -> dict:
+    """``POST /predict``'s answer, or the main job's error quoting the endpoint's. A router or serving
+    container coming back from a crash (refused connections, 502/503 from the router) is waited for,
+    ``within`` seconds at most: the supervisor restarts the one and reconciles the other in seconds."""
+    deadline = time.monotonic() + within
+    with httpx.Client(transport=httpx.HTTPTransport(retries=CONNECT_RETRIES), timeout=30) as client:
+        while True:
+            answer = client.post(f"{endpoint}/predict", json=request)
+            if answer.status_code not in (502, 503) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+    if answer.status_code != 200:
+        raise MainJobError(f"{endpoint}/predict answered {answer.status_code} to {request}: {answer.text}")
+    return answer.json()

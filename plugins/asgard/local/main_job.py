@@ -12,8 +12,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import httpx
-
 from asgard.core.settings import Settings
 from asgard.core.storage import Location, team_data_roots
 from asgard.features import gold
@@ -36,7 +34,7 @@ from asgard.local.examples import (
     monitoring_windows,
     production_batch_request,
 )
-from asgard.local.live_traffic import LiveTraffic
+from asgard.local.live_traffic import LiveTraffic, predict
 from asgard.local.services import ServiceManager
 from asgard.local.stages import MainJobError, StageClock
 from sample_data.models import SEED_PREDICTION
@@ -142,7 +140,7 @@ class MainJob:
                 f"{push['reference']} ({build['model_name']} v{build['version']}, {build['flavor']}, "
                 f"{'built' if build['built'] else 'reused'})"
             )
-            served = _predict(deployed["endpoint"], SEED_PREDICTION)
+            served = predict(deployed["endpoint"], SEED_PREDICTION)
             self.results["model endpoint"] = (
                 f"{deployed['endpoint']}/predict serves v{served['model_version']}: "
                 f"predictions {served['predictions']}, P(churn) "
@@ -251,7 +249,7 @@ class MainJob:
 
     def predict_by_id(self, endpoint: str) -> None:
         """The feature-serving path: customer ids in, the image reads their features from the online store."""
-        served = _predict(endpoint, {"entities": {"customer_id": BY_ID_CUSTOMERS}, "return_probabilities": True})
+        served = predict(endpoint, {"entities": {"customer_id": BY_ID_CUSTOMERS}, "return_probabilities": True})
         self.results["predict by id"] = (
             f"{endpoint}/predict customer_id {BY_ID_CUSTOMERS} -> predictions {served['predictions']}, P(churn) "
             f"{[round(p[1], 3) for p in served['probabilities']]}, features as of {min(served['feature_timestamps'])}"
@@ -282,12 +280,10 @@ class MainJob:
             version = f"{job['model_name']} v{job['model_version']}"
             raise MainJobError(f"job {job_id}: {version} is not serving after its promotion: {deployment}")
         # The seed's own /predict example: the script trains on exactly its six features.
-        answer = httpx.post(f"{deployment['endpoint']}/predict", json=SEED_PREDICTION, timeout=30)
-        if answer.status_code != 200:
-            raise MainJobError(f"{deployment['endpoint']}/predict answered {answer.status_code}: {answer.text}")
+        answer = predict(deployment["endpoint"], SEED_PREDICTION)
         self.results["script model"] = (
             f"{job['model_name']} v{job['model_version']} -> @champion, serving at {deployment['endpoint']} "
-            f"(job {job_id}; predictions {answer.json()['predictions']})"
+            f"(job {job_id}; predictions {answer['predictions']})"
         )
 
     def monitor(self, api: AirflowApi) -> None:
@@ -390,11 +386,3 @@ def _stream(command: list[str], env: dict[str, str]) -> list[str]:
 
 def _progress(states: dict[str, str]) -> None:
     print("    " + "  ".join(f"{task}={state}" for task, state in sorted(states.items())), flush=True)
-
-
-def _predict(endpoint: str, request: dict) -> dict:
-    """``POST /predict``'s answer, or the main job's error quoting the endpoint's."""
-    answer = httpx.post(f"{endpoint}/predict", json=request, timeout=30)
-    if answer.status_code != 200:
-        raise MainJobError(f"{endpoint}/predict answered {answer.status_code} to {request}: {answer.text}")
-    return answer.json()

@@ -327,6 +327,12 @@ class ServiceManager(ProcessSupervisor):
             # The scheduler loop sleeps this long when idle: it is the gap between one task ending and
             # the next starting. One machine, few DAGs: a short sleep costs little CPU.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
+            # A crashed scheduler takes its LocalExecutor's tasks with it. Its successor resets the tasks a
+            # dead scheduler queued (so they run again) when it checks for them: every 30 s, not Airflow's
+            # 5 minutes; a task whose process is gone otherwise is failed, so retried, after a minute
+            # (ASGARD_LOST_TASK_TIMEOUT) rather than five.
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(s.lost_task_timeout),
             # Connections of the embedded profile; production sets its own (secrets backend or env).
             "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
                 {"conn_type": "http", "host": s.bind_host, "port": s.mlflow_port, "schema": "http"}
