@@ -400,3 +400,28 @@ def test_the_store_thresholds_and_external_records_refuse_non_finite_numbers(tmp
         Thresholds.from_dict({"drift": math.nan, "accuracy": 0.8})
     with pytest.raises(MonitoringError, match="metrics drift_score must be finite"):
         external_record({**SEED_MONITORING_REQUEST, "metrics": {"drift_score": math.inf}}, Thresholds())
+
+
+def test_a_closed_body_of_sixty_thousand_unknown_keys_is_one_error():
+    from asgard.api.schemas import MonitoringHistoryRequest
+
+    body = {"model_name": "m", **{f"k{i}": 1 for i in range(60_000)}}
+    (error,) = _refusal(MonitoringHistoryRequest, body)  # not 60,000 "extra_forbidden" errors
+    bound = len(MonitoringHistoryRequest.model_fields) + 20
+    assert error["type"] == "too_long" and error["msg"] == f"Object should have at most {bound} keys, not 60001"
+    # Within the bound, each unknown key is named.
+    errors = _refusal(MonitoringHistoryRequest, {"model_name": "m", "limt": 5})
+    assert [(e["type"], e["loc"]) for e in errors] == [("extra_forbidden", ("limt",))]
+
+
+def test_no_part_of_a_refusal_is_the_size_of_the_body_and_none_of_it_fails_to_encode():
+    huge_key = "k" * 900_000
+    detail = refusal_detail(_refusal(MonitoringRecordRequest, {**SEED_MONITORING_REQUEST, "tags": {huge_key: 1}}))
+    nested = {**SEED_MONITORING_REQUEST, "current_data": {"a": {huge_key: math.nan}}}
+    detail += refusal_detail(_refusal(MonitoringRecordRequest, nested))  # the key in msg and ctx too
+    # A body that was not JSON is validated as bytes: not UTF-8, or a megabyte of them.
+    for raw in (b"\xff" * 10, b"x" * 900_000):
+        detail += refusal_detail([{"type": "model_attributes_type", "loc": ("body",), "msg": "bad", "input": raw}])
+    encoded = json.dumps(detail, allow_nan=False)
+    assert len(encoded) < 6 * (MAX_QUOTED_CHARS + 400), encoded[:2000]
+    assert detail[-2]["input"] == "\ufffd" * 10 and detail[-1]["input"].endswith("… (900000 characters)")

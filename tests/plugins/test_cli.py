@@ -135,9 +135,11 @@ def test_predict_waits_out_a_router_whose_model_is_coming_back_and_names_one_tha
         assert server.requests == 3
     finally:
         server.close()
+    with pytest.raises(MainJobError, match=r"/predict could not be reached: .* \(for 2 s\)"):
+        predict(f"http://127.0.0.1:{port}", {"inputs": {}}, within=2.0)  # nothing listens
     server = _Answering(port, (502,))
     try:
-        with pytest.raises(MainJobError, match=r"/predict answered 502"):
+        with pytest.raises(MainJobError, match=r"/predict answered 502: .* \(for 2 s\)"):
             predict(f"http://127.0.0.1:{port}", {"inputs": {}}, within=2.0)
     finally:
         server.close()

@@ -6,14 +6,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from asgard.api.schemas import ClosedModel
 from asgard.api.security import CallerIdentity, offloaded, requires
 from asgard.api.teams import guard_model
 from asgard.core.errors import InputError
 
 
-class PromotionRollout(BaseModel):
+class PromotionRollout(ClosedModel):
     """How a promotion of the model rolls out: deploy_model's strategy and trial Params, in their ranges."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -29,10 +30,9 @@ class PromotionRollout(BaseModel):
     max_difference: float | None = Field(None, gt=0, le=1_000, description="a regressor's shadow")
 
 
-class DeployPolicyRequest(BaseModel):
+class DeployPolicyRequest(ClosedModel):
     """A model's own deployment policy (``null`` policy or rollout: the platform's setting applies again)."""
 
-    model_config = ConfigDict(extra="forbid")
     policy: Literal["auto", "approve", "manual"] | None
     second_person: bool | None = None
     approval_timeout: int | None = Field(None, ge=1, le=30 * 86_400, description="seconds")

@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from asgard.api import jobs
 from asgard.api.mlops import add_error_handlers
-from asgard.api.schemas import DagConf, FeatureRegistration, JobSubmitted
+from asgard.api.schemas import ClosedModel, DagConf, FeatureRegistration, JobSubmitted
 from asgard.api.security import (
     BodyLimit,
     Caller,
@@ -51,10 +51,9 @@ class MaterializeRequest(DagConf):
     end: str | None = Field(None, max_length=64, description="ISO time")
 
 
-class GoldPathLoad(BaseModel):
+class GoldPathLoad(ClosedModel):
     """Load a file the platform can read: under the data roots (ASGARD_DATA_ROOTS), a local path or s3://."""
 
-    model_config = ConfigDict(extra="forbid")
     path: str = Field(
         min_length=1, max_length=4096, pattern=r"^(s3://|/)\S+$", description="An absolute path or s3:// URI."
     )

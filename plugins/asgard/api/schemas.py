@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -98,18 +98,28 @@ Columns = Annotated[dict[str, list[Any]], AtMost(50), AfterValidator(_finite)]
 StringTags = Annotated[dict[str, str], AtMost(50), Field(description="String tags (at most 50).")]
 
 
-class OpenModel(BaseModel):
-    """A body that passes keys it does not declare through (to a DAG's Params), finite like the rest."""
+class ClosedModel(BaseModel):
+    """A body of the keys it declares: an unknown key is a 422 naming it. Bounded in keys before anything in
+    it is validated (see the module's docstring): its fields and ``undeclared_keys`` more, each named."""
 
-    model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, FiniteJson] = Field(init=False)
+    model_config = ConfigDict(extra="forbid")
+    undeclared_keys: ClassVar[int] = 20
 
     @model_validator(mode="before")
     @classmethod
     def _bounded(cls, data: Any) -> Any:
-        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_EXTRA_KEYS:
-            raise _too_many_keys(len(cls.model_fields) + MAX_EXTRA_KEYS, len(data))
+        limit = len(cls.model_fields) + cls.undeclared_keys
+        if isinstance(data, dict) and len(data) > limit:
+            raise _too_many_keys(limit, len(data))
         return data
+
+
+class OpenModel(ClosedModel):
+    """A body that passes keys it does not declare through (to a DAG's Params), finite like the rest."""
+
+    model_config = ConfigDict(extra="allow")
+    undeclared_keys: ClassVar[int] = MAX_EXTRA_KEYS
+    __pydantic_extra__: dict[str, FiniteJson] = Field(init=False)
 
 
 class DagConf(OpenModel):
@@ -179,9 +189,7 @@ class FeatureRegistration(DagConf):
     ttl_days: int = 365
 
 
-class RegistryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RegistryRequest(ClosedModel):
     model_name: str = ModelName
     run_id: str = Field(pattern="^[0-9a-f]{32}$", description="The MLflow run whose logged model is registered.")
     team: str | None = Field(
@@ -191,9 +199,7 @@ class RegistryRequest(BaseModel):
     tags: StringTags = Field(default_factory=dict)
 
 
-class MonitoringRecordRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MonitoringRecordRequest(ClosedModel):
     model_name: str = ModelName
     model_version: Annotated[str, Field(max_length=32)] | Annotated[int, Field(strict=True, ge=0, le=10**12)]
     # The store keeps 32 characters: a longer name is a 422 here, not a database error.
@@ -207,9 +213,7 @@ class MonitoringRecordRequest(BaseModel):
     )
 
 
-class MonitoringHistoryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MonitoringHistoryRequest(ClosedModel):
     model_name: str = ModelName
     model_version: str | int | None = None
     metric_type: str | None = None
@@ -240,13 +244,13 @@ class JobSubmitted(BaseModel):
 
 def refusal_detail(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """A 422's ``detail``: FastAPI's errors (type, loc, msg, input, ctx), the first ``MAX_ERRORS_SHOWN``
-    of them, each quoting its input in at most ``MAX_QUOTED_CHARS`` characters, and a last entry saying
-    how many more there were. A refused Infinity or NaN is quoted back as text: JSON has no such number,
-    and FastAPI's encoder would fail on it (a 500 instead of the 422)."""
+    of them, each part quoted in at most ``MAX_QUOTED_CHARS`` characters (an input, a key in ``loc``, a
+    message naming a key), and a last entry saying how many more there were. A refused Infinity or NaN
+    is quoted back as text: JSON has no such number, and FastAPI's encoder would fail on it (a 500
+    instead of the 422)."""
     from fastapi.encoders import jsonable_encoder
 
-    shown = errors[:MAX_ERRORS_SHOWN]
-    quoted = [{**error, "input": _quoted(error["input"])} if "input" in error else error for error in shown]
+    quoted = [_quoted_error(error) for error in errors[:MAX_ERRORS_SHOWN]]
     detail = jsonable_encoder(quoted, custom_encoder={float: _json_number})
     if len(errors) > MAX_ERRORS_SHOWN:
         more = len(errors) - MAX_ERRORS_SHOWN
@@ -254,18 +258,32 @@ def refusal_detail(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return detail
 
 
+def _quoted_error(error: dict[str, Any]) -> dict[str, Any]:
+    quoted = {**error, "loc": [_quoted(part) for part in error.get("loc", ())], "msg": _quoted(error.get("msg", ""))}
+    if "input" in error:
+        quoted["input"] = _quoted(error["input"])
+    if isinstance(error.get("ctx"), dict):
+        quoted["ctx"] = {str(key)[:MAX_QUOTED_CHARS]: _quoted(value) for key, value in error["ctx"].items()}
+    return quoted
+
+
 def _quoted(value: Any) -> Any:
-    """``value``, or the start of it as text when it is longer than ``MAX_QUOTED_CHARS``: a container is
-    encoded lazily and only as far as that, so quoting it costs no more than the quote."""
-    if isinstance(value, str):
-        return value if len(value) <= MAX_QUOTED_CHARS else f"{value[:MAX_QUOTED_CHARS]}… ({len(value)} characters)"
+    """``value`` as JSON can carry it, or the start of it as text when it is longer than
+    ``MAX_QUOTED_CHARS``: a container is encoded lazily and only as far as that, so quoting it costs no
+    more than the quote; bytes (a body that was not JSON) are decoded, anything else is its ``repr``."""
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, bytes | bytearray):  # a body that was not JSON (at most the body limit)
+        value = bytes(value).decode("utf-8", "replace")
     if isinstance(value, dict | list | tuple):
         text = ""
         for chunk in json.JSONEncoder(default=repr).iterencode(value):
             text += chunk
             if len(text) > MAX_QUOTED_CHARS:
                 return f"{text[:MAX_QUOTED_CHARS]}…"
-    return value
+        return json.loads(text)  # what JSON holds of it: its keys as text, its numbers finite or quoted
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_QUOTED_CHARS else f"{text[:MAX_QUOTED_CHARS]}… ({len(text)} characters)"
 
 
 def _json_number(number: float) -> float | str:

@@ -198,9 +198,9 @@ class BodyLimit:
 
 class ServerTiming:
     """Pure ASGI middleware: every answer carries ``Server-Timing: app;dur=<ms>``, the milliseconds from the
-    request reaching the app to its answer starting (the W3C header: browsers' developer tools show it).
-    Outermost, so a refusal by ``BodyLimit`` is timed too: what a refused body cost the server is read
-    from its answer, with no clock of the client's or the network's in it."""
+    request's head reaching the app to its answer starting, reading its body included (the W3C header:
+    browsers' developer tools show it). Outermost, so a refusal by ``BodyLimit`` is timed too: what a
+    refused body cost the server is read from its answer, not from the client's clock."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

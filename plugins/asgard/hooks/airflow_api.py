@@ -24,7 +24,7 @@ REMOTE_LOG_WAIT_SECONDS = 30.0
 UNREAD_SERVED_LOG = "Could not read served logs"
 # (connect, read) seconds: a call the API server cannot answer in time fails, rather than hanging its caller.
 REQUEST_TIMEOUT = (10.0, 120.0)
-# A refused connection is tried again this many times, 0.5 s to 16 s apart (about a minute in all): an
+# A refused connection is tried again this many times, up to 16 s apart (about 45 s in all): an
 # API server that crashed is started again by its supervisor and answers within seconds, and a
 # connection that never opened sent nothing, so any call (a POST too) may be repeated.
 CONNECT_RETRIES = 7

@@ -9,7 +9,6 @@ from collections import Counter
 
 import httpx
 
-from asgard.hooks.airflow_api import CONNECT_RETRIES
 from asgard.local.stages import MainJobError
 from sample_data.models import SEED_PREDICTION
 
@@ -51,15 +50,22 @@ class LiveTraffic:
 
 def predict(endpoint: str, request: dict, *, within: float = 60.0) -> dict:
     """``POST /predict``'s answer, or the main job's error quoting the endpoint's. A router or serving
-    container coming back from a crash (refused connections, 502/503 from the router) is waited for,
-    ``within`` seconds at most: the supervisor restarts the one and reconciles the other in seconds."""
+    container coming back from a crash (a refused or dropped connection, 502/503 from the router) is
+    waited for, ``within`` seconds at most: the supervisor restarts the one and reconciles the other in
+    seconds. (A prediction changes nothing: asking again is safe.)"""
     deadline = time.monotonic() + within
-    with httpx.Client(transport=httpx.HTTPTransport(retries=CONNECT_RETRIES), timeout=30) as client:
+    with httpx.Client(timeout=60) as client:
         while True:
-            answer = client.post(f"{endpoint}/predict", json=request)
-            if answer.status_code not in (502, 503) or time.monotonic() > deadline:
-                break
+            try:
+                answer = client.post(f"{endpoint}/predict", json=request)
+                if answer.status_code not in (502, 503):
+                    break
+                trouble = f"answered {answer.status_code}: {answer.text[:500]}"
+            except httpx.TransportError as error:
+                trouble = f"could not be reached: {error}"
+            if time.monotonic() + 1.0 > deadline:
+                raise MainJobError(f"{endpoint}/predict {trouble} (for {within:g} s)")
             time.sleep(1.0)
     if answer.status_code != 200:
-        raise MainJobError(f"{endpoint}/predict answered {answer.status_code} to {request}: {answer.text}")
+        raise MainJobError(f"{endpoint}/predict answered {answer.status_code} to {request}: {answer.text[:500]}")
     return answer.json()

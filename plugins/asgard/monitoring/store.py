@@ -107,7 +107,8 @@ class MonitoringStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = sa.create_engine(url, future=True)
+        # Kept for the life of a process (``at``): a pooled connection a database restart broke is replaced.
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         ensure_tables(metadata, self.engine)
 
     @classmethod
