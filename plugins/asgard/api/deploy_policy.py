@@ -17,7 +17,7 @@ from asgard.core.errors import InputError
 class PromotionRollout(ClosedModel):
     """How a promotion of the model rolls out: deploy_model's strategy and trial Params, in their ranges."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)  # extra keys: ClosedModel's 422 naming them
     strategy: Literal["replace", "canary", "shadow"]
     percent: int | None = Field(None, ge=1, le=50)
     min_requests: int | None = Field(None, ge=0, le=1_000_000)
