@@ -86,11 +86,16 @@ done
 trap - EXIT
 if [ "${#failed[@]}" -ne 0 ]; then
   # Last, so that whoever reads only the end of a long output still sees what failed and why: each
-  # failed test's line and its assertion lines ("E ..."), from every stream that failed.
+  # failed test's name and the last of its assertion lines ("E ...": where a failed command's output
+  # ends, its error is), from every stream that failed.
   echo
   echo "==> what failed (the whole output of each stream is above)"
   for log in "${failed_logs[@]}"; do
-    grep -E '^(FAILED|ERROR) |^E  ' "$log" | cut -c1-400 | head -n 60
+    awk '/^___+ .* ___+$/ { flush(); print; next }
+         /^E  / { lines[n++ % 25] = substr($0, 1, 400) }
+         function flush(  i) { for (i = (n > 25 ? n - 25 : 0); i < n; i++) print lines[i % 25]; n = 0 }
+         END { flush() }' "$log"
+    grep -E '^(FAILED|ERROR) ' "$log" | cut -c1-400
     rm -f "$log"
   done
   echo "==> failed: ${failed[*]}" >&2

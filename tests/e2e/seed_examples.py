@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from asgard.local.cli import MlopsClient, follow
+from asgard.local.cli import follow
+from asgard.local.mlops_client import MlopsClient
 from sample_data.models import SEED_MONITORING_REQUEST, SEED_PREDICTION
 
 # The seed's POST /mlops/serve/batch body. Its output path is this machine's (the embedded profile has

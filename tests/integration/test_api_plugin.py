@@ -23,8 +23,9 @@ from schemathesis.checks import not_a_server_error
 from asgard.features import gold
 from asgard.features import store as feature_store
 from asgard.local import cli
-from asgard.local.cli import CliError, MlopsClient, follow
+from asgard.local.cli import follow
 from asgard.local.examples import CHURN_MODEL_REQUEST
+from asgard.local.mlops_client import CliError, MlopsClient
 from sample_data.gold_layer import GoldSpec, write_gold_layer
 from sample_data.models import SEED_FEATURES, SEED_MONITORING_REQUEST, register_sample_model
 

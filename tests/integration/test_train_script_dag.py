@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 from asgard.core.settings import REPO_ROOT
 from asgard.features import gold
 from asgard.features import store as feature_store
-from asgard.local.cli import MlopsClient
 from asgard.local.examples import EXAMPLE_REQUIREMENTS, EXAMPLE_SCRIPT, example_upload
+from asgard.local.mlops_client import MlopsClient
 from asgard.registry.models import model_asset_uri
 from asgard.registry.versions import CHAMPION
 from sample_data.gold_layer import GoldSpec, write_gold_layer

@@ -68,9 +68,10 @@ def test_this_installs_admin_password_is_never_sent_to_another_url(monkeypatch, 
 
 class _Answering:
     """A real HTTP server on ``port`` (in a thread) answering every request with the next of ``statuses``
-    (the last one repeated) and a JSON body; how many requests it got."""
+    (the last one repeated) and a JSON body, after closing the connection unanswered on the first ``drops``
+    requests (as a server killed while answering does); how many requests it got."""
 
-    def __init__(self, port: int, statuses: tuple[int, ...] = (200,)) -> None:
+    def __init__(self, port: int, statuses: tuple[int, ...] = (200,), drops: int = 0) -> None:
         import http.server
         import threading
 
@@ -79,8 +80,11 @@ class _Answering:
         class Handler(http.server.BaseHTTPRequestHandler):
             def answer(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
-                status = statuses[min(owner.requests, len(statuses) - 1)]
                 owner.requests += 1
+                if owner.requests <= drops:
+                    self.close_connection = True
+                    return
+                status = statuses[min(owner.requests - 1 - drops, len(statuses) - 1)]
                 body = b'{"status": "healthy", "predictions": [1]}'
                 self.send_response(status)
                 self.send_header("content-length", str(len(body)))
@@ -122,6 +126,30 @@ def test_a_server_that_answered_and_then_refuses_is_waited_for_as_it_restarts():
         timer.join()
         for server in restarted:
             server.close()
+
+
+def test_a_get_is_sent_again_when_the_connection_drops_unanswered_and_a_post_is_not():
+    port = unused_port()
+    server = _Answering(port, drops=0)
+    try:
+        client = cli.MlopsClient(f"http://127.0.0.1:{port}", "a-token")
+        assert client.get("/health") == {"status": "healthy", "predictions": [1]}
+    finally:
+        server.close()
+    server = _Answering(port, drops=2)  # restarted; killed twice more while answering
+    try:
+        assert client.get("/jobs/a") == {"status": "healthy", "predictions": [1]}
+        assert server.requests == 3  # reading twice changes nothing
+    finally:
+        server.close()
+    server = _Answering(port, drops=1)
+    try:
+        # The dropped POST may have been acted on: sending it again could start a second job.
+        with pytest.raises(cli.CliError, match=r"cannot reach .*: Server disconnected"):
+            client.post("/training/upload", {"a": 1})
+        assert server.requests == 1
+    finally:
+        server.close()
 
 
 def test_predict_waits_out_a_router_whose_model_is_coming_back_and_names_one_that_does_not():

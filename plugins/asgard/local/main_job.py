@@ -17,7 +17,6 @@ from asgard.core.storage import Location, team_data_roots
 from asgard.features import gold
 from asgard.features import store as feature_store
 from asgard.hooks.airflow_api import AirflowApi, RunOutcome
-from asgard.local.cli import MlopsClient
 from asgard.local.deploy_decisions import approve_drift_deploy, set_deploy_policy
 from asgard.local.examples import (
     BATCH_REQUEST,
@@ -35,6 +34,7 @@ from asgard.local.examples import (
     production_batch_request,
 )
 from asgard.local.live_traffic import LiveTraffic, predict
+from asgard.local.mlops_client import MlopsClient
 from asgard.local.services import ServiceManager
 from asgard.local.stages import MainJobError, StageClock
 from sample_data.models import SEED_PREDICTION
