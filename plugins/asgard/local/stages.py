@@ -31,7 +31,10 @@ class StageClock:
         try:
             yield
         except Exception as error:
-            raise MainJobError(f"stage '{name}' failed: {error}") from error
+            # Our own errors say what went wrong; anything else (a KeyError's message is only the key) is named.
+            ours = isinstance(error, MainJobError) or type(error).__module__.startswith("asgard.")
+            cause = str(error) if ours else f"{type(error).__name__}: {error}"
+            raise MainJobError(f"stage '{name}' failed: {cause}") from error
         finally:
             self.timings.append((name, time.perf_counter() - started))
         print(f"    done in {self.timings[-1][1]:.1f}s", flush=True)
