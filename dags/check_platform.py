@@ -2,8 +2,9 @@
 ### Check the platform
 
 Proves that every service the pipeline depends on answers and does real work (MLflow
-tracking and artifacts, the data folder), one mapped task per check, so a broken installation
-fails here with the service's name instead of halfway through a training run.
+tracking and artifacts, the data folder, the script sandbox, and Trino where the profile runs
+it), one mapped task per check, so a broken installation fails here with the service's name
+instead of halfway through a training run.
 
 Conf: `checks` (which services, default all), e.g. `{"checks": ["mlflow"]}`.
 """

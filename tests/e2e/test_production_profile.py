@@ -88,6 +88,10 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     out = run.stdout
     assert f"postgres: role {services.settings.database_prefix}" in out
+    # check_platform queried Trino's catalogs (the gold layer's is among them); the query id is Trino's.
+    checked = re.search(r"trino: (\d+) at (\S+), catalogs (.*) \(query (\S+)\)", out)
+    assert checked and checked.group(2) == services.settings.trino_url, out[:4000]
+    assert "iceberg" in checked.group(3).split(", "), checked.group(0)
     for stage in ("start production services", *PIPELINE_STAGES):
         assert f"==> {stage}" in out, stage
     # Eight partitions scored by both workers, published once to S3 (the default team's folder of the data root).
@@ -140,7 +144,7 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     assert properties["iceberg.jdbc-catalog.connection-url"].endswith(f"/{reader.gold_database}")
     assert {properties["iceberg.jdbc-catalog.catalog-name"]} == catalogs
     # And the profile's Trino, started with that catalog, reads them (Feast's training sets too).
-    trino_config = read_through_trino(services, tmp_path / "trino-check", monkeypatch)
+    trino_config = read_through_trino(services, tmp_path / "trino-check", monkeypatch, checked.group(4))
     # A worker host lost mid-task (its whole process tree killed): the task is retried on the other worker,
     # and the run ends with one MLflow run and one model version.
     api.unpause("train_model")
@@ -220,6 +224,9 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
         pytest.fail("a read went ahead without Trino")
     status = asgard("status", "--profile", "production", env=env)
     assert re.search(r"^trino +stopped", status.stdout, re.MULTILINE), status.stdout
+    # The service check names it too.
+    down = api.run_and_wait("check_platform", {"checks": ["trino"]}, timeout=300)
+    assert down.state == "failed" and f"Trino does not answer at {services.settings.trino_url}" in down.failure, down
 
     stopped = asgard("stop", "--profile", "production", env=env, timeout=300)
     assert stopped.returncode == 0, stopped.stderr
@@ -249,11 +256,11 @@ except OSError as error:
 """
 
 
-def read_through_trino(services, folder: Path, monkeypatch):
+def read_through_trino(services, folder: Path, monkeypatch, check_query: str):
     """Trino reads the gold layer pyiceberg wrote: each table's rows through its JDBC catalog, and a Feast
     training set through the Trino offline store (TrinoSource, the entity rows uploaded to the memory
-    catalog) equal to the one DuckDB computes over the same tables; its queries are listed in
-    ``system.runtime.queries``. Returns the Feast configuration that reads through it."""
+    catalog) equal to the one DuckDB computes over the same tables; its queries, and check_platform's
+    ``check_query``, are listed in ``system.runtime.queries``. Returns the Feast configuration that reads through it."""
     import pandas as pd
     import pyarrow as pa
     import trino
@@ -269,7 +276,7 @@ def read_through_trino(services, folder: Path, monkeypatch):
     settings = services.settings
     location = gold.GoldLocation.for_settings(settings)
     cursor = trino.dbapi.connect(host=settings.bind_host, port=settings.trino_port, user="asgard").cursor()
-    query_ids = []
+    query_ids = [check_query]
     for table in ("customer_features", "customer_labels"):
         cursor.execute(f"SELECT count(*) FROM iceberg.gold.{table}")
         assert cursor.fetchone()[0] == gold.load_table(table, location).scan().to_arrow().num_rows, table

@@ -152,3 +152,43 @@ def test_trinos_column_types_read_as_the_arrow_types_pyiceberg_reports():
     assert arrow_type_of_trino("timestamp(6)") == pa.timestamp("us")
     assert arrow_type_of_trino("decimal(10,2)") == pa.decimal128(10, 2)
     assert arrow_type_of_trino("array(bigint)") == pa.null()  # no feature, key or timestamp may be nested
+
+
+def test_the_platform_check_skips_a_profile_without_trino_and_names_one_down_or_starting(monkeypatch):
+    """check_platform's trino check: skipped where the platform's environment names no Trino; a Trino that does
+    not answer, or answers that it is still starting, fails the check naming it and its address. (Its query of a
+    real Trino runs in the production e2e test's main job.)"""
+    import http.server
+    import threading
+
+    from asgard.api.platform_checks import PlatformCheckError, run_check
+    from conftest import free_port
+
+    for name in ("TRINO_HOST", "TRINO_PORT", "TRINO_USER"):
+        monkeypatch.delenv(name, raising=False)
+    assert run_check("trino", dag_id="check_platform", run_id="r")["skipped"].startswith("no Trino in the ")
+    port = free_port()
+    monkeypatch.setenv("TRINO_HOST", "127.0.0.1")
+    monkeypatch.setenv("TRINO_PORT", str(port))
+    with pytest.raises(PlatformCheckError, match=rf"^Trino does not answer at http://127.0.0.1:{port}: "):
+        run_check("trino", dag_id="check_platform", run_id="r")
+
+    class Starting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"starting": True, "nodeVersion": {"version": "476"}}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Starting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(PlatformCheckError, match=rf"^Trino at http://127.0.0.1:{port} is still starting$"):
+            run_check("trino", dag_id="check_platform", run_id="r")
+    finally:
+        server.shutdown()
+        server.server_close()

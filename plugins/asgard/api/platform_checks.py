@@ -7,6 +7,7 @@ training.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 
 from asgard.core.settings import get_settings
 
-CHECK_NAMES = ("mlflow", "storage", "sandbox")
+CHECK_NAMES = ("mlflow", "storage", "sandbox", "trino")
 CHECK_EXPERIMENT = "asgard-platform-checks"
 
 
@@ -97,6 +98,43 @@ def check_sandbox() -> dict[str, Any]:
     return {"service": "sandbox", "saw": seen[0], "seconds": round(time.perf_counter() - started, 3)}
 
 
+def check_trino(*, timeout: float = 10.0) -> dict[str, Any]:
+    """The profile's Trino (production: the gold layer's query engine) answers a query that reads its Iceberg
+    catalog's list; its version and the query's id are returned. A profile without Trino skips it."""
+    import httpx
+
+    # The platform's environment names Trino (asgard.local.production.platform_env; Feast reads the same).
+    host, port, user = (os.environ.get(name) for name in ("TRINO_HOST", "TRINO_PORT", "TRINO_USER"))
+    if not (host and port):
+        return {"service": "trino", "skipped": f"no Trino in the {get_settings().profile} profile"}
+    address = f"http://{host}:{port}"
+    started = time.perf_counter()
+    try:
+        info = httpx.get(f"{address}/v1/info", timeout=timeout).json()
+    except (httpx.HTTPError, ValueError) as error:
+        raise PlatformCheckError(f"Trino does not answer at {address}: {error or type(error).__name__}") from None
+    if not isinstance(info, dict) or info.get("starting") is not False:
+        raise PlatformCheckError(f"Trino at {address} is still starting")
+    import trino
+
+    try:
+        cursor = trino.dbapi.connect(host=host, port=int(port), user=user or "asgard", request_timeout=timeout).cursor()
+        cursor.execute("SELECT catalog_name FROM system.metadata.catalogs")
+        catalogs = sorted(row[0] for row in cursor.fetchall())
+    except Exception as error:  # the client's errors are many kinds; each is a failed check, said so
+        raise PlatformCheckError(f"Trino at {address} failed the check: {type(error).__name__}: {error}") from None
+    if "iceberg" not in catalogs:
+        raise PlatformCheckError(f"Trino at {address} has no iceberg catalog (catalogs: {', '.join(catalogs)})")
+    return {
+        "service": "trino",
+        "url": address,
+        "version": str((info.get("nodeVersion") or {}).get("version", "unknown")),
+        "query_id": cursor.query_id,
+        "catalogs": catalogs,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 def run_check(name: str, *, dag_id: str, run_id: str) -> dict[str, Any]:
     """Run the check called ``name`` and return what it found."""
     if name == "mlflow":
@@ -105,4 +143,6 @@ def run_check(name: str, *, dag_id: str, run_id: str) -> dict[str, Any]:
         return check_storage()
     if name == "sandbox":
         return check_sandbox()
+    if name == "trino":
+        return check_trino()
     raise PlatformCheckError(f"unknown check {name!r}; known checks: {', '.join(CHECK_NAMES)}")

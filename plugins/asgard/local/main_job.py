@@ -64,10 +64,14 @@ class MainJob:
         api = AirflowApi.login(self.settings.airflow_url, *manager.admin_credentials())
 
         with self.stage("check the platform (check_platform)"):
-            checks = {"checks": ["mlflow", "storage", "sandbox"]}
-            outcome = api.run_and_wait("check_platform", checks, on_progress=_progress)
+            names = ["mlflow", "storage", "sandbox", *(["trino"] if self.settings.profile == "production" else [])]
+            outcome = api.run_and_wait("check_platform", {"checks": names}, on_progress=_progress)
             self._require_success(outcome)
             self.results["check_platform run"] = outcome.run_id
+            if "trino" in names:
+                trino = api.task_result("check_platform", outcome.run_id, "run_check", map_index=names.index("trino"))
+                _say(f"trino: {trino['version']} at {trino['url']}, catalogs {', '.join(trino['catalogs'])} "
+                     f"(query {trino['query_id']})")  # fmt: skip
 
         with self.stage("generate the sample gold layer"):
             from sample_data.gold_layer import GoldSpec, write_gold_layer
