@@ -222,7 +222,7 @@ def test_the_main_job_completes_while_each_service_is_killed_in_turn(tmp_path, m
     family: list[psutil.Process] = []
     try:
         run = subprocess.Popen(
-            [str(REPO / "asgard"), "run"],
+            [str(REPO / "asgard"), "run", "--customers", "300", "--days", "5"],  # as the main job test: small data
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,

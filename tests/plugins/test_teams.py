@@ -96,6 +96,27 @@ def test_a_model_belongs_to_the_team_that_registered_it_first(users, tmp_path):
             check_access(hook, "legacy", alice, settings)
 
 
+def test_a_found_team_is_kept_a_while_and_a_missing_name_is_asked_each_time(users, tmp_path, monkeypatch):
+    """The API server guards every read by the model's team: a registered model's team (which never changes)
+    is asked of MLflow once a minute, not per request; a name not registered yet is asked every time."""
+    from asgard.hooks.mlflow import MlflowHook
+    from asgard.registry import ownership
+
+    with sqlite_mlflow_home(tmp_path):
+        hook, settings = MlflowHook(), Settings()
+        asked: list[str] = []
+        real = hook.client.get_registered_model
+        monkeypatch.setattr(hook.client, "get_registered_model", lambda name: asked.append(name) or real(name))
+        assert ownership.model_team(hook, "fresh", settings) is None
+        assert ownership.model_team(hook, "fresh", settings) is None
+        assert ownership.claim(hook, "fresh", "alpha", settings) is True
+        assert [ownership.model_team(hook, "fresh", settings) for _ in range(3)] == ["alpha"] * 3
+        assert asked == ["fresh"] * 3  # twice missing, then once found
+        monkeypatch.setattr(ownership, "KNOWN_TEAM_SECONDS", 0.0)
+        assert ownership.model_team(hook, "fresh", settings) == "alpha"
+        assert asked == ["fresh"] * 4
+
+
 def test_two_teams_claiming_one_new_name_at_once_one_wins(users, tmp_path):
     from asgard.hooks.mlflow import MlflowHook
     from asgard.registry.ownership import claim

@@ -20,7 +20,6 @@ and run.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgard.api.teams import MODEL_DAGS
+from asgard.api.teams import MODEL_DAGS, platform_mlflow
 
 if TYPE_CHECKING:
     from asgard.core.teams import Actor
@@ -211,34 +210,13 @@ def check(actor: Actor, changes: list[Change], subjects: dict[tuple[str, str], d
                 raise Refused(f"{message}; {change.what} of run {change.run_id!r} of {change.dag_id} refused")
 
 
-# Whose each model is, for a few seconds: a run page's reads (and a list's) ask again and again.
-TEAM_SECONDS = 10.0
-_teams: dict[str, tuple[float, str | None]] = {}
-
-
 def team_of(model: str) -> str | None:
-    """The team ``model`` belongs to (None: not registered), as known at most TEAM_SECONDS ago."""
-    import time
-
+    """The team ``model`` belongs to (None: not registered); a found one is kept a while
+    (:data:`asgard.registry.ownership.KNOWN_TEAM_SECONDS`): a run page's reads ask again and again."""
     from asgard.core.settings import get_settings
     from asgard.registry.ownership import model_team
 
-    now = time.monotonic()
-    known = _teams.get(model)
-    if known is not None and now - known[0] < TEAM_SECONDS:
-        return known[1]
-    team = model_team(_mlflow(), model, get_settings())
-    if len(_teams) > 10_000:  # names from requests: bounded
-        _teams.clear()
-    _teams[model] = (now, team)
-    return team
-
-
-@functools.cache
-def _mlflow() -> Any:
-    from asgard.hooks.mlflow import MlflowHook
-
-    return MlflowHook()
+    return model_team(platform_mlflow(), model, get_settings())
 
 
 def stored_subject(dag_id: str, run_id: str) -> dict[str, Any] | None:

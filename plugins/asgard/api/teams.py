@@ -8,6 +8,7 @@ for runs started from the UI or Airflow's REST API directly.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, status
@@ -16,9 +17,18 @@ from asgard.core.teams import Actor, TeamRefusal, user_actor
 
 if TYPE_CHECKING:
     from asgard.api.security import Caller
+    from asgard.hooks.mlflow import MlflowHook
 
 # The job DAGs whose runs act on one model (its conf's model_name), or, without one, on every model.
 MODEL_DAGS = ("train_model", "train_script", "score_batch", "monitor_model", "deploy_model", "retrain_model")
+
+
+@functools.cache
+def platform_mlflow() -> MlflowHook:
+    """The API server's MLflow hook: its connection looked up once per process, not per request."""
+    from asgard.hooks.mlflow import MlflowHook
+
+    return MlflowHook()
 
 
 def caller_actor(who: Caller) -> Actor:
@@ -35,12 +45,11 @@ def guard_model(who: Caller, model_name: str, *, may_create: bool = False, team:
     """The team ``who`` acts for on ``model_name`` (403 when not theirs); see
     :func:`asgard.registry.ownership.check_access`."""
     from asgard.core.settings import get_settings
-    from asgard.hooks.mlflow import MlflowHook
     from asgard.registry.ownership import check_access
 
     try:
         return check_access(
-            MlflowHook(), model_name, caller_actor(who), get_settings(), new_model_team=team, may_create=may_create
+            platform_mlflow(), model_name, caller_actor(who), get_settings(), new_model_team=team, may_create=may_create
         )
     except TeamRefusal as error:
         raise forbidden(error) from None

@@ -22,22 +22,37 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEAM_TAG = "asgard.team"
+# A registered model's team never changes while it exists (its tag is set in the call that creates it, and
+# only the platform sets it): a found one is kept this long per process, so that every read the API server
+# guards (a history, a page of runs) does not ask MLflow again. A name not registered is asked each time.
+KNOWN_TEAM_SECONDS = 60.0
+_known_teams: dict[tuple[str, str], tuple[float, str]] = {}
 
 
 def model_team(hook: MlflowHook, model_name: str, settings: Settings) -> str | None:
     """The team ``model_name`` belongs to, or None when no such model is registered (a name no model
     can have, too: MLflow's refusal of it is no reason for a 500)."""
+    import time
+
     from mlflow.exceptions import MlflowException
 
     if not is_model_name(model_name):
         return None
+    key, now = (hook.tracking_uri, model_name), time.monotonic()
+    known = _known_teams.get(key)
+    if known is not None and now - known[0] < KNOWN_TEAM_SECONDS:
+        return known[1] or settings.default_team
     try:
         model = hook.client.get_registered_model(model_name)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    return (model.tags or {}).get(TEAM_TAG) or settings.default_team
+    tag = (model.tags or {}).get(TEAM_TAG) or ""  # none: registered before teams, the default team's
+    if len(_known_teams) >= 10_000:  # names come from requests: bounded
+        _known_teams.clear()
+    _known_teams[key] = (now, tag)
+    return tag or settings.default_team
 
 
 def is_model_name(name: str) -> bool:
