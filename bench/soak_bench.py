@@ -7,9 +7,10 @@ Two targets, one after the other:
   1 MB, a body over the size limit sent chunked, ``NaN``, a deeply nested value, a 1 MB string, an
   unknown column. Memory: the engine's count for the container's cgroup (every process of it).
 - **api**: the stack's Airflow API server (the ``/mlops`` plugin inside it); honest load is an
-  authenticated ``POST /mlops/monitoring/history``. Hostile, to ``POST /mlops/monitoring``: a body over
-  the 2 MB limit sent chunked, a ``NaN`` metric, a deeply nested value, a 1 MB model name, an unknown
-  field, a 1 MB object of distinct keys. Memory: the resident set of the API server's processes.
+  authenticated ``POST /mlops/monitoring/history`` of the served model. Hostile, to
+  ``POST /mlops/monitoring``: a body over the 2 MB limit sent chunked, a ``NaN`` metric, a deeply nested
+  value, a 1 MB model name, an unknown field, a 1 MB object of distinct keys. Memory: the resident set of
+  the API server's processes.
 
 Rounds alternate: honest load alone (``wrk``), then the same load with the hostile cases sent beside it,
 one a second, in turn. Printed for each target: memory at the start, after each round and at the end;
@@ -280,7 +281,8 @@ def main() -> int:
                              served.processes)  # fmt: skip
             failures += soak(serving, args)
         token = fetch_token(settings.airflow_url, *manager.admin_credentials())
-        history = json.dumps({"model_name": "soak_bench", "limit": 10})
+        # A team reading its own registered model's history (the served model's).
+        history = json.dumps({"model_name": "soak_lightgbm", "limit": 10})
         api = Target("Airflow API server (POST /mlops/monitoring/history)", settings.airflow_url,
                      "/mlops/monitoring/history", history, {"Authorization": f"Bearer {token}"},
                      "/mlops/monitoring", api_cases(), *api_server_processes(manager))  # fmt: skip

@@ -103,3 +103,24 @@ def test_the_machines_postgres_admin_login_answers():
 
     with psycopg.connect(Settings().postgres_admin_url.get_secret_value(), connect_timeout=5) as connection:
         assert connection.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (True,)
+
+
+def test_the_settings_are_read_once_per_environment_and_again_when_it_changes(tmp_path, monkeypatch):
+    """get_settings() is on every request's path: the same ASGARD_* environment and working folder give the
+    settings already read; any change in either is read again (never stale)."""
+    from asgard.core.settings import get_settings
+
+    monkeypatch.setenv("ASGARD_HOME", str(tmp_path / "one"))
+    first = get_settings()
+    assert get_settings() is first and first.home == tmp_path / "one"
+    monkeypatch.setenv("ASGARD_HOME", str(tmp_path / "two"))
+    assert get_settings().home == tmp_path / "two"
+    monkeypatch.setenv("ASGARD_HOME", "relative-home")  # resolved against the working folder
+    monkeypatch.chdir(tmp_path)
+    assert get_settings().home == tmp_path / "relative-home"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    before = get_settings()
+    assert before.home == tmp_path / "elsewhere" / "relative-home"
+    monkeypatch.setenv("OTHER_VARIABLE", "x")  # not the settings': nothing to read again
+    assert get_settings() is before

@@ -33,8 +33,7 @@ from asgard.api.security import (
     requires,
 )
 from asgard.api.teams import guard_model, guard_run, visible_models
-from asgard.core.errors import InputError
-from asgard.core.settings import redact_url
+from asgard.core.errors import InputError, redact_url
 from asgard.core.teams import TeamRefusal
 from asgard.hooks.airflow_api import AirflowApiError
 from asgard.registry.models import ModelNotFoundError

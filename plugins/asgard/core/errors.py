@@ -13,3 +13,15 @@ from airflow.sdk.exceptions import AirflowFailException
 
 class InputError(AirflowFailException, ValueError):
     """The request itself is wrong (unknown table, bad column, bad window): retrying cannot help."""
+
+
+def redact_url(url: str) -> str:
+    """A URL without the password it may carry (a database or server URL with credentials): what a message
+    may say of a service."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url

@@ -9,6 +9,8 @@ what is not a connection: paths, ports, profile, where things run. Each field ``
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -119,10 +121,9 @@ class Settings(TeamSettings):
     # server it creates its role and databases in (a login allowed to create them; only the command
     # that starts the services reads it), the prefix of their names (two installations can share a
     # server), Redis, the S3 API's port (moto's server) and bucket, and how many Celery workers run.
-    # What the project's set-up made on this machine for every checkout on it (scripts/system_services.sh
-    # reads the same variable): the admin login of the PostgreSQL server it installed and started, 0600.
+    # What the set-up made for every checkout on this machine (scripts/system_services.sh reads it too).
     machine_dir: Path = Path("/var/lib/asgard")
-    # Default: the login scripts/system_services.sh made in the PostgreSQL it installed (machine_dir).
+    # Default: the admin login (0600, in machine_dir) of the PostgreSQL scripts/system_services.sh installed.
     postgres_admin_url: SecretStr = Field(default_factory=lambda data: machine_postgres_admin_url(data["machine_dir"]))
     database_prefix: str = "asgard"
     redis_url: str = "redis://127.0.0.1:6379"
@@ -365,19 +366,18 @@ class Settings(TeamSettings):
 
 
 def get_settings() -> Settings:
-    """The settings of this process (read from the environment on each call: cheap, never stale)."""
-    return Settings.from_env()
-
-
-def redact_url(url: str) -> str:
-    """A URL without the password it may carry (a database or server URL with credentials)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+    """This process's settings, read again whenever an ``ASGARD_*`` variable or the working folder differs. A read
+    resolves every path and reads a file: a third of the API server's time under load, before it was kept."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+        ours = tuple(sorted((name, value) for name, value in os.environ.items() if name.upper().startswith(ENV_PREFIX)))
+        return _settings_of(os.getcwd(), ours)
+    except FileNotFoundError:  # the working folder removed under the process: relative paths cannot resolve
+        return Settings.from_env()
+
+
+@functools.lru_cache(maxsize=8)
+def _settings_of(folder: str, variables: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings.from_env()  # the arguments are only the cache's key: the same environment, read
 
 
 # The environment variables the settings read (docker-compose.yaml and the docs use no others).

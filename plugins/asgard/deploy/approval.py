@@ -252,7 +252,7 @@ def approval_body(
     airflow_url: str,
 ) -> str:
     """The Markdown the approval shows: what changes, the evidence, what started it, the plan, links."""
-    from asgard.core.settings import redact_url
+    from asgard.core.errors import redact_url
     from asgard.registry.versions import GATE_TAG_PREFIX, HOLDOUT_TAG_PREFIX, prefixed_tags
 
     name = candidate.name

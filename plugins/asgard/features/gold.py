@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from asgard.core.errors import InputError
-from asgard.core.settings import Settings, get_settings, redact_url
+from asgard.core.errors import InputError, redact_url
+from asgard.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -363,7 +363,7 @@ def gold_source(
 
 def store_status(store: FeatureStore) -> dict[str, Any]:
     """Which project, registry and stores the profile uses, and what the registry holds."""
-    from asgard.core.settings import redact_url
+    from asgard.core.errors import redact_url
 
     config = store.config
     return {

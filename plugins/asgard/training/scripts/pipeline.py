@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from asgard.core import sandbox
-from asgard.core.errors import InputError
+from asgard.core.errors import InputError, redact_url
 from asgard.core.sandbox import Bind
-from asgard.core.settings import Settings, get_settings, redact_url
+from asgard.core.settings import Settings, get_settings
 from asgard.core.storage import Location
 from asgard.features import store as feature_store
 from asgard.hooks.mlflow import MlflowHook
