@@ -261,6 +261,10 @@ class RunGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from asgard.api.run_reads import guarded_read, redacts
 
+        if scope["type"] == "lifespan":  # the server is built and starting: its long-lived heap, settled
+            from asgard.core.preload import settle_server_heap
+
+            settle_server_heap()
         path = _route_path(scope) if scope["type"] == "http" else ""
         if scope["type"] != "http" or scope["method"] not in CHANGES or _route(path)[0] is None:
             if scope["type"] == "http" and redacts(scope["method"], path):

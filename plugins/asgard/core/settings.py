@@ -113,7 +113,7 @@ class Settings(TeamSettings):
     kubernetes_serving_egress: Annotated[str, AfterValidator(checked_serving_egress)] = ""
     # Extra monitoring alert notifiers: comma-separated ``module:factory`` paths.
     alert_notifiers: str = ""
-    # Import the heavy ML libraries once in the processes that fork tasks ("0" turns it off).
+    # Import the heavy libraries once where tasks fork, and settle the API server's heap ("0": neither).
     preload: bool = True
     # How long ``./asgard``'s set-up took before this command ran (the main job reports it).
     setup_seconds: float | None = None
