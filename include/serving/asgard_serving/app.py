@@ -507,20 +507,6 @@ class Predictions:
 
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-# Bodies up to this size are read on the event loop (a thread hop costs more than reading them).
-INLINE_BODY_BYTES = 64 * 1024
-
-
-def _read(handler: Callable[[Any], Any], raw: bytes) -> Any:
-    """What ``handler`` makes of the JSON body ``raw`` (an ask, or a refusal); a 400 when it is not JSON."""
-    try:
-        try:
-            body = _loads(raw)
-        except ValueError as error:
-            body = _loads_non_finite(raw, error)
-    except ValueError as error:
-        return _error(400, f"body is not valid JSON: {error}")
-    return handler(body)
 
 
 def _loads_non_finite(raw: bytes, error: ValueError) -> Any:
@@ -564,20 +550,23 @@ class PredictionPaths:
         if isinstance(raw, tuple):
             status, answer = raw
         else:
-            # A large body is read off the event loop: parsing and checking a megabyte takes tens of
-            # milliseconds, which every small request queued behind it would wait out.
-            if len(raw) <= INLINE_BODY_BYTES:
-                ask = _read(handler, raw)
+            try:
+                try:
+                    body = _loads(raw)
+                except ValueError as error:
+                    body = _loads_non_finite(raw, error)
+            except ValueError as error:
+                status, answer = _error(400, f"body is not valid JSON: {error}")
             else:
-                ask = await anyio.to_thread.run_sync(_read, handler, raw)
-            if type(ask) is EntityAsk:
-                status, answer = await self.predictions.answer_entities(ask)
-            elif type(ask) is not Ask:  # a refusal: (status, body)
-                status, answer = ask
-            elif ask.rows <= self.limits.inline_rows:  # cheaper than a thread hop, and well under a millisecond
-                status, answer = await self.batch.answer(ask)  # with the asks read in the same turn
-            else:  # off the event loop, so /health keeps answering while a large batch is predicted
-                status, answer = await anyio.to_thread.run_sync(self.predictions.answer, ask)
+                ask = handler(body)
+                if type(ask) is EntityAsk:
+                    status, answer = await self.predictions.answer_entities(ask)
+                elif type(ask) is not Ask:  # a refusal: (status, body)
+                    status, answer = ask
+                elif ask.rows <= self.limits.inline_rows:  # cheaper than a thread hop, and well under a millisecond
+                    status, answer = await self.batch.answer(ask)  # with the asks read in the same turn
+                else:  # off the event loop, so /health keeps answering while a large batch is predicted
+                    status, answer = await anyio.to_thread.run_sync(self.predictions.answer, ask)
         spent = perf_counter() - started
         # Server-Timing (W3C): what the answer cost the server, read by clients and the edge tests alike.
         timing = (b"server-timing", b"app;dur=%.3f" % (spent * 1000))
