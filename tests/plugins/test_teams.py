@@ -96,9 +96,11 @@ def test_a_model_belongs_to_the_team_that_registered_it_first(users, tmp_path):
             check_access(hook, "legacy", alice, settings)
 
 
-def test_a_found_team_is_kept_a_while_and_a_missing_name_is_asked_each_time(users, tmp_path, monkeypatch):
-    """The API server guards every read by the model's team: a registered model's team (which never changes)
-    is asked of MLflow once a minute, not per request; a name not registered yet is asked every time."""
+def test_a_found_team_is_kept_a_while_for_reads_and_writes_ask_each_time(users, tmp_path, monkeypatch):
+    """The API server guards every read by the model's team: for reads, a registered model's team is asked of
+    MLflow once a minute, not per request; a name not registered yet is asked every time, and so is every write.
+    A model an operator deleted and another team registered again is the new team's for writes at once, and
+    for reads from the first write's look on."""
     from asgard.hooks.mlflow import MlflowHook
     from asgard.registry import ownership
 
@@ -107,14 +109,51 @@ def test_a_found_team_is_kept_a_while_and_a_missing_name_is_asked_each_time(user
         asked: list[str] = []
         real = hook.client.get_registered_model
         monkeypatch.setattr(hook.client, "get_registered_model", lambda name: asked.append(name) or real(name))
-        assert ownership.model_team(hook, "fresh", settings) is None
-        assert ownership.model_team(hook, "fresh", settings) is None
+
+        def read() -> str | None:
+            return ownership.model_team(hook, "fresh", settings, fresh=False)
+
+        assert read() is None and read() is None
         assert ownership.claim(hook, "fresh", "alpha", settings) is True
-        assert [ownership.model_team(hook, "fresh", settings) for _ in range(3)] == ["alpha"] * 3
+        assert [read() for _ in range(3)] == ["alpha"] * 3
         assert asked == ["fresh"] * 3  # twice missing, then once found
-        monkeypatch.setattr(ownership, "KNOWN_TEAM_SECONDS", 0.0)
-        assert ownership.model_team(hook, "fresh", settings) == "alpha"
+        assert ownership.model_team(hook, "fresh", settings) == "alpha"  # a write's look: MLflow again
         assert asked == ["fresh"] * 4
+        monkeypatch.setattr(ownership, "KNOWN_TEAM_SECONDS", 0.0)
+        assert read() == "alpha" and asked == ["fresh"] * 5
+        monkeypatch.setattr(ownership, "KNOWN_TEAM_SECONDS", 60.0)
+
+        alice, bob = user_actor("alice", settings), user_actor("bob", settings)
+        assert read() == "alpha"  # known for reads
+        hook.client.delete_registered_model("fresh")  # an operator, in MLflow itself
+        assert ownership.claim(hook, "fresh", "beta", settings) is True  # registered again, by beta
+        with pytest.raises(TeamRefusal, match="it belongs to team 'beta'"):
+            ownership.check_access(hook, "fresh", alice, settings, may_create=True)  # a write: no stale team
+        assert ownership.check_access(hook, "fresh", bob, settings) == "beta"
+        assert read() == "beta"  # the writes' looks updated what reads know
+
+
+def test_the_run_guards_reads_know_an_unregistered_name_for_seconds_and_its_changes_ask(users, tmp_path, monkeypatch):
+    from asgard.api import run_guard, teams
+    from asgard.registry.ownership import claim
+
+    with sqlite_mlflow_home(tmp_path):
+        teams.platform_mlflow.cache_clear()  # the API server's one hook: this test's MLflow
+        try:
+            hook = teams.platform_mlflow()
+            asked: list[str] = []
+            real = hook.client.get_registered_model
+            monkeypatch.setattr(hook.client, "get_registered_model", lambda name: asked.append(name) or real(name))
+            assert run_guard.team_of("later", fresh=False) is None
+            assert run_guard.team_of("later", fresh=False) is None
+            assert asked == ["later"]  # a page of runs naming it asks once
+            assert claim(hook, "later", "alpha", Settings()) is True
+            assert run_guard.team_of("later", fresh=False) is None  # reads: not registered, a few seconds more
+            assert run_guard.team_of("later") == "alpha"  # a change of a run asks MLflow
+            assert run_guard.team_of("later", fresh=False) == "alpha"
+        finally:
+            teams.platform_mlflow.cache_clear()
+            run_guard._unregistered.clear()
 
 
 def test_two_teams_claiming_one_new_name_at_once_one_wins(users, tmp_path):

@@ -54,7 +54,7 @@ def add_deploy_policy_routes(app: FastAPI) -> None:
         from asgard.deploy.approval import model_policy, model_team
         from asgard.hooks.mlflow import MlflowHook
 
-        guard_model(who, model_name)
+        guard_model(who, model_name, reading=True)
         settings, hook = get_settings(), MlflowHook()
         policy = model_policy(hook, model_name, settings)
         return {"model_name": model_name, **policy.to_dict(), "team": sorted(model_team(model_name, settings, hook))}

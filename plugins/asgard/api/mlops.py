@@ -153,7 +153,7 @@ def create_app() -> FastAPI:
     def get_model(model_name: str, who: CallerIdentity) -> dict[str, Any]:
         from asgard.hooks.mlflow import MlflowHook
 
-        guard_model(who, model_name)
+        guard_model(who, model_name, reading=True)
         hook = MlflowHook()
         return with_deploy_decisions(hook, serving_model(hook, model_name))
 
@@ -241,7 +241,7 @@ def create_app() -> FastAPI:
     def monitoring_history(body: MonitoringHistoryRequest, who: CallerIdentity) -> dict[str, Any]:
         from asgard.core.settings import get_settings
 
-        guard_model(who, body.model_name)
+        guard_model(who, body.model_name, reading=True)
         from asgard.monitoring.store import MonitoringStore
 
         version = None if body.model_version is None else str(body.model_version)
@@ -295,7 +295,7 @@ def add_models_page(app: FastAPI) -> None:
         from asgard.hooks.mlflow import MlflowHook
         from asgard.monitoring.store import MonitoringStore
 
-        guard_model(who, model_name)
+        guard_model(who, model_name, reading=True)
         hook = MlflowHook()
         model = serving_model(hook, model_name)
         history = MonitoringStore.at(get_settings().monitoring_db_url).history(model_name, limit=1000)
@@ -315,7 +315,7 @@ def add_models_page(app: FastAPI) -> None:
         # Both names are checked before they touch a path: no separator, no "..", no other file.
         if not re.match(MODEL_NAME_PATTERN, model_name) or not models_page.REPORT_NAME.match(report):
             raise HTTPException(404, detail="no such report")
-        guard_model(who, model_name)
+        guard_model(who, model_name, reading=True)
         try:
             content = report_location(model_name, report, get_settings()).read_bytes()
         except OSError:  # missing (locally or on S3)

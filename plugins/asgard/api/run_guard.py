@@ -199,7 +199,7 @@ def check(actor: Actor, changes: list[Change], subjects: dict[tuple[str, str], d
                 "it names no model, so it concerns every team's models (admins only)"
             )
         for model in models:
-            team = team_of(model)
+            team = team_of(model, fresh=change.what != "read")
             if team is None:
                 starter = user_actor(found["user"], settings)
                 if found["user"] == actor.name or starter.teams & actor.teams:
@@ -210,13 +210,30 @@ def check(actor: Actor, changes: list[Change], subjects: dict[tuple[str, str], d
                 raise Refused(f"{message}; {change.what} of run {change.run_id!r} of {change.dag_id} refused")
 
 
-def team_of(model: str) -> str | None:
-    """The team ``model`` belongs to (None: not registered); a found one is kept a while
-    (:data:`asgard.registry.ownership.KNOWN_TEAM_SECONDS`): a run page's reads ask again and again."""
+# For reads, a name not registered is known as such for a few seconds: a run page's reads ask again and again.
+UNREGISTERED_SECONDS = 10.0
+_unregistered: dict[str, float] = {}
+
+
+def team_of(model: str, *, fresh: bool = True) -> str | None:
+    """The team ``model`` belongs to (None: not registered); ``fresh=False`` for a read: as known a moment ago
+    (:func:`asgard.registry.ownership.model_team`)."""
+    import time
+
     from asgard.core.settings import get_settings
     from asgard.registry.ownership import model_team
 
-    return model_team(platform_mlflow(), model, get_settings())
+    now, seen = time.monotonic(), _unregistered.get(model)
+    if not fresh and seen is not None and now - seen < UNREGISTERED_SECONDS:
+        return None
+    team = model_team(platform_mlflow(), model, get_settings(), fresh=fresh)
+    if team is None:
+        if len(_unregistered) >= 10_000:  # names from requests: bounded
+            _unregistered.clear()
+        _unregistered[model] = now
+    else:
+        _unregistered.pop(model, None)
+    return team
 
 
 def stored_subject(dag_id: str, run_id: str) -> dict[str, Any] | None:

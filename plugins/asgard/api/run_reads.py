@@ -245,7 +245,7 @@ class RunReader:
             return False
         if model not in self._models:
             try:
-                team = team_of(model)
+                team = team_of(model, fresh=False)
             except Exception:
                 log.warning("could not tell whose model %r is: withheld", model, exc_info=True)
                 team = None

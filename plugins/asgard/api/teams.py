@@ -41,15 +41,23 @@ def forbidden(error: TeamRefusal) -> HTTPException:
     return HTTPException(status.HTTP_403_FORBIDDEN, detail=str(error))
 
 
-def guard_model(who: Caller, model_name: str, *, may_create: bool = False, team: str | None = None) -> str | None:
+def guard_model(
+    who: Caller, model_name: str, *, may_create: bool = False, team: str | None = None, reading: bool = False
+) -> str | None:
     """The team ``who`` acts for on ``model_name`` (403 when not theirs); see
-    :func:`asgard.registry.ownership.check_access`."""
+    :func:`asgard.registry.ownership.check_access` (``reading``: for a read, as known a moment ago)."""
     from asgard.core.settings import get_settings
     from asgard.registry.ownership import check_access
 
     try:
         return check_access(
-            platform_mlflow(), model_name, caller_actor(who), get_settings(), new_model_team=team, may_create=may_create
+            platform_mlflow(),
+            model_name,
+            caller_actor(who),
+            get_settings(),
+            new_model_team=team,
+            may_create=may_create,
+            fresh=not reading,
         )
     except TeamRefusal as error:
         raise forbidden(error) from None
@@ -73,7 +81,7 @@ def guard_run(who: Caller, dag_id: str, run_id: str) -> None:
     # A run a promotion started names its model in the Asset event, not in a conf.
     models = [model_name] if isinstance(model_name, str) and model_name else subject["event_models"]
     for model in models:
-        guard_model(who, model)
+        guard_model(who, model, reading=True)
     if not models and not caller_actor(who).admin:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,

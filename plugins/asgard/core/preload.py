@@ -106,6 +106,7 @@ def settle_server_heap() -> None:
 
     def settle() -> None:
         seconds = warm(API_SERVER_LIBRARIES, caches=())
+        gc.collect()  # what is garbage now is collected first: frozen, it would stay for good
         gc.freeze()
         log.info("settled the server's heap: %d objects frozen after %.1fs of imports", gc.get_freeze_count(), seconds)
 

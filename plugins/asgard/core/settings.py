@@ -9,7 +9,6 @@ what is not a connection: paths, ports, profile, where things run. Each field ``
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,7 +17,7 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_va
 from pydantic_settings import SettingsConfigDict
 
 from asgard.core.kubernetes_namespaces import checked_serving_egress
-from asgard.core.team_settings import TeamSettings
+from asgard.core.team_settings import TeamSettings, settings_problems
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -197,7 +196,7 @@ class Settings(TeamSettings):
         try:
             return cls()
         except ValidationError as error:
-            raise ValueError(_describe(error)) from None
+            raise ValueError(settings_problems(error, ENV_PREFIX)) from None
 
     def as_env(self) -> dict[str, str]:
         """The ``ASGARD_*`` variables that give another process these settings (secrets left out)."""
@@ -369,32 +368,25 @@ def get_settings() -> Settings:
     """This process's settings, read again whenever an ``ASGARD_*`` variable or the working folder differs. A read
     resolves every path and reads a file: a third of the API server's time under load, before it was kept."""
     try:
-        ours = tuple(sorted((name, value) for name, value in os.environ.items() if name.upper().startswith(ENV_PREFIX)))
-        return _settings_of(os.getcwd(), ours)
+        key = _environment()
+        if (known := _read.get(key)) is not None:
+            return known
+        settings = Settings.from_env()
+        if _environment() == key:  # kept only if nothing changed while it was read (another thread's setenv)
+            if len(_read) >= 8:  # bounded
+                _read.clear()
+            _read[key] = settings
+        return settings
     except FileNotFoundError:  # the working folder removed under the process: relative paths cannot resolve
         return Settings.from_env()
 
 
-@functools.lru_cache(maxsize=8)
-def _settings_of(folder: str, variables: tuple[tuple[str, str], ...]) -> Settings:
-    return Settings.from_env()  # the arguments are only the cache's key: the same environment, read
+_read: dict[tuple, Settings] = {}
+
+
+def _environment() -> tuple:
+    return os.getcwd(), tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)))
 
 
 # The environment variables the settings read (docker-compose.yaml and the docs use no others).
 ENV_VARS = tuple(f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields)
-
-
-def _describe(error: ValidationError) -> str:
-    """A settings error in the user's terms: the variable, what it must be, what it was."""
-    problems = []
-    for item in error.errors():
-        variable = f"{ENV_PREFIX}{str(item['loc'][0]).upper()}"
-        got = item.get("input")
-        if item["type"] == "int_parsing":
-            problems.append(f"{variable} must be an integer, got {got!r}")
-        elif item["type"] == "literal_error":
-            expected = item["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
-            problems.append(f"{variable} must be one of {expected}, got {got!r}")
-        else:
-            problems.append(f"{variable} {item['msg'].removeprefix('Value error, ')}")
-    return "; ".join(problems)

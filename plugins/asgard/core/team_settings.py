@@ -4,7 +4,7 @@ deployment (a part of :class:`asgard.core.settings.Settings`, read the same way)
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
@@ -85,3 +85,20 @@ class TeamSettings(BaseSettings):
     @property
     def airflow_user_list(self) -> list[str]:
         return [item.strip() for item in self.airflow_users.split(",") if item.strip()]
+
+
+def settings_problems(error: Any, prefix: str) -> str:
+    """A settings error (pydantic's ValidationError) in the user's terms: the variable, what it must be, what
+    it was."""
+    problems = []
+    for item in error.errors():
+        variable = f"{prefix}{str(item['loc'][0]).upper()}"
+        got = item.get("input")
+        if item["type"] == "int_parsing":
+            problems.append(f"{variable} must be an integer, got {got!r}")
+        elif item["type"] == "literal_error":
+            expected = item["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+            problems.append(f"{variable} must be one of {expected}, got {got!r}")
+        else:
+            problems.append(f"{variable} {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)

@@ -70,7 +70,8 @@ class MainJob:
             self.results["check_platform run"] = outcome.run_id
             if "trino" in names:
                 trino = api.task_result("check_platform", outcome.run_id, "run_check", map_index=names.index("trino"))
-                _say(f"trino: {trino['version']} at {trino['url']}, catalogs {', '.join(trino['catalogs'])} "
+                _say(f"trino: skipped ({trino['skipped']})" if "skipped" in trino else
+                     f"trino: {trino['version']} at {trino['url']}, catalogs {', '.join(trino['catalogs'])} "
                      f"(query {trino['query_id']})")  # fmt: skip
 
         with self.stage("generate the sample gold layer"):

@@ -22,16 +22,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEAM_TAG = "asgard.team"
-# A registered model's team never changes while it exists (its tag is set in the call that creates it, and
-# only the platform sets it): a found one is kept this long per process, so that every read the API server
-# guards (a history, a page of runs) does not ask MLflow again. A name not registered is asked each time.
+# A registered model's team is set in the call that creates it, and only the platform sets it: for reads
+# (fresh=False), a found one is kept this long per process, so that every read the API server guards (a
+# history, a page of runs) does not ask MLflow again. Writes ask MLflow each time: a model an operator
+# deleted and another team registered again is the new team's at once.
 KNOWN_TEAM_SECONDS = 60.0
 _known_teams: dict[tuple[str, str], tuple[float, str]] = {}
 
 
-def model_team(hook: MlflowHook, model_name: str, settings: Settings) -> str | None:
+def model_team(hook: MlflowHook, model_name: str, settings: Settings, *, fresh: bool = True) -> str | None:
     """The team ``model_name`` belongs to, or None when no such model is registered (a name no model
-    can have, too: MLflow's refusal of it is no reason for a 500)."""
+    can have, too: MLflow's refusal of it is no reason for a 500). ``fresh=False``: as known at most
+    :data:`KNOWN_TEAM_SECONDS` ago (reads only)."""
     import time
 
     from mlflow.exceptions import MlflowException
@@ -39,13 +41,14 @@ def model_team(hook: MlflowHook, model_name: str, settings: Settings) -> str | N
     if not is_model_name(model_name):
         return None
     key, now = (hook.tracking_uri, model_name), time.monotonic()
-    known = _known_teams.get(key)
+    known = None if fresh else _known_teams.get(key)
     if known is not None and now - known[0] < KNOWN_TEAM_SECONDS:
         return known[1] or settings.default_team
     try:
         model = hook.client.get_registered_model(model_name)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            _known_teams.pop(key, None)
             return None
         raise
     tag = (model.tags or {}).get(TEAM_TAG) or ""  # none: registered before teams, the default team's
@@ -79,16 +82,18 @@ def check_access(
     *,
     new_model_team: str | None = None,
     may_create: bool = False,
+    fresh: bool = True,
 ) -> str | None:
     """The team ``actor`` acts for on ``model_name`` (a :class:`TeamRefusal` when they may not).
 
     An existing model: its team, if the actor may act for it. A name not yet registered: with
     ``may_create`` (training), the team the new model will belong to (``new_model_team`` or the
-    actor's only team); without, None (the caller's own "no such model" error applies).
+    actor's only team); without, None (the caller's own "no such model" error applies). ``fresh=False``
+    for a read: the team as known a moment ago (:func:`model_team`).
     """
     if not is_model_name(model_name):
         raise InputError(f"{model_name!r} is not a model name (letters, digits, '_', '.', '-'; nothing after)")
-    team = model_team(hook, model_name, settings)
+    team = model_team(hook, model_name, settings, fresh=fresh)
     if team is None:
         return actor.team_for_new_model(new_model_team, settings) if may_create else None
     if not actor.may_act_for(team):
