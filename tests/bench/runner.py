@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_bench(script: str, *args: str, stack=None) -> str:
+def run_bench(script: str, *args: str, stack=None, timeout: float = 600) -> str:
     """Run a benchmark; with ``stack``, against the session's running services (``--reuse-services``)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")])}
     if stack is not None:
@@ -21,7 +21,7 @@ def run_bench(script: str, *args: str, stack=None) -> str:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
