@@ -187,7 +187,7 @@ def test_the_platform_check_skips_a_profile_without_trino_and_names_one_down_or_
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Starting)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with pytest.raises(PlatformCheckError, match=rf"^Trino at http://127.0.0.1:{port} is still starting$"):
+        with pytest.raises(PlatformCheckError, match=rf"^Trino is still starting at http://127.0.0.1:{port}$"):
             run_check("trino", dag_id="check_platform", run_id="r")
     finally:
         server.shutdown()

@@ -101,7 +101,7 @@ def check_sandbox() -> dict[str, Any]:
 def check_trino(*, timeout: float = 10.0) -> dict[str, Any]:
     """The profile's Trino (production: the gold layer's query engine) answers a query that reads its Iceberg
     catalog's list; its version and the query's id are returned. A profile without Trino skips it."""
-    import httpx
+    from asgard.features.store import OfflineStoreUnavailableError, trino_info
 
     # The platform's environment names Trino (asgard.local.production.platform_env; Feast reads the same).
     host, port, user = (os.environ.get(name) for name in ("TRINO_HOST", "TRINO_PORT", "TRINO_USER"))
@@ -110,11 +110,9 @@ def check_trino(*, timeout: float = 10.0) -> dict[str, Any]:
     address = f"http://{host}:{port}"
     started = time.perf_counter()
     try:
-        info = httpx.get(f"{address}/v1/info", timeout=timeout).json()
-    except (httpx.HTTPError, ValueError) as error:
-        raise PlatformCheckError(f"Trino does not answer at {address}: {error or type(error).__name__}") from None
-    if not isinstance(info, dict) or info.get("starting") is not False:
-        raise PlatformCheckError(f"Trino at {address} is still starting")
+        info = trino_info(address, timeout=timeout)
+    except OfflineStoreUnavailableError as error:
+        raise PlatformCheckError(str(error)) from None
     import trino
 
     try:

@@ -150,22 +150,28 @@ def trino_address(config: RepoConfig) -> str | None:
     return f"{offline.http_scheme}://{offline.host}:{offline.port}"
 
 
-def check_offline_store(config: RepoConfig, *, timeout: float = 5.0) -> None:
-    """Raise :class:`OfflineStoreUnavailableError` when the offline store is a Trino that is down or still
-    starting (a query would otherwise fail deep in Feast, or wait); any other offline store passes."""
+def trino_info(address: str, *, timeout: float, named: str = "Trino") -> dict[str, Any]:
+    """The coordinator's ``/v1/info`` once it has started; :class:`OfflineStoreUnavailableError` saying what
+    is wrong (``named`` first, then the address) when it does not answer or is still starting."""
     import httpx
 
-    address = trino_address(config)
-    if address is None:
-        return
     try:
         body = httpx.get(f"{address}/v1/info", timeout=timeout).json()
     except (httpx.HTTPError, ValueError) as error:
         raise OfflineStoreUnavailableError(
-            f"Trino, the feature store's offline store, does not answer at {address}: {error or type(error).__name__}"
+            f"{named} does not answer at {address}: {error or type(error).__name__}"
         ) from None
     if not isinstance(body, dict) or body.get("starting") is not False:
-        raise OfflineStoreUnavailableError(f"Trino, the feature store's offline store, is still starting at {address}")
+        raise OfflineStoreUnavailableError(f"{named} is still starting at {address}")
+    return body
+
+
+def check_offline_store(config: RepoConfig, *, timeout: float = 5.0) -> None:
+    """Raise :class:`OfflineStoreUnavailableError` when the offline store is a Trino that is down or still
+    starting (a query would otherwise fail deep in Feast, or wait); any other offline store passes."""
+    address = trino_address(config)
+    if address is not None:
+        trino_info(address, timeout=timeout, named="Trino, the feature store's offline store,")
 
 
 @contextlib.contextmanager

@@ -225,10 +225,10 @@ def java_environment(java_home: Path, path: str) -> dict[str, str]:
 
 def server_answers(settings: Settings) -> bool:
     """Whether the coordinator has started (``/v1/info`` says ``"starting": false``)."""
-    import httpx
+    from asgard.features.store import OfflineStoreUnavailableError, trino_info
 
     try:
-        body = httpx.get(f"{settings.trino_url}/v1/info", timeout=3.0).json()
-    except (httpx.HTTPError, ValueError, json.JSONDecodeError):
+        trino_info(settings.trino_url, timeout=3.0)
+    except OfflineStoreUnavailableError:
         return False
-    return isinstance(body, dict) and body.get("starting") is False
+    return True
