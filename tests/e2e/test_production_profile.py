@@ -145,17 +145,22 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     assert {properties["iceberg.jdbc-catalog.catalog-name"]} == catalogs
     # And the profile's Trino, started with that catalog, reads them (Feast's training sets too).
     trino_config = read_through_trino(services, tmp_path / "trino-check", monkeypatch, checked.group(4))
-    # A worker host lost mid-task (its whole process tree killed): the task is retried on the other worker,
-    # and the run ends with one MLflow run and one model version.
     api.unpause("train_model")
-    # Beside it, a hostile script through the real train_script DAG (issue 50): PostgreSQL startups past
-    # its door (as the superuser, the admin login, the owner) and Redis, the broker beside the features.
+    # A hostile script through the real train_script DAG (issue 50): PostgreSQL startups past its door (as the
+    # superuser, the admin login, the owner) and Redis, the broker beside the features. It runs to its end
+    # before a host is lost below: a host killed after its task reported success but before the worker sent
+    # the task's log to S3 leaves that log on its own disk only (seen in CI: no PROBE line read).
     probe_conf = example_upload(
         model_name="pg_probe", script_name="pg_probe.py", requirements=[], timeout=120,
         script_content=base64.b64encode(PG_PROBE.encode()).decode(),
         env_vars={"PROBE_USERS": f"postgres,asgard_admin,{services.settings.database_prefix}"},
     )  # fmt: skip
     probe = api.trigger("train_script", probe_conf)
+    probed = api.wait_for_run("train_script", probe, timeout=600)
+    probe_log = api.task_log("train_script", probe, "run_script")
+    assert probed.task_states["run_script"] == "success", probe_log[-3000:]
+    # A worker host lost mid-task (its whole process tree killed): the task is retried on the other worker,
+    # and the run ends with one MLflow run and one model version.
     training = api.trigger("train_model", framework_request("sklearn", FRAMEWORK_PARAMS["sklearn"]))
     victim = wait_for_running(api, "train_model", training, "fit_model")
     kill_host(lines[victim])
@@ -171,16 +176,11 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
         ).fetchone()[0]
         assert runs == 1
     decision = api.task_result("train_model", training, "gate_model")
-    probed = api.wait_for_run("train_script", probe, timeout=600)
-    # The probe may have run on the lost host too: its last try's log is the one that ran to the end.
-    ran = next(ti for ti in api.task_instances.get_task_instances("train_script", probe).task_instances
-               if ti.task_id == "run_script")  # fmt: skip
-    probe_log = api.task_log("train_script", probe, "run_script", try_number=ran.try_number)
-    assert probed.task_states["run_script"] == "success", probe_log[-3000:]
     answers = dict(line.split("PROBE ", 1)[1].split(": ", 1) for line in probe_log.splitlines() if "PROBE " in line)
     for user in ("postgres", "asgard_admin", services.settings.database_prefix):
-        assert "asgard door: the feature store's door lets in only" in answers[f"postgres as {user}"], answers
-    assert answers["redis"].startswith(("ConnectionRefusedError", "OSError", "TimeoutError")), answers
+        answer = answers.get(f"postgres as {user}", "")
+        assert "asgard door: the feature store's door lets in only" in answer, (answers, probe_log[-3000:])
+    assert answers.get("redis", "").startswith(("ConnectionRefusedError", "OSError", "TimeoutError")), answers
     assert decision["version"]
     # The run's files on S3 are one of each (a retry rewrites, never adds).
     folder = f"runs/train_model/{run_key('train_model', training)}/"  # named by a digest of the raw run id

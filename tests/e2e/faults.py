@@ -1,40 +1,30 @@
-"""The main job survives its services crashing under it: each service's whole process group is SIGKILLed
-in turn while ``./asgard run`` runs (MLflow, Airflow's scheduler, the router, Airflow's API server, the
-registry, the Docker engine), as a lost process would end it.
+"""Service crashes in the middle of the main job (tests/e2e/test_main_job.py runs it with them): each
+service's whole process group is SIGKILLed in turn while ``./asgard run`` runs (MLflow, Airflow's scheduler,
+the router, Airflow's API server, the registry, the Docker engine), as a lost process would end it.
 
-Every time: the supervisor starts the service again, ``/predict`` answers again within 30 s of the
-restart for every model the router serves, and the main job goes on. At the end: it completed, each
-model has exactly one version per run that registered one (a retried task added none), and
-``./asgard stop`` leaves no process of the installation behind.
+Every time the supervisor must start the service again and ``/predict`` answer again within 30 s of the
+restart for every model the router serves; the main job must go on, each model have exactly one version per
+run that registered one (a retried task added none), and ``./asgard stop`` leave no process behind.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 import httpx
 import psutil
-import pytest
 
-from conftest import free_port
-from e2e.stages import PIPELINE_STAGES
 from sample_data.models import SEED_PREDICTION
 
-REPO = Path(__file__).resolve().parents[2]
 # The Airflow components (children of the airflow service, each a process group of its own) by the
 # words of their command lines.
 COMPONENTS = {"scheduler": "scheduler", "api-server": "api_server"}
 RESTART_WITHIN = 180  # seconds for a killed service to be healthy again, on cores the other streams share
 PREDICT_WITHIN = 30  # seconds after the restart for /predict to answer again
-
-pytestmark = pytest.mark.integration
 
 
 class Kill(NamedTuple):
@@ -177,12 +167,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(REPO / "asgard"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 def versions_and_their_runs(installation: Installation) -> dict[str, tuple[list[int], int]]:
     """Each registered model's version numbers, and how many DAG runs registered a version of it."""
     from mlflow import MlflowClient
@@ -206,59 +190,7 @@ def versions_and_their_runs(installation: Installation) -> dict[str, tuple[list[
     return registered
 
 
-@pytest.mark.timeout(2400)
-def test_the_main_job_completes_while_each_service_is_killed_in_turn(tmp_path, machine_to_itself):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASGARD"))}
-    env.update(
-        ASGARD_HOME=str(tmp_path / "home"),
-        ASGARD_AIRFLOW_PORT=str(free_port()),
-        ASGARD_MLFLOW_PORT=str(free_port()),
-        ASGARD_REGISTRY_PORT=str(free_port()),
-        ASGARD_ROUTER_PORT=str(free_port()),
-    )
-    installation = Installation(env)
-    run: subprocess.Popen | None = None
-    faults = Faults(installation, job_running=lambda: run is not None and run.poll() is None)
-    family: list[psutil.Process] = []
-    try:
-        run = subprocess.Popen(
-            [str(REPO / "asgard"), "run", "--customers", "300", "--days", "5"],  # as the main job test: small data
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        faults.start()
-        lines = []
-        for line in run.stdout:
-            lines.append(line)
-            if line.startswith("==> "):
-                faults.stage_started(line)
-        out = "".join(lines)
-        assert run.wait(timeout=600) == 0, out[-6000:]
-        faults.join()
-        print("\n".join(faults.findings))
-        assert not faults.problems, (faults.problems, out[-4000:])
-        assert len(faults.findings) == len(KILLS), faults.findings
-        for stage in PIPELINE_STAGES:
-            assert f"==> {stage}" in out, stage
-        # One version per run that registered one, numbered without a gap: no retry added a second.
-        for name, (versions, runs) in versions_and_their_runs(installation).items():
-            assert versions == list(range(1, runs + 1)), (name, versions, runs)
-        status = asgard("status", env=env, timeout=60).stdout
-        assert status.count(" healthy ") == 5, status
-        for service in set(faults.killed) - set(COMPONENTS):  # each crash is on record (Airflow's: in its log)
-            line = next(line for line in status.splitlines() if line.startswith(service))
-            assert re.search(r"restarts [1-9]\d*, last exit: signal SIGKILL", line), line
-        family = installation.families()
-    finally:
-        stop = asgard("stop", env=env, timeout=300)
-    assert stop.returncode == 0, stop.stderr
-    assert family and not [p.pid for p in family if _alive(p)]
-
-
-def _alive(process: psutil.Process) -> bool:
+def alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
