@@ -479,3 +479,51 @@ def test_a_feature_view_is_changed_only_by_its_team_through_the_real_dag(teams):
         assert outcome.state == "failed", outcome
         error = teams.admin.run_error("register_features", run_id)
         assert error["task"] == "apply_feature_view" and said in error["message"], error
+
+
+def test_a_retrain_new_features_started_acts_for_each_models_team(teams):
+    """No person starts a retrain: alice's and bob's models asked to be retrained on new features of the view
+    they were trained on; materializing it (its Asset event schedules retrain_model, whose operator starts
+    train_model) trains each again. Each training acts for its model's team, passes the team check a person's
+    run of another team's model fails in, and registers a version of that model."""
+    import time
+
+    admin = teams.admin
+    models = {teams.alice_model: "alpha", teams.bob_model: "beta"}
+    # Each team has its promotions deploy nothing (its own policy): no run waits for a decision after the test.
+    for user, model in ((teams.alice, teams.alice_model), (teams.bob, teams.bob_model)):
+        answer = teams.call(user, "PUT", f"/mlops/models/{model}/deploy-policy", {"policy": "manual"})
+        assert answer.status_code == 200, answer.text
+    paused = {dag_id: admin.dags.get_dag(dag_id).is_paused for dag_id in ("materialize_features", "retrain_model")}
+    admin.unpause("retrain_model")
+    admin.unpause("materialize_features")  # (its hourly schedule's last interval runs at once too: every view)
+    trainings: dict[str, str] = {}
+    try:
+        window = {"start": SPEC.start_time.isoformat(), "end": SPEC.end_time.isoformat()}
+        conf = {**window, "feature_views": ["customer_features"]}
+        materialized = admin.wait_for_run("materialize_features", admin.trigger("materialize_features", conf))
+        assert materialized.state == "success", materialized
+        deadline = time.monotonic() + 600
+        while len(trainings) < len(models):
+            for run_id in admin.list_run_ids("train_model"):
+                trainings.update({model: run_id for model in models if run_id.startswith(f"retrain__{model}__")})
+            assert time.monotonic() < deadline, f"no retraining of {set(models) - set(trainings)} started"
+            time.sleep(2)
+        outcomes = {
+            model: admin.wait_for_run("train_model", run_id, timeout=900) for model, run_id in trainings.items()
+        }
+        # The retrain_model runs that started them end before the DAGs are paused again (a paused DAG's runs stop).
+        for model, run_id in trainings.items():
+            retrain = run_id.removeprefix(f"retrain__{model}__").rsplit("__", 1)[0]
+            assert retrain.startswith("asset_triggered__"), run_id
+            assert admin.wait_for_run("retrain_model", retrain, timeout=900).state == "success", retrain
+    finally:
+        for dag_id, was in paused.items():
+            (admin.pause if was else admin.unpause)(dag_id)
+    for model, team in models.items():
+        run_id = trainings[model]
+        assert outcomes[model].state == "success", outcomes[model]
+        log = admin.task_log("train_model", run_id, FIRST_CHECK["train_model"])
+        assert f"(acting for the model's team) acts on model '{model}' of team {team}" in log, log[-2000:]
+        registered = admin.task_result("train_model", run_id, "register_model")
+        assert registered["model_name"] == model and registered["created"], registered

@@ -249,3 +249,21 @@ def test_filters_and_orders_that_would_tell_a_withheld_field_are_named():
     assert telling_filter("", {"order_by": ["run_after", "-note"]}) == "order_by=-note"
     assert telling_filter("body_search=evidence", None) == "body_search"
     assert telling_filter("order_by=-run_after&limit=50&conf_contains=", {"page_limit": 100}) is None
+
+
+def test_a_promotions_deploy_run_concerns_the_model_it_deploys_not_those_it_hands_on():
+    """Two teams' promotions landed in one scheduler loop start one deploy_model run: it deploys the newest and
+    hands the other on to a run of its own, so its team reads and decides it (seen: bob refused his own
+    approval's page because alice's promotion rode along); any other run concerns every model its events name."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from asgard.api.run_subjects import event_models
+
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    alice = SimpleNamespace(extra={"model_name": "alpha_model", "version": "3"}, timestamp=at)
+    bob = SimpleNamespace(extra={"model_name": "beta_model", "version": "1"}, timestamp=at + timedelta(seconds=2))
+    forged = SimpleNamespace(extra={"model_name": "gamma_model", "version": "not a version"}, timestamp=at)
+    assert event_models("deploy_model", [alice, bob, forged]) == ["beta_model"]
+    assert event_models("deploy_model", [forged]) == []  # names no model it could deploy: admins only
+    assert event_models("retrain_model", [alice, bob]) == ["alpha_model", "beta_model"]

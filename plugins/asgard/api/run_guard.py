@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asgard.api.run_subjects import stored_subject
 from asgard.api.teams import MODEL_DAGS, platform_mlflow
 
 if TYPE_CHECKING:
@@ -234,39 +235,6 @@ def team_of(model: str, *, fresh: bool = True) -> str | None:
     else:
         _unregistered.pop(model, None)
     return team
-
-
-def stored_subject(dag_id: str, run_id: str) -> dict[str, Any] | None:
-    """What a run acts on and for whom, from Airflow's database (the guard runs inside the API server; a
-    request to the API would pass through the guard again): its conf, its user and the models its Asset
-    events name. None: no such run."""
-    return stored_subjects([(dag_id, run_id)]).get((dag_id, run_id))
-
-
-def stored_subjects(runs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """:func:`stored_subject` of each of ``runs`` (DAG id, run id) that exists, in one query."""
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import select, tuple_
-    from sqlalchemy.orm import selectinload
-
-    if not runs:
-        return {}
-    with create_session() as session:
-        found = session.scalars(
-            select(DagRun)
-            .where(tuple_(DagRun.dag_id, DagRun.run_id).in_(runs))
-            .options(selectinload(DagRun.consumed_asset_events))
-        ).all()
-        subjects = {}
-        for run in found:
-            events = [event.extra or {} for event in run.consumed_asset_events]
-            subjects[(run.dag_id, run.run_id)] = {
-                "conf": dict(run.conf) if isinstance(run.conf, dict) else {},
-                "user": run.triggering_user_name,
-                "event_models": [name for extra in events if isinstance(name := extra.get("model_name"), str)],
-            }
-        return subjects
 
 
 class RunGuard:

@@ -115,7 +115,8 @@ def runs_named(read: Change) -> list[Change]:
     """The runs a read of one run reaches: its own, or with ``~`` for the DAG, that run id's in any model DAG."""
     import dataclasses
 
-    from asgard.api.run_guard import ANY, stored_subject
+    from asgard.api.run_guard import ANY
+    from asgard.api.run_subjects import stored_subject
 
     if read.dag_id != ANY:
         return [read]
@@ -200,7 +201,7 @@ class RunReader:
 
     def read_runs(self, runs: Iterable[tuple[str, str]]) -> None:
         """Read these runs from Airflow's database at once (a run not read then is looked up alone)."""
-        from asgard.api.run_guard import stored_subjects
+        from asgard.api.run_subjects import stored_subjects
 
         try:
             self._subjects = stored_subjects(sorted(set(runs)))

@@ -70,7 +70,7 @@ def guard_run(who: Caller, dag_id: str, run_id: str) -> None:
     The conf is read from Airflow's database: the caller's own read through the API would meet the run
     guard's refusal (:mod:`asgard.api.run_reads`) before this one, which names the model and its team."""
     from asgard.api.jobs import JobNotFoundError
-    from asgard.api.run_guard import stored_subject
+    from asgard.api.run_subjects import stored_subject
 
     if dag_id not in MODEL_DAGS:  # feature jobs: the feature store is shared by every team
         return

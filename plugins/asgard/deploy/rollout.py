@@ -67,12 +67,11 @@ def deployment_request(params: dict[str, Any], triggering_asset_events: Any = No
     model_name, version = params.get("model_name"), params.get("version")
     rollout = params
     if not model_name:
-        promotions = _promotions(triggering_asset_events)
-        if not promotions:
+        newest = deployed_promotion(triggering_asset_events)
+        if newest is None:
             raise InputError(
                 "model_name is required when the run was not started by a model Asset event naming a model"
             )
-        newest = _deployed(promotions)
         model_name, version = newest.extra["model_name"], newest.extra.get("version")
         rollout = promotion_rollout(model_name)
     target, namespace = params.get("target") or "docker", params.get("namespace")
@@ -108,16 +107,19 @@ def other_promotions(params: dict[str, Any], triggering_asset_events: Any = None
     run, and each is handed on as a promotion of its own (a new event, so a run of its own deploys it)."""
     if params.get("model_name"):
         return []  # a run by hand deploys what its conf names; its events (none) promote nothing
-    promotions = _promotions(triggering_asset_events)
-    if not promotions:
+    deployed = deployed_promotion(triggering_asset_events)
+    if deployed is None:
         return []
-    deployed = _deployed(promotions).extra["model_name"]
-    return [dict(event.extra) for name, event in promotions.items() if name != deployed]
+    promotions = _promotions(triggering_asset_events)
+    return [dict(event.extra) for name, event in promotions.items() if name != deployed.extra["model_name"]]
 
 
-def _deployed(promotions: dict[str, Any]) -> Any:
-    """Of the run's promotions (:func:`_promotions`), the one the run deploys itself: the newest."""
-    return max(promotions.values(), key=lambda event: event.timestamp)
+def deployed_promotion(triggering_asset_events: Any) -> Any | None:
+    """Of the promotions a run started by model Asset events carries (:func:`_promotions`), the one it deploys
+    itself, the newest (None: none); the others are handed on to runs of their own. Who may read and decide
+    the run (asgard.api.run_guard) follows the same choice."""
+    promotions = _promotions(triggering_asset_events)
+    return max(promotions.values(), key=lambda event: event.timestamp) if promotions else None
 
 
 def hand_on_other_promotions(params: dict[str, Any], triggering_asset_events: Any, outlet_events: Any) -> list[str]:
