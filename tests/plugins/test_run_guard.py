@@ -251,19 +251,25 @@ def test_filters_and_orders_that_would_tell_a_withheld_field_are_named():
     assert telling_filter("order_by=-run_after&limit=50&conf_contains=", {"page_limit": 100}) is None
 
 
-def test_a_promotions_deploy_run_concerns_the_model_it_deploys_not_those_it_hands_on():
+def test_a_promotions_deploy_run_is_read_by_the_team_it_deploys_for_and_changed_only_by_all_it_carries():
     """Two teams' promotions landed in one scheduler loop start one deploy_model run: it deploys the newest and
-    hands the other on to a run of its own, so its team reads and decides it (seen: bob refused his own
-    approval's page because alice's promotion rode along); any other run concerns every model its events name."""
+    hands the other on to a run of its own. The deployed model's team reads it (seen: bob refused his own
+    approval's page because alice's promotion rode along); a change of it (a clear, a mark, a delete) needs
+    every team it carries (bob must not drop or re-announce alice's promotion). Any other run is read and
+    changed by every team its events name. The choice does not depend on the order the events come in."""
     from datetime import UTC, datetime, timedelta
     from types import SimpleNamespace
 
-    from asgard.api.run_subjects import event_models
+    from asgard.api.run_subjects import named_models, read_models
 
     at = datetime(2026, 12, 7, tzinfo=UTC)
     alice = SimpleNamespace(extra={"model_name": "alpha_model", "version": "3"}, timestamp=at)
     bob = SimpleNamespace(extra={"model_name": "beta_model", "version": "1"}, timestamp=at + timedelta(seconds=2))
-    forged = SimpleNamespace(extra={"model_name": "gamma_model", "version": "not a version"}, timestamp=at)
-    assert event_models("deploy_model", [alice, bob, forged]) == ["beta_model"]
-    assert event_models("deploy_model", [forged]) == []  # names no model it could deploy: admins only
-    assert event_models("retrain_model", [alice, bob]) == ["alpha_model", "beta_model"]
+    forged = SimpleNamespace(extra={"model_name": "gamma_model", "version": "²"}, timestamp=at + timedelta(seconds=9))
+    for events in ([alice, bob, forged], [forged, bob, alice]):
+        assert read_models("deploy_model", events) == ["beta_model"]
+        assert sorted(named_models(events)) == ["alpha_model", "beta_model", "gamma_model"]
+    assert read_models("deploy_model", [forged]) == []  # names no model it could deploy: admins only
+    assert read_models("retrain_model", [alice, bob]) == ["alpha_model", "beta_model"]
+    tied = SimpleNamespace(extra={"model_name": "delta_model", "version": "1"}, timestamp=bob.timestamp)
+    assert read_models("deploy_model", [tied, bob]) == read_models("deploy_model", [bob, tied]) == ["delta_model"]

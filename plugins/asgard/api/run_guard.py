@@ -192,15 +192,16 @@ def check(actor: Actor, changes: list[Change], subjects: dict[tuple[str, str], d
             raise Refused(
                 f"{actor.describe()} may not {change.what} of run {change.run_id!r} of {change.dag_id}: no such run"
             )
+        reading = change.what.startswith("read")
         name = found["conf"].get("model_name")
-        models = [name] if isinstance(name, str) and name else found["event_models"]
+        models = [name] if isinstance(name, str) and name else found["read_models" if reading else "event_models"]
         if not models:
             raise Refused(
                 f"{actor.describe()} may not {change.what} of run {change.run_id!r} of {change.dag_id}: "
                 "it names no model, so it concerns every team's models (admins only)"
             )
         for model in models:
-            team = team_of(model, fresh=change.what != "read")
+            team = team_of(model, fresh=not reading)
             if team is None:
                 starter = user_actor(found["user"], settings)
                 if found["user"] == actor.name or starter.teams & actor.teams:

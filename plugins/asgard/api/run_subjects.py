@@ -35,18 +35,26 @@ def stored_subjects(runs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[s
             subjects[(run.dag_id, run.run_id)] = {
                 "conf": dict(run.conf) if isinstance(run.conf, dict) else {},
                 "user": run.triggering_user_name,
-                "event_models": event_models(run.dag_id, list(run.consumed_asset_events)),
+                "event_models": named_models(run.consumed_asset_events),
+                "read_models": read_models(run.dag_id, run.consumed_asset_events),
             }
         return subjects
 
 
-def event_models(dag_id: str, events: list[Any]) -> list[str]:
-    """The models a run started by Asset ``events`` acts on: a promotion's ``deploy_model`` run on the one it
-    deploys (the others it carries are handed on to runs of their own, which their teams read and decide);
-    any other run on every model its events name."""
+def named_models(events: Any) -> list[str]:
+    """Every model a run's Asset ``events`` name: whose teams must all allow a change of the run."""
+    return [name for event in events if isinstance(name := (event.extra or {}).get("model_name"), str)]
+
+
+def read_models(dag_id: str, events: Any) -> list[str]:
+    """The models whose team may read a run started by Asset ``events``: a promotion's ``deploy_model`` run's
+    is the one it deploys (the others it carries are handed on to runs of their own, which their teams read and
+    decide), so that team reads its own approval; any other run's, every model its events name. A change of a
+    run carrying several teams' promotions stays every one's (:func:`named_models`): one team must not drop
+    or re-announce another's promotion."""
     if dag_id == DEPLOY_DAG:
         from asgard.deploy.rollout import deployed_promotion
 
-        deployed = deployed_promotion({"events": events})
+        deployed = deployed_promotion({"events": list(events)})
         return [deployed.extra["model_name"]] if deployed is not None else []
-    return [name for event in events if isinstance(name := (event.extra or {}).get("model_name"), str)]
+    return named_models(events)

@@ -79,7 +79,7 @@ def guard_run(who: Caller, dag_id: str, run_id: str) -> None:
         raise JobNotFoundError(f"run {run_id!r} of {dag_id} does not exist")
     model_name = subject["conf"].get("model_name")
     # A run a promotion started names its model in the Asset event, not in a conf.
-    models = [model_name] if isinstance(model_name, str) and model_name else subject["event_models"]
+    models = [model_name] if isinstance(model_name, str) and model_name else subject["read_models"]
     for model in models:
         guard_model(who, model, reading=True)
     if not models and not caller_actor(who).admin:

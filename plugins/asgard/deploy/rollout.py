@@ -119,7 +119,9 @@ def deployed_promotion(triggering_asset_events: Any) -> Any | None:
     itself, the newest (None: none); the others are handed on to runs of their own. Who may read and decide
     the run (asgard.api.run_guard) follows the same choice."""
     promotions = _promotions(triggering_asset_events)
-    return max(promotions.values(), key=lambda event: event.timestamp) if promotions else None
+    if not promotions:
+        return None
+    return max(promotions.values(), key=lambda event: (event.timestamp, event.extra["model_name"]))
 
 
 def hand_on_other_promotions(params: dict[str, Any], triggering_asset_events: Any, outlet_events: Any) -> list[str]:
@@ -146,10 +148,12 @@ def _promotions(triggering_asset_events: Any) -> dict[str, Any]:
         for event in per_asset:
             extra = event.extra or {}
             name, version = extra.get("model_name"), str(extra.get("version") or "")
-            if not (is_model_name(name) and version.isdigit()):
+            if not (is_model_name(name) and version.isascii() and version.isdigit()):
                 continue
             held = chosen.get(name)
-            if held is None or int(version) > int(held.extra["version"]):
+            # The same choice whatever order the events come in (the task's and the run guard's queries
+            # order them differently): the highest version, then the newest event of it.
+            if held is None or (int(version), event.timestamp) > (int(held.extra["version"]), held.timestamp):
                 chosen[name] = event
     return chosen
 
