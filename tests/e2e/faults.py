@@ -188,10 +188,3 @@ def versions_and_their_runs(installation: Installation) -> dict[str, tuple[list[
                 versions, count = registered.get(name, ([], 0))
                 registered[name] = (versions, count + 1)
     return registered
-
-
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from asgard.hooks.airflow_api import AirflowApi, fetch_token
+from asgard.local.processes import alive
 from conftest import free_port, team_folder
 from e2e.browser import (
     chromium,
@@ -28,7 +29,7 @@ from e2e.browser import (
     screenshot,
     trigger_with_the_forms_defaults,
 )
-from e2e.faults import COMPONENTS, KILLS, Faults, Installation, alive, versions_and_their_runs
+from e2e.faults import COMPONENTS, KILLS, Faults, Installation, versions_and_their_runs
 from e2e.seed_examples import run_the_seed_examples
 from e2e.stages import PIPELINE_STAGES
 

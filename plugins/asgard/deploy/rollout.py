@@ -107,18 +107,20 @@ def other_promotions(params: dict[str, Any], triggering_asset_events: Any = None
     run, and each is handed on as a promotion of its own (a new event, so a run of its own deploys it)."""
     if params.get("model_name"):
         return []  # a run by hand deploys what its conf names; its events (none) promote nothing
-    deployed = deployed_promotion(triggering_asset_events)
-    if deployed is None:
-        return []
     promotions = _promotions(triggering_asset_events)
-    return [dict(event.extra) for name, event in promotions.items() if name != deployed.extra["model_name"]]
+    deployed = _newest(promotions)
+    return [dict(event.extra) for event in promotions.values() if event is not deployed]
 
 
 def deployed_promotion(triggering_asset_events: Any) -> Any | None:
     """Of the promotions a run started by model Asset events carries (:func:`_promotions`), the one it deploys
     itself, the newest (None: none); the others are handed on to runs of their own. Who may read and decide
-    the run (asgard.api.run_guard) follows the same choice."""
-    promotions = _promotions(triggering_asset_events)
+    the run (asgard.api.run_subjects) follows the same choice."""
+    return _newest(_promotions(triggering_asset_events))
+
+
+def _newest(promotions: dict[str, Any]) -> Any | None:
+    """The newest of ``promotions`` (a tie goes to the name, whatever order the events came in)."""
     if not promotions:
         return None
     return max(promotions.values(), key=lambda event: (event.timestamp, event.extra["model_name"]))

@@ -158,7 +158,7 @@ class ProcessSupervisor(abc.ABC):
             elif leader is not None:
                 stop_tree(leader, service.stop_signal, whole_tree=not service.stops_its_children)
             # Whatever outlived its keeper: the rest of the group, adopted orphans, the supervisor itself.
-            leftovers = [p for p in [*family.values(), *group_members(record.get("pgid") or -1)] if _alive(p)]
+            leftovers = [p for p in [*family.values(), *group_members(record.get("pgid") or -1)] if alive(p)]
             try:
                 end_processes(leftovers, grace=5.0)
             except RuntimeError as error:
@@ -347,7 +347,8 @@ def _process(pid: int | None, started: float | None) -> psutil.Process | None:
         return None
 
 
-def _alive(process: psutil.Process) -> bool:
+def alive(process: psutil.Process) -> bool:
+    """``process`` runs and is not a zombie waiting for its parent."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
