@@ -194,7 +194,8 @@ def test_the_limit_holds_inside_the_airflow_api_server(server, auth):
 @pytest.mark.integration
 def test_a_body_of_sixty_thousand_bad_values_is_one_short_refusal_inside_the_api_server(server, auth):
     """60,000 distinct keys of bad values (about 0.9 MB): refused at the object's bound in keys, before its
-    values are read, with one error that quotes the object in short, within 100 ms of the server's time."""
+    values are read, with one error that quotes the object in short. What the refusal costs the server is measured
+    by bench/soak_bench.py ("1 MB of distinct keys"), not here: a time bound in a test fails on a loaded machine."""
     body = {**SEED_MONITORING_REQUEST, "model_name": "edges", "metrics": {f"k{i}": "x" for i in range(60_000)}}
     raw = json.dumps(body).encode()
     assert len(raw) > 850_000
@@ -205,8 +206,7 @@ def test_a_body_of_sixty_thousand_bad_values_is_one_short_refusal_inside_the_api
     (error,) = refused.json()["detail"]
     assert error["loc"] == ["body", "metrics"] and error["msg"] == "Object should have at most 200 keys, not 60000"
     assert len(refused.content) < 1000 and error["input"].startswith('{"k0": "x", "k1": "x"')
-    # Parsing the megabyte is most of it (about 20 ms): the values are never looked at.
-    assert float(refused.headers["server-timing"].removeprefix("app;dur=")) < 100, refused.headers
+    assert refused.headers["server-timing"].startswith("app;dur=")  # what the bench reads
 
 
 # --------------------------------------------------------------------------- bodies that cost more than their size
