@@ -70,7 +70,7 @@ def deploy_model():
     # Promotions of other models that landed in this run too are handed on, each to a run of its own; a task
     # apart, so that whatever befalls this run's own model does not drop them.
     @task(outlets=[AssetAlias(CHAMPION_MODELS_ALIAS)])
-    def hand_on_other_promotions(params: dict, triggering_asset_events=None, outlet_events=None) -> list[str]:
+    def hand_on_other_promotions(params: dict, triggering_asset_events=None, outlet_events=None) -> int:
         from asgard.deploy.rollout import hand_on_other_promotions
 
         return hand_on_other_promotions(params, triggering_asset_events, outlet_events)

@@ -527,3 +527,89 @@ def test_a_retrain_new_features_started_acts_for_each_models_team(teams):
         assert f"(acting for the model's team) acts on model '{model}' of team {team}" in log, log[-2000:]
         registered = admin.task_result("train_model", run_id, "register_model")
         assert registered["model_name"] == model and registered["created"], registered
+
+
+def test_a_deploy_run_carrying_another_teams_promotion_shows_its_team_none_of_the_other(teams):
+    """Two teams' promotions in one scheduler loop start one deploy_model run (made certain here: alice's
+    training is promoted while deploy_model is paused, bob's after). It deploys bob's, the newer, so bob reads
+    it; what alice's promotion says (its version and score, in the run's upstream Asset events) is withheld
+    from him as in a list of many runs, and alice reads none of the run. Handed on, her promotion's own run is
+    hers; a hand-off in it rewritten to name bob's model is refused by its approval."""
+    import time
+
+    admin = teams.admin
+    for user, model in ((teams.alice, teams.alice_model), (teams.bob, teams.bob_model)):
+        # The runs deploy nothing: each team's policy is its own.
+        answer = teams.call(user, "PUT", f"/mlops/models/{model}/deploy-policy", {"policy": "manual"})
+        assert answer.status_code == 200, answer.text
+
+    def promoted(user: AirflowApi, model: str) -> tuple[str, str]:
+        """The model trained again as before: the gate promotes a version at least as good as the champion."""
+        run_id = user.trigger("train_model", {**CHURN_MODEL_REQUEST, "model_name": model})
+        assert admin.wait_for_run("train_model", run_id, timeout=900).state == "success", run_id
+        gate = admin.task_result("train_model", run_id, "gate_model")
+        assert gate["promoted"], gate
+        return model, str(gate["version"])
+
+    def events_of(user, run_id: str) -> httpx.Response:
+        return teams.call(
+            user, "GET", f"/api/v2/dags/deploy_model/dagRuns/{quote(run_id, safe='')}/upstreamAssetEvents"
+        )
+
+    def announced(events: list[dict]) -> list[tuple[str, str]]:
+        return [(event["extra"].get("model_name"), str(event["extra"].get("version"))) for event in events]
+
+    def run_carrying(promotion: tuple[str, str], but: set[str]) -> str:
+        """The deploy_model run (not one of ``but``) whose events carry this promotion, once it has ended."""
+        deadline = time.monotonic() + 300
+        while True:
+            for run_id in set(admin.list_run_ids("deploy_model")) - but:
+                if promotion in announced(events_of(admin, run_id).json()["asset_events"]):
+                    admin.wait_for_run("deploy_model", run_id, timeout=600)
+                    return run_id
+            assert time.monotonic() < deadline, f"no deploy_model run carried {promotion}"
+            time.sleep(2)
+
+    before = set(admin.list_run_ids("deploy_model"))
+    admin.pause("deploy_model")
+    try:
+        alices = promoted(teams.alice, teams.alice_model)  # a paused DAG queues no run: the next one carries it
+    finally:
+        admin.unpause("deploy_model")
+    bobs = promoted(teams.bob, teams.bob_model)
+    run_id = run_carrying(bobs, but=before)
+    carried = events_of(admin, run_id).json()["asset_events"]  # the admin reads it whole
+    assert alices in announced(carried), carried
+
+    seen = events_of(teams.bob, run_id)
+    assert seen.status_code == 200, seen.text
+    extras = {event["id"]: event["extra"] for event in seen.json()["asset_events"]}
+    for event in carried:  # alice's promotion is listed, what it says is not; bob's own is whole
+        mine = event["extra"].get("model_name") == teams.bob_model
+        assert extras[event["id"]] == (event["extra"] if mine else {}), (event, extras)
+    refused = events_of(teams.alice, run_id)
+    assert refused.status_code == 403 and teams.bob_model in refused.text, refused.text
+    # Handed on, alice's promotion starts a run of its own: hers to read, whole.
+    handed_on = run_carrying(alices, but=before | {run_id})
+    own = events_of(teams.alice, handed_on)
+    assert own.status_code == 200 and alices in announced(own.json()["asset_events"]), own.text
+    # alice rewrites what that run's request task handed on to name bob's model and runs its approval again:
+    # the approval reads the model from the run's Asset event, and refuses the hand-off.
+    entry = f"{teams.url}/api/v2/dags/deploy_model/dagRuns/{quote(handed_on, safe='')}"
+    xcom = f"{entry}/taskInstances/resolve_request/xcomEntries/return_value"
+    handed = httpx.get(xcom, headers=teams.headers(teams.alice), params={"deserialize": True}, timeout=60)
+    assert handed.status_code == 200 and handed.json()["value"]["model_name"] == teams.alice_model, handed.text
+    forged = {**handed.json()["value"], "model_name": teams.bob_model}
+    patched = httpx.patch(xcom, headers=teams.headers(teams.alice), json={"value": forged, "map_index": -1}, timeout=60)
+    assert patched.status_code == 200, patched.text
+    cleared = teams.call(
+        teams.alice,
+        "POST",
+        "/api/v2/dags/deploy_model/clearTaskInstances",
+        {"dry_run": False, "dag_run_id": handed_on, "task_ids": ["approve_deployment"], "only_failed": False},
+    )
+    assert cleared.status_code == 200, cleared.text
+    outcome = admin.wait_for_run("deploy_model", handed_on, timeout=600)
+    assert outcome.task_states["approve_deployment"] == "failed", outcome
+    log = admin.task_log("deploy_model", handed_on, "approve_deployment", try_number=2)
+    assert f"this run is for model '{teams.alice_model}', but what its earlier task handed on names" in log, log[-2000:]

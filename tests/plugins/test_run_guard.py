@@ -221,6 +221,8 @@ def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_ke
         "asset_events": [
             {"source_dag_id": "monitor_model", "source_run_id": "mine", "extra": {"model_name": "x", "conf": {}}},
             {"source_dag_id": "train_model", "source_run_id": "mine", "extra": {"model_name": "own_model"}},
+            # Handed on by another team's deploy run: the event is still the model's team's.
+            {"source_dag_id": "deploy_model", "source_run_id": "theirs", "extra": {"model_name": "own_model", "v": 2}},
         ],
     }  # fmt: skip
     redact(answer, reader)
@@ -233,6 +235,7 @@ def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_ke
     assert approvals[0]["body"] is None and approvals[0]["params_input"] == {} and approvals[0]["subject"]
     assert approvals[0]["chosen_options"] == []
     assert events[0]["extra"] == {} and events[1]["extra"] == {"model_name": "own_model"}  # a model of another team
+    assert events[2]["extra"] == {"model_name": "own_model", "v": 2}
     assert ("check_platform", "r3") not in reader.asked and reader.asked.count(("train_model", "theirs")) == 1
     # One query reads every run the items name (and only the model DAGs' runs).
     named = {("train_model", "theirs"), ("train_model", "mine"), ("score_batch", "theirs"), ("score_batch", "mine")}

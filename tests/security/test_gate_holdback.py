@@ -169,6 +169,14 @@ def test_the_newest_share_is_held_back_and_ties_are_broken_the_same_everywhere()
     assert holdback.held_back(labels, 0.35, ["customer_id"]).sum() == math.ceil(10 * 0.35)
     with pytest.raises(ValueError, match="between 0 and 1"):
         holdback.held_back(labels, 1.0, ["customer_id"])
+    # The keys are the operator's (never the feature store's entities, which any team adds to): a label
+    # among them would make the choice tell the labels. Keys the rows lack fail, never fall back to every column.
+    from asgard.core.settings import Settings
+    from asgard.training.data import TrainingDataError
+
+    assert holdback.key_columns(Settings(gate_holdback_keys="customer_id, region")) == ["customer_id", "region"]
+    with pytest.raises(TrainingDataError, match="no region column"):
+        holdback.held_back(labels, 0.2, ["customer_id", "region"])
 
 
 # --------------------------------------------------------------------------- the script's view
@@ -177,7 +185,7 @@ def test_a_sandboxed_reader_given_the_scripts_view_reads_none_of_the_held_back_l
     with feature_home(home, SPEC):
         settings = get_settings()
         location = gold.GoldLocation.for_settings(settings)
-        keys = holdback.entity_join_keys(feature_store.open_store(settings))
+        keys = holdback.key_columns(settings)
         labels, held = labels_and_held(location, keys, settings.gate_holdback_fraction)
         original = Path(gold.load_table("customer_labels", location).location().removeprefix("file://"))
         scratch = tmp_path_factory.mktemp("holdback-run")
@@ -211,6 +219,122 @@ def test_a_sandboxed_reader_given_the_scripts_view_reads_none_of_the_held_back_l
     for bind in binds:
         source = Path(bind.source)
         assert source != original and original not in source.parents and source not in original.parents, bind
+
+
+# Production's reader: the catalog in PostgreSQL and the warehouse on S3, through the run's doors. Every
+# labelled row of every table and snapshot the catalog it is given lists; then the real label table, found
+# in the gold database's own catalog (the reader may SELECT there), read straight from S3.
+PRODUCTION_READER = r"""
+import json, os, urllib.error, urllib.request
+import psycopg
+from pyiceberg.catalog import load_catalog
+
+catalog = load_catalog("gold")
+ids, tables = set(), []
+for identifier in catalog.list_tables("gold"):
+    table = catalog.load_table(identifier)
+    tables.append(identifier[-1])
+    for snapshot in table.snapshots():
+        rows = table.scan(snapshot_id=snapshot.snapshot_id).to_pandas()
+        if {"customer_id", "churned"} <= set(rows.columns):
+            ids.update(int(i) for i in rows["customer_id"])
+login = os.environ["PYICEBERG_CATALOG__GOLD__URI"].replace("postgresql+psycopg://", "postgresql://")
+with psycopg.connect(login) as connection:
+    (real,) = connection.execute(
+        "SELECT metadata_location FROM public.iceberg_tables WHERE table_name = 'customer_labels'"
+    ).fetchone()
+answers = {}
+door = "http://127.0.0.1:9000/"
+for name, path in (("metadata", real.split("://", 1)[1]), ("data", os.environ["PROBE"].split("://", 1)[1]),
+                   ("listing", "asgard?list-type=2&prefix=" + real.split("/", 3)[3].split("/metadata/")[0] + "/"),
+                   ("listing the warehouse", "asgard?list-type=2&prefix=gold/"),
+                   ("another run's view", "asgard/gold/script-views/0123abce/customer_labels/metadata/x.json")):
+    try:
+        with urllib.request.urlopen(door + path, timeout=20) as answer:
+            answers[name] = [answer.status, answer.read()[:200].decode(errors="replace")]
+    except urllib.error.HTTPError as error:
+        answers[name] = [error.code, error.read().decode(errors="replace")]
+print("HOSTILE " + json.dumps({"ids": sorted(ids), "tables": sorted(tables), "real": real, "answers": answers}))
+"""
+
+
+def test_a_sandboxed_reader_through_productions_doors_reads_none_of_the_held_back_labels(
+    profile_databases, tmp_path, monkeypatch
+):
+    """The production profile's view (a schema of the gold database the PostgreSQL door opens sessions on, a
+    cut copy of the label table on S3) on the machine's PostgreSQL and moto's S3: a script reads every
+    visible label and no held-back one; the real label table, which it can find, opens to none of its reads.
+    The view is gone when the run ends."""
+    import dataclasses
+    import tempfile
+
+    import boto3
+    import psycopg
+
+    from asgard.core.settings import Settings
+    from asgard.local.examples import PRODUCTION_EXAMPLE_REQUIREMENTS
+    from asgard.training.scripts import store_doors
+    from asgard.training.scripts.store_doors import StoreAccess
+    from conftest import running_moto
+
+    profile, passwords = profile_databases
+    settings = Settings(profile="production", database_prefix=profile.role)
+    with running_moto() as s3_url:
+        keys = {"aws_access_key_id": "platform", "aws_secret_access_key": "platform"}
+        s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **keys)
+        s3.create_bucket(Bucket="asgard")
+        catalog = "PYICEBERG_CATALOG__GOLD__"
+        for name, value in {
+            "URI": profile.url("gold", driver="postgresql+psycopg"), "S3__ENDPOINT": s3_url,
+            "S3__ACCESS_KEY_ID": "platform", "S3__SECRET_ACCESS_KEY": "platform", "S3__REGION": "us-east-1",
+        }.items():  # fmt: skip
+            monkeypatch.setenv(catalog + name, value)  # the platform's login, as a worker's environment has it
+        location = gold.GoldLocation.for_settings(settings)
+        write_gold_layer(GoldSpec(customers=300, days=2, end=SPEC.end, seed=5), location, log=lambda _: None)
+        labels, held = labels_and_held(location, ["customer_id"], settings.gate_holdback_fraction)
+        real = gold.load_table("customer_labels", location)
+        data_file = next(task.file.file_path for task in real.scan().plan_files())
+        access = StoreAccess(
+            postgres_host="127.0.0.1", postgres_port=5432, user=profile.reader_role,
+            password=passwords["reader_password"], registry_database=profile.name("feast"),
+            gold_database=profile.name("gold"), s3_endpoint=s3_url, s3_access_key="reader",
+            s3_secret_key="reader", s3_readable="asgard/gold",
+        )  # fmt: skip
+        python = user_scripts.ScriptEnvironments(settings=settings).ensure(PRODUCTION_EXAMPLE_REQUIREMENTS)
+        env = user_scripts.script_environment(
+            python, {name: "x" for name in user_scripts.INJECTED}, {"PROBE": data_file}
+        )
+        lines: list[str] = []
+        with holdback.production_script_view(
+            "0123abcd", access.user, "customer_labels", ["customer_id"], settings=settings
+        ) as view:
+            run_access = dataclasses.replace(access, gold_schema=view.schema, s3_hidden=view.hidden, s3_own=view.own)
+            env.update(run_access.script_variables())
+            with tempfile.TemporaryDirectory(prefix="asgard-doors-") as folder:
+                sockets = Path(folder)
+                sockets.chmod(0o755)
+                with store_doors.opened(run_access, sockets) as doors:
+                    (sockets / "mlflow.sock").touch()  # the run's MLflow door is not under test here
+                    user_scripts.run_script(
+                        user_scripts.UserScript("reader.py", PRODUCTION_READER), python, tmp_path / "work", env,
+                        Limits(timeout_seconds=600), sockets=sockets, doors=doors, output=lines.append,
+                    )  # fmt: skip
+        remaining = [item["Key"] for item in s3.list_objects_v2(Bucket="asgard").get("Contents", [])]
+        after = gold.load_table("customer_labels", location).metadata_location
+    output = "\n".join(lines)
+    match = re.search(r"HOSTILE (\{.*\})", output)
+    assert match, output[-3000:]
+    found = json.loads(match.group(1))
+    assert set(found["ids"]) == set(labels[~held]["customer_id"]) and held.sum() == 60, output[-3000:]
+    assert found["tables"] == ["customer_features", "customer_labels"] and found["real"] == real.metadata_location
+    for name, (status, body) in found["answers"].items():
+        assert status == 403 and "holds the labels the gate judges" in body, (name, status, body)
+    # The run's schema and its copy's files are gone; the gold layer is as it was.
+    with psycopg.connect(profile.url("gold", driver="postgresql")) as connection:
+        schemas = connection.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'script_view_%'").fetchall()
+    # (pyarrow marks the folders it writes in: the views' common one is an empty object that stays.)
+    assert schemas == [] and [key for key in remaining if "script-views/" in key] == ["gold/script-views/"], remaining
+    assert after == real.metadata_location
 
 
 # --------------------------------------------------------------------------- through the real DAG
@@ -249,7 +373,7 @@ def test_a_script_that_memorises_every_label_it_reads_does_not_take_champion(scr
     # It read every label it was let read, and none of those the gate judges on...
     store = feature_store.open_store(settings)
     labels, held = labels_and_held(
-        gold.GoldLocation.for_settings(settings), holdback.entity_join_keys(store), settings.gate_holdback_fraction
+        gold.GoldLocation.for_settings(settings), holdback.key_columns(), settings.gate_holdback_fraction
     )
     read = found_ids(log)
     assert read == set(labels[~held]["customer_id"]) and not read & set(labels[held]["customer_id"])
@@ -268,7 +392,7 @@ def test_a_script_that_memorises_every_label_it_reads_does_not_take_champion(scr
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps(connection))
     request = {"feature_views": ["customer_features"], "target_column": "churned"}
     source = training_data.check_data_source(request, store)
-    share, keys = settings.gate_holdback_fraction, holdback.entity_join_keys(store)
+    share, keys = settings.gate_holdback_fraction, holdback.key_columns()
     readable, _ = training_data.build_training_set(
         source, store, label_rows=lambda rows: rows[~holdback.held_back(rows, share, keys)]
     )

@@ -78,7 +78,12 @@ async def guarded_read(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
             log.warning("could not check a read of %s", path, exc_info=True)
             await _answer(send, 503, "could not tell whose run this is; try again")
             return
-        await app(scope, receive, send)
+        # A promotion's deploy_model run is its deployed model's team's to read, but the other teams'
+        # promotions it carries (handed on to runs of their own) are theirs: the lists in the answer (its
+        # upstream Asset events) are withheld as in a list of many runs. A log lists nothing and is passed on.
+        rest = one.what.removeprefix("read ").split("/")  # taskInstances/<task>/logs/<try>: a log
+        log_read = rest[0] == "taskInstances" and rest[2:3] == ["logs"]
+        await app(scope, receive, send if log_read else redacting(send, RunReader(actor)))
         return
     body = None
     if scope["method"] == "POST":
@@ -213,11 +218,11 @@ class RunReader:
         if kind == "event_logs" and item.get("owner") == self.actor.name:
             return True  # the caller's own actions
         if kind == "asset_events":
-            # An event names a model in its extra (a retraining request, a promotion) whatever run sent it.
+            # An event that names a model in its extra (a retraining request, a promotion) is that model's team's,
+            # whatever run sent it: a promotion handed on comes from a run of another team's deploy.
             extra = item.get("extra") if isinstance(item.get("extra"), dict) else {}
-            model = extra.get("model_name")
-            if model is not None and not self.may_act_on(model):
-                return False
+            if "model_name" in extra:
+                return self.may_act_on(extra["model_name"])
         if dag_id not in MODEL_DAGS:
             return True
         if not isinstance(run_id, str) or not run_id:  # of the model DAG, of no run: nothing says whose

@@ -65,6 +65,10 @@ class Settings(TeamSettings):
     script_max_disk_mb: int = Field(2048, ge=16)
     # The newest labels scripts never read, the gate's rows (asgard.training.holdback); never a request's.
     gate_holdback_fraction: float = Field(0.2, gt=0, lt=1)
+    # What identifies a labelled row of the label table, the held-back rows' tie-break (comma-separated):
+    # the operator's, never the feature store's entities, which any team may add to (a label as a key would
+    # make the choice depend on the labels).
+    gate_holdback_keys: str = "customer_id"
     # The image repository holding one image per requirements set, tagged with its environment key
     # (default: asgard/script-env on the platform's registry).
     script_image_repository: str | None = None

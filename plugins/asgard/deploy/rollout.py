@@ -126,9 +126,11 @@ def _newest(promotions: dict[str, Any]) -> Any | None:
     return max(promotions.values(), key=lambda event: (event.timestamp, event.extra["model_name"]))
 
 
-def hand_on_other_promotions(params: dict[str, Any], triggering_asset_events: Any, outlet_events: Any) -> list[str]:
+def hand_on_other_promotions(params: dict[str, Any], triggering_asset_events: Any, outlet_events: Any) -> int:
     """deploy_model's task apart from the run's own model: hand each other promotion on (skipped when the
-    run carries none: a run by hand, or one promotion)."""
+    run carries none: a run by hand, or one promotion). How many were handed on: the run is its deployed
+    model's team's to read (asgard.api.run_subjects), and the others are other teams' models, so neither its
+    result nor its log names them."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from asgard.hooks.mlflow import MlflowHook
@@ -137,7 +139,11 @@ def hand_on_other_promotions(params: dict[str, Any], triggering_asset_events: An
     others = other_promotions(params, triggering_asset_events)
     if not others:
         raise AirflowSkipException("this run carries no other model's promotion")
-    return hand_on_promotions(MlflowHook(), others, outlet_events)
+    handed = len(hand_on_promotions(MlflowHook(), others, outlet_events))
+    log.info(
+        "handed on %d of the %d other promotion(s) this run carried, each to a run of its own", handed, len(others)
+    )
+    return handed
 
 
 def _promotions(triggering_asset_events: Any) -> dict[str, Any]:

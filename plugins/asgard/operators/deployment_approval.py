@@ -21,7 +21,6 @@ from asgard.deploy.approval import (
     NO_ONE,
     NOT_DEPLOYED,
     REJECTED,
-    DeployPolicy,
     Origin,
     approval_body,
     decision_refusal,
@@ -150,16 +149,19 @@ class DeploymentApprovalOperator(ApprovalOperator):
 
     def execute(self, context: Any) -> Any:
         from asgard.core.settings import get_settings
+        from asgard.deploy.rollout import deployment_request
         from asgard.hooks.mlflow import MlflowHook
-        from asgard.registry.ownership import run_access
+        from asgard.registry.ownership import recheck
         from asgard.registry.versions import resolve_model_version
 
         settings, hook = get_settings(), MlflowHook()
         ti, dag_run = context["ti"], context["dag_run"]
-        request = ti.xcom_pull(task_ids=self.request_task_id)
+        # What is decided comes from the run's conf (or its Asset events) again: the request task's XCom can be
+        # changed through the REST API after it ran, and one naming another model is refused here.
+        request = deployment_request(context["params"], context.get("triggering_asset_events")).to_dict()
         name = request["model_name"]
         # The run's user may deploy only their teams' models (a promotion's run acts for the model's team).
-        run_access(dag_run, name, hook=hook, settings=settings)
+        recheck(dag_run, name, ti.xcom_pull(task_ids=self.request_task_id) or {})
         # The model and the version (or alias) must exist: an error naming them fails the run here.
         number = resolve_model_version(hook, name, request.get("version"), request.get("alias")).version
         # The build deploys what was decided on, even if the alias moves while a person decides.
@@ -242,13 +244,22 @@ class DeploymentApprovalOperator(ApprovalOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from asgard.core.settings import get_settings
+        from asgard.deploy.rollout import deployment_request
         from asgard.hooks.mlflow import MlflowHook
+        from asgard.registry.ownership import recheck
 
         ti, dag_run = context["ti"], context["dag_run"]
+        settings, hook, run = get_settings(), MlflowHook(), f"{dag_run.dag_id}/{dag_run.run_id}"
+        # What the wait handed on (its XCom) can be changed through the REST API while it waits: the model
+        # comes from the run's conf (or events) again, and who trained the version and the model's policy
+        # (who may decide) are read again. Only the version decided on is the XCom's (the alias may move while
+        # a person decides), and it must be one of that model's.
         waiting = ti.xcom_pull(task_ids=self.task_id, key="approval") or {}
-        name, number = waiting["model_name"], waiting["version"]
-        policy = DeployPolicy.from_dict(waiting["policy"])
-        hook, run = MlflowHook(), f"{dag_run.dag_id}/{dag_run.run_id}"
+        name = deployment_request(context["params"], context.get("triggering_asset_events")).model_name
+        recheck(dag_run, name, waiting)
+        number = str(hook.client.get_model_version(name, str(waiting.get("version"))).version)
+        policy = model_policy(hook, name, settings)
+        trained_by = version_origin(hook, hook.client.get_model_version(name, number), settings).trained_by
         user = (event.get("responded_by_user") or {}).get("name") if "error" not in event else None
         reason = str((event.get("params_input") or {}).get("reason") or "").strip()
         chosen = (event.get("chosen_options") or [self.REJECT])[0] if "error" not in event else self.REJECT
@@ -256,15 +267,14 @@ class DeploymentApprovalOperator(ApprovalOperator):
             self._reject(context, hook, name, number, "timeout", policy.mode, run,
                          f"no decision in {duration_text(policy.timeout_seconds)}")  # fmt: skip
             return {"decision": REJECTED, "by": None}
-        team = model_team(name, get_settings(), hook)
-        refusal = decision_refusal(
-            user, model_name=name, policy=policy, team=team, trained_by=waiting.get("trained_by")
-        )
+        team = model_team(name, settings, hook)
+        refusal = decision_refusal(user, model_name=name, policy=policy, team=team, trained_by=trained_by)
         if chosen == self.APPROVE and refusal is not None:
             # Airflow refuses users outside the assigned ones; this holds when its check is off (all admins).
             self._reject(context, hook, name, number, user, policy.mode, run, f"approval refused: {refusal}")
             return {"decision": REJECTED, "by": user}
-        newer = superseded_by(hook, name, number) if waiting.get("by_promotion") else None
+        by_promotion = str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "asset_triggered"
+        newer = superseded_by(hook, name, number) if by_promotion else None
         if chosen == self.APPROVE and newer is not None:
             # Approved late: a newer version was promoted meanwhile. Deploying this one would put the older
             # version back over it; the newer one's own run asks for its decision.

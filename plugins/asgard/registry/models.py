@@ -261,7 +261,8 @@ def hand_on_promotions(hook: MlflowHook, promotions: list[dict[str, Any]], outle
         name, version = extra["model_name"], str(extra["version"])
         champion = alias_version(hook, name, CHAMPION)
         if champion is None or str(champion.version) != version:
-            log.info("%s v%s is no longer the champion: not handed on", name, version)
+            # Not at INFO: the task log is the handing run's team's, and this is another team's model.
+            log.debug("%s v%s is no longer the champion: not handed on", name, version)
             continue
         outlet_events[AssetAlias(CHAMPION_MODELS_ALIAS)].add(Asset(model_asset_uri(name)), extra=extra)
         handed.append(f"{name} v{version}")

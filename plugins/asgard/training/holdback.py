@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,6 @@ from asgard.training.data import ENTITY_TIMESTAMP, TrainingDataError
 
 if TYPE_CHECKING:
     import pandas as pd
-    from feast import FeatureStore
     from pyiceberg.table import Table
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 def held_back(labels: pd.DataFrame, fraction: float, key_columns: Iterable[str]) -> pd.Series:
     """Which rows of ``labels`` the gate holds back: the newest ``fraction`` of them (at least one).
 
-    Rows sharing the boundary's timestamp are ordered by a digest of ``key_columns`` (the entity
-    keys; every column when none is given), so the choice is the same wherever it is made.
+    Rows sharing the boundary's timestamp are ordered by a digest of ``key_columns`` (what identifies a
+    row, never a label: :func:`key_columns`), so the choice is the same wherever it is made.
     """
     import numpy as np
     import pandas as pd
@@ -49,7 +50,13 @@ def held_back(labels: pd.DataFrame, fraction: float, key_columns: Iterable[str])
         raise ValueError(f"the held-back fraction must be between 0 and 1, not {fraction}")
     if ENTITY_TIMESTAMP not in labels.columns:
         raise TrainingDataError(f"the label rows have no {ENTITY_TIMESTAMP!r} column to hold the newest back by")
-    keys = [column for column in key_columns if column in labels.columns] or list(labels.columns)
+    keys = list(key_columns)
+    missing = [column for column in keys if column not in labels.columns]
+    if missing or not keys:
+        raise TrainingDataError(
+            f"the label rows have no {', '.join(missing) or 'key'} column(s) to order the held-back rows by "
+            "(ASGARD_GATE_HOLDBACK_KEYS)"
+        )
     digest = pd.util.hash_pandas_object(labels[keys], index=False).to_numpy()
     # Missing timestamps count as the oldest (NaT is int64's minimum).
     stamps = pd.to_datetime(labels[ENTITY_TIMESTAMP], utc=True).to_numpy(dtype="datetime64[ns]").astype("int64")
@@ -61,9 +68,18 @@ def held_back(labels: pd.DataFrame, fraction: float, key_columns: Iterable[str])
     return pd.Series(mask, index=labels.index, name="held_back")
 
 
-def entity_join_keys(store: FeatureStore) -> list[str]:
-    """The registered entities' join keys: what identifies a labelled row (:func:`held_back`'s keys)."""
-    return sorted({entity.join_key for entity in store.list_entities()})
+def key_columns(settings: Settings | None = None) -> list[str]:
+    """The operator's columns that identify a labelled row (``ASGARD_GATE_HOLDBACK_KEYS``): :func:`held_back`'s
+    tie-break. Not the feature store's entities: any team may register one, and a label column as a key would
+    make which rows are held back depend on their labels, which a script could then infer."""
+    return [column.strip() for column in (settings or get_settings()).gate_holdback_keys.split(",") if column.strip()]
+
+
+def visible_rows(labels: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
+    """The label rows any user's training may read: all but the held-back ones. A model the platform trains
+    on a held-back row could tell its label back through its predictions (an overfit forest, scored on the
+    held-back ids), to be pasted into a script."""
+    return labels[~held_back(labels, fraction(settings), key_columns(settings))]
 
 
 def fraction(settings: Settings | None = None) -> float:
@@ -121,14 +137,17 @@ def script_gold_view(
     return binds
 
 
-def _write_cut_copy(view, identifier: str, table: Table, key_columns: Iterable[str], share: float) -> None:
-    """``table`` in ``view`` without its held-back rows: one snapshot of the rows scripts may read."""
+def _write_cut_copy(
+    view, identifier: str, table: Table, key_columns: Iterable[str], share: float, location: str | None = None
+) -> None:
+    """``table`` in ``view`` without its held-back rows: one snapshot of the rows scripts may read (at
+    ``location``, or the view's warehouse's default)."""
     import pyarrow as pa
 
     rows = table.scan().to_arrow()
     mask = held_back(rows.to_pandas(), share, key_columns).to_numpy()
     visible = rows.filter(pa.array(~mask))
-    copy = view.create_table(identifier, schema=table.schema())
+    copy = view.create_table(identifier, schema=table.schema(), location=location)
     copy.append(visible.cast(copy.schema().as_arrow()))
     log.info(
         "script's view of %s: %d of %d labelled rows (the newest %d held back for the gate)",
@@ -141,13 +160,27 @@ def _write_cut_copy(view, identifier: str, table: Table, key_columns: Iterable[s
 
 def _files_of(table: Table) -> set[Path]:
     """Every file of ``table`` on this disk: under its folder, its metadata history, its current data."""
-    files = {_local_path(table.metadata_location)}
-    files.update(_local_path(entry.metadata_file) for entry in table.metadata.metadata_log)
-    files.update(_local_path(task.file.file_path) for task in table.scan().plan_files())
+    files = {_local_path(uri) for uri in _table_files(table)}
     root = _local_path(table.location())
     for parent, _, names in os.walk(root):
         files.update(Path(parent) / name for name in names)
     files.add(root)
+    return files
+
+
+def _table_files(table: Table) -> set[str]:
+    """Every file ``table``'s catalog entry leads to, in every snapshot: its metadata and metadata history,
+    manifest lists, manifests, data and delete files, statistics (any may lie outside the table's folder)."""
+    files = {table.metadata_location}
+    files.update(entry.metadata_file for entry in table.metadata.metadata_log)
+    files.update(statistics.statistics_path for statistics in table.metadata.statistics)
+    for snapshot in table.snapshots():
+        files.add(snapshot.manifest_list)
+        for manifest in snapshot.manifests(table.io):
+            files.add(manifest.manifest_path)
+            files.update(
+                entry.data_file.file_path for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+            )
     return files
 
 
@@ -161,3 +194,117 @@ def _local_path(uri: str) -> Path:
 
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
+
+
+# --------------------------------------------------------------------------- the script's view (production)
+# Where a run's view lives: a schema of the gold catalog's database, and a prefix of the warehouse.
+VIEW_SCHEMA_PREFIX = "script_view_"
+VIEW_FOLDER = "script-views"
+
+
+@dataclass(frozen=True)
+class ProductionView:
+    """A script run's view of the production gold layer, for its doors: the schema of the gold database its
+    PostgreSQL sessions read the catalog from, the S3 objects ("<bucket>/<key>", or a folder of them) that it
+    may not read (every file of the real label table, and every run's view), and the one folder among those
+    it may (its own view's)."""
+
+    schema: str
+    hidden: tuple[str, ...]
+    own: str
+
+
+@contextmanager
+def production_script_view(
+    run_key: str, reader_role: str, label_table: str, key_columns: Iterable[str], *, settings: Settings | None = None
+) -> Iterator[ProductionView]:
+    """The gold layer as a script run in production may read it: its catalog (PostgreSQL) and warehouse (S3)
+    are services behind the run's doors, so the view is made there, with the platform's login, for the run.
+
+    The run's own schema of the gold database (``script_view_<run_key>``, which the reader may SELECT in)
+    holds a catalog of every gold table as it is, except ``label_table``: a copy of it without the
+    held-back rows and with no history, under the warehouse's ``script-views/<run_key>/``. The PostgreSQL
+    door opens the reader's sessions on that schema; the S3 door refuses every file of the real label table
+    (:attr:`ProductionView.hidden`), which the public schema's catalog still names: knowing where the labels
+    are gives nothing. A table whose folder holds a file of the label table is left out. Both are removed
+    when the run ends."""
+    import sqlalchemy
+    from pyiceberg.utils.config import Config
+
+    settings = settings or get_settings()
+    location = gold.GoldLocation.for_settings(settings)
+    configured = Config().get_catalog_config(location.catalog_name) or {}
+    uri = location.catalog_uri or configured.get("uri")
+    if location.catalog_type != "sql" or not uri or not uri.startswith("postgresql"):
+        raise ValueError("a script's production view is made in a PostgreSQL-backed SQL catalog of the gold layer")
+    if not run_key.isalnum() or not run_key.isascii():
+        raise ValueError(f"a view's run key is letters and digits, not {run_key!r}")
+    schema = f"{VIEW_SCHEMA_PREFIX}{run_key.lower()}"
+    engine = sqlalchemy.create_engine(uri)
+    quoted = engine.dialect.identifier_preparer.quote
+    view_uri = sqlalchemy.engine.make_url(uri).update_query_dict({"options": f"-csearch_path={schema}"})
+    folder = f"{location.warehouse.rstrip('/')}/{VIEW_FOLDER}/{run_key}"
+    view_location = gold.GoldLocation(
+        "sql", warehouse=folder, catalog_uri=view_uri.render_as_string(hide_password=False),
+        catalog_name=location.catalog_name,
+    )  # fmt: skip
+    try:
+        with engine.begin() as connection:
+            for statement in (
+                "DROP SCHEMA IF EXISTS {schema} CASCADE",  # an earlier try's, if it ended before its clean-up
+                "CREATE SCHEMA {schema}",
+                "GRANT USAGE ON SCHEMA {schema} TO {reader}",
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {reader}",
+            ):
+                connection.execute(sqlalchemy.text(statement.format(schema=quoted(schema), reader=quoted(reader_role))))
+        source = gold.load_catalog(location)
+        view = gold.load_catalog(view_location)  # its catalog tables are made in the schema
+        view.create_namespace_if_not_exists(gold.GOLD_NAMESPACE)
+        tables = {name: source.load_table(f"{gold.GOLD_NAMESPACE}.{name}") for name in gold.list_tables(location)}
+        # Every run's view (another run's copy may have been cut when other rows were held back), and the label
+        # table's folder, where it is or where it would be made (closed even before there is one).
+        views = f"{location.warehouse.rstrip('/')}/{VIEW_FOLDER}"
+        hidden = {_s3_key(views), _s3_key(f"{location.warehouse.rstrip('/')}/{gold.GOLD_NAMESPACE}/{label_table}")}
+        held_files: set[str] = set()
+        if label_table in tables:
+            label_folder = tables[label_table].location().rstrip("/")
+            held_files = _table_files(tables[label_table])
+            hidden |= {_s3_key(label_folder)} | {_s3_key(file) for file in held_files}
+        for name, table in tables.items():
+            identifier = f"{gold.GOLD_NAMESPACE}.{name}"
+            if name == label_table:
+                _write_cut_copy(view, identifier, table, key_columns, fraction(settings), f"{folder}/{name}")
+            elif any(_uri_within(file, table.location()) for file in held_files):
+                log.warning("gold table %s holds files of %s: left out of the script's view", name, label_table)
+            else:
+                view.register_table(identifier, table.metadata_location)
+        yield ProductionView(schema, tuple(sorted(hidden)), own=_s3_key(folder))
+    finally:
+        try:
+            _delete_folder(folder, view_location)  # the copy's files (the other tables' are only registered)
+        finally:
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE"))
+            engine.dispose()
+
+
+def _delete_folder(folder: str, location: gold.GoldLocation) -> None:
+    """Every object under ``folder`` (an S3 prefix), with the catalog's own S3 settings."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+    from pyiceberg.utils.config import Config
+
+    io = PyArrowFileIO(Config().get_catalog_config(location.catalog_name) or {})
+    scheme, netloc, path = io.parse_location(folder)
+    with suppress(FileNotFoundError):  # nothing was written
+        io.fs_by_scheme(scheme, netloc).delete_dir(path)
+
+
+def _s3_key(uri: str) -> str:
+    """``s3://bucket/key`` as the S3 door names objects: ``bucket/key``."""
+    if not uri.startswith(("s3://", "s3a://")):
+        raise ValueError(f"{uri} is not on S3: production's gold warehouse is")
+    return uri.split("://", 1)[1]
+
+
+def _uri_within(uri: str, folder: str) -> bool:
+    return uri == folder.rstrip("/") or uri.startswith(folder.rstrip("/") + "/")

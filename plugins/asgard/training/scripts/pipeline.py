@@ -5,10 +5,12 @@ register, gate and promote its model with the same code as ``train_model``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +162,7 @@ def _run_in(
     shown = redact_url(hook.tracking_uri) if hook.tracking_uri.startswith("http") else "<the MLflow server>"
     links = (f"{runner.mlflow_uri_inside()}/#/", f"{shown.rstrip('/')}/#/")
     # A short path: a unix socket's may not exceed 107 bytes.
-    with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets:
+    with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets, production_view(folder, access) as access:
         Path(sockets).chmod(0o755)
         with (
             Gateway(hook.tracking_uri, scope, Path(sockets) / "mlflow.sock").serving(),
@@ -181,6 +183,22 @@ def _run_in(
     return {"mlflow_run_id": run.info.run_id}
 
 
+@contextlib.contextmanager
+def production_view(folder: Path, access: store_doors.StoreAccess | None) -> Iterator[store_doors.StoreAccess | None]:
+    """``access`` (production's reader, or None) narrowed to this run's view of the gold layer: the labels the
+    gate holds back are in no file its doors open (:func:`asgard.training.holdback.production_script_view`).
+    The embedded profile's view is bound into the sandbox instead (:func:`script_data_binds`)."""
+    if access is None:
+        yield None
+        return
+    settings = get_settings()
+    keys = holdback.key_columns(settings)
+    run_key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]  # this attempt's folder: one view per try
+    label_table = training_data.DEFAULT_LABEL_TABLE
+    with holdback.production_script_view(run_key, access.user, label_table, keys, settings=settings) as view:
+        yield dataclasses.replace(access, gold_schema=view.schema, s3_hidden=view.hidden, s3_own=view.own)
+
+
 def script_data_binds(folder: Path, settings: Settings) -> list[Bind]:
     """What of the platform's data a sandboxed script reads, read-only: embedded, the Feast registry
     and a view of the gold layer without the labels the gate holds back (``folder`` receives it);
@@ -188,8 +206,8 @@ def script_data_binds(folder: Path, settings: Settings) -> list[Bind]:
     paths = feature_store.script_data_paths(settings)  # creates the store folders the registry points into
     if settings.profile != "embedded":
         return [Bind(path) for path in paths]
-    # The same keys the gate picks its rows by (opening the store makes its registry when there is none).
-    keys = holdback.entity_join_keys(feature_store.open_store(settings))
+    feature_store.open_store(settings)  # opening the store makes its registry when there is none
+    keys = holdback.key_columns(settings)  # the same keys the gate picks its rows by
     # The registry alone of the Feast folder: scripts train offline, and an online store may hold any
     # materialized view, labels included.
     registry = settings.data_dir / "feast" / "registry.db"
@@ -290,7 +308,7 @@ def platform_holdout(params: dict[str, Any]) -> tuple[tuple[Any, Any] | None, st
     view = params.get("feature_view_name") or "customer_features"
     target = params.get("target_column") or "churned"
     store = feature_store.open_store()
-    keys, share = holdback.entity_join_keys(store), holdback.fraction()
+    keys, share = holdback.key_columns(), holdback.fraction()
 
     def held_rows(labels: Any) -> Any:
         return labels[holdback.held_back(labels, share, keys)]

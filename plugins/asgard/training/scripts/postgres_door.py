@@ -50,10 +50,12 @@ class DoorRefusal(Exception):
 
 @dataclass(frozen=True)
 class PostgresStartup:
-    """Who may pass PostgreSQL's door: ``user`` (the reader), into one of ``databases``."""
+    """Who may pass PostgreSQL's door: ``user`` (the reader), into one of ``databases``; a session in a
+    database of ``search_paths`` (database, schema) starts on that schema (a run's view of the gold layer)."""
 
     user: str
     databases: frozenset[str]
+    search_paths: tuple[tuple[str, str], ...] = ()
 
     def negotiate(self, client: socket.socket) -> bytes:
         """Read the client's startup (declining TLS and GSS encryption on the loopback door, once each)
@@ -86,6 +88,9 @@ class PostgresStartup:
         if refused:
             raise DoorRefusal(f"startup parameters {', '.join(refused)[:300]} are not open to user scripts")
         checked = {**parameters, "database": database}
+        schema = dict(self.search_paths).get(database)
+        if schema is not None:  # set by the door, never by the client (whose options are refused above)
+            checked["options"] = f"-c search_path={schema}"
         pairs = b"".join(name.encode() + b"\0" + value.encode() + b"\0" for name, value in checked.items())
         body = struct.pack("!i", PROTOCOL_3) + pairs + b"\0"
         return struct.pack("!i", len(body) + 4) + body

@@ -60,6 +60,13 @@ class StoreAccess:
     # What the S3 door lets the script read: "<bucket>/<prefix>" (the gold warehouse).
     s3_readable: str
     s3_region: str = "us-east-1"
+    # One run's view of the gold layer (asgard.training.holdback.production_script_view): the schema its
+    # sessions in the gold database read the catalog from, the objects ("<bucket>/<key>", or a folder of
+    # them) within ``s3_readable`` that it may not read (the real label table's, every run's view), and the
+    # folder among those that it may (its own view's).
+    gold_schema: str | None = None
+    s3_hidden: tuple[str, ...] = ()
+    s3_own: str | None = None
 
     @classmethod
     def from_env(cls) -> StoreAccess | None:
@@ -90,7 +97,8 @@ class StoreAccess:
 def opened(access: StoreAccess, sockets: Path) -> Iterator[dict[int, str]]:
     """The doors to ``access``'s stores, as unix sockets in ``sockets`` served while open; yields
     port inside -> socket file name, for the launcher's forwards."""
-    startup = PostgresStartup(access.user, frozenset({access.registry_database, access.gold_database}))
+    search_paths = ((access.gold_database, access.gold_schema),) if access.gold_schema else ()
+    startup = PostgresStartup(access.user, frozenset({access.registry_database, access.gold_database}), search_paths)
     relay = PostgresDoor(sockets / "postgres.sock", access.postgres_host, access.postgres_port, startup)
     try:
         app = s3_reading_app(access)
@@ -107,8 +115,17 @@ LISTING_PARAMETERS = {
 }  # fmt: skip
 
 
-def s3_refusal(method: str, path: str, query: dict[str, str], readable: str) -> str | None:
-    """Why a request through the S3 door is refused (None: it reads within ``readable``).
+def s3_refusal(
+    method: str,
+    path: str,
+    query: dict[str, str],
+    readable: str,
+    hidden: tuple[str, ...] = (),
+    own: str | None = None,
+) -> str | None:
+    """Why a request through the S3 door is refused (None: it reads within ``readable``, and nothing of
+    ``hidden``, objects or folders of objects (``<bucket>/<key>``) but those within ``own``; nor lists
+    a prefix of them: their keys, sizes and ETags say which rows are newest).
 
     ``path`` is the decoded path of a path-style request (``/<bucket>/<key>``)."""
     if method not in ("GET", "HEAD"):
@@ -124,10 +141,23 @@ def s3_refusal(method: str, path: str, query: dict[str, str], readable: str) -> 
         if unknown:
             return f"bucket request with {', '.join(unknown)} is not open to user scripts"
         listed = query.get("prefix", "")
-        return None if _within(listed, prefix) else f"listing {listed!r} is outside {readable}"
+        if not _within(listed, prefix):
+            return f"listing {listed!r} is outside {readable}"
+        return _hidden(f"{bucket}/{listed}", hidden, own, listing=True)
     key = path.removeprefix(f"/{bucket}/") if path.startswith(f"/{bucket}/") else None
     if key is None or not _within(key, prefix):
         return f"{path} is outside {readable}, the part of S3 user scripts may read"
+    return _hidden(f"{bucket}/{key}", hidden, own, listing=False)
+
+
+def _hidden(name: str, hidden: tuple[str, ...], own: str | None, *, listing: bool) -> str | None:
+    if own is not None and (name == own or name.startswith(own.rstrip("/") + "/")):
+        return None
+    for held in hidden:
+        inside = name == held or name.startswith(held.rstrip("/") + "/")
+        if inside or (listing and held.startswith(name)):
+            what = f"listing {name!r}" if listing else name
+            return f"{what} holds the labels the gate judges this run's model on: not open to its script"
     return None
 
 
@@ -160,8 +190,9 @@ def s3_reading_app(access: StoreAccess):
     async def forward(request: Request) -> Response:
         scope = request.scope
         refusal = query_refusal(request.query_params.multi_items()) or s3_refusal(
-            request.method, scope["path"], dict(request.query_params), access.s3_readable
-        )
+            request.method, scope["path"], dict(request.query_params), access.s3_readable, access.s3_hidden,
+            access.s3_own,
+        )  # fmt: skip
         # Not read: a body is refused by its announcement, never held in this process.
         announced = request.headers.get("content-length", "0") not in ("", "0")
         if refusal is None and (announced or "transfer-encoding" in request.headers):
