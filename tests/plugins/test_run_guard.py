@@ -194,8 +194,8 @@ def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_ke
             self.asked.append((dag_id, run_id))
             return run_id == "mine"
 
-        def may_act_on(self, model):
-            return model == "own_model"
+        def team_of(self, model):
+            return {"own_model": "beta", "x": "alpha"}.get(model)  # as MLflow's registry says
 
     reader = Reader(Actor("bob", frozenset({"beta"})))
     reader.asked = []
@@ -223,6 +223,9 @@ def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_ke
             {"source_dag_id": "train_model", "source_run_id": "mine", "extra": {"model_name": "own_model"}},
             # Handed on by another team's deploy run: the event is still the model's team's.
             {"source_dag_id": "deploy_model", "source_run_id": "theirs", "extra": {"model_name": "own_model", "v": 2}},
+            # Naming no registered model: the run that sent it decides.
+            {"source_dag_id": "monitor_model", "source_run_id": "mine", "extra": {"model_name": "new", "v": 1}},
+            {"source_dag_id": "monitor_model", "source_run_id": "theirs", "extra": {"model_name": "new", "v": 1}},
         ],
     }  # fmt: skip
     redact(answer, reader)
@@ -236,10 +239,15 @@ def test_what_another_teams_runs_tell_is_withheld_from_a_list_and_the_rest_is_ke
     assert approvals[0]["chosen_options"] == []
     assert events[0]["extra"] == {} and events[1]["extra"] == {"model_name": "own_model"}  # a model of another team
     assert events[2]["extra"] == {"model_name": "own_model", "v": 2}
+    assert events[3]["extra"] == {"model_name": "new", "v": 1} and events[4]["extra"] == {}
     assert ("check_platform", "r3") not in reader.asked and reader.asked.count(("train_model", "theirs")) == 1
     # One query reads every run the items name (and only the model DAGs' runs).
     named = {("train_model", "theirs"), ("train_model", "mine"), ("score_batch", "theirs"), ("score_batch", "mine")}
-    assert set(reader.batch) == named | {("deploy_model", "theirs"), ("monitor_model", "mine")}
+    assert set(reader.batch) == named | {
+        ("deploy_model", "theirs"),
+        ("monitor_model", "mine"),
+        ("monitor_model", "theirs"),
+    }
 
 
 def test_filters_and_orders_that_would_tell_a_withheld_field_are_named():

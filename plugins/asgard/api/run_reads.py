@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER = 20_000_000
 WITHHELD = "withheld: another team's run"
+UNKNOWN = object()  # a model whose team could not be found out: what names it is withheld
 # The list an answer is -> what its items would tell of another team's run (a withheld field is emptied).
 LISTS = {
     "dag_runs": ("conf", "note"),
@@ -201,7 +202,7 @@ class RunReader:
     def __init__(self, actor: Actor) -> None:
         self.actor = actor
         self._runs: dict[tuple[str, str], bool] = {}
-        self._models: dict[str, bool] = {}
+        self._models: dict[str, Any] = {}
         self._subjects: dict[tuple[str, str], dict] | None = None
 
     def read_runs(self, runs: Iterable[tuple[str, str]]) -> None:
@@ -221,8 +222,11 @@ class RunReader:
             # An event that names a model in its extra (a retraining request, a promotion) is that model's team's,
             # whatever run sent it: a promotion handed on comes from a run of another team's deploy.
             extra = item.get("extra") if isinstance(item.get("extra"), dict) else {}
-            if "model_name" in extra:
-                return self.may_act_on(extra["model_name"])
+            model = extra.get("model_name")
+            team = self.team_of(model) if model is not None else None
+            if team is not None:
+                return team is not UNKNOWN and self.actor.may_act_for(team)
+            # Naming no registered model: whoever may read the run that sent it (none: admins only).
         if dag_id not in MODEL_DAGS:
             return True
         if not isinstance(run_id, str) or not run_id:  # of the model DAG, of no run: nothing says whose
@@ -245,17 +249,21 @@ class RunReader:
         return self._runs[key]
 
     def may_act_on(self, model: Any) -> bool:
+        team = self.team_of(model)
+        return team is not None and team is not UNKNOWN and self.actor.may_act_for(team)
+
+    def team_of(self, model: Any) -> Any:
+        """The registered model's team (None: not a registered model's name; :data:`UNKNOWN`: not found out)."""
         from asgard.api.run_guard import team_of
 
         if not isinstance(model, str):
-            return False
+            return None
         if model not in self._models:
             try:
-                team = team_of(model, fresh=False)
+                self._models[model] = team_of(model, fresh=False)
             except Exception:
                 log.warning("could not tell whose model %r is: withheld", model, exc_info=True)
-                team = None
-            self._models[model] = team is not None and self.actor.may_act_for(team)
+                self._models[model] = UNKNOWN
         return self._models[model]
 
 

@@ -23,6 +23,8 @@ from asgard.deploy.approval import (
     REJECTED,
     Origin,
     approval_body,
+    await_decision,
+    awaited_decision,
     decision_refusal,
     duration_text,
     eligible_deciders,
@@ -228,6 +230,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
         )
         self.assigned_users = [{"id": user, "name": user} for user in deciders] or [NO_ONE]
         self.response_timeout = timedelta(seconds=policy.timeout_seconds)
+        await_decision(hook, name, number, run, request.get("rollout"))
         ti.xcom_push(
             key="approval",
             value={
@@ -258,6 +261,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
         name = deployment_request(context["params"], context.get("triggering_asset_events")).model_name
         recheck(dag_run, name, waiting)
         number = str(hook.client.get_model_version(name, str(waiting.get("version"))).version)
+        rollout = awaited_decision(hook, name, number, run)  # the version this run waits on, or refused
         policy = model_policy(hook, name, settings)
         trained_by = version_origin(hook, hook.client.get_model_version(name, number), settings).trained_by
         user = (event.get("responded_by_user") or {}).get("name") if "error" not in event else None
@@ -291,7 +295,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
             policy=policy.mode,
             run=run,
             reason=reason or ("approved" if outcome == APPROVED else "rejected, no reason given"),
-            rollout=waiting.get("rollout") if outcome == APPROVED else None,
+            rollout=rollout if outcome == APPROVED else None,
         )
         super().execute_complete(context, event)  # a rejection skips the build and rollout
         return {"decision": outcome, "by": user, "reason": reason}

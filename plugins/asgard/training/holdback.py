@@ -65,6 +65,10 @@ def held_back(labels: pd.DataFrame, fraction: float, key_columns: Iterable[str])
     mask = np.zeros(len(labels), dtype=bool)
     if count:
         mask[newest_last[-count:]] = True
+        # Rows the keys do not tell apart (one customer twice at one time) go together: which of them came
+        # first is the scan's order, which may differ between the script's view and the gate.
+        boundary = newest_last[-count]
+        mask |= (stamps == stamps[boundary]) & (digest == digest[boundary])
     return pd.Series(mask, index=labels.index, name="held_back")
 
 
@@ -174,13 +178,15 @@ def _table_files(table: Table) -> set[str]:
     files = {table.metadata_location}
     files.update(entry.metadata_file for entry in table.metadata.metadata_log)
     files.update(statistics.statistics_path for statistics in table.metadata.statistics)
-    for snapshot in table.snapshots():
+    manifests = {}
+    for snapshot in table.snapshots():  # each lists every manifest it keeps: each is read once
         files.add(snapshot.manifest_list)
-        for manifest in snapshot.manifests(table.io):
-            files.add(manifest.manifest_path)
-            files.update(
-                entry.data_file.file_path for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
-            )
+        manifests.update((manifest.manifest_path, manifest) for manifest in snapshot.manifests(table.io))
+    for path, manifest in manifests.items():
+        files.add(path)
+        files.update(
+            entry.data_file.file_path for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+        )
     return files
 
 
@@ -205,13 +211,12 @@ VIEW_FOLDER = "script-views"
 @dataclass(frozen=True)
 class ProductionView:
     """A script run's view of the production gold layer, for its doors: the schema of the gold database its
-    PostgreSQL sessions read the catalog from, the S3 objects ("<bucket>/<key>", or a folder of them) that it
-    may not read (every file of the real label table, and every run's view), and the one folder among those
-    it may (its own view's)."""
+    PostgreSQL sessions read the catalog from, and what of S3 it may read: its own folder (the cut copy) and
+    the files of the tables its catalog registers ("<bucket>/<key>"), nothing else of the warehouse."""
 
     schema: str
-    hidden: tuple[str, ...]
     own: str
+    files: frozenset[str]
 
 
 @contextmanager
@@ -224,10 +229,10 @@ def production_script_view(
     The run's own schema of the gold database (``script_view_<run_key>``, which the reader may SELECT in)
     holds a catalog of every gold table as it is, except ``label_table``: a copy of it without the
     held-back rows and with no history, under the warehouse's ``script-views/<run_key>/``. The PostgreSQL
-    door opens the reader's sessions on that schema; the S3 door refuses every file of the real label table
-    (:attr:`ProductionView.hidden`), which the public schema's catalog still names: knowing where the labels
-    are gives nothing. A table whose folder holds a file of the label table is left out. Both are removed
-    when the run ends."""
+    door opens the reader's sessions on that schema; the S3 door opens only the files those tables are made of
+    and the copy (:class:`ProductionView`), never the real label table's, which the public schema's catalog
+    still names: knowing where the labels are gives nothing. A table holding a file of the label table is left
+    out. Both are removed when the run ends."""
     import sqlalchemy
     from pyiceberg.utils.config import Config
 
@@ -251,7 +256,6 @@ def production_script_view(
     try:
         with engine.begin() as connection:
             for statement in (
-                "DROP SCHEMA IF EXISTS {schema} CASCADE",  # an earlier try's, if it ended before its clean-up
                 "CREATE SCHEMA {schema}",
                 "GRANT USAGE ON SCHEMA {schema} TO {reader}",
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {reader}",
@@ -261,31 +265,38 @@ def production_script_view(
         view = gold.load_catalog(view_location)  # its catalog tables are made in the schema
         view.create_namespace_if_not_exists(gold.GOLD_NAMESPACE)
         tables = {name: source.load_table(f"{gold.GOLD_NAMESPACE}.{name}") for name in gold.list_tables(location)}
-        # Every run's view (another run's copy may have been cut when other rows were held back), and the label
-        # table's folder, where it is or where it would be made (closed even before there is one).
-        views = f"{location.warehouse.rstrip('/')}/{VIEW_FOLDER}"
-        hidden = {_s3_key(views), _s3_key(f"{location.warehouse.rstrip('/')}/{gold.GOLD_NAMESPACE}/{label_table}")}
-        held_files: set[str] = set()
-        if label_table in tables:
-            label_folder = tables[label_table].location().rstrip("/")
-            held_files = _table_files(tables[label_table])
-            hidden |= {_s3_key(label_folder)} | {_s3_key(file) for file in held_files}
+        label = tables.get(label_table)
+        held_files = _table_files(label) if label is not None else set()
+        readable: set[str] = set()
         for name, table in tables.items():
             identifier = f"{gold.GOLD_NAMESPACE}.{name}"
             if name == label_table:
                 _write_cut_copy(view, identifier, table, key_columns, fraction(settings), f"{folder}/{name}")
-            elif any(_uri_within(file, table.location()) for file in held_files):
+                continue
+            files = _table_files(table)
+            if files & held_files or any(_uri_within(file, table.location()) for file in held_files):
                 log.warning("gold table %s holds files of %s: left out of the script's view", name, label_table)
-            else:
-                view.register_table(identifier, table.metadata_location)
-        yield ProductionView(schema, tuple(sorted(hidden)), own=_s3_key(folder))
+                continue
+            view.register_table(identifier, table.metadata_location)
+            readable |= files
+        # What the S3 door opens: the files of the registered tables as they are now (a table changed or made
+        # during the run is not seen: its catalog entry here does not move) and the run's own folder. An
+        # allow-list: the label table's files are not in it, wherever they lie or come to lie.
+        yield ProductionView(schema, own=_s3_key(folder), files=frozenset(_s3_key(file) for file in readable))
     finally:
         try:
             _delete_folder(folder, view_location)  # the copy's files (the other tables' are only registered)
         finally:
-            with engine.begin() as connection:
-                connection.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE"))
-            engine.dispose()
+            try:
+                with engine.begin() as connection:
+                    # Every run's script is the one reader, which may hold a lock on this schema's tables from
+                    # another run: the drop waits a while, not for ever (a schema left behind opens no file).
+                    connection.execute(sqlalchemy.text("SET LOCAL lock_timeout = '30s'"))
+                    connection.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE"))
+            except sqlalchemy.exc.OperationalError as error:
+                log.warning("the script's view %s was left in the gold database: %s", schema, error.orig)
+            finally:
+                engine.dispose()
 
 
 def _delete_folder(folder: str, location: gold.GoldLocation) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def _run_in(
     shown = redact_url(hook.tracking_uri) if hook.tracking_uri.startswith("http") else "<the MLflow server>"
     links = (f"{runner.mlflow_uri_inside()}/#/", f"{shown.rstrip('/')}/#/")
     # A short path: a unix socket's may not exceed 107 bytes.
-    with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets, production_view(folder, access) as access:
+    with tempfile.TemporaryDirectory(prefix="asgard-doors-") as sockets, production_view(access) as access:
         Path(sockets).chmod(0o755)
         with (
             Gateway(hook.tracking_uri, scope, Path(sockets) / "mlflow.sock").serving(),
@@ -184,7 +185,7 @@ def _run_in(
 
 
 @contextlib.contextmanager
-def production_view(folder: Path, access: store_doors.StoreAccess | None) -> Iterator[store_doors.StoreAccess | None]:
+def production_view(access: store_doors.StoreAccess | None) -> Iterator[store_doors.StoreAccess | None]:
     """``access`` (production's reader, or None) narrowed to this run's view of the gold layer: the labels the
     gate holds back are in no file its doors open (:func:`asgard.training.holdback.production_script_view`).
     The embedded profile's view is bound into the sandbox instead (:func:`script_data_binds`)."""
@@ -193,10 +194,10 @@ def production_view(folder: Path, access: store_doors.StoreAccess | None) -> Ite
         return
     settings = get_settings()
     keys = holdback.key_columns(settings)
-    run_key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]  # this attempt's folder: one view per try
+    run_key = uuid.uuid4().hex[:16]  # one view per try, and no other install's or run's name
     label_table = training_data.DEFAULT_LABEL_TABLE
     with holdback.production_script_view(run_key, access.user, label_table, keys, settings=settings) as view:
-        yield dataclasses.replace(access, gold_schema=view.schema, s3_hidden=view.hidden, s3_own=view.own)
+        yield dataclasses.replace(access, gold_schema=view.schema, s3_files=view.files, s3_own=view.own)
 
 
 def script_data_binds(folder: Path, settings: Settings) -> list[Bind]:

@@ -61,11 +61,10 @@ class StoreAccess:
     s3_readable: str
     s3_region: str = "us-east-1"
     # One run's view of the gold layer (asgard.training.holdback.production_script_view): the schema its
-    # sessions in the gold database read the catalog from, the objects ("<bucket>/<key>", or a folder of
-    # them) within ``s3_readable`` that it may not read (the real label table's, every run's view), and the
-    # folder among those that it may (its own view's).
+    # sessions in the gold database read the catalog from, and all it may read of ``s3_readable``: the objects
+    # ("<bucket>/<key>") of ``s3_files`` and those within its own folder ``s3_own``.
     gold_schema: str | None = None
-    s3_hidden: tuple[str, ...] = ()
+    s3_files: frozenset[str] | None = None
     s3_own: str | None = None
 
     @classmethod
@@ -120,12 +119,12 @@ def s3_refusal(
     path: str,
     query: dict[str, str],
     readable: str,
-    hidden: tuple[str, ...] = (),
+    files: frozenset[str] | None = None,
     own: str | None = None,
 ) -> str | None:
-    """Why a request through the S3 door is refused (None: it reads within ``readable``, and nothing of
-    ``hidden``, objects or folders of objects (``<bucket>/<key>``) but those within ``own``; nor lists
-    a prefix of them: their keys, sizes and ETags say which rows are newest).
+    """Why a request through the S3 door is refused (None: it reads within ``readable``, and when ``files`` is
+    given, one of those objects (``<bucket>/<key>``) or one within the folder ``own``; a listing only of that
+    folder: a listing of others would name the keys, sizes and ETags of files the run may not read).
 
     ``path`` is the decoded path of a path-style request (``/<bucket>/<key>``)."""
     if method not in ("GET", "HEAD"):
@@ -143,21 +142,15 @@ def s3_refusal(
         listed = query.get("prefix", "")
         if not _within(listed, prefix):
             return f"listing {listed!r} is outside {readable}"
-        return _hidden(f"{bucket}/{listed}", hidden, own, listing=True)
+        if files is not None and not (own and _within(f"{bucket}/{listed}", own)):
+            return f"listing {listed!r} is not open to a script the gate judges on held-back labels"
+        return None
     key = path.removeprefix(f"/{bucket}/") if path.startswith(f"/{bucket}/") else None
     if key is None or not _within(key, prefix):
         return f"{path} is outside {readable}, the part of S3 user scripts may read"
-    return _hidden(f"{bucket}/{key}", hidden, own, listing=False)
-
-
-def _hidden(name: str, hidden: tuple[str, ...], own: str | None, *, listing: bool) -> str | None:
-    if own is not None and (name == own or name.startswith(own.rstrip("/") + "/")):
-        return None
-    for held in hidden:
-        inside = name == held or name.startswith(held.rstrip("/") + "/")
-        if inside or (listing and held.startswith(name)):
-            what = f"listing {name!r}" if listing else name
-            return f"{what} holds the labels the gate judges this run's model on: not open to its script"
+    name = f"{bucket}/{key}"
+    if files is not None and name not in files and not (own and _within(name, own)):
+        return f"{name} is not a file of the gold tables this run's view holds (the labels the gate judges are not)"
     return None
 
 
@@ -190,7 +183,7 @@ def s3_reading_app(access: StoreAccess):
     async def forward(request: Request) -> Response:
         scope = request.scope
         refusal = query_refusal(request.query_params.multi_items()) or s3_refusal(
-            request.method, scope["path"], dict(request.query_params), access.s3_readable, access.s3_hidden,
+            request.method, scope["path"], dict(request.query_params), access.s3_readable, access.s3_files,
             access.s3_own,
         )  # fmt: skip
         # Not read: a body is refused by its announcement, never held in this process.
