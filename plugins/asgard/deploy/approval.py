@@ -43,8 +43,6 @@ TIMEOUT_TAG = "asgard.deploy.approval_timeout"
 ROLLOUT_TAG = "asgard.deploy.rollout"  # JSON: the strategy, window and limits of a promotion's deploy
 # Version tags of a decision: deploy.decision.outcome / by / at / reason / policy / run.
 DECISION_TAG_PREFIX = "deploy.decision."
-# The run waiting for a person's decision on the version, and the rollout its approval approves (JSON).
-AWAITING_TAG = "deploy.awaiting"
 APPROVED, REJECTED, NOT_DEPLOYED = "approved", "rejected", "not_deployed"
 # Assigned when no one may decide: Airflow's check then refuses every user (an empty list lets anyone).
 NO_ONE = {"id": "", "name": "no one of the model's team may decide"}
@@ -371,26 +369,6 @@ def record_decision(
         hook.client.set_model_version_tag(model_name, version, f"{DECISION_TAG_PREFIX}{key}", value)
     log.info("%s v%s: %s by %s (%s)", model_name, version, outcome, by, reason)
     return values
-
-
-def await_decision(hook: MlflowHook, model_name: str, version: str, run: str, rollout: dict[str, Any] | None) -> None:
-    """Mark the version as the one ``run`` waits for a person's decision on, with the rollout plan its approval
-    would approve: a platform tag, which no XCom changed while the run waits can move to another version."""
-    value = json.dumps({"run": run, "rollout": rollout}, sort_keys=True)
-    hook.client.set_model_version_tag(model_name, version, AWAITING_TAG, value)
-
-
-def awaited_decision(hook: MlflowHook, model_name: str, version: str, run: str) -> dict[str, Any] | None:
-    """The rollout plan of the decision ``run`` waits for on this version (:func:`await_decision`); an
-    :class:`InputError` when the version is not the one it waits for (what the wait handed on was changed)."""
-    tags = hook.client.get_model_version(model_name, version).tags or {}
-    awaited = json.loads(tags[AWAITING_TAG]) if tags.get(AWAITING_TAG) else {}
-    if awaited.get("run") != run:
-        raise InputError(
-            f"{model_name} v{version} is not the version {run} asked a person to decide on: refused (what the "
-            "wait handed on was changed after it began)"
-        )
-    return awaited.get("rollout")
 
 
 def version_decision(tags: dict[str, str] | None) -> dict[str, str] | None:

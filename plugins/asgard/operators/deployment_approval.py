@@ -8,6 +8,7 @@ helpers the main job and tests decide with.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowSkipException
 
+from asgard.core.errors import InputError
 from asgard.deploy.approval import (
     APPROVED,
     NO_ONE,
@@ -23,8 +25,6 @@ from asgard.deploy.approval import (
     REJECTED,
     Origin,
     approval_body,
-    await_decision,
-    awaited_decision,
     decision_refusal,
     duration_text,
     eligible_deciders,
@@ -41,6 +41,30 @@ if TYPE_CHECKING:
     from asgard.hooks.mlflow import MlflowHook
 
 log = logging.getLogger(__name__)
+
+
+# The run waiting for a person's decision on the version, and the rollout its approval approves (JSON).
+AWAITING_TAG = "deploy.awaiting"
+
+
+def await_decision(hook: MlflowHook, model_name: str, version: str, run: str, rollout: dict[str, Any] | None) -> None:
+    """Mark the version as the one ``run`` waits for a person's decision on, with the rollout plan its approval
+    would approve: a platform tag, which no XCom changed while the run waits can move to another version."""
+    value = json.dumps({"run": run, "rollout": rollout}, sort_keys=True)
+    hook.client.set_model_version_tag(model_name, version, AWAITING_TAG, value)
+
+
+def awaited_decision(hook: MlflowHook, model_name: str, version: str, run: str) -> dict[str, Any] | None:
+    """The rollout plan of the decision ``run`` waits for on this version (:func:`await_decision`); an
+    :class:`InputError` when the version is not the one it waits for (what the wait handed on was changed)."""
+    tags = hook.client.get_model_version(model_name, version).tags or {}
+    awaited = json.loads(tags[AWAITING_TAG]) if tags.get(AWAITING_TAG) else {}
+    if awaited.get("run") != run:
+        raise InputError(
+            f"{model_name} v{version} is not the version {run} asked a person to decide on: refused (what the "
+            "wait handed on was changed after it began)"
+        )
+    return awaited.get("rollout")
 
 
 def version_origin(hook: MlflowHook, version: Any, settings: Settings) -> Origin:
