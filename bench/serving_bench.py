@@ -284,9 +284,11 @@ def container(
             return counted.get("anon", counted.get("rss", memory["usage"])) / 2**20
 
         def processes() -> frozenset[int]:
+            # The server's own processes: not the image's HEALTHCHECK, a short python3 the engine execs every
+            # 10 s, which `docker top` lists while it runs (a soak once counted one as a restart).
             top = client.top(created)
-            column = top["Titles"].index("PID")
-            return frozenset(int(row[column]) for row in top["Processes"])
+            pid, command = top["Titles"].index("PID"), top["Titles"].index("CMD")
+            return frozenset(int(row[pid]) for row in top["Processes"] if "urllib.request.urlopen" not in row[command])
 
         yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds, memory_mib, processes)
     finally:
