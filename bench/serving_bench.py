@@ -287,7 +287,8 @@ def container(
             # The server's own processes: not the image's HEALTHCHECK, a short python3 the engine execs every
             # 10 s, which `docker top` lists while it runs (a soak once counted one as a restart).
             top = client.top(created)
-            pid, command = top["Titles"].index("PID"), top["Titles"].index("CMD")
+            titles = top["Titles"]
+            pid, command = titles.index("PID"), titles.index("CMD" if "CMD" in titles else "COMMAND")
             return frozenset(int(row[pid]) for row in top["Processes"] if "urllib.request.urlopen" not in row[command])
 
         yield Served(f"http://127.0.0.1:{port}", ready, cpu_seconds, memory_mib, processes)
