@@ -79,13 +79,6 @@ def key_columns(settings: Settings | None = None) -> list[str]:
     return [column.strip() for column in (settings or get_settings()).gate_holdback_keys.split(",") if column.strip()]
 
 
-def visible_rows(labels: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
-    """The label rows any user's training may read: all but the held-back ones. A model the platform trains
-    on a held-back row could tell its label back through its predictions (an overfit forest, scored on the
-    held-back ids), to be pasted into a script."""
-    return labels[~held_back(labels, fraction(settings), key_columns(settings))]
-
-
 def fraction(settings: Settings | None = None) -> float:
     """The operator's held-back share (``ASGARD_GATE_HOLDBACK_FRACTION``): never a request's, since a run
     that shrank it would let its script read rows a later run is judged on."""
