@@ -31,17 +31,11 @@ from e2e.browser import (
 )
 from e2e.faults import COMPONENTS, KILLS, Faults, Installation, versions_and_their_runs
 from e2e.seed_examples import run_the_seed_examples
-from e2e.stages import PIPELINE_STAGES
+from e2e.stages import PIPELINE_STAGES, asgard
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
-
-
-def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(REPO / "asgard"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 # A full pipeline run with its services crashing, the seed's examples and a stop: the run alone has a 1200 s
