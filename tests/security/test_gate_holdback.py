@@ -264,23 +264,14 @@ print("HOSTILE " + json.dumps({"ids": sorted(ids), "tables": sorted(tables), "re
 """
 
 
-def test_a_sandboxed_reader_through_productions_doors_reads_none_of_the_held_back_labels(
-    profile_databases, tmp_path, monkeypatch
-):
-    """The production profile's view (a schema of the gold database the PostgreSQL door opens sessions on, a
-    cut copy of the label table on S3) on the machine's PostgreSQL and moto's S3: a script reads every
-    visible label and no held-back one; the real label table, which it can find, opens to none of its reads.
-    The view is gone when the run ends."""
-    import dataclasses
-    import tempfile
-
+@pytest.fixture
+def production_gold(profile_databases, monkeypatch):
+    """A production gold layer: its catalog in the machine's PostgreSQL (a fresh prefix), its warehouse on moto's
+    S3, the platform's login in this process's environment as a worker's has it. Yields the profile, its
+    passwords, the settings, the location, an S3 client and S3's URL."""
     import boto3
-    import psycopg
 
     from asgard.core.settings import Settings
-    from asgard.local.examples import PRODUCTION_EXAMPLE_REQUIREMENTS
-    from asgard.training.scripts import store_doors
-    from asgard.training.scripts.store_doors import StoreAccess
     from conftest import running_moto
 
     profile, passwords = profile_databases
@@ -294,39 +285,55 @@ def test_a_sandboxed_reader_through_productions_doors_reads_none_of_the_held_bac
             "URI": profile.url("gold", driver="postgresql+psycopg"), "S3__ENDPOINT": s3_url,
             "S3__ACCESS_KEY_ID": "platform", "S3__SECRET_ACCESS_KEY": "platform", "S3__REGION": "us-east-1",
         }.items():  # fmt: skip
-            monkeypatch.setenv(catalog + name, value)  # the platform's login, as a worker's environment has it
+            monkeypatch.setenv(catalog + name, value)
         location = gold.GoldLocation.for_settings(settings)
         write_gold_layer(GoldSpec(customers=300, days=2, end=SPEC.end, seed=5), location, log=lambda _: None)
-        labels, held = labels_and_held(location, ["customer_id"], settings.gate_holdback_fraction)
-        real = gold.load_table("customer_labels", location)
-        data_file = next(task.file.file_path for task in real.scan().plan_files())
-        access = StoreAccess(
-            postgres_host="127.0.0.1", postgres_port=5432, user=profile.reader_role,
-            password=passwords["reader_password"], registry_database=profile.name("feast"),
-            gold_database=profile.name("gold"), s3_endpoint=s3_url, s3_access_key="reader",
-            s3_secret_key="reader", s3_readable="asgard/gold",
-        )  # fmt: skip
-        python = user_scripts.ScriptEnvironments(settings=settings).ensure(PRODUCTION_EXAMPLE_REQUIREMENTS)
-        env = user_scripts.script_environment(
-            python, {name: "x" for name in user_scripts.INJECTED}, {"PROBE": data_file}
-        )
-        lines: list[str] = []
-        with holdback.production_script_view(
-            "0123abcd", access.user, "customer_labels", ["customer_id"], settings=settings
-        ) as view:
-            run_access = dataclasses.replace(access, gold_schema=view.schema, s3_files=view.files, s3_own=view.own)
-            env.update(run_access.script_variables())
-            with tempfile.TemporaryDirectory(prefix="asgard-doors-") as folder:
-                sockets = Path(folder)
-                sockets.chmod(0o755)
-                with store_doors.opened(run_access, sockets) as doors:
-                    (sockets / "mlflow.sock").touch()  # the run's MLflow door is not under test here
-                    user_scripts.run_script(
-                        user_scripts.UserScript("reader.py", PRODUCTION_READER), python, tmp_path / "work", env,
-                        Limits(timeout_seconds=600), sockets=sockets, doors=doors, output=lines.append,
-                    )  # fmt: skip
-        remaining = [item["Key"] for item in s3.list_objects_v2(Bucket="asgard").get("Contents", [])]
-        after = gold.load_table("customer_labels", location).metadata_location
+        yield profile, passwords, settings, location, s3, s3_url
+
+
+def test_a_sandboxed_reader_through_productions_doors_reads_none_of_the_held_back_labels(production_gold, tmp_path):
+    """The production profile's view (a schema of the gold database the PostgreSQL door opens sessions on, a
+    cut copy of the label table on S3) on the machine's PostgreSQL and moto's S3: a script reads every
+    visible label and no held-back one; the real label table, which it can find, opens to none of its reads.
+    The view is gone when the run ends."""
+    import dataclasses
+    import tempfile
+
+    import psycopg
+
+    from asgard.local.examples import PRODUCTION_EXAMPLE_REQUIREMENTS
+    from asgard.training.scripts import store_doors
+    from asgard.training.scripts.store_doors import StoreAccess
+
+    profile, passwords, settings, location, s3, s3_url = production_gold
+    labels, held = labels_and_held(location, ["customer_id"], settings.gate_holdback_fraction)
+    real = gold.load_table("customer_labels", location)
+    data_file = next(task.file.file_path for task in real.scan().plan_files())
+    access = StoreAccess(
+        postgres_host="127.0.0.1", postgres_port=5432, user=profile.reader_role,
+        password=passwords["reader_password"], registry_database=profile.name("feast"),
+        gold_database=profile.name("gold"), s3_endpoint=s3_url, s3_access_key="reader",
+        s3_secret_key="reader", s3_readable="asgard/gold",
+    )  # fmt: skip
+    python = user_scripts.ScriptEnvironments(settings=settings).ensure(PRODUCTION_EXAMPLE_REQUIREMENTS)
+    env = user_scripts.script_environment(python, {name: "x" for name in user_scripts.INJECTED}, {"PROBE": data_file})
+    lines: list[str] = []
+    with holdback.production_script_view(
+        "0123abcd", access.user, "customer_labels", ["customer_id"], settings=settings
+    ) as view:
+        run_access = dataclasses.replace(access, gold_schema=view.schema, s3_files=view.files, s3_own=view.own)
+        env.update(run_access.script_variables())
+        with tempfile.TemporaryDirectory(prefix="asgard-doors-") as folder:
+            sockets = Path(folder)
+            sockets.chmod(0o755)
+            with store_doors.opened(run_access, sockets) as doors:
+                (sockets / "mlflow.sock").touch()  # the run's MLflow door is not under test here
+                user_scripts.run_script(
+                    user_scripts.UserScript("reader.py", PRODUCTION_READER), python, tmp_path / "work", env,
+                    Limits(timeout_seconds=600), sockets=sockets, doors=doors, output=lines.append,
+                )  # fmt: skip
+    remaining = [item["Key"] for item in s3.list_objects_v2(Bucket="asgard").get("Contents", [])]
+    after = gold.load_table("customer_labels", location).metadata_location
     output = "\n".join(lines)
     match = re.search(r"HOSTILE (\{.*\})", output)
     assert match, output[-3000:]
@@ -341,6 +348,75 @@ def test_a_sandboxed_reader_through_productions_doors_reads_none_of_the_held_bac
     # (pyarrow marks the folders it writes in: the views' common one is an empty object that stays.)
     assert schemas == [] and [key for key in remaining if "script-views/" in key] == ["gold/script-views/"], remaining
     assert after == real.metadata_location
+
+
+# A run holding its view until it is killed: what a worker killed mid-run leaves behind.
+HOLDER = """
+import sys, time
+from asgard.core.settings import Settings
+from asgard.training import holdback
+
+settings = Settings(profile="production", database_prefix=sys.argv[1])
+with holdback.production_script_view(sys.argv[2], sys.argv[3], "customer_labels", ["customer_id"], settings=settings):
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_view_left_by_a_killed_run_is_swept_by_the_next_run_and_a_live_runs_is_not(production_gold):
+    """A worker killed mid-run leaves its view (a schema, a copy on S3). The next script run's view removes it
+    before making its own, and leaves the view of a run that is still alive; once that run is killed too, a
+    sweep removes it, and nothing of any view is left."""
+    import subprocess
+    import sys
+
+    import sqlalchemy
+
+    profile, _, settings, location, s3, _ = production_gold
+
+    holders: list[subprocess.Popen] = []
+
+    def holding(key: str) -> subprocess.Popen:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, profile.role, key, profile.reader_role], stdout=subprocess.PIPE, text=True
+        )
+        holders.append(holder)
+        printed: list[str] = []  # (it may log before: Airflow's configuration)
+        while (line := holder.stdout.readline()) not in ("ready\n", ""):
+            printed.append(line)
+        assert line == "ready\n", f"the run holding {key} did not make its view: {printed}"
+        return holder
+
+    def views() -> tuple[list[str], list[str]]:
+        with engine.connect() as connection:
+            schemas = connection.execute(
+                sqlalchemy.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'script_view_%' ORDER BY 1")
+            ).scalars()
+            schemas = [schema.removeprefix("script_view_") for schema in schemas]
+        listed = s3.list_objects_v2(Bucket="asgard", Prefix="gold/script-views/").get("Contents", [])
+        return schemas, sorted({item["Key"].split("/")[2] for item in listed if item["Key"].count("/") > 2})
+
+    engine = sqlalchemy.create_engine(profile.url("gold", driver="postgresql+psycopg"))
+    try:
+        killed, alive = holding("dead0001"), holding("live0001")
+        killed.kill()
+        killed.wait(timeout=30)
+        assert views() == (["dead0001", "live0001"], ["dead0001", "live0001"])
+        with holdback.production_script_view(
+            "next0001", profile.reader_role, "customer_labels", ["customer_id"], settings=settings
+        ):
+            assert views() == (["live0001", "next0001"], ["live0001", "next0001"])
+        assert views() == (["live0001"], ["live0001"])
+        assert holdback.sweep_script_views(engine, location) == []  # its run is alive
+        alive.kill()
+        alive.wait(timeout=30)
+        assert holdback.sweep_script_views(engine, location) == ["live0001"]
+        assert views() == ([], [])
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(timeout=30)
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------- through the real DAG

@@ -16,6 +16,7 @@ have seen); an operator changes the fraction knowing it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from asgard.training.data import ENTITY_TIMESTAMP, TrainingDataError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import sqlalchemy
     from pyiceberg.table import Table
 
 log = logging.getLogger(__name__)
@@ -225,7 +227,9 @@ def production_script_view(
     door opens the reader's sessions on that schema; the S3 door opens only the files those tables are made of
     and the copy (:class:`ProductionView`), never the real label table's, which the public schema's catalog
     still names: knowing where the labels are gives nothing. A table holding a file of the label table is left
-    out. Both are removed when the run ends."""
+    out. Both are removed when the run ends; those of a run whose worker was killed, by the next run's sweep
+    (:func:`sweep_script_views`): the run holds its view's advisory lock on a session of its own for as long as
+    the view lives, and PostgreSQL releases it when that session ends, however the run ends."""
     import sqlalchemy
     from pyiceberg.utils.config import Config
 
@@ -235,9 +239,9 @@ def production_script_view(
     uri = location.catalog_uri or configured.get("uri")
     if location.catalog_type != "sql" or not uri or not uri.startswith("postgresql"):
         raise ValueError("a script's production view is made in a PostgreSQL-backed SQL catalog of the gold layer")
-    if not run_key.isalnum() or not run_key.isascii():
-        raise ValueError(f"a view's run key is letters and digits, not {run_key!r}")
-    schema = f"{VIEW_SCHEMA_PREFIX}{run_key.lower()}"
+    if not _is_view_key(run_key):
+        raise ValueError(f"a view's run key is lower-case letters and digits, not {run_key!r}")
+    schema = f"{VIEW_SCHEMA_PREFIX}{run_key}"
     engine = sqlalchemy.create_engine(uri)
     quoted = engine.dialect.identifier_preparer.quote
     view_uri = sqlalchemy.engine.make_url(uri).update_query_dict({"options": f"-csearch_path={schema}"})
@@ -246,7 +250,15 @@ def production_script_view(
         "sql", warehouse=folder, catalog_uri=view_uri.render_as_string(hide_password=False),
         catalog_name=location.catalog_name,
     )  # fmt: skip
+    # Taken before anything of the view exists, so a sweep never removes a view that is being made.
+    holder = engine.connect()
+    holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _view_lock(run_key)})
+    holder.commit()
     try:
+        try:
+            sweep_script_views(engine, location)
+        except Exception:  # another run's leftovers are no reason to fail this one
+            log.warning("the sweep of finished runs' script views failed; the next run's tries again", exc_info=True)
         with engine.begin() as connection:
             for statement in (
                 "CREATE SCHEMA {schema}",
@@ -278,18 +290,81 @@ def production_script_view(
         yield ProductionView(schema, own=_s3_key(folder), files=frozenset(_s3_key(file) for file in readable))
     finally:
         try:
-            _delete_folder(folder, view_location)  # the copy's files (the other tables' are only registered)
+            _remove_view(engine, run_key, location)
         finally:
+            holder.close()  # the lock goes with its session
+            engine.dispose()
+
+
+def sweep_script_views(engine: sqlalchemy.Engine, location: gold.GoldLocation) -> list[str]:
+    """Remove the views of script runs that are gone (a worker killed mid-run leaves its schema and copy behind)
+    and return their keys. A view whose lock is free has no run: its run held the lock on a session of its own
+    from before the view was made until after it was removed."""
+    import sqlalchemy
+
+    with engine.connect() as connection:
+        schemas = connection.execute(
+            sqlalchemy.text("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, :prefix)"),
+            {"prefix": VIEW_SCHEMA_PREFIX},
+        ).scalars()
+        keys = {schema.removeprefix(VIEW_SCHEMA_PREFIX) for schema in schemas}
+    keys |= _view_folder_keys(location)
+    swept = []
+    for key in sorted(filter(_is_view_key, keys)):
+        with engine.connect() as connection:
+            if not connection.execute(
+                sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": _view_lock(key)}
+            ).scalar():
+                continue  # its run is alive
             try:
-                with engine.begin() as connection:
-                    # Every run's script is the one reader, which may hold a lock on this schema's tables from
-                    # another run: the drop waits a while, not for ever (a schema left behind opens no file).
-                    connection.execute(sqlalchemy.text("SET LOCAL lock_timeout = '30s'"))
-                    connection.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE"))
-            except sqlalchemy.exc.OperationalError as error:
-                log.warning("the script's view %s was left in the gold database: %s", schema, error.orig)
+                log.warning("removing the script view %s: the run that made it is gone", key)
+                _remove_view(engine, key, location)
+                swept.append(key)
             finally:
-                engine.dispose()
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _view_lock(key)})
+                connection.commit()
+    return swept
+
+
+def _remove_view(engine: sqlalchemy.Engine, key: str, location: gold.GoldLocation) -> None:
+    """A view's copy (its S3 folder) and its schema; a schema a reader holds a lock on is left for a later sweep."""
+    import sqlalchemy
+
+    try:
+        _delete_folder(f"{location.warehouse.rstrip('/')}/{VIEW_FOLDER}/{key}", location)
+    finally:
+        try:
+            with engine.begin() as connection:
+                # Every run's script is the one reader, which may hold a lock on this schema's tables from another
+                # run: the drop waits a while, not for ever (a schema left behind opens no file).
+                quoted = engine.dialect.identifier_preparer.quote(f"{VIEW_SCHEMA_PREFIX}{key}")
+                connection.execute(sqlalchemy.text("SET LOCAL lock_timeout = '30s'"))
+                connection.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
+        except sqlalchemy.exc.OperationalError as error:
+            log.warning("the script view %s was left in the gold database for a later sweep: %s", key, error.orig)
+
+
+def _view_folder_keys(location: gold.GoldLocation) -> set[str]:
+    """The keys of the views' folders under the warehouse's ``script-views/``."""
+    from pyarrow import fs as pafs
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+    from pyiceberg.utils.config import Config
+
+    io = PyArrowFileIO(Config().get_catalog_config(location.catalog_name) or {})
+    scheme, netloc, path = io.parse_location(f"{location.warehouse.rstrip('/')}/{VIEW_FOLDER}")
+    entries = io.fs_by_scheme(scheme, netloc).get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {entry.base_name for entry in entries if entry.type == pafs.FileType.Directory}
+
+
+def _is_view_key(key: str) -> bool:
+    return bool(key) and key.isascii() and key.isalnum() and key == key.lower()
+
+
+def _view_lock(key: str) -> int:
+    """The advisory lock (a signed 64-bit number) a view's run holds."""
+    return int.from_bytes(
+        hashlib.blake2b(f"asgard script view {key}".encode(), digest_size=8).digest(), "big", signed=True
+    )
 
 
 def _delete_folder(folder: str, location: gold.GoldLocation) -> None:
