@@ -70,6 +70,11 @@ def test_main_command_runs_the_pipeline_through_crashes_reports_urls_and_stops_c
         assert "gold layer: 300 customers x 5 days" in out
         assert "materialize=success" in out or "materialize[customer_features]=success" in out
         assert re.search(r"total\s+\d+\.\d+s", out)
+        # ... and the memory its tasks took, printed and in main-job.json: training's tasks hold a training set.
+        assert re.search(r"train three frameworks.*\s\d+\.\ds\s+\d+ MiB\s+\d+ MiB", out), out[-3000:]
+        stages = {stage["name"]: stage for stage in json.loads((tmp_path / "main-job.json").read_text())["stages"]}
+        training = stages["train three frameworks; the gate picks the champion (train_model)"]
+        assert 100 < training["peak_task_rss_mb"] <= training["peak_tasks_rss_mb"] < training["peak_machine_used_mb"]
         # The seed's upload_and_deploy.py flow: the CLI through the /mlops plugin, the promotion deploying itself.
         router = f"http://127.0.0.1:{env['ASGARD_ROUTER_PORT']}/models/churn_predictor_feast"
         assert re.search(rf"script model: churn_predictor_feast v1 -> @champion, serving at {re.escape(router)} ", out)

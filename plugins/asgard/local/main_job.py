@@ -37,6 +37,7 @@ from asgard.local.live_traffic import LiveTraffic, predict
 from asgard.local.mlops_client import MlopsClient
 from asgard.local.services import ServiceManager
 from asgard.local.stages import MainJobError, StageClock
+from asgard.local.task_memory import TaskMemory
 from sample_data.models import SEED_PREDICTION
 
 
@@ -45,11 +46,15 @@ class MainJob:
     settings: Settings
     customers: int = 2000
     days: int = 14
-    clock: StageClock = field(default_factory=StageClock)
+    clock: StageClock = field(init=False)
     results: dict[str, str] = field(default_factory=dict)
     # The drifted window's train_model run and its gate decision (the monitoring stage sets it).
     drift_retrain: tuple[str, dict] | None = None
     approve_in_ui: bool = False  # a person decides the drift retrain's deployment in the Airflow UI
+
+    def __post_init__(self) -> None:
+        # Each stage's time and the memory this installation's tasks took (sampled here, where its workers run).
+        self.clock = StageClock(TaskMemory.of(ServiceManager.for_settings(self.settings)))
 
     def stage(self, name: str) -> AbstractContextManager[None]:
         return self.clock.stage(name)
@@ -360,6 +365,7 @@ class MainJob:
     def print_summary(self, manager: ServiceManager) -> None:
         user, _ = manager.admin_credentials()
         print("\n==> summary", flush=True)
+        self.clock.close()
         self.clock.print_timings(self.settings.setup_seconds)
         report = self.clock.write(
             self.settings.home, profile=self.settings.profile, customers=self.customers, days=self.days

@@ -1,5 +1,5 @@
-"""The main job's stages as the user sees them: a heading, progress, the time each took, and a
-timings file per run so runs can be compared."""
+"""The main job's stages as the user sees them: a heading, progress, the time each took and the memory
+its tasks took, and a file per run so runs can be compared."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from asgard.core.storage import write_text
+from asgard.local.task_memory import MemoryPeaks, TaskMemory
 
 
 class MainJobError(RuntimeError):
@@ -19,14 +20,20 @@ class MainJobError(RuntimeError):
 
 
 class StageClock:
-    """Runs named stages, timing each; a failure becomes a :class:`MainJobError` naming the stage."""
+    """Runs named stages, timing each and (given a :class:`TaskMemory`) taking the peaks of the memory its tasks
+    and the machine used; a failure becomes a :class:`MainJobError` naming the stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: TaskMemory | None = None) -> None:
         self.timings: list[tuple[str, float]] = []
+        self.memory: list[MemoryPeaks | None] = []
+        self._sampler = memory
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         print(f"\n==> {name}", flush=True)
+        if self._sampler is not None:
+            self._sampler.start()
+            self._sampler.take()  # what came before the stage is not the stage's
         started = time.perf_counter()
         try:
             yield
@@ -37,29 +44,54 @@ class StageClock:
             raise MainJobError(f"stage '{name}' failed: {cause}") from error
         finally:
             self.timings.append((name, time.perf_counter() - started))
-        print(f"    done in {self.timings[-1][1]:.1f}s", flush=True)
+            self.memory.append(self._sampler.take() if self._sampler is not None else None)
+        print(f"    done in {self.timings[-1][1]:.1f}s{_memory_note(self.memory[-1])}", flush=True)
 
     @property
     def total(self) -> float:
         return sum(seconds for _, seconds in self.timings)
 
     def print_timings(self, setup_seconds: float | None) -> None:
+        measured = any(peaks is not None for peaks in self.memory)
+        if measured:  # the columns' heads, over the rows' figures
+            print(f"    {'':<45} {'':>8} {'largest task':>14} {'machine used':>14}")
         if setup_seconds is not None:
             print(f"    {'set-up (./asgard setup)':<45} {setup_seconds:7.1f}s")
-        for name, seconds in self.timings:
-            print(f"    {name:<45} {seconds:7.1f}s")
+        for (name, seconds), peaks in zip(self.timings, self.memory, strict=True):
+            columns = f" {peaks.largest_task_mb:10.0f} MiB {peaks.machine_used_mb:10.0f} MiB" if peaks else ""
+            print(f"    {name:<45} {seconds:7.1f}s{columns}")
         print(f"    {'total':<45} {self.total:7.1f}s")
 
     def write(self, home: Path, **about: Any) -> Path:
-        """The run's stage timings as JSON (``<home>/main-job.json``, and one line per run in
+        """The run's stage timings and memory peaks as JSON (``<home>/main-job.json``, and one line per run in
         ``main-job-history.jsonl``)."""
+        stages = []
+        for (name, seconds), peaks in zip(self.timings, self.memory, strict=True):
+            stage: dict[str, Any] = {"name": name, "seconds": round(seconds, 1)}
+            if peaks is not None:
+                stage |= {
+                    "peak_task_rss_mb": round(peaks.largest_task_mb),
+                    "peak_tasks_rss_mb": round(peaks.all_tasks_mb),
+                    "peak_machine_used_mb": round(peaks.machine_used_mb),
+                }
+            stages.append(stage)
         record = {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **about,
-            "stages": [{"name": name, "seconds": round(seconds, 1)} for name, seconds in self.timings],
+            "stages": stages,
             "pipeline_seconds": round(self.total, 1),
         }
         path = write_text(home / "main-job.json", json.dumps(record, indent=2))
         with (home / "main-job-history.jsonl").open("a") as history:
             history.write(json.dumps(record) + "\n")
         return path
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+
+
+def _memory_note(peaks: MemoryPeaks | None) -> str:
+    if peaks is None:
+        return ""
+    return f" (largest task {peaks.largest_task_mb:.0f} MiB, tasks together {peaks.all_tasks_mb:.0f} MiB)"
