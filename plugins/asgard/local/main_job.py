@@ -370,7 +370,7 @@ class MainJob:
         report = self.clock.write(
             self.settings.home, profile=self.settings.profile, customers=self.customers, days=self.days
         )
-        print(f"    stage timings: {report}")
+        print(f"    stage timings and memory: {report}")
         for key, value in self.results.items():
             print(f"    {key}: {value}")
         print(f"    Airflow UI:  {self.settings.airflow_url}  (login {user}; ./asgard status --show-password)")

@@ -52,15 +52,16 @@ class StageClock:
         return sum(seconds for _, seconds in self.timings)
 
     def print_timings(self, setup_seconds: float | None) -> None:
-        measured = any(peaks is not None for peaks in self.memory)
-        if measured:  # the columns' heads, over the rows' figures
-            print(f"    {'':<45} {'':>8} {'largest task':>14} {'machine used':>14}")
+        rows = [(name, seconds, peaks) for (name, seconds), peaks in zip(self.timings, self.memory, strict=True)]
         if setup_seconds is not None:
-            print(f"    {'set-up (./asgard setup)':<45} {setup_seconds:7.1f}s")
-        for (name, seconds), peaks in zip(self.timings, self.memory, strict=True):
+            rows.insert(0, ("set-up (./asgard setup)", setup_seconds, None))
+        width = max([45, *(len(name) for name, _, _ in rows)])
+        if any(peaks is not None for _, _, peaks in rows):  # the columns' heads, over the rows' figures
+            print(f"    {'':<{width}} {'':>8} {'largest task':>14} {'machine used':>14}")
+        for name, seconds, peaks in rows:
             columns = f" {peaks.largest_task_mb:10.0f} MiB {peaks.machine_used_mb:10.0f} MiB" if peaks else ""
-            print(f"    {name:<45} {seconds:7.1f}s{columns}")
-        print(f"    {'total':<45} {self.total:7.1f}s")
+            print(f"    {name:<{width}} {seconds:7.1f}s{columns}")
+        print(f"    {'total':<{width}} {self.total:7.1f}s")
 
     def write(self, home: Path, **about: Any) -> Path:
         """The run's stage timings and memory peaks as JSON (``<home>/main-job.json``, and one line per run in
