@@ -24,10 +24,12 @@ REMOTE_LOG_WAIT_SECONDS = 30.0
 UNREAD_SERVED_LOG = "Could not read served logs"
 # (connect, read) seconds: a call the API server cannot answer in time fails, rather than hanging its caller.
 REQUEST_TIMEOUT = (10.0, 120.0)
-# A refused connection is tried again this many times, up to 16 s apart (about 45 s in all): an
-# API server that crashed is started again by its supervisor and answers within seconds, and a
-# connection that never opened sent nothing, so any call (a POST too) may be repeated.
-CONNECT_RETRIES = 7
+# A refused connection is tried again this many times, up to 16 s apart (about two minutes in all): an
+# API server that crashed is started again by its supervisor and answers within seconds on an idle
+# machine, but took 63 s on CI's two cores busy with three test streams; a connection that never
+# opened sent nothing, so any call (a POST too) may be repeated.
+CONNECT_RETRIES = 12
+RETRY_WAIT_MAX = 16.0
 
 
 class _TimedApiClient(af.ApiClient):
@@ -85,7 +87,7 @@ class AirflowApi:
             status=4,
             other=0,
             backoff_factor=0.5,
-            backoff_max=16,
+            backoff_max=RETRY_WAIT_MAX,
             status_forcelist=(500, 502, 503, 504),
             allowed_methods=frozenset({"GET", "PATCH", "DELETE"}),
             raise_on_status=False,

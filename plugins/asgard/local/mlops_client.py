@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from asgard.hooks.airflow_api import CONNECT_RETRIES, AirflowApi
+from asgard.hooks.airflow_api import CONNECT_RETRIES, RETRY_WAIT_MAX, AirflowApi
 
 __all__ = ["CliError", "MlopsClient"]
 
@@ -50,10 +50,12 @@ class MlopsClient:
         return AirflowApi(self.base_url, self.token)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The response. A server that answered before and now refuses is restarting: tried again 0.5 s to 32 s
-        apart (a refusal sent nothing: a POST may be repeated; a GET also when the connection dropped under it).
-        One never reached is named at once."""
-        waits = iter([0.5 * 2**attempt for attempt in range(CONNECT_RETRIES)] if self._reached else [])
+        """The response. A server that answered before and now refuses is restarting: tried again 0.5 s to 16 s
+        apart, about two minutes in all (a refusal sent nothing: a POST may be repeated; a GET also when the
+        connection dropped under it). One never reached is named at once."""
+        waits = iter(
+            [min(0.5 * 2**attempt, RETRY_WAIT_MAX) for attempt in range(CONNECT_RETRIES)] if self._reached else []
+        )
         repeatable = (httpx.ConnectError, *(_DROPPED if method == "GET" else ()))
         while True:
             try:
