@@ -14,7 +14,9 @@ import base64
 import json
 import math
 import re
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +31,7 @@ from asgard.hooks.mlflow import MlflowHook
 from asgard.local.examples import EXAMPLE_REQUIREMENTS, example_upload
 from asgard.registry.versions import CHALLENGER, CHAMPION
 from asgard.training import data as training_data
-from asgard.training import evaluation, holdback
+from asgard.training import evaluation, holdback, production_views
 from asgard.training.scripts import pipeline
 from asgard.training.scripts import runner as user_scripts
 from conftest import feature_home
@@ -318,7 +320,7 @@ def test_a_sandboxed_reader_through_productions_doors_reads_none_of_the_held_bac
     python = user_scripts.ScriptEnvironments(settings=settings).ensure(PRODUCTION_EXAMPLE_REQUIREMENTS)
     env = user_scripts.script_environment(python, {name: "x" for name in user_scripts.INJECTED}, {"PROBE": data_file})
     lines: list[str] = []
-    with holdback.production_script_view(
+    with production_views.production_script_view(
         "0123abcd", access.user, "customer_labels", ["customer_id"], settings=settings
     ) as view:
         run_access = dataclasses.replace(access, gold_schema=view.schema, s3_files=view.files, s3_own=view.own)
@@ -354,26 +356,27 @@ def test_a_sandboxed_reader_through_productions_doors_reads_none_of_the_held_bac
 HOLDER = """
 import sys, time
 from asgard.core.settings import Settings
-from asgard.training import holdback
+from asgard.training.production_views import production_script_view
 
 settings = Settings(profile="production", database_prefix=sys.argv[1])
-with holdback.production_script_view(sys.argv[2], sys.argv[3], "customer_labels", ["customer_id"], settings=settings):
+with production_script_view(sys.argv[2], sys.argv[3], "customer_labels", ["customer_id"], settings=settings):
     print("ready", flush=True)
     time.sleep(600)
 """
 
 
-def test_a_view_left_by_a_killed_run_is_swept_by_the_next_run_and_a_live_runs_is_not(production_gold):
-    """A worker killed mid-run leaves its view (a schema, a copy on S3). The next script run's view removes it
-    before making its own, and leaves the view of a run that is still alive; once that run is killed too, a
-    sweep removes it, and nothing of any view is left."""
+def test_a_view_left_by_a_killed_run_is_swept_by_a_later_run_and_a_live_runs_is_not(production_gold):
+    """A worker killed mid-run leaves its view (a schema, a copy on S3). A later script run's view removes it
+    before making its own once it is older than any task may run; it leaves a younger one, the view of a run
+    that is still alive however old, and schemas that are not views. A sweep told any age will do takes the
+    young leftover, and the live run's once that run is killed too; the gold layer is untouched."""
     import subprocess
     import sys
 
     import sqlalchemy
 
     profile, _, settings, location, s3, _ = production_gold
-
+    labels_before = gold.load_table("customer_labels", location).metadata_location
     holders: list[subprocess.Popen] = []
 
     def holding(key: str) -> subprocess.Popen:
@@ -387,35 +390,54 @@ def test_a_view_left_by_a_killed_run_is_swept_by_the_next_run_and_a_live_runs_is
         assert line == "ready\n", f"the run holding {key} did not make its view: {printed}"
         return holder
 
+    def run(statement: str, **values) -> list:
+        with engine.begin() as connection:
+            result = connection.execute(sqlalchemy.text(statement), values)
+            return result.all() if result.returns_rows else []
+
+    def kill(holder: subprocess.Popen, key: str) -> None:
+        holder.kill()
+        holder.wait(timeout=30)
+        lock = production_views._view_lock(key) & (2**64 - 1)  # pg_locks shows a bigint key as two oids
+        for _ in range(100):  # until its server session has ended and let the lock go
+            held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :high AND objid = :low"
+            if run(held, high=lock >> 32, low=lock & (2**32 - 1))[0][0] == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the killed run's session still holds {key}'s lock")
+
     def views() -> tuple[list[str], list[str]]:
-        with engine.connect() as connection:
-            schemas = connection.execute(
-                sqlalchemy.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'script_view_%' ORDER BY 1")
-            ).scalars()
-            schemas = [schema.removeprefix("script_view_") for schema in schemas]
+        schemas = run("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'script%view%' ORDER BY 1")
         listed = s3.list_objects_v2(Bucket="asgard", Prefix="gold/script-views/").get("Contents", [])
-        return schemas, sorted({item["Key"].split("/")[2] for item in listed if item["Key"].count("/") > 2})
+        folders = sorted({item["Key"].split("/")[2] for item in listed if item["Key"].count("/") > 2})
+        return sorted(schema.removeprefix("script_view_") for (schema,) in schemas), folders
 
     engine = sqlalchemy.create_engine(profile.url("gold", driver="postgresql+psycopg"))
     try:
-        killed, alive = holding("dead0001"), holding("live0001")
-        killed.kill()
-        killed.wait(timeout=30)
-        assert views() == (["dead0001", "live0001"], ["dead0001", "live0001"])
-        with holdback.production_script_view(
+        old, alive, young = holding("old0001"), holding("live0001"), holding("young001")
+        kill(old, "old0001")
+        kill(young, "young001")
+        for key in ("old0001", "live0001"):  # made four hours ago, as their schemas' comments record it
+            run(f"COMMENT ON SCHEMA script_view_{key} IS 'asgard script view, made 2026-01-01T00:00:00+00:00'")
+        run("CREATE SCHEMA script_view_notours")  # someone else's, and not a view's name at all
+        run("CREATE SCHEMA script_viewx")
+        with production_views.production_script_view(
             "next0001", profile.reader_role, "customer_labels", ["customer_id"], settings=settings
         ):
-            assert views() == (["live0001", "next0001"], ["live0001", "next0001"])
-        assert views() == (["live0001"], ["live0001"])
-        assert holdback.sweep_script_views(engine, location) == []  # its run is alive
-        alive.kill()
-        alive.wait(timeout=30)
-        assert holdback.sweep_script_views(engine, location) == ["live0001"]
-        assert views() == ([], [])
+            assert views() == (
+                ["live0001", "next0001", "notours", "script_viewx", "young001"],
+                ["live0001", "next0001", "young001"],
+            )
+        assert production_views.sweep_script_views(engine, location, older_than=timedelta(0)) == ["young001"]
+        kill(alive, "live0001")
+        assert production_views.sweep_script_views(engine, location) == ["live0001"]
+        assert views() == (["notours", "script_viewx"], [])
+        assert gold.load_table("customer_labels", location).metadata_location == labels_before
     finally:
         for holder in holders:
             holder.kill()
             holder.wait(timeout=30)
+        run("DROP SCHEMA IF EXISTS script_view_notours; DROP SCHEMA IF EXISTS script_viewx")
         engine.dispose()
 
 

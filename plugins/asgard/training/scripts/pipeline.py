@@ -27,7 +27,7 @@ from asgard.registry.models import GateDecision, ModelRegistry, find_logged_mode
 from asgard.registry.ownership import run_access
 from asgard.registry.versions import SCRIPT_ORIGIN, SCRIPT_REQUIREMENTS_TAG, lineage_tags
 from asgard.training import data as training_data
-from asgard.training import evaluation, holdback
+from asgard.training import evaluation, holdback, production_views
 from asgard.training.pipeline import check_tags
 from asgard.training.scripts import run_folders, runner, store_doors
 from asgard.training.scripts import secrets as script_secrets
@@ -187,7 +187,7 @@ def _run_in(
 @contextlib.contextmanager
 def production_view(access: store_doors.StoreAccess | None) -> Iterator[store_doors.StoreAccess | None]:
     """``access`` (production's reader, or None) narrowed to this run's view of the gold layer: the labels the
-    gate holds back are in no file its doors open (:func:`asgard.training.holdback.production_script_view`).
+    gate holds back are in no file its doors open (:func:`asgard.training.production_views.production_script_view`).
     The embedded profile's view is bound into the sandbox instead (:func:`script_data_binds`)."""
     if access is None:
         yield None
@@ -196,7 +196,7 @@ def production_view(access: store_doors.StoreAccess | None) -> Iterator[store_do
     keys = holdback.key_columns(settings)
     run_key = uuid.uuid4().hex[:16]  # one view per try, and no other install's or run's name
     label_table = training_data.DEFAULT_LABEL_TABLE
-    with holdback.production_script_view(run_key, access.user, label_table, keys, settings=settings) as view:
+    with production_views.production_script_view(run_key, access.user, label_table, keys, settings=settings) as view:
         yield dataclasses.replace(access, gold_schema=view.schema, s3_files=view.files, s3_own=view.own)
 
 

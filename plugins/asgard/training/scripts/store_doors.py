@@ -60,7 +60,7 @@ class StoreAccess:
     # What the S3 door lets the script read: "<bucket>/<prefix>" (the gold warehouse).
     s3_readable: str
     s3_region: str = "us-east-1"
-    # One run's view of the gold layer (asgard.training.holdback.production_script_view): the schema its
+    # One run's view of the gold layer (asgard.training.production_views.production_script_view): the schema its
     # sessions in the gold database read the catalog from, and all it may read of ``s3_readable``: the objects
     # ("<bucket>/<key>") of ``s3_files`` and those within its own folder ``s3_own``.
     gold_schema: str | None = None
