@@ -24,7 +24,7 @@ PIPELINE_STAGES = (
 )
 
 
-def asgard(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+def asgard(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     """``./asgard ARGS`` from the checkout; a run that outlives its timeout fails the test with the stage it
     was in (the end of what it printed), not with a bare TimeoutExpired."""
     try:
