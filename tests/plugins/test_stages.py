@@ -47,7 +47,8 @@ child.stdin.close(); child.wait()
 
 
 def test_a_stage_records_the_memory_its_tasks_held_and_the_next_stage_does_not(tmp_path, capsys):
-    clock = StageClock(TaskMemory(lambda: {os.getpid()}, interval=0.05))  # this test is the tasks' service
+    memory = TaskMemory(lambda: {os.getpid()}, interval=0.05)  # this test is the tasks' service
+    clock = StageClock(memory)
     try:
         with clock.stage("holds a task"):
             task = subprocess.Popen(
@@ -57,6 +58,7 @@ def test_a_stage_records_the_memory_its_tasks_held_and_the_next_stage_does_not(t
                 text=True,
             )
             assert task.stdout.readline() == "running\n"
+            memory.record()  # while it holds it: the thread's samples need not fall in so short a stage
             task.stdin.close()  # it ends with the stage
             task.wait(timeout=30)
         with clock.stage("after it"):

@@ -103,16 +103,17 @@ class TaskMemory:
             self._thread.join(timeout=5)
 
     def take(self) -> MemoryPeaks:
-        self._record()  # the span's last moment too: a stage shorter than the interval gets a sample
+        self.record()  # the span's last moment too: a stage shorter than the interval gets a sample
         with self._lock:
             peaks, self._peaks = self._peaks, MemoryPeaks()
         return peaks
 
     def _run(self) -> None:
         while not self._stopped.wait(self.interval):
-            self._record()
+            self.record()
 
-    def _record(self) -> None:
+    def record(self) -> None:
+        """Sample now (the thread does twice a second; a stage's end does too)."""
         now = sample(self.leaders())
         with self._lock:
             self._peaks = self._peaks.merged(now)
