@@ -17,6 +17,7 @@ from datetime import datetime
 from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.memory_pool import MATERIALIZATION_GB, takes
 from asgard.features.params import materialize_features_params
 from asgard.features.store import FEATURE_VIEWS_ALIAS
 
@@ -39,7 +40,11 @@ def materialize_features():
 
         return plan_run(params, data_interval_start, data_interval_end, dag_run.run_after)
 
-    @task(outlets=[AssetAlias(FEATURE_VIEWS_ALIAS)], map_index_template="{{ window['feature_view'] }}")
+    @task(
+        outlets=[AssetAlias(FEATURE_VIEWS_ALIAS)],
+        map_index_template="{{ window['feature_view'] }}",
+        **takes(MATERIALIZATION_GB),
+    )
     def materialize(window: dict, outlet_events=None) -> dict:
         from asgard.features.materialization import materialize_and_announce
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from airflow.sdk import Asset, AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.memory_pool import MONITORING_GB, takes
 from asgard.monitoring.params import monitor_model_params
 from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS
 from asgard.training.retraining import RETRAINING_REQUESTS
@@ -55,7 +56,11 @@ def monitor_model():
         allowed = set(models_for_run(dag_run, [target["model_name"] for target in deployed], hook=hook))
         return [target for target in deployed if target["model_name"] in allowed]
 
-    @task(map_index_template="{{ target['model_name'] }}", inlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)])
+    @task(
+        map_index_template="{{ target['model_name'] }}",
+        inlets=[AssetAlias(BATCH_PREDICTIONS_ALIAS)],
+        **takes(MONITORING_GB),
+    )
     def check(target: dict, params=None, dag_run=None, data_interval_end=None, inlet_events=None) -> dict:
         from asgard.monitoring.run import monitor_version
         from asgard.registry.ownership import recheck

@@ -25,6 +25,7 @@ from __future__ import annotations
 from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.memory_pool import SCORING_GB, takes
 from asgard.scoring.params import score_batch_params
 from asgard.scoring.plan import BATCH_PREDICTIONS_ALIAS
 
@@ -55,7 +56,7 @@ def score_batch():
         return [{"job": job, "partition": partition.to_dict()} for partition in planned.partitions]
 
     # The UI names each mapped task after its partition rather than a bare index.
-    @task(map_index_template="{{ partition_label }}")
+    @task(map_index_template="{{ partition_label }}", **takes(SCORING_GB))
     def score_partition(job: dict, partition: dict) -> dict:
         from airflow.sdk import get_current_context
 

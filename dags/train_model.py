@@ -22,6 +22,7 @@ from __future__ import annotations
 from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.memory_pool import FIT_GB, TRAINING_SET_GB, takes
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
 from asgard.training.params import train_model_params
 
@@ -41,13 +42,13 @@ def train_model():
 
         return pipeline.validate_request(params, dag_run)
 
-    @task
+    @task(**takes(TRAINING_SET_GB))
     def build_training_set(request: dict, dag_run=None) -> dict:
         from asgard.training import pipeline
 
         return pipeline.build_training_set(request, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
-    @task
+    @task(**takes(FIT_GB))
     def fit_model(request: dict, dataset: dict) -> dict:
         from asgard.training import pipeline
 

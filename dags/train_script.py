@@ -20,6 +20,7 @@ from __future__ import annotations
 from airflow.sdk import AssetAlias, dag, task
 
 from asgard.core.dag_defaults import DEFAULT_ARGS, PLATFORM_TAG
+from asgard.core.memory_pool import script_task
 from asgard.core.settings import get_settings
 from asgard.registry.models import CHAMPION_MODELS_ALIAS
 from asgard.training.params import train_script_params
@@ -48,7 +49,7 @@ def train_script():
 
         return pipeline.prepare_environment(params)
 
-    @task
+    @task(**script_task(SETTINGS))
     def run_script(upload: dict, environment: dict, params=None, dag_run=None) -> dict:
         from asgard.training.scripts import pipeline
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -97,6 +98,14 @@ def churn_probability(features: dict[str, np.ndarray]) -> np.ndarray:
 
 def simulate(spec: GoldSpec) -> tuple[list[pa.Table], pa.Table]:
     """The daily feature snapshots (one Arrow table per day) and the label table."""
+    labels: list[pa.Table] = []
+    days = list(simulate_days(spec, labels))
+    return days, labels[0]
+
+
+def simulate_days(spec: GoldSpec, labels: list[pa.Table]) -> Iterator[pa.Table]:
+    """The daily feature snapshots one at a time, then the label table appended to ``labels``: a writer
+    holds one day of millions of customers, not the whole history."""
     rng = np.random.default_rng(spec.seed)
     n = spec.customers
     ids = np.arange(1, n + 1, dtype=np.int64)
@@ -110,7 +119,6 @@ def simulate(spec: GoldSpec) -> tuple[list[pa.Table], pa.Table]:
     since_last = rng.integers(0, 60, size=n)
     drift_from = datetime.fromisoformat(spec.drift_from) if spec.drift_from else None
 
-    days: list[pa.Table] = []
     state: dict[str, np.ndarray] = {}
     for day in range(spec.days):
         day_start = spec.start_time + timedelta(days=day)
@@ -146,7 +154,8 @@ def simulate(spec: GoldSpec) -> tuple[list[pa.Table], pa.Table]:
             "avg_purchase_value",
             pa.array(np.where(missing, np.nan, avg_value), type=pa.float64(), mask=missing),
         )
-        days.append(table)
+        yield table
+        del table
 
     churned = (rng.random(n) < churn_probability(state)).astype(np.int64)
     # A regression target: what a customer spends in the next 30 days, driven by their purchase
@@ -154,10 +163,11 @@ def simulate(spec: GoldSpec) -> tuple[list[pa.Table], pa.Table]:
     expected_spend = purchase_rate * 30 * value_mean * np.where(churned == 1, 0.1, 1.0)
     spend = np.round(np.maximum(0.0, expected_spend * rng.lognormal(0.0, 0.25, size=n)), 2)
     label_stamp = np.full(n, np.datetime64(spec.label_time.replace(tzinfo=None), "us"))
-    labels = pa.table(
-        {"customer_id": ids, "event_timestamp": label_stamp, "churned": churned, "spend_next_30d": spend}
-    ).cast(LABEL_SCHEMA)
-    return days, labels
+    labels.append(
+        pa.table(
+            {"customer_id": ids, "event_timestamp": label_stamp, "churned": churned, "spend_next_30d": spend}
+        ).cast(LABEL_SCHEMA)
+    )
 
 
 def _drifted(state: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -186,18 +196,21 @@ def write_gold_layer(spec: GoldSpec, location=None, *, force: bool = False, log=
         if catalog.table_exists(identifier):
             catalog.purge_table(identifier)
 
-    days, labels = simulate(spec)
     features = catalog.create_table(feature_id, schema=FEATURE_SCHEMA)
     # One snapshot per day, as a daily gold job writes them: each day is its own data file whose
-    # event_timestamp min/max statistics let a time-window scan skip every other day.
-    for day in days:
+    # event_timestamp min/max statistics let a time-window scan skip every other day. Each is written
+    # as it is made: the generator holds one day at a time.
+    made: list[pa.Table] = []
+    rows = snapshots = 0
+    for day in simulate_days(spec, made):
         features.append(day)
+        rows, snapshots = rows + day.num_rows, snapshots + 1
+    (labels,) = made
     label_table = catalog.create_table(
         label_id, schema=LABEL_SCHEMA, properties={GENERATOR_PROPERTY: spec.fingerprint()}
     )
     label_table.append(labels)
-    rows = sum(d.num_rows for d in days)
-    log(f"gold layer: {FEATURE_TABLE} {rows} rows in {len(days)} snapshots, {LABEL_TABLE} {labels.num_rows} rows")
+    log(f"gold layer: {FEATURE_TABLE} {rows} rows in {snapshots} snapshots, {LABEL_TABLE} {labels.num_rows} rows")
     return True
 
 

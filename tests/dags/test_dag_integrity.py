@@ -153,3 +153,26 @@ def test_assets_chain_the_lifecycle_where_data_drives_it(dagbag):
     assert task("retrain_model", "train").partial_kwargs.get("trigger_dag_id") == "train_model"
     assert _assets(task("score_batch", "publish").outlets) == {BATCH_PREDICTIONS_ALIAS}
     assert _assets(task("monitor_model", "check").inlets) == {BATCH_PREDICTIONS_ALIAS}
+
+
+def test_tasks_that_hold_large_frames_take_the_memory_pool_by_the_gib(dagbag):
+    from asgard.core import memory_pool
+    from asgard.core.settings import get_settings
+
+    held = {
+        (dag.dag_id, task.task_id): task.pool_slots
+        for dag in dagbag.dags.values()
+        for task in dag.tasks
+        if task.pool == memory_pool.MEMORY_POOL
+    }
+    assert held == {
+        ("train_model", "build_training_set"): memory_pool.TRAINING_SET_GB,
+        ("train_model", "fit_model"): memory_pool.FIT_GB,
+        ("train_script", "run_script"): memory_pool.script_gb(get_settings()),
+        ("score_batch", "score_partition"): memory_pool.SCORING_GB,
+        ("monitor_model", "check"): memory_pool.MONITORING_GB,
+        ("materialize_features", "materialize"): memory_pool.MATERIALIZATION_GB,
+    }
+    # Every other task stays in Airflow's default pool: a pool nothing creates would hold it for ever.
+    others = {task.pool for dag in dagbag.dags.values() for task in dag.tasks} - {memory_pool.MEMORY_POOL}
+    assert others == {"default_pool"}

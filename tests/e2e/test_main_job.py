@@ -69,6 +69,8 @@ def test_main_command_runs_the_pipeline_through_crashes_reports_urls_and_stops_c
         for stage in ("start embedded services", *PIPELINE_STAGES):
             assert f"==> {stage}" in out, stage
         assert "gold layer: 300 customers x 5 days" in out
+        # The stack made the memory pool the large-frame tasks take (half of this machine's memory, in GiB).
+        assert re.search(r"memory pool asgard_memory: \d+ slots \(GiB\) for the tasks that hold large frames", out)
         assert "materialize=success" in out or "materialize[customer_features]=success" in out
         assert re.search(r"total\s+\d+\.\d+s", out)
         # ... and the memory its tasks took, printed and in main-job.json: training's tasks hold a training set.
@@ -122,10 +124,10 @@ def test_main_command_runs_the_pipeline_through_crashes_reports_urls_and_stops_c
         by_id = rf"predict by id: {re.escape(endpoint.split(' serves')[0])} customer_id \[1, 2, 3\] -> "
         by_id += r"predictions \[[01], [01], [01]\], P\(churn\) \[[\d., ]+\], features as of 20\d\d-"
         assert re.search(by_id, out), out[-3000:]
-        batch = re.search(r"batch predictions: (\S+): 3 rows by churn_predictor v\d+; customer 1 -> [01] ", out)
+        batch = re.search(r"batch predictions: (\S+): 300 rows by churn_predictor v\d+; customer 1 -> [01] ", out)
         assert batch, out[-2000:]
-        scored = pd.read_parquet(batch.group(1))  # the seed's three customers, with their probabilities
-        assert scored["customer_id"].tolist() == [1, 2, 3]
+        scored = pd.read_parquet(batch.group(1))  # every customer, in order, with their probabilities
+        assert scored["customer_id"].tolist() == list(range(1, 301))
         assert (scored["probability_0"] + scored["probability_1"]).round(9).eq(1).all()
         # Monitoring: the window like training raised nothing; the drifted one alerted and asked for retraining
         # through the retraining Asset, which scheduled retrain_model, which ran train_model under the run id asked.

@@ -84,6 +84,7 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     out = run.stdout
     assert f"postgres: role {services.settings.database_prefix}" in out
+    assert "memory pool asgard_memory: " in out  # made in PostgreSQL's metadata database too
     # check_platform queried Trino's catalogs (the gold layer's is among them); the query id is Trino's.
     checked = re.search(r"trino: (\d+) at (\S+), catalogs (.*) \(query (\S+)\)", out)
     assert checked and checked.group(2) == services.settings.trino_url, out[:4000]

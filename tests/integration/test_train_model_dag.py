@@ -94,3 +94,42 @@ def test_unknown_hyperparameter_fails_the_run_naming_it_and_registers_nothing(tr
     assert error["message"].startswith("InputError: RandomForestClassifier does not accept hyperparameter(s) max_dept")
     assert "validate_request failed with InputError: RandomForestClassifier" in outcome.failure
     assert not MlflowClient(settings.mlflow_url, settings.mlflow_url).search_model_versions(f"name = '{name}'")
+
+
+def test_side_by_side_fits_queue_for_the_memory_pool_instead_of_sharing_the_machine(train_stack):
+    """Two train_model runs at once on a pool that holds one fit: Airflow's scheduler runs their fits in turn."""
+    from airflow_client.client import PoolPatchBody
+
+    from asgard.core import memory_pool
+    from asgard.local.airflow_teams import check_memory_pool
+    from asgard.local.stages import MainJobError
+
+    api, settings = train_stack.api, train_stack.settings
+    pool = api.pools.get_pool(memory_pool.MEMORY_POOL)  # made by the stack's start, sized from its settings
+    assert pool.slots == memory_pool.pool_slots(settings) and pool.slots >= memory_pool.largest_task_gb(settings)
+    assert check_memory_pool(api, settings).startswith(f"memory pool asgard_memory: {pool.slots} slots (GiB)")
+
+    def resize(slots: int) -> None:  # Airflow's PATCH asks for the whole pool, not only what changes
+        body = PoolPatchBody(pool=pool.name, slots=slots, include_deferred=pool.include_deferred)
+        api.pools.patch_pool(pool.name, body, update_mask=["slots"])
+
+    resize(memory_pool.FIT_GB)
+    try:
+        # A pool smaller than the largest task's share is named before any DAG runs: that task would never run.
+        with pytest.raises(MainJobError, match=r"has 3 slots, fewer than the 8 GiB one task takes"):
+            check_memory_pool(api, settings)
+        api.unpause("train_model")
+        runs = [
+            api.trigger("train_model", {**CHURN_MODEL_REQUEST, "model_name": f"pool_{uuid.uuid4().hex[:6]}"})
+            for _ in range(2)
+        ]
+        for run_id in runs:
+            assert api.wait_for_run("train_model", run_id, timeout=600).state == "success"
+    finally:
+        resize(pool.slots)
+    fits = sorted(
+        (api.task_instances.get_task_instance("train_model", run_id, "fit_model") for run_id in runs),
+        key=lambda instance: instance.start_date,
+    )
+    assert {(fit.pool, fit.pool_slots) for fit in fits} == {(memory_pool.MEMORY_POOL, memory_pool.FIT_GB)}
+    assert fits[0].end_date <= fits[1].start_date, [(fit.start_date, fit.end_date) for fit in fits]

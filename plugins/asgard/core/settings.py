@@ -48,6 +48,7 @@ class Settings(TeamSettings):
     # What is built once per machine and shared by every home on it: uv's download cache, user-script
     # environments, image wheelhouses (each keyed by what it holds).
     cache_dir: Path = Field(default=REPO_ROOT / ".cache")
+
     profile: Literal["embedded", "production"] = "embedded"
     airflow_port: int = 8080
     mlflow_port: int = 5050
@@ -60,6 +61,9 @@ class Settings(TeamSettings):
     # The most a train_script request may ask for (a request above is refused, naming the cap).
     script_max_memory_mb: int = 8192
     script_max_timeout: int = 7200
+    # The memory (GiB) the installation's tasks that hold large frames may take together: the size of
+    # its memory pool (asgard.core.memory_pool); default half the machine's. Production: all workers'.
+    task_memory_gb: int | None = Field(None, ge=1)
     # What a sandboxed script may write: its /work and its /tmp hold at most this much each (in
     # memory, inside its memory cap); a write beyond fails with ENOSPC, the host's disk untouched.
     script_max_disk_mb: int = Field(2048, ge=16)

@@ -99,6 +99,7 @@ class AirflowApi:
         self.task_instances = af.TaskInstanceApi(self._client)
         self.assets = af.AssetApi(self._client)
         self.xcoms = af.XComApi(self._client)
+        self.pools = af.PoolApi(self._client)
 
     @classmethod
     def login(cls, base_url: str, username: str, password: str) -> AirflowApi:

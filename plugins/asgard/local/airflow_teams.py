@@ -5,13 +5,15 @@ Run as ``python -m asgard.local.airflow_teams [TEAM...]`` in the Airflow compone
 before they start (no team named: every team its auth manager's users name, and the default team):
 it creates (or brings up to date) the metadata database, as ``airflow standalone`` and ``airflow db
 migrate`` would (a no-op when it is), then adds the teams it lacks. Teams are never removed here: a
-team's Variables and Connections stay with it.
+team's Variables and Connections stay with it. It also sizes the memory pool (asgard.core.memory_pool)
+from this environment's settings, creating it when missing: a task whose pool is missing never runs.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 
 def ensure_teams(names: list[str], *, migrate: bool) -> list[str]:
@@ -28,6 +30,43 @@ def ensure_teams(names: list[str], *, migrate: bool) -> list[str]:
         added = sorted(set(names) - present)
         session.add_all(Team(name=name) for name in added)
     return added
+
+
+def ensure_memory_pool() -> tuple[str, int]:
+    """The memory pool, created or resized to the settings' budget: its name and slots."""
+    from airflow.models.pool import Pool
+
+    from asgard.core import memory_pool
+    from asgard.core.settings import get_settings
+
+    slots = memory_pool.pool_slots(get_settings())
+    Pool.create_or_update_pool(memory_pool.MEMORY_POOL, slots, memory_pool.DESCRIPTION, include_deferred=False)
+    return memory_pool.MEMORY_POOL, slots
+
+
+def check_memory_pool(api: Any, settings: Any) -> str:
+    """The memory pool as Airflow reports it (``api``: an :class:`~asgard.hooks.airflow_api.AirflowApi`):
+    a line saying so, or an error when it is missing or smaller than the largest task's slots (such a
+    task would wait for ever, with only a scheduler warning to say why)."""
+    from airflow_client.client.exceptions import ApiException
+
+    from asgard.core import memory_pool
+    from asgard.local.stages import MainJobError
+
+    try:
+        pool = api.pools.get_pool(memory_pool.MEMORY_POOL)
+    except ApiException as error:
+        raise MainJobError(
+            f"Airflow's pool {memory_pool.MEMORY_POOL!r} cannot be read ({error.status}): the tasks that take it "
+            "would never run; `./asgard start` creates it"
+        ) from None
+    largest = memory_pool.largest_task_gb(settings)
+    if pool.slots < largest:
+        raise MainJobError(
+            f"Airflow's pool {pool.name!r} has {pool.slots} slots, fewer than the {largest} GiB one task takes: "
+            "that task would never run; raise ASGARD_TASK_MEMORY_GB and restart"
+        )
+    return f"memory pool {pool.name}: {pool.slots} slots (GiB) for the tasks that hold large frames"
 
 
 def teams_named(users: list[str], default_team: str) -> list[str]:
@@ -71,6 +110,8 @@ def main(argv: list[str]) -> int:
     names = [name for name in argv if not name.startswith("--")] or teams_in_environment()
     added = ensure_teams(names, migrate=migrate)
     print(f"teams added: {', '.join(added) or 'none'}")
+    pool, slots = ensure_memory_pool()
+    print(f"pool {pool}: {slots} slots (GiB)")
     return 0
 
 

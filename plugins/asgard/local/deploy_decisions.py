@@ -105,3 +105,16 @@ def _wait_for_the_decision(api: AirflowApi, run_id: str, *, timeout: float) -> N
         if time.monotonic() > deadline:
             raise MainJobError(f"no one decided deploy_model {run_id} in the Airflow UI within {timeout:.0f}s")
         time.sleep(2.0)
+
+
+def earlier_version(settings: Settings, name: str) -> str:
+    """The newest version of ``name`` that the champion alias does not name."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_url)
+    champion = client.get_model_version_by_alias(name, "champion").version
+    versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+    earlier = [version for version in versions if str(version) != str(champion)]
+    if not earlier:
+        raise MainJobError(f"{name} has no version besides the champion v{champion} to serve before it")
+    return str(max(earlier))

@@ -82,22 +82,25 @@ BATCH_REQUEST = {
     "feature_views": ["customer_features"],
     "entities_df": SAMPLE_ENTITIES,
 }
-# Production's batch: every sample customer, in eight partitions that the Celery workers share.
+# Production's batch: eight partitions, which the Celery workers share (embedded: score_batch's own
+# partition size, a million rows each).
 PRODUCTION_BATCH_PARTITIONS = 8
 
 
-def production_batch_request(customers: int, folder: Location) -> dict:
-    """score_batch over every sample customer: an entity file in ``folder`` of eight row groups, one
-    partition each."""
+def every_customer_batch(customers: int, folder: Location, *, partitions: int | None = None) -> dict:
+    """score_batch over every sample customer (the main job scores the whole population, at any scale):
+    an entity file in ``folder``, in ``partitions`` row groups of one partition each when given."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = -(-customers // PRODUCTION_BATCH_PARTITIONS)
+    rows = -(-customers // partitions) if partitions else None
     buffer = io.BytesIO()
-    pq.write_table(pa.table({"customer_id": list(range(1, customers + 1))}), buffer, row_group_size=rows)
+    ids = pa.table({"customer_id": pa.array(np.arange(1, customers + 1, dtype=np.int64))})
+    pq.write_table(ids, buffer, row_group_size=rows)
     entities = folder.child("entities.parquet").write_bytes(buffer.getvalue())
     request = {key: value for key, value in BATCH_REQUEST.items() if key != "entities_df"}
-    return {**request, "entity_source": {"path": entities.uri}, "partition_rows": rows}
+    return {**request, "entity_source": {"path": entities.uri}, **({"partition_rows": rows} if rows else {})}
 
 
 def monitoring_windows(folder: Location, *, days: int, rows: int = 2000) -> tuple[Location, Location]:
@@ -105,10 +108,12 @@ def monitoring_windows(folder: Location, *, days: int, rows: int = 2000) -> tupl
 
     Other customers of the same simulation (same number of days: recency grows with them), on its last day.
     """
-    from sample_data.gold_layer import GoldSpec, simulate
+    from sample_data.gold_layer import GoldSpec, simulate_days
 
-    snapshots, labels = simulate(GoldSpec(customers=rows, days=days, seed=2026))
-    frame = snapshots[-1].to_pandas().merge(labels.to_pandas()[["customer_id", "churned"]], on="customer_id")
+    labels: list = []
+    for snapshot in simulate_days(GoldSpec(customers=rows, days=days, seed=2026), labels):
+        last = snapshot  # the last day's; the others are dropped as they come
+    frame = last.to_pandas().merge(labels[0].to_pandas()[["customer_id", "churned"]], on="customer_id")
     normal, drifted = folder.child("normal.parquet"), folder.child("drifted.parquet")
     normal.write_parquet(frame)
     shifted = frame.copy()

@@ -17,9 +17,9 @@ from asgard.core.storage import Location, team_data_roots
 from asgard.features import gold
 from asgard.features import store as feature_store
 from asgard.hooks.airflow_api import AirflowApi, RunOutcome
-from asgard.local.deploy_decisions import approve_drift_deploy, set_deploy_policy
+from asgard.local.airflow_teams import check_memory_pool
+from asgard.local.deploy_decisions import approve_drift_deploy, earlier_version, set_deploy_policy
 from asgard.local.examples import (
-    BATCH_REQUEST,
     BY_ID_CUSTOMERS,
     CANARY_DEPLOY,
     CANARY_ROLLOUT,
@@ -27,11 +27,12 @@ from asgard.local.examples import (
     EXAMPLE_REQUIREMENTS,
     EXAMPLE_SCRIPT,
     FRAMEWORK_PARAMS,
+    PRODUCTION_BATCH_PARTITIONS,
     PRODUCTION_EXAMPLE_REQUIREMENTS,
     SUPPORT_FEATURES_REQUEST,
+    every_customer_batch,
     framework_request,
     monitoring_windows,
-    production_batch_request,
 )
 from asgard.local.live_traffic import LiveTraffic, predict
 from asgard.local.mlops_client import MlopsClient
@@ -69,6 +70,7 @@ class MainJob:
         api = AirflowApi.login(self.settings.airflow_url, *manager.admin_credentials())
 
         with self.stage("check the platform (check_platform)"):
+            _say(check_memory_pool(api, self.settings))
             names = ["mlflow", "storage", "sandbox", *(["trino"] if self.settings.profile == "production" else [])]
             outcome = api.run_and_wait("check_platform", {"checks": names}, on_progress=_progress)
             self._require_success(outcome)
@@ -137,7 +139,7 @@ class MainJob:
             name = CHURN_MODEL_REQUEST["model_name"]
             # Triggered by hand by the admin (of the model's team): each trigger is the admin's approval.
             # An earlier version serves first, so the champion meets live traffic as a canary.
-            earlier = {"model_name": name, "version": self._earlier_version(name), "target": "docker"}
+            earlier = {"model_name": name, "version": earlier_version(self.settings, name), "target": "docker"}
             self._require_success(api.run_and_wait("deploy_model", earlier, timeout=1800, on_progress=_progress))
             request = {"model_name": name, "alias": "champion", **CANARY_DEPLOY}
             with LiveTraffic(f"{self.settings.router_url}/models/{name}/predict") as traffic:
@@ -171,7 +173,8 @@ class MainJob:
             production = self.settings.profile == "production"
             output = self.data_root.child("predictions", "batch.parquet")
             entities = self.data_root.child("entities")
-            request = production_batch_request(self.customers, entities) if production else BATCH_REQUEST
+            request = every_customer_batch(self.customers, entities, partitions=PRODUCTION_BATCH_PARTITIONS
+                                           if production else None)  # fmt: skip
             outcome = api.run_and_wait("score_batch", {**request, "output_path": output.uri}, on_progress=_progress)
             self._require_success(outcome)
             published = api.task_result("score_batch", outcome.run_id, "publish")
@@ -245,18 +248,6 @@ class MainJob:
         production (the tasks that read them run on other workers)."""
         return Location(team_data_roots(self.settings.default_team, self.settings)[0], self.settings.aws_conn_id)
 
-    def _earlier_version(self, name: str) -> str:
-        """The newest version of ``name`` that the champion alias does not name."""
-        from mlflow import MlflowClient
-
-        client = MlflowClient(self.settings.mlflow_url)
-        champion = client.get_model_version_by_alias(name, "champion").version
-        versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
-        earlier = [version for version in versions if str(version) != str(champion)]
-        if not earlier:
-            raise MainJobError(f"{name} has no version besides the champion v{champion} to serve before it")
-        return str(max(earlier))
-
     def predict_by_id(self, endpoint: str) -> None:
         """The feature-serving path: customer ids in, the image reads their features from the online store."""
         served = predict(endpoint, {"entities": {"customer_id": BY_ID_CUSTOMERS}, "return_probabilities": True})
@@ -302,7 +293,9 @@ class MainJob:
         Persistence is one window here so a single drifted window shows the whole path; the daily
         schedule keeps the default (two windows).
         """
-        normal, drifted = monitoring_windows(self.data_root.child("monitoring", "windows"), days=self.days)
+        # A day's predictions: one per customer (at least 2,000: the drift tests' power at a small scale).
+        windows = self.data_root.child("monitoring", "windows")
+        normal, drifted = monitoring_windows(windows, days=self.days, rows=max(2000, self.customers))
         # Rounded up to the second: the batch scored just before (its Asset event) falls in the last window.
         now = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
         checks = {}
