@@ -112,6 +112,24 @@ def test_rows_are_feasts_exactly(store, features):
     pd.testing.assert_frame_equal(actual, expected, check_exact=True)
 
 
+@pytest.mark.parametrize("features", [FEATURES, MIXED], ids=["one-view", "two-views"])
+def test_in_passes_of_a_few_entity_rows_each_against_its_own_keys_history_the_rows_are_feasts(store, features):
+    entity = entity_frame()  # a customer's rows fall in several passes; every pass reads only its keys' rows
+    expected = feast_rows(store, entity, features)
+    for rows in (1, 7, len(entity) - 1):
+        actual = training_sets.get_historical_features(store, entity, features, rows_per_pass=rows)
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True)
+
+
+def test_passes_are_sized_by_the_entity_rows_and_the_history_they_may_read():
+    def plan(rows: int) -> training_sets.ViewPlan:
+        return training_sets.ViewPlan("v", ["f"], ["customer_id"], "t", None, [], {}, None, rows)
+
+    assert training_sets._rows_per_pass(300, [plan(1_500)]) == 300  # one pass: the main job in CI
+    assert training_sets._rows_per_pass(5_000_000, [plan(70_000_000)]) == 250_000  # 5M customers, 14 days
+    assert training_sets._rows_per_pass(1_000_000, [plan(100_000), plan(90_000_000)]) == 1_000_000 // 23 + 1
+
+
 def test_the_edges_come_out_as_feast_says(store):
     """The rules themselves, so a change in both Feast and this module would still be caught."""
     actual = training_sets.get_historical_features(store, entity_frame(), FEATURES).set_index("churned_label")

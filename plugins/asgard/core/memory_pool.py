@@ -25,11 +25,11 @@ from typing import Any
 MEMORY_POOL = "asgard_memory"
 DESCRIPTION = "Asgard: tasks that hold large frames take a slot per GiB they may hold (asgard.core.memory_pool)"
 
-TRAINING_SET_GB = 2  # the point-in-time join's answer (DuckDB's own memory is capped and spills)
+TRAINING_SET_GB = 3  # the label rows, the join's answer (2.1 GiB at 5M rows) and DuckDB's capped 512 MB
 FIT_GB = 3  # a training set, the model fitting on it and the holdout's predictions
 SCORING_GB = 2  # one partition's entities, features and predictions, written in chunks
 MONITORING_GB = 2  # a window's predictions and the training reference
-MATERIALIZATION_GB = 1  # one view's window, read in bounded chunks
+MATERIALIZATION_GB = 5  # one view's newest row per entity: 4.6 GiB at 5M customers
 
 
 def script_gb(settings: Any) -> int:
