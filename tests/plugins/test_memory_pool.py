@@ -16,7 +16,7 @@ def test_the_pool_holds_half_the_machine_unless_the_budget_is_set_and_never_less
     assert memory_pool.pool_slots(Settings(task_memory_gb=40), machine_gb=24.0) == 40  # all workers' memory
     small_scripts = Settings(script_max_memory_mb=1500)
     assert memory_pool.script_gb(small_scripts) == 2  # rounded up
-    assert memory_pool.pool_slots(small_scripts, machine_gb=4.0) == memory_pool.MATERIALIZATION_GB  # the largest then
+    assert memory_pool.pool_slots(small_scripts, machine_gb=4.0) == memory_pool.MONITORING_GB == 6  # the largest then
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     total_kib = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1])
     assert abs(memory_pool.machine_memory_gb() - total_kib / 2**20) < 0.5  # the kernel's own count
