@@ -115,7 +115,7 @@ def free_port() -> int:
 
 
 # The session stack's users besides the admin and the viewer (the default team): one user per team.
-TEAM_USERS = "alice:user:alpha,bob:user:beta"
+TEAM_USERS = "alice:user:alpha,bob:user:beta,olaf:op:alpha"  # olaf: an operator of team alpha
 
 # The session's shared stacks, so a test that needs the machine to itself can stop them early.
 _SHARED_STACKS: list = []

@@ -613,3 +613,28 @@ def test_a_deploy_run_carrying_another_teams_promotion_shows_its_team_none_of_th
     assert outcome.task_states["approve_deployment"] == "failed", outcome
     log = admin.task_log("deploy_model", handed_on, "approve_deployment", try_number=2)
     assert f"this run is for model '{teams.alice_model}', but what its earlier task handed on names" in log, log[-2000:]
+
+
+def test_only_an_admin_changes_the_pool_every_teams_large_tasks_share(teams, embedded_stack):
+    """Airflow's op role may edit any pool; the platform's memory pool is the admin's (a pool shrunk below a
+    task's share, or deleted, would hold every team's large tasks for ever)."""
+    from asgard.core.memory_pool import MEMORY_POOL
+
+    olaf = AirflowApi.login(teams.url, *embedded_stack.manager.credentials("olaf"))  # op of team alpha
+    before = teams.call(teams.admin, "GET", f"/api/v2/pools/{MEMORY_POOL}").json()
+    body = {"pool": MEMORY_POOL, "slots": 1, "include_deferred": False}
+    for method, path, sent in (
+        ("PATCH", f"/api/v2/pools/{MEMORY_POOL}", body),
+        ("DELETE", f"/api/v2/pools/{MEMORY_POOL}", None),
+        ("PATCH", "/api/v2/pools", {"actions": [{"action": "delete", "entities": [MEMORY_POOL]}]}),
+    ):
+        refused = teams.call(olaf, method, path, sent)
+        assert refused.status_code == 403, (method, path, refused.text)
+        assert refused.json()["detail"].startswith(f"olaf may not change the platform's pool '{MEMORY_POOL}'")
+    # ... while the operator's own pools stay theirs to change, as Airflow lets them.
+    own = teams.call(olaf, "POST", "/api/v2/pools", {"name": "olaf_pool", "slots": 2, "include_deferred": False})
+    assert own.status_code == 201, own.text
+    assert teams.call(olaf, "DELETE", "/api/v2/pools/olaf_pool").status_code == 204
+    assert teams.call(teams.admin, "GET", f"/api/v2/pools/{MEMORY_POOL}").json() == before
+    changed = teams.call(teams.admin, "PATCH", f"/api/v2/pools/{MEMORY_POOL}", {**body, "slots": before["slots"]})
+    assert changed.status_code == 200, changed.text

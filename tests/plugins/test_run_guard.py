@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from asgard.api.run_guard import ANY, Change, _route_path, _token, changes_of, needs_body
+from asgard.api.run_guard import ANY, Change, _route_path, _token, changes_of, changes_platform_pool, needs_body
 
 RUN = "manual__2026-12-06T10:00:00+00:00"
 BASE = f"/api/v2/dags/train_model/dagRuns/{RUN}"
@@ -284,3 +284,19 @@ def test_a_promotions_deploy_run_is_read_by_the_team_it_deploys_for_and_changed_
     assert read_models("retrain_model", [alice, bob]) == ["alpha_model", "beta_model"]
     tied = SimpleNamespace(extra={"model_name": "delta_model", "version": "1"}, timestamp=bob.timestamp)
     assert read_models("deploy_model", [tied, bob]) == read_models("deploy_model", [bob, tied]) == ["delta_model"]
+
+
+def test_the_platform_pool_is_changed_by_its_own_path_or_a_bulk_change_of_pools():
+    for method, path in (
+        ("PATCH", "/api/v2/pools/asgard_memory"),
+        ("DELETE", "/api/v2/pools/asgard_memory/"),
+        ("PATCH", "/api/v2/pools"),
+    ):
+        assert changes_platform_pool(method, path), (method, path)
+    for method, path in (
+        ("GET", "/api/v2/pools/asgard_memory"),
+        ("POST", "/api/v2/pools"),  # a new pool of another name: asgard_memory exists, a second is a 409
+        ("PATCH", "/api/v2/pools/olaf_pool"),
+        ("DELETE", "/api/v2/pools/asgard_memory_2"),
+    ):
+        assert not changes_platform_pool(method, path), (method, path)

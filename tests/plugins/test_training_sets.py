@@ -121,13 +121,18 @@ def test_in_passes_of_a_few_entity_rows_each_against_its_own_keys_history_the_ro
         pd.testing.assert_frame_equal(actual, expected, check_exact=True)
 
 
-def test_passes_are_sized_by_the_entity_rows_and_the_history_they_may_read():
-    def plan(rows: int) -> training_sets.ViewPlan:
-        return training_sets.ViewPlan("v", ["f"], ["customer_id"], "t", None, [], {}, None, rows)
+def test_passes_grow_with_the_entity_rows_never_with_the_history():
+    assert training_sets._rows_per_pass(300) == 300  # one pass: the main job in CI, a scoring chunk
+    assert training_sets._rows_per_pass(5_000_000) == 250_000  # 5M customers: 20 passes
+    assert training_sets._rows_per_pass(250_001) == 125_001  # shared evenly
 
-    assert training_sets._rows_per_pass(300, [plan(1_500)]) == 300  # one pass: the main job in CI
-    assert training_sets._rows_per_pass(5_000_000, [plan(70_000_000)]) == 250_000  # 5M customers, 14 days
-    assert training_sets._rows_per_pass(1_000_000, [plan(100_000), plan(90_000_000)]) == 1_000_000 // 23 + 1
+
+def test_in_passes_a_keys_rows_share_a_pass_and_the_answer_keeps_the_entity_rows_order(store):
+    entity = entity_frame().sample(frac=1, random_state=3).reset_index(drop=True)  # keys out of order
+    entity["churned_label"] = range(len(entity))  # the rows' order, which Feast's answer is sorted back to
+    expected = feast_rows(store, entity, MIXED)
+    actual = training_sets.get_historical_features(store, entity, MIXED, rows_per_pass=5)
+    pd.testing.assert_frame_equal(actual, expected, check_exact=True)
 
 
 def test_the_edges_come_out_as_feast_says(store):

@@ -40,6 +40,7 @@ API = "/api/v2"
 # A body read to find the runs it changes (a bulk change, clearTaskInstances) may be at most this long.
 MAX_READ_BODY = 1_000_000
 ANY = "~"  # Airflow's wildcard for "every DAG" or "every run" in a path
+POOLS = f"{API}/pools"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,16 @@ class Change:
 
 class Refused(Exception):
     """The caller may not make this change: a 403 with this message."""
+
+
+def changes_platform_pool(method: str, path: str) -> bool:
+    """A write that may change the memory pool every team's large tasks share (its size, its team, that it
+    exists): its own path, or a bulk change of pools. Airflow lets its ``op`` role change any pool, and a
+    pool shrunk below a task's share, or deleted, holds that task for ever (asgard.core.memory_pool)."""
+    from asgard.core.memory_pool import MEMORY_POOL
+
+    path = path.rstrip("/")
+    return method in CHANGES and (path == f"{POOLS}/{MEMORY_POOL}" or (path == POOLS and method != "POST"))
 
 
 def needs_body(method: str, path: str) -> bool:
@@ -252,6 +263,16 @@ class RunGuard:
 
             settle_server_heap()
         path = _route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] == "http" and changes_platform_pool(scope["method"], path):
+            token = _token(scope)
+            actor = await _actor(token) if token else None
+            if actor is None or not actor.admin:
+                from asgard.core.memory_pool import MEMORY_POOL
+
+                status, who = (401, "nobody authenticated") if actor is None else (403, actor.name)
+                await _answer(send, status, f"{who} may not change the platform's pool {MEMORY_POOL!r}: admins only "
+                              "(its size is ASGARD_TASK_MEMORY_GB, applied at each start)")  # fmt: skip
+                return
         if scope["type"] != "http" or scope["method"] not in CHANGES or _route(path)[0] is None:
             if scope["type"] == "http" and redacts(scope["method"], path):
                 await guarded_read(self.app, scope, receive, send, path)

@@ -25,7 +25,7 @@ from typing import Any
 MEMORY_POOL = "asgard_memory"
 DESCRIPTION = "Asgard: tasks that hold large frames take a slot per GiB they may hold (asgard.core.memory_pool)"
 
-TRAINING_SET_GB = 3  # the label rows, the join's answer (2.1 GiB at 5M rows) and DuckDB's capped 512 MB
+TRAINING_SET_GB = 3  # the label rows, the join's answer (2.3 GiB at 5M rows) and DuckDB's capped 512 MB
 FIT_GB = 3  # a training set, the model fitting on it and the holdout's predictions: 2.6 GiB at 5M rows
 SCORING_GB = 1  # one partition's entities, features and predictions (754 MiB for a million rows)
 MONITORING_GB = 6  # a window's rows and the training reference: 5.5 GiB for 5M customers' day and batch
