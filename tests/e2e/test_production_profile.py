@@ -89,6 +89,15 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     checked = re.search(r"trino: (\d+) at (\S+), catalogs (.*) \(query (\S+)\)", out)
     assert checked and checked.group(2) == services.settings.trino_url, out[:4000]
     assert "iceberg" in checked.group(3).split(", "), checked.group(0)
+    # The platform's gold reads went through Trino: register_features' check of the table (its
+    # information_schema) and each train_model run's training set (Feast's point-in-time join), each with
+    # the ids of the queries Trino ran for it (listed in system.runtime.queries: checked below).
+    validated = re.search(
+        r"register_features\.validate_request: feature validation read through Trino \(queries (.*)\)", out
+    )
+    trained = re.findall(r"train_model\.build_training_set: training set read through Trino \(queries (.*)\)", out)
+    assert validated and len(trained) == len(FRAMEWORK_PARAMS), out[:6000]
+    read_queries = [*validated.group(1).split(", "), *(query for line in trained for query in line.split(", "))]
     for stage in ("start production services", *PIPELINE_STAGES):
         assert f"==> {stage}" in out, stage
     # Eight partitions scored by both workers, published once to S3 (the default team's folder of the data root).
@@ -141,7 +150,7 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     assert properties["iceberg.jdbc-catalog.connection-url"].endswith(f"/{reader.gold_database}")
     assert {properties["iceberg.jdbc-catalog.catalog-name"]} == catalogs
     # And the profile's Trino, started with that catalog, reads them (Feast's training sets too).
-    trino_config = read_through_trino(services, tmp_path / "trino-check", monkeypatch, checked.group(4))
+    trino_config = read_through_trino(services, monkeypatch, [checked.group(4), *read_queries])
     api.unpause("train_model")
     # A hostile script through the real train_script DAG (issue 50): PostgreSQL startups past its door (as the
     # superuser, the admin login, the owner) and Redis, the broker beside the features. It runs to its end
@@ -224,6 +233,12 @@ def test_the_main_job_runs_on_the_production_profile(production_env, tmp_path, m
     # The service check names it too.
     down = api.run_and_wait("check_platform", {"checks": ["trino"]}, timeout=300)
     assert down.state == "failed" and f"Trino does not answer at {services.settings.trino_url}" in down.failure, down
+    # And so does a training run's task, whose training set reads through it (its retry is left to run out).
+    untrained = api.trigger("train_model", framework_request("sklearn", FRAMEWORK_PARAMS["sklearn"]))
+    assert wait_for_state(api, "train_model", untrained, "build_training_set", ("up_for_retry", "failed"))
+    failed_log = api.task_log("train_model", untrained, "build_training_set")
+    named = f"Trino, the feature store's offline store, does not answer at {services.settings.trino_url}"
+    assert named in failed_log, failed_log[-3000:]
 
     stopped = asgard("stop", "--profile", "production", env=env, timeout=300)
     assert stopped.returncode == 0, stopped.stderr
@@ -253,17 +268,15 @@ except OSError as error:
 """
 
 
-def read_through_trino(services, folder: Path, monkeypatch, check_query: str):
-    """Trino reads the gold layer pyiceberg wrote: each table's rows through its JDBC catalog, and a Feast
-    training set through the Trino offline store (TrinoSource, the entity rows uploaded to the memory
-    catalog) equal to the one DuckDB computes over the same tables; its queries, and check_platform's
-    ``check_query``, are listed in ``system.runtime.queries``. Returns the Feast configuration that reads through it."""
+def read_through_trino(services, monkeypatch, listed_queries: list[str]):
+    """Trino reads the gold layer pyiceberg wrote: each table's rows through its JDBC catalog, and the profile's
+    offline store (Feast's Trino store over the registry's Iceberg sources, the entity rows uploaded to the
+    memory catalog) gives the training set DuckDB computes over the same tables; ``listed_queries`` (what the
+    main job's tasks said they ran) and these reads' queries are in ``system.runtime.queries``. Returns the
+    Feast configuration that reads through it."""
     import pandas as pd
     import pyarrow as pa
     import trino
-    import yaml
-    from feast import FeatureStore
-    from feast.repo_config import RepoConfig
 
     from asgard.features import gold
     from asgard.features import store as feature_store
@@ -273,29 +286,17 @@ def read_through_trino(services, folder: Path, monkeypatch, check_query: str):
     settings = services.settings
     location = gold.GoldLocation.for_settings(settings)
     cursor = trino.dbapi.connect(host=settings.bind_host, port=settings.trino_port, user="asgard").cursor()
-    query_ids = [check_query]
+    query_ids = list(listed_queries)
     for table in ("customer_features", "customer_labels"):
         cursor.execute(f"SELECT count(*) FROM iceberg.gold.{table}")
         assert cursor.fetchone()[0] == gold.load_table(table, location).scan().to_arrow().num_rows, table
         query_ids.append(cursor.query_id)
 
-    duckdb = feature_store.open_store(settings)  # the registry the main job filled (IcebergSource, DuckDB)
-    view = duckdb.get_feature_view("customer_features")
-    through_trino = settings.model_copy(update={"offline_store": "trino"})
-    config = yaml.safe_load(os.path.expandvars(feature_store.store_yaml(through_trino)))
-    config |= {
-        "registry": str(folder / "registry.db"),
-        "online_store": {"type": "sqlite", "path": str(folder / "online.db")},
-    }
-    folder.mkdir(parents=True)
-    trino_store = FeatureStore(config=RepoConfig(**config))
-    source = feature_store.gold_source(
-        "customer_features", "event_timestamp", "created_timestamp", settings=through_trino
-    )
-    assert type(source).__name__ == "TrinoSource"
-    trino_view = view.__copy__()
-    trino_view.batch_source = source
-    trino_store.apply([duckdb.get_entity("customer"), trino_view])
+    trino_store = feature_store.open_store(settings)  # the profile's default: through Trino
+    assert type(trino_store._get_provider().offline_store).__name__ == "GoldTrinoOfflineStore"
+    duckdb = feature_store.open_store(settings.model_copy(update={"offline_store": "duckdb"}))
+    view = trino_store.get_feature_view("customer_features")
+    assert type(view.batch_source).__name__ == "IcebergSource"  # the registry says where, not what queries it
     labels = gold.load_table("customer_labels", location).scan().to_pandas()[["customer_id", "event_timestamp"]]
     features = [f"customer_features:{field.name}" for field in view.features]
     with feature_store.offline_store_errors(trino_store.config):
@@ -335,6 +336,17 @@ def read_through_trino(services, folder: Path, monkeypatch, check_query: str):
             reader.execute(statement)
             reader.fetchall()
     return trino_store.config
+
+
+def wait_for_state(api, dag_id: str, run_id: str, task_id: str, states: tuple[str, ...], timeout: float = 300) -> str:
+    """The state of ``task_id`` of the run once it is one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api.task_states(dag_id, run_id).get(task_id)
+        if state in states:
+            return state
+        time.sleep(1.0)
+    raise AssertionError(f"{dag_id}/{run_id}: {task_id} not in {states} within {timeout}s")
 
 
 def wait_for_running(api, dag_id: str, run_id: str, task_id: str | None, timeout: float = 300) -> str:

@@ -260,17 +260,30 @@ def test_a_second_run_keeps_the_gold_layer_and_another_spec_replaces_it(tmp_path
     assert gold.load_table(LABEL_TABLE, location).scan().to_arrow().num_rows == 60
 
 
-def test_profiles_pick_the_source():
-    trino = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", offline_store="trino", airflow_port=1)
-    source = feature_store.gold_source("customer_features", "event_timestamp", settings=trino)
-    assert type(source).__name__ == "TrinoSource" and source.table == "iceberg.gold.customer_features"
-    # Production without Trino: the same Iceberg tables, through the configured catalog, nothing secret stored.
-    native = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", s3_bucket="lake", airflow_port=1)
-    source = feature_store.gold_source("customer_features", "event_timestamp", settings=native)
+def test_the_source_is_the_iceberg_table_and_the_profile_picks_what_queries_it(monkeypatch):
+    """The registry holds where a view's data is (the gold catalog's Iceberg table, nothing secret in it);
+    production's offline store reads it through Trino as iceberg.gold.<table>, or through DuckDB."""
+    from asgard.features import trino_store
+
+    for name, value in {"TRINO_HOST": "127.0.0.1", "TRINO_PORT": "8095", "TRINO_USER": "asgard",
+                        "ASGARD_FEAST_REGISTRY_URI": "postgresql+psycopg://asgard@db/asgard_feast",
+                        "ASGARD_FEAST_REDIS": "redis:6379,db=6"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    production = Settings(home=DATA_HOME_PLACEHOLDER, profile="production", s3_bucket="lake", airflow_port=1)
+    assert production.offline_store == "trino"  # production's default
+    source = feature_store.gold_source("customer_features", "event_timestamp", settings=production)
     assert type(source).__name__ == "IcebergSource"
     assert (source.catalog_type, source.catalog_name, source.warehouse, source.endpoint) == (
         "sql", "gold", "s3://lake/gold", ""
     )  # fmt: skip
+    config = feature_store.load_repo_config(production)
+    assert config.offline_store.type == feature_store.TRINO_STORE_TYPE == trino_store.STORE_TYPE
+    assert trino_store.is_trino(config) and feature_store.trino_address(config) == "http://127.0.0.1:8095"
+    through_trino = trino_store.as_trino_source(source)
+    assert type(through_trino).__name__ == "TrinoSource" and through_trino.table == "iceberg.gold.customer_features"
+    assert through_trino.timestamp_field == "event_timestamp"
+    assert trino_store.as_trino_source(through_trino) is through_trino
+    native = production.model_copy(update={"offline_store": "duckdb"})
     assert feature_store.load_repo_config(native).offline_store.type == "duckdb"
     embedded = Settings(home=DATA_HOME_PLACEHOLDER, profile="embedded", airflow_port=1, mlflow_port=2)
     source = feature_store.gold_source("customer_features", "event_timestamp", settings=embedded)
@@ -303,9 +316,9 @@ def test_trinos_catalog_is_made_from_the_settings_pyiceberg_reads(monkeypatch):
                         "ASGARD_FEAST_REDIS": "redis:6379,db=6"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     config = feature_store.load_repo_config(settings)
-    assert config.offline_store.type == "trino" and config.offline_store.catalog == "memory"  # entity uploads
+    assert config.offline_store.catalog == "memory"  # Feast's entity uploads
     source = feature_store.gold_source("customer_features", "event_timestamp", settings=settings)
-    assert source.table == f"iceberg.{gold.GOLD_NAMESPACE}.customer_features"
+    assert (source.catalog_name, source.namespace) == (gold.PRODUCTION_CATALOG_NAME, gold.GOLD_NAMESPACE)
     # The embedded catalog (SQLite) is not one Trino can read: said so.
     with pytest.raises(gold.GoldLayerError, match="PostgreSQL"):
         gold.trino_catalog(Settings(home=DATA_HOME_PLACEHOLDER, profile="embedded"))

@@ -192,3 +192,86 @@ def test_the_platform_check_skips_a_profile_without_trino_and_names_one_down_or_
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_scripts_feature_repo_reads_through_duckdb_behind_its_doors_never_the_platforms_trino(tmp_path):
+    """Production's platform reads through Trino; a user script's feature_store.yaml names DuckDB (it reads the
+    same Iceberg tables in its run's view, behind its doors) and neither the online store nor any Trino."""
+    import yaml
+
+    from asgard.features import store as feature_store
+
+    settings = Settings(home=tmp_path, profile="production")
+    assert yaml.safe_load(feature_store.store_yaml(settings))["offline_store"]["type"] == feature_store.TRINO_STORE_TYPE
+    written = feature_store.write_script_repo(tmp_path / "repo", settings) / "feature_store.yaml"
+    raw = yaml.safe_load(written.read_text())
+    assert raw["offline_store"] == {"type": "duckdb"} and "online_store" not in raw
+    assert "TRINO" not in written.read_text()
+
+
+def test_a_source_trino_cannot_read_is_refused_by_name():
+    from feast import FileSource
+
+    from asgard.features.trino_store import as_trino_source
+
+    with pytest.raises(ValueError, match="data source 'uploads' \\(FileSource\\) is not a gold-layer table"):
+        as_trino_source(FileSource(name="uploads", path="/tmp/x.parquet", timestamp_field="ts"))
+
+
+def test_the_main_job_says_which_queries_a_task_ran_through_trino():
+    from asgard.local.stages import trino_reads_line
+
+    log = (
+        "[2026-12-07T20:01:02Z] {trino_store.py:120} INFO - Trino query 20261207_200102_00004_ab3cd (FINISHED) "
+        "read the training set: CREATE TABLE memory.default.entity_x AS ...\n"
+        "INFO - Trino query 20261207_200103_00005_ab3cd (FINISHED) read the training set: WITH entity_df AS\n"
+    )
+    assert trino_reads_line("train_model.build_training_set", log) == (
+        "train_model.build_training_set: training set read through Trino "
+        "(queries 20261207_200102_00004_ab3cd, 20261207_200103_00005_ab3cd)"
+    )
+    assert trino_reads_line("t", "nothing here") == "t: no read through Trino"
+
+
+def test_entity_rows_go_to_trino_as_an_iceberg_table_dropped_with_its_files_and_swept_when_left(tmp_path, monkeypatch):
+    """A training set's entity rows are uploaded for Trino as an Iceberg table of the gold catalog's uploads
+    namespace (not as INSERT ... VALUES text, which past ~20k rows is more than Trino takes): the rows as they
+    were (timestamps at Iceberg's microseconds), dropped with their files once used; one a killed task left
+    behind is swept by a later upload once older than any task may run."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from asgard.features import gold, trino_store
+
+    monkeypatch.setenv("ASGARD_HOME", str(tmp_path))
+    frame = pd.DataFrame(
+        {
+            "customer_id": [3, 1, 2],
+            "event_timestamp": pd.to_datetime(
+                ["2026-01-02T03:04:05.123456789", "2026-01-01T00:00:00", "2026-01-03T00:00:00"],
+                utc=True,
+                format="ISO8601",
+            ),
+            "churned": [True, False, None],
+        }
+    )
+    upload = trino_store.upload_entity_rows(frame)
+    assert upload.trino_name == f"iceberg.{upload.identifier}" and upload.identifier.startswith("feast_uploads.")
+    catalog = gold.load_catalog()
+    back = catalog.load_table(upload.identifier).scan().to_pandas()
+    expected = frame.assign(event_timestamp=frame["event_timestamp"].dt.floor("us"))
+    pd.testing.assert_frame_equal(back, expected, check_dtype=False)
+    files = list((tmp_path / "data" / "gold").rglob("*.parquet"))
+    assert files
+    upload.drop()
+    upload.drop()  # idempotent
+    assert catalog.list_tables(trino_store.UPLOAD_NAMESPACE) == []
+    assert not any(path.exists() for path in files)
+    assert gold.list_tables() == []  # the gold namespace never sees an upload
+
+    left = trino_store.upload_entity_rows(frame)
+    trino_store.sweep_uploads(catalog)  # young: kept
+    assert [".".join(i) for i in catalog.list_tables(trino_store.UPLOAD_NAMESPACE)] == [left.identifier]
+    trino_store.sweep_uploads(catalog, older_than=timedelta(0))
+    assert catalog.list_tables(trino_store.UPLOAD_NAMESPACE) == []

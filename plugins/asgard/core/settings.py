@@ -150,9 +150,9 @@ class Settings(TeamSettings):
     # s3://<s3_bucket>/gold). Embedded: a SQLite catalog over a local folder, whatever these say.
     gold_catalog: Literal["sql", "rest", "glue"] = "sql"
     gold_warehouse: str | None = None
-    # How Feast reads the gold layer offline in production: Trino (iceberg.gold.*), or the same Iceberg
-    # tables through DuckDB (one machine without Trino).
-    offline_store: Literal["duckdb", "trino"] = "duckdb"
+    # How the platform's Feast reads the gold layer offline in production: Trino (iceberg.gold.*), or the
+    # same Iceberg tables through DuckDB (one machine without Trino).
+    offline_store: Literal["duckdb", "trino"] = "trino"
     # The production profile's single-node Trino (asgard.local.trino): port, JVM heap, JDK (476 needs
     # Java >= 24; default: the newest under /usr/lib/jvm), and quick start (the JVM's client compiler
     # only: less than half the CPU to start, slower long queries).

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FEATURE_REPO = REPO_ROOT / "include" / "feature_repo"
+# Production's offline store (asgard.features.trino_store, named here so that no caller imports Feast's Trino).
+TRINO_STORE_TYPE = "asgard.features.trino_store.GoldTrinoOfflineStore"
 STORE_YAML = {"embedded": "feature_store.yaml", "production": "feature_store.production.yaml"}
 # Feature views are announced to Airflow as Assets under this URI scheme (one per view).
 FEATURE_VIEW_ASSET_PREFIX = "feast://asgard/feature_view/"
@@ -112,9 +114,11 @@ def write_script_repo(folder: Path, settings: Settings | None = None) -> Path:
         load_repo_config(settings)  # creates the store folders the paths point into
     else:
         # A script trains offline and has no door to the online store: its file names none (Feast's
-        # default, unused), so the script needs no client for it either.
+        # default, unused), so the script needs no client for it either. It reads the gold layer through
+        # DuckDB, in its run's view behind its doors, never through the platform's Trino (trino_store).
         raw = yaml.safe_load(text)
         raw.pop("online_store", None)
+        raw["offline_store"] = {"type": "duckdb"}
         text = yaml.safe_dump(raw, sort_keys=False)
     (folder / "feature_store.yaml").write_text(text)
     return folder
@@ -145,7 +149,7 @@ def open_store(settings: Settings | None = None, *, online_store: dict[str, Any]
 def trino_address(config: RepoConfig) -> str | None:
     """The coordinator the configured offline store queries, when that store is Trino."""
     offline = config.offline_store
-    if getattr(offline, "type", "") != "trino":
+    if getattr(offline, "type", "") not in ("trino", TRINO_STORE_TYPE):
         return None
     return f"{offline.http_scheme}://{offline.host}:{offline.port}"
 
@@ -243,8 +247,9 @@ def trino_table_columns(config: RepoConfig, table_name: str) -> dict[str, pa.Dat
     offline = config.offline_store
     with offline_store_errors(config):
         connection = trino.dbapi.connect(
-            host=offline.host, port=offline.port, user=offline.user, http_scheme=offline.http_scheme
-        )
+            host=offline.host, port=offline.port, user=offline.user, http_scheme=offline.http_scheme,
+            source=offline.source,
+        )  # fmt: skip
         cursor = connection.cursor()
         cursor.execute(
             "SELECT column_name, data_type FROM iceberg.information_schema.columns "
@@ -252,12 +257,6 @@ def trino_table_columns(config: RepoConfig, table_name: str) -> dict[str, pa.Dat
             [gold.GOLD_NAMESPACE, table_name],
         )
         rows = cursor.fetchall()
-        log.info(
-            "read the columns of iceberg.%s.%s through Trino (query %s)",
-            gold.GOLD_NAMESPACE,
-            table_name,
-            cursor.query_id,
-        )
         if not rows:
             cursor.execute(f"SHOW TABLES FROM iceberg.{gold.GOLD_NAMESPACE}")
             known = sorted(row[0] for row in cursor.fetchall())
@@ -272,7 +271,11 @@ def gold_columns(table_name: str, settings: Settings | None = None) -> dict[str,
     Trino's ``information_schema`` when that is Trino, else the Iceberg catalog (pyiceberg)."""
     settings = settings or get_settings()
     if settings.profile == "production" and settings.offline_store == "trino":
-        return trino_table_columns(load_repo_config(settings), table_name)
+        from asgard.features.trino_store import traced_reads
+
+        config = load_repo_config(settings)
+        with traced_reads(config, "feature validation"):
+            return trino_table_columns(config, table_name)
     return gold.table_columns(table_name)
 
 
@@ -339,18 +342,10 @@ def gold_source(
     *,
     settings: Settings | None = None,
 ) -> DataSource:
-    """The Feast data source over a gold table, for the active profile."""
+    """The Feast data source over a gold table: where its data is (an Iceberg table of the profile's gold
+    catalog). What queries it is the offline store's part: DuckDB, or Trino in production (``trino_store``)."""
     settings = settings or get_settings()
     name = f"gold_{table_name}"
-    if settings.profile == "production" and settings.offline_store == "trino":
-        from feast.infra.offline_stores.contrib.trino_offline_store.trino_source import TrinoSource
-
-        return TrinoSource(
-            name=name,
-            table=f"iceberg.{gold.GOLD_NAMESPACE}.{table_name}",
-            timestamp_field=timestamp_field,
-            created_timestamp_column=created_timestamp_column or "",
-        )
     from feast.infra.data_sources.contrib.iceberg_catalog.iceberg_source import IcebergSource
 
     location = gold.GoldLocation.for_settings(settings)

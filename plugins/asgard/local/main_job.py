@@ -37,7 +37,7 @@ from asgard.local.examples import (
 from asgard.local.live_traffic import LiveTraffic, predict
 from asgard.local.mlops_client import MlopsClient
 from asgard.local.services import ServiceManager
-from asgard.local.stages import MainJobError, StageClock
+from asgard.local.stages import MainJobError, StageClock, trino_check_line, trino_reads_line
 from asgard.local.task_memory import TaskMemory
 from sample_data.models import SEED_PREDICTION
 
@@ -77,9 +77,7 @@ class MainJob:
             self.results["check_platform run"] = outcome.run_id
             if "trino" in names:
                 trino = api.task_result("check_platform", outcome.run_id, "run_check", map_index=names.index("trino"))
-                _say(f"trino: skipped ({trino['skipped']})" if "skipped" in trino else
-                     f"trino: {trino['version']} at {trino['url']}, catalogs {', '.join(trino['catalogs'])} "
-                     f"(query {trino['query_id']})")  # fmt: skip
+                _say(trino_check_line(trino))
 
         with self.stage("generate the sample gold layer"):
             from sample_data.gold_layer import GoldSpec, write_gold_layer
@@ -98,6 +96,7 @@ class MainJob:
         with self.stage("register features (register_features)"):
             outcome = api.run_and_wait("register_features", SUPPORT_FEATURES_REQUEST, on_progress=_progress)
             self._require_success(outcome)
+            self.say_trino_reads(api, outcome.run_id, "register_features", "validate_request")
             self.results["register_features run"] = outcome.run_id
 
         with self.stage("materialize features (materialize_features)"):
@@ -124,6 +123,7 @@ class MainJob:
                 self._require_success(outcome)
                 decision = api.task_result("train_model", outcome.run_id, "gate_model")
                 alias = "champion" if decision["promoted"] else "challenger"
+                self.say_trino_reads(api, outcome.run_id, "train_model", "build_training_set")
                 self.results[f"model ({framework})"] = (
                     f"{decision['model_name']} v{decision['version']} -> @{alias} "
                     f"({decision['metric']} {decision['score']:.3f}; {decision['reason']})"
@@ -198,6 +198,10 @@ class MainJob:
             self.approve_drift_deploy(api)
 
         self.print_summary(manager)
+
+    def say_trino_reads(self, api: AirflowApi, run_id: str, dag_id: str, task_id: str) -> None:
+        if self.settings.profile == "production" and self.settings.offline_store == "trino":
+            _say(trino_reads_line(f"{dag_id}.{task_id}", api.task_log(dag_id, run_id, task_id)))
 
     def retrain_on_new_features(self, api: AirflowApi, window: dict[str, str]) -> None:
         """Materialize the churn model's features again: their Asset events schedule retrain_model,

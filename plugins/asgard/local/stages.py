@@ -4,6 +4,7 @@ its tasks took, and a file per run so runs can be compared."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,3 +97,24 @@ def _memory_note(peaks: MemoryPeaks | None) -> str:
     if peaks is None:
         return ""
     return f" (largest task {peaks.largest_task_mb:.0f} MiB, tasks together {peaks.all_tasks_mb:.0f} MiB)"
+
+
+def trino_check_line(result: dict[str, Any]) -> str:
+    """check_platform's trino check, as the main job says it."""
+    if "skipped" in result:
+        return f"trino: skipped ({result['skipped']})"
+    catalogs = ", ".join(result["catalogs"])
+    return f"trino: {result['version']} at {result['url']}, catalogs {catalogs} (query {result['query_id']})"
+
+
+# What asgard.features.trino_store logs for each query a read ran through Trino.
+TRINO_QUERY_LOGGED = re.compile(r"Trino query (\w+) \(\w+\) read the ([\w ]+?): ")
+
+
+def trino_reads_line(task: str, task_log: str) -> str:
+    """The queries ``task`` ran through Trino (as its log names them, from Trino's system.runtime.queries)."""
+    found = TRINO_QUERY_LOGGED.findall(task_log)
+    if not found:
+        return f"{task}: no read through Trino"
+    purposes = sorted({purpose for _, purpose in found})
+    return f"{task}: {', '.join(purposes)} read through Trino (queries {', '.join(query for query, _ in found)})"
