@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from asgard.features import gold
     from asgard.features import store as feature_store
-    from asgard.features.trino_store import UPLOAD_NAMESPACE
+    from asgard.features.trino_uploads import UPLOAD_NAMESPACE
     from sample_data.gold_layer import GoldSpec, write_gold_layer
 
     customers = args.customers or max(args.entity_rows)

@@ -306,6 +306,8 @@ def read_through_trino(services, monkeypatch, listed_queries: list[str]):
     by_trino, by_duckdb = (frame.sort_values(key).reset_index(drop=True) for frame in (by_trino, by_duckdb))
     assert len(by_trino) == len(labels) and by_trino[[f.name for f in view.features]].notna().any().all()
     pd.testing.assert_frame_equal(by_trino[by_duckdb.columns], by_duckdb, check_dtype=False)
+    assert gold.load_catalog(location).list_tables("feast_uploads") == []  # the upload went with its job
+    two_keys_and_ties_through_trino(trino_store, duckdb, location)
 
     # register_features' check reads the same columns and types through Trino's information_schema.
     def plain(columns):
@@ -318,7 +320,7 @@ def read_through_trino(services, monkeypatch, listed_queries: list[str]):
     cursor.execute("SELECT query_id, query FROM system.runtime.queries")
     listed = dict(cursor.fetchall())
     assert set(query_ids) <= set(listed), query_ids
-    assert any("memory.default" in query and "customer_features" in query for query in listed.values()), listed
+    assert any("iceberg.feast_uploads." in query and "customer_features" in query for query in listed.values()), listed
     # The script reader's Trino user (the reader role's name, what its door presents): SELECT in
     # iceberg.gold, and nothing else.
     reader = trino.dbapi.connect(
@@ -336,6 +338,48 @@ def read_through_trino(services, monkeypatch, listed_queries: list[str]):
             reader.execute(statement)
             reader.fetchall()
     return trino_store.config
+
+
+def two_keys_and_ties_through_trino(trino_store, duckdb, location) -> None:
+    """A view of two keys whose values run together when written one after the other ((1, 12) and (11, 2)), whose
+    newest row has no created timestamp: Trino's answer is each row's own, as DuckDB's is."""
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+    import pyarrow as pa
+    from feast import Entity, FeatureView, Field
+    from feast.infra.data_sources.contrib.iceberg_catalog.iceberg_source import IcebergSource
+    from feast.types import Int64
+    from feast.value_type import ValueType
+
+    from asgard.features import gold
+
+    day = datetime(2026, 1, 10, tzinfo=UTC)
+    moment = pa.timestamp("us", tz="UTC")
+    schema = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("value", pa.int64()),
+                        ("event_timestamp", moment), ("created", moment)])  # fmt: skip
+    rows = pa.table({
+        "a": [1, 11, 1, 1], "b": [12, 2, 12, 12], "value": [112, 1102, 9, 7],
+        "event_timestamp": [day, day, day - timedelta(days=1), day - timedelta(days=2)],
+        "created": [None, day, day, day],
+    }, schema=schema)  # fmt: skip
+    catalog = gold.load_catalog(location)
+    catalog.create_namespace_if_not_exists("edge_cases")
+    catalog.create_table("edge_cases.pairs", schema=rows.schema).append(rows)
+    source = IcebergSource(
+        name="pairs", catalog_type=location.catalog_type, catalog_name=location.catalog_name, endpoint="",
+        warehouse=location.warehouse, namespace="edge_cases", table="pairs", timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )  # fmt: skip
+    entities = [Entity(name=name, join_keys=[name], value_type=ValueType.INT64) for name in ("a", "b")]
+    fields = [Field(name=name, dtype=Int64) for name in ("a", "b", "value")]
+    view = FeatureView(name="pairs", entities=entities, ttl=timedelta(days=30), source=source, schema=fields)
+    trino_store.apply([*entities, view])
+    asked = pd.DataFrame({"a": [1, 11], "b": [12, 2], "event_timestamp": [day + timedelta(hours=1)] * 2})
+    by_trino = trino_store.get_historical_features(entity_df=asked, features=["pairs:value"]).to_df()
+    assert by_trino.sort_values("a")["value"].tolist() == [112, 1102], by_trino
+    by_duckdb = duckdb.get_historical_features(entity_df=asked, features=["pairs:value"]).to_df()
+    assert by_duckdb.sort_values("a")["value"].tolist() == [112, 1102], by_duckdb
 
 
 def wait_for_state(api, dag_id: str, run_id: str, task_id: str, states: tuple[str, ...], timeout: float = 300) -> str:

@@ -98,6 +98,14 @@ def test_a_new_table_appends_and_replaces_are_one_snapshot_each(location):
         ("store_id,event_timestamp,bad name\n1,2026-10-01,1\n", REQUEST, "column name 'bad name'"),
         ("store_id,event_timestamp,x\n1,2026-10-01,\n", REQUEST, "column 'x' has no values"),
         (CSV, LoadRequest("gold;drop", "store_id", "event_timestamp"), "table 'gold;drop' is not a name"),
+        # Trino reads the gold layer: a trailing newline, or a reserved word, would break the SQL it runs.
+        (CSV, LoadRequest("stores\n", "store_id", "event_timestamp"), "table 'stores\\n' is not a name"),
+        (
+            "store_id,event_timestamp,order\n1,2026-10-01,1\n",
+            REQUEST,
+            "column name 'order' is not one the gold layer takes (a reserved word of SQL",
+        ),
+        (CSV, LoadRequest("Select", "store_id", "event_timestamp"), "table 'Select' is not a name"),
         (CSV, LoadRequest("stores", "store_id", "store_id"), "the entity and timestamp columns are both"),
         (CSV, LoadRequest("stores", "store_id", "event_timestamp", "upsert"), "mode 'upsert'"),
     ],
@@ -290,3 +298,17 @@ def test_a_table_is_its_creating_teams_and_only_it_or_an_admin_loads_into_it(loc
     with pytest.raises(TeamRefusal, match="'shared' was not made by a team's gold load"):
         load(later, location, LoadRequest("shared", "store_id", "event_timestamp", team="alpha"))
     assert state(location, "shared")[1] == 3
+
+
+@pytest.mark.parametrize("name", ["customer_features\n", "a b", "1st", ""])
+def test_a_conf_name_with_a_trailing_newline_is_refused_like_any_other_non_name(name):
+    """Python's "$" also matches before a final newline: the identifier Params (what reaches SQL as a table or
+    column name) refuse one, as they refuse any other name that is not letters, digits and '_'."""
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from asgard.core.param_schemas import IDENTIFIER
+
+    assert Param("customer_features", **IDENTIFIER).resolve() == "customer_features"
+    with pytest.raises(ParamValidationError):
+        Param(name, **IDENTIFIER).resolve()

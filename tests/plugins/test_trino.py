@@ -236,42 +236,44 @@ def test_the_main_job_says_which_queries_a_task_ran_through_trino():
 def test_entity_rows_go_to_trino_as_an_iceberg_table_dropped_with_its_files_and_swept_when_left(tmp_path, monkeypatch):
     """A training set's entity rows are uploaded for Trino as an Iceberg table of the gold catalog's uploads
     namespace (not as INSERT ... VALUES text, which past ~20k rows is more than Trino takes): the rows as they
-    were (timestamps at Iceberg's microseconds), dropped with their files once used; one a killed task left
-    behind is swept by a later upload once older than any task may run."""
+    were (timestamps at Iceberg's microseconds) with their positions, dropped with their files once used; one a
+    killed task left behind is swept by a later upload once older than any task may run."""
     from datetime import timedelta
 
     import pandas as pd
 
-    from asgard.features import gold, trino_store
+    from asgard.features import gold, trino_uploads
 
     monkeypatch.setenv("ASGARD_HOME", str(tmp_path))
+    location = gold.GoldLocation.for_settings()
+    times = ["2026-01-02T03:04:05.123456789", "2026-01-01T00:00:00", "2026-01-03T00:00:00"]
     frame = pd.DataFrame(
         {
             "customer_id": [3, 1, 2],
-            "event_timestamp": pd.to_datetime(
-                ["2026-01-02T03:04:05.123456789", "2026-01-01T00:00:00", "2026-01-03T00:00:00"],
-                utc=True,
-                format="ISO8601",
-            ),
+            "event_timestamp": pd.to_datetime(times, utc=True, format="ISO8601"),
             "churned": [True, False, None],
         }
     )
-    upload = trino_store.upload_entity_rows(frame)
+    upload = trino_uploads.upload_entity_rows(frame, location)
     assert upload.trino_name == f"iceberg.{upload.identifier}" and upload.identifier.startswith("feast_uploads.")
-    catalog = gold.load_catalog()
+    catalog = gold.load_catalog(location)
     back = catalog.load_table(upload.identifier).scan().to_pandas()
-    expected = frame.assign(event_timestamp=frame["event_timestamp"].dt.floor("us"))
+    expected = frame.assign(event_timestamp=frame["event_timestamp"].dt.floor("us"), asgard_entity_row=[0, 1, 2])
     pd.testing.assert_frame_equal(back, expected, check_dtype=False)
     files = list((tmp_path / "data" / "gold").rglob("*.parquet"))
     assert files
     upload.drop()
     upload.drop()  # idempotent
-    assert catalog.list_tables(trino_store.UPLOAD_NAMESPACE) == []
+    assert catalog.list_tables(trino_uploads.UPLOAD_NAMESPACE) == []
     assert not any(path.exists() for path in files)
-    assert gold.list_tables() == []  # the gold namespace never sees an upload
+    assert gold.list_tables(location) == []  # the gold namespace never sees an upload
+    with pytest.raises(ValueError, match="may not have a column named 'asgard_entity_row'"):
+        trino_uploads.upload_entity_rows(expected, location)
 
-    left = trino_store.upload_entity_rows(frame)
-    trino_store.sweep_uploads(catalog)  # young: kept
-    assert [".".join(i) for i in catalog.list_tables(trino_store.UPLOAD_NAMESPACE)] == [left.identifier]
-    trino_store.sweep_uploads(catalog, older_than=timedelta(0))
-    assert catalog.list_tables(trino_store.UPLOAD_NAMESPACE) == []
+    left = trino_uploads.upload_entity_rows(frame, location)
+    assert trino_uploads.sweep_uploads(catalog, location) == 0  # young: kept
+    assert [".".join(i) for i in catalog.list_tables(trino_uploads.UPLOAD_NAMESPACE)] == [left.identifier]
+    assert trino_uploads.sweep_uploads(catalog, location, older_than=timedelta(0)) == 1
+    assert catalog.list_tables(trino_uploads.UPLOAD_NAMESPACE) == []
+    # A sweep that cannot list fails nothing.
+    assert trino_uploads.sweep_uploads(None, location) == 0

@@ -9,7 +9,8 @@ from airflow.sdk import Param
 from airflow.sdk.definitions.param import NOTSET
 
 # A feature view, column, table or entity name.
-IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 128}
+# (The lookahead: Python's "$" also matches before a final newline, and a name's SQL would read past it.)
+IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*(?!\n)$", "maxLength": 128}
 # One value of an entity column.
 # Environment variable names a user's script may not be given: the platform's own, every family that
 # carries secrets, and those that change how programs load or find code (the loader's, Python's, the

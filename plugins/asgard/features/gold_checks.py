@@ -19,7 +19,32 @@ if TYPE_CHECKING:
 
 MODES = ("append", "replace")
 FORMATS = ("csv", "parquet")
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # the whole name (fullmatch: no trailing newline either)
+# Trino's reserved words: a table or column so named breaks the SQL that queries it (Trino reads the gold layer).
+# fmt: off
+RESERVED = frozenset((
+    "alter", "and", "as", "between", "by", "case", "cast", "constraint", "create", "cross", "cube",
+    "current_catalog", "current_date", "current_path", "current_role", "current_schema", "current_time",
+    "current_timestamp", "current_user", "deallocate", "delete", "describe", "distinct", "drop", "else", "end",
+    "escape", "except", "execute", "exists", "extract", "false", "for", "from", "full", "group", "grouping",
+    "having", "in", "inner", "insert", "intersect", "into", "is", "join", "json_array", "json_exists", "json_object",
+    "json_query", "json_table", "json_value", "left", "like", "listagg", "localtime", "localtimestamp", "natural",
+    "normalize", "not", "null", "on", "or", "order", "outer", "prepare", "recursive", "right", "rollup", "select",
+    "skip", "table", "then", "trim", "true", "uescape", "union", "unnest", "using", "values", "when", "where",
+    "with",
+))
+# fmt: on
+
+
+def name_problem(name: str | None) -> str | None:
+    """Why ``name`` is not one the gold layer takes (None: it is)."""
+    if not NAME.fullmatch(name or ""):
+        return "letters, digits and '_', not starting with a digit"
+    if name.lower() in RESERVED:
+        return "a reserved word of SQL (Trino queries the gold layer)"
+    return None
+
+
 # Table properties that say which columns a table's rows are keyed and timed by.
 ENTITY_PROPERTY = "asgard.entity_column"
 TIMESTAMP_PROPERTY = "asgard.timestamp_column"
@@ -46,13 +71,13 @@ class LoadRequest:
 
     def check(self) -> None:
         problems = [
-            f"{what} {value!r} is not a name the gold layer takes (letters, digits and '_', not starting with a digit)"
+            f"{what} {value!r} is not a name the gold layer takes ({name_problem(value)})"
             for what, value in (
                 ("table", self.table),
                 ("entity column", self.entity_column),
                 ("timestamp column", self.timestamp_column),
             )
-            if not NAME.match(value or "")
+            if name_problem(value)
         ]
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
@@ -110,8 +135,8 @@ def prepare(frame: pa.Table, request: LoadRequest, existing: Any | None) -> pa.T
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"column {name!r} appears twice")
     for name in names:
-        if not NAME.match(name):
-            problems.append(f"column name {name!r} is not one the gold layer takes (letters, digits and '_')")
+        if name_problem(name):
+            problems.append(f"column name {name!r} is not one the gold layer takes ({name_problem(name)})")
     for role, name in (("entity", request.entity_column), ("timestamp", request.timestamp_column)):
         if name not in names:
             problems.append(f"{role} column {name!r} is not in the file (its columns: {', '.join(names)})")

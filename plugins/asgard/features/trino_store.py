@@ -4,9 +4,11 @@ The registry describes where a feature view's data is (an Iceberg table of the g
 ``IcebergSource``); the profile decides what queries it. Production's ``feature_store.production.yaml``
 names :class:`GoldTrinoOfflineStore`, which is Feast's ``TrinoOfflineStore`` reading such a source as
 Trino's ``iceberg.<namespace>.<table>`` (Trino's Iceberg JDBC catalog reads the same catalog pyiceberg
-writes). So one registry serves both readers:
+writes), and joining a training set's entity rows in Trino (:mod:`asgard.features.trino_join`: uploaded
+as an Iceberg table, :mod:`asgard.features.trino_uploads`). So one registry serves every reader:
 
-- the platform's tasks (training sets, materialization windows, validation) query Trino;
+- the platform's tasks query Trino for training sets and the rows a batch scores;
+- ``materialize_features`` reads the Iceberg files itself, chunk by chunk (``features.materialization``);
 - a user script keeps the DuckDB offline store and reads the same tables through its run's doors
   (:mod:`asgard.training.scripts.store_doors`), in its run's view of the gold layer: a view made per run
   that hides the gate's held-back labels, which one shared Trino catalog could not.
@@ -25,20 +27,17 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from feast.infra.offline_stores.contrib.trino_offline_store.trino import (
     TrinoOfflineStore,
     TrinoOfflineStoreConfig,
-    TrinoRetrievalJob,
 )
 from feast.infra.offline_stores.contrib.trino_offline_store.trino_source import TrinoSource
 from pydantic import StrictStr
 
-from asgard.core.dag_defaults import DEFAULT_ARGS
+from asgard.features import gold
 
 if TYPE_CHECKING:
     from feast.data_source import DataSource
@@ -52,12 +51,6 @@ STORE_TYPE = f"{__name__}.GoldTrinoOfflineStore"
 TRINO_GOLD_CATALOG = "iceberg"
 # What a read's source tag starts with: Trino keeps it with each query (system.runtime.queries.source).
 SOURCE_PREFIX = "asgard"
-# Where a training set's entity rows are uploaded for Trino to join: a namespace of the gold catalog beside
-# the gold tables (a script's view of the gold layer holds only those), read as iceberg.feast_uploads.*.
-UPLOAD_NAMESPACE = "feast_uploads"
-UPLOAD_TIME_FORMAT = "%Y%m%d%H%M%S"
-# An upload is swept once older than any task may run (its own job drops it when it has run).
-SWEEP_UPLOADS_AFTER = DEFAULT_ARGS["execution_timeout"] + timedelta(hours=1)
 
 
 class GoldTrinoOfflineStoreConfig(TrinoOfflineStoreConfig):
@@ -82,103 +75,28 @@ class GoldTrinoOfflineStore(TrinoOfflineStore):
         config: RepoConfig, feature_views: list, feature_refs: list[str], entity_df: Any, *args: Any, **kwargs: Any
     ):
         views = [_through_trino(view) for view in feature_views]
-        if not isinstance(entity_df, pd.DataFrame):  # a query: nothing to upload
+        if not isinstance(entity_df, pd.DataFrame):  # a query over Trino's tables: Feast's own retrieval
             return TrinoOfflineStore.get_historical_features(config, views, feature_refs, entity_df, *args, **kwargs)
-        # Feast would upload the frame as INSERT ... VALUES text, in statements of up to a million rows: past
-        # ~20k rows more than Trino takes (query.max-length), and row by row in Python below that. Written
-        # here as an Iceberg table of the gold catalog instead (columnar, in seconds), which Trino reads.
-        upload = upload_entity_rows(entity_df)
-        try:
-            job = TrinoOfflineStore.get_historical_features(
-                config, views, feature_refs, f"SELECT * FROM {upload.trino_name}", *args, **kwargs
+        from asgard.features.trino_join import historical_retrieval
+
+        # The rows are uploaded to the catalog the views name (the one Trino's iceberg catalog reads).
+        location = (
+            next(
+                (_gold_location(view.batch_source) for view in feature_views if _gold_location(view.batch_source)),
+                None,
             )
-        except BaseException:
-            upload.drop()
-            raise
-        return UploadedEntityRowsJob.of(job, upload)
+            or gold.GoldLocation.for_settings()
+        )
+        return historical_retrieval(config, views, feature_refs, entity_df, *args, location=location, **kwargs)
 
 
-class UploadedEntityRowsJob(TrinoRetrievalJob):
-    """Feast's Trino retrieval over uploaded entity rows, which it drops once it has run (through pyiceberg:
-    the platform's Trino user only reads the Iceberg catalog)."""
-
-    upload: EntityUpload
-
-    @classmethod
-    def of(cls, job: TrinoRetrievalJob, upload: EntityUpload) -> UploadedEntityRowsJob:
-        made = cls(
-            query=job.to_sql(), client=job._client, config=job._config, full_feature_names=job.full_feature_names,
-            on_demand_feature_views=job.on_demand_feature_views, metadata=job.metadata,
-        )  # fmt: skip
-        made.upload = upload
-        return made
-
-    def _drop_temp_table(self) -> None:
-        upload = getattr(self, "upload", None)
-        if upload is not None:
-            upload.drop()
-
-
-@dataclass
-class EntityUpload:
-    """Entity rows written as an Iceberg table of the uploads namespace, for one retrieval."""
-
-    identifier: str
-    dropped: bool = False
-
-    @property
-    def trino_name(self) -> str:
-        return f"{TRINO_GOLD_CATALOG}.{self.identifier}"
-
-    def drop(self) -> None:
-        """The table and its files gone (idempotent; a failure is logged: the next upload's sweep retries)."""
-        from asgard.features import gold
-
-        if self.dropped:
-            return
-        self.dropped = True
-        try:
-            gold.load_catalog().purge_table(self.identifier)
-        except Exception:
-            log.exception("could not drop the uploaded entity rows %s (the next upload's sweep will)", self.identifier)
-
-
-def upload_entity_rows(frame: pd.DataFrame) -> EntityUpload:
-    """``frame`` as a new Iceberg table of :data:`UPLOAD_NAMESPACE` (timestamps to microseconds, Iceberg's
-    precision), created with its rows in one commit; uploads left behind by a killed task are swept first."""
-    import pyarrow as pa
-
-    from asgard.features import gold
-
-    catalog = gold.load_catalog()
-    catalog.create_namespace_if_not_exists(UPLOAD_NAMESPACE)
-    sweep_uploads(catalog)
-    data = pa.Table.from_pandas(frame, preserve_index=False)
-    fields = [
-        pa.field(f.name, pa.timestamp("us", tz=f.type.tz) if pa.types.is_timestamp(f.type) else f.type)
-        for f in data.schema
-    ]
-    data = data.cast(pa.schema(fields), safe=False)
-    made = datetime.now(UTC).strftime(UPLOAD_TIME_FORMAT)
-    upload = EntityUpload(f"{UPLOAD_NAMESPACE}.entity_rows_{made}_{uuid.uuid4().hex[:12]}")
-    creation = catalog.create_table_transaction(upload.identifier, schema=data.schema)
-    creation.append(data)
-    creation.commit_transaction()
-    return upload
-
-
-def sweep_uploads(catalog: Any, *, older_than: timedelta = SWEEP_UPLOADS_AFTER) -> None:
-    """Drop the uploads older than ``older_than`` (by the time in their name): a retrieval's task killed before
-    its job ran leaves its upload behind."""
-    cutoff = datetime.now(UTC) - older_than
-    for identifier in catalog.list_tables(UPLOAD_NAMESPACE):
-        name = identifier[-1]
-        try:
-            made = datetime.strptime(name.split("_")[2], UPLOAD_TIME_FORMAT).replace(tzinfo=UTC)
-        except (IndexError, ValueError):
-            continue
-        if made < cutoff:
-            EntityUpload(f"{UPLOAD_NAMESPACE}.{name}").drop()
+def _gold_location(source: DataSource) -> gold.GoldLocation | None:
+    """The gold catalog an Iceberg source names (None for any other source)."""
+    if not hasattr(source, "catalog_type"):
+        return None
+    return gold.GoldLocation(
+        source.catalog_type, source.warehouse, catalog_uri=source.endpoint or None, catalog_name=source.catalog_name
+    )
 
 
 def as_trino_source(source: DataSource) -> DataSource:
@@ -235,7 +153,12 @@ def traced_reads(config: RepoConfig, purpose: str) -> Iterator[list[str]]:
         offline.source = previous
         for number, handler in handlers.items():
             signal.signal(number, handler)
-    for query_id, state, text in queries_tagged(config, tag):
+    try:
+        queries = queries_tagged(config, tag)
+    except Exception as error:  # the reads are done: not finding their ids is no reason to fail them
+        log.warning("the %s was read through Trino, but its queries could not be listed: %s", purpose, error)
+        return
+    for query_id, state, text in queries:
         query_ids.append(query_id)
         log.info("Trino query %s (%s) read the %s: %s", query_id, state, purpose, " ".join(text.split())[:160])
 
