@@ -6,8 +6,9 @@ sample gold layer (``--customers``, ``--days`` of daily feature snapshots) and a
 For each ``--entity-rows`` size, the first rows of the label table are the entity rows, and each join runs
 in a fresh process of its own:
 
-- ``trino``: the profile's offline store (Feast's Trino store over the Iceberg tables; the entity rows
-  uploaded to Trino's memory catalog). Its process is a client: Trino's RSS is sampled beside it.
+- ``trino``: the platform's path in production (``training_sets.get_historical_features`` over the profile's
+  offline store: Feast's Trino store over the Iceberg tables, the entity rows uploaded as an Iceberg table,
+  in passes of 100k rows). Its process is a client: Trino's RSS is sampled beside it.
 - ``duckdb``: Feast's own DuckDB offline store over the same tables (``ASGARD_OFFLINE_STORE=duckdb``).
 - ``pandas``: the feature table scanned by pyiceberg and ``pandas.merge_asof`` (Feast's rule: the newest row
   at or before the entity's time, within the view's ttl; ties broken by the created timestamp).
@@ -42,7 +43,7 @@ for folder in (REPO / "include", REPO / "plugins", REPO / "bench"):
 from common import exit_code, free_port  # noqa: E402
 
 HOW = {
-    "trino": "Feast over Trino (production's store)",
+    "trino": "Feast over Trino (production's path)",
     "duckdb": "Feast over DuckDB",
     "pandas": "pyiceberg + pandas merge_asof",
 }
@@ -86,7 +87,7 @@ def pandas_join(entities, features: list[str]):
     return joined.sort_values("_row").drop(columns=["_row", "_feature_time"]).reset_index(drop=True)
 
 
-def join(how: str, rows: int, output: Path) -> None:
+def join(how: str, rows: int, output: Path, rows_per_pass: int | None = None) -> None:
     """One join in this (fresh) process; its answer to ``output``, its figures as JSON on stdout."""
     from asgard.features import store as feature_store
 
@@ -95,6 +96,11 @@ def join(how: str, rows: int, output: Path) -> None:
     started = time.perf_counter()
     if how == "pandas":
         joined = pandas_join(entities, feature_refs())
+    elif how == "trino":  # the platform's path (train_model's, score_batch's): passes in key order
+        from asgard.features import training_sets
+
+        store = feature_store.open_store()
+        joined = training_sets.get_historical_features(store, entities, feature_refs(), rows_per_pass=rows_per_pass)
     else:
         store = feature_store.open_store()
         joined = store.get_historical_features(entity_df=entities, features=feature_refs()).to_df()
@@ -138,23 +144,24 @@ class RssSampler:
         self.thread.join()
 
 
-def run_join(how: str, rows: int, output: Path, env: dict[str, str]) -> dict:
+def run_join(how: str, rows: int, output: Path, env: dict[str, str], rows_per_pass: int | None) -> dict:
     command = [sys.executable, __file__, "--join", how, "--rows", str(rows), "--output", str(output)]
+    command += ["--trino-rows-per-pass", str(rows_per_pass)] if rows_per_pass else []
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{how} join failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def comparable(path: Path):
+def comparable(path: Path, *, in_key_order: bool = True):
     import pandas as pd
 
     frame = pd.read_parquet(path)
     for column in frame.columns:
         if pd.api.types.is_datetime64_any_dtype(frame[column]):
             frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[us, UTC]")
-    columns = KEYS + sorted(set(frame.columns) - set(KEYS))
-    return frame[columns].sort_values(KEYS, kind="stable").reset_index(drop=True)
+    frame = frame[KEYS + sorted(set(frame.columns) - set(KEYS))]
+    return frame.sort_values(KEYS, kind="stable").reset_index(drop=True) if in_key_order else frame
 
 
 def differences(files: dict[str, Path]) -> list[str]:
@@ -167,6 +174,10 @@ def differences(files: dict[str, Path]) -> list[str]:
             pd.testing.assert_frame_equal(comparable(files[how]), reference, check_dtype=False)
         except AssertionError as error:
             found.append(f"{how} differs from Feast over DuckDB: {str(error)[:1500]}")
+    # The platform's path keeps the entity rows' order (pandas' answer is in it), through its passes too.
+    in_order = [comparable(files[how], in_key_order=False)[KEYS] for how in ("trino", "pandas")]
+    if not in_order[0].equals(in_order[1]):
+        found.append("Trino's answer is not in the entity rows' order")
     return found
 
 
@@ -189,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, help="customers of the gold layer (default: the largest size)")
     parser.add_argument("--days", type=int, default=7, help="daily feature snapshots per customer (history)")
     parser.add_argument("--quick-start", action="store_true", help="Trino on the client compiler (smoke runs)")
+    parser.add_argument("--trino-rows-per-pass", type=int, help="entity rows per Trino query (default: the platform's)")
     parser.add_argument("--join", choices=list(HOW), help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.join:
-        join(args.join, args.rows, args.output)
+        join(args.join, args.rows, args.output, args.trino_rows_per_pass)
         return 0
 
     from asgard.features import gold
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     files[how] = scratch / f"{how}-{rows}.parquet"
                     how_env = env | ({"ASGARD_OFFLINE_STORE": "duckdb"} if how == "duckdb" else {})
                     with RssSampler(trino_pids) as trino:
-                        figures[how] = f = run_join(how, rows, files[how], how_env)
+                        figures[how] = f = run_join(how, rows, files[how], how_env, args.trino_rows_per_pass)
                     server = f"   Trino's peak RSS {trino.peak / 2**20:6.0f} MiB" if how == "trino" else ""
                     print(f"  {label:40s} {f['seconds']:8.2f} s   peak RSS {f['peak_kib'] / 1024:6.0f} MiB{server}"
                           f"   {f['rows']} rows", flush=True)  # fmt: skip
