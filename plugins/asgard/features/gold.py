@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from asgard.core.errors import InputError, redact_url
 from asgard.core.settings import Settings, get_settings
@@ -54,13 +54,6 @@ class GoldLocation:
             return cls(settings.gold_catalog, settings.gold_warehouse_uri, catalog_name=PRODUCTION_CATALOG_NAME)
         root = settings.data_dir / "gold"
         return cls("sql", warehouse=f"file://{root / 'warehouse'}", catalog_uri=f"sqlite:///{root / 'catalog.db'}")
-
-    @classmethod
-    def of_source(cls, source: Any) -> GoldLocation | None:
-        """The gold catalog a Feast ``IcebergSource`` names (None for any other data source)."""
-        if not (hasattr(source, "iceberg_table") and hasattr(source, "catalog_type")):
-            return None
-        return cls(source.catalog_type, source.warehouse, source.endpoint or None, source.catalog_name)
 
     def catalog_properties(self) -> dict[str, str]:
         """Properties for ``pyiceberg.catalog.load_catalog`` (and Feast's ``IcebergSource``)."""
