@@ -552,9 +552,13 @@ def test_a_deploy_run_carrying_another_teams_promotion_shows_its_team_none_of_th
         return model, str(gate["version"])
 
     def events_of(user, run_id: str) -> httpx.Response:
-        return teams.call(
-            user, "GET", f"/api/v2/dags/deploy_model/dagRuns/{quote(run_id, safe='')}/upstreamAssetEvents"
-        )
+        # Airflow 3.3.2 answers 500 while a run one of the events created has not started (its start_date is
+        # null: apache/airflow#71360, fixed upstream, not yet released): asked again until it has started.
+        path = f"/api/v2/dags/deploy_model/dagRuns/{quote(run_id, safe='')}/upstreamAssetEvents"
+        deadline = time.monotonic() + 120
+        while (answer := teams.call(user, "GET", path)).status_code == 500 and time.monotonic() < deadline:
+            time.sleep(1)
+        return answer
 
     def announced(events: list[dict]) -> list[tuple[str, str]]:
         return [(event["extra"].get("model_name"), str(event["extra"].get("version"))) for event in events]
