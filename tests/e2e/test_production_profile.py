@@ -333,11 +333,43 @@ def read_through_trino(services, monkeypatch, listed_queries: list[str]):
         "DROP TABLE iceberg.gold.customer_labels",
         "CREATE TABLE memory.default.taken AS SELECT 1 AS x",
         "SELECT query FROM system.runtime.queries",
+        "SET SESSION query_max_run_time = '1000d'",  # the time limit stays the server's
     ):
         with pytest.raises(trino.exceptions.TrinoUserError, match="Access Denied"):
             reader.execute(statement)
             reader.fetchall()
+    slow_query_is_named(settings, trino_store.config)
     return trino_store.config
+
+
+def slow_query_is_named(settings, config) -> None:
+    """The profile's Trino holds every query to half a task's time (``query.max-run-time``, every session's
+    default; only the platform's user may set session properties): a query past it fails as Trino's
+    EXCEEDED_TIME_LIMIT, which the read names. Here the platform's session lowers it to a second for a query of
+    ten billion rows."""
+    import trino
+
+    from asgard.features import store as feature_store
+
+    cursor = trino.dbapi.connect(host=settings.bind_host, port=settings.trino_port, user="asgard").cursor()
+    cursor.execute("SHOW SESSION LIKE 'query_max_run_time'")
+    (name, value, default, *_), *_ = cursor.fetchall()
+    limit = re.fullmatch(r"([\d.]+)([mh])", default)
+    assert limit and float(limit.group(1)) * (60 if limit.group(2) == "h" else 1) == 60, (name, value, default)
+    slow = trino.dbapi.connect(
+        host=settings.bind_host,
+        port=settings.trino_port,
+        user="asgard",
+        session_properties={"query_max_run_time": "1s"},
+    ).cursor()
+    url = re.escape(settings.trino_url)
+    named = rf"Trino, the feature store's offline store, at {url} ended query \S+: EXCEEDED_TIME_LIMIT"
+    with pytest.raises(feature_store.OfflineStoreQueryError, match=named), feature_store.offline_store_errors(config):
+        slow.execute(
+            "SELECT count(*) FROM UNNEST(sequence(1, 10000)) AS a (x) CROSS JOIN UNNEST(sequence(1, 10000)) AS b (y) "
+            "CROSS JOIN UNNEST(sequence(1, 100)) AS c (z) WHERE (x * y + z) % 7 = 3"
+        )
+        slow.fetchall()
 
 
 def two_keys_and_ties_through_trino(trino_store, duckdb, location) -> None:

@@ -66,6 +66,7 @@ def test_its_configuration_is_one_loopback_node_with_the_platforms_iceberg_catal
     assert server["http-server.http.port"] == "18095" and server["discovery.uri"] == "http://127.0.0.1:18095"
     assert server["coordinator"] == "true" and server["node-scheduler.include-coordinator"] == "true"
     assert server["query.max-memory-per-node"] == "307MB"  # within the heap
+    assert server["query.max-run-time"] == "60m"  # half a task's 2 h: a slow query is Trino's error, named
     jvm = (etc / "jvm.config").read_text().splitlines()
     assert "-Xmx1024M" in jvm and "-Duser.timezone=UTC" in jvm
     assert "-XX:TieredStopAtLevel=1" not in jvm  # the full JIT, unless a quick start is asked for
@@ -81,8 +82,37 @@ def test_its_configuration_is_one_loopback_node_with_the_platforms_iceberg_catal
     assert {"user": "asgard_reader", "catalog": "iceberg", "schema": "gold", "privileges": ["SELECT"]} in rules[
         "tables"
     ]
+    # Session properties (the time limit among them) are the platform's user's alone to set.
+    assert rules["system_session_properties"] == [{"user": "asgard", "allow": True}]
+    assert rules["catalog_session_properties"] == [{"user": "asgard", "allow": True}]
     argv = trino.launcher_argv(settings)
     assert argv[0].endswith("/bin/launcher") and argv[1:3] == ["run", "--etc-dir"]
+
+
+def test_a_query_trino_ends_is_said_by_name_with_its_id_and_reason():
+    """What Trino's client raises for a query Trino ended (its error as Trino sent it), and for one cancelled
+    before Trino ran it (a bare string), names Trino, where, the query and why."""
+    from trino.exceptions import TrinoExternalError, TrinoQueryError, TrinoUserError
+
+    from asgard.features.trino_store import query_error_message
+
+    address = "http://127.0.0.1:8095"
+    slow = TrinoQueryError(
+        {"errorName": "EXCEEDED_TIME_LIMIT", "errorType": "INSUFFICIENT_RESOURCES",
+         "message": "Query exceeded maximum time limit of 60.00m"}, "20261208_000102_00003_abcde",
+    )  # fmt: skip
+    assert query_error_message(slow, address) == (
+        "Trino, the feature store's offline store, at http://127.0.0.1:8095 ended query "
+        "20261208_000102_00003_abcde: EXCEEDED_TIME_LIMIT: Query exceeded maximum time limit of 60.00m"
+    )
+    missing = TrinoExternalError({"errorName": "ICEBERG_FILESYSTEM_ERROR", "message": "no such file"}, None)
+    assert query_error_message(missing, address).endswith("ended a query: ICEBERG_FILESYSTEM_ERROR: no such file")
+    cancelled = TrinoUserError("Query has been cancelled", "q1")
+    assert query_error_message(cancelled, address) == (
+        "Trino, the feature store's offline store, at http://127.0.0.1:8095: query q1 was cancelled "
+        "(Query has been cancelled)"
+    )
+    assert "no reason given" in query_error_message(TrinoQueryError({}, None), address)
 
 
 def test_trino_is_a_production_service_launched_first_and_waited_for_last(tmp_path, monkeypatch):
@@ -277,3 +307,17 @@ def test_entity_rows_go_to_trino_as_an_iceberg_table_dropped_with_its_files_and_
     assert catalog.list_tables(trino_uploads.UPLOAD_NAMESPACE) == []
     # A sweep that cannot list fails nothing.
     assert trino_uploads.sweep_uploads(None, location) == 0
+
+    # A drop that removed the table but not its files: its folder (named as it was) goes once old, a young
+    # one (an upload being written: files before its table) and anything not named as an upload stay.
+    uploads = tmp_path / "data" / "gold" / "warehouse" / "feast_uploads"
+    leftover = trino_uploads.upload_entity_rows(frame, location)
+    catalog.drop_table(leftover.identifier)  # the catalog's entry only
+    leftover_folder = uploads / leftover.identifier.split(".")[1]
+    assert list(leftover_folder.rglob("*.parquet"))
+    other = uploads / "not_an_upload"
+    other.mkdir()
+    assert trino_uploads.sweep_uploads(catalog, location) == 0
+    assert leftover_folder.exists()
+    assert trino_uploads.sweep_uploads(catalog, location, older_than=timedelta(0)) == 0  # no table was dropped
+    assert not leftover_folder.exists() and other.exists()

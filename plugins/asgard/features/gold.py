@@ -9,10 +9,11 @@ open a catalog themselves.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from asgard.core.errors import InputError, redact_url
 from asgard.core.settings import Settings, get_settings
@@ -76,6 +77,33 @@ def load_catalog(location: GoldLocation | None = None) -> Catalog:
     # The environment's catalog settings as they are now (pyiceberg reads its own at import).
     configured = Config().get_catalog_config(location.catalog_name) or {}
     return open_catalog(location.catalog_name, **{**configured, **location.catalog_properties()})
+
+
+def warehouse_fs(location: GoldLocation, folder: str) -> tuple[Any, str]:
+    """The filesystem ``folder`` (a URI under ``location``'s warehouse, local or S3) is on, opened with the
+    catalog's own settings, and its path there."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+    from pyiceberg.utils.config import Config
+
+    io = PyArrowFileIO(Config().get_catalog_config(location.catalog_name) or {})
+    scheme, netloc, path = io.parse_location(folder)
+    return io.fs_by_scheme(scheme, netloc), path
+
+
+def delete_folder(folder: str, location: GoldLocation) -> None:
+    """Every file under ``folder`` (a URI under ``location``'s warehouse); nothing there is no error."""
+    filesystem, path = warehouse_fs(location, folder)
+    with contextlib.suppress(FileNotFoundError):  # nothing was written
+        filesystem.delete_dir(path)
+
+
+def folder_names(folder: str, location: GoldLocation) -> list[str]:
+    """The names of the folders in ``folder`` (a URI under ``location``'s warehouse); none when it is absent."""
+    from pyarrow import fs
+
+    filesystem, path = warehouse_fs(location, folder)
+    found = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return [info.base_name for info in found if info.type == fs.FileType.Directory]
 
 
 def load_table(table_name: str, location: GoldLocation | None = None) -> Table:

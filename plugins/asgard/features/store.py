@@ -62,6 +62,11 @@ class OfflineStoreUnavailableError(RuntimeError):
     """
 
 
+class OfflineStoreQueryError(RuntimeError):
+    """The offline store's query engine (Trino) ended a query with an error of its own: its time or memory
+    limit, or a table or column it does not have. The message names Trino, where, the query and its reason."""
+
+
 def feature_view_asset_uri(name: str) -> str:
     return f"{FEATURE_VIEW_ASSET_PREFIX}{name}"
 
@@ -180,14 +185,15 @@ def check_offline_store(config: RepoConfig, *, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def offline_store_errors(config: RepoConfig) -> Iterator[None]:
-    """Around an offline read: a Trino that is down before it or goes away during it is said so, by name."""
+    """Around an offline read: a Trino that is down before it or goes away during it, or that ends the query
+    (a slow one past its time limit), is said so, by name."""
     check_offline_store(config)
     address = trino_address(config)
     if address is None:
         yield
         return
     import requests
-    from trino.exceptions import HttpError, TrinoConnectionError
+    from trino.exceptions import HttpError, TrinoConnectionError, TrinoQueryError
 
     try:
         yield
@@ -195,6 +201,10 @@ def offline_store_errors(config: RepoConfig) -> Iterator[None]:
         raise OfflineStoreUnavailableError(
             f"Trino, the feature store's offline store, stopped answering at {address} during the query: {error}"
         ) from None
+    except TrinoQueryError as error:  # a slow query past the time limit (asgard.local.trino) among them
+        from asgard.features.trino_store import query_error_message
+
+        raise OfflineStoreQueryError(query_error_message(error, address)) from error
 
 
 # Trino's type names (information_schema.columns.data_type) → the Arrow types pyiceberg reports for the

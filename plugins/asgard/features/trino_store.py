@@ -183,3 +183,14 @@ def queries_tagged(config: RepoConfig, tag: str) -> list[tuple[str, str, str]]:
             "SELECT query_id, state, query FROM system.runtime.queries WHERE source = ? ORDER BY created", [tag]
         )
         return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+
+
+def query_error_message(error: Any, address: str) -> str:
+    """What a ``TrinoQueryError`` says, naming Trino and where: its query, Trino's error name and message (the
+    client also raises one built from a bare string: a query cancelled before Trino ran it)."""
+    details = error._error if isinstance(error._error, dict) else {"message": str(error._error)}
+    query = f"query {error.query_id}" if error.query_id else "a query"
+    reason = ": ".join(str(part) for part in (details.get("errorName"), details.get("message")) if part)
+    if details.get("errorName") == "USER_CANCELED" or not isinstance(error._error, dict):
+        return f"Trino, the feature store's offline store, at {address}: {query} was cancelled ({reason})"
+    return f"Trino, the feature store's offline store, at {address} ended {query}: {reason or 'no reason given'}"

@@ -8,11 +8,13 @@ catalog the feature views name (the one Trino's ``iceberg`` catalog reads), in t
 upload carries :data:`ROW_COLUMN`, its rows' positions, which the join keys its answer by.
 
 An upload is dropped with its files once its retrieval has run; one a killed task left behind is swept by a
-later upload once older than any task may run (its name carries when it was made).
+later upload once older than any task may run (its name carries when it was made), and so are the files
+and folders a drop leaves (each upload's files are a folder named as it is).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -56,10 +58,17 @@ class EntityUpload:
         if self.dropped:
             return
         self.dropped = True
+        catalog = None
         try:
-            gold.load_catalog(self.location).purge_table(self.identifier)
+            catalog = gold.load_catalog(self.location)
+            catalog.purge_table(self.identifier)
         except Exception:
-            log.exception("could not drop the uploaded entity rows %s (a later upload's sweep will)", self.identifier)
+            log.exception("could not purge the uploaded entity rows %s (a later upload's sweep will)", self.identifier)
+            # Its entry goes all the same (a table whose metadata is gone cannot be purged, only dropped): the
+            # files left are the folder sweep's.
+            with contextlib.suppress(Exception):
+                if catalog is not None:
+                    catalog.drop_table(self.identifier)
 
 
 def upload_entity_rows(frame: pd.DataFrame, location: gold.GoldLocation) -> EntityUpload:
@@ -81,8 +90,12 @@ def upload_entity_rows(frame: pd.DataFrame, location: gold.GoldLocation) -> Enti
     ]
     data = data.cast(pa.schema(fields), safe=False)
     made = datetime.now(UTC).strftime(UPLOAD_TIME_FORMAT)
-    upload = EntityUpload(f"{UPLOAD_NAMESPACE}.entity_rows_{made}_{uuid.uuid4().hex[:12]}", location)
-    creation = catalog.create_table_transaction(upload.identifier, schema=data.schema)
+    name = f"entity_rows_{made}_{uuid.uuid4().hex[:12]}"
+    upload = EntityUpload(f"{UPLOAD_NAMESPACE}.{name}", location)
+    # Its files in a folder named as the table is, which the sweep can find without the catalog (a SQL
+    # catalog's warehouse is a place; a REST catalog's may be a name, and its server places the files).
+    where = {"location": f"{uploads_folder(location)}/{name}"} if location.catalog_type == "sql" else {}
+    creation = catalog.create_table_transaction(upload.identifier, schema=data.schema, **where)
     creation.append(data)
     creation.commit_transaction()
     return upload
@@ -95,8 +108,12 @@ def sweep_uploads(
     older_than: timedelta = SWEEP_UPLOADS_AFTER,
     budget: float = SWEEP_BUDGET,
 ) -> int:
-    """Drop the uploads older than ``older_than`` (by the time in their name), within ``budget`` seconds; how
-    many were dropped. A sweep that fails is logged: it never fails the retrieval that runs it."""
+    """Drop the uploads older than ``older_than`` (by the time in their name); how many were dropped. Then
+    (a SQL catalog's warehouse) remove the old folders of uploads the catalog no longer names: what a purge
+    leaves (it deletes the files it knows of, not folders, and not files a failed purge did not reach). A
+    young folder without a table may be an upload being written (its files come before its entry): it is
+    left. The budget (``budget`` seconds) is checked between drops and folders. A sweep that fails is
+    logged: it never fails the retrieval that runs it."""
     cutoff = datetime.now(UTC) - older_than
     deadline = time.monotonic() + budget
     dropped = 0
@@ -104,15 +121,39 @@ def sweep_uploads(
         for identifier in catalog.list_tables(UPLOAD_NAMESPACE):
             if time.monotonic() > deadline:
                 log.info("swept %d left-behind uploads; the next upload goes on", dropped)
-                break
+                return dropped
             name = identifier[-1]
-            try:
-                made = datetime.strptime(name.split("_")[2], UPLOAD_TIME_FORMAT).replace(tzinfo=UTC)
-            except (IndexError, ValueError):
-                continue
-            if made < cutoff:
+            if _made(name, cutoff):
                 EntityUpload(f"{UPLOAD_NAMESPACE}.{name}", location).drop()
                 dropped += 1
+        if location.catalog_type != "sql":
+            return dropped
+        named = {identifier[-1] for identifier in catalog.list_tables(UPLOAD_NAMESPACE)}
+        for name in gold.folder_names(uploads_folder(location), location):
+            if time.monotonic() > deadline:
+                break
+            if name in named or not _made(name, cutoff):
+                continue
+            try:  # one folder that cannot go holds up none of the others
+                gold.delete_folder(f"{uploads_folder(location)}/{name}", location)
+            except OSError as error:
+                log.warning("could not remove the files of the upload %s: %s", name, error)
     except Exception:
         log.exception("could not sweep the left-behind entity uploads (the next upload tries again)")
     return dropped
+
+
+def uploads_folder(location: gold.GoldLocation) -> str:
+    """Where the uploads' files are: a folder of the warehouse, one folder per upload, named as its table."""
+    return f"{location.warehouse.rstrip('/')}/{UPLOAD_NAMESPACE}"
+
+
+def _made(name: str, before: datetime) -> bool:
+    """Whether ``name`` is an upload's (``entity_rows_<made>_<hex>``) made before ``before``."""
+    parts = name.split("_")
+    if len(parts) != 4 or parts[:2] != ["entity", "rows"]:
+        return False
+    try:
+        return datetime.strptime(parts[2], UPLOAD_TIME_FORMAT).replace(tzinfo=UTC) < before
+    except ValueError:
+        return False

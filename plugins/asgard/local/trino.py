@@ -28,12 +28,16 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from asgard.core.dag_defaults import DEFAULT_ARGS
 from asgard.core.settings import REPO_ROOT, Settings
 from asgard.local.processes import ServiceError, write_private
 
 TRINO_VERSION = "476"
 # Trino 476 is built for Java 24 and refuses an older runtime.
 MIN_JAVA = 24
+# The longest one query may run, queued time included: half of what its task may (a training set is one
+# query per pass of 100k entity rows, which took seconds each at 1M).
+QUERY_TIME_LIMIT_MINUTES = int(DEFAULT_ARGS["execution_timeout"].total_seconds() // 120)
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "trino_server.sh"
 JVM_ROOT = Path("/usr/lib/jvm")
 
@@ -142,13 +146,18 @@ def server_properties(settings: Settings) -> dict[str, str]:
         "discovery.uri": settings.trino_url,
         "query.max-memory": f"{query_memory}MB",
         "query.max-memory-per-node": f"{query_memory}MB",
+        # A slow query (an overloaded Trino, a join gone wrong, one a killed task left running) ends as Trino's
+        # own EXCEEDED_TIME_LIMIT, which the task names (asgard.features.store.offline_store_errors), rather than
+        # as Airflow's timeout killing the task without saying why. The default of every session; only the
+        # platform's user may set session properties (access_rules).
+        "query.max-run-time": f"{QUERY_TIME_LIMIT_MINUTES}m",
     }
 
 
 def access_rules(platform_user: str, reader_user: str) -> dict:
     """Trino's file-based access control: the platform's user reads the gold layer and may do anything
-    elsewhere (Feast's uploads to the memory catalog), the reader only SELECTs in the gold schema (the first
-    matching rule applies; a user no rule matches may do nothing)."""
+    elsewhere (Feast's uploads to the memory catalog) and set session properties, the reader only SELECTs in
+    the gold schema (the first matching rule applies; a user no rule matches may do nothing)."""
     from asgard.features.gold import GOLD_NAMESPACE
 
     return {
@@ -169,6 +178,9 @@ def access_rules(platform_user: str, reader_user: str) -> dict:
         # Everyone may run queries; only the platform sees and ends others' (their text names tables).
         "queries": [{"user": platform_user, "allow": ["execute", "kill", "view"]}, {"allow": ["execute"]}],
         "system_information": [{"user": platform_user, "allow": ["read"]}],
+        # Session properties (a query's time limit among them) are the platform's to set: no rule, no setting.
+        "system_session_properties": [{"user": platform_user, "allow": True}],
+        "catalog_session_properties": [{"user": platform_user, "allow": True}],
     }
 
 

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -191,7 +191,7 @@ def _remove_view(
     (it is what a sweep finds a view by), or while a reader holds a lock on it for longer than ``lock_timeout``."""
     import sqlalchemy
 
-    _delete_folder(f"{location.warehouse.rstrip('/')}/{VIEW_FOLDER}/{key}", location)
+    gold.delete_folder(f"{location.warehouse.rstrip('/')}/{VIEW_FOLDER}/{key}", location)
     try:
         with engine.begin() as connection:
             # Every run's script is the one reader, which may hold a lock on this schema's tables from another run:
@@ -214,17 +214,6 @@ def _view_lock(key: str) -> int:
     return int.from_bytes(
         hashlib.blake2b(f"asgard script view {key}".encode(), digest_size=8).digest(), "big", signed=True
     )
-
-
-def _delete_folder(folder: str, location: gold.GoldLocation) -> None:
-    """Every object under ``folder`` (an S3 prefix), with the catalog's own S3 settings."""
-    from pyiceberg.io.pyarrow import PyArrowFileIO
-    from pyiceberg.utils.config import Config
-
-    io = PyArrowFileIO(Config().get_catalog_config(location.catalog_name) or {})
-    scheme, netloc, path = io.parse_location(folder)
-    with suppress(FileNotFoundError):  # nothing was written
-        io.fs_by_scheme(scheme, netloc).delete_dir(path)
 
 
 def _s3_key(uri: str) -> str:
