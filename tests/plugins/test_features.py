@@ -99,7 +99,7 @@ def test_many_small_chunks_fold_into_the_same_state(home):
 
 def test_pushed_down_path_gives_the_same_state(home, monkeypatch):
     """The path other offline stores take (Trino in production), run here by Feast's DuckDB store."""
-    monkeypatch.setattr(materialization, "_is_gold_iceberg", lambda source: False)
+    monkeypatch.setattr(gold.GoldLocation, "of_source", classmethod(lambda cls, source: None))  # no pyiceberg scan
     store = sqlite_store(home)
     result = materialization.materialize_window(store, window(DATA_START, DATA_END), chunk_period=timedelta(hours=12))
     assert result.chunks == 2 * SPEC.days

@@ -56,6 +56,13 @@ class GoldLocation:
         root = settings.data_dir / "gold"
         return cls("sql", warehouse=f"file://{root / 'warehouse'}", catalog_uri=f"sqlite:///{root / 'catalog.db'}")
 
+    @classmethod
+    def of_source(cls, source: Any) -> GoldLocation | None:
+        """The gold catalog a Feast ``IcebergSource`` names (None for any other data source)."""
+        if not (hasattr(source, "iceberg_table") and hasattr(source, "catalog_type")):
+            return None
+        return cls(source.catalog_type, source.warehouse, source.endpoint or None, source.catalog_name)
+
     def catalog_properties(self) -> dict[str, str]:
         """Properties for ``pyiceberg.catalog.load_catalog`` (and Feast's ``IcebergSource``)."""
         return {"type": self.catalog_type, "warehouse": self.warehouse} | (

@@ -29,7 +29,6 @@ from asgard.features.store import (
 if TYPE_CHECKING:
     import pandas as pd
     from feast import FeatureStore, FeatureView
-    from feast.data_source import DataSource
 
 log = logging.getLogger(__name__)
 
@@ -231,14 +230,8 @@ class _SourceReader:
         self, start: datetime, end: datetime, *, chunk_rows: int, period: timedelta
     ) -> Iterator[tuple[pd.DataFrame, int]]:
         """Per chunk of the source rows in ``[start, end)``: the newest row per entity, and the rows read."""
-        if _is_gold_iceberg(self.source):
-            source = self.source
-            location = gold.GoldLocation(
-                source.catalog_type,
-                source.warehouse,
-                catalog_uri=source.endpoint or None,
-                catalog_name=source.catalog_name,
-            )
+        location = gold.GoldLocation.of_source(self.source)  # a gold table read through pyiceberg: scanned here
+        if location is not None:
             table = gold.load_table(self.source.iceberg_table, location)
             for chunk in gold.scan_chunks(table, self.ts, start, end, self.columns, chunk_rows=chunk_rows):
                 yield self.newest(chunk.to_pandas()), chunk.num_rows
@@ -268,11 +261,6 @@ class _SourceReader:
         if frame.duplicated(self.join_keys).any():
             frame = frame.sort_values(self.order, kind="stable").drop_duplicates(self.join_keys, keep="last")
         return frame.reset_index(drop=True)
-
-
-def _is_gold_iceberg(source: DataSource) -> bool:
-    """A gold table Feast reads through a pyiceberg catalog (not Trino): scanned here, file by file."""
-    return hasattr(source, "iceberg_table") and hasattr(source, "catalog_type")
 
 
 def _periods(start: datetime, end: datetime, size: timedelta) -> Iterator[tuple[datetime, datetime]]:

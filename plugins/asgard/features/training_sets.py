@@ -81,14 +81,19 @@ def get_historical_features(
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     spill_dir: str | None = None,
     rows_per_pass: int | None = None,
+    purpose: str = "feature rows",
 ) -> pd.DataFrame:
     """``store.get_historical_features(entity_df=..., features=...).to_df()``, with the entity frame's
-    row order: out of core on the embedded (DuckDB) offline store, Feast's own call otherwise."""
+    row order: out of core on the embedded (DuckDB) offline store, Feast's own call otherwise (through
+    Trino, each query logged with its id as the read of ``purpose``: ``trino_store.traced_reads``)."""
     try:
         plans = plan_views(store, features)
     except UnsupportedJoin as reason:
+        from asgard.features.trino_store import traced_reads
+
         log.info("point-in-time join through Feast: %s", reason)
-        with feature_store.offline_store_errors(store.config):  # a Trino that is down: said so, by name
+        # A Trino that is down: said so, by name.
+        with feature_store.offline_store_errors(store.config), traced_reads(store.config, purpose):
             return _through_feast(store, entity_df, list(features), rows_per_pass)
     return join_views(
         store, plans, entity_df, memory_limit=memory_limit, spill_dir=spill_dir, rows_per_pass=rows_per_pass

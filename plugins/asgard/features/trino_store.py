@@ -14,8 +14,8 @@ as an Iceberg table, :mod:`asgard.features.trino_uploads`). So one registry serv
   that hides the gate's held-back labels, which one shared Trino catalog could not.
 
 Every read through Trino is traced: :func:`traced_reads` gives the reads a ``source`` of their own, and
-afterwards asks Trino's ``system.runtime.queries`` which queries carried it, so the task log (and the
-caller's lineage) names the query ids Trino itself recorded.
+afterwards asks Trino's ``system.runtime.queries`` which queries carried it, so the task log names the
+query ids Trino itself recorded.
 """
 
 from __future__ import annotations
@@ -80,23 +80,9 @@ class GoldTrinoOfflineStore(TrinoOfflineStore):
         from asgard.features.trino_join import historical_retrieval
 
         # The rows are uploaded to the catalog the views name (the one Trino's iceberg catalog reads).
-        location = (
-            next(
-                (_gold_location(view.batch_source) for view in feature_views if _gold_location(view.batch_source)),
-                None,
-            )
-            or gold.GoldLocation.for_settings()
-        )
+        named = (gold.GoldLocation.of_source(view.batch_source) for view in feature_views)
+        location = next((found for found in named if found), None) or gold.GoldLocation.for_settings()
         return historical_retrieval(config, views, feature_refs, entity_df, *args, location=location, **kwargs)
-
-
-def _gold_location(source: DataSource) -> gold.GoldLocation | None:
-    """The gold catalog an Iceberg source names (None for any other source)."""
-    if not hasattr(source, "catalog_type"):
-        return None
-    return gold.GoldLocation(
-        source.catalog_type, source.warehouse, catalog_uri=source.endpoint or None, catalog_name=source.catalog_name
-    )
 
 
 def as_trino_source(source: DataSource) -> DataSource:
@@ -133,13 +119,11 @@ def is_trino(config: RepoConfig) -> bool:
 
 
 @contextlib.contextmanager
-def traced_reads(config: RepoConfig, purpose: str) -> Iterator[list[str]]:
-    """Around reads through ``config``'s offline store: yields a list that, once the reads succeeded, holds
-    the ids of the queries they ran, as Trino's ``system.runtime.queries`` lists them (each logged). Stays
-    empty when the offline store is not Trino."""
-    query_ids: list[str] = []
+def traced_reads(config: RepoConfig, purpose: str) -> Iterator[None]:
+    """Around reads through ``config``'s offline store: once they succeeded, logs the id of each query they ran,
+    as Trino's ``system.runtime.queries`` lists them (nothing when the offline store is not Trino)."""
     if not is_trino(config):
-        yield query_ids
+        yield
         return
     offline = config.offline_store
     tag = f"{SOURCE_PREFIX}-{purpose.replace(' ', '-')}-{uuid.uuid4().hex[:12]}"
@@ -148,7 +132,7 @@ def traced_reads(config: RepoConfig, purpose: str) -> Iterator[list[str]]:
     # own handlers (Airflow ends a task with SIGTERM) are put back once the reads are done.
     handlers = _main_thread_handlers()
     try:
-        yield query_ids
+        yield
     finally:
         offline.source = previous
         for number, handler in handlers.items():
@@ -159,7 +143,6 @@ def traced_reads(config: RepoConfig, purpose: str) -> Iterator[list[str]]:
         log.warning("the %s was read through Trino, but its queries could not be listed: %s", purpose, error)
         return
     for query_id, state, text in queries:
-        query_ids.append(query_id)
         log.info("Trino query %s (%s) read the %s: %s", query_id, state, purpose, " ".join(text.split())[:160])
 
 

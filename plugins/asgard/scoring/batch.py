@@ -100,7 +100,6 @@ def _with_features(job: BatchJob, tables: Iterator[pa.Table]) -> Iterator[Chunk]
 
     from asgard.features import training_sets
     from asgard.features.store import open_store
-    from asgard.features.trino_store import traced_reads
 
     store = open_store()
     join_keys = [key for key in job.key_columns if key != job.timestamp_column]
@@ -113,8 +112,7 @@ def _with_features(job: BatchJob, tables: Iterator[pa.Table]) -> Iterator[Chunk]
         else:
             entity[ENTITY_TIMESTAMP] = as_of
         # The training sets' join (out of core on the embedded offline store): features as the model saw them.
-        with traced_reads(store.config, "scored rows"):
-            joined = training_sets.get_historical_features(store, entity, list(job.feature_refs))
+        joined = training_sets.get_historical_features(store, entity, list(job.feature_refs), purpose="scored rows")
         joined = joined.sort_values(ROW_NUMBER, kind="stable").reset_index(drop=True)
         if len(joined) != len(entity):
             raise RuntimeError(f"Feast returned {len(joined)} rows for {len(entity)} entity rows")

@@ -149,11 +149,8 @@ def build_training_set(
     own_copies = set(source.feature_names) - {source.target_column}
     labels = labels.drop(columns=[column for column in labels.columns if column in own_copies])
     labels = labels.reset_index(drop=True)
-    from asgard.features.trino_store import traced_reads
-
     # Out of core on the embedded offline store; Feast's own join (and its Trino errors) otherwise.
-    with traced_reads(store.config, "training set") as trino_queries:
-        joined = training_sets.get_historical_features(store, labels, list(source.features))
+    joined = training_sets.get_historical_features(store, labels, list(source.features), purpose="training set")
     key_columns = [column for column in labels.columns if column != source.target_column]
     joined = joined.sort_values(key_columns, kind="stable").reset_index(drop=True)
     snapshots = {source.label_table: _snapshot(labels_table)}
@@ -162,8 +159,6 @@ def build_training_set(
         if table:
             snapshots[table] = gold.snapshot_id(table)
     lineage = {"rows": len(joined), "gold_snapshots": snapshots, "feature_views": list(source.feature_views)}
-    if trino_queries:  # what Trino ran for it (system.runtime.queries), for the task's result and log
-        lineage["trino_queries"] = trino_queries
     return joined, lineage
 
 
