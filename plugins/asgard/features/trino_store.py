@@ -171,9 +171,10 @@ def queries_tagged(config: RepoConfig, tag: str) -> list[tuple[str, str, str]]:
 def query_error_message(error: Any, address: str) -> str:
     """What a ``TrinoQueryError`` says, naming Trino and where: its query, Trino's error name and message (the
     client also raises one built from a bare string: a query cancelled before Trino ran it)."""
-    details = error._error if isinstance(error._error, dict) else {"message": str(error._error)}
+    bare = not isinstance(error._error, dict)
+    details = {"message": str(error._error)} if bare else error._error
     query = f"query {error.query_id}" if error.query_id else "a query"
     reason = ": ".join(str(part) for part in (details.get("errorName"), details.get("message")) if part)
-    if details.get("errorName") == "USER_CANCELED" or not isinstance(error._error, dict):
+    if bare or details.get("errorName") == "USER_CANCELED":
         return f"Trino, the feature store's offline store, at {address}: {query} was cancelled ({reason})"
     return f"Trino, the feature store's offline store, at {address} ended {query}: {reason or 'no reason given'}"

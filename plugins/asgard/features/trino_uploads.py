@@ -58,7 +58,6 @@ class EntityUpload:
         if self.dropped:
             return
         self.dropped = True
-        catalog = None
         try:
             catalog = gold.load_catalog(self.location)
             catalog.purge_table(self.identifier)
@@ -67,8 +66,7 @@ class EntityUpload:
             # Its entry goes all the same (a table whose metadata is gone cannot be purged, only dropped): the
             # files left are the folder sweep's.
             with contextlib.suppress(Exception):
-                if catalog is not None:
-                    catalog.drop_table(self.identifier)
+                gold.load_catalog(self.location).drop_table(self.identifier)
 
 
 def upload_entity_rows(frame: pd.DataFrame, location: gold.GoldLocation) -> EntityUpload:
